@@ -1,0 +1,187 @@
+"""Registry: activates, passivates, supervises and drains the session actors.
+
+A virtual-actor directory: ``get(id)`` brings a session to life from the store on demand,
+idle actors are passivated (snapshot, stop, forget) so memory is spent only on sessions in
+use, a crashed actor is counted and restarted from the store, and ``drain()`` stops them
+all in order on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from actors.agent.provider import Provider
+from actors.commands import AnyCommand, Passivate, Shutdown
+from actors.errors import ActorStoppedError, NotFoundError, UnavailableError
+from actors.ids import new_id, utcnow
+from actors.records import PutSession, SessionRecord, Stats
+from actors.session import ActorSettings, SessionActor
+from actors.store.base import Store
+
+__all__ = ["Registry"]
+
+log = logging.getLogger("sessiond.registry")
+
+
+class Registry:
+    """One per server; owns every actor task and the sweeper."""
+
+    def __init__(
+        self,
+        store: Store,
+        provider: Provider,
+        *,
+        settings: ActorSettings,
+        idle_seconds: float,
+        stats: Stats | None = None,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.settings = settings
+        self.idle_seconds = idle_seconds
+        self.stats = stats or Stats()
+        self._actors: dict[str, SessionActor] = {}
+        self._activating: dict[str, asyncio.Future[SessionActor]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._restarts: set[asyncio.Task[Any]] = set()
+        self.accepting = True
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._actors
+
+    def actors(self) -> list[SessionActor]:
+        return list(self._actors.values())
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="registry-sweeper")
+
+    async def drain(self) -> None:
+        """Stop accepting, interrupt running tasks, flush every actor, close its streams."""
+        self.accepting = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
+        actors = list(self._actors.values())
+        await asyncio.gather(*(self._shutdown(a) for a in actors), return_exceptions=True)
+
+    @staticmethod
+    async def _shutdown(actor: SessionActor) -> None:
+        try:
+            await actor.ask(Shutdown())
+        except ActorStoppedError:
+            pass
+        await actor.wait_stopped()
+
+    # -- activation ------------------------------------------------------------------------
+
+    async def create(self, record: SessionRecord) -> SessionRecord:
+        """Persist a new session; its actor starts on first use."""
+        if not self.accepting:
+            raise UnavailableError("the server is shutting down")
+        await self.store.commit([PutSession.of(record)])
+        return record
+
+    @staticmethod
+    def new_record(**fields: Any) -> SessionRecord:
+        now = utcnow()
+        fields.setdefault("id", new_id("ses"))
+        return SessionRecord(created_at=now, last_active_at=now, **fields)
+
+    async def get(self, session_id: str) -> SessionActor:
+        actor = self._actors.get(session_id)
+        if actor is not None and actor.is_alive:
+            return actor
+        if not self.accepting:
+            raise UnavailableError("the server is shutting down")
+        pending = self._activating.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[SessionActor] = asyncio.get_running_loop().create_future()
+        self._activating[session_id] = fut
+        try:
+            actor = await self._activate(session_id)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        else:
+            fut.set_result(actor)
+            return actor
+        finally:
+            del self._activating[session_id]
+
+    async def _activate(self, session_id: str) -> SessionActor:
+        loaded = await self.store.load_session(session_id, events=self.settings.replay_events)
+        if loaded is None:
+            raise NotFoundError(f"no session {session_id}")
+        actor = SessionActor(
+            loaded,
+            store=self.store,
+            provider=self.provider,
+            settings=self.settings,
+            stats=self.stats,
+            on_stop=self._stopped,
+        )
+        await actor.start()
+        self._actors[session_id] = actor
+        self.stats.activations += 1
+        return actor
+
+    async def ask(self, session_id: str, command: AnyCommand) -> Any:
+        """Ask the session's actor, activating it; retried once if it was just passivated."""
+        for attempt in (0, 1):
+            actor = await self.get(session_id)
+            try:
+                return await actor.ask(command)
+            except ActorStoppedError:
+                if attempt or not self.accepting:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def _stopped(self, actor: SessionActor, crash: BaseException | None) -> None:
+        if self._actors.get(actor.id) is actor:
+            del self._actors[actor.id]
+        if actor.stop_reason == "passivated":
+            self.stats.passivations += 1
+        if crash is None:
+            return
+        self.stats.crashes += 1
+        if self.accepting:
+            # Restart from the store at once, so a turn the crash cut off is reported
+            # interrupted to whoever reconnects, without waiting for the next command.
+            task = asyncio.get_running_loop().create_task(self._restart(actor.id))
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, session_id: str) -> None:
+        try:
+            await self.get(session_id)
+        except NotFoundError:
+            pass
+        except Exception:
+            log.exception("restarting session %s failed", session_id)
+
+    async def _sweep(self) -> None:
+        interval = max(self.idle_seconds / 2, 0.05)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            idle = [a for a in self._actors.values() if a.is_idle(now, self.idle_seconds)]
+            for actor in idle:
+                try:
+                    actor.tell(Passivate(self.idle_seconds))
+                except Exception:  # full or stopping: it is not idle after all
+                    continue

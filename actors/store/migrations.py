@@ -1,0 +1,48 @@
+"""Schema steps for the SQLite store, applied in order and tracked by PRAGMA user_version."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: list[str] = [
+    # 1: sessions, messages, checkpoints, durable events, API keys
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        end_user_id TEXT,
+        last_active_at TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX sessions_by_activity ON sessions (last_active_at DESC, id DESC);
+    CREATE INDEX sessions_by_user ON sessions (namespace, end_user_id, last_active_at DESC);
+    CREATE TABLE messages (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_session ON messages (session_id, pos);
+    CREATE TABLE checkpoints (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX checkpoints_by_session ON checkpoints (session_id, pos);
+    CREATE TABLE events (
+        session_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        frame BLOB NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    """,
+]

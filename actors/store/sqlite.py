@@ -1,0 +1,324 @@
+"""SQLite store (the embedded default): aiosqlite, WAL, one writer doing group commit.
+
+Every ``commit()`` call enqueues its ops; the single writer task takes everything queued,
+writes it in one transaction with one ``executemany`` per statement, commits once, and
+only then resolves every waiting caller. Reads use a second connection, which WAL lets
+proceed while the writer holds its transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from actors.records import (
+    ApiKeyRecord,
+    Checkpoint,
+    DeleteSession,
+    LoadedSession,
+    Op,
+    PutCheckpoint,
+    PutEvent,
+    PutMessage,
+    PutSession,
+    SessionQuery,
+    SessionRecord,
+    StoredEvent,
+)
+from actors.store.migrations import MIGRATIONS
+from actors.tree import Node
+
+__all__ = ["SqliteStore", "StoreClosedError"]
+
+log = logging.getLogger("sessiond.store")
+
+_dec_record = msgspec.json.Decoder(SessionRecord)
+_dec_node = msgspec.json.Decoder(Node)
+_dec_checkpoint = msgspec.json.Decoder(Checkpoint)
+
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET namespace = excluded.namespace,"
+    " end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,"
+    " body = excluded.body"
+)
+_UPSERT_MESSAGE = (
+    "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET body = excluded.body"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET body = excluded.body"
+)
+_INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, frame) VALUES (?, ?, ?, ?)"
+_DELETES = [
+    "DELETE FROM messages WHERE session_id = ?",
+    "DELETE FROM checkpoints WHERE session_id = ?",
+    "DELETE FROM events WHERE session_id = ?",
+    "DELETE FROM sessions WHERE id = ?",
+]
+
+
+class StoreClosedError(RuntimeError):
+    """The store was closed before the write could be queued."""
+
+
+class _Pending:
+    __slots__ = ("ops", "fut")
+
+    def __init__(self, ops: Sequence[Op], fut: asyncio.Future[None]) -> None:
+        self.ops = ops
+        self.fut = fut
+
+
+class SqliteStore:
+    """The default Store: one SQLite file under the data dir."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        max_batch: int = 2000,
+        queue_size: int = 10000,
+        on_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(queue_size)
+        self._on_commit = on_commit
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA synchronous={self._synchronous}")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate(db)
+        self._db = db
+        reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await reader.execute("PRAGMA busy_timeout=5000")
+        await reader.execute("PRAGMA query_only=ON")
+        self._reader = reader
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="sqlite-writer")
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+            log.info("store migrated to schema %d", number)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self._queue.put(None)  # the writer finishes what was queued before this
+            await self._writer
+        for conn in (self._db, self._reader):
+            if conn is not None:
+                await conn.close()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def commit(self, ops: Sequence[Op]) -> None:
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(ops, fut))
+        await fut
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        while True:
+            first = await queue.get()
+            if first is None:
+                return
+            batch = [first]
+            count = len(first.ops)
+            closing = False
+            while count < self._max_batch and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+                count += len(item.ops)
+            started = time.perf_counter()
+            try:
+                await self._write([op for p in batch for op in p.ops])
+            except Exception as exc:  # a failed transaction fails every caller in it
+                log.exception("store commit failed")
+                for p in batch:
+                    if not p.fut.done():
+                        p.fut.set_exception(exc)
+            else:
+                if self._on_commit is not None:
+                    self._on_commit(time.perf_counter() - started, count)
+                for p in batch:
+                    if not p.fut.done():
+                        p.fut.set_result(None)
+            if closing:
+                return
+
+    async def _write(self, ops: list[Op]) -> None:
+        sessions: list[tuple[Any, ...]] = []
+        messages: list[tuple[Any, ...]] = []
+        checkpoints: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        deletes: list[tuple[str]] = []
+        for op in ops:
+            match op:
+                case PutSession():
+                    sessions.append(
+                        (op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode())
+                    )
+                case PutMessage():
+                    messages.append((op.id, op.session_id, op.body.decode()))
+                case PutCheckpoint():
+                    checkpoints.append((op.id, op.session_id, op.body.decode()))
+                case PutEvent(session_id=sid, event=ev):
+                    events.append((sid, ev.seq, ev.type, ev.frame))
+                case DeleteSession(session_id=sid):
+                    deletes.append((sid,))
+        db = self._db
+        assert db is not None
+        await db.execute("BEGIN")
+        try:
+            for sql, rows in (
+                (_UPSERT_SESSION, sessions),
+                (_UPSERT_MESSAGE, messages),
+                (_UPSERT_CHECKPOINT, checkpoints),
+                (_INSERT_EVENT, events),
+            ):
+                if rows:
+                    await db.executemany(sql, rows)
+            # Deletes go last: a late write racing a delete must not resurrect the session.
+            for sql in _DELETES if deletes else ():
+                await db.executemany(sql, deletes)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        assert self._reader is not None
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def ping(self) -> None:
+        await self._all("SELECT 1", ())
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = await self._all("SELECT body FROM sessions WHERE id = ?", (session_id,))
+        return _dec_record.decode(rows[0][0]) if rows else None
+
+    async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None:
+        record = await self.get_session(session_id)
+        if record is None:
+            return None
+        nodes = await self._all(
+            "SELECT body FROM messages WHERE session_id = ? ORDER BY pos", (session_id,)
+        )
+        cps = await self._all(
+            "SELECT body FROM checkpoints WHERE session_id = ? ORDER BY pos", (session_id,)
+        )
+        evs = await self._all(
+            "SELECT seq, type, frame FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+            (session_id, events),
+        )
+        evs.reverse()
+        max_seq = evs[-1][0] if evs else 0
+        return LoadedSession(
+            record=record,
+            nodes=[_dec_node.decode(r[0]) for r in nodes],
+            checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
+            events=[StoredEvent(seq, type_, bytes(frame)) for seq, type_, frame in evs],
+            max_seq=max_seq,
+        )
+
+    async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
+        rows = await self._all(
+            "SELECT seq, type, frame FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (session_id, after, limit),
+        )
+        return [StoredEvent(seq, type_, bytes(frame)) for seq, type_, frame in rows]
+
+    async def list_sessions(self, query: SessionQuery) -> list[SessionRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if query.namespace is not None:
+            where.append("namespace = ?")
+            params.append(query.namespace)
+        if query.end_user_id is not None:
+            where.append("end_user_id = ?")
+            params.append(query.end_user_id)
+        for key, value in query.metadata.items():
+            path = '$.metadata."' + key + '"'
+            # Booleans compare as "true"/"false"; strings and numbers by their text.
+            where.append(
+                "(CASE json_type(body, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'"
+                " ELSE CAST(json_extract(body, ?) AS TEXT) END) = ?"
+            )
+            params += [path, path, value]
+        if query.after is not None:
+            where.append("(last_active_at, id) < (?, ?)")
+            params += list(query.after)
+        sql = "SELECT body FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY last_active_at DESC, id DESC LIMIT ? OFFSET ?"
+        params += [query.limit, query.offset]
+        return [_dec_record.decode(r[0]) for r in await self._all(sql, params)]
+
+    # -- API keys: rare writes, on a connection of their own so they never join (or roll back
+    # with) a group-commit transaction that the writer holds open.
+
+    async def _write_one(self, sql: str, params: Sequence[Any]) -> int:
+        async with aiosqlite.connect(self.path, isolation_level=None) as db:
+            await db.execute("PRAGMA busy_timeout=5000")
+            cur = await db.execute(sql, params)
+            return cur.rowcount
+
+    async def put_api_key(self, key: ApiKeyRecord) -> None:
+        await self._write_one(
+            "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
+            (key.id, key.name, key.secret_hash, key.created_at, key.revoked_at),
+        )
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        rows = await self._all(
+            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,)
+        )
+        return ApiKeyRecord(*rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._all(
+            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at", ()
+        )
+        return [ApiKeyRecord(*r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, when: str) -> bool:
+        changed = await self._write_one(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id)
+        )
+        return changed > 0

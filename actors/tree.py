@@ -1,0 +1,141 @@
+"""MessageTree: a conversation as a tree of messages (edits and regenerations are siblings).
+
+Pure data structure: no asyncio, no storage. The session actor is its only writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+__all__ = ["Usage", "Node", "MessageTree"]
+
+
+class Usage(msgspec.Struct, frozen=True, omit_defaults=False):
+    """Token counts of one model call or a sum of them."""
+
+    prompt: int = 0
+    completion: int = 0
+    total: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt + other.prompt,
+            self.completion + other.completion,
+            self.total + other.total,
+        )
+
+
+class Node(msgspec.Struct):
+    """One message. ``children`` keeps sibling order: oldest first."""
+
+    id: str
+    parent_id: str | None
+    role: str  # "user" | "assistant"
+    content: str
+    created_at: str
+    # completed | running | cancelled | failed | interrupted
+    status: str = "completed"
+    task_id: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    # An instruction given with a checkpoint restore ("hint"), kept on the user turn it steered.
+    hint: str | None = None
+    children: list[str] = msgspec.field(default_factory=list)
+
+
+class MessageTree:
+    """Nodes by id, roots in creation order, and the active leaf that picks the visible branch."""
+
+    __slots__ = ("nodes", "roots", "active_leaf_id")
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.roots: list[str] = []
+        self.active_leaf_id: str | None = None
+
+    @classmethod
+    def from_nodes(cls, nodes: Iterable[Node], active_leaf_id: str | None) -> MessageTree:
+        """Rebuild from nodes in creation order (children lists are recomputed)."""
+        tree = cls()
+        for node in nodes:
+            node.children = []
+            tree._link(node)
+        tree.active_leaf_id = active_leaf_id if active_leaf_id in tree.nodes else None
+        return tree
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.nodes
+
+    def get(self, node_id: str) -> Node | None:
+        return self.nodes.get(node_id)
+
+    def _link(self, node: Node) -> None:
+        if node.parent_id is None:
+            self.roots.append(node.id)
+        else:
+            self.nodes[node.parent_id].children.append(node.id)
+        self.nodes[node.id] = node
+
+    def add(self, node: Node, *, activate: bool = True) -> Node:
+        """Append ``node`` under its parent (which must exist); make it the active leaf."""
+        if node.id in self.nodes:
+            raise KeyError(f"duplicate node {node.id}")
+        if node.parent_id is not None and node.parent_id not in self.nodes:
+            raise KeyError(f"unknown parent {node.parent_id}")
+        self._link(node)
+        if activate:
+            self.active_leaf_id = node.id
+        return node
+
+    def move(self, node_id: str, new_parent_id: str) -> None:
+        """Re-attach a leaf under another parent (a queued message taking its place)."""
+        node = self.nodes[node_id]
+        if node.children:
+            raise ValueError("only a leaf can move")
+        self.siblings(node_id).remove(node_id)
+        node.parent_id = new_parent_id
+        self.nodes[new_parent_id].children.append(node_id)
+
+    def siblings(self, node_id: str) -> list[str]:
+        parent_id = self.nodes[node_id].parent_id
+        return self.roots if parent_id is None else self.nodes[parent_id].children
+
+    def sibling_position(self, node_id: str) -> tuple[int, int]:
+        """(index, count) among the node's siblings, for a "< 2/3 >" control."""
+        sibs = self.siblings(node_id)
+        return sibs.index(node_id), len(sibs)
+
+    def path_to(self, node_id: str | None) -> list[Node]:
+        """Root-first path ending at ``node_id`` (empty for None)."""
+        path: list[Node] = []
+        while node_id is not None:
+            node = self.nodes[node_id]
+            path.append(node)
+            node_id = node.parent_id
+        path.reverse()
+        return path
+
+    def active_path(self) -> list[Node]:
+        return self.path_to(self.active_leaf_id)
+
+    def newest_leaf_under(self, node_id: str) -> str:
+        """Follow the newest child down to a leaf: what "show this version" selects."""
+        node = self.nodes[node_id]
+        while node.children:
+            node = self.nodes[node.children[-1]]
+        return node.id
+
+    def in_order(self) -> list[Node]:
+        """Every node, parents before children, siblings oldest first."""
+        out: list[Node] = []
+        stack = list(reversed(self.roots))
+        while stack:
+            node = self.nodes[stack.pop()]
+            out.append(node)
+            stack.extend(reversed(node.children))
+        return out

@@ -1,0 +1,75 @@
+"""make_app(config): wires store, registry, auth and routes. No globals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from actors.agent.simulated import SimulatedProvider
+from actors.registry import Registry
+from actors.session import ActorSettings
+from actors.store.sqlite import SqliteStore
+from server.auth import KeyRing, auth_middleware
+from server.config import Config, ConfigError
+from server.errors import problem_middleware
+from server.logs import request_id_middleware
+from server.routes import add_routes
+from server.state import CONFIG, KEYRING, REGISTRY, STORE
+
+__all__ = ["make_app", "make_store"]
+
+
+def make_store(config: Config) -> SqliteStore:
+    if config.store.kind != "sqlite":
+        raise ConfigError(f"store.kind {config.store.kind!r} is not supported (use \"sqlite\")")
+    return SqliteStore(
+        config.data_dir / config.store.sqlite_file,
+        synchronous=config.store.synchronous,
+        max_batch=config.store.max_batch,
+    )
+
+
+def make_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_middleware, problem_middleware, auth_middleware],
+        client_max_size=config.server.max_body_bytes,
+    )
+    app[CONFIG] = config
+    store = make_store(config)
+    app[STORE] = store
+    provider = SimulatedProvider(
+        tokens_per_second=config.simulated.tokens_per_second,
+        reply_tokens=config.simulated.reply_tokens,
+    )
+    s = config.sessions
+    registry = Registry(
+        store,
+        provider,
+        settings=ActorSettings(
+            mailbox_size=s.mailbox_size,
+            event_retention=s.event_retention,
+            seq_block=s.seq_block,
+            max_queued=s.max_queued,
+            replay_events=s.replay_events,
+        ),
+        idle_seconds=s.idle_seconds,
+    )
+    app[REGISTRY] = registry
+    app[KEYRING] = KeyRing(store, config.auth.api_keys)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        registry.start()
+        yield
+        await registry.drain()  # normally done in on_shutdown already; harmless twice
+        await store.aclose()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Interrupt running tasks (streams see task.interrupted), flush, close the streams.
+        await registry.drain()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    add_routes(app)
+    return app

@@ -1,0 +1,69 @@
+"""API keys: created by ``sessiond keys create``, kept only as a hash, compared in constant time.
+
+A key reads ``sk_<id>_<secret>``; the same credential split in two is
+``X-Client-ID: key_<id>`` + ``X-Client-Secret: <secret>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from actors.ids import utcnow
+from actors.records import ApiKeyRecord
+from actors.store.base import Store
+
+__all__ = ["KeyRing", "create_key", "hash_secret", "split_key"]
+
+
+def hash_secret(secret: str) -> str:
+    # The secret has 192 random bits: a fast hash is enough, no password stretching needed.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """``sk_<id>_<secret>`` -> (``key_<id>``, secret), or None when it is not of that form."""
+    parts = key.split("_")
+    if len(parts) != 3 or parts[0] != "sk" or not parts[1] or not parts[2]:
+        return None
+    return f"key_{parts[1]}", parts[2]
+
+
+async def create_key(store: Store, name: str) -> tuple[ApiKeyRecord, str]:
+    short = secrets.token_hex(6)
+    secret = secrets.token_hex(24)
+    record = ApiKeyRecord(f"key_{short}", name, hash_secret(secret), utcnow())
+    await store.put_api_key(record)
+    return record, f"sk_{short}_{secret}"
+
+
+class KeyRing:
+    """Checks a presented key against the store and the keys named in config.toml."""
+
+    def __init__(self, store: Store, config_keys: list[str]) -> None:
+        self._store = store
+        self._config = [hash_secret(k).encode() for k in config_keys]
+
+    async def verify(self, key_id: str | None, secret: str | None, whole: str | None) -> str | None:
+        """The key id if the credential is valid and not revoked, else None."""
+        if whole is not None:
+            digest = hash_secret(whole).encode()
+            # Check every config key so the time taken does not say which one matched.
+            matched = False
+            for known in self._config:
+                matched |= hmac.compare_digest(digest, known)
+            if matched:
+                return "config"
+            parts = split_key(whole)
+            if parts is None:
+                return None
+            key_id, secret = parts
+        if key_id is None or secret is None:
+            return None
+        record = await self._store.get_api_key(key_id)
+        presented = hash_secret(secret).encode()
+        expected = record.secret_hash.encode() if record is not None else b"0" * 64
+        if not hmac.compare_digest(presented, expected) or record is None or record.revoked_at:
+            return None
+        return record.id

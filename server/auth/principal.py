@@ -1,0 +1,32 @@
+"""Who is calling, and what they may see."""
+
+from __future__ import annotations
+
+import msgspec
+
+from actors.errors import NotFoundError
+
+__all__ = ["Principal", "authorize_session"]
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """An authenticated caller: an API key (maybe acting for an end user) or a session token."""
+
+    kind: str  # "key" | "token"
+    key_id: str | None = None
+    end_user_id: str | None = None
+    session_id: str | None = None  # set for a session token: the only session it grants
+    namespace: str | None = None
+
+    def can_see(self, session_id: str, namespace: str, end_user_id: str | None) -> bool:
+        if self.session_id is not None and self.session_id != session_id:
+            return False
+        if self.namespace is not None and self.namespace != namespace:
+            return False
+        return self.end_user_id is None or self.end_user_id == end_user_id
+
+
+def authorize_session(principal: Principal, session_id: str, namespace: str, end_user_id: str | None) -> None:
+    """404 (never 403) for a session the caller may not see: no existence oracle."""
+    if not principal.can_see(session_id, namespace, end_user_id):
+        raise NotFoundError(f"no session {session_id}")

@@ -1,0 +1,82 @@
+"""Structured JSON logs: one line per request, with its request id; secrets never written."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+
+import msgspec
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+__all__ = ["setup_logging", "AccessLogger", "redact", "request_id_middleware"]
+
+_enc = msgspec.json.Encoder()
+_SECRET_QUERY = re.compile(r"(?i)((?:token|access_token|refresh_token|api_key|key|secret)=)[^&]*")
+
+
+def redact(query: str) -> str:
+    """A query string with token and key values blanked."""
+    return _SECRET_QUERY.sub(r"\1[redacted]", query)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            out.update(extra)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return _enc.encode(out).decode()
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+REQUEST_ID = "request_id"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-ID") or msgspec.json.encode(time.time_ns()).decode()[-12:]
+    request[REQUEST_ID] = rid
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = rid
+    return response
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One JSON line per request; query strings are redacted, bodies never logged."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = request.query_string
+        self.logger.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": request.get(REQUEST_ID),
+                    "method": request.method,
+                    "path": request.path + ("?" + redact(query) if query else ""),
+                    "status": response.status,
+                    "seconds": round(time, 6),
+                    "remote": request.remote,
+                }
+            },
+        )

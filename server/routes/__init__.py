@@ -1,0 +1,14 @@
+"""HTTP routes, one module per resource."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.routes import messages, ops, sessions, stream
+
+__all__ = ["add_routes"]
+
+
+def add_routes(app: web.Application) -> None:
+    for module in (sessions, messages, stream, ops):
+        app.router.add_routes(module.routes)

@@ -1,0 +1,60 @@
+"""What every session route does first: find the actor, check the caller may see it, ask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from actors.commands import AnyCommand
+from actors.errors import ActorStoppedError, InvalidRequestError
+from actors.session import SessionActor
+from server.auth import authorize_session, principal_of
+from server.state import REGISTRY
+
+__all__ = ["session_actor", "ask", "if_match", "int_query", "bool_query"]
+
+
+async def session_actor(request: web.Request) -> SessionActor:
+    session_id = request.match_info["session_id"]
+    actor = await request.app[REGISTRY].get(session_id)
+    authorize_session(principal_of(request), session_id, actor.namespace, actor.end_user_id)
+    return actor
+
+
+async def ask(request: web.Request, command: AnyCommand) -> Any:
+    """Ask the caller's session; retried once when the actor was passivated meanwhile."""
+    for attempt in (0, 1):
+        actor = await session_actor(request)
+        try:
+            return await actor.ask(command)
+        except ActorStoppedError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def if_match(request: web.Request) -> int | None:
+    """The session version in ``If-Match: "<version>"``; one that cannot match never will."""
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip().removeprefix("W/").strip('"')
+    return int(value) if value.isdigit() else -1
+
+
+def int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise InvalidRequestError(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def bool_query(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")

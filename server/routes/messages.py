@@ -1,0 +1,160 @@
+"""Messages, tasks and branches: send, history, tree, edit, regenerate, navigate, cancel,
+checkpoints and restore."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from actors.commands import (
+    CancelTask,
+    EditMessage,
+    GetMessages,
+    GetTree,
+    ListCheckpoints,
+    Navigate,
+    RegenerateMessage,
+    RestoreCheckpoint,
+    SendMessage,
+)
+from actors.session import MessagePage, TaskHandle, TreeView
+from server.routes.common import ask, bool_query, if_match, int_query, session_actor
+from server.sse import stream_events
+from server.state import CONFIG
+from server.wire import (
+    CheckpointList,
+    EditBody,
+    MessageList,
+    NavigateBody,
+    RegenerateBody,
+    RestoreBody,
+    SendMessageBody,
+    SendResult,
+    TreeNodeOut,
+    TreeOut,
+    checkpoint_out,
+    decode_body,
+    json_response,
+    message_out,
+)
+
+__all__ = ["routes", "task_response"]
+
+routes = web.RouteTableDef()
+
+
+async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamResponse:
+    """The SSE stream of the task (``stream: true``) or, once it ends, its result."""
+    if handle.subscription is not None:
+        actor = await session_actor(request)
+        return await stream_events(request, handle.subscription, request.app[CONFIG].streams, actor.reset_cursor)
+    # Shielded: a client that leaves must not cancel the future other code may await.
+    outcome = await asyncio.shield(handle.done)
+    return json_response(
+        SendResult(
+            message=message_out(outcome.message, outcome.sibling_index, outcome.sibling_count),
+            task_id=outcome.task_id,
+            usage=outcome.usage,
+            model=outcome.model,
+            status=outcome.status,
+            error=outcome.error,
+        )
+    )
+
+
+@routes.post("/v1/sessions/{session_id}/messages")
+async def send_message(request: web.Request) -> web.StreamResponse:
+    body = await decode_body(request, SendMessageBody, empty_ok=False)
+    handle = await ask(
+        request,
+        SendMessage(
+            content=body.content,
+            parent_id=body.parent_id,
+            stream=body.stream,
+            queue=bool_query(request, "queue"),
+            if_match=if_match(request),
+        ),
+    )
+    return await task_response(request, handle)
+
+
+@routes.get("/v1/sessions/{session_id}/messages")
+async def list_messages(request: web.Request) -> web.Response:
+    page: MessagePage = await ask(
+        request,
+        GetMessages(
+            limit=int_query(request, "limit", 100, 1, 1000),
+            offset=int_query(request, "offset", 0, 0, 10_000_000),
+        ),
+    )
+    return json_response(
+        MessageList([message_out(*item) for item in page.items], page.usage, page.has_more, page.total)
+    )
+
+
+@routes.get("/v1/sessions/{session_id}/tree")
+async def get_tree(request: web.Request) -> web.Response:
+    view: TreeView = await ask(request, GetTree())
+    nodes = [
+        TreeNodeOut(n.id, n.parent_id, n.role, n.content, n.created_at, n.status, list(n.children), n.model, n.usage)
+        for n in view.nodes
+    ]
+    return json_response(TreeOut(nodes, view.active_leaf_id))
+
+
+@routes.post("/v1/sessions/{session_id}/messages/{message_id}/edit")
+async def edit_message(request: web.Request) -> web.StreamResponse:
+    body = await decode_body(request, EditBody, empty_ok=False)
+    handle = await ask(
+        request,
+        EditMessage(
+            message_id=request.match_info["message_id"], content=body.content, stream=body.stream,
+            if_match=if_match(request),
+        ),
+    )
+    return await task_response(request, handle)
+
+
+@routes.post("/v1/sessions/{session_id}/messages/{message_id}/regenerate")
+async def regenerate_message(request: web.Request) -> web.StreamResponse:
+    body = await decode_body(request, RegenerateBody)
+    handle = await ask(
+        request,
+        RegenerateMessage(message_id=request.match_info["message_id"], stream=body.stream, if_match=if_match(request)),
+    )
+    return await task_response(request, handle)
+
+
+@routes.post("/v1/sessions/{session_id}/navigate")
+async def navigate(request: web.Request) -> web.Response:
+    body = await decode_body(request, NavigateBody, empty_ok=False)
+    items = await ask(request, Navigate(message_id=body.message_id, if_match=if_match(request)))
+    return json_response({"items": [message_out(*item) for item in items]})
+
+
+@routes.post("/v1/sessions/{session_id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    task_id = await ask(request, CancelTask())
+    return json_response({"task_id": task_id, "status": "cancelled"})
+
+
+@routes.get("/v1/sessions/{session_id}/checkpoints")
+async def list_checkpoints(request: web.Request) -> web.Response:
+    checkpoints = await ask(request, ListCheckpoints())
+    return json_response(CheckpointList([checkpoint_out(c) for c in checkpoints]))
+
+
+@routes.post("/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore")
+async def restore_checkpoint(request: web.Request) -> web.StreamResponse:
+    body = await decode_body(request, RestoreBody)
+    result = await ask(
+        request,
+        RestoreCheckpoint(
+            checkpoint_id=request.match_info["checkpoint_id"], hint=body.hint, stream=body.stream,
+            if_match=if_match(request),
+        ),
+    )
+    if isinstance(result, TaskHandle):
+        return await task_response(request, result)
+    return json_response({"active_leaf_id": result})

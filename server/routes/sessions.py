@@ -1,0 +1,138 @@
+"""Sessions: create, list, get, patch, metadata, delete, prepare."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import msgspec
+from aiohttp import web
+
+from actors.commands import DeleteSessionCmd, GetSession, PatchSession
+from actors.errors import InvalidRequestError
+from actors.records import SessionQuery
+from server.auth import principal_of
+from server.routes.common import ask, if_match, int_query, session_actor
+from server.state import REGISTRY, STORE
+from server.wire import (
+    CreateSessionBody,
+    PatchSessionBody,
+    SessionList,
+    decode_body,
+    json_response,
+    session_out,
+)
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+_META_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+
+@routes.post("/v1/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    body = await decode_body(request, CreateSessionBody)
+    principal = principal_of(request)
+    end_user = body.end_user_id
+    if principal.end_user_id is not None:
+        if end_user is not None and end_user != principal.end_user_id:
+            raise InvalidRequestError("end_user_id differs from X-End-User-ID")
+        end_user = principal.end_user_id
+    registry = request.app[REGISTRY]
+    record = registry.new_record(
+        namespace=body.namespace,
+        end_user_id=end_user,
+        agent_id=body.agent_id,
+        title=body.title,
+        system_prompt=body.system_prompt,
+        metadata=body.metadata,
+        context=body.context,
+        tools=body.tools,
+    )
+    await registry.create(record)
+    out = session_out(record)
+    return json_response(out, status=201, headers={"ETag": f'"{record.version}"'})
+
+
+def _cursor_encode(last_active_at: str, session_id: str) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([last_active_at, session_id])).decode()
+
+
+def _cursor_decode(cursor: str) -> tuple[str, str]:
+    try:
+        a, b = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()), type=tuple[str, str])
+    except (ValueError, msgspec.DecodeError):
+        raise InvalidRequestError("cursor is not one this server gave out") from None
+    return a, b
+
+
+@routes.get("/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    q = request.query
+    metadata: dict[str, str] = {}
+    for name, value in q.items():
+        if name.startswith("metadata."):
+            key = name.removeprefix("metadata.")
+            if not _META_KEY.match(key):
+                raise InvalidRequestError(f"metadata filter key {key!r} is not allowed")
+            metadata[key] = value
+    end_user = q.get("end_user_id")
+    if principal.end_user_id is not None:
+        end_user = principal.end_user_id  # acting for a user: only that user's sessions
+    limit = int_query(request, "limit", 20, 1, 200)
+    cursor = q.get("cursor")
+    query = SessionQuery(
+        namespace=principal.namespace or q.get("namespace"),
+        end_user_id=end_user,
+        metadata=metadata,
+        limit=limit + 1,
+        offset=int_query(request, "offset", 0, 0, 1_000_000),
+        after=_cursor_decode(cursor) if cursor else None,
+    )
+    if principal.session_id is not None:
+        records = [r for r in await request.app[STORE].list_sessions(query) if r.id == principal.session_id]
+    else:
+        records = await request.app[STORE].list_sessions(query)
+    more = len(records) > limit
+    records = records[:limit]
+    next_cursor = _cursor_encode(records[-1].last_active_at, records[-1].id) if more else None
+    return json_response(SessionList([session_out(r) for r in records], next_cursor))
+
+
+@routes.get("/v1/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    record = await ask(request, GetSession())
+    return json_response(session_out(record), headers={"ETag": f'"{record.version}"'})
+
+
+@routes.patch("/v1/sessions/{session_id}")
+async def patch_session(request: web.Request) -> web.Response:
+    body = await decode_body(request, PatchSessionBody)
+    record = await ask(
+        request,
+        PatchSession(
+            title=body.title, metadata=body.metadata, context=body.context, tools=body.tools,
+            if_match=if_match(request),
+        ),
+    )
+    return json_response(session_out(record), headers={"ETag": f'"{record.version}"'})
+
+
+@routes.get("/v1/sessions/{session_id}/metadata")
+async def get_metadata(request: web.Request) -> web.Response:
+    record = await ask(request, GetSession())
+    return json_response(record.metadata)
+
+
+@routes.delete("/v1/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    await ask(request, DeleteSessionCmd())
+    return web.Response(status=204)
+
+
+@routes.post("/v1/sessions/{session_id}/prepare")
+async def prepare_session(request: web.Request) -> web.Response:
+    await session_actor(request)
+    return json_response({"status": "running"})

@@ -1,0 +1,36 @@
+"""GET /v1/sessions/{id}/stream: replay after Last-Event-ID, then live."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from actors.commands import Subscribe
+from actors.errors import InvalidRequestError
+from server.routes.common import ask, session_actor
+from server.sse import stream_events
+from server.state import CONFIG
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequestError("Last-Event-ID must be an event id this server sent") from None
+    if value < 0:
+        raise InvalidRequestError("Last-Event-ID must not be negative")
+    return value
+
+
+@routes.get("/v1/sessions/{session_id}/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    last_id = _last_event_id(request)
+    sub = await ask(request, Subscribe(last_event_id=last_id))
+    actor = await session_actor(request)
+    return await stream_events(request, sub, request.app[CONFIG].streams, actor.reset_cursor)

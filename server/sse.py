@@ -1,0 +1,64 @@
+"""Replay-then-live Server-Sent Events: one write per batch of queued frames, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from actors.events import StreamReset, encode_frame
+from actors.fanout import CLOSED, HEARTBEAT, RESET, Subscription
+from server.config import StreamsSection
+
+__all__ = ["stream_events", "SSE_HEADERS"]
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "Connection": "keep-alive",
+}
+
+_PING = b": ping\n\n"
+# Past this much unsent data the client is behind: bound the wait for it to drain.
+_CONGESTED = 64 * 1024
+
+
+async def stream_events(
+    request: web.Request,
+    sub: Subscription,
+    settings: StreamsSection,
+    reset_cursor: Callable[[], int],
+) -> web.StreamResponse:
+    """Write ``sub`` to the client until it closes, the client leaves, or a write stalls."""
+    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    try:
+        await resp.prepare(request)
+        await resp.write(b"retry: %d\n\n" % settings.retry_ms)
+        transport = request.transport
+        while True:
+            batch = await sub.next(settings.heartbeat_seconds, settings.max_batch_bytes)
+            if batch is CLOSED:
+                break
+            if batch is HEARTBEAT:
+                data = _PING
+            elif batch is RESET:
+                # The id carried by the reset is where the stream goes on from: a client that
+                # refetched history resumes by it like by any other id.
+                cursor = reset_cursor()
+                data = encode_frame(cursor, StreamReset("last_event_id_too_old", sub.cursor))
+                sub.skip_to(cursor)
+            else:
+                assert isinstance(batch, list)
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+            if transport is not None and transport.get_write_buffer_size() > _CONGESTED:
+                async with asyncio.timeout(settings.write_timeout_seconds):
+                    await resp.write(data)
+            else:
+                await resp.write(data)
+    except (ConnectionResetError, TimeoutError):
+        pass  # the client left or stopped reading; it resumes by Last-Event-ID
+    finally:
+        sub.close()
+    return resp
