@@ -10,11 +10,11 @@ from server.state import KEYRING
 
 __all__ = ["auth_middleware", "PRINCIPAL", "principal_of"]
 
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def principal_of(request: web.Request) -> Principal:
-    return request[PRINCIPAL]  # type: ignore[no-any-return]
+    return request[PRINCIPAL]
 
 
 @web.middleware

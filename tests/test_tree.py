@@ -1,0 +1,54 @@
+"""MessageTree and EventLog: the pure data structures."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.events import EventLog
+from actors.tree import MessageTree, Node
+
+
+def _node(id_: str, parent: str | None, role: str = "user") -> Node:
+    return Node(id_, parent, role, id_, "2026-01-01T00:00:00Z")
+
+
+def test_siblings_active_path_and_newest_leaf() -> None:
+    tree = MessageTree()
+    tree.add(_node("u1", None))
+    tree.add(_node("a1", "u1", "assistant"))
+    tree.add(_node("a1b", "u1", "assistant"))  # a regeneration: sibling of a1
+    tree.add(_node("u2", "a1b"))
+    assert [n.id for n in tree.active_path()] == ["u1", "a1b", "u2"]
+    assert tree.sibling_position("a1b") == (1, 2)
+    assert tree.sibling_position("a1") == (0, 2)
+    assert tree.newest_leaf_under("u1") == "u2"
+    tree.active_leaf_id = tree.newest_leaf_under("a1")
+    assert [n.id for n in tree.active_path()] == ["u1", "a1"]
+
+
+def test_rebuild_from_nodes_keeps_order_and_leaf() -> None:
+    tree = MessageTree()
+    for node in (_node("u1", None), _node("a1", "u1", "assistant"), _node("a2", "u1", "assistant")):
+        tree.add(node)
+    again = MessageTree.from_nodes([_node(n.id, n.parent_id, n.role) for n in tree.in_order()], "a1")
+    assert again.nodes["u1"].children == ["a1", "a2"]
+    assert [n.id for n in again.active_path()] == ["u1", "a1"]
+
+
+def test_add_rejects_unknown_parent() -> None:
+    with pytest.raises(KeyError):
+        MessageTree().add(_node("x", "missing"))
+
+
+def test_event_log_replay_and_floor() -> None:
+    log = EventLog(retention=100)
+    for seq in range(1, 501):
+        log.append(seq, "message.delta", b"%d" % seq)
+    assert log.floor > 0
+    assert not log.covers(log.floor - 1)
+    seqs, _, frames = log.window(480)
+    assert seqs == list(range(481, 501))
+    assert frames[0] == b"481"
+    assert len(log) <= 100 + 100 // 8 + 64
+    with pytest.raises(ValueError):
+        log.append(500, "x", b"")
