@@ -1,0 +1,132 @@
+"""What the server acknowledged survives SIGKILL, passivation and shutdown; ids never repeat."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.state import REGISTRY
+from tests.conftest import HEADERS, ClientFactory, new_session
+from tests.sse import events, read_until
+
+TERMINAL = {"task.completed", "task.failed", "task.cancelled", "task.interrupted"}
+
+
+@pytest.mark.slow
+async def test_sigkill_with_100_sends_in_flight(server_process: Any, tmp_path: Path) -> None:
+    paced = {"SESSIOND_SIMULATED_TOKENS_PER_SECOND": "40", "SESSIOND_SIMULATED_REPLY_TOKENS": "400"}
+    srv = server_process(env=paced)
+    url = srv.start()
+    acked: dict[str, str] = {}  # session id -> content of the acknowledged message
+    last_seen: dict[str, int] = {}
+    finished: set[str] = set()
+    half = asyncio.Event()
+
+    async with aiohttp.ClientSession(url, headers=HEADERS) as http:
+
+        async def create() -> str:
+            async with http.post("/v1/sessions", json={}) as r:
+                assert r.status == 201
+                return str((await r.json())["id"])
+
+        sids = await asyncio.gather(*(create() for _ in range(100)))
+
+        async def send(i: int, sid: str) -> None:
+            async with http.post(f"/v1/sessions/{sid}/messages", json={"content": f"message {i}", "stream": True}) as r:
+                if r.status != 200:
+                    return
+                acked[sid] = f"message {i}"
+                async for ev in events(r):
+                    assert ev.id is not None
+                    last_seen[sid] = ev.id
+                    if len(last_seen) >= 60:
+                        half.set()
+                    if ev.event in TERMINAL:
+                        finished.add(sid)
+                        return
+
+        tasks = [asyncio.create_task(send(i, sid)) for i, sid in enumerate(sids)]
+        await asyncio.wait_for(half.wait(), 60)
+        srv.kill()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert len(acked) >= 60
+    again = server_process(env=paced)
+    url = again.start()
+    interrupted = 0
+    async with aiohttp.ClientSession(url, headers=HEADERS) as http:
+        for sid, content in acked.items():
+            async with http.get(f"/v1/sessions/{sid}/messages") as r:
+                assert r.status == 200
+                history = await r.json()
+            assert [m["content"] for m in history["items"] if m["role"] == "user"] == [content]
+            if sid in finished or sid not in last_seen:
+                continue
+            async with http.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": str(last_seen[sid])}) as r:
+                tail = await asyncio.wait_for(read_until(r, TERMINAL), 10)
+            assert tail[0].id is not None and tail[0].id > last_seen[sid], "an event id was reused after the crash"
+            assert tail[-1].event == "task.interrupted"
+            assert history["items"][-1]["status"] == "interrupted"
+            interrupted += 1
+    assert interrupted > 0
+
+
+async def test_passivate_and_reactivate_keeps_everything(make_client: ClientFactory) -> None:
+    client = await make_client(sessions={"idle_seconds": 0.2})
+    registry = client.server.app[REGISTRY]
+    s = await new_session(client, metadata={"k": "v"}, title="kept")
+    sid = s["id"]
+    sent = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "remember me", "stream": True})
+    first = await read_until(sent, "task.completed")
+    tree = await (await client.get(f"/v1/sessions/{sid}/tree")).json()
+    details = await (await client.get(f"/v1/sessions/{sid}")).json()
+
+    actor = await registry.get(sid)
+    await asyncio.wait_for(actor.wait_stopped(), 10)
+    assert sid not in registry
+    assert actor.stop_reason == "passivated" and registry.stats.passivations >= 1
+
+    assert await (await client.get(f"/v1/sessions/{sid}/tree")).json() == tree
+    again = await (await client.get(f"/v1/sessions/{sid}")).json()
+    assert {k: again[k] for k in ("metadata", "title", "usage", "message_count", "version")} == {
+        k: details[k] for k in ("metadata", "title", "usage", "message_count", "version")
+    }
+    # Durable events replay after reactivation; new ids continue right after the old ones.
+    replay = await client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "0"})
+    durable = await read_until(replay, "task.completed")
+    replay.close()
+    assert [e.event for e in durable] == ["task.started", "message.completed", "checkpoint.created", "task.completed"]
+    assert [e.id for e in durable] == [first[0].id, *(e.id for e in first[-3:])]
+    more = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "and more", "stream": True})
+    nxt = await read_until(more, "task.completed")
+    assert nxt[0].id == first[-1].id + 1
+
+
+@pytest.mark.slow
+async def test_sigterm_interrupts_running_tasks_and_exits_cleanly(server_process: Any) -> None:
+    srv = server_process(env={"SESSIOND_SIMULATED_TOKENS_PER_SECOND": "20", "SESSIOND_SIMULATED_REPLY_TOKENS": "400"})
+    url = srv.start()
+    async with aiohttp.ClientSession(url, headers=HEADERS) as http:
+        async with http.post("/v1/sessions", json={}) as r:
+            sid = (await r.json())["id"]
+        async with http.post(f"/v1/sessions/{sid}/messages", json={"content": "x", "stream": True}) as r:
+            got = []
+            async for ev in events(r):
+                got.append(ev)
+                if len(got) == 3:
+                    srv.proc.send_signal(15)
+                if ev.event in TERMINAL:
+                    break
+        assert got[-1].event == "task.interrupted"
+    assert srv.proc.wait(20) == 0
+    again = server_process()
+    url = again.start()
+    async with aiohttp.ClientSession(url, headers=HEADERS) as http:
+        async with http.get(f"/v1/sessions/{sid}/messages") as r:
+            items = (await r.json())["items"]
+    assert items[-1]["status"] == "interrupted"
+    assert items[-1]["content"] == "".join(e.data["delta"] for e in got if e.event == "message.delta")
