@@ -11,6 +11,7 @@ __all__ = [
     "InvalidRequestError",
     "MailboxFullError",
     "UnavailableError",
+    "OverloadedError",
     "ActorStoppedError",
     "ActorCrashedError",
     "UnauthorizedError",
@@ -63,6 +64,12 @@ class MailboxFullError(SessiondError):
 
 class UnavailableError(SessiondError):
     status, code, title, retry_after = 503, "unavailable", "The server cannot take this now", 1
+
+
+class OverloadedError(UnavailableError):
+    """The server carries as many tasks or streams as it is configured to (``[admission]``)."""
+
+    code, title = "overloaded", "The server is at capacity; retry shortly"
 
 
 class ActorStoppedError(UnavailableError):

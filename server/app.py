@@ -10,6 +10,7 @@ from actors.agent.simulated import SimulatedProvider
 from actors.registry import Registry
 from actors.session import ActorSettings
 from actors.store.sqlite import SqliteStore
+from server.admission import ADMISSION, Admission, admission_middleware
 from server.auth import KeyRing, auth_middleware
 from server.config import Config, ConfigError
 from server.errors import problem_middleware
@@ -32,10 +33,11 @@ def make_store(config: Config) -> SqliteStore:
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, problem_middleware, auth_middleware],
+        middlewares=[request_id_middleware, problem_middleware, auth_middleware, admission_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    app[ADMISSION] = Admission(config.admission)
     store = make_store(config)
     app[STORE] = store
     provider = SimulatedProvider(

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Config", "load_config", "ConfigError"]
+__all__ = ["Config", "load_config", "ConfigError", "AdmissionSection"]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -51,6 +51,12 @@ class StreamsSection(_Section):
     max_batch_bytes: int = 262_144
 
 
+class AdmissionSection(_Section):
+    max_running_tasks: int = 600
+    max_open_streams: int = 12000
+    retry_after_seconds: int = 1
+
+
 class SimulatedSection(_Section):
     tokens_per_second: float = 20.0
     reply_tokens: int = 40
@@ -80,6 +86,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     sessions: SessionsSection = msgspec.field(default_factory=SessionsSection)
     streams: StreamsSection = msgspec.field(default_factory=StreamsSection)
+    admission: AdmissionSection = msgspec.field(default_factory=AdmissionSection)
     simulated: SimulatedSection = msgspec.field(default_factory=SimulatedSection)
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     fanout: FanoutSection = msgspec.field(default_factory=FanoutSection)

@@ -1,0 +1,122 @@
+"""Admission control: past the configured load, new work is refused fast with 503 + Retry-After.
+
+An overloaded event loop does not fail loudly: it serves everything a little later, and new
+connections starve first (their first event arrives seconds late while established streams
+still look fine). So the server counts what it carries, running model tasks and open SSE
+streams, and refuses new work beyond ``[admission]`` limits instead of accepting it and
+serving it late. Refusals cost one dictionary look-up and one small response.
+
+What counts as new work:
+
+* a request that starts a task (send, edit, regenerate, restore with a hint) while
+  ``max_running_tasks`` tasks are running;
+* a request that opens a stream (``GET .../stream``, or one of the above with
+  ``"stream": true``) while ``max_open_streams`` streams are open.
+
+Everything else (reads, cancel, create, delete) is always admitted: it is cheap, and cancel
+is how load goes down.
+
+The stream count is exact. The task count is the registry's, which a task joins once its
+actor has started it: sends that arrive together within that moment (well under a
+millisecond) can all pass the check, so a burst may go past ``max_running_tasks`` by that
+burst at most; the limit is a load guard, not a quota.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from actors.errors import OverloadedError
+from server.config import AdmissionSection
+from server.state import REGISTRY
+
+__all__ = ["ADMISSION", "Admission", "admission_middleware"]
+
+
+class Admission:
+    """The limits, and the count of open streams (running tasks are counted by the registry)."""
+
+    __slots__ = ("open_streams", "refused", "settings")
+
+    def __init__(self, settings: AdmissionSection) -> None:
+        self.settings = settings
+        self.open_streams = 0
+        self.refused = 0
+
+
+ADMISSION = web.AppKey("admission", Admission)
+
+# (method, canonical route) of the requests that start a task.
+_TASK_ROUTES = frozenset(
+    {
+        ("POST", "/v1/sessions/{session_id}/messages"),
+        ("POST", "/v1/sessions/{session_id}/messages/{message_id}/edit"),
+        ("POST", "/v1/sessions/{session_id}/messages/{message_id}/regenerate"),
+        ("POST", "/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore"),
+    }
+)
+_RESTORE = "/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore"
+_STREAM_ROUTE = ("GET", "/v1/sessions/{session_id}/stream")
+
+
+class _Peek(msgspec.Struct):
+    """The two body fields admission needs; the handler still decodes and validates the body."""
+
+    stream: bool = False
+    hint: str | None = None
+
+
+_peek = msgspec.json.Decoder(_Peek)
+
+
+async def _peek_body(request: web.Request) -> _Peek:
+    if not request.can_read_body:
+        return _Peek()
+    # request.read() caches the body, so the handler reads the same bytes again for free.
+    try:
+        return _peek.decode(await request.read())
+    except msgspec.DecodeError:
+        return _Peek()  # the handler answers the bad body with 400 or 422
+
+
+@web.middleware
+async def admission_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return await handler(request)
+    key = (request.method, resource.canonical)
+    opens_stream = key == _STREAM_ROUTE
+    if key in _TASK_ROUTES:
+        body = await _peek_body(request)
+        starts_task = key[1] != _RESTORE or bool(body.hint and body.hint.strip())
+        opens_stream = body.stream
+    else:
+        starts_task = False
+    if not starts_task and not opens_stream:
+        return await handler(request)
+    admission = request.app[ADMISSION]
+    limits = admission.settings
+    if starts_task and request.app[REGISTRY].stats.tasks_running >= limits.max_running_tasks:
+        admission.refused += 1
+        raise OverloadedError(
+            f"{limits.max_running_tasks} tasks are running, the most this server takes at once",
+            retry_after=limits.retry_after_seconds,
+        )
+    if opens_stream and admission.open_streams >= limits.max_open_streams:
+        admission.refused += 1
+        raise OverloadedError(
+            f"{limits.max_open_streams} streams are open, the most this server holds at once",
+            retry_after=limits.retry_after_seconds,
+        )
+    if not opens_stream:
+        response: web.StreamResponse = await handler(request)
+        return response
+    # Counted from admission to the end of the response, with no await in between the check
+    # and the increment, so concurrent requests cannot both take the last place.
+    admission.open_streams += 1
+    try:
+        response = await handler(request)
+        return response
+    finally:
+        admission.open_streams -= 1
