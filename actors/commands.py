@@ -20,6 +20,7 @@ __all__ = [
     "ListCheckpoints",
     "RestoreCheckpoint",
     "Subscribe",
+    "ExportSession",
     "DeleteSessionCmd",
     "Passivate",
     "Shutdown",
@@ -98,6 +99,10 @@ class Subscribe(Command, frozen=True, tag="subscribe"):
     last_event_id: int | None = None
 
 
+class ExportSession(Command, frozen=True, tag="export_session"):
+    pass
+
+
 class DeleteSessionCmd(Command, frozen=True, tag="delete_session"):
     pass
 
@@ -132,6 +137,7 @@ AnyCommand = (
     | ListCheckpoints
     | RestoreCheckpoint
     | Subscribe
+    | ExportSession
     | DeleteSessionCmd
     | Passivate
     | Shutdown

@@ -14,9 +14,11 @@ from typing import Any
 
 from actors.agent.provider import Provider
 from actors.commands import AnyCommand, Passivate, Shutdown
-from actors.errors import ActorStoppedError, NotFoundError, UnavailableError
+from actors.errors import ActorStoppedError, ConflictError, NotFoundError, UnavailableError
+from actors.export import SessionExport, from_export, remap_ids
 from actors.ids import new_id, utcnow
-from actors.records import PutSession, SessionRecord, Stats
+from actors.records import Op, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
+from actors.tree import Node
 from actors.session import ActorSettings, SessionActor
 from actors.store.base import Store
 
@@ -96,6 +98,31 @@ class Registry:
         now = utcnow()
         fields.setdefault("id", new_id("ses"))
         return SessionRecord(created_at=now, last_active_at=now, **fields)
+
+    async def import_session(self, doc: SessionExport, *, new_id: bool = False, **fields: Any) -> SessionRecord:
+        """Store a session from its exported form (fresh ids with ``new_id``); ``fields``
+        override the session's own (e.g. the importer's end user)."""
+        if not self.accepting:
+            raise UnavailableError("the server is shutting down")
+        if new_id:
+            doc = remap_ids(doc)
+        record, nodes, checkpoints = from_export(doc)
+        for name, value in fields.items():
+            setattr(record, name, value)
+        if await self.store.get_session(record.id) is not None or record.id in self._actors:
+            raise ConflictError(f"session {record.id} exists already; import with new_id=true for a copy")
+        ops: list[Op] = [PutMessage.of(record.id, n) for n in nodes]
+        ops += [PutCheckpoint.of(record.id, c) for c in checkpoints]
+        ops.append(PutSession.of(record))
+        await self.store.commit(ops)
+        return record
+
+    async def create_from_nodes(self, record: SessionRecord, nodes: list[Node]) -> SessionRecord:
+        """A new session holding ``nodes`` (parents first), the last one active."""
+        record.active_leaf_id = nodes[-1].id if nodes else None
+        record.message_count = len(nodes)
+        await self.store.commit([*(PutMessage.of(record.id, n) for n in nodes), PutSession.of(record)])
+        return record
 
     async def get(self, session_id: str) -> SessionActor:
         actor = self._actors.get(session_id)

@@ -24,6 +24,7 @@ from actors.commands import (
     CancelTask,
     DeleteSessionCmd,
     EditMessage,
+    ExportSession,
     GetMessages,
     GetSession,
     GetTree,
@@ -61,6 +62,7 @@ from actors.events import (
     TaskStarted,
     encode_frame,
 )
+from actors.export import build_export
 from actors.fanout import Hub, Subscription
 from actors.ids import new_id, utcnow
 from actors.mailbox import Mailbox
@@ -321,6 +323,8 @@ class SessionActor:
                 return TreeView(self.tree.in_order(), self.tree.active_leaf_id)
             case ListCheckpoints():
                 return list(self.checkpoints)
+            case ExportSession():
+                return build_export(self.record, self.tree.in_order(), self.checkpoints)
             case Subscribe():
                 return self._subscribe(cmd.last_event_id)
             case PatchSession():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.routes import messages, ops, sessions, stream
+from server.routes import messages, ops, sessions, stream, transfer
 
 __all__ = ["add_routes"]
 
 
 def add_routes(app: web.Application) -> None:
-    for module in (sessions, messages, stream, ops):
+    for module in (transfer, sessions, messages, stream, ops):
         app.router.add_routes(module.routes)

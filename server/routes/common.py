@@ -15,17 +15,18 @@ from server.state import REGISTRY
 __all__ = ["session_actor", "ask", "if_match", "int_query", "bool_query"]
 
 
-async def session_actor(request: web.Request) -> SessionActor:
-    session_id = request.match_info["session_id"]
+async def session_actor(request: web.Request, session_id: str | None = None) -> SessionActor:
+    """The actor of the route's session (or ``session_id``), if the caller may see it (else 404)."""
+    session_id = session_id or request.match_info["session_id"]
     actor = await request.app[REGISTRY].get(session_id)
     authorize_session(principal_of(request), session_id, actor.namespace, actor.end_user_id)
     return actor
 
 
-async def ask(request: web.Request, command: AnyCommand) -> Any:
+async def ask(request: web.Request, command: AnyCommand, session_id: str | None = None) -> Any:
     """Ask the caller's session; retried once when the actor was passivated meanwhile."""
     for attempt in (0, 1):
-        actor = await session_actor(request)
+        actor = await session_actor(request, session_id)
         try:
             return await actor.ask(command)
         except ActorStoppedError:

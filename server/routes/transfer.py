@@ -1,0 +1,91 @@
+"""Whole-session operations: export, import, copy, merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from actors.commands import ExportSession, GetMessages
+from actors.errors import InvalidRequestError
+from actors.export import SessionExport, merge_paths, remap_ids
+from actors.session import MessagePage
+from server.auth import principal_of
+from server.routes.common import ask, bool_query
+from server.state import REGISTRY
+from server.wire import decode_body, json_response, session_out
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+class CopyBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    title: str | None = None
+
+
+class MergeBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    session_ids: list[str]
+    title: str | None = None
+
+
+def _owner_fields(request: web.Request) -> dict[str, Any]:
+    """A caller acting for an end user imports into that user's sessions only."""
+    principal = principal_of(request)
+    return {"end_user_id": principal.end_user_id} if principal.end_user_id is not None else {}
+
+
+@routes.get("/v1/sessions/{session_id}/export")
+async def export_session(request: web.Request) -> web.Response:
+    doc: SessionExport = await ask(request, ExportSession())
+    return json_response(doc)
+
+
+@routes.post("/v1/sessions/import")
+async def import_session(request: web.Request) -> web.Response:
+    doc = await decode_body(request, SessionExport, empty_ok=False)
+    record = await request.app[REGISTRY].import_session(
+        doc, new_id=bool_query(request, "new_id"), **_owner_fields(request)
+    )
+    return json_response(session_out(record), status=201)
+
+
+@routes.post("/v1/sessions/{session_id}/copy")
+async def copy_session(request: web.Request) -> web.Response:
+    body = await decode_body(request, CopyBody)
+    doc: SessionExport = await ask(request, ExportSession())
+    doc = remap_ids(doc)
+    if body.title is not None:
+        doc.session.title = body.title
+    record = await request.app[REGISTRY].import_session(doc)
+    return json_response(session_out(record), status=201)
+
+
+@routes.post("/v1/sessions/merge")
+async def merge_sessions(request: web.Request) -> web.Response:
+    body = await decode_body(request, MergeBody, empty_ok=False)
+    if len(body.session_ids) < 2:
+        raise InvalidRequestError("merge takes at least two session_ids")
+    if len(set(body.session_ids)) != len(body.session_ids):
+        raise InvalidRequestError("session_ids must be distinct")
+    paths = []
+    first = None
+    for sid in body.session_ids:
+        page: MessagePage = await ask(request, GetMessages(limit=1 << 30), sid)
+        paths.append([node for node, _, _ in page.items])
+        if first is None:
+            first = await ask(request, ExportSession(), sid)
+    assert first is not None
+    registry = request.app[REGISTRY]
+    owner = {"end_user_id": first.session.end_user_id, **_owner_fields(request)}
+    record = registry.new_record(
+        namespace=first.session.namespace,
+        agent_id=first.session.agent_id,
+        system_prompt=first.session.system_prompt,
+        title=body.title,
+        metadata={"merged_from": body.session_ids},
+        **owner,
+    )
+    await registry.create_from_nodes(record, merge_paths(paths))
+    return json_response(session_out(record), status=201)
