@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(revoke)
     revoke.add_argument("key_id")
     revoke.set_defaults(func=_cmd_keys_revoke)
+
+    from server.transfer_cli import register as register_transfer
+
+    register_transfer(sub, _common)
     return parser
 
 
