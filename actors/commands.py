@@ -42,6 +42,8 @@ class PatchSession(Command, frozen=True, tag="patch_session"):
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     context: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET
+    link_documents: tuple[str, ...] = ()
+    unlink_documents: tuple[str, ...] = ()
     if_match: int | None = None
 
 

@@ -14,7 +14,7 @@ import msgspec
 from actors.errors import InvalidRequestError
 from actors.ids import new_id, utcnow
 from actors.records import Checkpoint, SessionRecord
-from actors.tree import Node, Usage
+from actors.tree import Node, ToolUse, Usage
 
 __all__ = ["FORMAT", "VERSION", "SessionExport", "ExportedSession", "build_export", "from_export", "remap_ids", "merge_paths"]
 
@@ -48,6 +48,7 @@ class ExportedMessage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model: str | None = None
     usage: Usage | None = None
     hint: str | None = None
+    tool_calls: list[ToolUse] | None = None
 
 
 class ExportedCheckpoint(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,9 +68,7 @@ class SessionExport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     documents: list[str] = msgspec.field(default_factory=list)
 
 
-def build_export(
-    record: SessionRecord, nodes: Iterable[Node], checkpoints: Iterable[Checkpoint], documents: Iterable[str] = ()
-) -> SessionExport:
+def build_export(record: SessionRecord, nodes: Iterable[Node], checkpoints: Iterable[Checkpoint]) -> SessionExport:
     """``nodes`` parents first, siblings oldest first (``MessageTree.in_order()``)."""
     r = record
     return SessionExport(
@@ -82,12 +81,13 @@ def build_export(
             ExportedMessage(
                 id=n.id, parent_id=n.parent_id, role=n.role, content=n.content,  # type: ignore[arg-type]
                 created_at=n.created_at, status=n.status, task_id=n.task_id, model=n.model, usage=n.usage, hint=n.hint,
+                tool_calls=n.tool_calls,
             )
             for n in nodes
         ],
         active_leaf_id=r.active_leaf_id,
         checkpoints=[ExportedCheckpoint(c.id, c.message_id, c.created_at, c.label) for c in checkpoints],
-        documents=list(documents),
+        documents=list(r.documents),
     )
 
 
@@ -105,7 +105,9 @@ def from_export(doc: SessionExport) -> tuple[SessionRecord, list[Node], list[Che
         seen.add(m.id)
         # A task cannot run on in another server: what was running is interrupted.
         status = "interrupted" if m.status == "running" else m.status
-        nodes.append(Node(m.id, m.parent_id, m.role, m.content, m.created_at, status, m.task_id, m.model, m.usage, m.hint))
+        nodes.append(
+            Node(m.id, m.parent_id, m.role, m.content, m.created_at, status, m.task_id, m.model, m.usage, m.hint, m.tool_calls)
+        )
     if doc.active_leaf_id is not None and doc.active_leaf_id not in seen:
         raise InvalidRequestError("active_leaf_id is not one of the messages")
     for c in doc.checkpoints:
@@ -117,7 +119,7 @@ def from_export(doc: SessionExport) -> tuple[SessionRecord, list[Node], list[Che
         id=s.id, namespace=s.namespace, created_at=s.created_at, last_active_at=now, end_user_id=s.end_user_id,
         agent_id=s.agent_id, title=s.title, system_prompt=s.system_prompt, metadata=s.metadata, context=s.context,
         tools=s.tools, is_guest=s.is_guest, active_leaf_id=doc.active_leaf_id, usage=s.usage,
-        message_count=len(nodes),
+        message_count=len(nodes), documents=list(doc.documents),
     )
     return record, nodes, [Checkpoint(c.id, c.message_id, c.created_at, c.label) for c in doc.checkpoints]
 
@@ -143,7 +145,10 @@ def merge_paths(paths: list[list[Node]]) -> list[Node]:
     parent: str | None = None
     for path in paths:
         for n in path:
-            copy = Node(new_id("msg"), parent, n.role, n.content, n.created_at, n.status, n.task_id, n.model, n.usage, n.hint)
+            copy = Node(
+                new_id("msg"), parent, n.role, n.content, n.created_at, n.status, n.task_id, n.model, n.usage, n.hint,
+                n.tool_calls,
+            )
             out.append(copy)
             parent = copy.id
     return out

@@ -60,6 +60,7 @@ class SessionRecord(msgspec.Struct):
     usage: Usage = msgspec.field(default_factory=Usage)
     message_count: int = 0
     running: list[RunningTask] = msgspec.field(default_factory=list)
+    documents: list[str] = msgspec.field(default_factory=list)  # linked document ids
 
 
 class Checkpoint(msgspec.Struct):

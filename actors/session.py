@@ -18,7 +18,7 @@ from typing import Any, assert_never
 
 import msgspec
 
-from actors.agent.provider import ChatMessage, ModelRequest, Provider
+from actors.agent.provider import ChatMessage, Chunk, ModelRequest, Provider, ToolCallChunk, ToolResultChunk
 from actors.commands import (
     AnyCommand,
     CancelTask,
@@ -60,6 +60,8 @@ from actors.events import (
     TaskFailed,
     TaskInterrupted,
     TaskStarted,
+    ToolCall,
+    ToolResult,
     encode_frame,
 )
 from actors.export import build_export
@@ -81,7 +83,7 @@ from actors.records import (
     StoredEvent,
 )
 from actors.store.base import Store
-from actors.tree import MessageTree, Node, Usage
+from actors.tree import MessageTree, Node, ToolUse, Usage
 
 __all__ = ["ActorSettings", "SessionActor", "TaskHandle", "TurnOutcome", "MessagePage", "TreeView"]
 
@@ -470,6 +472,10 @@ class SessionActor:
             r.context = cmd.context
         if cmd.tools is not msgspec.UNSET:
             r.tools = list(cmd.tools)
+        if cmd.link_documents:
+            r.documents = [*r.documents, *(d for d in cmd.link_documents if d not in r.documents)]
+        if cmd.unlink_documents:
+            r.documents = [d for d in r.documents if d not in cmd.unlink_documents]
         self._touch()
         await self._store.commit([PutSession.of(r)])
         return self._snapshot()
@@ -593,30 +599,63 @@ class SessionActor:
         for node in self.tree.path_to(user_id):
             if node.hint is not None:
                 messages.append(ChatMessage("system", f"Instruction for the next answer: {node.hint}"))
-            elif node.content:
+                continue
+            for use in node.tool_calls or []:
+                if use.output is not None:
+                    messages.append(ChatMessage("system", f"Result of tool {use.name}({use.arguments}): {use.output}"))
+            if node.content:
                 messages.append(ChatMessage(node.role, node.content))
-        return ModelRequest(messages=messages, tools=list(self.record.tools))
+        r = self.record
+        return ModelRequest(
+            messages=messages, tools=list(r.tools), session_id=r.id, agent_id=r.agent_id,
+            documents=list(r.documents), end_user_id=r.end_user_id,
+        )
 
     async def _turn_main(self, turn: _Turn) -> None:
         """The model turn: stream chunks into the log; report the end through the mailbox."""
         error: str | None = None
         try:
-            async for chunk in self._provider.stream(self._model_request(turn.user_id)):
-                if chunk.delta:
-                    if self._next_seq > self.record.seq_reserved:
-                        await self._reserve_more()
-                    turn.parts.append(chunk.delta)
-                    self._emit_delta(turn, chunk.delta)
-                if chunk.usage is not None:
-                    turn.usage = chunk.usage
-                if chunk.model is not None:
-                    turn.model = chunk.model
+            async for item in self._provider.stream(self._model_request(turn.user_id)):
+                match item:
+                    case Chunk():
+                        if item.delta:
+                            if self._next_seq > self.record.seq_reserved:
+                                await self._reserve_more()
+                            turn.parts.append(item.delta)
+                            self._emit_delta(turn, item.delta)
+                        if item.usage is not None:
+                            turn.usage = item.usage
+                        if item.model is not None:
+                            turn.model = item.model
+                    case ToolCallChunk():
+                        await self._tool_call(turn, item)
+                    case ToolResultChunk():
+                        await self._tool_result(turn, item)
         except asyncio.CancelledError:
             raise  # cancel or shutdown: the actor ends the turn itself
         except Exception as exc:
             log.warning("turn %s failed: %s", turn.task_id, exc)
             error = f"{type(exc).__name__}: {exc}"
         self._mailbox.tell_internal(TurnEnded(turn.task_id, error))
+
+    async def _tool_call(self, turn: _Turn, item: ToolCallChunk) -> None:
+        reply = self.tree.nodes[turn.reply_id]
+        reply.tool_calls = [*(reply.tool_calls or []), ToolUse(item.call_id, item.name, item.arguments)]
+        await self._publish([ToolCall(turn.task_id, item.call_id, item.name, item.arguments)])
+
+    async def _tool_result(self, turn: _Turn, item: ToolResultChunk) -> None:
+        """A tool result is durable at once, with a checkpoint on the answer being written."""
+        reply = self.tree.nodes[turn.reply_id]
+        for use in reply.tool_calls or []:
+            if use.call_id == item.call_id:
+                use.output, use.is_error = item.output, item.is_error
+        reply.content = "".join(turn.parts)
+        cp = Checkpoint(new_id("ckp"), reply.id, utcnow(), f"tool:{item.name}")
+        self.checkpoints.append(cp)
+        await self._publish(
+            [ToolResult(turn.task_id, item.call_id, item.output, item.is_error), CheckpointCreated(cp.id, reply.id)],
+            [PutMessage.of(self.id, reply), PutCheckpoint.of(self.id, cp)],
+        )
 
     async def _turn_ended(self, cmd: TurnEnded) -> None:
         turn = self._turn

@@ -6,10 +6,11 @@ Pure data structure: no asyncio, no storage. The session actor is its only write
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
-__all__ = ["Usage", "Node", "MessageTree"]
+__all__ = ["Usage", "ToolUse", "Node", "MessageTree"]
 
 
 class Usage(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -27,6 +28,14 @@ class Usage(msgspec.Struct, frozen=True, omit_defaults=False):
         )
 
 
+class ToolUse(msgspec.Struct):
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    output: str | None = None
+    is_error: bool = False
+
+
 class Node(msgspec.Struct):
     """One message. ``children`` keeps sibling order: oldest first."""
 
@@ -42,6 +51,9 @@ class Node(msgspec.Struct):
     usage: Usage | None = None
     # An instruction given with a checkpoint restore ("hint"), kept on the user turn it steered.
     hint: str | None = None
+    # Tool calls made while writing this answer, each with its result (kept for history,
+    # export, and as context for later answers, so a restore never re-runs them).
+    tool_calls: list[ToolUse] | None = None
     children: list[str] = msgspec.field(default_factory=list)
 
 

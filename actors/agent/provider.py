@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from actors.tree import Usage
 
-__all__ = ["ChatMessage", "ModelRequest", "Chunk", "Provider"]
+__all__ = ["ChatMessage", "ModelRequest", "Chunk", "ToolCallChunk", "ToolResultChunk", "TurnItem", "Provider"]
 
 
 class ChatMessage(msgspec.Struct, frozen=True):
@@ -17,11 +17,16 @@ class ChatMessage(msgspec.Struct, frozen=True):
     content: str
 
 
-class ModelRequest(msgspec.Struct, frozen=True):
-    """Everything a model sees for one answer: the active path up to the user turn."""
+class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one answer needs: the active path up to the user turn, and the session's
+    agent, active tools and linked documents (for whoever resolves them)."""
 
     messages: list[ChatMessage]
     tools: list[str] = msgspec.field(default_factory=list)
+    session_id: str = ""
+    agent_id: str | None = None
+    documents: list[str] = msgspec.field(default_factory=list)
+    end_user_id: str | None = None
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -32,7 +37,29 @@ class Chunk(msgspec.Struct, frozen=True):
     model: str | None = None
 
 
+class ToolCallChunk(msgspec.Struct, frozen=True):
+    """The model asked for a tool (the actor records it as a ``tool.call`` event)."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolResultChunk(msgspec.Struct, frozen=True):
+    """A tool answered (a ``tool.result`` event and a checkpoint)."""
+
+    call_id: str
+    name: str
+    output: str
+    is_error: bool = False
+
+
+TurnItem = Chunk | ToolCallChunk | ToolResultChunk
+
+
 class Provider(Protocol):
+    """Runs one answer: text deltas, tool calls and results, then usage and model name."""
+
     name: str
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]: ...
+    def stream(self, request: ModelRequest) -> AsyncIterator[TurnItem]: ...
