@@ -10,6 +10,7 @@ to reset; it never makes the producer wait.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from actors.events import EventLog
 
@@ -42,8 +43,10 @@ class Hub:
         self.closed = True
         self.notify()
 
-    def subscribe(self, cursor: int, *, task_id: str | None = None) -> Subscription:
-        return Subscription(self, cursor, task_id)
+    def subscribe(
+        self, cursor: int, *, task_id: str | None = None, on_reset: Callable[[], int] | None = None
+    ) -> Subscription:
+        return Subscription(self, cursor, task_id, on_reset)
 
 
 class _Marker:
@@ -65,15 +68,20 @@ Batch = list[bytes] | _Marker
 class Subscription:
     """One reader of a Hub: ``await next()`` gives frames, HEARTBEAT, RESET or CLOSED."""
 
-    __slots__ = ("hub", "cursor", "task_id", "_done", "_open")
+    __slots__ = ("hub", "cursor", "task_id", "_done", "_open", "_on_reset")
 
-    def __init__(self, hub: Hub, cursor: int, task_id: str | None) -> None:
+    def __init__(self, hub: Hub, cursor: int, task_id: str | None, on_reset: Callable[[], int] | None = None) -> None:
         self.hub = hub
         self.cursor = cursor
         self.task_id = task_id
         self._done = False
         self._open = True
+        self._on_reset = on_reset
         hub.subscribers += 1
+
+    def reset_cursor(self) -> int:
+        """Where to go on after RESET (the session decides: its running task's start, or now)."""
+        return self._on_reset() if self._on_reset is not None else self.hub.log.last_seq
 
     def close(self) -> None:
         if self._open:

@@ -59,6 +59,7 @@ from actors.events import (
     TaskCompleted,
     TaskFailed,
     TaskInterrupted,
+    TERMINAL_EVENTS,
     TaskStarted,
     ToolCall,
     ToolResult,
@@ -85,9 +86,13 @@ from actors.records import (
 from actors.store.base import Store
 from actors.tree import MessageTree, Node, ToolUse, Usage
 
-__all__ = ["ActorSettings", "SessionActor", "TaskHandle", "TurnOutcome", "MessagePage", "TreeView"]
+__all__ = ["EventSink", "ActorSettings", "SessionActor", "TaskHandle", "TurnOutcome", "MessagePage", "TreeView"]
 
 log = logging.getLogger("sessiond.actor")
+
+
+EventSink = Callable[[str, int, str, bytes, "str | None"], None]
+"""Told of every event a session emits: (session id, seq, type, frame, task id if terminal)."""
 
 
 class ActorSettings(msgspec.Struct, frozen=True):
@@ -112,7 +117,7 @@ class TurnOutcome(msgspec.Struct, frozen=True):
 class TaskHandle:
     """The reply to a command that starts (or queues) a task."""
 
-    __slots__ = ("task_id", "message_id", "subscription", "done")
+    __slots__ = ("task_id", "message_id", "subscription", "done", "cursor")
 
     def __init__(
         self,
@@ -120,11 +125,13 @@ class TaskHandle:
         message_id: str,
         subscription: Subscription | None,
         done: asyncio.Future[TurnOutcome],
+        cursor: int = 0,
     ) -> None:
         self.task_id = task_id
         self.message_id = message_id
         self.subscription = subscription
         self.done = done
+        self.cursor = cursor  # the event id just before this task's events
 
 
 class MessagePage(msgspec.Struct, frozen=True):
@@ -171,6 +178,7 @@ class SessionActor:
         settings: ActorSettings,
         stats: Stats,
         on_stop: Callable[[SessionActor, BaseException | None], None],
+        sink: EventSink | None = None,
     ) -> None:
         record = loaded.record
         self.id = record.id
@@ -193,6 +201,7 @@ class SessionActor:
         self._settings = settings
         self._stats = stats
         self._on_stop = on_stop
+        self._sink = sink
         self._mailbox = Mailbox(settings.mailbox_size)
         self._turn: _Turn | None = None
         self._queued: deque[_Turn] = deque()
@@ -378,7 +387,7 @@ class SessionActor:
         if last_event_id is None:
             start = self._last_task_start
             last_event_id = start - 1 if start is not None else self.log.last_seq
-        return self.hub.subscribe(last_event_id)
+        return self.hub.subscribe(last_event_id, on_reset=self.reset_cursor)
 
     def reset_cursor(self) -> int:
         """Where a stream told to reset continues: the running task's start, else now."""
@@ -408,10 +417,13 @@ class SessionActor:
             self.record.seq_reserved = self._next_seq - 1
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
         await self._store.commit(all_ops)
+        end_task = ends[0] if ends else None
         for ev in stored:
             self.log.append(ev.seq, ev.type, ev.frame)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
+            if self._sink is not None:
+                self._sink(self.id, ev.seq, ev.type, ev.frame, end_task if ev.type in TERMINAL_EVENTS else None)
         for task_id in ends:
             self.hub.task_end_seq[task_id] = seqs[-1]
             if len(self.hub.task_end_seq) > _TASK_END_MEMORY:
@@ -423,7 +435,10 @@ class SessionActor:
     def _emit_delta(self, turn: _Turn, delta: str) -> None:
         seq = self._next_seq
         self._next_seq = seq + 1
-        self.log.append(seq, "message.delta", encode_frame(seq, MessageDelta(turn.task_id, turn.reply_id, delta)))
+        frame = encode_frame(seq, MessageDelta(turn.task_id, turn.reply_id, delta))
+        self.log.append(seq, "message.delta", frame)
+        if self._sink is not None:
+            self._sink(self.id, seq, "message.delta", frame, None)
         self._stats.events += 1
         self.hub.notify()
 
@@ -562,12 +577,13 @@ class SessionActor:
             self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to)]
             self._touch()
             await self._store.commit([*ops, PutSession.of(self.record)])
-            sub = self.hub.subscribe(self.log.last_seq, task_id=turn.task_id) if stream else None
-            return TaskHandle(turn.task_id, answer_to, sub, turn.done)
+            cursor = self.log.last_seq
+            sub = self.hub.subscribe(cursor, task_id=turn.task_id, on_reset=self.reset_cursor) if stream else None
+            return TaskHandle(turn.task_id, answer_to, sub, turn.done, cursor)
         cursor = self.log.last_seq
         await self._start_turn(turn, ops)
-        sub = self.hub.subscribe(cursor, task_id=turn.task_id) if stream else None
-        return TaskHandle(turn.task_id, answer_to, sub, turn.done)
+        sub = self.hub.subscribe(cursor, task_id=turn.task_id, on_reset=self.reset_cursor) if stream else None
+        return TaskHandle(turn.task_id, answer_to, sub, turn.done, cursor)
 
     async def _start_turn(self, turn: _Turn, ops: list[Op]) -> None:
         user = self.tree.nodes[turn.user_id]

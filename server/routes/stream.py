@@ -6,7 +6,7 @@ from aiohttp import web
 
 from actors.commands import Subscribe
 from actors.errors import InvalidRequestError
-from server.routes.common import ask, session_actor
+from server.routes.common import ask
 from server.sse import stream_events
 from server.state import CONFIG
 
@@ -32,5 +32,4 @@ def _last_event_id(request: web.Request) -> int | None:
 async def stream(request: web.Request) -> web.StreamResponse:
     last_id = _last_event_id(request)
     sub = await ask(request, Subscribe(last_event_id=last_id))
-    actor = await session_actor(request)
-    return await stream_events(request, sub, request.app[CONFIG].streams, actor.reset_cursor)
+    return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)
