@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from actors.agent.provider import Provider
+from actors.cluster import Cluster, RemoteSession
 from actors.commands import AnyCommand, Passivate, Shutdown
 from actors.errors import ActorStoppedError, ConflictError, NotFoundError, UnavailableError
 from actors.export import SessionExport, from_export, remap_ids
@@ -38,6 +39,7 @@ class Registry:
         settings: ActorSettings,
         idle_seconds: float,
         stats: Stats | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
@@ -45,9 +47,11 @@ class Registry:
         self.idle_seconds = idle_seconds
         self.stats = stats or Stats()
         self._actors: dict[str, SessionActor] = {}
-        self._activating: dict[str, asyncio.Future[SessionActor]] = {}
+        self._activating: dict[str, asyncio.Future[SessionActor | RemoteSession]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._restarts: set[asyncio.Task[Any]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self.cluster = cluster
         self.accepting = True
 
     def __len__(self) -> int:
@@ -61,20 +65,31 @@ class Registry:
 
     # -- life cycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="registry-sweeper")
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep(), name="registry-sweeper")
+        if self.cluster is not None:
+            await self.cluster.start(self._serve_forwarded)
+            self._renewer = loop.create_task(self._renew_leases(), name="registry-leases")
 
     async def drain(self) -> None:
         """Stop accepting, interrupt running tasks, flush every actor, close its streams."""
+        if not self.accepting:
+            return
         self.accepting = False
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for task in (self._sweeper, self._renewer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for task in list(self._restarts):
             task.cancel()
         await asyncio.gather(*self._restarts, return_exceptions=True)
         actors = list(self._actors.values())
         await asyncio.gather(*(self._shutdown(a) for a in actors), return_exceptions=True)
+        if self.cluster is not None:
+            # Leases go back at once, so another node can take these sessions without waiting.
+            await asyncio.gather(*(self.cluster.release(a.id) for a in actors), return_exceptions=True)
+            await self.cluster.aclose()
 
     @staticmethod
     async def _shutdown(actor: SessionActor) -> None:
@@ -124,7 +139,7 @@ class Registry:
         await self.store.commit([*(PutMessage.of(record.id, n) for n in nodes), PutSession.of(record)])
         return record
 
-    async def get(self, session_id: str) -> SessionActor:
+    async def get(self, session_id: str) -> SessionActor | RemoteSession:
         actor = self._actors.get(session_id)
         if actor is not None and actor.is_alive:
             return actor
@@ -133,10 +148,10 @@ class Registry:
         pending = self._activating.get(session_id)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[SessionActor] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[SessionActor | RemoteSession] = asyncio.get_running_loop().create_future()
         self._activating[session_id] = fut
         try:
-            actor = await self._activate(session_id)
+            actor = await (self._locate(session_id) if self.cluster is not None else self._activate(session_id))
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
@@ -158,6 +173,7 @@ class Registry:
             settings=self.settings,
             stats=self.stats,
             on_stop=self._stopped,
+            sink=self.cluster.publish if self.cluster is not None else None,
         )
         await actor.start()
         self._actors[session_id] = actor
@@ -182,15 +198,68 @@ class Registry:
             del self._actors[actor.id]
         if actor.stop_reason == "passivated":
             self.stats.passivations += 1
+        if self.cluster is not None and self.accepting and actor.stop_reason != "lease lost":
+            self._background(self.cluster.release(actor.id))
         if crash is None:
             return
         self.stats.crashes += 1
         if self.accepting:
             # Restart from the store at once, so a turn the crash cut off is reported
             # interrupted to whoever reconnects, without waiting for the next command.
-            task = asyncio.get_running_loop().create_task(self._restart(actor.id))
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            self._background(self._restart(actor.id))
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    async def _locate(self, session_id: str) -> SessionActor | RemoteSession:
+        """Activate here if we win the lease; else the session lives on its owner."""
+        cluster = self.cluster
+        assert cluster is not None
+        for _ in range(5):
+            if await cluster.acquire(session_id):
+                try:
+                    return await self._activate(session_id)
+                except BaseException:
+                    await cluster.release(session_id)
+                    raise
+            owner = await cluster.owner(session_id)
+            if owner == cluster.node_id:
+                return await self._activate(session_id)
+            if owner is not None:
+                record = await self.store.get_session(session_id)
+                if record is None:
+                    raise NotFoundError(f"no session {session_id}")
+                return RemoteSession(cluster, record, owner)
+            # The lease went away between our two questions: ask again.
+        raise UnavailableError(f"session {session_id} is changing hands; retry shortly")
+
+    async def _serve_forwarded(self, session_id: str, command: AnyCommand) -> Any:
+        target = await self.get(session_id)
+        if isinstance(target, RemoteSession):
+            raise ActorStoppedError(f"session {session_id} lives on {target.owner} now")
+        return await target.ask(command)
+
+    async def _renew_leases(self) -> None:
+        cluster = self.cluster
+        assert cluster is not None
+        interval = cluster.settings.lease_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                lost = await cluster.renew(list(self._actors))
+            except Exception:
+                log.exception("renewing session leases failed")
+                continue
+            for session_id in lost:
+                actor = self._actors.get(session_id)
+                if actor is not None:
+                    # Another node may own it now: stop at once, writing nothing more.
+                    log.error("lease on session %s lost; stopping its actor here", session_id)
+                    actor.abort("lease lost")
 
     async def _restart(self, session_id: str) -> None:
         try:

@@ -769,6 +769,12 @@ class SessionActor:
         await self._store.commit([PutSession.of(self.record)])
         self._stop("shutdown")
 
+    def abort(self, reason: str) -> None:
+        """Stop now, writing nothing more (the session's lease is gone)."""
+        self.stop_reason = reason
+        if self._task is not None:
+            self._task.cancel()
+
     def _stop(self, reason: str) -> None:
         self._stopping = True
         self.stop_reason = reason

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from actors.agent.simulated import SimulatedProvider
+from actors.cluster import Cluster, ClusterSettings
 from actors.registry import Registry
 from actors.session import ActorSettings
+from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
 from server.admission import ADMISSION, Admission, admission_middleware
 from server.auth import KeyRing, auth_middleware
@@ -21,13 +23,33 @@ from server.state import CONFIG, KEYRING, REGISTRY, STORE
 __all__ = ["make_app", "make_store"]
 
 
-def make_store(config: Config) -> SqliteStore:
+def make_store(config: Config) -> SqliteStore | PostgresStore:
+    if config.store.kind == "postgres":
+        return PostgresStore(
+            config.store.postgres_dsn, max_batch=config.store.max_batch, pool_size=config.store.postgres_pool_size
+        )
     if config.store.kind != "sqlite":
-        raise ConfigError(f"store.kind {config.store.kind!r} is not supported (use \"sqlite\")")
+        raise ConfigError(f"store.kind {config.store.kind!r} is not supported (use \"sqlite\" or \"postgres\")")
     return SqliteStore(
         config.data_dir / config.store.sqlite_file,
         synchronous=config.store.synchronous,
         max_batch=config.store.max_batch,
+    )
+
+
+def make_cluster(config: Config) -> Cluster | None:
+    """Cluster mode (Redis fan-out, leases, forwarding) when ``fanout.kind = "redis"``."""
+    if config.fanout.kind == "local":
+        return None
+    if config.fanout.kind != "redis":
+        raise ConfigError(f"fanout.kind {config.fanout.kind!r} is not supported (use \"local\" or \"redis\")")
+    c = config.cluster
+    return Cluster(
+        config.redis.url,
+        ClusterSettings(
+            node_id=c.node_id, lease_ms=c.lease_ms, forward_timeout_seconds=c.forward_timeout_seconds,
+            stream_maxlen=c.stream_maxlen, stream_ttl_seconds=c.stream_ttl_seconds, prefix=c.prefix,
+        ),
     )
 
 
@@ -56,13 +78,14 @@ def make_app(config: Config) -> web.Application:
             replay_events=s.replay_events,
         ),
         idle_seconds=s.idle_seconds,
+        cluster=make_cluster(config),
     )
     app[REGISTRY] = registry
     app[KEYRING] = KeyRing(store, config.auth.api_keys)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
-        registry.start()
+        await registry.start()
         yield
         await registry.drain()  # normally done in on_shutdown already; harmless twice
         await store.aclose()

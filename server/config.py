@@ -33,6 +33,8 @@ class StoreSection(_Section):
     sqlite_file: str = "sessiond.db"
     synchronous: str = "FULL"
     max_batch: int = 2000
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sessiond"
+    postgres_pool_size: int = 8
 
 
 class SessionsSection(_Section):
@@ -71,6 +73,15 @@ class FanoutSection(_Section):
     kind: str = "local"
 
 
+class ClusterSection(_Section):
+    node_id: str = ""
+    lease_ms: int = 5000
+    forward_timeout_seconds: float = 5.0
+    stream_maxlen: int = 10000
+    stream_ttl_seconds: int = 86400
+    prefix: str = "sessiond"
+
+
 class RedisSection(_Section):
     url: str = "redis://127.0.0.1:6379/0"
 
@@ -91,6 +102,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     fanout: FanoutSection = msgspec.field(default_factory=FanoutSection)
     redis: RedisSection = msgspec.field(default_factory=RedisSection)
+    cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
 
     @property

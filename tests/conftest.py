@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class ServerProcess:
         self.data_dir = data_dir
         self.env = {
             **os.environ,
+            "PYTHONPATH": str(ROOT),  # the code of this checkout, whatever is installed
             "SESSIOND_AUTH_API_KEYS": f'["{TEST_KEY}"]',
             "SESSIOND_AUTH_CREATE_FIRST_KEY": "false",
             "SESSIOND_LOG_ACCESS": "false",
@@ -97,8 +99,19 @@ class ServerProcess:
             self.output.append(line)
             if line.startswith("listening on "):
                 self.url = line.removeprefix("listening on ")
+                # Keep reading its output, or a chatty server would block on a full pipe.
+                threading.Thread(target=self._drain, daemon=True).start()
                 return self.url
         raise RuntimeError("server exited before listening:\n" + "\n".join(self.output))
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            for raw in self.proc.stdout:
+                self.output.append(raw.decode(errors="replace").rstrip())
+                del self.output[:-500]
+        except (OSError, ValueError):
+            pass  # closed by stop()
 
     def kill(self) -> None:
         assert self.proc is not None
