@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench clean cluster
 
 $(BIN)/sessiond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(BIN)/sessiond
 
 lint: $(BIN)/sessiond
 	$(BIN)/ruff check server actors bench tests
+
+# Three nodes on 127.0.0.1 behind a round-robin proxy on :8080 (needs PostgreSQL and Redis).
+cluster: $(BIN)/sessiond
+	$(BIN)/sessiond cluster --nodes 3
 
 bench: $(BIN)/sessiond
 	$(BIN)/python -m bench stream

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     from server.transfer_cli import register as register_transfer
 
     register_transfer(sub, _common)
+
+    from server.devcluster import register as register_cluster
+
+    register_cluster(sub, _common)
     return parser
 
 
