@@ -1,0 +1,1 @@
+"""sessiond's load-testing bench: ``python -m bench SCENARIO`` (see docs/bench.md)."""

@@ -1,0 +1,162 @@
+"""What a bench run leaves: a live progress bar, a table, a JSON file and a plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench.metrics import Timeline
+
+__all__ = ["Report", "console", "progress"]
+
+# Wide enough for the tables when the output is a file or a pipe (rich assumes 80 there).
+console = Console(width=None if sys.stdout.isatty() else 180)
+
+
+def progress() -> Progress:
+    """The live bar: one line per step, with the step's running figures in ``info``."""
+    return Progress(
+        TextColumn("[bold]{task.description:<28}"),
+        BarColumn(bar_width=28),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        refresh_per_second=4,
+    )
+
+
+class Report:
+    """The rows of one scenario run, written as a table, ``<name>-<time>.json`` and ``.png``."""
+
+    def __init__(self, scenario: str, params: dict[str, Any], machine: dict[str, Any]) -> None:
+        self.scenario = scenario
+        self.params = params
+        self.machine = machine
+        self.columns: list[tuple[str, str]] = []  # (key, heading)
+        self.rows: list[dict[str, Any]] = []
+        self.timelines: list[Timeline] = []
+        self.notes: list[str] = []
+        self.checks: list[tuple[str, bool, str]] = []  # (target, met, measured)
+        self.hard: set[str] = set()  # correctness targets: missing one fails the run
+        self.started = time.strftime("%Y%m%d-%H%M%S")
+
+    def column(self, key: str, heading: str) -> None:
+        self.columns.append((key, heading))
+
+    def check(self, target: str, met: bool, measured: str, *, hard: bool = False) -> None:
+        self.checks.append((target, met, measured))
+        if hard:
+            self.hard.add(target)
+
+    @property
+    def failed(self) -> bool:
+        """A correctness target was missed (speed targets are reported, met or missed)."""
+        return any(not met and target in self.hard for target, met, _ in self.checks)
+
+    # -- output --------------------------------------------------------------------------
+
+    def table(self) -> Table:
+        table = Table(title=f"sessiond bench: {self.scenario}", show_lines=False)
+        for _, heading in self.columns:
+            table.add_column(heading, justify="right")
+        for row in self.rows:
+            table.add_row(*(_fmt(row.get(key)) for key, _ in self.columns))
+        return table
+
+    def print(self) -> None:
+        console.print(self.table())
+        for target, met, measured in self.checks:
+            mark = "[green]met[/]" if met else "[red]missed[/]"
+            console.print(f"  target {target}: {mark} ({measured})")
+        for note in self.notes:
+            console.print(f"  {note}")
+
+    def save(self, out_dir: Path) -> tuple[Path, Path | None]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = out_dir / f"{self.scenario}-{self.started}"
+        data = {
+            "scenario": self.scenario,
+            "started": self.started,
+            "machine": self.machine,
+            "params": self.params,
+            "columns": self.columns,
+            "rows": self.rows,
+            "checks": [{"target": t, "met": m, "measured": v} for t, m, v in self.checks],
+            "notes": self.notes,
+            "timelines": [tl.to_json() for tl in self.timelines],
+        }
+        json_path = stem.with_suffix(".json")
+        json_path.write_text(json.dumps(data, indent=1, default=str))
+        png = plot(self.timelines, stem.with_suffix(".png"), f"sessiond bench: {self.scenario}")
+        return json_path, png
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def plot(timelines: Sequence[Timeline], path: Path, title: str) -> Path | None:
+    """Throughput, latency and server RSS over time, one line per timeline, as a PNG."""
+    if not timelines:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        console.print("[yellow]matplotlib is not installed (pip install -e '.[bench]'): no plot[/]")
+        return None
+    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    ax_ev, ax_lat, ax_rss = axes
+    for tl in timelines:
+        rows = tl.rows()
+        if rows:
+            ts = [r["t"] for r in rows]
+            (line,) = ax_ev.plot(ts, [r["events_per_s"] for r in rows], label=tl.label)
+            for kind, style in (("lag", "-"), ("ttft", "--"), ("full", ":"), ("refused", "-.")):
+                pts = [(r["t"], r[f"{kind}_p99_ms"]) for r in rows if r.get(f"{kind}_p99_ms") is not None]
+                if pts:
+                    ax_lat.plot(
+                        [p[0] for p in pts], [p[1] for p in pts], style, color=line.get_color(),
+                        label=f"{tl.label} {kind} p99",
+                    )
+        else:
+            line = None
+        if tl.gauges:
+            kw = {"color": line.get_color()} if line is not None else {}
+            ax_rss.plot(
+                [g["t"] for g in tl.gauges], [g.get("rss_mb", 0) for g in tl.gauges], label=tl.label, **kw
+            )
+    ax_ev.set_ylabel("events/s received")
+    ax_lat.set_ylabel("p99 latency (ms)")
+    ax_lat.set_yscale("symlog", linthresh=10)
+    ax_rss.set_ylabel("server RSS (MB)")
+    ax_rss.set_xlabel("seconds since the step started")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        handles, _ = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

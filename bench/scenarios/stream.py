@@ -1,0 +1,132 @@
+"""stream: C concurrent sessions against sessiond and the reference server, with the ratio."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import AsyncExitStack
+from typing import Any
+
+from bench.client import Api, now
+from bench.load import LoadSpec, drive, lag_note, result_row
+from bench.metrics import Timeline
+from bench.procs import Child, maybe_profile, reference, remove_data, sessiond
+from bench.report import Report, progress
+from bench.sampler import MB, Sampler
+
+__all__ = ["add_arguments", "run", "run_load"]
+
+# Admission is this scenario's subject only in `overload`: here the server takes all it gets.
+NO_ADMISSION = {"SESSIOND_ADMISSION_MAX_RUNNING_TASKS": "1000000", "SESSIOND_ADMISSION_MAX_OPEN_STREAMS": "1000000"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--levels", default="1,10,100,1000", help="concurrent sessions per step (comma list)")
+    p.add_argument("--messages", type=int, default=1000, help="most messages per session (M)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds of sending per step, after ramp-up")
+    p.add_argument("--ramp", type=float, default=1.0, help="seconds over which the clients start")
+    p.add_argument("--tps", type=float, default=0.0, help="model tokens/s per reply (0 = unpaced)")
+    p.add_argument("--reply-tokens", type=int, default=100, help="tokens per reply")
+    p.add_argument("--targets", default="sessiond,reference", help="servers to drive: sessiond, reference")
+    p.add_argument("--keep-admission", action="store_true", help="keep config.toml's [admission] limits")
+
+
+async def run_load(
+    child: Child, label: str, spec: LoadSpec, report: Report, prog: Any, **row: Any
+) -> dict[str, Any]:
+    """Drive ``spec`` against ``child``; add a row and a timeline to ``report``."""
+    api = Api(child.url)
+    tl = Timeline(label, 0.0)
+    total = spec.ramp + spec.duration
+    task = prog.add_task(label, total=total, info="")
+
+    def tick(s: Sampler) -> None:
+        elapsed = now() - tl.t0
+        rows = tl.rows()
+        recent = rows[-2]["events_per_s"] if len(rows) >= 2 else 0.0
+        prog.update(
+            task,
+            completed=min(elapsed, total),
+            info=f"{recent:>9,.0f} ev/s  rss {s.last_rss / MB:,.0f} MB",
+        )
+
+    tl.t0 = now()
+    try:
+        async with AsyncExitStack() as stack:
+            if child.name == "sessiond":
+                path = await maybe_profile(stack, report.params, child, label, report.started)
+                if path is not None:
+                    report.notes.append(f"profile of {label}: {path}")
+            sampler = await stack.enter_async_context(Sampler(child, tl, tick))
+            res = await drive(api, spec, tl)
+    finally:
+        await api.aclose()
+    prog.update(task, completed=total)
+    out = result_row(
+        res,
+        **row,
+        rss_mb=round(sampler.max_rss / MB, 1),
+        server_cpu=round(sampler.server_cpu * 100),
+        client_cpu=round(sampler.client_cpu * 100),
+    )
+    out["refused"] = res.refused
+    out["refused_p99_ms"] = None
+    if res.refused_latency:
+        from bench.metrics import ms, percentile
+
+        out["refused_p50_ms"] = ms(percentile(res.refused_latency, 50))
+        out["refused_p99_ms"] = ms(percentile(res.refused_latency, 99))
+    out["admitted_clients"] = res.admitted_clients
+    out["unfinished"] = res.unfinished
+    report.rows.append(out)
+    report.timelines.append(tl)
+    return out
+
+
+async def run(args: argparse.Namespace, report: Report) -> None:
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    for key, heading in (
+        ("target", "server"), ("clients", "C"), ("messages", "msgs"), ("events_per_s", "events/s"),
+        ("ratio", "vs ref"), ("ttft_p50_ms", "TTFT p50 ms"), ("ttft_p99_ms", "TTFT p99 ms"),
+        ("full_p50_ms", "reply p50 ms"), ("full_p99_ms", "reply p99 ms"),
+    ):
+        report.column(key, heading)
+    if args.tps > 0:
+        report.column("lag_p50_ms", "lag p50 ms")
+        report.column("lag_p99_ms", "lag p99 ms")
+        report.notes.append(lag_note())
+    for key, heading in (("errors", "errors"), ("rss_mb", "RSS MB"), ("server_cpu", "srv CPU%"),
+                         ("client_cpu", "cli CPU%")):
+        report.column(key, heading)
+    env = {} if args.keep_admission else NO_ADMISSION
+    async with AsyncExitStack() as stack:
+        children: dict[str, Child] = {}
+        if "sessiond" in targets:
+            children["sessiond"] = sessiond(
+                args.out, tokens_per_second=args.tps, reply_tokens=args.reply_tokens, config=args.config, env=env
+            )
+        if "reference" in targets:
+            children["reference"] = reference(args.out, tokens_per_second=args.tps, reply_tokens=args.reply_tokens)
+        for child in children.values():
+            await child.start()
+            stack.push_async_callback(child.stop)
+            stack.callback(remove_data, child)
+        with progress() as prog:
+            for c in levels:
+                spec = LoadSpec(
+                    clients=c, messages=args.messages, duration=args.duration, ramp=args.ramp if c > 1 else 0,
+                    rate=args.tps,
+                )
+                rows = {}
+                for name, child in children.items():
+                    rows[name] = await run_load(child, f"{name} C={c}", spec, report, prog, target=name, clients=c)
+                if "sessiond" in rows and "reference" in rows and rows["reference"]["events_per_s"]:
+                    ratio = rows["sessiond"]["events_per_s"] / rows["reference"]["events_per_s"]
+                    rows["sessiond"]["ratio"] = f"{ratio:.0%}"
+                    if c == 100 and args.tps == 0:
+                        report.check("C=100 unpaced >= 80% of the reference's events/s", ratio >= 0.8, f"{ratio:.0%}")
+                if args.tps == 50 and c >= 500 and "sessiond" in rows:
+                    lag = rows["sessiond"]["lag_p99_ms"]
+                    ok = lag is not None and lag < 50 and rows["sessiond"]["errors"] == 0
+                    report.check(f"C={c} at 50 tok/s: p99 lag < 50 ms, no errors", ok,
+                                 f"p99 {lag} ms, {rows['sessiond']['errors']} errors")
