@@ -25,6 +25,9 @@ __all__ = [
     "SessionQuery",
     "ApiKeyRecord",
     "Stats",
+    "AgentRecord",
+    "RouteEntry",
+    "DocumentRecord",
 ]
 
 
@@ -160,3 +163,42 @@ class ApiKeyRecord(msgspec.Struct):
     secret_hash: str
     created_at: str
     revoked_at: str | None = None
+
+
+# -- agents and documents -------------------------------------------------------------------
+
+
+class RouteEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of a model route: a provider (``[providers.NAME]``) and a model it serves
+    (None: the provider's own ``model``)."""
+
+    provider: str
+    model: str | None = None
+
+
+class AgentRecord(msgspec.Struct, kw_only=True):
+    """An agent: the system prompt, model route, tools and temperature a session talks to."""
+
+    id: str
+    name: str
+    system_prompt: str = ""
+    model: list[RouteEntry] = msgspec.field(default_factory=list)
+    tools: list[str] = msgspec.field(default_factory=list)
+    temperature: float | None = None
+    source: str = "api"  # "config" (config.toml, read-only) | "api"
+    created_at: str = ""
+    updated_at: str = ""
+
+
+class DocumentRecord(msgspec.Struct, kw_only=True):
+    """An uploaded file: kept under the data dir by the hash of its content, text extracted."""
+
+    id: str
+    name: str  # the uploaded file name, for display only (never used as a path)
+    size: int
+    content_type: str
+    kind: str  # txt | md | json | csv | html | pdf
+    sha256: str
+    created_at: str
+    end_user_id: str | None = None  # None: shared (every end user may see it)
+    chars: int = 0  # length of the extracted text

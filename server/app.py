@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from actors.agent.simulated import SimulatedProvider
+from actors.agent.provider import Provider
 from actors.cluster import Cluster, ClusterSettings
 from actors.registry import Registry
 from actors.session import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
 from server.admission import ADMISSION, Admission, admission_middleware
+from server.agent_setup import setup_agents
 from server.auth import KeyRing, auth_middleware
 from server.config import Config, ConfigError
 from server.errors import problem_middleware
@@ -62,10 +63,8 @@ def make_app(config: Config) -> web.Application:
     app[ADMISSION] = Admission(config.admission)
     store = make_store(config)
     app[STORE] = store
-    provider = SimulatedProvider(
-        tokens_per_second=config.simulated.tokens_per_second,
-        reply_tokens=config.simulated.reply_tokens,
-    )
+    # Agents, model routes, tools and documents.
+    provider: Provider = setup_agents(app, config, store)
     s = config.sessions
     registry = Registry(
         store,

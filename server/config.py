@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from actors.records import RouteEntry
+
 __all__ = ["Config", "load_config", "ConfigError", "AdmissionSection"]
 
 
@@ -92,6 +94,54 @@ class LogSection(_Section):
     access: bool = True
 
 
+# -- agents, model providers, routing, tools, documents --------------------------------------
+
+
+class ProviderSection(_Section):
+    """``[providers.NAME]``: a model server (kind openai | ollama | simulated)."""
+
+    kind: str = "openai"
+    # openai: the API root ending in /v1 (default https://api.openai.com/v1);
+    # ollama: the server root (default http://127.0.0.1:11434).
+    base_url: str = ""
+    api_key_env: str = ""  # the environment variable holding the API key ("" = none)
+    model: str = ""  # the model a route entry naming only this provider gets
+    connect_timeout_seconds: float = 5.0
+    first_token_timeout_seconds: float = 30.0
+    read_timeout_seconds: float = 60.0
+    stream_usage: bool = True  # openai: ask for usage in the stream (stream_options)
+    max_tokens: int = 0  # openai: cap on the answer (0 = the server's default)
+    keep_alive: str = ""  # ollama: how long the model stays loaded ("" = Ollama's default)
+
+
+class RoutingSection(_Section):
+    cooldown_seconds: float = 30.0
+    probe_interval_seconds: float = 10.0
+    probe_timeout_seconds: float = 5.0
+
+
+class AgentSection(_Section):
+    """``[agents.NAME]``: an agent defined in the configuration (its id is NAME)."""
+
+    name: str = ""
+    system_prompt: str = ""
+    model: list[str | RouteEntry] = msgspec.field(default_factory=lambda: ["simulated"])
+    tools: list[str] = msgspec.field(default_factory=list)
+    temperature: float | None = None
+
+
+class DocumentsSection(_Section):
+    max_bytes: int = 10_485_760
+    allowed_types: list[str] = msgspec.field(default_factory=lambda: ["txt", "md", "json", "csv", "html", "pdf"])
+    context_tokens: int = 1500
+    chunk_words: int = 120
+
+
+class ToolsSection(_Section):
+    timeout_seconds: float = 10.0
+    max_rounds: int = 8
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -104,6 +154,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redis: RedisSection = msgspec.field(default_factory=RedisSection)
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    providers: dict[str, ProviderSection] = msgspec.field(default_factory=dict)
+    routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
+    agents: dict[str, AgentSection] = msgspec.field(default_factory=dict)
+    documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
+    tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
 
     @property
     def data_dir(self) -> Path:
@@ -129,6 +184,8 @@ def _env_value(raw: str, field_type: Any) -> Any:
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for section in msgspec.structs.fields(Config):
         section_type = section.type
+        if not (isinstance(section_type, type) and issubclass(section_type, msgspec.Struct)):
+            continue  # tables of named entries ([agents.NAME], [providers.NAME]): config.toml only
         for field in msgspec.structs.fields(section_type):
             name = f"{_PREFIX}{section.name}_{field.name}".upper()
             if name in env:

@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 
 from actors.errors import InvalidRequestError, PayloadTooLargeError, SessiondError
-from actors.records import Checkpoint, SessionRecord
+from actors.records import AgentRecord, Checkpoint, DocumentRecord, RouteEntry, SessionRecord
 from actors.tree import Node, Usage
 
 __all__ = [
@@ -239,3 +239,58 @@ def message_out(node: Node, sibling_index: int = 0, sibling_count: int = 1) -> M
 
 def checkpoint_out(cp: Checkpoint) -> CheckpointOut:
     return CheckpointOut(cp.id, cp.message_id, cp.created_at, cp.label)
+
+
+# -- agents, tools, documents, usage ---------------------------------------------------------
+
+
+class AgentBody(_Body):
+    name: str
+    system_prompt: str = ""
+    model: list[str | RouteEntry] | None = None  # None: the default agent's route
+    tools: list[str] = msgspec.field(default_factory=list)
+    temperature: float | None = None
+
+
+class AgentPatchBody(_Body):
+    name: str | msgspec.UnsetType = msgspec.UNSET
+    system_prompt: str | msgspec.UnsetType = msgspec.UNSET
+    model: list[str | RouteEntry] | msgspec.UnsetType = msgspec.UNSET
+    tools: list[str] | msgspec.UnsetType = msgspec.UNSET
+    temperature: float | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class AgentList(msgspec.Struct):
+    items: list[AgentRecord]
+
+
+class ToolOut(msgspec.Struct):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ToolList(msgspec.Struct):
+    items: list[ToolOut]
+
+
+class SessionToolsBody(_Body):
+    tools: list[str]
+
+
+class SessionTools(msgspec.Struct):
+    tools: list[str]
+
+
+class LinkDocumentsBody(_Body):
+    document_ids: list[str]
+
+
+class DocumentList(msgspec.Struct):
+    items: list[DocumentRecord]
+
+
+class EndUserUsage(msgspec.Struct):
+    end_user_id: str
+    sessions: int
+    usage: Usage

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from actors.records import ApiKeyRecord, LoadedSession, Op, SessionQuery, SessionRecord, StoredEvent
+from actors.records import (
+    AgentRecord,
+    ApiKeyRecord,
+    DocumentRecord,
+    LoadedSession,
+    Op,
+    SessionQuery,
+    SessionRecord,
+    StoredEvent,
+)
+from actors.tree import Usage
 
 __all__ = ["Store"]
 
@@ -41,3 +51,33 @@ class Store(Protocol):
     async def list_api_keys(self) -> list[ApiKeyRecord]: ...
 
     async def revoke_api_key(self, key_id: str, when: str) -> bool: ...
+
+    # -- agents, documents, usage per end user ---------------------------------------------
+
+    async def put_agent(self, agent: AgentRecord) -> None:
+        """Insert or replace an agent made through the API."""
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None: ...
+
+    async def list_agents(self) -> list[AgentRecord]: ...
+
+    async def delete_agent(self, agent_id: str) -> bool: ...
+
+    async def put_document(self, doc: DocumentRecord, text: str) -> None:
+        """Record an uploaded document and its extracted text."""
+
+    async def get_document(self, document_id: str) -> DocumentRecord | None: ...
+
+    async def list_documents(self, end_user_id: str | None, *, limit: int, offset: int) -> list[DocumentRecord]:
+        """Newest first; for an end user, that user's documents and the shared ones."""
+
+    async def document_texts(self, document_ids: Sequence[str]) -> list[tuple[DocumentRecord, str]]:
+        """The documents among ``document_ids`` that exist, in that order, with their text."""
+
+    async def delete_document(self, document_id: str) -> bool: ...
+
+    async def count_documents_with_hash(self, sha256: str) -> int:
+        """How many documents share one stored file."""
+
+    async def end_user_usage(self, end_user_id: str) -> tuple[int, Usage]:
+        """(sessions, summed token usage) over the end user's existing sessions."""

@@ -45,4 +45,23 @@ MIGRATIONS: list[str] = [
         revoked_at TEXT
     );
     """,
+    # agents made through the API, uploaded documents (text extracted; files live under the data
+    # dir by content hash). IF NOT EXISTS: this step does not depend on its place in the list.
+    """
+    CREATE TABLE IF NOT EXISTS agents (
+        id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS documents (
+        id TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        end_user_id TEXT,
+        created_at TEXT NOT NULL,
+        body TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS documents_by_hash ON documents (sha256);
+    CREATE INDEX IF NOT EXISTS documents_by_user ON documents (end_user_id, created_at);
+    """,
 ]

@@ -19,9 +19,11 @@ import aiosqlite
 import msgspec
 
 from actors.records import (
+    AgentRecord,
     ApiKeyRecord,
     Checkpoint,
     DeleteSession,
+    DocumentRecord,
     LoadedSession,
     Op,
     PutCheckpoint,
@@ -33,7 +35,7 @@ from actors.records import (
     StoredEvent,
 )
 from actors.store.migrations import MIGRATIONS
-from actors.tree import Node
+from actors.tree import Node, Usage
 
 __all__ = ["SqliteStore", "StoreClosedError"]
 
@@ -322,3 +324,72 @@ class SqliteStore:
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id)
         )
         return changed > 0
+
+    # -- agents, documents and usage per end user: rare writes, each on a connection of its own
+    # (like the API keys), so they never join a group-commit batch.
+
+    async def put_agent(self, agent: AgentRecord) -> None:
+        await self._write_one(
+            "INSERT INTO agents (id, created_at, body) VALUES (?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+            (agent.id, agent.created_at, msgspec.json.encode(agent).decode()),
+        )
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        rows = await self._all("SELECT body FROM agents WHERE id = ?", (agent_id,))
+        return msgspec.json.decode(rows[0][0], type=AgentRecord) if rows else None
+
+    async def list_agents(self) -> list[AgentRecord]:
+        rows = await self._all("SELECT body FROM agents ORDER BY created_at, id", ())
+        return [msgspec.json.decode(r[0], type=AgentRecord) for r in rows]
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        return await self._write_one("DELETE FROM agents WHERE id = ?", (agent_id,)) > 0
+
+    async def put_document(self, doc: DocumentRecord, text: str) -> None:
+        await self._write_one(
+            "INSERT INTO documents (id, sha256, end_user_id, created_at, body, text) VALUES (?, ?, ?, ?, ?, ?)",
+            (doc.id, doc.sha256, doc.end_user_id, doc.created_at, msgspec.json.encode(doc).decode(), text),
+        )
+
+    async def get_document(self, document_id: str) -> DocumentRecord | None:
+        rows = await self._all("SELECT body FROM documents WHERE id = ?", (document_id,))
+        return msgspec.json.decode(rows[0][0], type=DocumentRecord) if rows else None
+
+    async def list_documents(self, end_user_id: str | None, *, limit: int, offset: int) -> list[DocumentRecord]:
+        """Newest first; for an end user, that user's documents and the shared ones."""
+        sql = "SELECT body FROM documents"
+        params: list[Any] = []
+        if end_user_id is not None:
+            sql += " WHERE end_user_id = ? OR end_user_id IS NULL"
+            params.append(end_user_id)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        rows = await self._all(sql, [*params, limit, offset])
+        return [msgspec.json.decode(r[0], type=DocumentRecord) for r in rows]
+
+    async def document_texts(self, document_ids: Sequence[str]) -> list[tuple[DocumentRecord, str]]:
+        """The documents among ``document_ids`` that exist, in that order, with their text."""
+        if not document_ids:
+            return []
+        marks = ",".join("?" * len(document_ids))
+        rows = await self._all(f"SELECT id, body, text FROM documents WHERE id IN ({marks})", list(document_ids))
+        found = {r[0]: (msgspec.json.decode(r[1], type=DocumentRecord), r[2]) for r in rows}
+        return [found[i] for i in document_ids if i in found]
+
+    async def delete_document(self, document_id: str) -> bool:
+        return await self._write_one("DELETE FROM documents WHERE id = ?", (document_id,)) > 0
+
+    async def count_documents_with_hash(self, sha256: str) -> int:
+        rows = await self._all("SELECT COUNT(*) FROM documents WHERE sha256 = ?", (sha256,))
+        return int(rows[0][0])
+
+    async def end_user_usage(self, end_user_id: str) -> tuple[int, Usage]:
+        """(sessions, summed token usage) over the end user's existing sessions."""
+        rows = await self._all(
+            "SELECT COUNT(*), COALESCE(SUM(json_extract(body, '$.usage.prompt')), 0),"
+            " COALESCE(SUM(json_extract(body, '$.usage.completion')), 0),"
+            " COALESCE(SUM(json_extract(body, '$.usage.total')), 0) FROM sessions WHERE end_user_id = ?",
+            (end_user_id,),
+        )
+        count, prompt, completion, total = rows[0]
+        return int(count), Usage(int(prompt), int(completion), int(total))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.routes import agents, documents, tools, usage
 from server.routes import messages, ops, sessions, stream, transfer
 
 __all__ = ["add_routes"]
@@ -11,4 +12,6 @@ __all__ = ["add_routes"]
 
 def add_routes(app: web.Application) -> None:
     for module in (transfer, sessions, messages, stream, ops):
+        app.router.add_routes(module.routes)
+    for module in (agents, documents, tools, usage):
         app.router.add_routes(module.routes)

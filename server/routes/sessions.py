@@ -12,7 +12,9 @@ from actors.commands import DeleteSessionCmd, GetSession, PatchSession
 from actors.errors import InvalidRequestError
 from actors.records import SessionQuery
 from server.auth import principal_of
+from server.routes.agents import agent_for_session
 from server.routes.common import ask, if_match, int_query, session_actor
+from server.routes.tools import check_tools
 from server.state import REGISTRY, STORE
 from server.wire import (
     CreateSessionBody,
@@ -39,6 +41,7 @@ async def create_session(request: web.Request) -> web.Response:
         if end_user is not None and end_user != principal.end_user_id:
             raise InvalidRequestError("end_user_id differs from X-End-User-ID")
         end_user = principal.end_user_id
+    agent = await agent_for_session(request, body.agent_id)
     registry = request.app[REGISTRY]
     record = registry.new_record(
         namespace=body.namespace,
@@ -48,7 +51,7 @@ async def create_session(request: web.Request) -> web.Response:
         system_prompt=body.system_prompt,
         metadata=body.metadata,
         context=body.context,
-        tools=body.tools,
+        tools=check_tools(request, body.tools) if body.tools else list(agent.tools),  # none: the agent's
     )
     await registry.create(record)
     out = session_out(record)
@@ -113,7 +116,8 @@ async def patch_session(request: web.Request) -> web.Response:
     record = await ask(
         request,
         PatchSession(
-            title=body.title, metadata=body.metadata, context=body.context, tools=body.tools,
+            title=body.title, metadata=body.metadata, context=body.context,
+            tools=body.tools if body.tools is msgspec.UNSET else check_tools(request, body.tools),
             if_match=if_match(request),
         ),
     )

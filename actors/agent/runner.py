@@ -1,0 +1,90 @@
+"""The agent turn: the Provider the session actors talk to.
+
+For each answer it finds the session's agent, puts the agent's system prompt and the linked
+documents' most relevant passages before the conversation, and sends it through the agent's
+model route. When the model calls tools it runs them (each call and result goes to the actor,
+which records them as events and a checkpoint), hands the results back and asks again, until
+the model answers with text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from actors.agent.agents import Agents
+from actors.agent.documents import DocumentLibrary
+from actors.agent.model import ModelCall, ModelMessage, ModelToolCall, ProviderError
+from actors.agent.provider import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, TurnItem
+from actors.agent.router import Router
+from actors.agent.tools import ToolBox, ToolContext, parse_arguments
+from actors.tree import Usage
+
+__all__ = ["AgentRunner"]
+
+
+class AgentRunner:
+    """Agents, their routes, tools and documents, behind the actor's Provider interface."""
+
+    name = "agent"
+
+    def __init__(
+        self, agents: Agents, router: Router, tools: ToolBox, library: DocumentLibrary, *, max_rounds: int
+    ) -> None:
+        self.agents = agents
+        self.router = router
+        self.tools = tools
+        self.library = library
+        self.max_rounds = max_rounds
+
+    async def _messages(self, request: ModelRequest, system_prompt: str) -> list[ModelMessage]:
+        messages = [ModelMessage(role=m.role, content=m.content) for m in request.messages]
+        # The actor puts the session's own system prompt first; only a session without one
+        # (nothing else the actor sends comes before the first user turn as "system") gets the
+        # agent's.
+        has_own = bool(messages) and messages[0].role == "system"
+        at = 1 if has_own else 0
+        if system_prompt and not has_own:
+            messages.insert(0, ModelMessage(role="system", content=system_prompt))
+            at = 1
+        if request.documents:
+            query = next((m.content for m in reversed(messages) if m.role == "user"), "")
+            passages = await self.library.context(request.documents, query)
+            if passages:
+                messages.insert(at, ModelMessage(role="system", content=passages))
+        return messages
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[TurnItem]:
+        agent = await self.agents.resolve(request.agent_id)
+        messages = await self._messages(request, agent.system_prompt)
+        specs = self.tools.specs(request.tools)
+        ctx = ToolContext(session_id=request.session_id, end_user_id=request.end_user_id, documents=request.documents)
+        usage = Usage()
+        model: str | None = None
+        for round_no in range(self.max_rounds + 1):
+            text: list[str] = []
+            calls: list[ModelToolCall] = []
+            call = ModelCall(messages=messages, model="", tools=specs, temperature=agent.temperature)
+            async for item in self.router.stream(agent.model, call):
+                if isinstance(item, ModelToolCall):
+                    calls.append(item)
+                    continue
+                if item.delta:
+                    text.append(item.delta)
+                    yield Chunk(delta=item.delta)
+                if item.usage is not None:
+                    usage = usage + item.usage
+                if item.model is not None:
+                    model = item.model
+            if not calls:
+                break
+            if round_no == self.max_rounds:
+                raise ProviderError(f"the model still asked for tools after {self.max_rounds} rounds of them")
+            messages = [*messages, ModelMessage(role="assistant", content="".join(text), tool_calls=calls)]
+            for tool_call in calls:
+                yield ToolCallChunk(tool_call.call_id, tool_call.name, parse_arguments(tool_call.arguments))
+                output, is_error = await self.tools.run(tool_call.name, tool_call.arguments, ctx, request.tools)
+                yield ToolResultChunk(tool_call.call_id, tool_call.name, output, is_error)
+                messages.append(
+                    ModelMessage(role="tool", content=output, tool_call_id=tool_call.call_id, name=tool_call.name)
+                )
+        yield Chunk(usage=usage, model=model)

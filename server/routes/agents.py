@@ -1,0 +1,88 @@
+"""Agents (``/v1/agents``) and the health of the model providers (``/v1/providers``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from actors.agent.agents import parse_route
+from actors.agent.router import ProviderHealth
+from actors.errors import ForbiddenError, InvalidRequestError, NotFoundError
+from actors.records import AgentRecord
+from server.agent_setup import AGENTS, ROUTER
+from server.auth import principal_of
+from server.wire import AgentBody, AgentList, AgentPatchBody, decode_body, json_response
+
+__all__ = ["agent_for_session", "routes"]
+
+routes = web.RouteTableDef()
+
+
+class _ProviderList(msgspec.Struct):
+    items: list[ProviderHealth]
+
+
+async def agent_for_session(request: web.Request, agent_id: str | None) -> AgentRecord:
+    """The agent a new session names (the default one if none); 422 if there is no such agent."""
+    try:
+        return await request.app[AGENTS].resolve(agent_id)
+    except NotFoundError:
+        raise InvalidRequestError(f"unknown agent_id {agent_id!r} (GET /v1/agents lists them)") from None
+
+
+def _require_operator(request: web.Request) -> None:
+    """Changing agents is the operator's business, not an end user's."""
+    if principal_of(request).end_user_id is not None:
+        raise ForbiddenError("agents are changed with an API key that does not act for an end user")
+
+
+@routes.get("/v1/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    return json_response(AgentList(await request.app[AGENTS].list()))
+
+
+@routes.post("/v1/agents")
+async def create_agent(request: web.Request) -> web.Response:
+    _require_operator(request)
+    body = await decode_body(request, AgentBody, empty_ok=False)
+    agent = await request.app[AGENTS].create(
+        name=body.name,
+        system_prompt=body.system_prompt,
+        model=parse_route(body.model) if body.model is not None else None,
+        tools=body.tools,
+        temperature=body.temperature,
+    )
+    return json_response(agent, status=201)
+
+
+@routes.get("/v1/agents/{agent_id}")
+async def get_agent(request: web.Request) -> web.Response:
+    return json_response(await request.app[AGENTS].get(request.match_info["agent_id"]))
+
+
+@routes.patch("/v1/agents/{agent_id}")
+async def patch_agent(request: web.Request) -> web.Response:
+    _require_operator(request)
+    body = await decode_body(request, AgentPatchBody)
+    changes: dict[str, Any] = {
+        f: getattr(body, f) for f in ("name", "system_prompt", "tools", "temperature")
+        if getattr(body, f) is not msgspec.UNSET
+    }
+    if body.model is not msgspec.UNSET:
+        changes["model"] = parse_route(body.model)
+    agent = await request.app[AGENTS].update(request.match_info["agent_id"], **changes)
+    return json_response(agent)
+
+
+@routes.delete("/v1/agents/{agent_id}")
+async def delete_agent(request: web.Request) -> web.Response:
+    _require_operator(request)
+    await request.app[AGENTS].delete(request.match_info["agent_id"])
+    return web.Response(status=204)
+
+
+@routes.get("/v1/providers")
+async def list_providers(request: web.Request) -> web.Response:
+    return json_response(_ProviderList(request.app[ROUTER].health()))

@@ -1,0 +1,178 @@
+"""Documents: upload, list, get, delete; link to a session, unlink, upload into one.
+
+An upload is a multipart form with a part named ``file``. Its body is read part by part and the
+file streamed to disk while counted, so the server-wide body limit does not apply here, the
+documents' ``max_bytes`` does: past it the answer is 413 and nothing stays on disk.
+
+Who sees a document: an API key, every one; an API key acting for an end user, that user's
+documents and the shared ones (uploaded for no end user); a session token, the documents of its
+own session (it may upload into it).
+"""
+
+from __future__ import annotations
+
+from aiohttp import BodyPartReader, web
+
+from actors.agent.documents import DocumentLibrary, DocumentTooLargeError
+from actors.commands import GetSession, PatchSession
+from actors.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
+from actors.records import DocumentRecord
+from server.agent_setup import LIBRARY
+from server.auth import Principal, principal_of
+from server.routes.common import ask, int_query, session_actor
+from server.state import STORE
+from server.wire import DocumentList, LinkDocumentsBody, decode_body, json_response
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+_CHUNK = 1 << 16
+# Room for the multipart framing and small fields around the file when judging Content-Length.
+_FRAMING = 64 * 1024
+_MAX_FIELD = 256
+
+
+def _visible(principal: Principal, doc: DocumentRecord) -> bool:
+    return principal.end_user_id is None or doc.end_user_id in (None, principal.end_user_id)
+
+
+async def _document(request: web.Request, document_id: str) -> DocumentRecord:
+    doc = await request.app[STORE].get_document(document_id)
+    if doc is None or not _visible(principal_of(request), doc):
+        raise NotFoundError(f"no document {document_id}")
+    return doc
+
+
+async def _field(part: BodyPartReader) -> str:
+    raw = b""
+    while chunk := await part.read_chunk(_MAX_FIELD + 1):
+        raw += chunk
+        if len(raw) > _MAX_FIELD:
+            raise InvalidRequestError(f"the form field {part.name} is longer than {_MAX_FIELD} bytes")
+    return raw.decode("utf-8", "replace").strip()
+
+
+async def _upload(request: web.Request, *, owner: str | None, allow_owner_field: bool) -> DocumentRecord:
+    """Read the multipart form, stream its file to disk, and record the document.
+
+    With ``allow_owner_field``, an ``end_user_id`` field names the owner (else ``owner``).
+    """
+    library: DocumentLibrary = request.app[LIBRARY]
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaTypeError("send multipart/form-data with the file in a part named file")
+    length = request.content_length
+    if length is not None and length > library.max_bytes + _FRAMING:
+        raise DocumentTooLargeError(f"the file is larger than the limit of {library.max_bytes} bytes")
+    upload = None
+    name: str | None = None
+    content_type: str | None = None
+    owner_field: str | None = None
+    try:
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise InvalidRequestError("nested multipart bodies are not supported")
+                if part.name == "file":
+                    if upload is not None:
+                        raise InvalidRequestError("send one file per request")
+                    upload = library.begin()
+                    name, content_type = part.filename, part.headers.get("Content-Type")
+                    while chunk := await part.read_chunk(_CHUNK):
+                        upload.write(chunk)
+                elif part.name == "end_user_id" and allow_owner_field:
+                    owner_field = await _field(part) or None
+                else:
+                    allowed = "file, end_user_id" if allow_owner_field else "file"
+                    raise InvalidRequestError(f"unknown form field {part.name!r} (expected {allowed})")
+        except (ValueError, AssertionError) as exc:  # what aiohttp raises on a malformed body
+            raise InvalidRequestError(f"the multipart body is malformed: {exc}") from None
+        if upload is None:
+            raise InvalidRequestError("the form has no part named file")
+        if owner_field is not None:
+            if owner is not None and owner_field != owner:
+                raise InvalidRequestError("end_user_id differs from X-End-User-ID")
+            owner = owner_field
+        return await library.finish(upload, name=name, content_type=content_type, end_user_id=owner)
+    finally:
+        if upload is not None:
+            upload.discard()  # a no-op once the file was kept
+
+
+@routes.post("/v1/documents")
+async def upload_document(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    doc = await _upload(request, owner=principal.end_user_id, allow_owner_field=True)
+    return json_response(doc, status=201)
+
+
+@routes.get("/v1/documents")
+async def list_documents(request: web.Request) -> web.Response:
+    docs = await request.app[STORE].list_documents(
+        principal_of(request).end_user_id,
+        limit=int_query(request, "limit", 50, 1, 200),
+        offset=int_query(request, "offset", 0, 0, 1_000_000),
+    )
+    return json_response(DocumentList(docs))
+
+
+@routes.get("/v1/documents/{document_id}")
+async def get_document(request: web.Request) -> web.Response:
+    return json_response(await _document(request, request.match_info["document_id"]))
+
+
+@routes.delete("/v1/documents/{document_id}")
+async def delete_document(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    doc = await _document(request, request.match_info["document_id"])
+    if principal.end_user_id is not None and doc.end_user_id is None:
+        raise ForbiddenError("a shared document is deleted with an API key that does not act for an end user")
+    await request.app[LIBRARY].delete(doc)
+    return web.Response(status=204)
+
+
+# -- a session's documents ------------------------------------------------------------------
+
+
+async def _linked(request: web.Request, ids: list[str]) -> DocumentList:
+    store = request.app[STORE]
+    docs = [await store.get_document(d) for d in ids]
+    return DocumentList([d for d in docs if d is not None])
+
+
+@routes.get("/v1/sessions/{session_id}/documents")
+async def session_documents(request: web.Request) -> web.Response:
+    record = await ask(request, GetSession())
+    return json_response(await _linked(request, record.documents))
+
+
+@routes.post("/v1/sessions/{session_id}/documents")
+async def link_documents(request: web.Request) -> web.Response:
+    body = await decode_body(request, LinkDocumentsBody, empty_ok=False)
+    ids = list(dict.fromkeys(body.document_ids))
+    if not ids:
+        raise InvalidRequestError("document_ids must name at least one document")
+    await session_actor(request)  # an unknown or foreign session is a 404 before anything else
+    for document_id in ids:
+        await _document(request, document_id)
+    record = await ask(request, PatchSession(link_documents=tuple(ids)))
+    return json_response(await _linked(request, record.documents))
+
+
+@routes.post("/v1/sessions/{session_id}/upload")
+async def upload_into_session(request: web.Request) -> web.Response:
+    actor = await session_actor(request)
+    doc = await _upload(request, owner=actor.end_user_id, allow_owner_field=False)
+    await ask(request, PatchSession(link_documents=(doc.id,)))
+    return json_response(doc, status=201)
+
+
+@routes.delete("/v1/sessions/{session_id}/documents/{document_id}")
+async def unlink_document(request: web.Request) -> web.Response:
+    document_id = request.match_info["document_id"]
+    record = await ask(request, GetSession())
+    if document_id not in record.documents:
+        raise NotFoundError(f"document {document_id} is not linked to this session")
+    await ask(request, PatchSession(unlink_documents=(document_id,)))
+    return web.Response(status=204)
