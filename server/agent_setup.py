@@ -118,6 +118,7 @@ def setup_agents(
     app[ROUTER] = router
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        library.sweep()
         router.start()
         yield
         await router.aclose()

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from actors.agent.router import ProviderHealth
 from actors.errors import InvalidRequestError, PayloadTooLargeError, SessiondError
 from actors.records import AgentRecord, Checkpoint, DocumentRecord, RouteEntry, SessionRecord
 from actors.tree import Node, Usage
@@ -257,7 +258,7 @@ class AgentPatchBody(_Body):
     system_prompt: str | msgspec.UnsetType = msgspec.UNSET
     model: list[str | RouteEntry] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET
-    temperature: float | None | msgspec.UnsetType = msgspec.UNSET
+    temperature: float | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class AgentList(msgspec.Struct):
@@ -288,6 +289,10 @@ class LinkDocumentsBody(_Body):
 
 class DocumentList(msgspec.Struct):
     items: list[DocumentRecord]
+
+
+class ProviderList(msgspec.Struct):
+    items: list[ProviderHealth]
 
 
 class EndUserUsage(msgspec.Struct):

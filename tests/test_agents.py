@@ -83,6 +83,18 @@ async def test_agents_survive_a_restart(make_client: ClientFactory, tmp_path: Pa
     assert got["model"] == [{"provider": "simulated", "model": None}]  # the default agent's route
 
 
+async def test_an_agent_whose_provider_was_removed_fails_its_tasks_clearly(
+    make_client: ClientFactory, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    client = await make_client(tmp_path / "d", providers={"remote": _provider(model)})
+    agent = await (await client.post("/v1/agents", json={"name": "a", "model": ["remote"]})).json()
+    s = await new_session(client, agent_id=agent["id"])
+    await client.close()
+    client = await make_client(tmp_path / "d")  # "remote" is gone from the configuration
+    events = await converse(client, s["id"], "hello")
+    assert events[-1].event == "task.failed" and "'remote', which is not configured" in events[-1].data["error"]
+
+
 async def test_a_session_talks_to_its_agent(make_client: ClientFactory, model: FakeOpenAI) -> None:
     client = await make_client(providers={"remote": _provider(model)})
     agent = await (await client.post("/v1/agents", json={

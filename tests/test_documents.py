@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,17 @@ async def test_linked_documents_reach_the_model_within_the_budget(make_client: C
         assert len(passages) < len(text) / 4
     finally:
         await model.stop()
+
+
+async def test_leftovers_of_interrupted_uploads_are_swept_at_start(make_client: ClientFactory, tmp_path: Path) -> None:
+    temp = tmp_path / "data" / "documents" / "tmp"
+    temp.mkdir(parents=True)
+    stale, fresh = temp / "upload-old.part", temp / "upload-new.part"
+    stale.write_bytes(b"half of a file")
+    os.utime(stale, (0, 0))  # written long ago: its upload died with the server
+    fresh.write_bytes(b"in flight")
+    await make_client()
+    assert not stale.exists() and fresh.exists()
 
 
 # -- pieces ---------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ the query and takes the best ones, never more than the token budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
 import re
 import tempfile
+import time
 import unicodedata
 import urllib.parse
 from collections import Counter, OrderedDict
@@ -348,6 +350,19 @@ class DocumentLibrary:
 
     def begin(self) -> Upload:
         return Upload(self.temp_dir, self.max_bytes)
+
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """Delete temporary files left by uploads a crash interrupted; how many there were."""
+        if not self.temp_dir.exists():
+            return 0
+        limit = time.time() - older_than
+        removed = 0
+        for path in self.temp_dir.glob("upload-*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     async def finish(
         self, upload: Upload, *, name: str | None, content_type: str | None, end_user_id: str | None

@@ -185,6 +185,8 @@ class OpenAIBackend:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise ProviderError(f"{self.name}: the stream broke off: {describe(exc)}") from exc
         if not answer.finished:
+            if not answer.started:  # nothing of an answer came: the next model may take the call
+                raise ProviderUnavailableError(f"{self.name}: the stream ended before any answer")
             raise ProviderError(f"{self.name}: the stream ended before the answer was complete")
         calls = answer.tool_calls()
         for tool_call in calls:

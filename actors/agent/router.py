@@ -171,6 +171,9 @@ class Router:
 
     async def stream(self, route: Sequence[RouteEntry], call: ModelCall) -> AsyncIterator[ModelItem]:
         """The answer of the first model of ``route`` that takes the call."""
+        for entry in route:
+            if entry.provider not in self.backends:  # an agent made before its provider was removed
+                raise ProviderError(f"the route names the provider {entry.provider!r}, which is not configured")
         entries = [e for e in route if self._health[e.provider].healthy]
         if not entries:
             entries = list(route)  # all marked down: try them anyway rather than refuse

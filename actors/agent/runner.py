@@ -70,7 +70,8 @@ class AgentRunner:
                     continue
                 if item.delta:
                     text.append(item.delta)
-                    yield Chunk(delta=item.delta)
+                    # Pass a plain text chunk on as it is (the hot path: one per token).
+                    yield item if item.usage is None and item.model is None else Chunk(delta=item.delta)
                 if item.usage is not None:
                     usage = usage + item.usage
                 if item.model is not None:

@@ -8,20 +8,15 @@ import msgspec
 from aiohttp import web
 
 from actors.agent.agents import parse_route
-from actors.agent.router import ProviderHealth
 from actors.errors import ForbiddenError, InvalidRequestError, NotFoundError
 from actors.records import AgentRecord
 from server.agent_setup import AGENTS, ROUTER
 from server.auth import principal_of
-from server.wire import AgentBody, AgentList, AgentPatchBody, decode_body, json_response
+from server.wire import AgentBody, AgentList, AgentPatchBody, ProviderList, decode_body, json_response
 
 __all__ = ["agent_for_session", "routes"]
 
 routes = web.RouteTableDef()
-
-
-class _ProviderList(msgspec.Struct):
-    items: list[ProviderHealth]
 
 
 async def agent_for_session(request: web.Request, agent_id: str | None) -> AgentRecord:
@@ -85,4 +80,4 @@ async def delete_agent(request: web.Request) -> web.Response:
 
 @routes.get("/v1/providers")
 async def list_providers(request: web.Request) -> web.Response:
-    return json_response(_ProviderList(request.app[ROUTER].health()))
+    return json_response(ProviderList(request.app[ROUTER].health()))
