@@ -124,9 +124,33 @@ def _type_of(event: Event) -> str:
     return type(event).__struct_config__.tag  # type: ignore[return-value]
 
 
+# The frame of a delta up to its text, per reply: a reply's deltas differ only in id and
+# text, so that part is encoded once per reply, not once per token. Keyed by the reply's
+# message id and checked against the task id. Bounded: cleared when it holds more replies
+# than any server streams at once.
+_delta_heads: dict[str, tuple[str, bytes]] = {}
+_DELTA_HEADS_MAX = 4096
+
+
+def _delta_head(event: MessageDelta) -> bytes:
+    if len(_delta_heads) >= _DELTA_HEADS_MAX:
+        _delta_heads.clear()
+    # msgspec writes the fields in order, delta last: cut its empty value '""}' off.
+    body = _encoder.encode(MessageDelta(event.task_id, event.message_id, ""))
+    head = b"event: message.delta\ndata: " + body[:-3]
+    _delta_heads[event.message_id] = (event.task_id, head)
+    return head
+
+
 def encode_frame(seq: int, event: Event) -> bytes:
     """The whole SSE frame for ``event`` with id ``seq``: encoded once, shared by all."""
     cls = type(event)
+    if cls is MessageDelta:
+        # The hot path, once per token; the same bytes as the general case below.
+        delta: MessageDelta = event  # type: ignore[assignment]
+        cached = _delta_heads.get(delta.message_id)
+        head = cached[1] if cached is not None and cached[0] == delta.task_id else _delta_head(delta)
+        return b"id: %d\n%s%s}\n\n" % (seq, head, _encoder.encode(delta.delta))
     prefix = _prefix.get(cls)
     if prefix is None:
         prefix = _prefix[cls] = b"event: " + _type_of(event).encode() + b"\ndata: "
@@ -146,7 +170,7 @@ class EventLog:
     deltas having been folded into their completed messages.
     """
 
-    __slots__ = ("_seqs", "_frames", "_types", "floor", "retention", "last_seq")
+    __slots__ = ("_seqs", "_frames", "_types", "floor", "retention", "last_seq", "_trim_at")
 
     def __init__(self, *, retention: int, floor: int = 0, last_seq: int = 0) -> None:
         self._seqs: list[int] = []
@@ -155,6 +179,8 @@ class EventLog:
         self.retention = retention
         self.floor = floor
         self.last_seq = last_seq
+        # Trim in chunks so the amortised cost per append stays O(1).
+        self._trim_at = retention + max(64, retention // 8)
 
     def __len__(self) -> int:
         return len(self._seqs)
@@ -166,9 +192,8 @@ class EventLog:
         self._frames.append(frame)
         self._types.append(type_)
         self.last_seq = seq
-        # Trim in chunks so the amortised cost per append stays O(1).
-        excess = len(self._seqs) - self.retention
-        if excess >= max(64, self.retention // 8):
+        if len(self._seqs) >= self._trim_at:
+            excess = len(self._seqs) - self.retention
             self.floor = self._seqs[excess - 1]
             del self._seqs[:excess], self._frames[:excess], self._types[:excess]
 
@@ -181,6 +206,11 @@ class EventLog:
 
     def frames_from(self, index: int) -> list[bytes]:
         return self._frames[index:]
+
+    def since(self, after: int) -> tuple[list[int], list[bytes]]:
+        """Seqs and frames of every retained event after ``after`` (what a subscriber sends)."""
+        i = bisect.bisect_right(self._seqs, after)
+        return self._seqs[i:], self._frames[i:]
 
     def window(self, after: int) -> tuple[list[int], list[str], list[bytes]]:
         """Seqs, types and frames of every retained event after ``after``."""

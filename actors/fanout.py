@@ -129,14 +129,15 @@ class Subscription:
                 return CLOSED
             if not log.covers(self.cursor):
                 return RESET
-            seqs, _types, frames = log.window(self.cursor)
+            seqs, frames = log.since(self.cursor)
             if frames:
                 end = hub.task_end_seq.get(self.task_id) if self.task_id else None
                 if end is not None and seqs[-1] >= end:
                     cut = next(i for i, s in enumerate(seqs) if s >= end) + 1
                     seqs, frames = seqs[:cut], frames[:cut]
                     self._done = True
-                frames = _cap(frames, max_bytes)
+                if len(frames) > 1:
+                    frames = _cap(frames, max_bytes)
                 self.cursor = seqs[len(frames) - 1]
                 return frames
             if self.task_id and self.task_id in hub.task_end_seq:

@@ -37,6 +37,7 @@ class Sampler:
         self._client0 = 0.0
         self._last_t = self._last_cpu = self._last_client = 0.0
         self.server_cpu = 0.0  # mean share of one core over the block
+        self.server_cpu_seconds = 0.0
         self.client_cpu = 0.0
 
     async def __aenter__(self) -> Sampler:
@@ -56,7 +57,8 @@ class Sampler:
         self.sample()
         wall = max(time.perf_counter() - self._t0, 1e-9)
         if self.child is not None:
-            self.server_cpu = (self.child.cpu_seconds() - self._cpu0) / wall
+            self.server_cpu_seconds = self.child.cpu_seconds() - self._cpu0
+            self.server_cpu = self.server_cpu_seconds / wall
         self.client_cpu = (time.process_time() - self._client0) / wall
 
     def sample(self) -> None:
