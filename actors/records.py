@@ -25,6 +25,10 @@ __all__ = [
     "SessionQuery",
     "ApiKeyRecord",
     "Stats",
+    "TokenFamilyRecord",
+    "RefreshTokenRecord",
+    "RefreshOutcome",
+    "GuestRecord",
     "AgentRecord",
     "RouteEntry",
     "DocumentRecord",
@@ -202,3 +206,49 @@ class DocumentRecord(msgspec.Struct, kw_only=True):
     created_at: str
     end_user_id: str | None = None  # None: shared (every end user may see it)
     chars: int = 0  # length of the extracted text
+
+
+# -- tokens and guests ----------------------------------------------------------------------
+
+
+class TokenFamilyRecord(msgspec.Struct):
+    """One grant of session tokens: every access and refresh token rotated from it shares it.
+
+    Revoking the family (a reused refresh token, the session deleted) ends all of them.
+    """
+
+    id: str
+    session_id: str
+    namespace: str
+    created_at: str
+    end_user_id: str | None = None
+    guest_id: str | None = None
+    key_id: str | None = None  # the API key that minted it (per-key limits follow its tokens)
+    revoked_at: str | None = None
+
+
+class RefreshTokenRecord(msgspec.Struct):
+    """A refresh token, known only by the hash of its secret."""
+
+    hash: str
+    family_id: str
+    created_at: str
+    expires_at: float  # epoch seconds
+    used_at: str | None = None
+
+
+class RefreshOutcome(msgspec.Struct):
+    """What presenting a refresh token did: ``rotated``, ``reused`` (family revoked), ``expired``
+    or ``unknown``."""
+
+    status: str
+    family: TokenFamilyRecord | None = None
+
+
+class GuestRecord(msgspec.Struct):
+    """An anonymous visitor, found again by IP or browser fingerprint until it expires."""
+
+    id: str
+    namespace: str
+    created_at: str
+    expires_at: float  # epoch seconds

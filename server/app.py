@@ -14,12 +14,12 @@ from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
 from server.admission import ADMISSION, Admission, admission_middleware
 from server.agent_setup import setup_agents
-from server.auth import KeyRing, auth_middleware
+from server.auth import auth_middleware, setup_auth
 from server.config import Config, ConfigError
 from server.errors import problem_middleware
 from server.logs import request_id_middleware
 from server.routes import add_routes
-from server.state import CONFIG, KEYRING, REGISTRY, STORE
+from server.state import CONFIG, REGISTRY, STORE
 
 __all__ = ["make_app", "make_store"]
 
@@ -80,7 +80,7 @@ def make_app(config: Config) -> web.Application:
         cluster=make_cluster(config),
     )
     app[REGISTRY] = registry
-    app[KEYRING] = KeyRing(store, config.auth.api_keys)
+    setup_auth(app, config, store)  # API keys, session tokens, guests, rate limits
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()

@@ -142,6 +142,36 @@ class ToolsSection(_Section):
     max_rounds: int = 8
 
 
+class TokensSection(_Section):
+    issuer: str = "sessiond"
+    audience: str = "sessiond"
+    access_ttl_seconds: int = 900
+    refresh_ttl_seconds: int = 2_592_000
+    secret: str = ""
+    secret_file: str = "jwt_secret"
+
+
+class GuestsSection(_Section):
+    ttl_seconds: int = 86_400
+
+
+class LimitSet(_Section):
+    """One subject's limits; a missing (or 0) value means that dimension is not limited."""
+
+    messages_per_hour: int | None = None
+    messages_per_day: int | None = None
+    tokens_per_day: int | None = None
+
+
+class LimitsSection(_Section):
+    backend: str = "memory"
+    guest_messages_per_hour: int = 20
+    guest_messages_per_day: int = 50
+    guest_tokens_per_day: int = 100_000
+    keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
+    end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -154,6 +184,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redis: RedisSection = msgspec.field(default_factory=RedisSection)
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    tokens: TokensSection = msgspec.field(default_factory=TokensSection)
+    guests: GuestsSection = msgspec.field(default_factory=GuestsSection)
+    limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=dict)
     routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
     agents: dict[str, AgentSection] = msgspec.field(default_factory=dict)

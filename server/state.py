@@ -11,11 +11,18 @@ from actors.store.base import Store
 from server.config import Config
 
 if TYPE_CHECKING:
+    from server.auth.guests import Guests
     from server.auth.keys import KeyRing
+    from server.auth.limits import Limiter
+    from server.auth.tokens import TokenService
 
-__all__ = ["CONFIG", "STORE", "REGISTRY", "KEYRING"]
+__all__ = ["CONFIG", "STORE", "REGISTRY", "KEYRING", "TOKENS", "GUESTS", "LIMITER"]
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 REGISTRY = web.AppKey("registry", Registry)
-KEYRING = web.AppKey("keyring", "KeyRing")
+# Typed by annotation: their modules import this one, so they cannot be imported here.
+KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring")
+TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
+GUESTS: web.AppKey[Guests] = web.AppKey("guests")
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")

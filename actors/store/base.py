@@ -9,11 +9,15 @@ from actors.records import (
     AgentRecord,
     ApiKeyRecord,
     DocumentRecord,
+    GuestRecord,
     LoadedSession,
     Op,
+    RefreshOutcome,
+    RefreshTokenRecord,
     SessionQuery,
     SessionRecord,
     StoredEvent,
+    TokenFamilyRecord,
 )
 from actors.tree import Usage
 
@@ -81,3 +85,31 @@ class Store(Protocol):
 
     async def end_user_usage(self, end_user_id: str) -> tuple[int, Usage]:
         """(sessions, summed token usage) over the end user's existing sessions."""
+
+    # -- session tokens and guests ---------------------------------------------------------
+
+    async def put_token_family(self, family: TokenFamilyRecord, token: RefreshTokenRecord) -> None:
+        """Record a new grant and its first refresh token."""
+
+    async def get_token_family(self, family_id: str) -> TokenFamilyRecord | None: ...
+
+    async def rotate_refresh_token(
+        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str
+    ) -> RefreshOutcome:
+        """Atomically: mark ``old_hash`` used and store ``new`` in its family (``rotated``); or,
+        if it was used already, revoke the whole family (``reused``)."""
+
+    async def revoke_session_tokens(self, session_id: str) -> int:
+        """Forget every token family of the session; returns how many there were."""
+
+    async def find_guest(
+        self, namespace: str, ip: str | None, fingerprint: str | None, now: float
+    ) -> GuestRecord | None:
+        """The live guest with that fingerprint, else with that IP (both given as digests)."""
+
+    async def find_or_create_guest(
+        self, namespace: str, ip: str, fingerprint: str | None, new: GuestRecord, now: float
+    ) -> tuple[GuestRecord, bool]:
+        """Like ``find_guest``, linking the IP and fingerprint to it; ``new`` if none matched."""
+
+    async def get_guest(self, guest_id: str, now: float) -> GuestRecord | None: ...

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.errors import NotFoundError
+from actors.errors import ForbiddenError, NotFoundError
 
-__all__ = ["Principal", "authorize_session"]
+__all__ = ["Principal", "authorize_session", "require_key"]
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
     """An authenticated caller: an API key (maybe acting for an end user) or a session token."""
 
     kind: str  # "key" | "token"
-    key_id: str | None = None
+    key_id: str | None = None  # for a token: the key that minted it
     end_user_id: str | None = None
     session_id: str | None = None  # set for a session token: the only session it grants
     namespace: str | None = None
+    guest_id: str | None = None  # a token of a guest session
+    family_id: str | None = None  # a token's grant (revoked as a whole)
 
     def can_see(self, session_id: str, namespace: str, end_user_id: str | None) -> bool:
         if self.session_id is not None and self.session_id != session_id:
@@ -30,3 +32,11 @@ def authorize_session(principal: Principal, session_id: str, namespace: str, end
     """404 (never 403) for a session the caller may not see: no existence oracle."""
     if not principal.can_see(session_id, namespace, end_user_id):
         raise NotFoundError(f"no session {session_id}")
+
+
+def require_key(principal: Principal, *, for_end_user: bool = True) -> None:
+    """403 unless the caller holds an API key (acting for an end user only if ``for_end_user``)."""
+    if principal.kind != "key":
+        raise ForbiddenError("this needs an API key; a session token cannot do it")
+    if not for_end_user and principal.end_user_id is not None:
+        raise ForbiddenError("this needs an API key that is not acting for an end user (drop X-End-User-ID)")

@@ -19,6 +19,7 @@ from actors.commands import (
     SendMessage,
 )
 from actors.session import MessagePage, TaskHandle, TreeView
+from server.limits import turn_quota
 from server.routes.common import ask, bool_query, if_match, int_query, session_actor
 from server.sse import stream_events
 from server.state import CONFIG
@@ -66,8 +67,8 @@ async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamR
 @routes.post("/v1/sessions/{session_id}/messages")
 async def send_message(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, SendMessageBody, empty_ok=False)
-    handle = await ask(
-        request,
+    quota = await turn_quota(request)  # 429 before the session sees it
+    handle = await quota.ask(
         SendMessage(
             content=body.content,
             parent_id=body.parent_id,
@@ -106,8 +107,8 @@ async def get_tree(request: web.Request) -> web.Response:
 @routes.post("/v1/sessions/{session_id}/messages/{message_id}/edit")
 async def edit_message(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, EditBody, empty_ok=False)
-    handle = await ask(
-        request,
+    quota = await turn_quota(request)
+    handle = await quota.ask(
         EditMessage(
             message_id=request.match_info["message_id"], content=body.content, stream=body.stream,
             if_match=if_match(request),
@@ -119,8 +120,8 @@ async def edit_message(request: web.Request) -> web.StreamResponse:
 @routes.post("/v1/sessions/{session_id}/messages/{message_id}/regenerate")
 async def regenerate_message(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, RegenerateBody)
-    handle = await ask(
-        request,
+    quota = await turn_quota(request)
+    handle = await quota.ask(
         RegenerateMessage(message_id=request.match_info["message_id"], stream=body.stream, if_match=if_match(request)),
     )
     return await task_response(request, handle)
@@ -148,8 +149,8 @@ async def list_checkpoints(request: web.Request) -> web.Response:
 @routes.post("/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore")
 async def restore_checkpoint(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, RestoreBody)
-    result = await ask(
-        request,
+    quota = await turn_quota(request, charge=bool(body.hint and body.hint.strip()))
+    result = await quota.ask(
         RestoreCheckpoint(
             checkpoint_id=request.match_info["checkpoint_id"], hint=body.hint, stream=body.stream,
             if_match=if_match(request),

@@ -11,11 +11,11 @@ from aiohttp import web
 from actors.commands import DeleteSessionCmd, GetSession, PatchSession
 from actors.errors import InvalidRequestError
 from actors.records import SessionQuery
-from server.auth import principal_of
+from server.auth import principal_of, with_tokens
 from server.routes.agents import agent_for_session
 from server.routes.common import ask, if_match, int_query, session_actor
 from server.routes.tools import check_tools
-from server.state import REGISTRY, STORE
+from server.state import REGISTRY, STORE, TOKENS
 from server.wire import (
     CreateSessionBody,
     PatchSessionBody,
@@ -55,6 +55,10 @@ async def create_session(request: web.Request) -> web.Response:
     )
     await registry.create(record)
     out = session_out(record)
+    if body.with_token:
+        pair = await request.app[TOKENS].issue(record, principal.key_id)
+        headers = {"ETag": f'"{record.version}"', "Cache-Control": "no-store"}
+        return json_response(with_tokens(out, pair), status=201, headers=headers)
     return json_response(out, status=201, headers={"ETag": f'"{record.version}"'})
 
 
@@ -133,6 +137,7 @@ async def get_metadata(request: web.Request) -> web.Response:
 @routes.delete("/v1/sessions/{session_id}")
 async def delete_session(request: web.Request) -> web.Response:
     await ask(request, DeleteSessionCmd())
+    await request.app[TOKENS].revoke_session(request.match_info["session_id"])
     return web.Response(status=204)
 
 
