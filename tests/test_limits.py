@@ -4,7 +4,12 @@ Retry-After, refused messages not counted, tokens per day, per-key and per-end-u
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +229,54 @@ async def test_an_unreachable_redis_stops_the_start(tmp_path: Path, server_proce
     with pytest.raises(RuntimeError) as err:
         proc.start()
     assert "does not answer" in str(err.value) and "pw" not in str(err.value)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server of this test's own (so the test may stop it), on a free port."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        if os.environ.get("SESSIOND_REQUIRE_REDIS") == "1":
+            pytest.fail("SESSIOND_REQUIRE_REDIS=1 but there is no redis-server to start")
+        pytest.skip("no redis-server binary")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if b"Ready to accept connections" in line:
+            break
+    else:
+        pytest.fail("redis-server did not start")
+    try:
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+async def test_without_redis_messages_are_refused_not_let_through(
+    make_client: ClientFactory, private_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    url, redis_proc = private_redis
+    client = await make_client(limits={"backend": "redis"}, redis={"url": url}, **FAST)
+    s = await (await client.post("/v1/guests/sessions", json={"ip": "192.0.2.60"})).json()
+    assert (await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "one"})).status == 200
+    redis_proc.terminate()
+    redis_proc.wait(10)
+    for resp in (
+        await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "two"}),
+        await client.post("/v1/guests/sessions", json={"ip": "192.0.2.60"}),
+        await client.get(f"/v1/guests/{s['guest']['id']}/usage"),
+    ):
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["Retry-After"] == "1"
+        assert (await resp.json(content_type=None))["code"] == "unavailable"
+    history = await (await client.get(f"/v1/sessions/{s['id']}/messages")).json()
+    assert history["total"] == 2  # the refused message never reached the session

@@ -42,7 +42,9 @@ async def problem(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
 async def test_with_token_gives_a_pair_that_converses_in_its_session(
     client: Client, browser: aiohttp.ClientSession
 ) -> None:
-    s = await new_session(client, with_token=True, title="mine")
+    resp = await client.post("/v1/sessions", json={"with_token": True, "title": "mine"})
+    assert resp.status == 201 and resp.headers["Cache-Control"] == "no-store"
+    s = await resp.json()
     assert s["token_type"] == "Bearer"
     assert s["expires_in"] == 900
     assert s["refresh_token"].startswith("rt_")
@@ -109,7 +111,7 @@ async def test_stream_accepts_the_token_in_the_query_and_nowhere_else(
 async def test_mint_tokens_for_an_existing_session(client: Client, browser: aiohttp.ClientSession) -> None:
     s = await new_session(client, end_user_id="alice")
     resp = await client.post(f"/v1/sessions/{s['id']}/tokens")
-    assert resp.status == 200
+    assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
     pair = await resp.json()
     assert pair["session_id"] == s["id"] and pair["token_type"] == "Bearer" and pair["expires_in"] == 900
     assert jwt.decode(pair["access_token"], options={"verify_signature": False})["uid"] == "alice"

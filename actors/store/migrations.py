@@ -64,31 +64,32 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS documents_by_hash ON documents (sha256);
     CREATE INDEX IF NOT EXISTS documents_by_user ON documents (end_user_id, created_at);
     """,
-    # 2: session token families, refresh tokens (hashed), guests and what finds them again
+    # session token families, refresh tokens (hashed), guests and what finds them again.
+    # IF NOT EXISTS: this step does not depend on its place in the list.
     """
-    CREATE TABLE token_families (
+    CREATE TABLE IF NOT EXISTS token_families (
         id TEXT PRIMARY KEY,
         session_id TEXT NOT NULL,
         body TEXT NOT NULL,
         revoked_at TEXT
     );
-    CREATE INDEX token_families_by_session ON token_families (session_id);
-    CREATE TABLE refresh_tokens (
+    CREATE INDEX IF NOT EXISTS token_families_by_session ON token_families (session_id);
+    CREATE TABLE IF NOT EXISTS refresh_tokens (
         hash TEXT PRIMARY KEY,
         family_id TEXT NOT NULL,
         created_at TEXT NOT NULL,
         expires_at REAL NOT NULL,
         used_at TEXT
     );
-    CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
-    CREATE TABLE guests (
+    CREATE INDEX IF NOT EXISTS refresh_tokens_by_family ON refresh_tokens (family_id);
+    CREATE TABLE IF NOT EXISTS guests (
         id TEXT PRIMARY KEY,
         namespace TEXT NOT NULL,
         created_at TEXT NOT NULL,
         expires_at REAL NOT NULL
     );
-    CREATE INDEX guests_by_expiry ON guests (expires_at);
-    CREATE TABLE guest_links (
+    CREATE INDEX IF NOT EXISTS guests_by_expiry ON guests (expires_at);
+    CREATE TABLE IF NOT EXISTS guest_links (
         namespace TEXT NOT NULL,
         kind TEXT NOT NULL,
         digest TEXT NOT NULL,

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
+from redis.exceptions import RedisError
 
-from actors.errors import InvalidRequestError
+from actors.errors import InvalidRequestError, UnavailableError
 from actors.ids import new_id, utcnow
 from actors.records import GuestRecord
 from actors.store.base import Store
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = ["GuestOut", "Guests", "RedisGuests", "StoreGuests", "Witnesses", "guest_out", "normalize_ip"]
+
+log = logging.getLogger("sessiond.guests")
 
 
 class GuestOut(msgspec.Struct):
@@ -130,6 +134,11 @@ return {guest, created}
 """
 
 
+def _unavailable(exc: Exception) -> UnavailableError:
+    log.warning("the guest directory in Redis failed: %s", exc)
+    return UnavailableError("guests cannot be looked up right now")
+
+
 class RedisGuests:
     """Guests kept in Redis, so every server process recognises the same visitor."""
 
@@ -154,18 +163,27 @@ class RedisGuests:
             self._link("id", new.id),
         ]
         args: list[bytes | str] = [_enc.encode(new), str(int(new.expires_at * 1000)), "1" if fp_d else "0"]
-        raw, created = await self._script(keys=keys, args=args)
+        try:
+            raw, created = await self._script(keys=keys, args=args)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
         return _dec_guest.decode(raw), bool(created)
 
     async def find(self, namespace: str, ip: str | None, fingerprint: str | None) -> GuestRecord | None:
         for kind, value, short in (("fingerprint", fingerprint, "fp"), ("ip", ip, "ip")):
             digest = self._w.digest(kind, namespace, value)
             if digest is not None:
-                raw = await self._redis.get(self._link(short, digest))
+                try:
+                    raw = await self._redis.get(self._link(short, digest))
+                except RedisError as exc:
+                    raise _unavailable(exc) from None
                 if raw is not None:
                     return _dec_guest.decode(raw)
         return None
 
     async def get(self, guest_id: str) -> GuestRecord | None:
-        raw = await self._redis.get(self._link("id", guest_id))
+        try:
+            raw = await self._redis.get(self._link("id", guest_id))
+        except RedisError as exc:
+            raise _unavailable(exc) from None
         return _dec_guest.decode(raw) if raw is not None else None

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
+from redis.exceptions import RedisError
 
 from actors.errors import RateLimitedError, UnavailableError
 
@@ -238,7 +239,7 @@ class RedisLimiter:
         args += [_HOUR + 60, _DAY + 60]
         try:
             refused = int(await self._admit(keys=keys, args=args))
-        except Exception as exc:  # Redis down: refuse rather than let everyone through
+        except RedisError as exc:  # Redis down: refuse rather than let everyone through
             log.warning("rate limit check failed: %s", exc)
             raise UnavailableError("rate limits cannot be checked right now") from None
         if refused >= 0:
@@ -251,7 +252,7 @@ class RedisLimiter:
             keys += self._keys(s.name, admission.hour, admission.day)[:2]
         try:
             await self._refund(keys=keys)
-        except Exception as exc:
+        except RedisError as exc:
             log.warning("rate limit refund failed: %s", exc)
 
     def record_tokens(self, subjects: Sequence[Subject], tokens: int, now: float) -> None:
@@ -279,14 +280,14 @@ class RedisLimiter:
                         pipe.incrby(key, tokens)
                         pipe.expire(key, _DAY + 60)
                 await pipe.execute()
-            except Exception as exc:
+            except RedisError as exc:
                 log.warning("counting %d token records failed: %s", len(batch), exc)
 
     async def counts(self, subject_name: str, now: float) -> Counts:
         hour, day = windows(now)
         try:
             values = await self._redis.mget(self._keys(subject_name, hour, day))
-        except Exception as exc:
+        except RedisError as exc:
             log.warning("reading usage failed: %s", exc)
             raise UnavailableError("usage cannot be read right now") from None
         h, d, t = (int(v) if v is not None else 0 for v in values)
