@@ -29,11 +29,14 @@ __all__ = ["CLOSED", "HEARTBEAT", "RESET", "Batch", "Hub", "Subscription"]
 class Hub:
     """The per-session meeting point of one EventLog and its subscribers."""
 
-    __slots__ = ("_beat", "_beat_at", "_news", "closed", "log", "subscribers", "task_end_seq")
+    __slots__ = ("_beat", "_beat_at", "_purge_at", "_waiters", "closed", "log", "subscribers", "task_end_seq")
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
-        self._news = asyncio.Event()
+        # One future per waiting subscriber, all resolved by the next notify(). Lighter than an
+        # asyncio.Event, whose wait() also removes its future from a deque on the way out.
+        self._waiters: list[asyncio.Future[None]] = []
+        self._purge_at = 64
         self.subscribers = 0
         self.closed = False
         # task id -> seq of its terminal event: where a task-scoped stream stops.
@@ -42,13 +45,24 @@ class Hub:
         self._beat_at = 0.0
 
     def notify(self) -> None:
-        # set() wakes every current waiter; clear() at once so later waiters block again.
-        news = self._news
-        news.set()
-        news.clear()
+        """Wake every current waiter; later waiters wait for the next notify."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for fut in waiters:
+                if not fut.done():  # a waiter cancelled since stays here until now
+                    fut.set_result(None)
 
     async def wait(self) -> None:
-        await self._news.wait()
+        fut = asyncio.get_running_loop().create_future()
+        waiters = self._waiters
+        if len(waiters) >= self._purge_at:
+            # Subscribers that left while waiting leave a cancelled future behind until the
+            # next notify(); on a hub with no news for long, drop them now and then.
+            self._waiters = waiters = [w for w in waiters if not w.done()]
+            self._purge_at = 2 * len(waiters) + 64
+        waiters.append(fut)
+        await fut
 
     def wake_at(self, when: float) -> None:
         """Make sure waiters are woken at ``when`` (loop time) at the latest."""
