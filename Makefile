@@ -25,6 +25,7 @@ cluster: $(BIN)/sessiond
 	$(BIN)/sessiond cluster --nodes 3
 
 bench: $(BIN)/sessiond
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench stream
 
 clean:
