@@ -47,7 +47,7 @@ from actors.records import Checkpoint, SessionRecord
 from actors.session import MessagePage, TaskHandle, TreeView, TurnOutcome
 from actors.tree import Node, Usage
 
-__all__ = ["ClusterSettings", "Cluster", "RemoteSession", "RemoteSubscription", "RemoteTask"]
+__all__ = ["Cluster", "ClusterSettings", "RemoteSession", "RemoteSubscription", "RemoteTask"]
 
 log = logging.getLogger("sessiond.cluster")
 
@@ -223,7 +223,9 @@ class Cluster:
                 fields: dict[str, Any] = {"t": type_, "f": frame}
                 if end is not None:
                     fields["k"] = end
-                pipe.xadd(self._events(sid), fields, id=f"{seq}-0", maxlen=self.settings.stream_maxlen, approximate=False)
+                pipe.xadd(
+                    self._events(sid), fields, id=f"{seq}-0", maxlen=self.settings.stream_maxlen, approximate=False
+                )
                 touched.add(sid)
             for sid in touched:
                 pipe.expire(self._events(sid), self.settings.stream_ttl_seconds)
@@ -299,7 +301,9 @@ class Cluster:
         self._spawn(self._watch(session, sub, task, done))
         return TaskHandle(task.task_id, task.message_id, None, done, task.cursor)
 
-    async def _watch(self, session: RemoteSession, sub: RemoteSubscription, task: RemoteTask, done: asyncio.Future[TurnOutcome]) -> None:
+    async def _watch(
+        self, session: RemoteSession, sub: RemoteSubscription, task: RemoteTask, done: asyncio.Future[TurnOutcome]
+    ) -> None:
         """Follow a forwarded task to its end and build the result a local ask would give."""
         completed: MessageCompleted | None = None
         error: str | None = None
@@ -324,7 +328,9 @@ class Cluster:
             msg = completed.message
             if not done.done():
                 done.set_result(
-                    TurnOutcome(task.task_id, msg.status, msg, completed.usage or Usage(), completed.model, error, index, count)
+                    TurnOutcome(
+                        task.task_id, msg.status, msg, completed.usage or Usage(), completed.model, error, index, count
+                    )
                 )
         except Exception as exc:
             if not done.done():
@@ -367,7 +373,7 @@ class RemoteSubscription:
     def reset_cursor(self) -> int:
         return self._latest
 
-    async def next(self, timeout: float | None, max_bytes: int = 1 << 20) -> Batch:
+    async def next(self, timeout: float | None, max_bytes: int = 1 << 20) -> Batch:  # noqa: ASYNC109
         if self._done:
             return CLOSED
         r = self.cluster.redis

@@ -7,25 +7,25 @@ from typing import Any
 import msgspec
 
 __all__ = [
-    "Command",
-    "GetSession",
-    "PatchSession",
-    "GetMessages",
-    "GetTree",
-    "SendMessage",
-    "EditMessage",
-    "RegenerateMessage",
-    "Navigate",
-    "CancelTask",
-    "ListCheckpoints",
-    "RestoreCheckpoint",
-    "Subscribe",
-    "ExportSession",
-    "DeleteSessionCmd",
-    "Passivate",
-    "Shutdown",
-    "TurnEnded",
     "AnyCommand",
+    "CancelTask",
+    "Command",
+    "DeleteSessionCmd",
+    "EditMessage",
+    "ExportSession",
+    "GetMessages",
+    "GetSession",
+    "GetTree",
+    "ListCheckpoints",
+    "Navigate",
+    "Passivate",
+    "PatchSession",
+    "RegenerateMessage",
+    "RestoreCheckpoint",
+    "SendMessage",
+    "Shutdown",
+    "Subscribe",
+    "TurnEnded",
 ]
 
 
@@ -38,7 +38,7 @@ class GetSession(Command, frozen=True, tag="get_session"):
 
 
 class PatchSession(Command, frozen=True, tag="patch_session"):
-    title: str | None | msgspec.UnsetType = msgspec.UNSET
+    title: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     context: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET

@@ -16,7 +16,16 @@ from actors.ids import new_id, utcnow
 from actors.records import Checkpoint, SessionRecord
 from actors.tree import Node, ToolUse, Usage
 
-__all__ = ["FORMAT", "VERSION", "SessionExport", "ExportedSession", "build_export", "from_export", "remap_ids", "merge_paths"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "ExportedSession",
+    "SessionExport",
+    "build_export",
+    "from_export",
+    "merge_paths",
+    "remap_ids",
+]
 
 FORMAT = "sessiond.session"
 VERSION = 1
@@ -73,14 +82,31 @@ def build_export(record: SessionRecord, nodes: Iterable[Node], checkpoints: Iter
     r = record
     return SessionExport(
         session=ExportedSession(
-            id=r.id, namespace=r.namespace, end_user_id=r.end_user_id, agent_id=r.agent_id, title=r.title,
-            system_prompt=r.system_prompt, metadata=r.metadata, context=r.context, tools=r.tools,
-            is_guest=r.is_guest, created_at=r.created_at, usage=r.usage,
+            id=r.id,
+            namespace=r.namespace,
+            end_user_id=r.end_user_id,
+            agent_id=r.agent_id,
+            title=r.title,
+            system_prompt=r.system_prompt,
+            metadata=r.metadata,
+            context=r.context,
+            tools=r.tools,
+            is_guest=r.is_guest,
+            created_at=r.created_at,
+            usage=r.usage,
         ),
         messages=[
             ExportedMessage(
-                id=n.id, parent_id=n.parent_id, role=n.role, content=n.content,  # type: ignore[arg-type]
-                created_at=n.created_at, status=n.status, task_id=n.task_id, model=n.model, usage=n.usage, hint=n.hint,
+                id=n.id,
+                parent_id=n.parent_id,
+                role=n.role,
+                content=n.content,  # type: ignore[arg-type]
+                created_at=n.created_at,
+                status=n.status,
+                task_id=n.task_id,
+                model=n.model,
+                usage=n.usage,
+                hint=n.hint,
                 tool_calls=n.tool_calls,
             )
             for n in nodes
@@ -106,7 +132,19 @@ def from_export(doc: SessionExport) -> tuple[SessionRecord, list[Node], list[Che
         # A task cannot run on in another server: what was running is interrupted.
         status = "interrupted" if m.status == "running" else m.status
         nodes.append(
-            Node(m.id, m.parent_id, m.role, m.content, m.created_at, status, m.task_id, m.model, m.usage, m.hint, m.tool_calls)
+            Node(
+                m.id,
+                m.parent_id,
+                m.role,
+                m.content,
+                m.created_at,
+                status,
+                m.task_id,
+                m.model,
+                m.usage,
+                m.hint,
+                m.tool_calls,
+            )
         )
     if doc.active_leaf_id is not None and doc.active_leaf_id not in seen:
         raise InvalidRequestError("active_leaf_id is not one of the messages")
@@ -116,10 +154,22 @@ def from_export(doc: SessionExport) -> tuple[SessionRecord, list[Node], list[Che
     s = doc.session
     now = utcnow()
     record = SessionRecord(
-        id=s.id, namespace=s.namespace, created_at=s.created_at, last_active_at=now, end_user_id=s.end_user_id,
-        agent_id=s.agent_id, title=s.title, system_prompt=s.system_prompt, metadata=s.metadata, context=s.context,
-        tools=s.tools, is_guest=s.is_guest, active_leaf_id=doc.active_leaf_id, usage=s.usage,
-        message_count=len(nodes), documents=list(doc.documents),
+        id=s.id,
+        namespace=s.namespace,
+        created_at=s.created_at,
+        last_active_at=now,
+        end_user_id=s.end_user_id,
+        agent_id=s.agent_id,
+        title=s.title,
+        system_prompt=s.system_prompt,
+        metadata=s.metadata,
+        context=s.context,
+        tools=s.tools,
+        is_guest=s.is_guest,
+        active_leaf_id=doc.active_leaf_id,
+        usage=s.usage,
+        message_count=len(nodes),
+        documents=list(doc.documents),
     )
     return record, nodes, [Checkpoint(c.id, c.message_id, c.created_at, c.label) for c in doc.checkpoints]
 
@@ -135,7 +185,9 @@ def remap_ids(doc: SessionExport) -> SessionExport:
             for m in doc.messages
         ],
         active_leaf_id=ids.get(doc.active_leaf_id) if doc.active_leaf_id else None,
-        checkpoints=[msgspec.structs.replace(c, id=new_id("ckp"), message_id=ids[c.message_id]) for c in doc.checkpoints],
+        checkpoints=[
+            msgspec.structs.replace(c, id=new_id("ckp"), message_id=ids[c.message_id]) for c in doc.checkpoints
+        ],
     )
 
 
@@ -146,7 +198,16 @@ def merge_paths(paths: list[list[Node]]) -> list[Node]:
     for path in paths:
         for n in path:
             copy = Node(
-                new_id("msg"), parent, n.role, n.content, n.created_at, n.status, n.task_id, n.model, n.usage, n.hint,
+                new_id("msg"),
+                parent,
+                n.role,
+                n.content,
+                n.created_at,
+                n.status,
+                n.task_id,
+                n.model,
+                n.usage,
+                n.hint,
                 n.tool_calls,
             )
             out.append(copy)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["new_id", "utcnow"]
 
@@ -15,4 +15,4 @@ def new_id(prefix: str) -> str:
 
 def utcnow() -> str:
     """Now as an RFC 3339 UTC string with microseconds (sortable as text)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -19,9 +19,9 @@ from actors.errors import ActorStoppedError, ConflictError, NotFoundError, Unava
 from actors.export import SessionExport, from_export, remap_ids
 from actors.ids import new_id, utcnow
 from actors.records import Op, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
-from actors.tree import Node
 from actors.session import ActorSettings, SessionActor
 from actors.store.base import Store
+from actors.tree import Node
 
 __all__ = ["Registry"]
 

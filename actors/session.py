@@ -30,8 +30,8 @@ from actors.commands import (
     GetTree,
     ListCheckpoints,
     Navigate,
-    PatchSession,
     Passivate,
+    PatchSession,
     RegenerateMessage,
     RestoreCheckpoint,
     SendMessage,
@@ -50,6 +50,7 @@ from actors.errors import (
     TaskRunningError,
 )
 from actors.events import (
+    TERMINAL_EVENTS,
     CheckpointCreated,
     Event,
     EventLog,
@@ -59,7 +60,6 @@ from actors.events import (
     TaskCompleted,
     TaskFailed,
     TaskInterrupted,
-    TERMINAL_EVENTS,
     TaskStarted,
     ToolCall,
     ToolResult,
@@ -86,7 +86,7 @@ from actors.records import (
 from actors.store.base import Store
 from actors.tree import MessageTree, Node, ToolUse, Usage
 
-__all__ = ["EventSink", "ActorSettings", "SessionActor", "TaskHandle", "TurnOutcome", "MessagePage", "TreeView"]
+__all__ = ["ActorSettings", "EventSink", "MessagePage", "SessionActor", "TaskHandle", "TreeView", "TurnOutcome"]
 
 log = logging.getLogger("sessiond.actor")
 
@@ -117,7 +117,7 @@ class TurnOutcome(msgspec.Struct, frozen=True):
 class TaskHandle:
     """The reply to a command that starts (or queues) a task."""
 
-    __slots__ = ("task_id", "message_id", "subscription", "done", "cursor")
+    __slots__ = ("cursor", "done", "message_id", "subscription", "task_id")
 
     def __init__(
         self,
@@ -149,7 +149,7 @@ class TreeView(msgspec.Struct, frozen=True):
 class _Turn:
     """A task in this session: queued, or running as the actor's child."""
 
-    __slots__ = ("task_id", "user_id", "reply_id", "parts", "usage", "model", "task", "done", "queued")
+    __slots__ = ("done", "model", "parts", "queued", "reply_id", "task", "task_id", "usage", "user_id")
 
     def __init__(self, task_id: str, user_id: str, done: asyncio.Future[TurnOutcome]) -> None:
         self.task_id = task_id
@@ -398,9 +398,7 @@ class SessionActor:
 
     # -- events ----------------------------------------------------------------------------
 
-    async def _publish(
-        self, events: Sequence[Event], ops: Sequence[Op] = (), *, ends: Sequence[str] = ()
-    ) -> list[int]:
+    async def _publish(self, events: Sequence[Event], ops: Sequence[Op] = (), *, ends: Sequence[str] = ()) -> list[int]:
         """Number ``events``, commit them with ``ops``, and only then show them to subscribers.
 
         Committing first means an id a client has seen is always durable or above the
@@ -456,9 +454,7 @@ class SessionActor:
 
     def _check_version(self, if_match: int | None) -> None:
         if if_match is not None and if_match != self.record.version:
-            raise PreconditionFailedError(
-                f"session is at version {self.record.version}, not {if_match}"
-            )
+            raise PreconditionFailedError(f"session is at version {self.record.version}, not {if_match}")
 
     def _require_idle(self) -> None:
         if self._turn is not None:
@@ -603,9 +599,7 @@ class SessionActor:
         self._turn = turn
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
-        await self._publish(
-            [TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)]
-        )
+        await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
         turn.task = self._loop.create_task(self._turn_main(turn), name=f"turn:{turn.task_id}")
 
     def _model_request(self, user_id: str) -> ModelRequest:
@@ -623,8 +617,12 @@ class SessionActor:
                 messages.append(ChatMessage(node.role, node.content))
         r = self.record
         return ModelRequest(
-            messages=messages, tools=list(r.tools), session_id=r.id, agent_id=r.agent_id,
-            documents=list(r.documents), end_user_id=r.end_user_id,
+            messages=messages,
+            tools=list(r.tools),
+            session_id=r.id,
+            agent_id=r.agent_id,
+            documents=list(r.documents),
+            end_user_id=r.end_user_id,
         )
 
     async def _turn_main(self, turn: _Turn) -> None:
@@ -707,9 +705,7 @@ class SessionActor:
         await self._publish(events, ops, ends=[turn.task_id])
         if not turn.done.done():
             index, count = self.tree.sibling_position(reply.id)
-            turn.done.set_result(
-                TurnOutcome(turn.task_id, status, reply, turn.usage, turn.model, error, index, count)
-            )
+            turn.done.set_result(TurnOutcome(turn.task_id, status, reply, turn.usage, turn.model, error, index, count))
         if self._queued and not self._stopping:
             await self._start_turn(self._queued.popleft(), [])
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Usage", "ToolUse", "Node", "MessageTree"]
+__all__ = ["MessageTree", "Node", "ToolUse", "Usage"]
 
 
 class Usage(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -60,7 +60,7 @@ class Node(msgspec.Struct):
 class MessageTree:
     """Nodes by id, roots in creation order, and the active leaf that picks the visible branch."""
 
-    __slots__ = ("nodes", "roots", "active_leaf_id")
+    __slots__ = ("active_leaf_id", "nodes", "roots")
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-__all__ = ["register", "make_proxy"]
+__all__ = ["make_proxy", "register"]
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
 
@@ -26,7 +26,9 @@ def register(sub: Any, common: Any) -> None:
     p = sub.add_parser("cluster", help="run N nodes and a round-robin proxy on this machine (a demo of cluster mode)")
     common(p)
     p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--port", type=int, default=8080, help="the proxy's port; nodes use the next ones (0: any free ports)")
+    p.add_argument(
+        "--port", type=int, default=8080, help="the proxy's port; nodes use the next ones (0: any free ports)"
+    )
     p.add_argument("--postgres-dsn", default=None, help="default: [store] postgres_dsn")
     p.add_argument("--redis-url", default=None, help="default: [redis] url")
     p.set_defaults(func=_cmd_cluster)
@@ -47,7 +49,10 @@ def make_proxy(upstreams: list[str]) -> web.Application:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["X-Forwarded-For"] = request.remote or ""
         async with app["http"].request(
-            request.method, upstream + request.rel_url.raw_path_qs, headers=headers, data=request.content,
+            request.method,
+            upstream + request.rel_url.raw_path_qs,
+            headers=headers,
+            data=request.content,
             allow_redirects=False,
         ) as up:
             resp = web.StreamResponse(
@@ -89,8 +94,16 @@ async def _run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
         for i in range(args.nodes):
             env = {**base, "SESSIOND_CLUSTER_NODE_ID": f"node{i + 1}"}
             port = 0 if args.port == 0 else args.port + 1 + i
-            cmd = [sys.executable, "-m", "server", "serve", "--port", str(port),
-                   "--data-dir", f"{data_dir}/node{i + 1}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                f"{data_dir}/node{i + 1}",
+            ]
             if args.config:
                 cmd += ["--config", args.config]
             proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -32,13 +33,17 @@ async def test_edit_regenerate_navigate(client: TestClient[Any, Any]) -> None:
     user1 = first["message"]["parent_id"]
     await _send(client, sid, "second question")
     # Edit the first question: a sibling branch, made active, answered; the old branch stays.
-    edited = await (await client.post(f"/v1/sessions/{sid}/messages/{user1}/edit", json={"content": "first, edited"})).json()
+    edited = await (
+        await client.post(f"/v1/sessions/{sid}/messages/{user1}/edit", json={"content": "first, edited"})
+    ).json()
     path = await _path(client, sid)
     assert [m["content"] for m in path if m["role"] == "user"] == ["first, edited"]
     assert path[0]["sibling_index"] == 1 and path[0]["sibling_count"] == 2
     assert path[-1]["id"] == edited["message"]["id"]
     # Regenerate that answer: a new sibling answer on the same question.
-    regen = await (await client.post(f"/v1/sessions/{sid}/messages/{edited['message']['id']}/regenerate", json={})).json()
+    regen = await (
+        await client.post(f"/v1/sessions/{sid}/messages/{edited['message']['id']}/regenerate", json={})
+    ).json()
     assert regen["message"]["parent_id"] == edited["message"]["parent_id"]
     path = await _path(client, sid)
     assert (path[-1]["sibling_index"], path[-1]["sibling_count"]) == (1, 2)
@@ -57,7 +62,7 @@ async def test_checkpoints_and_restore_with_hint(client: TestClient[Any, Any]) -
     a1 = await _send(client, sid, "step one")
     await _send(client, sid, "step two")
     cps = (await (await client.get(f"/v1/sessions/{sid}/checkpoints")).json())["items"]
-    assert [c["message_id"] for c in cps][0] == a1["message"]["id"] and len(cps) == 2
+    assert cps[0]["message_id"] == a1["message"]["id"] and len(cps) == 2
     # Restore without a hint: the active leaf moves back, nothing is re-run.
     r = await client.post(f"/v1/sessions/{sid}/checkpoints/{cps[0]['id']}/restore", json={})
     assert (await r.json()) == {"active_leaf_id": a1["message"]["id"]}
@@ -127,9 +132,10 @@ async def test_export_import_round_trip(make_client: ClientFactory, tmp_path: Pa
     other = await make_client(data_dir=tmp_path / "other")
     assert (await other.post("/v1/sessions/import", data=raw)).status == 201
     assert await (await other.get(f"/v1/sessions/{sid}/export")).read() == raw
-    assert await (await other.get(f"/v1/sessions/{sid}/messages")).json() == await (
-        await client.get(f"/v1/sessions/{sid}/messages")
-    ).json()
+    assert (
+        await (await other.get(f"/v1/sessions/{sid}/messages")).json()
+        == await (await client.get(f"/v1/sessions/{sid}/messages")).json()
+    )
     # Importing the same ids twice is a conflict, not an overwrite.
     dup = await other.post("/v1/sessions/import", data=raw)
     assert dup.status == 409
@@ -184,9 +190,13 @@ async def test_bad_branch_operations_change_nothing(client: TestClient[Any, Any]
         assert resp.status == status, await resp.text()
         assert resp.headers["Content-Type"].startswith("application/problem+json")
 
-    await expect(await client.post(f"/v1/sessions/{sid}/messages/{ans['message']['id']}/edit", json={"content": "x"}), 422)
+    await expect(
+        await client.post(f"/v1/sessions/{sid}/messages/{ans['message']['id']}/edit", json={"content": "x"}), 422
+    )
     await expect(await client.post(f"/v1/sessions/{sid}/messages/{user_id}/regenerate", json={}), 422)
-    await expect(await client.post(f"/v1/sessions/{sid}/navigate", json={"message_id": other_ans["message"]["id"]}), 404)
+    await expect(
+        await client.post(f"/v1/sessions/{sid}/navigate", json={"message_id": other_ans["message"]["id"]}), 404
+    )
     await expect(await client.post(f"/v1/sessions/{sid}/checkpoints/{other_cp['id']}/restore", json={}), 404)
     hidden = await client.post("/v1/sessions", json={}, headers={"X-End-User-ID": "someone-else"})
     hidden_id = (await hidden.json())["id"]
@@ -209,19 +219,33 @@ async def test_cli_export_import(client: TestClient[Any, Any], tmp_path: Path) -
     out = tmp_path / "s.json"
     env = {"SESSIOND_AUTH_API_KEYS": json.dumps([HEADERS["X-API-Key"]])}
     run = [sys.executable, "-m", "server"]
-    done = subprocess.run([*run, "export", s["id"], str(out), "--data-dir", data_dir], capture_output=True, env={**_env(), **env})
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*run, "export", s["id"], str(out), "--data-dir", data_dir],
+        capture_output=True,
+        env={**_env(), **env},
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text())["session"]["title"] == "cli"
-    done = subprocess.run([*run, "import", str(out), "--new-id", "--data-dir", data_dir], capture_output=True, env=_env())
+    done = await asyncio.to_thread(
+        subprocess.run, [*run, "import", str(out), "--new-id", "--data-dir", data_dir], capture_output=True, env=_env()
+    )
     assert done.returncode == 0, done.stderr
     new_sid = done.stdout.decode().strip().splitlines()[-1]
     assert new_sid.startswith("ses_") and new_sid != s["id"]
     assert [m["content"] for m in await _path(client, new_sid)] == [m["content"] for m in await _path(client, s["id"])]
-    missing = subprocess.run([*run, "export", "ses_missing", str(out), "--data-dir", data_dir], capture_output=True, env=_env())
+    missing = await asyncio.to_thread(
+        subprocess.run,
+        [*run, "export", "ses_missing", str(out), "--data-dir", data_dir],
+        capture_output=True,
+        env=_env(),
+    )
     assert missing.returncode == 1 and b"no session" in missing.stderr
 
 
 def _env() -> dict[str, str]:
     import os
 
-    return dict(os.environ)
+    from tests.conftest import ROOT
+
+    return {**os.environ, "PYTHONPATH": str(ROOT)}

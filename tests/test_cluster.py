@@ -41,14 +41,28 @@ async def cluster_env(redis_url: str) -> AsyncIterator[dict[str, str]]:
         await drop_database(dsn)
 
 
-def _nodes(server_process: Callable[..., ServerProcess], env: dict[str, str], n: int, tmp: Any, **extra: str) -> list[ServerProcess]:
-    return [server_process(env={**env, "SESSIOND_CLUSTER_NODE_ID": f"n{i}", **extra}, data_dir=tmp / f"node{i}") for i in range(n)]
+def _nodes(
+    server_process: Callable[..., ServerProcess], env: dict[str, str], n: int, tmp: Any, **extra: str
+) -> list[ServerProcess]:
+    return [
+        server_process(env={**env, "SESSIOND_CLUSTER_NODE_ID": f"n{i}", **extra}, data_dir=tmp / f"node{i}")
+        for i in range(n)
+    ]
 
 
-async def test_three_nodes_200_sessions_round_robin(server_process: Any, cluster_env: dict[str, str], tmp_path: Any) -> None:
+async def test_three_nodes_200_sessions_round_robin(
+    server_process: Any, cluster_env: dict[str, str], tmp_path: Any
+) -> None:
     # Generous leases: this test is about fan-out and forwarding under load, not failover.
-    nodes = _nodes(server_process, cluster_env, 3, tmp_path, SESSIOND_SIMULATED_REPLY_TOKENS="12",
-                   SESSIOND_CLUSTER_LEASE_MS="15000", SESSIOND_CLUSTER_FORWARD_TIMEOUT_SECONDS="10")
+    nodes = _nodes(
+        server_process,
+        cluster_env,
+        3,
+        tmp_path,
+        SESSIOND_SIMULATED_REPLY_TOKENS="12",
+        SESSIOND_CLUSTER_LEASE_MS="15000",
+        SESSIOND_CLUSTER_FORWARD_TIMEOUT_SECONDS="10",
+    )
     urls = [n.start() for n in nodes]
     limit = asyncio.Semaphore(40)
     async with aiohttp.ClientSession(headers=HEADERS) as http:
@@ -68,7 +82,7 @@ async def test_three_nodes_200_sessions_round_robin(server_process: Any, cluster
                     got = await asyncio.wait_for(reader, 30)
                 ids = [e.id for e in got]
                 assert ids == sorted(set(ids)), "every event once, in order"
-                assert [e.event for e in got][0] == "task.started" and got[-1].event == "task.completed"
+                assert got[0].event == "task.started" and got[-1].event == "task.completed"
                 deltas = "".join(e.data["delta"] for e in got if e.event == "message.delta")
                 assert deltas == answer["message"]["content"] and len(deltas.split()) == 12
 
@@ -76,8 +90,14 @@ async def test_three_nodes_200_sessions_round_robin(server_process: Any, cluster
 
 
 async def test_sigkill_owner_moves_the_session(server_process: Any, cluster_env: dict[str, str], tmp_path: Any) -> None:
-    a, b = _nodes(server_process, cluster_env, 2, tmp_path, SESSIOND_SIMULATED_TOKENS_PER_SECOND="20",
-                  SESSIOND_SIMULATED_REPLY_TOKENS="400")
+    a, b = _nodes(
+        server_process,
+        cluster_env,
+        2,
+        tmp_path,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="20",
+        SESSIOND_SIMULATED_REPLY_TOKENS="400",
+    )
     url_a, url_b = a.start(), b.start()
     async with aiohttp.ClientSession(headers=HEADERS) as http:
         async with http.post(f"{url_a}/v1/sessions", json={}) as r:
@@ -115,7 +135,10 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
     stores = [PostgresStore(dsn) for _ in range(2)]
     registries = [
         Registry(
-            s, SimulatedProvider(tokens_per_second=0, reply_tokens=3), settings=ActorSettings(), idle_seconds=60,
+            s,
+            SimulatedProvider(tokens_per_second=0, reply_tokens=3),
+            settings=ActorSettings(),
+            idle_seconds=60,
             cluster=Cluster(redis_url, ClusterSettings(node_id=f"race{i}", prefix=prefix, lease_ms=5000)),
         )
         for i, s in enumerate(stores)

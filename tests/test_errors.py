@@ -88,9 +88,13 @@ async def test_full_mailbox_refuses_with_retry_after(make_client: ClientFactory)
 
 async def test_stale_if_match_is_412_and_changes_nothing(client: TestClient[Any, Any]) -> None:
     s = await new_session(client, metadata={"a": 1})
-    ok = await client.patch(f"/v1/sessions/{s['id']}", json={"metadata": {"b": 2}}, headers={"If-Match": f'"{s["version"]}"'})
+    ok = await client.patch(
+        f"/v1/sessions/{s['id']}", json={"metadata": {"b": 2}}, headers={"If-Match": f'"{s["version"]}"'}
+    )
     assert ok.status == 200
-    stale = await client.patch(f"/v1/sessions/{s['id']}", json={"metadata": {"c": 3}}, headers={"If-Match": f'"{s["version"]}"'})
+    stale = await client.patch(
+        f"/v1/sessions/{s['id']}", json={"metadata": {"c": 3}}, headers={"If-Match": f'"{s["version"]}"'}
+    )
     await _problem(stale, 412, "version_mismatch")
     meta = await (await client.get(f"/v1/sessions/{s['id']}/metadata")).json()
     assert meta == {"a": 1, "b": 2}
@@ -98,6 +102,8 @@ async def test_stale_if_match_is_412_and_changes_nothing(client: TestClient[Any,
 
 async def test_bad_last_event_id_and_bad_limit(client: TestClient[Any, Any]) -> None:
     s = await new_session(client)
-    await _problem(await client.get(f"/v1/sessions/{s['id']}/stream", headers={"Last-Event-ID": "abc"}), 422, "invalid_request")
+    await _problem(
+        await client.get(f"/v1/sessions/{s['id']}/stream", headers={"Last-Event-ID": "abc"}), 422, "invalid_request"
+    )
     await _problem(await client.get("/v1/sessions?limit=0"), 422, "invalid_request")
     await _problem(await client.get("/v1/sessions?cursor=!!"), 422, "invalid_request")

@@ -121,7 +121,7 @@ async def test_slow_subscriber_is_bounded_and_does_not_slow_others(make_client: 
     sid = s["id"]
     # A client that subscribes and then never reads a byte.
     host, port = client.server.host, client.server.port
-    reader, writer = await asyncio.open_connection(host, port)
+    _reader, writer = await asyncio.open_connection(host, port)
     writer.write(
         f"GET /v1/sessions/{sid}/stream HTTP/1.1\r\nHost: x\r\nX-API-Key: {client.session.headers['X-API-Key']}"
         "\r\nLast-Event-ID: 0\r\n\r\n".encode()

@@ -54,7 +54,9 @@ class TreeModel:
 
 
 OPS = st.lists(
-    st.tuples(st.sampled_from(["send", "send", "edit", "regen", "nav", "restore", "hint", "restart"]), st.integers(0, 50)),
+    st.tuples(
+        st.sampled_from(["send", "send", "edit", "regen", "nav", "restore", "hint", "restart"]), st.integers(0, 50)
+    ),
     min_size=1,
     max_size=14,
 )
