@@ -35,6 +35,12 @@ REFRESH_PREFIX = "rt_"
 _ALGORITHM = "HS256"
 _REQUIRED = ["exp", "iat", "iss", "aud", "jti", "sid", "ns", "fam"]
 _MIN_SECRET = 32
+_LEEWAY = 5  # seconds: clocks of several servers may differ a little
+# A browser sends the same access token for its whole life: its verified claims are remembered
+# (decoding costs ~100 us), and a live family is re-read from the store at most this often.
+# Revocations made by this process take effect at once; those made by another, within this.
+_VERIFIED_MAX = 10_000
+_FAMILY_RECHECK_SECONDS = 2.0
 
 
 class TokenPair(msgspec.Struct):
@@ -52,6 +58,7 @@ class _Claims(msgspec.Struct):
     ns: str
     fam: str
     jti: str
+    exp: int
     uid: str | None = None
     gid: str | None = None
 
@@ -100,6 +107,8 @@ class TokenService:
         self._store = store
         self._settings = settings
         self._secret = secret
+        self._verified: dict[str, _Claims] = {}
+        self._families: dict[str, tuple[float, TokenFamilyRecord]] = {}  # live ones, until a deadline
 
     @property
     def secret(self) -> str:
@@ -156,7 +165,7 @@ class TokenService:
                 algorithms=[_ALGORITHM],  # pinned: "none" or another algorithm is refused
                 audience=self._settings.audience,
                 issuer=self._settings.issuer,
-                leeway=5,  # clocks of several servers may differ a little
+                leeway=_LEEWAY,
                 options={"require": _REQUIRED},
             )
         except jwt.ExpiredSignatureError:
@@ -165,13 +174,39 @@ class TokenService:
             raise UnauthorizedError("the access token is not valid") from None
         return claims
 
-    async def principal(self, token: str) -> Principal:
+    def _claims(self, token: str) -> _Claims:
+        claims = self._verified.get(token)
+        if claims is not None:
+            if time.time() <= claims.exp + _LEEWAY:
+                return claims
+            del self._verified[token]  # expired: decode() says so below
         try:
             claims = msgspec.convert(self.decode(token), _Claims)
         except msgspec.ValidationError:
             raise UnauthorizedError("the access token is not valid") from None
-        family = await self._store.get_token_family(claims.fam)
-        if family is None or family.revoked_at is not None or family.session_id != claims.sid:
+        if len(self._verified) >= _VERIFIED_MAX:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = claims
+        return claims
+
+    async def _live_family(self, family_id: str) -> TokenFamilyRecord | None:
+        now = time.monotonic()
+        cached = self._families.get(family_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        family = await self._store.get_token_family(family_id)
+        if family is None or family.revoked_at is not None:
+            self._families.pop(family_id, None)
+            return None
+        if len(self._families) >= _VERIFIED_MAX:
+            del self._families[next(iter(self._families))]
+        self._families[family_id] = (now + _FAMILY_RECHECK_SECONDS, family)
+        return family
+
+    async def principal(self, token: str) -> Principal:
+        claims = self._claims(token)
+        family = await self._live_family(claims.fam)
+        if family is None or family.session_id != claims.sid:
             raise UnauthorizedError("the access token was revoked")
         return Principal(
             kind="token",
@@ -193,6 +228,7 @@ class TokenService:
         outcome = await self._store.rotate_refresh_token(_hash(presented), stored, time.time(), utcnow())
         family = outcome.family
         if outcome.status == "reused":
+            self._families.clear()  # that family is dead: no remembered "live" may outlast it
             assert family is not None
             log.warning(
                 "a rotated refresh token was presented again: every token of family %s (session %s) is revoked",
@@ -203,7 +239,7 @@ class TokenService:
         if outcome.status != "rotated" or family is None:
             raise UnauthorizedError("the refresh token is expired or unknown")
         if await self._store.get_session(family.session_id) is None:
-            await self._store.revoke_session_tokens(family.session_id)
+            await self.revoke_session(family.session_id)
             raise UnauthorizedError("the refresh token was revoked: its session is gone")
         if await self._key_revoked(family.key_id):
             raise UnauthorizedError("the refresh token was revoked with the API key that minted it")
@@ -217,3 +253,4 @@ class TokenService:
 
     async def revoke_session(self, session_id: str) -> None:
         await self._store.revoke_session_tokens(session_id)
+        self._families.clear()
