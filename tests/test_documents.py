@@ -198,6 +198,24 @@ async def test_who_sees_which_document(client: TestClient[Any, Any]) -> None:
     assert (await client.get(f"/v1/documents/{own['id']}")).status == 404
 
 
+async def test_a_session_token_uploads_into_its_own_session(client: TestClient[Any, Any]) -> None:
+    s = await new_session(client, end_user_id="u7", with_token=True)
+    other = await new_session(client, end_user_id="u7")
+    bearer = {"Authorization": f"Bearer {s['access_token']}"}
+    async with aiohttp.ClientSession(str(client.make_url(""))) as browser:  # no API key: the token only
+        resp = await browser.post(f"/v1/sessions/{s['id']}/upload", data=form(b"from the browser", "b.txt"),
+                                  headers=bearer)
+        assert resp.status == 201, await resp.text()
+        doc = await resp.json()
+        assert doc["end_user_id"] == "u7", "it belongs to the session's end user"
+        linked = await (await browser.get(f"/v1/sessions/{s['id']}/documents", headers=bearer)).json()
+        assert [d["id"] for d in linked["items"]] == [doc["id"]]
+        resp = await browser.post(f"/v1/sessions/{other['id']}/upload", data=form(b"x", "x.txt"), headers=bearer)
+        assert resp.status == 404
+        assert (await browser.get("/v1/documents", headers=bearer)).status == 403
+        assert (await browser.delete(f"/v1/documents/{doc['id']}", headers=bearer)).status == 403
+
+
 async def test_a_file_is_kept_while_any_document_uses_it(client: TestClient[Any, Any], tmp_path: Path) -> None:
     a = await upload(client, b"same bytes", "a.txt")
     b = await upload(client, b"same bytes", "b.txt")
