@@ -1,21 +1,27 @@
-"""A PostgreSQL database of our own for a test: created fresh, dropped after."""
+"""A PostgreSQL database of our own for a test: created fresh, dropped after.
+
+The server is the one at 127.0.0.1:5432 (user postgres, trust auth), or SESSIOND_TEST_POSTGRES_URL.
+Without one the test is skipped with the reason, or fails under SESSIOND_REQUIRE_POSTGRES=1.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
-__all__ = ["PG_ADMIN", "create_database", "drop_database"]
+__all__ = ["PG_ADMIN", "create_database", "database", "drop_database"]
 
 PG_ADMIN = os.environ.get("SESSIOND_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 async def create_database() -> str:
     """A fresh database; skips (or fails under SESSIOND_REQUIRE_POSTGRES=1) without a server."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     try:
         admin = await asyncio.wait_for(asyncpg.connect(PG_ADMIN), 5)
@@ -32,10 +38,20 @@ async def create_database() -> str:
 
 
 async def drop_database(dsn: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     admin = await asyncpg.connect(PG_ADMIN)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@asynccontextmanager
+async def database() -> AsyncIterator[str]:
+    """``async with database() as dsn``: a fresh database, dropped on the way out."""
+    dsn = await create_database()
+    try:
+        yield dsn
+    finally:
+        await drop_database(dsn)

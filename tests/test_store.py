@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from actors.ids import new_id, utcnow
 from actors.records import (
+    AgentRecord,
     ApiKeyRecord,
     Checkpoint,
     DeleteSession,
+    DocumentRecord,
+    GuestRecord,
     PutCheckpoint,
     PutEvent,
     PutMessage,
     PutSession,
+    RefreshTokenRecord,
+    RouteEntry,
     SessionQuery,
     SessionRecord,
     StoredEvent,
+    TokenFamilyRecord,
 )
-from actors.store.postgres import PostgresStore
+from actors.store.migrations import MIGRATIONS
+from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
-from actors.tree import Node
+from actors.tree import Node, Usage
 from tests.pg import create_database, drop_database
 
 _pg_database = create_database
@@ -57,6 +67,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             await _drop(dsn)
 
 
+def ids(items: Any) -> list[str]:
+    return [item.id for item in items]
+
+
 def _record(**fields: Any) -> SessionRecord:
     now = utcnow()
     fields.setdefault("id", new_id("ses"))
@@ -71,15 +85,20 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "b", utcnow()))
     cp = Checkpoint(new_id("ckp"), nodes[1].id, utcnow(), "answer")
     events = [StoredEvent(seq, "task.started", b"frame %d" % seq) for seq in (3, 9, 12)]
-    await store.commit(
-        [*(PutMessage.of(rec.id, n) for n in nodes), PutCheckpoint.of(rec.id, cp), *(PutEvent(rec.id, e) for e in events), PutSession.of(rec)]
-    )
+    await store.commit([
+        *(PutMessage.of(rec.id, n) for n in nodes),
+        PutCheckpoint.of(rec.id, cp),
+        *(PutEvent(rec.id, e) for e in events),
+        PutSession.of(rec),
+    ])
     nodes[1].content = "a, revised"
     await store.commit([PutMessage.of(rec.id, nodes[1])])  # an upsert keeps the creation order
     loaded = await store.load_session(rec.id, events=2)
     assert loaded is not None
     assert loaded.record == rec
-    assert [(n.id, n.content) for n in loaded.nodes] == [(nodes[0].id, "q"), (nodes[1].id, "a, revised"), (nodes[2].id, "b")]
+    assert [(n.id, n.content) for n in loaded.nodes] == [
+        (nodes[0].id, "q"), (nodes[1].id, "a, revised"), (nodes[2].id, "b")
+    ]
     assert loaded.checkpoints == [cp]
     assert [e.seq for e in loaded.events] == [9, 12] and loaded.max_seq == 12
     assert [e.seq for e in await store.load_events(rec.id, 3, 10)] == [9, 12]
@@ -100,11 +119,12 @@ async def test_group_commit_many_concurrent_callers(store: Any) -> None:
 async def test_list_filters_and_cursor(store: Any) -> None:
     made = []
     for i in range(6):
-        r = _record(metadata={"team": "a" if i % 2 else "b", "n": i, "vip": i == 3}, end_user_id="u1" if i < 3 else None)
+        r = _record(
+            metadata={"team": "a" if i % 2 else "b", "n": i, "vip": i == 3}, end_user_id="u1" if i < 3 else None
+        )
         r.last_active_at = f"2026-01-01T00:00:0{i}.000000Z"
         made.append(r)
     await store.commit([PutSession.of(r) for r in made])
-    ids = lambda rs: [r.id for r in rs]  # noqa: E731
     assert ids(await store.list_sessions(SessionQuery(metadata={"team": "a"}))) == [made[5].id, made[3].id, made[1].id]
     assert ids(await store.list_sessions(SessionQuery(metadata={"n": "4"}))) == [made[4].id]
     assert ids(await store.list_sessions(SessionQuery(metadata={"vip": "true"}))) == [made[3].id]
@@ -134,3 +154,304 @@ async def test_postgres_migrates_once_for_racing_nodes(postgres_dsn: str) -> Non
         assert await stores[2].get_session(rec.id) == rec
     finally:
         await asyncio.gather(*(s.aclose() for s in stores))
+
+
+@asynccontextmanager
+async def _twin(store: Any) -> AsyncIterator[Any]:
+    """A second store on the same database, as a second server process would open it."""
+    other: Any = SqliteStore(store.path) if isinstance(store, SqliteStore) else PostgresStore(store.dsn)
+    await other.open()
+    try:
+        yield other
+    finally:
+        await other.aclose()
+
+
+# -- agents --------------------------------------------------------------------------------------
+
+
+async def test_agents(store: Any) -> None:
+    first = AgentRecord(
+        id="agt_b", name="first", system_prompt="Be brief.", model=[RouteEntry("local", "m1")],
+        tools=["search_documents"], temperature=0.5, created_at="2026-01-01T00:00:01.000000Z",
+    )
+    second = AgentRecord(id="agt_a", name="second", created_at="2026-01-01T00:00:02.000000Z")
+    tie = AgentRecord(id="agt_0", name="same time as second", created_at=second.created_at)
+    for agent in (second, first, tie):
+        await store.put_agent(agent)
+    assert await store.get_agent("agt_b") == first
+    assert await store.get_agent("agt_missing") is None
+    # Oldest first, the id breaking ties.
+    assert [a.id for a in await store.list_agents()] == ["agt_b", "agt_0", "agt_a"]
+    # An update replaces the agent and keeps its place.
+    edited = AgentRecord(
+        id="agt_b", name="renamed", created_at=first.created_at, updated_at="2026-01-02T00:00:00.000000Z"
+    )
+    await store.put_agent(edited)
+    assert await store.get_agent("agt_b") == edited
+    assert [a.name for a in await store.list_agents()] == ["renamed", "same time as second", "second"]
+    assert await store.delete_agent("agt_b") is True
+    assert await store.delete_agent("agt_b") is False
+    assert [a.id for a in await store.list_agents()] == ["agt_0", "agt_a"]
+
+
+# -- documents and usage per end user --------------------------------------------------------------
+
+
+def _doc(doc_id: str, created_at: str, end_user_id: str | None = None, sha256: str = "a" * 64) -> DocumentRecord:
+    return DocumentRecord(
+        id=doc_id, name=f"{doc_id}.md", size=10, content_type="text/markdown", kind="md",
+        sha256=sha256, created_at=created_at, end_user_id=end_user_id, chars=7,
+    )
+
+
+async def test_documents(store: Any) -> None:
+    shared = _doc("doc_1", "2026-01-01T00:00:01.000000Z")
+    mine = _doc("doc_2", "2026-01-01T00:00:02.000000Z", end_user_id="u1")
+    theirs = _doc("doc_3", "2026-01-01T00:00:03.000000Z", end_user_id="u2", sha256="b" * 64)
+    tie = _doc("doc_4", mine.created_at, end_user_id="u1")
+    for doc, text in ((shared, "shared text"), (mine, "my text"), (theirs, "their text"), (tie, "ünïcode ✓")):
+        await store.put_document(doc, text)
+    assert await store.get_document("doc_2") == mine
+    assert await store.get_document("doc_missing") is None
+
+    # Newest first, the id breaking ties; an end user sees their own and the shared ones.
+    assert ids(await store.list_documents(None, limit=10, offset=0)) == ["doc_3", "doc_4", "doc_2", "doc_1"]
+    assert ids(await store.list_documents("u1", limit=10, offset=0)) == ["doc_4", "doc_2", "doc_1"]
+    assert ids(await store.list_documents("u2", limit=10, offset=0)) == ["doc_3", "doc_1"]
+    assert ids(await store.list_documents("u1", limit=2, offset=1)) == ["doc_2", "doc_1"]
+    assert await store.list_documents("u3", limit=10, offset=10) == []
+
+    # Texts come back in the order asked, without the missing ones.
+    texts = await store.document_texts(["doc_4", "doc_missing", "doc_1"])
+    assert texts == [(tie, "ünïcode ✓"), (shared, "shared text")]
+    assert await store.document_texts([]) == []
+
+    assert await store.count_documents_with_hash("a" * 64) == 3
+    assert await store.delete_document("doc_2") is True
+    assert await store.delete_document("doc_2") is False
+    assert await store.get_document("doc_2") is None
+    assert await store.count_documents_with_hash("a" * 64) == 2
+    assert await store.count_documents_with_hash("c" * 64) == 0
+
+
+async def test_end_user_usage(store: Any) -> None:
+    assert await store.end_user_usage("u1") == (0, Usage())
+    a = _record(end_user_id="u1", usage=Usage(10, 5, 15))
+    b = _record(end_user_id="u1", namespace="other", usage=Usage(1, 2, 3))
+    c = _record(end_user_id="u2", usage=Usage(100, 100, 200))
+    await store.commit([PutSession.of(r) for r in (a, b, c)])
+    assert await store.end_user_usage("u1") == (2, Usage(11, 7, 18))
+    await store.commit([DeleteSession(a.id)])  # only existing sessions count
+    assert await store.end_user_usage("u1") == (1, Usage(1, 2, 3))
+
+
+# -- session tokens ----------------------------------------------------------------------------------
+
+
+def _family(session_id: str = "ses_1") -> TokenFamilyRecord:
+    return TokenFamilyRecord(
+        id=new_id("tkf"), session_id=session_id, namespace="default", created_at=utcnow(),
+        end_user_id="u1", guest_id="gst_1", key_id="key_1",
+    )
+
+
+def _token(family_id: str, expires_at: float, name: str | None = None) -> RefreshTokenRecord:
+    return RefreshTokenRecord(name or new_id("hash"), family_id, utcnow(), expires_at)
+
+
+async def test_refresh_rotation_reuse_and_expiry(store: Any) -> None:
+    now = 1_000_000.0
+    fam = _family()
+    await store.put_token_family(fam, _token(fam.id, now + 60, "h1"))
+    assert await store.get_token_family(fam.id) == fam
+    assert await store.get_token_family("tkf_missing") is None
+
+    out = await store.rotate_refresh_token("h1", _token("", now + 60, "h2"), now, "when-1")
+    assert out.status == "rotated" and out.family == fam
+    out = await store.rotate_refresh_token("h2", _token("", now + 60, "h3"), now + 1, "when-2")
+    assert out.status == "rotated"
+    assert (await store.rotate_refresh_token("nope", _token("", now + 60), now, "w")).status == "unknown"
+
+    # h1 was rotated already: someone holds a copy. The whole family ends, h3 with it.
+    out = await store.rotate_refresh_token("h1", _token("", now + 60, "h4"), now + 2, "when-3")
+    assert out.status == "reused" and out.family is not None and out.family.revoked_at == "when-3"
+    revoked = await store.get_token_family(fam.id)
+    assert revoked is not None and revoked.revoked_at == "when-3" and revoked.session_id == "ses_1"
+    assert (await store.rotate_refresh_token("h3", _token("", now + 60), now + 3, "w")).status == "unknown"
+    assert (await store.rotate_refresh_token("h4", _token("", now + 60), now + 3, "w")).status == "unknown"
+
+    # An expired token is refused and stays unused; a used token is forgotten once it would have expired.
+    other = _family()
+    await store.put_token_family(other, _token(other.id, now + 10, "e1"))
+    out = await store.rotate_refresh_token("e1", _token("", now + 100, "e2"), now + 10, "w")
+    assert out.status == "expired" and out.family == other
+    assert (await store.get_token_family(other.id)).revoked_at is None
+    fresh = _family()
+    await store.put_token_family(fresh, _token(fresh.id, now + 10, "f1"))
+    assert (await store.rotate_refresh_token("f1", _token("", now + 100, "f2"), now, "w")).status == "rotated"
+    assert (await store.rotate_refresh_token("f2", _token("", now + 100, "f3"), now + 20, "w")).status == "rotated"
+    # f1 expired at now + 10 and was swept by the rotation at now + 20: unknown, not a reuse.
+    assert (await store.rotate_refresh_token("f1", _token("", now + 100), now + 21, "w")).status == "unknown"
+    assert (await store.get_token_family(fresh.id)).revoked_at is None
+
+
+async def test_racing_rotations_of_one_token_rotate_it_once(store: Any) -> None:
+    now = 1_000_000.0
+    fam = _family()
+    await store.put_token_family(fam, _token(fam.id, now + 60, "r1"))
+    async with _twin(store) as other:
+        outcomes = await asyncio.gather(
+            *(s.rotate_refresh_token("r1", _token("", now + 60, f"r2-{i}"), now, f"w{i}")
+              for i, s in enumerate([store, other] * 5))
+        )
+    statuses = sorted(o.status for o in outcomes)
+    # One rotation wins; the next sees a used token (a copy) and revokes the family, whose
+    # tokens are then gone for all the others.
+    assert statuses == ["reused", "rotated"] + ["unknown"] * 8
+    family = await store.get_token_family(fam.id)
+    assert family is not None and family.revoked_at is not None
+    winner = next(i for i, o in enumerate(outcomes) if o.status == "rotated")
+    assert (await store.rotate_refresh_token(f"r2-{winner}", _token("", now + 60), now, "w")).status == "unknown"
+
+
+async def test_revoke_session_tokens(store: Any) -> None:
+    now = 1_000_000.0
+    a, b, c = _family("ses_1"), _family("ses_1"), _family("ses_2")
+    for fam in (a, b, c):
+        await store.put_token_family(fam, _token(fam.id, now + 60, f"t-{fam.id}"))
+    assert await store.revoke_session_tokens("ses_1") == 2
+    assert await store.revoke_session_tokens("ses_1") == 0
+    assert await store.get_token_family(a.id) is None and await store.get_token_family(b.id) is None
+    assert (await store.rotate_refresh_token(f"t-{a.id}", _token("", now + 60), now, "w")).status == "unknown"
+    assert (await store.rotate_refresh_token(f"t-{c.id}", _token("", now + 60), now, "w")).status == "rotated"
+
+
+# -- guests ----------------------------------------------------------------------------------------
+
+
+def _guest(namespace: str = "default", expires_at: float = 2_000_000.0) -> GuestRecord:
+    return GuestRecord(new_id("gst"), namespace, utcnow(), expires_at)
+
+
+async def test_guests_found_by_fingerprint_or_ip(store: Any) -> None:
+    now = 1_000_000.0
+    assert await store.find_guest("default", "ip-1", "fp-1", now) is None
+    g, created = await store.find_or_create_guest("default", "ip-1", "fp-1", _guest(), now)
+    assert created is True
+    # Same browser on a new network; same network, new browser; no fingerprint at all.
+    assert await store.find_or_create_guest("default", "ip-2", "fp-1", _guest(), now) == (g, False)
+    assert await store.find_or_create_guest("default", "ip-1", "fp-2", _guest(), now) == (g, False)
+    assert await store.find_or_create_guest("default", "ip-2", None, _guest(), now) == (g, False)
+    # Each match linked the other witness: fp-2 alone, ip-2 alone now find the guest.
+    assert await store.find_guest("default", None, "fp-2", now) == g
+    assert await store.find_guest("default", "ip-2", None, now) == g
+    assert await store.find_guest("default", "ip-9", "fp-1", now) == g
+    assert await store.find_guest("default", "ip-9", None, now) is None
+    assert await store.find_guest("default", None, None, now) is None
+    assert await store.get_guest(g.id, now) == g
+    assert await store.get_guest("gst_missing", now) is None
+
+    # The fingerprint wins over the IP when they point at different guests.
+    h, created = await store.find_or_create_guest("default", "ip-3", "fp-3", _guest(), now)
+    assert created is True and h != g
+    assert await store.find_guest("default", "ip-1", "fp-3", now) == h
+    # Namespaces do not share guests.
+    other, created = await store.find_or_create_guest("tenant", "ip-1", "fp-1", _guest("tenant"), now)
+    assert created is True and other.namespace == "tenant" and other.id != g.id
+    assert await store.find_guest("tenant", "ip-1", None, now) == other
+
+
+async def test_expired_guests_are_not_found_and_make_way(store: Any) -> None:
+    now = 1_000_000.0
+    old, _ = await store.find_or_create_guest("default", "ip-1", "fp-1", _guest(expires_at=now + 10), now)
+    assert await store.get_guest(old.id, now + 9) == old
+    later = now + 10
+    assert await store.get_guest(old.id, later) is None
+    assert await store.find_guest("default", "ip-1", "fp-1", later) is None
+    new, created = await store.find_or_create_guest("default", "ip-1", "fp-1", _guest(expires_at=later + 10), later)
+    assert created is True and new.id != old.id
+    assert await store.find_guest("default", "ip-1", None, later) == new
+    # The expired one was swept: even asked about before its expiry, it is gone.
+    assert await store.get_guest(old.id, now) is None
+
+
+async def test_racing_visits_make_one_guest(store: Any) -> None:
+    now = 1_000_000.0
+    async with _twin(store) as other:
+        # Same fingerprint, different IPs, from two processes at once.
+        results = await asyncio.gather(
+            *(s.find_or_create_guest("default", f"ip-{i}", "fp-1", _guest(), now)
+              for i, s in enumerate([store, other] * 6))
+        )
+        assert sum(created for _, created in results) == 1
+        assert len({g.id for g, _ in results}) == 1
+        # Same IP, a new fingerprint each time.
+        results = await asyncio.gather(
+            *(s.find_or_create_guest("default", "ip-shared", f"fp-x{i}", _guest(), now)
+              for i, s in enumerate([store, other] * 6))
+        )
+        assert sum(created for _, created in results) == 1
+        assert len({g.id for g, _ in results}) == 1
+
+
+# -- schema ----------------------------------------------------------------------------------------
+
+
+async def test_postgres_schema_matches_sqlite_step_by_step(postgres_dsn: str, tmp_path: Path) -> None:
+    assert len(PG_MIGRATIONS) == len(MIGRATIONS)
+    lite = sqlite3.connect(tmp_path / "schema.db")
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        for step, (lite_sql, pg_sql) in enumerate(zip(MIGRATIONS, PG_MIGRATIONS, strict=True), start=1):
+            lite.executescript(lite_sql)
+            await conn.execute(pg_sql)
+            lite_tables = {
+                name: [c[1] for c in lite.execute(f"PRAGMA table_info({name})")]
+                for (name,) in lite.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if not name.startswith("sqlite_")
+            }
+            pg_columns = await conn.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
+            )
+            pg_tables: dict[str, list[str]] = {}
+            for row in pg_columns:
+                pg_tables.setdefault(row[0], []).append(row[1])
+            assert pg_tables == lite_tables, f"after step {step}"
+    finally:
+        lite.close()
+        await conn.close()
+
+
+async def test_postgres_upgrades_a_database_of_schema_1(postgres_dsn: str) -> None:
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        # What a node of the previous release left behind: schema 1 and a session.
+        await conn.execute(PG_MIGRATIONS[0])
+        await conn.execute("CREATE TABLE sessiond_schema (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO sessiond_schema (version) VALUES (1)")
+        rec = _record(title="kept")
+        await conn.execute(
+            "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5)",
+            rec.id, rec.namespace, rec.end_user_id, rec.last_active_at, PutSession.of(rec).body.decode(),
+        )
+        stores = [PostgresStore(postgres_dsn) for _ in range(3)]
+        await asyncio.gather(*(s.open() for s in stores))  # racing nodes, one migrates
+        try:
+            assert await conn.fetchval("SELECT version FROM sessiond_schema") == len(PG_MIGRATIONS)
+            assert await conn.fetchval("SELECT count(*) FROM sessiond_schema") == 1
+            assert await stores[1].get_session(rec.id) == rec
+            await stores[0].put_agent(AgentRecord(id="agt_1", name="new", created_at=utcnow()))
+            assert [a.name for a in await stores[2].list_agents()] == ["new"]
+        finally:
+            await asyncio.gather(*(s.aclose() for s in stores))
+    finally:
+        await conn.close()
+
+
+def test_postgres_store_never_names_the_password() -> None:
+    assert PostgresStore("postgresql://app:s3cret@db.example:5432/sessiond").path == (
+        "postgresql://app@db.example:5432/sessiond"
+    )
+    assert PostgresStore("postgresql://app@db/sessiond").path == "postgresql://app@db/sessiond"

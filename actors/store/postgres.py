@@ -5,43 +5,61 @@ queued write, runs it in one transaction (one ``executemany`` per statement) and
 resolves the waiting callers. The schema is versioned like SQLite's: numbered steps, the
 number kept in the database (here in ``sessiond_schema``, under an advisory lock so two nodes
 starting together migrate once).
+
+Writes whose check and change must be atomic across nodes (rotating a refresh token, finding or
+creating a guest) each run in a transaction of their own that first takes a lock: the token
+family's row (``SELECT ... FOR UPDATE``), or advisory locks on the guest's witnesses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from actors.records import (
+    AgentRecord,
     ApiKeyRecord,
     Checkpoint,
     DeleteSession,
+    DocumentRecord,
+    GuestRecord,
     LoadedSession,
     Op,
     PutCheckpoint,
     PutEvent,
     PutMessage,
     PutSession,
+    RefreshOutcome,
+    RefreshTokenRecord,
     SessionQuery,
     SessionRecord,
     StoredEvent,
+    TokenFamilyRecord,
 )
 from actors.store.sqlite import StoreClosedError
-from actors.tree import Node
+from actors.tree import Node, Usage
 
-__all__ = ["PostgresStore", "PG_MIGRATIONS"]
+__all__ = ["PG_MIGRATIONS", "PostgresStore"]
 
 log = logging.getLogger("sessiond.store")
 
 _dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_node = msgspec.json.Decoder(Node)
 _dec_checkpoint = msgspec.json.Decoder(Checkpoint)
+_dec_agent = msgspec.json.Decoder(AgentRecord)
+_dec_document = msgspec.json.Decoder(DocumentRecord)
+_dec_family = msgspec.json.Decoder(TokenFamilyRecord)
+_enc = msgspec.json.Encoder()
+
+_T = TypeVar("_T")
 
 # Step N here matches step N of the SQLite MIGRATIONS (same tables, Postgres types).
 PG_MIGRATIONS: list[str] = [
@@ -84,6 +102,59 @@ PG_MIGRATIONS: list[str] = [
         revoked_at TEXT
     );
     """,
+    # 2: agents made through the API, uploaded documents. COLLATE "C": text orders byte by byte,
+    # as in SQLite, whatever the database's locale. IF NOT EXISTS, as in SQLite's step.
+    """
+    CREATE TABLE IF NOT EXISTS agents (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        created_at TEXT COLLATE "C" NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS documents (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        end_user_id TEXT,
+        created_at TEXT COLLATE "C" NOT NULL,
+        body TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS documents_by_hash ON documents (sha256);
+    CREATE INDEX IF NOT EXISTS documents_by_user ON documents (end_user_id, created_at);
+    """,
+    # 3: session token families, refresh tokens (hashed), guests and what finds them again.
+    # Epoch seconds are DOUBLE PRECISION (Postgres' REAL is only 4 bytes).
+    """
+    CREATE TABLE IF NOT EXISTS token_families (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE INDEX IF NOT EXISTS token_families_by_session ON token_families (session_id);
+    CREATE TABLE IF NOT EXISTS refresh_tokens (
+        hash TEXT PRIMARY KEY,
+        family_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        used_at TEXT
+    );
+    CREATE INDEX IF NOT EXISTS refresh_tokens_by_family ON refresh_tokens (family_id);
+    CREATE TABLE IF NOT EXISTS guests (
+        id TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS guests_by_expiry ON guests (expires_at);
+    CREATE TABLE IF NOT EXISTS guest_links (
+        namespace TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        guest_id TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (namespace, kind, digest)
+    );
+    """,
 ]
 
 _UPSERT_SESSION = (
@@ -92,7 +163,8 @@ _UPSERT_SESSION = (
     " last_active_at = excluded.last_active_at, body = excluded.body"
 )
 _UPSERT_MESSAGE = (
-    "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET body = excluded.body"
+    "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
+    " ON CONFLICT (id) DO UPDATE SET body = excluded.body"
 )
 _UPSERT_CHECKPOINT = (
     "INSERT INTO checkpoints (id, session_id, body) VALUES ($1, $2, $3)"
@@ -109,10 +181,50 @@ _DELETES = [
     "DELETE FROM sessions WHERE id = $1",
 ]
 _MIGRATION_LOCK = 0x5E55_10D  # advisory lock id: one node migrates at a time
+# Guests lock (class, key) pairs: Postgres keeps these apart from single-bigint keys like the above.
+_GUEST_LOCK_CLASS = 0x5E55_6E5
+
+_GUEST_BY_LINK = (
+    "SELECT g.id, g.namespace, g.created_at, g.expires_at FROM guest_links l"
+    " JOIN guests g ON g.id = l.guest_id"
+    " WHERE l.namespace = $1 AND l.kind = $2 AND l.digest = $3 AND g.expires_at > $4"
+)
+_UPSERT_GUEST_LINK = (
+    "INSERT INTO guest_links (namespace, kind, digest, guest_id, expires_at) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT (namespace, kind, digest) DO UPDATE SET guest_id = excluded.guest_id,"
+    " expires_at = excluded.expires_at"
+)
+# SKIP LOCKED: a sweep never waits for a row another transaction holds, so it cannot deadlock.
+_SWEEP_GUESTS = (
+    "DELETE FROM guests WHERE id IN (SELECT id FROM guests WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)"
+)
+_SWEEP_GUEST_LINKS = (
+    "DELETE FROM guest_links WHERE (namespace, kind, digest) IN"
+    " (SELECT namespace, kind, digest FROM guest_links WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)"
+)
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as ``DELETE 3`` or ``INSERT 0 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _guest_lock(namespace: str, kind: str, digest: str) -> int:
+    """A signed 32-bit advisory lock key for one witness, the same on every node."""
+    raw = hashlib.sha256(f"{namespace}\0{kind}\0{digest}".encode()).digest()
+    return int.from_bytes(raw[:4], "big", signed=True)
+
+
+def _without_password(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=userinfo.partition(":")[0] + "@" + hostport))
 
 
 class _Pending:
-    __slots__ = ("ops", "fut")
+    __slots__ = ("fut", "ops")
 
     def __init__(self, ops: Sequence[Op], fut: asyncio.Future[None]) -> None:
         self.ops = ops
@@ -132,7 +244,8 @@ class PostgresStore:
         on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         self.dsn = dsn
-        self.path = dsn  # what `sessiond serve` names when it says where a key is kept
+        # What `sessiond serve` names when it says where a key is kept: never with the password.
+        self.path = _without_password(dsn)
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(queue_size)
         self._pool_size = pool_size
@@ -324,7 +437,9 @@ class PostgresStore:
         return ApiKeyRecord(*rows[0]) if rows else None
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
-        rows = await self._fetch("SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at")
+        rows = await self._fetch(
+            "SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        )
         return [ApiKeyRecord(*r) for r in rows]
 
     async def revoke_api_key(self, key_id: str, when: str) -> bool:
@@ -332,4 +447,230 @@ class PostgresStore:
         status = await self._pool.execute(
             "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", when, key_id
         )
-        return str(status).endswith(" 1")
+        return _count(status) > 0
+
+    # -- agents, documents and usage per end user ----------------------------------------------
+
+    async def _execute(self, sql: str, *params: Any) -> int:
+        assert self._pool is not None
+        return _count(await self._pool.execute(sql, *params))
+
+    async def put_agent(self, agent: AgentRecord) -> None:
+        await self._execute(
+            "INSERT INTO agents (id, created_at, body) VALUES ($1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            agent.id, agent.created_at, _enc.encode(agent).decode(),
+        )
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        rows = await self._fetch("SELECT body FROM agents WHERE id = $1", agent_id)
+        return _dec_agent.decode(rows[0][0]) if rows else None
+
+    async def list_agents(self) -> list[AgentRecord]:
+        rows = await self._fetch("SELECT body FROM agents ORDER BY created_at, id")
+        return [_dec_agent.decode(r[0]) for r in rows]
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        return await self._execute("DELETE FROM agents WHERE id = $1", agent_id) > 0
+
+    async def put_document(self, doc: DocumentRecord, text: str) -> None:
+        await self._execute(
+            "INSERT INTO documents (id, sha256, end_user_id, created_at, body, text) VALUES ($1, $2, $3, $4, $5, $6)",
+            doc.id, doc.sha256, doc.end_user_id, doc.created_at, _enc.encode(doc).decode(), text,
+        )
+
+    async def get_document(self, document_id: str) -> DocumentRecord | None:
+        rows = await self._fetch("SELECT body FROM documents WHERE id = $1", document_id)
+        return _dec_document.decode(rows[0][0]) if rows else None
+
+    async def list_documents(self, end_user_id: str | None, *, limit: int, offset: int) -> list[DocumentRecord]:
+        """Newest first; for an end user, that user's documents and the shared ones."""
+        if end_user_id is None:
+            rows = await self._fetch(
+                "SELECT body FROM documents ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2", limit, offset
+            )
+        else:
+            rows = await self._fetch(
+                "SELECT body FROM documents WHERE end_user_id = $1 OR end_user_id IS NULL"
+                " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+                end_user_id, limit, offset,
+            )
+        return [_dec_document.decode(r[0]) for r in rows]
+
+    async def document_texts(self, document_ids: Sequence[str]) -> list[tuple[DocumentRecord, str]]:
+        """The documents among ``document_ids`` that exist, in that order, with their text."""
+        if not document_ids:
+            return []
+        rows = await self._fetch(
+            "SELECT id, body, text FROM documents WHERE id = ANY($1::text[])", list(document_ids)
+        )
+        found = {r[0]: (_dec_document.decode(r[1]), r[2]) for r in rows}
+        return [found[i] for i in document_ids if i in found]
+
+    async def delete_document(self, document_id: str) -> bool:
+        return await self._execute("DELETE FROM documents WHERE id = $1", document_id) > 0
+
+    async def count_documents_with_hash(self, sha256: str) -> int:
+        rows = await self._fetch("SELECT count(*) FROM documents WHERE sha256 = $1", sha256)
+        return int(rows[0][0])
+
+    async def end_user_usage(self, end_user_id: str) -> tuple[int, Usage]:
+        """(sessions, summed token usage) over the end user's existing sessions."""
+        rows = await self._fetch(
+            "SELECT count(*), COALESCE(SUM((body->'usage'->>'prompt')::bigint), 0),"
+            " COALESCE(SUM((body->'usage'->>'completion')::bigint), 0),"
+            " COALESCE(SUM((body->'usage'->>'total')::bigint), 0) FROM sessions WHERE end_user_id = $1",
+            end_user_id,
+        )
+        count, prompt, completion, total = rows[0]
+        return int(count), Usage(int(prompt), int(completion), int(total))
+
+    # -- session tokens and guests: each call one transaction of its own, outside group commit.
+    # Every change to a family's refresh tokens happens while holding that family's row lock
+    # (SELECT ... FOR UPDATE), so rotations, reuse detection and revocation of one family run
+    # one after another across every node, as BEGIN IMMEDIATE makes them in SQLite.
+
+    async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await fn(conn)
+
+    @staticmethod
+    def _family(body: str, revoked_at: str | None) -> TokenFamilyRecord:
+        family = _dec_family.decode(body)
+        family.revoked_at = revoked_at
+        return family
+
+    async def put_token_family(self, family: TokenFamilyRecord, token: RefreshTokenRecord) -> None:
+        async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO token_families (id, session_id, body, revoked_at) VALUES ($1, $2, $3, $4)",
+                family.id, family.session_id, _enc.encode(family).decode(), family.revoked_at,
+            )
+            await conn.execute(
+                "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                token.hash, token.family_id, token.created_at, token.expires_at, token.used_at,
+            )
+
+        await self._transaction(write)
+
+    async def get_token_family(self, family_id: str) -> TokenFamilyRecord | None:
+        rows = await self._fetch("SELECT body, revoked_at FROM token_families WHERE id = $1", family_id)
+        return self._family(rows[0][0], rows[0][1]) if rows else None
+
+    async def rotate_refresh_token(
+        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str
+    ) -> RefreshOutcome:
+        async def rotate(conn: asyncpg.Connection) -> RefreshOutcome:
+            family_id = await conn.fetchval("SELECT family_id FROM refresh_tokens WHERE hash = $1", old_hash)
+            if family_id is None:
+                return RefreshOutcome("unknown")
+            fam = await conn.fetchrow(
+                "SELECT body, revoked_at FROM token_families WHERE id = $1 FOR UPDATE", family_id
+            )
+            if fam is None:
+                return RefreshOutcome("unknown")
+            family = self._family(fam[0], fam[1])
+            # Read the token again under the family's lock: this statement sees every change
+            # committed by whoever held the lock before (READ COMMITTED takes a new snapshot).
+            token = await conn.fetchrow("SELECT expires_at, used_at FROM refresh_tokens WHERE hash = $1", old_hash)
+            if token is None:
+                return RefreshOutcome("unknown")
+            expires_at, used_at = token
+            if used_at is not None or family.revoked_at is not None:
+                # A rotated token came back: it was copied. End the family (both holders).
+                if family.revoked_at is None:
+                    await conn.execute("UPDATE token_families SET revoked_at = $1 WHERE id = $2", when, family_id)
+                    family.revoked_at = when
+                await conn.execute("DELETE FROM refresh_tokens WHERE family_id = $1", family_id)
+                return RefreshOutcome("reused", family)
+            if expires_at <= now:
+                return RefreshOutcome("expired", family)
+            await conn.execute("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2", when, old_hash)
+            await conn.execute(
+                "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at)"
+                " VALUES ($1, $2, $3, $4, NULL)",
+                new.hash, family_id, new.created_at, new.expires_at,
+            )
+            # Used tokens are kept (to catch their reuse) only while they would still be valid.
+            await conn.execute(
+                "DELETE FROM refresh_tokens WHERE family_id = $1 AND used_at IS NOT NULL AND expires_at <= $2",
+                family_id, now,
+            )
+            return RefreshOutcome("rotated", family)
+
+        return await self._transaction(rotate)
+
+    async def revoke_session_tokens(self, session_id: str) -> int:
+        async def revoke(conn: asyncpg.Connection) -> int:
+            # Ordered locks: two revocations of one session never wait on each other in a cycle.
+            rows = await conn.fetch(
+                "SELECT id FROM token_families WHERE session_id = $1 ORDER BY id FOR UPDATE", session_id
+            )
+            ids = [r[0] for r in rows]
+            if not ids:
+                return 0
+            await conn.execute("DELETE FROM refresh_tokens WHERE family_id = ANY($1::text[])", ids)
+            return _count(await conn.execute("DELETE FROM token_families WHERE id = ANY($1::text[])", ids))
+
+        return await self._transaction(revoke)
+
+    @staticmethod
+    async def _match_guest(
+        conn: asyncpg.Connection | asyncpg.Pool, namespace: str, ip: str | None, fingerprint: str | None, now: float
+    ) -> GuestRecord | None:
+        # The fingerprint is the better witness (many visitors may share an IP): it goes first.
+        for kind, digest in (("fingerprint", fingerprint), ("ip", ip)):
+            if digest is not None:
+                row = await conn.fetchrow(_GUEST_BY_LINK, namespace, kind, digest, now)
+                if row is not None:
+                    return GuestRecord(row[0], row[1], row[2], row[3])
+        return None
+
+    async def find_guest(
+        self, namespace: str, ip: str | None, fingerprint: str | None, now: float
+    ) -> GuestRecord | None:
+        assert self._pool is not None
+        return await self._match_guest(self._pool, namespace, ip, fingerprint, now)
+
+    async def find_or_create_guest(
+        self, namespace: str, ip: str, fingerprint: str | None, new: GuestRecord, now: float
+    ) -> tuple[GuestRecord, bool]:
+        links = [("ip", ip)] + ([("fingerprint", fingerprint)] if fingerprint is not None else [])
+
+        async def find_or_create(conn: asyncpg.Connection) -> tuple[GuestRecord, bool]:
+            # Two visits that could be the same guest share a witness, so they share its lock and
+            # run one after the other; locks are taken in one order everywhere (no deadlock).
+            for key in sorted({_guest_lock(namespace, kind, digest) for kind, digest in links}):
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _GUEST_LOCK_CLASS, key)
+            guest = await self._match_guest(conn, namespace, ip, fingerprint, now)
+            created = guest is None
+            if guest is None:
+                guest = new
+                await conn.execute(
+                    "INSERT INTO guests (id, namespace, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                    guest.id, guest.namespace, guest.created_at, guest.expires_at,
+                )
+            await conn.executemany(
+                _UPSERT_GUEST_LINK, [(namespace, kind, digest, guest.id, guest.expires_at) for kind, digest in links]
+            )
+            return guest, created
+
+        guest, created = await self._transaction(find_or_create)
+        if created:
+            # Expired guests go when a new one comes, in a transaction of its own: one that also
+            # held this visit's link rows could wait on another visit waiting on it.
+            async def sweep(conn: asyncpg.Connection) -> None:
+                await conn.execute(_SWEEP_GUESTS, now)
+                await conn.execute(_SWEEP_GUEST_LINKS, now)
+
+            await self._transaction(sweep)
+        return guest, created
+
+    async def get_guest(self, guest_id: str, now: float) -> GuestRecord | None:
+        rows = await self._fetch(
+            "SELECT id, namespace, created_at, expires_at FROM guests WHERE id = $1 AND expires_at > $2",
+            guest_id, now,
+        )
+        return GuestRecord(rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
