@@ -38,6 +38,7 @@ class Sampler:
         self._last_t = self._last_cpu = self._last_client = 0.0
         self.server_cpu = 0.0  # mean share of one core over the block
         self.server_cpu_seconds = 0.0
+        self.client_lag_max = 0.0  # the longest the bench's loop woke up late
         self.client_cpu = 0.0
 
     async def __aenter__(self) -> Sampler:
@@ -61,7 +62,7 @@ class Sampler:
             self.server_cpu = self.server_cpu_seconds / wall
         self.client_cpu = (time.process_time() - self._client0) / wall
 
-    def sample(self) -> None:
+    def sample(self, **extra: float) -> None:
         t = time.perf_counter()
         rss = self.child.rss_bytes() if self.child else 0
         if rss:
@@ -70,7 +71,7 @@ class Sampler:
         cpu = self.child.cpu_seconds() if self.child else 0.0
         client = time.process_time()
         dt = t - self._last_t if self._last_t else 0.0
-        gauges = {"rss_mb": round(rss / MB, 2)}
+        gauges = {"rss_mb": round(rss / MB, 2), **extra}
         if dt > 0:
             gauges["server_cpu"] = round((cpu - self._last_cpu) / dt * 100, 1)
             gauges["client_cpu"] = round((client - self._last_client) / dt * 100, 1)
@@ -80,6 +81,11 @@ class Sampler:
             self.on_tick(self)
 
     async def _run(self) -> None:
+        # How late the bench's own event loop wakes up: when it is late, the load generator
+        # (or the machine) is saturated and the latencies measured include that.
         while True:
+            t = time.perf_counter()
             await asyncio.sleep(self.interval)
-            self.sample()
+            late = time.perf_counter() - t - self.interval
+            self.client_lag_max = max(self.client_lag_max, late)
+            self.sample(client_lag_ms=round(late * 1000, 1))

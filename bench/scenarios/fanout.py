@@ -170,6 +170,7 @@ async def _level(api: Api, s: int, args: argparse.Namespace, report: Report, pro
             "rss_mb": round(sm.max_rss / MB, 1),
             "server_cpu": round(sm.server_cpu * 100),
             "client_cpu": round(sm.client_cpu * 100),
+            "client_lag_ms": round(sm.client_lag_max * 1000),
         }
     )
     report.timelines.append(tl)
@@ -180,7 +181,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         ("subscribers", "S"), ("subscribed", "subscribed"), ("connect_s", "connect s"), ("deliveries", "deliveries"),
         ("spread_p50_ms", "spread p50 ms"), ("spread_p99_ms", "spread p99 ms"), ("spread_max_ms", "spread max ms"),
         ("lag_p50_ms", "lag p50 ms"), ("lag_p99_ms", "lag p99 ms"), ("errors", "errors"), ("rss_mb", "RSS MB"),
-        ("server_cpu", "srv CPU%"), ("client_cpu", "cli CPU%"),
+        ("server_cpu", "srv CPU%"), ("client_cpu", "cli CPU%"), ("client_lag_ms", "cli late ms"),
     ):
         report.column(key, heading)
     report.notes.append("spread: receipt at each subscriber minus the first subscriber's receipt of that event")

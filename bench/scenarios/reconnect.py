@@ -156,7 +156,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         ("clients", "C"), ("tasks", "replies checked"), ("reconnects", "reconnects"), ("events", "events read"),
         ("lost", "lost"), ("duplicated", "duplicated"), ("mismatched", "reply != deltas"),
         ("resume_p50_ms", "resume p50 ms"), ("resume_p99_ms", "resume p99 ms"), ("errors", "errors"),
-        ("rss_mb", "RSS MB"),
+        ("rss_mb", "RSS MB"), ("client_lag_ms", "cli late ms"),
     ):
         report.column(key, heading)
     rng = random.Random(args.seed)
@@ -195,6 +195,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         "resume_p50_ms": ms(percentile(totals.resume_latency, 50)),
         "resume_p99_ms": ms(percentile(totals.resume_latency, 99)),
         "errors": sum(totals.errors.values()), "rss_mb": round(sm.max_rss / MB, 1),
+        "client_lag_ms": round(sm.client_lag_max * 1000),
     })
     if totals.errors:
         report.notes.append(f"errors: {totals.errors}")

@@ -69,6 +69,7 @@ async def run_load(
         rss_mb=round(sampler.max_rss / MB, 1),
         server_cpu=round(sampler.server_cpu * 100),
         client_cpu=round(sampler.client_cpu * 100),
+        client_lag_ms=round(sampler.client_lag_max * 1000),
         cpu_us_per_event=round(sampler.server_cpu_seconds / res.events * 1e6, 2) if res.events else None,
     )
     out["refused"] = res.refused
@@ -99,7 +100,8 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         report.column("lag_p99_ms", "lag p99 ms")
         report.notes.append(lag_note())
     for key, heading in (("errors", "errors"), ("rss_mb", "RSS MB"), ("server_cpu", "srv CPU%"),
-                         ("cpu_us_per_event", "srv µs/event"), ("client_cpu", "cli CPU%")):
+                         ("cpu_us_per_event", "srv µs/event"), ("client_cpu", "cli CPU%"),
+                         ("client_lag_ms", "cli late ms")):
         report.column(key, heading)
     env = {} if args.keep_admission else NO_ADMISSION
     async with AsyncExitStack() as stack:
