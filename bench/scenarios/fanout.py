@@ -18,7 +18,7 @@ from contextlib import AsyncExitStack
 
 import aiohttp
 
-from bench.client import Api, iter_frames, now
+from bench.client import Api, iter_ids, now
 from bench.metrics import Timeline, ms, percentile
 from bench.procs import maybe_profile, remove_data, sessiond
 from bench.report import Report, progress
@@ -82,15 +82,17 @@ async def _level(api: Api, s: int, args: argparse.Namespace, report: Report, pro
             ready += 1
             settle()
             ends = 0
-            async for frames in iter_frames(resp):
+            async for frames in iter_ids(resp):
                 t = now()
                 tl.events(t, len(frames))
-                for f in frames:
-                    if f.id is None:
-                        continue
-                    receipts.setdefault(f.id, []).append(t)
-                    types[f.id] = f.type
-                    if f.type == "task.completed":
+                for id_, type_ in frames:
+                    got = receipts.get(id_)
+                    if got is None:
+                        receipts[id_] = [t]
+                        types[id_] = type_.decode()
+                    else:
+                        got.append(t)
+                    if type_ == b"task.completed":
                         ends += 1
                 if ends >= args.messages:
                     break
