@@ -455,3 +455,48 @@ def test_postgres_store_never_names_the_password() -> None:
         "postgresql://app@db.example:5432/sessiond"
     )
     assert PostgresStore("postgresql://app@db/sessiond").path == "postgresql://app@db/sessiond"
+
+
+# -- text holding U+0000 ----------------------------------------------------------------------------
+
+
+async def test_text_with_nul_characters(store: Any) -> None:
+    """SQLite keeps U+0000; PostgreSQL text cannot, so it keeps U+FFFD, and finds it again by the same text."""
+
+    def kept(value: str) -> str:
+        return value.replace("\x00", "\ufffd") if isinstance(store, PostgresStore) else value
+
+    odd = _record(title="a\x00b", namespace="n\x00s", end_user_id="u\x00", metadata={"k": "v\x00"})
+    plain = _record(title="plain")
+    # Written in one batch: the odd one must not fail its neighbour.
+    await asyncio.gather(store.commit([PutSession.of(odd)]), store.commit([PutSession.of(plain)]))
+    assert await store.get_session(plain.id) == plain
+    got = await store.get_session(odd.id)
+    assert got is not None and got.title == kept("a\x00b") and got.end_user_id == kept("u\x00")
+    assert got.metadata == {"k": kept("v\x00")}
+    assert ids(await store.list_sessions(SessionQuery(namespace="n\x00s", end_user_id="u\x00"))) == [odd.id]
+    assert (await store.end_user_usage("u\x00"))[0] == 1
+
+    shared = _doc("doc_shared", utcnow())
+    own = _doc("doc_own", utcnow(), end_user_id="u\x00")
+    await store.put_document(shared, "text")
+    await store.put_document(own, "text")
+    assert ids(await store.list_documents("u\x00", limit=10, offset=0)) == ["doc_own", "doc_shared"]
+    guest, created = await store.find_or_create_guest("n\x00", "ip", None, _guest("n\x00"), 0.0)
+    assert created is True and await store.find_guest("n\x00", "ip", None, 0.0) == GuestRecord(
+        guest.id, kept("n\x00"), guest.created_at, guest.expires_at
+    )
+
+    # Ids that were never stored are simply not found.
+    assert await store.get_session("ses_\x00") is None
+    assert await store.load_session("ses_\x00", events=5) is None
+    assert await store.load_events("ses_\x00", 0, 5) == []
+    assert await store.get_agent("agt_\x00") is None
+    assert await store.delete_agent("agt_\x00") is False
+    assert await store.get_document("doc_\x00") is None
+    assert await store.document_texts(["doc_\x00"]) == []
+    assert await store.delete_document("doc_\x00") is False
+    assert await store.get_api_key("key_\x00") is None
+    assert await store.get_token_family("tkf_\x00") is None
+    assert await store.revoke_session_tokens("ses_\x00") == 0
+    assert await store.get_guest("gst_\x00", 0.0) is None

@@ -204,6 +204,41 @@ _SWEEP_GUEST_LINKS = (
 )
 
 
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _text(value: str) -> str:
+    """PostgreSQL text cannot hold U+0000 (SQLite's can): it is kept as U+FFFD, in what is
+    stored and in lookups alike, so a lookup finds what was stored for the same value."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list):
+        return [_param(v) for v in value]
+    return value
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
+def _jsonb(body: bytes) -> str:
+    """A JSON body for a JSONB column, which refuses ``\\u0000``: those become U+FFFD (rare: the
+    bytes are searched first, and a false match only re-encodes the same document)."""
+    if _NUL_ESCAPE not in body:
+        return body.decode()
+    return _enc.encode(_without_nul(msgspec.json.decode(body))).decode()
+
+
 def _count(status: str) -> int:
     """The row count of a command status such as ``DELETE 3`` or ``INSERT 0 1``."""
     return int(status.rsplit(" ", 1)[-1])
@@ -335,15 +370,17 @@ class PostgresStore:
         for op in ops:
             match op:
                 case PutSession():
-                    sessions.append((op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode()))
+                    sessions.append(
+                        (_text(op.id), _text(op.namespace), _param(op.end_user_id), op.last_active_at, _jsonb(op.body))
+                    )
                 case PutMessage():
-                    messages.append((op.id, op.session_id, op.body.decode()))
+                    messages.append((_text(op.id), _text(op.session_id), op.body.decode()))
                 case PutCheckpoint():
-                    checkpoints.append((op.id, op.session_id, op.body.decode()))
+                    checkpoints.append((_text(op.id), _text(op.session_id), op.body.decode()))
                 case PutEvent(session_id=sid, event=ev):
-                    events.append((sid, ev.seq, ev.type, ev.frame))
+                    events.append((_text(sid), ev.seq, ev.type, ev.frame))
                 case DeleteSession(session_id=sid):
-                    deletes.append((sid,))
+                    deletes.append((_text(sid),))
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             for sql, rows in (
@@ -362,7 +399,7 @@ class PostgresStore:
 
     async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         assert self._pool is not None
-        return list(await self._pool.fetch(sql, *params))
+        return list(await self._pool.fetch(sql, *map(_param, params)))
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
@@ -424,8 +461,7 @@ class PostgresStore:
     # -- API keys ------------------------------------------------------------------------------
 
     async def put_api_key(self, key: ApiKeyRecord) -> None:
-        assert self._pool is not None
-        await self._pool.execute(
+        await self._execute(
             "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5)",
             key.id, key.name, key.secret_hash, key.created_at, key.revoked_at,
         )
@@ -443,17 +479,16 @@ class PostgresStore:
         return [ApiKeyRecord(*r) for r in rows]
 
     async def revoke_api_key(self, key_id: str, when: str) -> bool:
-        assert self._pool is not None
-        status = await self._pool.execute(
+        changed = await self._execute(
             "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", when, key_id
         )
-        return _count(status) > 0
+        return changed > 0
 
     # -- agents, documents and usage per end user ----------------------------------------------
 
     async def _execute(self, sql: str, *params: Any) -> int:
         assert self._pool is not None
-        return _count(await self._pool.execute(sql, *params))
+        return _count(await self._pool.execute(sql, *map(_param, params)))
 
     async def put_agent(self, agent: AgentRecord) -> None:
         await self._execute(
@@ -545,7 +580,7 @@ class PostgresStore:
         async def write(conn: asyncpg.Connection) -> None:
             await conn.execute(
                 "INSERT INTO token_families (id, session_id, body, revoked_at) VALUES ($1, $2, $3, $4)",
-                family.id, family.session_id, _enc.encode(family).decode(), family.revoked_at,
+                family.id, _text(family.session_id), _enc.encode(family).decode(), family.revoked_at,
             )
             await conn.execute(
                 "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at)"
@@ -606,7 +641,7 @@ class PostgresStore:
         async def revoke(conn: asyncpg.Connection) -> int:
             # Ordered locks: two revocations of one session never wait on each other in a cycle.
             rows = await conn.fetch(
-                "SELECT id FROM token_families WHERE session_id = $1 ORDER BY id FOR UPDATE", session_id
+                "SELECT id FROM token_families WHERE session_id = $1 ORDER BY id FOR UPDATE", _text(session_id)
             )
             ids = [r[0] for r in rows]
             if not ids:
@@ -623,7 +658,7 @@ class PostgresStore:
         # The fingerprint is the better witness (many visitors may share an IP): it goes first.
         for kind, digest in (("fingerprint", fingerprint), ("ip", ip)):
             if digest is not None:
-                row = await conn.fetchrow(_GUEST_BY_LINK, namespace, kind, digest, now)
+                row = await conn.fetchrow(_GUEST_BY_LINK, _text(namespace), kind, digest, now)
                 if row is not None:
                     return GuestRecord(row[0], row[1], row[2], row[3])
         return None
@@ -650,10 +685,11 @@ class PostgresStore:
                 guest = new
                 await conn.execute(
                     "INSERT INTO guests (id, namespace, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-                    guest.id, guest.namespace, guest.created_at, guest.expires_at,
+                    guest.id, _text(guest.namespace), guest.created_at, guest.expires_at,
                 )
             await conn.executemany(
-                _UPSERT_GUEST_LINK, [(namespace, kind, digest, guest.id, guest.expires_at) for kind, digest in links]
+                _UPSERT_GUEST_LINK,
+                [(_text(namespace), kind, digest, guest.id, guest.expires_at) for kind, digest in links],
             )
             return guest, created
 
