@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -18,16 +18,20 @@ from server.auth import auth_middleware, setup_auth
 from server.config import Config, ConfigError
 from server.errors import problem_middleware
 from server.logs import request_id_middleware
+from server.metrics import METRICS, Metrics, metrics_middleware
 from server.routes import add_routes
 from server.state import CONFIG, REGISTRY, STORE
 
 __all__ = ["make_app", "make_store"]
 
 
-def make_store(config: Config) -> SqliteStore | PostgresStore:
+def make_store(config: Config, on_commit: Callable[[float, int], None] | None = None) -> SqliteStore | PostgresStore:
     if config.store.kind == "postgres":
         return PostgresStore(
-            config.store.postgres_dsn, max_batch=config.store.max_batch, pool_size=config.store.postgres_pool_size
+            config.store.postgres_dsn,
+            max_batch=config.store.max_batch,
+            pool_size=config.store.postgres_pool_size,
+            on_commit=on_commit,
         )
     if config.store.kind != "sqlite":
         raise ConfigError(f"store.kind {config.store.kind!r} is not supported (use \"sqlite\" or \"postgres\")")
@@ -35,6 +39,7 @@ def make_store(config: Config) -> SqliteStore | PostgresStore:
         config.data_dir / config.store.sqlite_file,
         synchronous=config.store.synchronous,
         max_batch=config.store.max_batch,
+        on_commit=on_commit,
     )
 
 
@@ -56,15 +61,20 @@ def make_cluster(config: Config) -> Cluster | None:
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, problem_middleware, auth_middleware, admission_middleware],
+        middlewares=[
+            request_id_middleware, metrics_middleware, problem_middleware, auth_middleware, admission_middleware
+        ],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
     app[ADMISSION] = Admission(config.admission)
-    store = make_store(config)
+    metrics = Metrics(app) if config.metrics.enabled else None
+    if metrics is not None:
+        app[METRICS] = metrics
+    store = make_store(config, metrics.observe_commit if metrics else None)
     app[STORE] = store
     # Agents, model routes, tools and documents.
-    provider: Provider = setup_agents(app, config, store)
+    provider: Provider = setup_agents(app, config, store, measure=metrics.measure if metrics else None)
     s = config.sessions
     registry = Registry(
         store,

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     from server.devcluster import register as register_cluster
 
     register_cluster(sub, _common)
+
+    from server.chat import register as register_chat
+    from server.doctor import register as register_doctor
+
+    register_chat(sub)
+    register_doctor(sub, _common, _config_from)
     return parser
 
 

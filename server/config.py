@@ -88,6 +88,11 @@ class RedisSection(_Section):
     url: str = "redis://127.0.0.1:6379/0"
 
 
+class MetricsSection(_Section):
+    enabled: bool = True
+    require_api_key: bool = False
+
+
 class LogSection(_Section):
     level: str = "info"
     format: str = "json"
@@ -182,6 +187,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     fanout: FanoutSection = msgspec.field(default_factory=FanoutSection)
     redis: RedisSection = msgspec.field(default_factory=RedisSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     tokens: TokensSection = msgspec.field(default_factory=TokensSection)

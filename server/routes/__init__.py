@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.routes import agents, documents, tools, usage
-from server.routes import guests, messages, ops, sessions, stream, tokens, transfer
+from server.routes import docs, guests, messages, ops, sessions, stream, tokens, transfer
 
 __all__ = ["add_routes"]
 
 
 def add_routes(app: web.Application) -> None:
-    for module in (transfer, sessions, messages, stream, ops, tokens, guests):
+    for module in (transfer, sessions, messages, stream, ops, docs, tokens, guests):
         app.router.add_routes(module.routes)
     for module in (agents, documents, tools, usage):
         app.router.add_routes(module.routes)

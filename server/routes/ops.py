@@ -1,10 +1,12 @@
-"""Operations: liveness and readiness."""
+"""Operations: liveness, readiness and metrics."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from server.state import REGISTRY, STORE
+from actors.errors import NotFoundError, UnauthorizedError
+from server.metrics import CONTENT_TYPE, METRICS
+from server.state import CONFIG, KEYRING, REGISTRY, STORE
 from server.wire import json_response
 
 __all__ = ["routes"]
@@ -29,3 +31,16 @@ async def readyz(request: web.Request) -> web.Response:
         ok = False
     body = {"status": "ready" if ok else "not_ready", "checks": checks}
     return json_response(body, status=200 if ok else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app.get(METRICS)
+    if registry is None:
+        raise NotFoundError("metrics are turned off ([metrics] enabled = false)")
+    if request.app[CONFIG].metrics.require_api_key:
+        h = request.headers
+        key = await request.app[KEYRING].verify(h.get("X-Client-ID"), h.get("X-Client-Secret"), h.get("X-API-Key"))
+        if key is None:
+            raise UnauthorizedError("GET /metrics needs X-API-Key here ([metrics] require_api_key = true)")
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,223 @@
+"""Prometheus metrics: one CollectorRegistry per app, read by GET /metrics.
+
+Counters the actors keep (``actors.records.Stats``) and gauges of the live actors are read
+when scraped; the rest is recorded as it happens. For code outside this module:
+
+- ``rate_limited(app, limit)``: count one request refused by the named limit (429);
+- ``observe_provider(app, provider, seconds, error=None)``: one model call and how it ended;
+- ``Metrics.measure(provider)``: a provider whose every ``stream()`` is timed and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from actors.agent.provider import ModelRequest, Provider, TurnItem
+from server.state import REGISTRY
+
+__all__ = [
+    "CONTENT_TYPE",
+    "METRICS",
+    "MeasuredProvider",
+    "Metrics",
+    "metrics_middleware",
+    "observe_provider",
+    "rate_limited",
+]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _ActorCollector(Collector):
+    """Reads the registry's counters and its live actors at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        registry = self._app.get(REGISTRY)
+        if registry is None:
+            return
+        stats = registry.stats
+        actors = registry.actors()
+        depths = [a.mailbox_depth for a in actors]
+        for name, doc, value in (
+            ("events", "Events the sessions emitted (rate() of it is events per second).", stats.events),
+            ("activations", "Sessions brought to life from the store.", stats.activations),
+            ("passivations", "Idle sessions snapshotted and dropped from memory.", stats.passivations),
+            ("crashes", "Session actors that crashed and were restarted from the store.", stats.crashes),
+            ("tasks_started", "Model tasks started.", stats.tasks_started),
+        ):
+            yield CounterMetricFamily(f"sessiond_{name}", doc, value=value)
+        for name, doc, value in (
+            ("actors_active", "Session actors live in memory.", len(actors)),
+            ("tasks_running", "Model tasks running now.", stats.tasks_running),
+            ("streams_open", "Event streams (SSE) open now.", sum(a.hub.subscribers for a in actors)),
+            ("mailbox_depth_sum", "Commands waiting in all session mailboxes.", sum(depths)),
+            ("mailbox_depth_max", "Commands waiting in the fullest session mailbox.", max(depths, default=0)),
+        ):
+            yield GaugeMetricFamily(f"sessiond_{name}", doc, value=value)
+
+
+class Metrics:
+    """The metrics of one app, in a registry of their own (no process-wide state)."""
+
+    def __init__(self, app: web.Application | None = None, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        if app is not None:
+            r.register(_ActorCollector(app))
+        self.http_requests = Counter(
+            "sessiond_http_requests", "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"], registry=r,
+        )
+        self.http_seconds = Histogram(
+            "sessiond_http_request_seconds",
+            "Time to answer a request (for streams: how long the stream stayed open).",
+            ["method", "route"], buckets=_FAST, registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "sessiond_store_commit_seconds", "Latency of one store group commit.", buckets=_FAST, registry=r
+        )
+        self.commit_ops = Counter("sessiond_store_commit_ops", "Write operations committed to the store.", registry=r)
+        self.provider_seconds = Histogram(
+            "sessiond_provider_seconds", "Duration of a model call, by provider and outcome (ok|error|cancelled).",
+            ["provider", "outcome"], buckets=_SLOW, registry=r,
+        )
+        self.provider_first_chunk = Histogram(
+            "sessiond_provider_first_chunk_seconds", "Time from a model call to its first chunk.",
+            ["provider"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=r,
+        )
+        self.provider_errors = Counter(
+            "sessiond_provider_errors", "Model calls that failed, by provider and error type.",
+            ["provider", "error"], registry=r,
+        )
+        self.rate_limit_rejections = Counter(
+            "sessiond_rate_limit_rejections", "Requests refused by a rate limit (429), by limit.",
+            ["limit"], registry=r,
+        )
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def observe_commit(self, seconds: float, ops: int) -> None:
+        """The store's ``on_commit`` callback."""
+        self.commit_seconds.observe(seconds)
+        self.commit_ops.inc(ops)
+
+    def observe_provider(
+        self, provider: str, seconds: float, error: str | None = None, *, cancelled: bool = False
+    ) -> None:
+        outcome = "cancelled" if cancelled else "error" if error else "ok"
+        self.provider_seconds.labels(provider, outcome).observe(seconds)
+        if error:
+            self.provider_errors.labels(provider, error).inc()
+
+    def rate_limited(self, limit: str) -> None:
+        self.rate_limit_rejections.labels(limit).inc()
+
+    def measure(self, provider: Provider) -> MeasuredProvider:
+        return MeasuredProvider(provider, self)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def rate_limited(app: web.Application, limit: str) -> None:
+    """Count one request refused by ``limit`` (e.g. ``"guest_hourly"``); a no-op without metrics."""
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        metrics.rate_limited(limit)
+
+
+def observe_provider(app: web.Application, provider: str, seconds: float, error: str | None = None) -> None:
+    """Record one model call of ``provider`` that took ``seconds`` (``error``: its type name)."""
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        metrics.observe_provider(provider, seconds, error)
+
+
+class MeasuredProvider:
+    """A provider whose calls are timed and whose failures are counted; otherwise the same."""
+
+    def __init__(self, inner: Provider, metrics: Metrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[TurnItem]:
+        started = time.perf_counter()
+        first = True
+        error: str | None = None
+        cancelled = False
+        try:
+            async with contextlib.aclosing(self.inner.stream(request)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    if first:
+                        first = False
+                        self._metrics.provider_first_chunk.labels(self.name).observe(time.perf_counter() - started)
+                    yield chunk
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        except BaseException:  # cancelled, or the consumer stopped early (GeneratorExit)
+            cancelled = True
+            raise
+        finally:
+            self._metrics.observe_provider(self.name, time.perf_counter() - started, error, cancelled=cancelled)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by route template (never the raw path: bounded label values)."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "(unmatched)"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client left before the answer was complete (nginx's code for it)
+        raise
+    finally:
+        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_seconds.labels(request.method, route).observe(time.perf_counter() - started)

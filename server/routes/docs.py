@@ -1,0 +1,76 @@
+"""The API, browsable: GET /openapi.json and GET /docs (Swagger UI, served from this server)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+from actors.errors import NotFoundError
+
+__all__ = ["DOC_ASSETS", "routes"]
+
+routes = web.RouteTableDef()
+
+_ASSETS = Path(str(swagger_ui_path))
+# The files of Swagger UI served under /docs/assets/.
+DOC_ASSETS = (
+    "swagger-ui.css",
+    "swagger-ui-bundle.js",
+    "swagger-ui-standalone-preset.js",
+    "favicon-32x32.png",
+    "favicon-16x16.png",
+)
+
+# Relative URLs, so the page also works behind a proxy that mounts sessiond under a prefix.
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>sessiond API</title>
+  <link rel="stylesheet" href="docs/assets/swagger-ui.css">
+  <link rel="icon" type="image/png" href="docs/assets/favicon-32x32.png" sizes="32x32">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="docs/assets/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({
+      url: "openapi.json",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      persistAuthorization: true,
+      presets: [SwaggerUIBundle.presets.apis],
+      layout: "BaseLayout"
+    });
+  </script>
+</body>
+</html>
+"""
+
+@functools.cache
+def _spec() -> bytes:
+    from server.openapi import build_spec  # it imports every route module, this one included
+
+    return msgspec.json.encode(build_spec())
+
+
+@routes.get("/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=_spec(), content_type="application/json")
+
+
+@routes.get("/docs")
+async def docs_page(request: web.Request) -> web.Response:
+    return web.Response(text=_PAGE, content_type="text/html")
+
+
+@routes.get("/docs/assets/{name}")
+async def docs_asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in DOC_ASSETS:
+        raise NotFoundError(f"no file {name}")
+    return web.FileResponse(_ASSETS / name, headers={"Cache-Control": "public, max-age=86400"})

@@ -1,0 +1,238 @@
+"""The Python client against the real server: typed calls, the current session, streams that resume."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from actors.events import MessageCompleted, MessageDelta, TaskCompleted, TaskStarted
+from server.app import make_app
+from server.client import ApiError, ApiKeyAuth, BearerAuth, Client, RestoreOut, ServerEvent, StreamProtocolError
+from server.wire import SendResult, SessionOut
+from tests.conftest import TEST_KEY, make_config
+
+ClientMaker = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def api(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[ClientMaker]:
+    """A real server on 127.0.0.1:0 and a Client for it."""
+    made: list[Client] = []
+
+    async def factory(**sections: dict[str, Any]) -> Client:
+        server = await aiohttp_server(make_app(make_config(tmp_path / "data", **sections)))
+        c = Client(str(server.make_url("")), api_key=TEST_KEY)
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        await c.aclose()
+
+
+class _Proxy:
+    """A TCP relay between client and server whose client-side connections the test can cut."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.client_sides: list[asyncio.StreamWriter] = []
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.client_sides.append(writer)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        """Drop every client-side connection at once, as a network failure would."""
+        for w in self.client_sides:
+            w.transport.abort()
+        self.client_sides.clear()
+
+    async def aclose(self) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_typed_calls_cover_the_session_life(api: ClientMaker) -> None:
+    c = await api()
+    s = await c.create_session(title="plan", metadata={"team": "a"})
+    assert isinstance(s, SessionOut) and s.title == "plan"
+    c.use_session(s.id)
+    result = await c.send("hello")
+    assert isinstance(result, SendResult) and result.status == "completed"
+    assert result.message.role == "assistant" and result.message.content.startswith("Simulated")
+    assert (await c.get_session()).message_count == 2
+    patched = await c.patch_session(title="plan 2", metadata={"team": None, "x": "1"}, if_version=s.version + 2)
+    assert patched.title == "plan 2"
+    assert await c.get_metadata() == {"x": "1"}
+    assert (await c.prepare()).status == "running"
+    page = await c.messages()
+    assert [m.role for m in page.items] == ["user", "assistant"]
+    again = await c.regenerate(result.message.id)
+    assert again.message.sibling_count == 2
+    path = await c.navigate(result.message.id)
+    assert path[-1].id == result.message.id
+    edited = await c.edit(page.items[0].id, "hello, edited")
+    tree = await c.tree()
+    assert len(tree.nodes) == 5 and tree.active_leaf_id == edited.message.id  # u, a, a2, u2, a3
+    cps = await c.checkpoints()
+    assert len(cps.items) == 3
+    moved = await c.restore(cps.items[0].id)
+    assert isinstance(moved, RestoreOut) and moved.active_leaf_id == result.message.id
+    hinted = await c.restore(cps.items[0].id, hint="shorter")
+    assert isinstance(hinted, SendResult) and hinted.status == "completed"
+    exported = await c.export()
+    assert exported["session"]["id"] == s.id
+    listed = [x.id async for x in c.iter_sessions(limit=1)]
+    assert listed == [s.id]
+    with pytest.raises(ApiError) as err:
+        await c.patch_session(title="stale", if_version=1)
+    assert err.value.status == 412
+    await c.delete_session()
+    with pytest.raises(ApiError) as err:
+        await c.get_session()
+    assert err.value.status == 404 and err.value.code == "not_found"
+    assert (await c.health()).status == "ok"
+    assert (await c.ready()).status == "ready"
+    assert "sessiond_events_total" in await c.metrics()
+
+
+async def test_execute_and_stream_use_the_current_session(api: ClientMaker) -> None:
+    c = await api()
+    c.use_session((await c.create_session()).id)
+    answer = await c.execute("first")
+    assert answer.role == "assistant" and answer.status == "completed"
+    text = "".join([d async for d in c.stream_text("second")])
+    history = await c.messages()
+    assert history.items[-1].content == text
+    events = [ev async for ev in c.stream("third")]
+    assert isinstance(events[0].event, TaskStarted)
+    assert isinstance(events[-1].event, TaskCompleted)
+    completed = next(e.event for e in events if isinstance(e.event, MessageCompleted))
+    assert completed.message.content == "".join(e.event.delta for e in events if isinstance(e.event, MessageDelta))
+    assert len(history.items) == 4
+    with pytest.raises(ValueError, match="use_session"):
+        await Client(c.url, api_key=TEST_KEY).execute("no session")
+
+
+async def test_wrong_key_is_a_clear_error(api: ClientMaker) -> None:
+    c = await api()
+    bad = Client(c.url, auth=ApiKeyAuth("sk_nope_nope"))
+    with pytest.raises(ApiError) as err:
+        await bad.create_session()
+    await bad.aclose()
+    assert err.value.status == 401 and err.value.code == "unauthorized"
+    bearer = Client(c.url, auth=BearerAuth("not-a-token"))
+    with pytest.raises(ApiError) as err:
+        await bearer.create_session()
+    await bearer.aclose()
+    assert err.value.status == 401
+
+
+def _check(events: list[ServerEvent], reply: str) -> None:
+    ids = [e.id for e in events]
+    assert ids == sorted(set(ids)), "ids strictly increase: nothing repeated"
+    deltas = "".join(e.event.delta for e in events if isinstance(e.event, MessageDelta))
+    assert deltas == reply, "the deltas make the whole answer: nothing lost"
+    assert isinstance(events[-1].event, TaskCompleted)
+
+
+async def test_stream_resumes_after_the_connection_is_cut_mid_answer(aiohttp_server: Any, tmp_path: Path) -> None:
+    # Paced (300 tokens/s, 60 tokens): the answer goes on while the client is away.
+    cfg = make_config(tmp_path / "data", simulated={"tokens_per_second": 300, "reply_tokens": 60})
+    server = await aiohttp_server(make_app(cfg))
+    proxy = _Proxy(server.port)
+    port = await proxy.start()
+    async with Client(f"http://127.0.0.1:{port}", api_key=TEST_KEY) as c:
+        c.use_session((await c.create_session()).id)
+        got: list[ServerEvent] = []
+        stream = c.stream("tell me")
+        async for ev in stream:
+            got.append(ev)
+            if sum(isinstance(e.event, MessageDelta) for e in got) == 5:
+                proxy.cut()  # the network drops under the client, mid-answer
+                break_at = ev.id
+                break
+        async for ev in stream:
+            got.append(ev)
+        assert stream.reconnects == 1
+        assert proxy.connections >= 2
+        final = (await c.messages()).items[-1]
+        assert final.status == "completed" and len(final.content.split()) == 60
+        _check(got, final.content)
+        assert any(e.id > break_at for e in got)
+    await proxy.aclose()
+
+
+async def test_client_side_drop_resumes_by_id_and_follows_the_session(api: ClientMaker) -> None:
+    c = await api(simulated={"tokens_per_second": 300, "reply_tokens": 40})
+    c.use_session((await c.create_session()).id)
+    events = c.events(last_event_id=0)
+    first = asyncio.ensure_future(c.send("one"))
+    got: list[ServerEvent] = []
+    async for ev in events:
+        got.append(ev)
+        if len(got) == 4:
+            events.drop_connection()  # the client hangs up by itself
+        if isinstance(ev.event, TaskCompleted):
+            break
+    await first
+    assert events.reconnects == 1
+    _check(got, (await c.messages()).items[-1].content)
+    # The same iterator goes on with the next task, over a new connection.
+    second = asyncio.ensure_future(c.send("two"))
+    more: list[ServerEvent] = []
+    async for ev in events:
+        more.append(ev)
+        if isinstance(ev.event, TaskCompleted):
+            break
+    await second
+    await events.aclose()
+    assert more[0].id > got[-1].id
+    _check(more, (await c.messages()).items[-1].content)
+
+
+async def test_a_repeated_event_id_is_refused(aiohttp_server: Any) -> None:
+    # A server that breaks the contract (not sessiond): the client must not pass the repeat on.
+    async def bad_stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        frame = b'id: 5\nevent: task.completed\ndata: {"type":"task.completed","task_id":"t"}\n\n'
+        await resp.write(frame + frame)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/sessions/{sid}/stream", bad_stream)
+    server = await aiohttp_server(app)
+    async with Client(str(server.make_url("")), api_key="k") as c:
+        seen: list[int] = []
+        with pytest.raises(StreamProtocolError, match="ids must increase"):
+            async for ev in c.events(session="ses_x"):
+                seen.append(ev.id)
+    assert seen == [5]

@@ -1,0 +1,138 @@
+"""``sessiond doctor``: all good says so and exits 0; each fault is named in plain words and exits 1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from server.doctor import check_provider
+from tests.conftest import ROOT
+
+
+def _env() -> dict[str, str]:
+    """This checkout's code, and no SESSIOND_* setting from outside."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    return {**clean, "PYTHONPATH": str(ROOT)}
+
+
+def _doctor(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    run = subprocess.run(
+        [sys.executable, "-m", "server", "doctor", *args],
+        cwd=cwd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=60,
+    )
+    return run.returncode, run.stdout + run.stderr
+
+
+def _line(out: str, name: str) -> str:
+    return next(line for line in out.splitlines() if line.split()[1:2] == [name])
+
+
+def test_a_healthy_installation_passes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    created = subprocess.run(
+        [sys.executable, "-m", "server", "keys", "create", "--data-dir", str(data), "--name", "ops"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    code, out = _doctor(tmp_path, "--data-dir", str(data))
+    assert code == 0, out
+    assert "all checks passed" in out
+    assert _line(out, "config").startswith("ok")
+    assert "is writable" in _line(out, "data")
+    assert "(current)" in _line(out, "store")
+    assert "1 active key(s)" in _line(out, "api")
+    assert "not used" in _line(out, "redis")
+    assert "simulated" in _line(out, "provider")
+    # The shipped config.toml parses as it is.
+    _, shipped = _doctor(tmp_path, "--config", str(ROOT / "config.toml"), "--data-dir", str(data))
+    assert _line(shipped, "config").startswith("ok"), shipped
+
+
+def test_a_fresh_data_dir_is_fine_and_left_untouched(tmp_path: Path) -> None:
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "new"))
+    assert code == 0, out
+    assert "will create it" in _line(out, "data")
+    assert "no database yet" in _line(out, "store")
+    assert not (tmp_path / "new").exists(), "the doctor changes nothing"
+
+
+def test_a_broken_config_file_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nport = \n")
+    code, out = _doctor(tmp_path, "--config", str(bad))
+    assert code == 1
+    assert out.startswith("FAIL  config")
+    assert "bad.toml" in out
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[server]\nprot = 8080\n")
+    code, out = _doctor(tmp_path, "--config", str(unknown))
+    assert code == 1
+    assert "prot" in out
+
+
+def test_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"))
+    assert code == 1
+    assert "is a file, not a directory" in _line(out, "data")
+    assert "1 problem(s) found" in out
+
+
+def test_a_database_from_a_newer_sessiond(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "sessiond.db")
+    db.execute("CREATE TABLE sessions (id TEXT)")
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    code, out = _doctor(tmp_path, "--data-dir", str(data))
+    assert code == 1
+    assert "schema 99, newer than this sessiond knows" in _line(out, "store")
+    assert "upgrade sessiond" in out
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sessiond.db").write_bytes(b"this is not SQLite" * 100)
+    code, out = _doctor(tmp_path, "--data-dir", str(data))
+    assert code == 1
+    assert "cannot open" in _line(out, "store")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again on exit: nothing listens there
+
+
+def test_redis_in_use_but_unreachable(tmp_path: Path) -> None:
+    env = {"SESSIOND_FANOUT_KIND": "redis", "SESSIOND_REDIS_URL": f"redis://:hunter2@127.0.0.1:{_closed_port()}/0"}
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env=env)
+    assert code == 1
+    line = _line(out, "redis")
+    assert line.startswith("FAIL") and "cannot reach Redis" in line and "[fanout] kind" in line
+    assert "hunter2" not in out, "a password in the URL is never printed"
+
+
+def test_redis_in_use_and_reachable(tmp_path: Path, redis_url: str) -> None:
+    env = {"SESSIOND_FANOUT_KIND": "redis", "SESSIOND_REDIS_URL": redis_url}
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env=env)
+    assert code == 0, out
+    assert "answers" in _line(out, "redis")
+
+
+async def test_provider_reachability(aiohttp_server: Any) -> None:
+    from aiohttp import web
+
+    server = await aiohttp_server(web.Application())  # answers 404 at its root: it is there
+    ok = await check_provider("[openai] base_url", str(server.make_url("/v1")))
+    assert ok.state == "ok" and "HTTP 404" in ok.detail
+    down = await check_provider("[openai] base_url", f"http://127.0.0.1:{_closed_port()}/v1")
+    assert down.state == "FAIL" and "does not answer" in down.detail
