@@ -241,6 +241,8 @@ OPERATIONS: list[Op] = [
     Op("GET", "/openapi.json", "This document", {"type": "object"}, tag="operations", public=True),
     Op("GET", "/docs", "The API, browsable", HTML, tag="operations", public=True),
     Op("GET", "/docs/assets/{name}", "A file of the browsable API page", ANY, tag="operations", public=True),
+    Op("GET", "/", "The chat page", HTML, tag="operations", public=True),
+    Op("GET", "/web/{name}", "A file of the chat page (script, style, icon)", ANY, tag="operations", public=True),
 ]
 
 # Credentials the API accepts; a new kind of credential joins with one entry.

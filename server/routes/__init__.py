@@ -6,6 +6,7 @@ from aiohttp import web
 
 from server.routes import agents, documents, tools, usage
 from server.routes import docs, guests, messages, ops, sessions, stream, tokens, transfer
+from server.routes import webpage
 
 __all__ = ["add_routes"]
 
@@ -13,5 +14,5 @@ __all__ = ["add_routes"]
 def add_routes(app: web.Application) -> None:
     for module in (transfer, sessions, messages, stream, ops, docs, tokens, guests):
         app.router.add_routes(module.routes)
-    for module in (agents, documents, tools, usage):
+    for module in (agents, documents, tools, usage, webpage):
         app.router.add_routes(module.routes)
