@@ -45,8 +45,10 @@ class _Bucket:
 class Timeline:
     """Events and latency samples bucketed by time since ``t0``, plus gauges (RSS, CPU)."""
 
-    def __init__(self, label: str, t0: float, bucket: float = 1.0) -> None:
+    def __init__(self, label: str, t0: float, bucket: float = 1.0, *, group: str = "", series: str = "") -> None:
         self.label = label
+        self.group = group or label  # the plot's column
+        self.series = series or label  # the line's name within its column
         self.t0 = t0
         self.bucket = bucket
         self._buckets: dict[int, _Bucket] = {}
@@ -97,4 +99,20 @@ class Timeline:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "bucket_s": self.bucket, "rows": self.rows(), "gauges": self.gauges}
+        return {
+            "label": self.label, "group": self.group, "series": self.series, "bucket_s": self.bucket,
+            "rows": self.rows(), "gauges": self.gauges,
+        }
+
+
+class SavedTimeline(Timeline):
+    """A timeline read back from a report's JSON (for re-plotting)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data["label"], 0.0, data.get("bucket_s", 1.0), group=data.get("group", ""),
+                         series=data.get("series", ""))
+        self._rows = data["rows"]
+        self.gauges = data["gauges"]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self._rows

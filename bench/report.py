@@ -113,7 +113,7 @@ def _fmt(value: Any) -> str:
 
 
 def plot(timelines: Sequence[Timeline], path: Path, title: str) -> Path | None:
-    """Throughput, latency and server RSS over time, one line per timeline, as a PNG."""
+    """Throughput, p99 latency and server RSS over time: one column per step group, one line per server."""
     if not timelines:
         return None
     try:
@@ -124,39 +124,60 @@ def plot(timelines: Sequence[Timeline], path: Path, title: str) -> Path | None:
     except ImportError:
         console.print("[yellow]matplotlib is not installed (pip install -e '.[bench]'): no plot[/]")
         return None
-    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
-    ax_ev, ax_lat, ax_rss = axes
+    groups: dict[str, list[Timeline]] = {}
     for tl in timelines:
-        rows = tl.rows()
-        if rows:
-            ts = [r["t"] for r in rows]
-            (line,) = ax_ev.plot(ts, [r["events_per_s"] for r in rows], label=tl.label)
-            for kind, style in (("lag", "-"), ("ttft", "--"), ("full", ":"), ("refused", "-.")):
-                pts = [(r["t"], r[f"{kind}_p99_ms"]) for r in rows if r.get(f"{kind}_p99_ms") is not None]
-                if pts:
-                    ax_lat.plot(
-                        [p[0] for p in pts], [p[1] for p in pts], style, color=line.get_color(),
-                        label=f"{tl.label} {kind} p99",
-                    )
-        else:
-            line = None
-        if tl.gauges:
-            kw = {"color": line.get_color()} if line is not None else {}
-            ax_rss.plot(
-                [g["t"] for g in tl.gauges], [g.get("rss_mb", 0) for g in tl.gauges], label=tl.label, **kw
-            )
-    ax_ev.set_ylabel("events/s received")
-    ax_lat.set_ylabel("p99 latency (ms)")
-    ax_lat.set_yscale("symlog", linthresh=10)
-    ax_rss.set_ylabel("server RSS (MB)")
-    ax_rss.set_xlabel("seconds since the step started")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        handles, _ = ax.get_legend_handles_labels()
+        groups.setdefault(tl.group, []).append(tl)
+    cols = len(groups)
+    fig, axes = plt.subplots(3, cols, figsize=(max(4.0 * cols, 7.0), 8), squeeze=False, sharex="col")
+    colors: dict[str, str] = {}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for c, (group, tls) in enumerate(groups.items()):
+        ax_ev, ax_lat, ax_rss = axes[0][c], axes[1][c], axes[2][c]
+        ax_ev.set_title(group, fontsize=10)
+        for tl in tls:
+            color = colors.setdefault(tl.series, palette[len(colors) % len(palette)])
+            rows = tl.rows()
+            if rows:
+                ax_ev.plot([r["t"] for r in rows], [r["events_per_s"] for r in rows], color=color, label=tl.series)
+                kinds = [k for k in ("lag", "ttft", "refused", "resume") if any(r.get(f"{k}_p99_ms") for r in rows)]
+                for kind, style in zip(kinds[:2], ("-", "--"), strict=False):
+                    pts = [(r["t"], r[f"{kind}_p99_ms"]) for r in rows if r.get(f"{kind}_p99_ms") is not None]
+                    ax_lat.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color,
+                                label=f"{tl.series} {kind} p99")
+            if tl.gauges:
+                ax_rss.plot([g["t"] for g in tl.gauges], [g.get("rss_mb", 0) for g in tl.gauges], color=color,
+                            label=tl.series)
+        ax_lat.set_yscale("symlog", linthresh=10)
+        ax_rss.set_xlabel("seconds")
+        for ax in (ax_ev, ax_lat, ax_rss):
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
+        handles, _ = ax_lat.get_legend_handles_labels()
         if handles:
-            ax.legend(fontsize=7, ncol=2, loc="upper right")
+            ax_lat.legend(fontsize=7)
+    axes[0][0].set_ylabel("events/s received")
+    axes[1][0].set_ylabel("p99 latency, ms")
+    axes[2][0].set_ylabel("server RSS, MB")
+    handles, _ = axes[0][0].get_legend_handles_labels()
+    if handles:
+        axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
     return path
+
+
+def main() -> None:
+    """``python -m bench.report FILE.json [OUT.png]``: draw a saved run's plot again."""
+    from bench.metrics import SavedTimeline
+
+    src = Path(sys.argv[1])
+    data = json.loads(src.read_text())
+    out = Path(sys.argv[2]) if len(sys.argv) > 2 else src.with_suffix(".png")
+    plot([SavedTimeline(t) for t in data["timelines"]], out, f"sessiond bench: {data['scenario']}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -60,4 +60,5 @@ async def run(args: argparse.Namespace, report: Report) -> None:
                 stack.callback(remove_data, child)
                 spec = LoadSpec(clients=clients, messages=1 << 20, duration=args.duration, ramp=args.ramp,
                                 rate=args.tps, retry_refused=True)
-                await run_load(child, f"admission {mode}", spec, report, prog, mode=mode, clients=clients)
+                await run_load(child, f"admission {mode}", spec, report, prog, group=f"C={clients}",
+                               series=f"admission {mode}", mode=mode, clients=clients)

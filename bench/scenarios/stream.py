@@ -33,11 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def run_load(
-    child: Child, label: str, spec: LoadSpec, report: Report, prog: Any, **row: Any
+    child: Child, label: str, spec: LoadSpec, report: Report, prog: Any, group: str = "", series: str = "",
+    **row: Any,
 ) -> dict[str, Any]:
     """Drive ``spec`` against ``child``; add a row and a timeline to ``report``."""
     api = Api(child.url)
-    tl = Timeline(label, 0.0)
+    tl = Timeline(label, 0.0, group=group, series=series)
     total = spec.ramp + spec.duration
     task = prog.add_task(label, total=total, info="")
 
@@ -127,7 +128,9 @@ async def run(args: argparse.Namespace, report: Report) -> None:
                     rows = {}
                     for name, child in children.items():
                         tag = f"{name} C={c}" + (f" #{rep + 1}" if args.repeat > 1 else "")
-                        rows[name] = await run_load(child, tag, spec, report, prog, target=name, clients=c)
+                        rows[name] = await run_load(child, tag, spec, report, prog, group=f"C={c}",
+                                                    series=tag.split(" ")[0] + tag[len(f"{name} C={c}"):],
+                                                    target=name, clients=c)
                     if "sessiond" in rows and "reference" in rows and rows["reference"]["events_per_s"]:
                         ratio = rows["sessiond"]["events_per_s"] / rows["reference"]["events_per_s"]
                         rows["sessiond"]["ratio"] = f"{ratio:.0%}"
