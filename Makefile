@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench clean cluster
+.PHONY: serve test lint bench clean dist cluster
 
 $(BIN)/sessiond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ cluster: $(BIN)/sessiond
 bench: $(BIN)/sessiond
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench stream
+
+# One file to carry: dist/sessiond.pyz runs with `python3 sessiond.pyz serve` (same Python minor
+# version and platform as the build: msgspec, uvloop and aiohttp are compiled).
+DIST ?= dist/sessiond.pyz
+dist: $(BIN)/sessiond
+	mkdir -p $(dir $(DIST))
+	$(BIN)/shiv --quiet --compressed --reproducible -c sessiond -o $(DIST) .
+	@echo "built $(DIST)"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

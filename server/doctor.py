@@ -49,18 +49,18 @@ def provider_urls(config: Config) -> list[tuple[str, str]]:
     """(setting, URL) of every ``base_url`` in the configuration: the providers to reach."""
     out: list[tuple[str, str]] = []
 
-    def walk(value: Any, where: str) -> None:
+    def walk(value: Any, where: list[str]) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
                 if k.endswith("base_url") and isinstance(v, str) and v:
-                    out.append((f"{where}.{k}".lstrip("."), v))
+                    out.append((f"[{'.'.join(where)}] {k}", v))
                 else:
-                    walk(v, f"{where}.{k}")
+                    walk(v, [*where, str(k)])
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                walk(v, f"{where}[{i}]")
+                walk(v, [*where, str(i)])
 
-    walk(msgspec.to_builtins(config), "")
+    walk(msgspec.to_builtins(config), [])
     return out
 
 

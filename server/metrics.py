@@ -3,7 +3,8 @@
 Counters the actors keep (``actors.records.Stats``) and gauges of the live actors are read
 when scraped; the rest is recorded as it happens. For code outside this module:
 
-- ``rate_limited(app, limit)``: count one request refused by the named limit (429);
+- ``rate_limited(request, limit)``: name the limit that refused this request (429 answers that
+  nobody named are counted as ``limit="unnamed"`` by the middleware, so none is missed);
 - ``observe_provider(app, provider, seconds, error=None)``: one model call and how it ended;
 - ``Metrics.measure(provider)``: a provider whose every ``stream()`` is timed and counted.
 """
@@ -151,11 +152,20 @@ class Metrics:
 METRICS = web.AppKey("metrics", Metrics)
 
 
-def rate_limited(app: web.Application, limit: str) -> None:
-    """Count one request refused by ``limit`` (e.g. ``"guest_hourly"``); a no-op without metrics."""
+_COUNTED = web.RequestKey("rate_limit_counted", bool)
+
+
+def rate_limited(where: web.Request | web.Application, limit: str) -> None:
+    """Count one request refused by ``limit`` (e.g. ``"guest_messages_per_hour"``).
+
+    Given the request, its 429 is not counted a second time as ``unnamed``. A no-op when
+    metrics are off."""
+    app = where.app if isinstance(where, web.Request) else where
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.rate_limited(limit)
+        if isinstance(where, web.Request):
+            where[_COUNTED] = True
 
 
 def observe_provider(app: web.Application, provider: str, seconds: float, error: str | None = None) -> None:
@@ -220,4 +230,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         metrics.http_requests.labels(request.method, route, str(status)).inc()
+        if status == 429 and not request.get(_COUNTED, False):
+            metrics.rate_limited("unnamed")
         metrics.http_seconds.labels(request.method, route).observe(time.perf_counter() - started)

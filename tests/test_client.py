@@ -12,7 +12,8 @@ from aiohttp import web
 
 from actors.events import MessageCompleted, MessageDelta, TaskCompleted, TaskStarted
 from server.app import make_app
-from server.client import ApiError, ApiKeyAuth, BearerAuth, Client, RestoreOut, ServerEvent, StreamProtocolError
+from server.client import ApiError, ApiKeyAuth, BearerAuth, Client, ServerEvent, StreamProtocolError
+from server.replies import RestoreOut
 from server.wire import SendResult, SessionOut
 from tests.conftest import TEST_KEY, make_config
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sqlite3
@@ -128,11 +129,27 @@ def test_redis_in_use_and_reachable(tmp_path: Path, redis_url: str) -> None:
     assert "answers" in _line(out, "redis")
 
 
-async def test_provider_reachability(aiohttp_server: Any) -> None:
+async def test_configured_providers_are_reached(aiohttp_server: Any, tmp_path: Path) -> None:
     from aiohttp import web
 
-    server = await aiohttp_server(web.Application())  # answers 404 at its root: it is there
-    ok = await check_provider("[openai] base_url", str(server.make_url("/v1")))
-    assert ok.state == "ok" and "HTTP 404" in ok.detail
-    down = await check_provider("[openai] base_url", f"http://127.0.0.1:{_closed_port()}/v1")
-    assert down.state == "FAIL" and "does not answer" in down.detail
+    model = await aiohttp_server(web.Application())  # a host that answers (404 at its root)
+    config = tmp_path / "providers.toml"
+    config.write_text(
+        "[providers.up]\n"
+        f'kind = "openai"\nbase_url = "{model.make_url("/v1")}"\nmodel = "m"\n'
+        "[providers.down]\n"
+        f'kind = "openai"\nbase_url = "http://127.0.0.1:{_closed_port()}/v1"\nmodel = "m"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "doctor", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+        cwd=tmp_path, env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert proc.returncode == 1
+    lines = [line for line in out.splitlines() if line.split()[1:2] == ["provider"]]
+    up = next(line for line in lines if "[providers.up] base_url" in line)
+    down = next(line for line in lines if "[providers.down] base_url" in line)
+    assert up.startswith("ok") and "answers (HTTP 404)" in up
+    assert down.startswith("FAIL") and "does not answer" in down
+    direct = await check_provider("[providers.up] base_url", str(model.make_url("/v1")))
+    assert direct.state == "ok"

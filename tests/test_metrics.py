@@ -68,7 +68,7 @@ async def test_metrics_show_actors_streams_events_commits_and_requests(make_clie
     assert ("process_resident_memory_bytes", ()) in m
     stream.close()
 
-    # Others count the requests their rate limits refuse through one call.
+    # Others name the limit that refused a request through one call.
     rate_limited(client.app, "guest_messages_per_hour")
     rate_limited(client.app, "guest_messages_per_hour")
     missing = await client.get("/v1/sessions/ses_missing")
@@ -201,3 +201,21 @@ def _check_log(server: _LoggingServer) -> None:
     second = next(r for r in records if r.get("request_id") == rid)
     assert second["method"] == "POST" and second["status"] == 201
     assert sum(1 for r in records if r.get("msg") == "request") == 2, "one line per request"
+
+
+async def test_every_429_is_a_counted_rejection(make_client: ClientFactory) -> None:
+    # One message an hour for this end user: the second is refused by the limiter (429).
+    client = await make_client(limits={"end_users": {"u1": {"messages_per_hour": 1}}})
+    s = await new_session(client, end_user_id="u1")
+    headers = {"X-End-User-ID": "u1"}
+    first = await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "one"}, headers=headers)
+    assert first.status == 200
+    second = await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "two"}, headers=headers)
+    assert second.status == 429
+    m = await _scrape(client)
+    refused = (
+        "sessiond_http_requests_total",
+        (("method", "POST"), ("route", "/v1/sessions/{session_id}/messages"), ("status", "429")),
+    )
+    assert m[refused] == 1
+    assert m[("sessiond_rate_limit_rejections_total", (("limit", "unnamed"),))] == 1

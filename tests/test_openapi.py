@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -56,7 +56,7 @@ class _Spec:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.seen: set[tuple[str, str]] = set()
-        self._templates = [
+        self._templates: list[tuple[re.Pattern[str], str]] = [
             (re.compile("^" + re.sub(r"{\w+}", "[^/]+", path) + "$"), path) for path in spec["paths"]
         ]
 
@@ -64,7 +64,7 @@ class _Spec:
         # Literal paths win over templated ones (/v1/sessions/import vs /v1/sessions/{session_id}).
         if path in self.spec["paths"]:
             return path
-        matches = [t for rx, t in self._templates if rx.match(path)]
+        matches: list[str] = [t for rx, t in self._templates if rx.match(path)]
         assert matches, f"{path} is in no path of the spec"
         return min(matches, key=lambda t: t.count("{"))
 
