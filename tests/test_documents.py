@@ -321,3 +321,30 @@ def test_context_never_exceeds_the_budget(budget: int) -> None:
         assert counter.count(text) <= budget
         assert text.startswith("Passages:\n\n" + blocks[0]) or blocks[0] not in text
     assert select_within_budget(blocks, 2, counter, "Passages:") is None
+
+
+async def test_search_stays_right_when_the_chunk_cache_is_small(tmp_path: Path) -> None:
+    from actors.agent.documents import DocumentLibrary
+    from actors.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        library = DocumentLibrary(
+            store, tmp_path / "docs", max_bytes=1 << 20, allowed=["txt"], context_tokens=100, chunk_words=5,
+            counter=TokenCounter(), cache_chunks=3,
+        )
+        ids = []
+        for word in ("anchor", "beacon", "compass"):
+            upload = library.begin()
+            upload.write(f"one two three four five\n\nthe {word} is here today\n\nsix seven eight nine ten".encode())
+            doc = await library.finish(upload, name=f"{word}.txt", content_type=None, end_user_id=None)
+            ids.append(doc.id)
+        for _ in range(2):  # each search evicts the others' chunks; they are read again later
+            for doc_id, word in zip(ids, ("anchor", "beacon", "compass"), strict=True):
+                hits = await library.search([doc_id], word, 3)
+                assert [h.document_id for h in hits] == [doc_id] and word in hits[0].text
+        hits = await library.search(ids, "beacon", 3)
+        assert [h.name for h in hits] == ["beacon.txt"]
+    finally:
+        await store.aclose()

@@ -229,6 +229,22 @@ async def test_every_provider_failing_fails_the_task_with_each_reason(
     assert "a: cannot reach" in error and "b: HTTP 500: broken is broken" in error
 
 
+async def test_a_failure_names_the_providers_skipped_while_unhealthy(
+    make_client: ClientFactory, fake: FakeFactory
+) -> None:
+    good = await fake("good")
+    client = await make_client(
+        providers={"a": openai(closed_port_url()), "b": openai(good.url)}, agents={"default": {"model": ["a", "b"]}}
+    )
+    s = await new_session(client)
+    assert (await converse(client, s["id"], "one"))[-1].event == "task.completed"  # a failed, b answered
+    good.mode = "error"
+    events = await converse(client, s["id"], "two")
+    error = events[-1].data["error"]
+    assert events[-1].event == "task.failed"
+    assert "b: HTTP 500" in error and "a: skipped while unhealthy (a: cannot reach" in error
+
+
 async def test_a_bad_request_is_not_retried_elsewhere(make_client: ClientFactory, fake: FakeFactory) -> None:
     good = await fake("fine")
     client = await make_client(

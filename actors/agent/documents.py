@@ -326,7 +326,7 @@ class DocumentLibrary:
         context_tokens: int,
         chunk_words: int,
         counter: TokenCounter,
-        cache_documents: int = 64,
+        cache_chunks: int = 20_000,
     ) -> None:
         self.store = store
         self.root = root
@@ -335,8 +335,12 @@ class DocumentLibrary:
         self.context_tokens = context_tokens
         self.chunk_words = chunk_words
         self.counter = counter
+        # Chunked and counted documents, least recently used first. Bounded by chunks, not by
+        # documents: a chunk with its term counts takes a few kB, and one large file has
+        # thousands of them.
         self._cache: OrderedDict[str, list[_Chunk]] = OrderedDict()
-        self._cache_size = cache_documents
+        self._cached = 0
+        self._cache_chunks = cache_chunks
         # Placing and removing files by hash must not interleave (an upload of the same bytes
         # racing the delete of the last document using them).
         self._files = asyncio.Lock()
@@ -400,8 +404,13 @@ class DocumentLibrary:
             deleted = await self.store.delete_document(doc.id)
             if deleted and await self.store.count_documents_with_hash(doc.sha256) == 0:
                 self.path_of(doc.sha256).unlink(missing_ok=True)
-        self._cache.pop(doc.id, None)
+        self._forget(doc.id)
         return deleted
+
+    def _forget(self, document_id: str) -> None:
+        chunks = self._cache.pop(document_id, None)
+        if chunks is not None:
+            self._cached -= len(chunks)
 
     # -- ranking ---------------------------------------------------------------------------
 
@@ -409,15 +418,22 @@ class DocumentLibrary:
         missing = [d for d in dict.fromkeys(document_ids) if d not in self._cache]
         if missing:
             for doc, text in await self.store.document_texts(missing):
-                self._cache[doc.id] = [_Chunk(doc.id, doc.name, t) for t in chunk_text(text, self.chunk_words)]
+                made = [_Chunk(doc.id, doc.name, t) for t in chunk_text(text, self.chunk_words)]
+                self._cache[doc.id] = made
+                self._cached += len(made)
         out: list[_Chunk] = []
+        wanted = set(document_ids)
         for d in dict.fromkeys(document_ids):
             chunks = self._cache.get(d)
             if chunks is not None:
                 self._cache.move_to_end(d)
                 out += chunks
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        # Evict the least recently used, never what this call is using.
+        for d in list(self._cache):
+            if self._cached <= self._cache_chunks:
+                break
+            if d not in wanted:
+                self._forget(d)
         return out
 
     async def search(self, document_ids: Sequence[str], query: str, limit: int) -> list[Hit]:

@@ -199,4 +199,9 @@ class Router:
             if self._health[entry.provider].healthy is False:
                 self.mark_up(entry.provider)  # it answered after all
             return
+        tried = {e.provider for e in entries}
+        failures += [
+            f"{e.provider}: skipped while unhealthy ({self._health[e.provider].reason})"
+            for e in route if e.provider not in tried
+        ]
         raise ProviderError("no model of the route answered: " + "; ".join(failures))
