@@ -44,6 +44,7 @@ from actors.records import (
     StoredEvent,
     TokenFamilyRecord,
 )
+from actors.store.pg_migrations import PG_MIGRATIONS
 from actors.store.sqlite import StoreClosedError
 from actors.tree import Node, Usage
 
@@ -60,102 +61,6 @@ _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
 
 _T = TypeVar("_T")
-
-# Step N here matches step N of the SQLite MIGRATIONS (same tables, Postgres types).
-PG_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE sessions (
-        id TEXT PRIMARY KEY,
-        namespace TEXT NOT NULL,
-        end_user_id TEXT,
-        last_active_at TEXT NOT NULL,
-        body JSONB NOT NULL
-    );
-    CREATE INDEX sessions_by_activity ON sessions (last_active_at DESC, id DESC);
-    CREATE INDEX sessions_by_user ON sessions (namespace, end_user_id, last_active_at DESC);
-    CREATE TABLE messages (
-        pos BIGSERIAL PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        session_id TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX messages_by_session ON messages (session_id, pos);
-    CREATE TABLE checkpoints (
-        pos BIGSERIAL PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        session_id TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX checkpoints_by_session ON checkpoints (session_id, pos);
-    CREATE TABLE events (
-        session_id TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        type TEXT NOT NULL,
-        frame BYTEA NOT NULL,
-        PRIMARY KEY (session_id, seq)
-    );
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        secret_hash TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        revoked_at TEXT
-    );
-    """,
-    # 2: agents made through the API, uploaded documents. COLLATE "C": text orders byte by byte,
-    # as in SQLite, whatever the database's locale. IF NOT EXISTS, as in SQLite's step.
-    """
-    CREATE TABLE IF NOT EXISTS agents (
-        id TEXT COLLATE "C" PRIMARY KEY,
-        created_at TEXT COLLATE "C" NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS documents (
-        id TEXT COLLATE "C" PRIMARY KEY,
-        sha256 TEXT NOT NULL,
-        end_user_id TEXT,
-        created_at TEXT COLLATE "C" NOT NULL,
-        body TEXT NOT NULL,
-        text TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS documents_by_hash ON documents (sha256);
-    CREATE INDEX IF NOT EXISTS documents_by_user ON documents (end_user_id, created_at);
-    """,
-    # 3: session token families, refresh tokens (hashed), guests and what finds them again.
-    # Epoch seconds are DOUBLE PRECISION (Postgres' REAL is only 4 bytes).
-    """
-    CREATE TABLE IF NOT EXISTS token_families (
-        id TEXT PRIMARY KEY,
-        session_id TEXT NOT NULL,
-        body TEXT NOT NULL,
-        revoked_at TEXT
-    );
-    CREATE INDEX IF NOT EXISTS token_families_by_session ON token_families (session_id);
-    CREATE TABLE IF NOT EXISTS refresh_tokens (
-        hash TEXT PRIMARY KEY,
-        family_id TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL,
-        used_at TEXT
-    );
-    CREATE INDEX IF NOT EXISTS refresh_tokens_by_family ON refresh_tokens (family_id);
-    CREATE TABLE IF NOT EXISTS guests (
-        id TEXT PRIMARY KEY,
-        namespace TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS guests_by_expiry ON guests (expires_at);
-    CREATE TABLE IF NOT EXISTS guest_links (
-        namespace TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        guest_id TEXT NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (namespace, kind, digest)
-    );
-    """,
-]
 
 _UPSERT_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
