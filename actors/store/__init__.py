@@ -5,4 +5,4 @@ from __future__ import annotations
 from actors.store.base import Store
 from actors.store.sqlite import SqliteStore
 
-__all__ = ["Store", "SqliteStore"]
+__all__ = ["SqliteStore", "Store"]

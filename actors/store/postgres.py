@@ -13,10 +13,8 @@ family's row (``SELECT ... FOR UPDATE``), or advisory locks on the guest's witne
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -28,15 +26,10 @@ from actors.records import (
     AgentRecord,
     ApiKeyRecord,
     Checkpoint,
-    DeleteSession,
     DocumentRecord,
     GuestRecord,
     LoadedSession,
     Op,
-    PutCheckpoint,
-    PutEvent,
-    PutMessage,
-    PutSession,
     RefreshOutcome,
     RefreshTokenRecord,
     SessionQuery,
@@ -44,8 +37,8 @@ from actors.records import (
     StoredEvent,
     TokenFamilyRecord,
 )
+from actors.store.batching import GroupCommitter, Rows
 from actors.store.pg_migrations import PG_MIGRATIONS
-from actors.store.sqlite import StoreClosedError
 from actors.tree import Node, Usage
 
 __all__ = ["PG_MIGRATIONS", "PostgresStore"]
@@ -163,14 +156,6 @@ def _without_password(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=userinfo.partition(":")[0] + "@" + hostport))
 
 
-class _Pending:
-    __slots__ = ("fut", "ops")
-
-    def __init__(self, ops: Sequence[Op], fut: asyncio.Future[None]) -> None:
-        self.ops = ops
-        self.fut = fut
-
-
 class PostgresStore:
     """The shared Store of a cluster: one PostgreSQL database."""
 
@@ -186,19 +171,16 @@ class PostgresStore:
         self.dsn = dsn
         # What `sessiond serve` names when it says where a key is kept: never with the password.
         self.path = _without_password(dsn)
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(queue_size)
+        self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
+        self.commit = self._committer.commit
         self._pool_size = pool_size
-        self._on_commit = on_commit
         self._pool: asyncpg.Pool | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closed = False
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self._pool_size)
         async with self._pool.acquire() as conn:
             await self._migrate(conn)
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="postgres-writer")
+        self._committer.start("postgres-writer")
 
     @staticmethod
     async def _migrate(conn: asyncpg.Connection) -> None:
@@ -215,77 +197,23 @@ class PostgresStore:
                 log.info("store migrated to schema %d", number)
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+        await self._committer.aclose()  # the writer finishes what was queued before this
         if self._pool is not None:
             await self._pool.close()
+            self._pool = None
 
-    # -- writes ----------------------------------------------------------------------------
-
-    async def commit(self, ops: Sequence[Op]) -> None:
-        if self._closed:
-            raise StoreClosedError("store is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(ops, fut))
-        await fut
-
-    async def _write_loop(self) -> None:
-        queue = self._queue
-        while True:
-            first = await queue.get()
-            if first is None:
-                return
-            batch = [first]
-            count = len(first.ops)
-            closing = False
-            while count < self._max_batch and not queue.empty():
-                item = queue.get_nowait()
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
-                count += len(item.ops)
-            started = time.perf_counter()
-            try:
-                await self._write([op for p in batch for op in p.ops])
-            except Exception as exc:
-                log.exception("store commit failed")
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_exception(exc)
-            else:
-                if self._on_commit is not None:
-                    self._on_commit(time.perf_counter() - started, count)
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_result(None)
-            if closing:
-                return
+    # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
     async def _write(self, ops: list[Op]) -> None:
-        sessions: list[tuple[Any, ...]] = []
-        messages: list[tuple[Any, ...]] = []
-        checkpoints: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        deletes: list[tuple[str]] = []
-        for op in ops:
-            match op:
-                case PutSession():
-                    sessions.append(
-                        (_text(op.id), _text(op.namespace), _param(op.end_user_id), op.last_active_at, _jsonb(op.body))
-                    )
-                case PutMessage():
-                    messages.append((_text(op.id), _text(op.session_id), op.body.decode()))
-                case PutCheckpoint():
-                    checkpoints.append((_text(op.id), _text(op.session_id), op.body.decode()))
-                case PutEvent(session_id=sid, event=ev):
-                    events.append((_text(sid), ev.seq, ev.type, ev.frame))
-                case DeleteSession(session_id=sid):
-                    deletes.append((_text(sid),))
+        rows = Rows(ops)
+        sessions = [
+            (_text(a), _text(ns), _param(eu), at, _jsonb(body.encode()) if "\\u0000" in body else body)
+            for a, ns, eu, at, body in rows.sessions
+        ]
+        messages = [(_text(a), _text(b), body) for a, b, body in rows.messages]
+        checkpoints = [(_text(a), _text(b), body) for a, b, body in rows.checkpoints]
+        events = [(_text(sid), seq, type_, frame) for sid, seq, type_, frame in rows.events]
+        deletes = [(_text(sid),) for (sid,) in rows.deletes]
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             for sql, rows in (

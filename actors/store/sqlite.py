@@ -8,9 +8,7 @@ proceed while the writer holds its transaction.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,15 +20,10 @@ from actors.records import (
     AgentRecord,
     ApiKeyRecord,
     Checkpoint,
-    DeleteSession,
     DocumentRecord,
     GuestRecord,
     LoadedSession,
     Op,
-    PutCheckpoint,
-    PutEvent,
-    PutMessage,
-    PutSession,
     RefreshOutcome,
     RefreshTokenRecord,
     SessionQuery,
@@ -38,6 +31,7 @@ from actors.records import (
     StoredEvent,
     TokenFamilyRecord,
 )
+from actors.store.batching import GroupCommitter, Rows, StoreClosedError
 from actors.store.migrations import MIGRATIONS
 from actors.tree import Node, Usage
 
@@ -76,18 +70,6 @@ _DELETES = [
 ]
 
 
-class StoreClosedError(RuntimeError):
-    """The store was closed before the write could be queued."""
-
-
-class _Pending:
-    __slots__ = ("ops", "fut")
-
-    def __init__(self, ops: Sequence[Op], fut: asyncio.Future[None]) -> None:
-        self.ops = ops
-        self.fut = fut
-
-
 class SqliteStore:
     """The default Store: one SQLite file under the data dir."""
 
@@ -102,13 +84,10 @@ class SqliteStore:
     ) -> None:
         self.path = path
         self._synchronous = synchronous
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(queue_size)
-        self._on_commit = on_commit
+        self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
+        self.commit = self._committer.commit
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -124,7 +103,7 @@ class SqliteStore:
         await reader.execute("PRAGMA busy_timeout=5000")
         await reader.execute("PRAGMA query_only=ON")
         self._reader = reader
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="sqlite-writer")
+        self._committer.start("sqlite-writer")
 
     @staticmethod
     async def _migrate(db: aiosqlite.Connection) -> None:
@@ -136,93 +115,30 @@ class SqliteStore:
             log.info("store migrated to schema %d", number)
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            await self._queue.put(None)  # the writer finishes what was queued before this
-            await self._writer
+        await self._committer.aclose()  # the writer finishes what was queued before this
         for conn in (self._db, self._reader):
             if conn is not None:
                 await conn.close()
+        self._db = self._reader = None
 
-    # -- writes ----------------------------------------------------------------------------
-
-    async def commit(self, ops: Sequence[Op]) -> None:
-        if self._closed:
-            raise StoreClosedError("store is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(ops, fut))
-        await fut
-
-    async def _write_loop(self) -> None:
-        queue = self._queue
-        while True:
-            first = await queue.get()
-            if first is None:
-                return
-            batch = [first]
-            count = len(first.ops)
-            closing = False
-            while count < self._max_batch and not queue.empty():
-                item = queue.get_nowait()
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
-                count += len(item.ops)
-            started = time.perf_counter()
-            try:
-                await self._write([op for p in batch for op in p.ops])
-            except Exception as exc:  # a failed transaction fails every caller in it
-                log.exception("store commit failed")
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_exception(exc)
-            else:
-                if self._on_commit is not None:
-                    self._on_commit(time.perf_counter() - started, count)
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_result(None)
-            if closing:
-                return
+    # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
     async def _write(self, ops: list[Op]) -> None:
-        sessions: list[tuple[Any, ...]] = []
-        messages: list[tuple[Any, ...]] = []
-        checkpoints: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        deletes: list[tuple[str]] = []
-        for op in ops:
-            match op:
-                case PutSession():
-                    sessions.append(
-                        (op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode())
-                    )
-                case PutMessage():
-                    messages.append((op.id, op.session_id, op.body.decode()))
-                case PutCheckpoint():
-                    checkpoints.append((op.id, op.session_id, op.body.decode()))
-                case PutEvent(session_id=sid, event=ev):
-                    events.append((sid, ev.seq, ev.type, ev.frame))
-                case DeleteSession(session_id=sid):
-                    deletes.append((sid,))
+        rows = Rows(ops)
         db = self._db
         assert db is not None
         await db.execute("BEGIN")
         try:
-            for sql, rows in (
-                (_UPSERT_SESSION, sessions),
-                (_UPSERT_MESSAGE, messages),
-                (_UPSERT_CHECKPOINT, checkpoints),
-                (_INSERT_EVENT, events),
+            for sql, table in (
+                (_UPSERT_SESSION, rows.sessions),
+                (_UPSERT_MESSAGE, rows.messages),
+                (_UPSERT_CHECKPOINT, rows.checkpoints),
+                (_INSERT_EVENT, rows.events),
             ):
-                if rows:
-                    await db.executemany(sql, rows)
-            # Deletes go last: a late write racing a delete must not resurrect the session.
-            for sql in _DELETES if deletes else ():
-                await db.executemany(sql, deletes)
+                if table:
+                    await db.executemany(sql, table)
+            for sql in _DELETES if rows.deletes else ():
+                await db.executemany(sql, rows.deletes)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")

@@ -1,0 +1,130 @@
+"""Group commit: one writer task turns many concurrent writes into few transactions.
+
+Every ``commit()`` call enqueues its ops and waits. The writer takes everything queued (up to
+``max_batch`` ops), hands it to the store's ``write`` in one transaction, and only then
+resolves every waiting caller; a failed transaction fails every caller in it. Ops of one call
+keep their order and never straddle two transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from actors.records import DeleteSession, Op, PutCheckpoint, PutEvent, PutMessage, PutSession
+
+__all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
+
+log = logging.getLogger("sessiond.store")
+
+
+class StoreClosedError(RuntimeError):
+    """The store was closed before the write could be queued."""
+
+
+class _Pending:
+    __slots__ = ("fut", "ops")
+
+    def __init__(self, ops: Sequence[Op], fut: asyncio.Future[None]) -> None:
+        self.ops = ops
+        self.fut = fut
+
+
+class GroupCommitter:
+    """The single writer of one store."""
+
+    def __init__(
+        self,
+        write: Callable[[list[Op]], Awaitable[None]],
+        *,
+        max_batch: int,
+        queue_size: int,
+        on_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(queue_size)
+        self.on_commit = on_commit
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self, name: str) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=name)
+
+    async def commit(self, ops: Sequence[Op]) -> None:
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(ops, fut))
+        await fut
+
+    async def aclose(self) -> None:
+        """Stop taking writes; the writer finishes everything queued before this."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+
+    async def _loop(self) -> None:
+        queue = self._queue
+        while True:
+            first = await queue.get()
+            if first is None:
+                return
+            batch = [first]
+            count = len(first.ops)
+            closing = False
+            while count < self._max_batch and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+                count += len(item.ops)
+            started = time.perf_counter()
+            try:
+                await self._write([op for p in batch for op in p.ops])
+            except Exception as exc:
+                log.exception("store commit failed")
+                for p in batch:
+                    if not p.fut.done():
+                        p.fut.set_exception(exc)
+            else:
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - started, count)
+                for p in batch:
+                    if not p.fut.done():
+                        p.fut.set_result(None)
+            if closing:
+                return
+
+
+class Rows:
+    """A batch of ops as rows per table, in the order each store writes them: upserts of
+    sessions, messages, checkpoints and events, then deletes (so a late write racing a delete
+    can never resurrect the session)."""
+
+    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions")
+
+    def __init__(self, ops: Sequence[Op]) -> None:
+        self.sessions: list[tuple[str, str, str | None, str, str]] = []
+        self.messages: list[tuple[str, str, str]] = []
+        self.checkpoints: list[tuple[str, str, str]] = []
+        self.events: list[tuple[str, int, str, bytes]] = []
+        self.deletes: list[tuple[str]] = []
+        for op in ops:
+            match op:
+                case PutSession():
+                    self.sessions.append((op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode()))
+                case PutMessage():
+                    self.messages.append((op.id, op.session_id, op.body.decode()))
+                case PutCheckpoint():
+                    self.checkpoints.append((op.id, op.session_id, op.body.decode()))
+                case PutEvent(session_id=sid, event=ev):
+                    self.events.append((sid, ev.seq, ev.type, ev.frame))
+                case DeleteSession(session_id=sid):
+                    self.deletes.append((sid,))
