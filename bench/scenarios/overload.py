@@ -16,6 +16,7 @@ from bench.load import LoadSpec, lag_note
 from bench.procs import remove_data, sessiond
 from bench.report import Report, progress
 from bench.scenarios.stream import NO_ADMISSION, run_load
+from server.config import AdmissionSection
 
 __all__ = ["add_arguments", "run"]
 
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 async def run(args: argparse.Namespace, report: Report) -> None:
     capacity = args.capacity
     if not capacity:
-        capacity = 600
+        capacity = AdmissionSection().max_running_tasks
         if args.config is not None:
             capacity = tomllib.loads(args.config.read_text()).get("admission", {}).get("max_running_tasks", capacity)
     clients = int(capacity * args.factor)
