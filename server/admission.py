@@ -16,10 +16,9 @@ What counts as new work:
 Everything else (reads, cancel, create, delete) is always admitted: it is cheap, and cancel
 is how load goes down.
 
-The stream count is exact. The task count is the registry's, which a task joins once its
-actor has started it: sends that arrive together within that moment (well under a
-millisecond) can all pass the check, so a burst may go past ``max_running_tasks`` by that
-burst at most; the limit is a load guard, not a quota.
+Both counts move at admission, before any await, so a burst of requests arriving together
+cannot all take the last place (the registry's own count of running tasks moves only once
+an actor has started the task: under load, a loop turn or more later).
 """
 
 from __future__ import annotations
@@ -35,14 +34,23 @@ __all__ = ["ADMISSION", "Admission", "admission_middleware"]
 
 
 class Admission:
-    """The limits, and the count of open streams (running tasks are counted by the registry)."""
+    """The limits, and what the server carries: open streams and admitted task requests."""
 
-    __slots__ = ("open_streams", "refused", "settings")
+    __slots__ = ("open_streams", "refused", "settings", "task_requests")
 
     def __init__(self, settings: AdmissionSection) -> None:
         self.settings = settings
         self.open_streams = 0
+        # Requests admitted to start a task and not answered yet. A streamed send is answered
+        # when its task ends, a plain one when it has ended, so this follows the running tasks
+        # the HTTP API started, but moves at admission, before the actor has started the task.
+        self.task_requests = 0
         self.refused = 0
+
+    def task_load(self, tasks_running: int) -> int:
+        """Running tasks as admission sees them: the registry's count can lag a burst of
+        admitted requests (not started yet) and can lead them (a client left mid-stream)."""
+        return max(tasks_running, self.task_requests)
 
 
 ADMISSION = web.AppKey("admission", Admission)
@@ -97,7 +105,7 @@ async def admission_middleware(request: web.Request, handler: web.Handler) -> we
         return await handler(request)
     admission = request.app[ADMISSION]
     limits = admission.settings
-    if starts_task and request.app[REGISTRY].stats.tasks_running >= limits.max_running_tasks:
+    if starts_task and admission.task_load(request.app[REGISTRY].stats.tasks_running) >= limits.max_running_tasks:
         admission.refused += 1
         raise OverloadedError(
             f"{limits.max_running_tasks} tasks are running, the most this server takes at once",
@@ -109,14 +117,13 @@ async def admission_middleware(request: web.Request, handler: web.Handler) -> we
             f"{limits.max_open_streams} streams are open, the most this server holds at once",
             retry_after=limits.retry_after_seconds,
         )
-    if not opens_stream:
+    # Counted from admission to the end of the response, with no await between the check and
+    # the increment, so requests arriving together cannot all take the last place.
+    admission.task_requests += starts_task
+    admission.open_streams += opens_stream
+    try:
         response: web.StreamResponse = await handler(request)
         return response
-    # Counted from admission to the end of the response, with no await in between the check
-    # and the increment, so concurrent requests cannot both take the last place.
-    admission.open_streams += 1
-    try:
-        response = await handler(request)
-        return response
     finally:
-        admission.open_streams -= 1
+        admission.task_requests -= starts_task
+        admission.open_streams -= opens_stream

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import ClientResponse
@@ -98,3 +99,27 @@ async def test_bad_body_is_still_answered_by_the_handler(make_client: ClientFact
     assert resp.status == 400
     resp = await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "hi", "bogus": 1})
     assert resp.status == 422
+
+
+async def test_a_burst_cannot_overshoot_the_task_limit(make_client: ClientFactory) -> None:
+    client = await make_client(simulated=_SLOW, admission={"max_running_tasks": 2})
+    sessions = [await new_session(client) for _ in range(8)]
+    # Eight sends at once: admission counts each before any of them reaches its actor.
+    responses = await asyncio.gather(*(_send(client, s["id"]) for s in sessions))
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [200, 200, 503, 503, 503, 503, 503, 503]
+    for resp in responses:
+        if resp.status == 503:
+            await _assert_overloaded(resp, 1)
+    admitted = [(s, r) for s, r in zip(sessions, responses, strict=True) if r.status == 200]
+    for s, resp in admitted:
+        assert (await read_until(resp, "task.started"))[-1].event == "task.started"
+        await client.post(f"/v1/sessions/{s['id']}/cancel")
+        assert (await read_until(resp, "task.cancelled"))[-1].event == "task.cancelled"
+        resp.close()
+    # Both places are free again.
+    again = await _send(client, sessions[-1]["id"])
+    assert again.status == 200
+    await client.post(f"/v1/sessions/{sessions[-1]['id']}/cancel")
+    assert (await read_until(again, "task.cancelled"))[-1].event == "task.cancelled"
+    again.close()
