@@ -7,7 +7,7 @@ import of an export is the same session, and an export of that import is the sam
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -31,9 +31,13 @@ FORMAT = "sessiond.session"
 VERSION = 1
 
 
+# Ids in a document: what this server hands out, and nothing a path or a key could trip on.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
 class ExportedSession(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    id: str
-    namespace: str = "default"
+    id: Id
+    namespace: Annotated[str, msgspec.Meta(min_length=1)] = "default"
     end_user_id: str | None = None
     agent_id: str | None = None
     title: str | None = None
@@ -47,8 +51,8 @@ class ExportedSession(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ExportedMessage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    id: str
-    parent_id: str | None
+    id: Id
+    parent_id: Id | None
     role: Literal["user", "assistant"]
     content: str
     created_at: str
@@ -61,8 +65,8 @@ class ExportedMessage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ExportedCheckpoint(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    message_id: str
+    id: Id
+    message_id: Id
     created_at: str
     label: str
 
@@ -181,12 +185,14 @@ def remap_ids(doc: SessionExport) -> SessionExport:
         doc,
         session=msgspec.structs.replace(doc.session, id=new_id("ses")),
         messages=[
-            msgspec.structs.replace(m, id=ids[m.id], parent_id=ids.get(m.parent_id) if m.parent_id else None)
+            msgspec.structs.replace(m, id=ids[m.id], parent_id=ids.get(m.parent_id, m.parent_id) if m.parent_id else None)
             for m in doc.messages
         ],
         active_leaf_id=ids.get(doc.active_leaf_id) if doc.active_leaf_id else None,
+        # Unknown references are left as they are, for from_export() to refuse.
         checkpoints=[
-            msgspec.structs.replace(c, id=new_id("ckp"), message_id=ids[c.message_id]) for c in doc.checkpoints
+            msgspec.structs.replace(c, id=new_id("ckp"), message_id=ids.get(c.message_id, c.message_id))
+            for c in doc.checkpoints
         ],
     )
 

@@ -62,7 +62,10 @@ async def problem_middleware(request: web.Request, handler: web.Handler) -> web.
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return problem_response(exc.status, code, exc.reason, exc.text or exc.reason, instance=request.path)
+        resp = problem_response(exc.status, code, exc.reason, exc.text or exc.reason, instance=request.path)
+        if "Allow" in exc.headers:  # a 405 says which methods would do
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
     except ConnectionResetError:
         raise
     except Exception:

@@ -249,3 +249,24 @@ def _env() -> dict[str, str]:
     from tests.conftest import ROOT
 
     return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+async def test_documents_with_dangling_or_odd_ids_are_refused(client: TestClient[Any, Any]) -> None:
+    s = await new_session(client)
+    await _send(client, s["id"], "x")
+    doc = await (await client.get(f"/v1/sessions/{s['id']}/export")).json()
+    dangling = json.loads(json.dumps(doc))
+    dangling["checkpoints"][0]["message_id"] = "msg_nowhere"
+    orphan = json.loads(json.dumps(doc))
+    orphan["messages"][1]["parent_id"] = "msg_nowhere"
+    empty_id = json.loads(json.dumps(doc))
+    empty_id["session"]["id"] = ""
+    for bad in (dangling, orphan, empty_id):
+        for query in ("", "?new_id=true"):
+            resp = await client.post(f"/v1/sessions/import{query}", json=bad)
+            assert resp.status == 422, await resp.text()
+    assert (await client.post("/v1/sessions/import?new_id=maybe", json=doc)).status == 422
+    merge = await client.post("/v1/sessions/merge", json={"session_ids": [s["id"], ""]})
+    assert merge.status == 404
+    wrong_method = await client.put("/v1/sessions")
+    assert wrong_method.status == 405 and "GET" in wrong_method.headers["Allow"]

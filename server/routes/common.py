@@ -17,7 +17,8 @@ __all__ = ["session_actor", "ask", "if_match", "int_query", "bool_query"]
 
 async def session_actor(request: web.Request, session_id: str | None = None) -> SessionActor:
     """The actor of the route's session (or ``session_id``), if the caller may see it (else 404)."""
-    session_id = session_id or request.match_info["session_id"]
+    if session_id is None:
+        session_id = request.match_info["session_id"]
     actor = await request.app[REGISTRY].get(session_id)
     authorize_session(principal_of(request), session_id, actor.namespace, actor.end_user_id)
     return actor
@@ -57,5 +58,11 @@ def int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -
     return value
 
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
 def bool_query(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
+    value = request.query.get(name, "").lower()
+    if value not in _TRUE and value not in _FALSE:
+        raise InvalidRequestError(f"{name} must be true or false")
+    return value in _TRUE
