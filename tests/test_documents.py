@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from actors.agent.documents import Bm25, chunk_text, extract_text, safe_name, select_within_budget, terms
+from actors.agent.documents import ChunkIndex, bm25, chunk_text, extract_text, safe_name, select_within_budget, terms
 from actors.agent.tokens import TokenCounter
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import FakeOpenAI, converse
@@ -304,12 +304,14 @@ def test_chunks_and_bm25_ranking() -> None:
     chunks = chunk_text(text, 10)
     assert all(len(c.split()) <= 10 for c in chunks)
     assert " ".join(" ".join(chunks).split()) == " ".join(text.split()), "nothing is lost or repeated"
-    from collections import Counter
-
-    counted = [Counter(terms(c)) for c in chunks]
-    scores = Bm25(counted, [sum(c.values()) for c in counted]).scores(terms("Lighthouse?"))
-    best = max(range(len(chunks)), key=lambda i: scores[i])
-    assert "lighthouse" in chunks[best] and sorted(scores)[-2] == 0
+    long_line = " ".join(f"w{i}" for i in range(100_000))  # one paragraph of 100 000 words
+    assert len(chunk_text(long_line, 120)) == 834
+    first = ChunkIndex("d1", "one.txt", chunks)
+    second = ChunkIndex("d2", "two.txt", ["a lighthouse, a lighthouse: two lighthouse mentions", "nothing here"])
+    ranked = bm25([first, second], terms("Lighthouse?"))
+    assert [(x, c) for _, x, c in ranked] == [(1, 0), (0, chunks.index(next(c for c in chunks if "lighthouse" in c)))]
+    assert ranked[0][0] > ranked[1][0] > 0
+    assert bm25([first, second], terms("zebra")) == [] and bm25([], ["a"]) == []
 
 
 @pytest.mark.parametrize("budget", [20, 50, 100, 400])
@@ -348,3 +350,16 @@ async def test_search_stays_right_when_the_chunk_cache_is_small(tmp_path: Path) 
         assert [h.name for h in hits] == ["beacon.txt"]
     finally:
         await store.aclose()
+
+
+async def test_a_large_document_is_searched_right(make_client: ClientFactory) -> None:
+    # Thousands of chunks: indexed and ranked off the event loop.
+    client = await make_client(documents={"chunk_words": 10})
+    paragraphs = [f"entry {i} of the harbour ledger lists ordinary cargo and weather" for i in range(2500)]
+    paragraphs[1717] = "entry 1717 records the lost brass compass of the Marguerite"
+    doc = await upload(client, "\n\n".join(paragraphs).encode(), "ledger.txt")
+    s = await new_session(client, tools=["search_documents"])
+    await client.post(f"/v1/sessions/{s['id']}/documents", json={"document_ids": [doc["id"]]})
+    events = await converse(client, s["id"], '/tool search_documents {"query": "brass compass", "limit": 1}')
+    output = next(e.data for e in events if e.event == "tool.result")["output"]
+    assert output == "[ledger.txt] entry 1717 records the lost brass compass of the Marguerite"

@@ -23,7 +23,7 @@ import time
 import unicodedata
 import urllib.parse
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import IO
@@ -38,11 +38,12 @@ from actors.store.base import Store
 
 __all__ = [
     "KINDS",
-    "Bm25",
+    "ChunkIndex",
     "DocumentLibrary",
     "DocumentTooLargeError",
     "Hit",
     "Upload",
+    "bm25",
     "chunk_text",
     "extract_text",
     "kind_of",
@@ -64,6 +65,7 @@ CONTENT_TYPES = {
     "txt": "text/plain", "md": "text/markdown", "json": "application/json", "csv": "text/csv",
     "html": "text/html", "pdf": "application/pdf",
 }
+_RANK_IN_THREAD = 2000  # chunks: larger corpora are ranked off the event loop
 _MAX_SKIPPED = 32  # blocks too large for the rest of the budget, in a row, before giving up
 _CONTEXT_HEADER = "Passages from the documents linked to this conversation, the most relevant first:"
 
@@ -180,68 +182,81 @@ def chunk_text(text: str, words: int) -> list[str]:
         if size and size + len(para_words) > words:
             chunks.append("\n\n".join(current))
             current, size = [], 0
-        while len(para_words) > words:  # a paragraph longer than a chunk is cut by words
-            chunks.append(" ".join(para_words[:words]))
-            para_words = para_words[words:]
-        current.append(" ".join(para_words))
-        size += len(para_words)
+        start = 0
+        while len(para_words) - start > words:  # a paragraph longer than a chunk is cut by words
+            chunks.append(" ".join(para_words[start : start + words]))
+            start += words
+        rest = para_words[start:]
+        current.append(" ".join(rest))
+        size += len(rest)
     if current:
         chunks.append("\n\n".join(current))
     return chunks
 
 
-class Bm25:
-    """Okapi BM25 over a small corpus of term lists (idf as in Lucene: never negative)."""
+class ChunkIndex:
+    """One document's chunks, with an inverted index of their terms (built once, cached).
 
-    def __init__(self, docs: Sequence[Counter[str]], lengths: Sequence[int], *, k1: float = 1.5, b: float = 0.75):
-        self.docs = docs
-        self.lengths = lengths
-        self.k1 = k1
-        self.b = b
-        self.avg = (sum(lengths) / len(lengths)) if lengths else 0.0
+    Ranking touches only the chunks that hold a query term, so a question costs what its
+    matches cost, not what the document weighs.
+    """
 
-    def scores(self, query: Iterable[str]) -> list[float]:
-        n = len(self.docs)
-        out = [0.0] * n
-        if not n or self.avg == 0:
-            return out
-        for term in set(query):
-            df = sum(1 for d in self.docs if term in d)
-            if not df:
-                continue
-            idf = math.log((n - df + 0.5) / (df + 0.5) + 1.0)
-            for i, d in enumerate(self.docs):
-                tf = d.get(term)
-                if tf:
-                    norm = self.k1 * (1 - self.b + self.b * self.lengths[i] / self.avg)
-                    out[i] += idf * tf * (self.k1 + 1) / (tf + norm)
-        return out
+    __slots__ = ("document_id", "lengths", "name", "postings", "texts", "words")
 
-
-class _Chunk:
-    __slots__ = ("counts", "document_id", "length", "name", "text", "tokens")
-
-    def __init__(self, document_id: str, name: str, text: str) -> None:
+    def __init__(self, document_id: str, name: str, texts: Sequence[str]) -> None:
         self.document_id = document_id
         self.name = name
-        self.text = text
-        words = terms(text)
-        self.counts = Counter(words)
-        self.length = len(words)
-        self.tokens: int | None = None  # counted when first needed
+        self.texts = list(texts)
+        self.lengths: list[int] = []
+        self.postings: dict[str, list[tuple[int, int]]] = {}  # term -> [(chunk, term frequency)]
+        for i, text in enumerate(self.texts):
+            counts = Counter(terms(text))
+            self.lengths.append(sum(counts.values()))
+            for term, tf in counts.items():
+                self.postings.setdefault(term, []).append((i, tf))
+        self.words = sum(self.lengths)
+
+    def __len__(self) -> int:
+        return len(self.texts)
 
 
-def _rank(chunks: list[_Chunk], query: str) -> list[tuple[float, int]]:
-    """(score, index) best first; chunks that match nothing follow in document order."""
-    scores = Bm25([c.counts for c in chunks], [c.length for c in chunks]).scores(terms(query))
-    return sorted(((s, i) for i, s in enumerate(scores)), key=lambda p: (-p[0], p[1]))
+def bm25(indexes: Sequence[ChunkIndex], query: Iterable[str], *, k1: float = 1.5, b: float = 0.75) -> list[
+    tuple[float, int, int]
+]:
+    """Okapi BM25 over the chunks of ``indexes`` taken as one corpus (idf as in Lucene, never
+    negative): (score, index, chunk) of every chunk holding a query term, best first."""
+    n = sum(len(ix) for ix in indexes)
+    if not n:
+        return []
+    avg = sum(ix.words for ix in indexes) / n or 1.0
+    scores: dict[tuple[int, int], float] = {}
+    for term in set(query):
+        found = [(x, ix.postings[term]) for x, ix in enumerate(indexes) if term in ix.postings]
+        df = sum(len(postings) for _, postings in found)
+        if not df:
+            continue
+        idf = math.log((n - df + 0.5) / (df + 0.5) + 1.0)
+        for x, postings in found:
+            lengths = indexes[x].lengths
+            for c, tf in postings:
+                norm = k1 * (1 - b + b * lengths[c] / avg)
+                scores[(x, c)] = scores.get((x, c), 0.0) + idf * tf * (k1 + 1) / (tf + norm)
+    return sorted(((s, x, c) for (x, c), s in scores.items()), key=lambda t: (-t[0], t[1], t[2]))
 
 
-def _block(chunk: _Chunk) -> str:
-    return f"[{chunk.name}]\n{chunk.text}"
+def _blocks(indexes: Sequence[ChunkIndex], ranked: list[tuple[float, int, int]]) -> Iterator[str]:
+    """The ranked chunks as ``[name]`` blocks, then the others in document order (lazily)."""
+    seen = set()
+    for _, x, c in ranked:
+        seen.add((x, c))
+        yield f"[{indexes[x].name}]\n{indexes[x].texts[c]}"
+    for x, ix in enumerate(indexes):
+        for c, text in enumerate(ix.texts):
+            if (x, c) not in seen:
+                yield f"[{ix.name}]\n{text}"
 
 
-def select_within_budget(blocks: Sequence[str], budget: int, counter: TokenCounter, header: str) -> str | None:
+def select_within_budget(blocks: Iterable[str], budget: int, counter: TokenCounter, header: str) -> str | None:
     """``header`` and as many of ``blocks`` (best first) as fit in ``budget`` tokens, or None.
 
     A block too large for what is left is skipped for a smaller one after it. The joined text
@@ -269,6 +284,10 @@ def select_within_budget(blocks: Sequence[str], budget: int, counter: TokenCount
             return text
         chosen.pop()
     return None
+
+
+def _index(doc: DocumentRecord, text: str, words: int) -> ChunkIndex:
+    return ChunkIndex(doc.id, doc.name, chunk_text(text, words))
 
 
 # -- uploads ------------------------------------------------------------------------------
@@ -338,7 +357,7 @@ class DocumentLibrary:
         # Chunked and counted documents, least recently used first. Bounded by chunks, not by
         # documents: a chunk with its term counts takes a few kB, and one large file has
         # thousands of them.
-        self._cache: OrderedDict[str, list[_Chunk]] = OrderedDict()
+        self._cache: OrderedDict[str, ChunkIndex] = OrderedDict()
         self._cached = 0
         self._cache_chunks = cache_chunks
         # Placing and removing files by hash must not interleave (an upload of the same bytes
@@ -408,27 +427,28 @@ class DocumentLibrary:
         return deleted
 
     def _forget(self, document_id: str) -> None:
-        chunks = self._cache.pop(document_id, None)
-        if chunks is not None:
-            self._cached -= len(chunks)
+        index = self._cache.pop(document_id, None)
+        if index is not None:
+            self._cached -= len(index)
 
     # -- ranking ---------------------------------------------------------------------------
 
-    async def _chunks(self, document_ids: Sequence[str]) -> list[_Chunk]:
+    async def _indexes(self, document_ids: Sequence[str]) -> list[ChunkIndex]:
         missing = [d for d in dict.fromkeys(document_ids) if d not in self._cache]
         if missing:
             for doc, text in await self.store.document_texts(missing):
-                made = [_Chunk(doc.id, doc.name, t) for t in chunk_text(text, self.chunk_words)]
+                # Seconds of CPU for a file of megabytes: off the event loop.
+                made = await asyncio.to_thread(_index, doc, text, self.chunk_words)
                 self._cache[doc.id] = made
                 self._cached += len(made)
-        out: list[_Chunk] = []
-        wanted = set(document_ids)
+        out: list[ChunkIndex] = []
         for d in dict.fromkeys(document_ids):
-            chunks = self._cache.get(d)
-            if chunks is not None:
+            index = self._cache.get(d)
+            if index is not None:
                 self._cache.move_to_end(d)
-                out += chunks
+                out.append(index)
         # Evict the least recently used, never what this call is using.
+        wanted = set(document_ids)
         for d in list(self._cache):
             if self._cached <= self._cache_chunks:
                 break
@@ -436,19 +456,26 @@ class DocumentLibrary:
                 self._forget(d)
         return out
 
+    @staticmethod
+    async def _rank(indexes: list[ChunkIndex], query: str) -> list[tuple[float, int, int]]:
+        if sum(len(ix) for ix in indexes) < _RANK_IN_THREAD:
+            return bm25(indexes, terms(query))
+        # Tens of milliseconds when common words match every chunk of large documents.
+        return await asyncio.to_thread(bm25, indexes, terms(query))
+
     async def search(self, document_ids: Sequence[str], query: str, limit: int) -> list[Hit]:
         """The ``limit`` best passages of the documents for ``query`` (only ones that match)."""
-        chunks = await self._chunks(document_ids)
-        ranked = [(s, i) for s, i in _rank(chunks, query) if s > 0][:limit]
-        return [Hit(chunks[i].document_id, chunks[i].name, chunks[i].text, round(s, 4)) for s, i in ranked]
+        indexes = await self._indexes(document_ids)
+        ranked = (await self._rank(indexes, query))[:limit]
+        return [Hit(indexes[x].document_id, indexes[x].name, indexes[x].texts[c], round(s, 4)) for s, x, c in ranked]
 
     async def context(self, document_ids: Sequence[str], query: str) -> str | None:
         """The passages given to the model with an answer: best first, within the budget."""
         if self.context_tokens <= 0:
             return None
-        chunks = await self._chunks(document_ids)
-        if not chunks:
+        indexes = await self._indexes(document_ids)
+        if not any(len(ix) for ix in indexes):
             return None
         await self.counter.load()
-        blocks = [_block(chunks[i]) for _, i in _rank(chunks, query)]
+        blocks = _blocks(indexes, await self._rank(indexes, query))
         return select_within_budget(blocks, self.context_tokens, self.counter, _CONTEXT_HEADER)
