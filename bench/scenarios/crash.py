@@ -141,7 +141,9 @@ async def run(args: argparse.Namespace, report: Report) -> None:
                         killed_at = now() - tl.t0
                         stop.set()
                         await child.wait()
-                        await asyncio.wait([senders], timeout=60)
+                        _, pending = await asyncio.wait([senders], timeout=60)
+                        for task_ in pending:
+                            task_.cancel()
                     report.rows.append({
                         "trial": trial, "killed_at_s": round(killed_at, 2),
                         "send_errors": sum(v for k, v in counts.items() if k != "acknowledged"),
