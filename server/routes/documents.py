@@ -12,6 +12,7 @@ own session (it may upload into it).
 from __future__ import annotations
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from actors.agent.documents import DocumentLibrary, DocumentTooLargeError
 from actors.commands import GetSession, PatchSession
@@ -86,7 +87,7 @@ async def _upload(request: web.Request, *, owner: str | None, allow_owner_field:
                 else:
                     allowed = "file, end_user_id" if allow_owner_field else "file"
                     raise InvalidRequestError(f"unknown form field {part.name!r} (expected {allowed})")
-        except (ValueError, AssertionError) as exc:  # what aiohttp raises on a malformed body
+        except (ValueError, AssertionError, HttpProcessingError) as exc:  # aiohttp on a malformed body
             raise InvalidRequestError(f"the multipart body is malformed: {exc}") from None
         if upload is None:
             raise InvalidRequestError("the form has no part named file")
