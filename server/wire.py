@@ -180,8 +180,8 @@ async def decode_body(request: web.Request, type_: type[T], *, empty_ok: bool = 
     """The one place that turns a request body into a typed value (or a 400/413/422)."""
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLargeError(f"the body is larger than {exc.max_size} bytes") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLargeError(f"the body is larger than {request.client_max_size} bytes") from None
     if not raw.strip():
         if not empty_ok:
             raise InvalidRequestError("a JSON body is required")

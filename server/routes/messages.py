@@ -20,7 +20,7 @@ from actors.commands import (
 )
 from actors.session import MessagePage, TaskHandle, TreeView
 from server.limits import turn_quota
-from server.routes.common import ask, bool_query, if_match, int_query, session_actor
+from server.routes.common import ask, bool_query, if_match, int_query
 from server.sse import stream_events
 from server.state import CONFIG
 from server.wire import (
@@ -48,8 +48,8 @@ routes = web.RouteTableDef()
 async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamResponse:
     """The SSE stream of the task (``stream: true``) or, once it ends, its result."""
     if handle.subscription is not None:
-        actor = await session_actor(request)
-        return await stream_events(request, handle.subscription, request.app[CONFIG].streams, actor.reset_cursor)
+        sub = handle.subscription
+        return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)
     # Shielded: a client that leaves must not cancel the future other code may await.
     outcome = await asyncio.shield(handle.done)
     return json_response(
