@@ -76,10 +76,19 @@ async def test_three_nodes_200_sessions_round_robin(
                 async with http.get(f"{watch}/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "0"}) as stream:
                     assert stream.status == 200
                     reader = asyncio.create_task(read_until(stream, "task.completed"))
-                    async with http.post(f"{send}/v1/sessions/{sid}/messages", json={"content": f"hello {i}"}) as r:
+                    body = {"content": f"hello {i}", "stream": i % 2 == 1}
+                    async with http.post(f"{send}/v1/sessions/{sid}/messages", json=body) as r:
                         assert r.status == 200, await r.text()
-                        answer = await r.json()
+                        if body["stream"]:
+                            # The sender's own stream, forwarded from the owner through Redis.
+                            own = await read_until(r, "task.completed")
+                            completed = next(e for e in own if e.event == "message.completed")
+                            answer = {"message": completed.data["message"]}
+                        else:
+                            answer = await r.json()
                     got = await asyncio.wait_for(reader, 30)
+                    if body["stream"]:
+                        assert [e.id for e in own] == [e.id for e in got], "the sender sees what the watcher sees"
                 ids = [e.id for e in got]
                 assert ids == sorted(set(ids)), "every event once, in order"
                 assert got[0].event == "task.started" and got[-1].event == "task.completed"
