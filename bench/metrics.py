@@ -111,7 +111,7 @@ class SavedTimeline(Timeline):
     def __init__(self, data: dict[str, Any]) -> None:
         super().__init__(data["label"], 0.0, data.get("bucket_s", 1.0), group=data.get("group", ""),
                          series=data.get("series", ""))
-        self._rows = data["rows"]
+        self._rows: list[dict[str, Any]] = data["rows"]
         self.gauges = data["gauges"]
 
     def rows(self) -> list[dict[str, Any]]:

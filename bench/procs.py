@@ -205,7 +205,7 @@ def machine_info() -> dict[str, Any]:
     try:
         import uvloop
 
-        info["uvloop"] = uvloop.__version__
+        info["uvloop"] = getattr(uvloop, "__version__", None)
     except ImportError:
         info["uvloop"] = None
     try:

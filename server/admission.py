@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from actors.errors import OverloadedError
 from server.config import AdmissionSection
@@ -89,10 +90,11 @@ async def _peek_body(request: web.Request) -> _Peek:
 
 
 @web.middleware
-async def admission_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
     if resource is None:
-        return await handler(request)
+        passed: web.StreamResponse = await handler(request)
+        return passed
     key = (request.method, resource.canonical)
     opens_stream = key == _STREAM_ROUTE
     if key in _TASK_ROUTES:
@@ -102,7 +104,8 @@ async def admission_middleware(request: web.Request, handler: web.Handler) -> we
     else:
         starts_task = False
     if not starts_task and not opens_stream:
-        return await handler(request)
+        passed = await handler(request)
+        return passed
     admission = request.app[ADMISSION]
     limits = admission.settings
     if starts_task and admission.task_load(request.app[REGISTRY].stats.tasks_running) >= limits.max_running_tasks:

@@ -200,7 +200,12 @@ async def _streams(args: argparse.Namespace, report: Report, prog: Any, target: 
         ph.row("N sessions created", len(ids), created, base, "stored session")
         open_streams: list[aiohttp.ClientResponse] = []
         errors: dict[str, int] = {}
-        stack.callback(lambda: [r.close() for r in open_streams])
+
+        def close_all() -> None:
+            for r in open_streams:
+                r.close()
+
+        stack.callback(close_all)
 
         async def open_one(i: int) -> None:
             try:
