@@ -21,6 +21,13 @@ SSE_HEADERS = {
 }
 
 _PING = b": ping\n\n"
+
+
+class _SseResponse(web.StreamResponse):
+    # aiohttp keeps the headers until the first body write and sends them with it: a stream
+    # starts with one write (headers, retry line and whatever is already queued), not three.
+    _send_headers_immediately = False
+
 # Past this much unsent data the client is behind: bound the wait for it to drain.
 _CONGESTED = 64 * 1024
 
@@ -32,14 +39,22 @@ async def stream_events(
     reset_cursor: Callable[[], int],
 ) -> web.StreamResponse:
     """Write ``sub`` to the client until it closes, the client leaves, or a write stalls."""
-    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    resp = _SseResponse(status=200, headers=SSE_HEADERS)
     try:
         await resp.prepare(request)
-        await resp.write(b"retry: %d\n\n" % settings.retry_ms)
+        retry = b"retry: %d\n\n" % settings.retry_ms
+        log = sub.hub.log
+        if sub.cursor >= log.last_seq and not sub.hub.closed:
+            # Nothing to send yet: the client gets its headers and the retry line now.
+            await resp.write(retry)
+            retry = b""
+        # Otherwise the first next() returns at once and the retry line goes with its batch.
         transport = request.transport
         while True:
             batch = await sub.next(settings.heartbeat_seconds, settings.max_batch_bytes)
             if batch is CLOSED:
+                if retry:
+                    await resp.write(retry)
                 break
             if batch is HEARTBEAT:
                 data = _PING
@@ -52,6 +67,9 @@ async def stream_events(
             else:
                 assert isinstance(batch, list)
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
+            if retry:
+                data = retry + data
+                retry = b""
             if transport is not None and transport.get_write_buffer_size() > _CONGESTED:
                 async with asyncio.timeout(settings.write_timeout_seconds):
                     await resp.write(data)
