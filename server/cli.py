@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server.config import Config, ConfigError, load_config
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _config_from(args: argparse.Namespace) -> Config:
@@ -117,7 +117,7 @@ async def _serve(config: Config) -> None:
             f" in {store.path}.\nAPI key: {key}",
             flush=True,
         )
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=config.server.backlog)
     await site.start()
     host, port = runner.addresses[0][:2]
     print(f"listening on http://{host}:{port}", flush=True)

@@ -15,7 +15,7 @@ import msgspec
 
 from actors.records import RouteEntry
 
-__all__ = ["Config", "load_config", "ConfigError", "AdmissionSection"]
+__all__ = ["AdmissionSection", "Config", "ConfigError", "load_config"]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -27,6 +27,7 @@ class ServerSection(_Section):
     port: int = 8080
     data_dir: str = "./data"
     max_body_bytes: int = 1_048_576
+    backlog: int = 2048
     shutdown_timeout_seconds: float = 10.0
 
 
