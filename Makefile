@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench clean dist cluster
+.PHONY: serve test test-debug lint bench clean dist cluster
 
 $(BIN)/sessiond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ serve: $(BIN)/sessiond
 
 test: $(BIN)/sessiond
 	$(BIN)/pytest -q
+
+# The core again under asyncio's debug mode (CI runs it after `make test`).
+test-debug: $(BIN)/sessiond
+	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_stream.py tests/test_durability.py \
+		tests/test_errors.py tests/test_branches.py tests/test_tree_property.py tests/test_store.py
 
 lint: $(BIN)/sessiond
 	$(BIN)/ruff check server actors bench tests
