@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from actors.commands import (
     AnyCommand,
@@ -128,7 +129,11 @@ class Cluster:
     def __init__(self, url: str, settings: ClusterSettings) -> None:
         self.settings = settings
         self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
-        self.redis: aioredis.Redis = aioredis.from_url(url, max_connections=2000)
+        # No client-side read timeout: XREAD BLOCK and BRPOP wait up to their own server-side
+        # timeouts (redis-py's default of 5 s would cut every longer wait short).
+        self.redis: aioredis.Redis = aioredis.from_url(
+            url, max_connections=2000, socket_timeout=None, socket_keepalive=True, health_check_interval=30
+        )
         self._p = settings.prefix
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
@@ -373,6 +378,9 @@ class RemoteSubscription:
     def reset_cursor(self) -> int:
         return self._latest
 
+    def ready(self) -> bool:
+        return self._done  # what Redis holds is only known by asking it
+
     async def next(self, timeout: float | None, max_bytes: int = 1 << 20) -> Batch:  # noqa: ASYNC109
         if self._done:
             return CLOSED
@@ -389,7 +397,13 @@ class RemoteSubscription:
                     self._latest = int(last[0][0].split(b"-")[0])
                     return RESET
         block = int((timeout or 30) * 1000)
-        got = await r.xread({key: f"{self.cursor}-0"}, count=1000, block=block)
+        try:
+            got = await r.xread({key: f"{self.cursor}-0"}, count=1000, block=block)
+        except RedisError as exc:
+            # Redis is gone: end this stream; the client reconnects and resumes by its id.
+            log.warning("reading the events of %s from Redis failed: %s", self.session_id, exc)
+            self._done = True
+            return CLOSED
         if not got:
             return HEARTBEAT
         frames: list[bytes] = []

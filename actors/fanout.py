@@ -121,6 +121,11 @@ class Subscription:
         self._on_reset = on_reset
         hub.subscribers += 1
 
+    def ready(self) -> bool:
+        """Whether ``next()`` would answer at once (something to send, or the end)."""
+        hub = self.hub
+        return self._done or hub.closed or self.cursor < hub.log.last_seq or not hub.log.covers(self.cursor)
+
     def reset_cursor(self) -> int:
         """Where to go on after RESET (the session decides: its running task's start, or now)."""
         return self._on_reset() if self._on_reset is not None else self.hub.log.last_seq
@@ -133,7 +138,7 @@ class Subscription:
     def skip_to(self, cursor: int) -> None:
         self.cursor = cursor
 
-    async def next(self, timeout: float | None, max_bytes: int = 1 << 20) -> Batch:
+    async def next(self, timeout: float | None, max_bytes: int = 1 << 20) -> Batch:  # noqa: ASYNC109
         hub = self.hub
         log = hub.log
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout

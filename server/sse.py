@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
@@ -11,7 +12,9 @@ from actors.events import StreamReset, encode_frame
 from actors.fanout import CLOSED, HEARTBEAT, RESET, Subscription
 from server.config import StreamsSection
 
-__all__ = ["stream_events", "SSE_HEADERS"]
+_log = logging.getLogger("sessiond.sse")
+
+__all__ = ["SSE_HEADERS", "stream_events"]
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -43,8 +46,7 @@ async def stream_events(
     try:
         await resp.prepare(request)
         retry = b"retry: %d\n\n" % settings.retry_ms
-        log = sub.hub.log
-        if sub.cursor >= log.last_seq and not sub.hub.closed:
+        if not sub.ready():
             # Nothing to send yet: the client gets its headers and the retry line now.
             await resp.write(retry)
             retry = b""
@@ -77,6 +79,11 @@ async def stream_events(
                 await resp.write(data)
     except (ConnectionResetError, TimeoutError):
         pass  # the client left or stopped reading; it resumes by Last-Event-ID
+    except Exception:
+        if not resp.prepared:
+            raise  # no byte sent yet: the problem middleware still answers with a status
+        # Past the headers no status can be sent: end the stream; the client resumes by id.
+        _log.exception("stream of %s ended by an error", request.path)
     finally:
         sub.close()
     return resp
