@@ -62,7 +62,9 @@ return 0
 """
 
 
-class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True):
+class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``[cluster]`` section of config.toml."""
+
     node_id: str = ""
     lease_ms: int = 5000
     forward_timeout_seconds: float = 5.0

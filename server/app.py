@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from actors.agent.provider import Provider
-from actors.cluster import Cluster, ClusterSettings
+from actors.cluster import Cluster
 from actors.registry import Registry
 from actors.session import ActorSettings
 from actors.store.postgres import PostgresStore
@@ -49,14 +49,7 @@ def make_cluster(config: Config) -> Cluster | None:
         return None
     if config.fanout.kind != "redis":
         raise ConfigError(f"fanout.kind {config.fanout.kind!r} is not supported (use \"local\" or \"redis\")")
-    c = config.cluster
-    return Cluster(
-        config.redis.url,
-        ClusterSettings(
-            node_id=c.node_id, lease_ms=c.lease_ms, forward_timeout_seconds=c.forward_timeout_seconds,
-            stream_maxlen=c.stream_maxlen, stream_ttl_seconds=c.stream_ttl_seconds, prefix=c.prefix,
-        ),
-    )
+    return Cluster(config.redis.url, config.cluster)
 
 
 def make_app(config: Config) -> web.Application:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from actors.cluster import ClusterSettings
 from actors.records import RouteEntry
 
 __all__ = ["AdmissionSection", "Config", "ConfigError", "load_config"]
@@ -75,15 +76,6 @@ class AuthSection(_Section):
 
 class FanoutSection(_Section):
     kind: str = "local"
-
-
-class ClusterSection(_Section):
-    node_id: str = ""
-    lease_ms: int = 5000
-    forward_timeout_seconds: float = 5.0
-    stream_maxlen: int = 10000
-    stream_ttl_seconds: int = 86400
-    prefix: str = "sessiond"
 
 
 class RedisSection(_Section):
@@ -190,7 +182,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fanout: FanoutSection = msgspec.field(default_factory=FanoutSection)
     redis: RedisSection = msgspec.field(default_factory=RedisSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
-    cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     log: LogSection = msgspec.field(default_factory=LogSection)
     tokens: TokensSection = msgspec.field(default_factory=TokensSection)
     guests: GuestsSection = msgspec.field(default_factory=GuestsSection)
