@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 __all__ = [
-    "SessiondError",
-    "NotFoundError",
+    "ActorCrashedError",
+    "ActorStoppedError",
     "ConflictError",
-    "TaskRunningError",
-    "PreconditionFailedError",
+    "ForbiddenError",
     "InvalidRequestError",
     "MailboxFullError",
-    "UnavailableError",
-    "OverloadedError",
-    "ActorStoppedError",
-    "ActorCrashedError",
-    "UnauthorizedError",
-    "ForbiddenError",
-    "RateLimitedError",
-    "PayloadTooLargeError",
-    "UnsupportedMediaTypeError",
+    "NotFoundError",
     "NotImplementedYetError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "PreconditionFailedError",
+    "RateLimitedError",
+    "SessiondError",
+    "TaskRunningError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnsupportedMediaTypeError",
 ]
 
 

@@ -14,23 +14,23 @@ import msgspec
 from actors.tree import Node, Usage
 
 __all__ = [
-    "Event",
-    "TaskStarted",
-    "MessageDelta",
-    "ToolCall",
-    "ToolResult",
-    "MessageCompleted",
+    "TERMINAL_EVENTS",
+    "AnyEvent",
     "CheckpointCreated",
+    "Event",
+    "EventLog",
+    "MessageCompleted",
+    "MessageDelta",
+    "StreamReset",
+    "TaskCancelled",
     "TaskCompleted",
     "TaskFailed",
-    "TaskCancelled",
     "TaskInterrupted",
-    "StreamReset",
-    "AnyEvent",
-    "TERMINAL_EVENTS",
-    "EventLog",
-    "encode_frame",
+    "TaskStarted",
+    "ToolCall",
+    "ToolResult",
     "decode_event",
+    "encode_frame",
 ]
 
 
@@ -170,7 +170,7 @@ class EventLog:
     deltas having been folded into their completed messages.
     """
 
-    __slots__ = ("_seqs", "_frames", "_types", "floor", "retention", "last_seq", "_trim_at")
+    __slots__ = ("_frames", "_seqs", "_trim_at", "_types", "floor", "last_seq", "retention")
 
     def __init__(self, *, retention: int, floor: int = 0, last_seq: int = 0) -> None:
         self._seqs: list[int] = []

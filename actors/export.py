@@ -185,7 +185,9 @@ def remap_ids(doc: SessionExport) -> SessionExport:
         doc,
         session=msgspec.structs.replace(doc.session, id=new_id("ses")),
         messages=[
-            msgspec.structs.replace(m, id=ids[m.id], parent_id=ids.get(m.parent_id, m.parent_id) if m.parent_id else None)
+            msgspec.structs.replace(
+                m, id=ids[m.id], parent_id=ids.get(m.parent_id, m.parent_id) if m.parent_id else None
+            )
             for m in doc.messages
         ],
         active_leaf_id=ids.get(doc.active_leaf_id) if doc.active_leaf_id else None,

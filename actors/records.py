@@ -11,27 +11,27 @@ from actors.tree import Node, Usage
 _enc = msgspec.json.Encoder()
 
 __all__ = [
-    "RunningTask",
-    "SessionRecord",
+    "AgentRecord",
+    "ApiKeyRecord",
     "Checkpoint",
-    "StoredEvent",
+    "DeleteSession",
+    "DocumentRecord",
+    "GuestRecord",
     "LoadedSession",
-    "PutSession",
-    "PutMessage",
+    "Op",
     "PutCheckpoint",
     "PutEvent",
-    "DeleteSession",
-    "Op",
-    "SessionQuery",
-    "ApiKeyRecord",
-    "Stats",
-    "TokenFamilyRecord",
-    "RefreshTokenRecord",
+    "PutMessage",
+    "PutSession",
     "RefreshOutcome",
-    "GuestRecord",
-    "AgentRecord",
+    "RefreshTokenRecord",
     "RouteEntry",
-    "DocumentRecord",
+    "RunningTask",
+    "SessionQuery",
+    "SessionRecord",
+    "Stats",
+    "StoredEvent",
+    "TokenFamilyRecord",
 ]
 
 
@@ -150,7 +150,7 @@ class SessionQuery(msgspec.Struct):
 class Stats:
     """Plain counters the actors bump and the server exports (no metrics library in here)."""
 
-    __slots__ = ("events", "activations", "passivations", "crashes", "tasks_started", "tasks_running")
+    __slots__ = ("activations", "crashes", "events", "passivations", "tasks_running", "tasks_started")
 
     def __init__(self) -> None:
         self.events = 0

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from actors.errors import SessiondError
 
-__all__ = ["Problem", "problem_response", "problem_middleware"]
+__all__ = ["Problem", "problem_middleware", "problem_response"]
 
 log = logging.getLogger("sessiond.http")
 

@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["setup_logging", "AccessLogger", "redact", "request_id_middleware"]
+__all__ = ["AccessLogger", "redact", "request_id_middleware", "setup_logging"]
 
 _enc = msgspec.json.Encoder()
 _SECRET_QUERY = re.compile(r"(?i)((?:token|access_token|refresh_token|api_key|key|secret)=)[^&]*")

@@ -54,9 +54,9 @@ from server.wire import (
 
 __all__ = [
     "ANY",
-    "MULTIPART",
     "HTML",
     "JSON",
+    "MULTIPART",
     "OPERATIONS",
     "SECURITY_SCHEMES",
     "SSE",

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from server.auth.limits import Limiter
     from server.auth.tokens import TokenService
 
-__all__ = ["CONFIG", "STORE", "REGISTRY", "KEYRING", "TOKENS", "GUESTS", "LIMITER"]
+__all__ = ["CONFIG", "GUESTS", "KEYRING", "LIMITER", "REGISTRY", "STORE", "TOKENS"]
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]

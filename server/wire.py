@@ -13,27 +13,27 @@ from actors.records import AgentRecord, Checkpoint, DocumentRecord, RouteEntry, 
 from actors.tree import Node, Usage
 
 __all__ = [
+    "BadJsonError",
+    "CheckpointList",
+    "CheckpointOut",
     "CreateSessionBody",
-    "PatchSessionBody",
-    "SendMessageBody",
     "EditBody",
-    "RegenerateBody",
-    "NavigateBody",
-    "RestoreBody",
-    "SessionOut",
-    "SessionList",
-    "MessageOut",
     "MessageList",
+    "MessageOut",
+    "NavigateBody",
+    "PatchSessionBody",
+    "RegenerateBody",
+    "RestoreBody",
+    "SendMessageBody",
+    "SendResult",
+    "SessionList",
+    "SessionOut",
     "TreeNodeOut",
     "TreeOut",
-    "CheckpointOut",
-    "CheckpointList",
-    "SendResult",
     "decode_body",
     "json_response",
-    "session_out",
     "message_out",
-    "BadJsonError",
+    "session_out",
 ]
 
 T = TypeVar("T")
@@ -56,7 +56,7 @@ class CreateSessionBody(_Body):
 
 
 class PatchSessionBody(_Body):
-    title: str | None | msgspec.UnsetType = msgspec.UNSET
+    title: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     context: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET

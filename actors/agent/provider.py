@@ -9,7 +9,7 @@ import msgspec
 
 from actors.tree import Usage
 
-__all__ = ["ChatMessage", "ModelRequest", "Chunk", "ToolCallChunk", "ToolResultChunk", "TurnItem", "Provider"]
+__all__ = ["ChatMessage", "Chunk", "ModelRequest", "Provider", "ToolCallChunk", "ToolResultChunk", "TurnItem"]
 
 
 class ChatMessage(msgspec.Struct, frozen=True):

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.routes import agents, documents, tools, usage
-from server.routes import docs, guests, messages, ops, sessions, stream, tokens, transfer
-from server.routes import webpage
+from server.routes import (
+    agents,
+    docs,
+    documents,
+    guests,
+    messages,
+    ops,
+    sessions,
+    stream,
+    tokens,
+    tools,
+    transfer,
+    usage,
+    webpage,
+)
 
 __all__ = ["add_routes"]
 

@@ -12,7 +12,7 @@ from actors.session import SessionActor
 from server.auth import authorize_session, principal_of
 from server.state import REGISTRY
 
-__all__ = ["session_actor", "ask", "if_match", "int_query", "bool_query"]
+__all__ = ["ask", "bool_query", "if_match", "int_query", "session_actor"]
 
 
 async def session_actor(request: web.Request, session_id: str | None = None) -> SessionActor:
