@@ -151,14 +151,14 @@ class Registry:
         fut: asyncio.Future[SessionActor | RemoteSession] = asyncio.get_running_loop().create_future()
         self._activating[session_id] = fut
         try:
-            actor = await (self._locate(session_id) if self.cluster is not None else self._activate(session_id))
+            found = await (self._locate(session_id) if self.cluster is not None else self._activate(session_id))
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
             raise
         else:
-            fut.set_result(actor)
-            return actor
+            fut.set_result(found)
+            return found
         finally:
             del self._activating[session_id]
 
