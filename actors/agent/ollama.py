@@ -7,8 +7,6 @@ calls, arguments as an object); the last one has ``done: true`` with ``prompt_ev
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,11 +19,10 @@ from actors.agent.model import (
     ModelMessage,
     ModelToolCall,
     ProviderError,
-    ProviderUnavailableError,
 )
 from actors.agent.provider import Chunk
 from actors.agent.tokens import TokenCounter
-from actors.agent.upstream import HttpUpstream, UpstreamSettings, describe
+from actors.agent.upstream import HttpUpstream, UpstreamSettings
 from actors.ids import new_id
 from actors.tree import Usage
 
@@ -45,13 +42,15 @@ def _wire(messages: list[ModelMessage]) -> list[dict[str, Any]]:
         if m.role == "tool":
             out.append({"role": "tool", "content": m.content, "tool_name": m.name})
         elif m.tool_calls:
-            out.append({
-                "role": "assistant",
-                "content": m.content,
-                "tool_calls": [
-                    {"function": {"name": c.name, "arguments": _arguments(c.arguments)}} for c in m.tool_calls
-                ],
-            })
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": m.content,
+                    "tool_calls": [
+                        {"function": {"name": c.name, "arguments": _arguments(c.arguments)}} for c in m.tool_calls
+                    ],
+                }
+            )
         else:
             out.append({"role": m.role, "content": m.content})
     return out
@@ -99,6 +98,12 @@ class _Answer:
         return str(content)
 
 
+async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The NDJSON lines of a body."""
+    async for line in resp.content:
+        yield line
+
+
 class OllamaBackend:
     """A provider of kind ``ollama``."""
 
@@ -125,39 +130,14 @@ class OllamaBackend:
 
     async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
         answer = _Answer(call.model)
-        first_timeout = self.http.settings.first_token_timeout
-        async with contextlib.AsyncExitStack() as stack:
-            pending: list[str] = []
-            try:
-                async with asyncio.timeout(first_timeout):
-                    resp = await stack.enter_async_context(self.http.open("/api/chat", self._payload(call)))
-                    lines = aiter(resp.content)
-                    async for line in lines:
-                        delta = answer.feed(line)
-                        if delta:
-                            pending.append(delta)
-                        if answer.started or answer.finished:
-                            break
-            except TimeoutError as exc:
-                raise ProviderUnavailableError(f"{self.name}: no first token within {first_timeout:g}s") from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise ProviderUnavailableError(f"{self.name}: {describe(exc)}") from exc
-            for delta in pending:
-                yield Chunk(delta=delta)
-            try:
-                while not answer.finished:
-                    line = await anext(lines, b"")
-                    if not line:  # the end of the body: lines are never empty before it
-                        break
-                    delta = answer.feed(line)
-                    if delta:
-                        yield Chunk(delta=delta)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise ProviderError(f"{self.name}: the stream broke off: {describe(exc)}") from exc
-        if not answer.finished:
-            if not answer.started:  # nothing of an answer came: the next model may take the call
-                raise ProviderUnavailableError(f"{self.name}: the stream ended before any answer")
-            raise ProviderError(f"{self.name}: the stream ended before the answer was complete")
+
+        def feed(line: bytes) -> list[str]:
+            delta = answer.feed(line)
+            return [delta] if delta else []
+
+        deltas = self.http.deltas("/api/chat", self._payload(call), _lines, feed, answer, lambda: answer.finished)
+        async for delta in deltas:
+            yield Chunk(delta=delta)
         for tool_call in answer.calls:
             yield tool_call
         usage = answer.usage

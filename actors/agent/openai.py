@@ -10,8 +10,6 @@ stream when the server reports it (``stream_options.include_usage``), else it is
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -24,11 +22,10 @@ from actors.agent.model import (
     ModelMessage,
     ModelToolCall,
     ProviderError,
-    ProviderUnavailableError,
 )
 from actors.agent.provider import Chunk
 from actors.agent.tokens import TokenCounter
-from actors.agent.upstream import HttpUpstream, UpstreamSettings, describe
+from actors.agent.upstream import HttpUpstream, UpstreamSettings
 from actors.ids import new_id
 from actors.tree import Usage
 
@@ -42,14 +39,16 @@ def wire_messages(messages: list[ModelMessage]) -> list[dict[str, Any]]:
         if m.role == "tool":
             out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
         elif m.tool_calls:
-            out.append({
-                "role": "assistant",
-                "content": m.content or None,
-                "tool_calls": [
-                    {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in m.tool_calls
-                ],
-            })
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": m.content or None,
+                    "tool_calls": [
+                        {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        for c in m.tool_calls
+                    ],
+                }
+            )
         else:
             out.append({"role": m.role, "content": m.content})
     return out
@@ -64,12 +63,13 @@ class _Answer:
         self.calls: dict[int, dict[str, str]] = {}
         self.usage: Usage | None = None
         self.finished = False  # a finish_reason or [DONE] was seen: the answer is whole
+        self.done = False  # [DONE] was seen: nothing more comes
         self.started = False  # something of the answer itself arrived
 
     def feed(self, data: str) -> list[str]:
         """Take one ``data:`` payload; the text deltas it carries."""
         if data == "[DONE]":
-            self.finished = True
+            self.finished = self.done = True
             return []
         try:
             obj = msgspec.json.decode(data)
@@ -158,36 +158,12 @@ class OpenAIBackend:
 
     async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
         answer = _Answer(call.model)
-        first_timeout = self.http.settings.first_token_timeout
-        async with contextlib.AsyncExitStack() as stack:
-            pending: list[str] = []
-            try:
-                async with asyncio.timeout(first_timeout):
-                    resp = await stack.enter_async_context(self.http.open("/chat/completions", self._payload(call)))
-                    lines = await stack.enter_async_context(contextlib.aclosing(_data_lines(resp)))
-                    async for data in lines:
-                        pending += answer.feed(data)
-                        if answer.started or answer.finished:
-                            break
-            except TimeoutError as exc:
-                raise ProviderUnavailableError(f"{self.name}: no first token within {first_timeout:g}s") from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise ProviderUnavailableError(f"{self.name}: {describe(exc)}") from exc
-            # From here on the answer has begun: a failure ends it, it never falls back.
-            for delta in pending:
-                yield Chunk(delta=delta)
-            try:
-                async for data in lines:
-                    for delta in answer.feed(data):
-                        yield Chunk(delta=delta)
-                    if data == "[DONE]":
-                        break
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise ProviderError(f"{self.name}: the stream broke off: {describe(exc)}") from exc
-        if not answer.finished:
-            if not answer.started:  # nothing of an answer came: the next model may take the call
-                raise ProviderUnavailableError(f"{self.name}: the stream ended before any answer")
-            raise ProviderError(f"{self.name}: the stream ended before the answer was complete")
+        # Read on past finish_reason to [DONE]: the usage chunk comes between them.
+        deltas = self.http.deltas(
+            "/chat/completions", self._payload(call), _data_lines, answer.feed, answer, lambda: answer.done
+        )
+        async for delta in deltas:
+            yield Chunk(delta=delta)
         calls = answer.tool_calls()
         for tool_call in calls:
             yield tool_call

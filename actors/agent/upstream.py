@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import msgspec
 
 from actors.agent.model import ProviderError, ProviderUnavailableError
 
-__all__ = ["HttpUpstream", "UpstreamSettings", "describe"]
+__all__ = ["AnswerProgress", "HttpUpstream", "UpstreamSettings", "describe"]
+
+_Item = TypeVar("_Item")
+
+
+class AnswerProgress(Protocol):
+    """What a backend's answer parser tells the shared streaming loop."""
+
+    started: bool  # something of the answer itself arrived: no falling back any more
+    finished: bool  # the answer is whole
+
 
 _ERROR_BODY_CHARS = 500
 
@@ -56,6 +66,54 @@ class HttpUpstream:
                 read_bufsize=1 << 20,  # a streamed line (say, long tool arguments) may be large
             )
         return self._session
+
+    async def deltas(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        items: Callable[[aiohttp.ClientResponse], AsyncIterator[_Item]],
+        feed: Callable[[_Item], Iterable[str]],
+        answer: AnswerProgress,
+        complete: Callable[[], bool],
+    ) -> AsyncIterator[str]:
+        """The text deltas of one streamed answer, ``feed`` parsing each item of the body.
+
+        Until the first token a failure is ``ProviderUnavailableError`` (the route may take its
+        next model); after it, ``ProviderError`` (the answer has begun: it never falls back).
+        Reading stops when ``complete()`` says so or the body ends; a body that ends before the
+        answer finished is an error too, never a silent truncation.
+        """
+        first_timeout = self.settings.first_token_timeout
+        async with contextlib.AsyncExitStack() as stack:
+            pending: list[str] = []
+            try:
+                async with asyncio.timeout(first_timeout):
+                    resp = await stack.enter_async_context(self.open(path, payload))
+                    lines = await stack.enter_async_context(contextlib.aclosing(items(resp)))  # type: ignore[type-var]
+                    async for item in lines:
+                        pending += feed(item)
+                        if answer.started or answer.finished:
+                            break
+            except TimeoutError as exc:
+                raise ProviderUnavailableError(f"{self.name}: no first token within {first_timeout:g}s") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise ProviderUnavailableError(f"{self.name}: {describe(exc)}") from exc
+            for delta in pending:
+                yield delta
+            try:
+                while not complete():
+                    try:
+                        item = await anext(lines)
+                    except StopAsyncIteration:
+                        break
+                    for delta in feed(item):
+                        yield delta
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise ProviderError(f"{self.name}: the stream broke off: {describe(exc)}") from exc
+        if not answer.finished:
+            if not answer.started:  # nothing of an answer came: the next model may take the call
+                raise ProviderUnavailableError(f"{self.name}: the stream ended before any answer")
+            raise ProviderError(f"{self.name}: the stream ended before the answer was complete")
 
     @contextlib.asynccontextmanager
     async def open(self, path: str, payload: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
