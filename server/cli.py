@@ -117,10 +117,17 @@ async def _serve(config: Config) -> None:
             f" in {store.path}.\nAPI key: {key}",
             flush=True,
         )
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=config.server.backlog)
-    await site.start()
+    await serve_until_signalled(runner, config.server.host, config.server.port, backlog=config.server.backlog)
+
+
+async def serve_until_signalled(
+    runner: web.AppRunner, host: str, port: int, *, backlog: int = 128, note: str = ""
+) -> None:
+    """Listen, say ``listening on http://H:P`` once connections are accepted, and on SIGTERM or
+    SIGINT clean up (aiohttp's order: stop listening, on_shutdown, wait for handlers, cleanup)."""
+    await web.TCPSite(runner, host, port, backlog=backlog).start()
     host, port = runner.addresses[0][:2]
-    print(f"listening on http://{host}:{port}", flush=True)
+    print(f"listening on http://{host}:{port}{note}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

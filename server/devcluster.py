@@ -118,17 +118,11 @@ async def _run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
                 if line.startswith("listening on "):
                     urls.append(line.removeprefix("listening on ").strip())
                     break
+        from server.cli import serve_until_signalled
+
         runner = web.AppRunner(make_proxy(urls), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", args.port).start()
-        host, port = runner.addresses[0][:2]
-        print(f"listening on http://{host}:{port} (round-robin over {', '.join(urls)})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+        await serve_until_signalled(runner, "127.0.0.1", args.port, note=f" (round-robin over {', '.join(urls)})")
         return 0
     finally:
         for proc in procs:
