@@ -180,17 +180,6 @@ class Registry:
         self.stats.activations += 1
         return actor
 
-    async def ask(self, session_id: str, command: AnyCommand) -> Any:
-        """Ask the session's actor, activating it; retried once if it was just passivated."""
-        for attempt in (0, 1):
-            actor = await self.get(session_id)
-            try:
-                return await actor.ask(command)
-            except ActorStoppedError:
-                if attempt or not self.accepting:
-                    raise
-        raise AssertionError("unreachable")
-
     # -- supervision -----------------------------------------------------------------------
 
     def _stopped(self, actor: SessionActor, crash: BaseException | None) -> None:
