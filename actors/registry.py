@@ -12,16 +12,16 @@ import asyncio
 import logging
 from typing import Any
 
-from actors.agent.provider import Provider
-from actors.cluster import Cluster, RemoteSession
-from actors.commands import AnyCommand, Passivate, Shutdown
-from actors.errors import ActorStoppedError, ConflictError, NotFoundError, UnavailableError
-from actors.export import SessionExport, from_export, remap_ids
-from actors.ids import new_id, utcnow
-from actors.records import Op, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
-from actors.session import ActorSettings, SessionActor
+from actors.cluster.node import Cluster, RemoteSession
+from actors.core.commands import AnyCommand, Passivate, Shutdown
+from actors.core.errors import ActorStoppedError, ConflictError, NotFoundError, UnavailableError
+from actors.core.export import SessionExport, from_export, remap_ids
+from actors.core.ids import new_id, utcnow
+from actors.core.records import Op, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
+from actors.core.tree import Node
+from actors.ports import Provider
+from actors.session.actor import ActorSettings, SessionActor
 from actors.store.base import Store
-from actors.tree import Node
 
 __all__ = ["Registry"]
 

@@ -20,9 +20,8 @@ import signal
 import msgspec
 from aiohttp import web
 
-from actors.agent.provider import ChatMessage, ModelRequest
-from actors.agent.simulated import SimulatedProvider
-from actors.events import (
+from actors.agent.backends.simulated import SimulatedProvider
+from actors.core.events import (
     CheckpointCreated,
     MessageCompleted,
     MessageDelta,
@@ -30,7 +29,8 @@ from actors.events import (
     TaskStarted,
     encode_frame,
 )
-from actors.tree import Node, Usage
+from actors.core.model import ChatMessage, ModelRequest
+from actors.core.tree import Node, Usage
 
 __all__ = ["main", "make_reference_app"]
 

@@ -27,9 +27,9 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from actors.errors import OverloadedError
+from actors.core.errors import OverloadedError
+from server.appkeys import REGISTRY
 from server.config import AdmissionSection
-from server.state import REGISTRY
 
 __all__ = ["ADMISSION", "Admission", "admission_middleware"]
 

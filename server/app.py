@@ -6,21 +6,22 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from actors.agent.provider import Provider
-from actors.cluster import Cluster
+from actors.cluster.node import Cluster
+from actors.ports import Provider
 from actors.registry import Registry
-from actors.session import ActorSettings
+from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
 from server.admission import ADMISSION, Admission, admission_middleware
-from server.agent_setup import setup_agents
-from server.auth import auth_middleware, setup_auth
+from server.agents import setup_agents
+from server.appkeys import CONFIG, REGISTRY, STORE
+from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
 from server.errors import problem_middleware
 from server.logs import request_id_middleware
 from server.metrics import METRICS, Metrics, metrics_middleware
-from server.routes import add_routes
-from server.state import CONFIG, REGISTRY, STORE
+from server.middleware.auth import auth_middleware
+from server.table import add_routes
 
 __all__ = ["make_app", "make_store"]
 

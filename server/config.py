@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from actors.cluster import ClusterSettings
-from actors.records import RouteEntry
+from actors.cluster.node import ClusterSettings
+from actors.core.records import RouteEntry
 
 __all__ = ["AdmissionSection", "Config", "ConfigError", "load_config"]
 

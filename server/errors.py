@@ -7,7 +7,7 @@ import logging
 import msgspec
 from aiohttp import web
 
-from actors.errors import SessiondError
+from actors.core.errors import SessiondError
 
 __all__ = ["Problem", "problem_middleware", "problem_response"]
 

@@ -1,6 +1,6 @@
 """Prometheus metrics: one CollectorRegistry per app, read by GET /metrics.
 
-Counters the actors keep (``actors.records.Stats``) and gauges of the live actors are read
+Counters the actors keep (``actors.core.records.Stats``) and gauges of the live actors are read
 when scraped; the rest is recorded as it happens. For code outside this module:
 
 - ``rate_limited(request, limit)``: name the limit that refused this request (429 answers that
@@ -32,8 +32,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.agent.provider import ModelRequest, Provider, TurnItem
-from server.state import REGISTRY
+from actors.core.model import ModelRequest, TurnItem
+from actors.ports import Provider
+from server.appkeys import REGISTRY
 
 __all__ = [
     "CONTENT_TYPE",

@@ -16,17 +16,17 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from actors.events import AnyEvent
-from actors.export import SessionExport
-from actors.records import AgentRecord, DocumentRecord
+from actors.core.events import AnyEvent
+from actors.core.export import SessionExport
+from actors.core.records import AgentRecord, DocumentRecord
 from server.auth.guests import GuestOut
 from server.auth.tokens import TokenPair
 from server.errors import Problem
-from server.replies import CancelOut, GuestSessionOut, NavigateOut, ReadyOut, RestoreOut, StatusOut
 from server.routes.docs import DOC_ASSETS
 from server.routes.guests import GuestSessionBody, GuestUsage
 from server.routes.transfer import CopyBody, MergeBody
-from server.wire import (
+from server.schema.replies import CancelOut, GuestSessionOut, NavigateOut, ReadyOut, RestoreOut, StatusOut
+from server.schema.wire import (
     AgentBody,
     AgentList,
     AgentPatchBody,

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from actors.events import StreamReset, encode_frame
-from actors.fanout import CLOSED, HEARTBEAT, RESET, Subscription
+from actors.core.events import StreamReset, encode_frame
+from actors.session.fanout import CLOSED, HEARTBEAT, RESET, Subscription
 from server.config import StreamsSection
 
 _log = logging.getLogger("sessiond.sse")

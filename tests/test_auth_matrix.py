@@ -12,8 +12,8 @@ import aiohttp
 import jwt
 from aiohttp.test_utils import TestClient
 
-from server.auth.middleware import REFRESH_ROUTE, TOKEN_ROUTES
-from server.state import TOKENS
+from server.appkeys import TOKENS
+from server.middleware.auth import REFRESH_ROUTE, TOKEN_ROUTES
 from tests.conftest import TEST_KEY, ClientFactory
 
 Client = TestClient[Any, Any]
@@ -163,8 +163,8 @@ async def test_acting_for_an_end_user_sees_only_that_users_sessions(client: Clie
 
 
 async def test_client_id_and_secret_are_the_key_split_in_two(client: Client) -> None:
-    from server.auth import create_key
-    from server.state import STORE
+    from server.appkeys import STORE
+    from server.auth.keys import create_key
 
     record, key = await create_key(client.app[STORE], "split")
     _, short, secret = key.split("_")

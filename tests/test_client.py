@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from actors.events import MessageCompleted, MessageDelta, TaskCompleted, TaskStarted
+from actors.core.events import MessageCompleted, MessageDelta, TaskCompleted, TaskStarted
 from server.app import make_app
 from server.client import ApiError, ApiKeyAuth, BearerAuth, Client, ServerEvent, StreamProtocolError
-from server.replies import RestoreOut
-from server.wire import SendResult, SessionOut
+from server.schema.replies import RestoreOut
+from server.schema.wire import SendResult, SessionOut
 from tests.conftest import TEST_KEY, make_config
 
 ClientMaker = Callable[..., Awaitable[Client]]

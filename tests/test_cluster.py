@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from actors.agent.simulated import SimulatedProvider
-from actors.cluster import Cluster, ClusterSettings, RemoteSession
+from actors.agent.backends.simulated import SimulatedProvider
+from actors.cluster.node import Cluster, ClusterSettings, RemoteSession
 from actors.registry import Registry
-from actors.session import ActorSettings, SessionActor
+from actors.session.actor import ActorSettings, SessionActor
 from actors.store.postgres import PostgresStore
 from tests.conftest import HEADERS, ServerProcess
 from tests.pg import create_database, drop_database
@@ -165,7 +165,7 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
             remote = next(g for g in got if isinstance(g, RemoteSession))
             local = next(g for g in got if isinstance(g, SessionActor))
             # A command on the other node is forwarded to the one actor and answered as if local.
-            details = await remote.ask(__import__("actors.commands", fromlist=["GetSession"]).GetSession())
+            details = await remote.ask(__import__("actors.core.commands", fromlist=["GetSession"]).GetSession())
             assert details.id == record.id and local.id == record.id
     finally:
         for r in registries:

@@ -6,8 +6,8 @@ import re
 
 import msgspec
 
+from server.cli.configdoc import END, START, reference, update_readme
 from server.config import Config, load_config
-from server.configdoc import END, START, reference, update_readme
 from tests.conftest import ROOT
 
 
@@ -15,7 +15,7 @@ def test_readme_reference_matches_config_toml() -> None:
     readme = (ROOT / "README.md").read_text()
     toml_text = (ROOT / "config.toml").read_text()
     assert START in readme and END in readme
-    assert update_readme(readme, toml_text) == readme, "run `python -m server.configdoc --write`"
+    assert update_readme(readme, toml_text) == readme, "run `python -m server.cli.configdoc --write`"
 
 
 def test_every_setting_has_a_comment_and_a_working_default() -> None:

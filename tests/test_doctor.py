@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.doctor import check_provider
+from server.cli.doctor import check_provider
 from tests.conftest import ROOT
 
 

@@ -12,7 +12,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from actors.agent.documents import ChunkIndex, bm25, chunk_text, extract_text, safe_name, select_within_budget, terms
+from actors.agent.documents.library import (
+    ChunkIndex,
+    bm25,
+    chunk_text,
+    extract_text,
+    safe_name,
+    select_within_budget,
+    terms,
+)
 from actors.agent.tokens import TokenCounter
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import FakeOpenAI, converse
@@ -326,7 +334,7 @@ def test_context_never_exceeds_the_budget(budget: int) -> None:
 
 
 async def test_search_stays_right_when_the_chunk_cache_is_small(tmp_path: Path) -> None:
-    from actors.agent.documents import DocumentLibrary
+    from actors.agent.documents.library import DocumentLibrary
     from actors.store.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "s.db")

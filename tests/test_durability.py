@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.state import REGISTRY
+from server.appkeys import REGISTRY
 from tests.conftest import HEADERS, ClientFactory, new_session
 from tests.sse import events, read_until
 

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from actors.commands import GetSession
-from actors.errors import MailboxFullError
-from server.state import REGISTRY
+from actors.core.commands import GetSession
+from actors.core.errors import MailboxFullError
+from server.appkeys import REGISTRY
 from tests.conftest import ClientFactory, new_session
 
 

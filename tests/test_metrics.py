@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.agent.provider import Chunk, ModelRequest
+from actors.core.model import Chunk, ModelRequest
 from server.metrics import METRICS, Metrics, rate_limited
 from tests.conftest import ROOT, TEST_KEY, ClientFactory, new_session
 from tests.sse import read_until

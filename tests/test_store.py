@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from actors.ids import new_id, utcnow
-from actors.records import (
+from actors.core.ids import new_id, utcnow
+from actors.core.records import (
     AgentRecord,
     ApiKeyRecord,
     Checkpoint,
@@ -31,10 +31,10 @@ from actors.records import (
     StoredEvent,
     TokenFamilyRecord,
 )
-from actors.store.migrations import MIGRATIONS
+from actors.core.tree import Node, Usage
+from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
-from actors.tree import Node, Usage
 from tests.pg import create_database, drop_database
 
 _pg_database = create_database

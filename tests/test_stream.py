@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from server.state import REGISTRY
+from server.appkeys import REGISTRY
 from tests.conftest import ClientFactory, new_session
 from tests.sse import SseEvent, events, read_until
 

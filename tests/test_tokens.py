@@ -13,8 +13,8 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.auth import create_key
-from server.state import STORE, TOKENS
+from server.appkeys import STORE, TOKENS
+from server.auth.keys import create_key
 from tests.conftest import HEADERS, ClientFactory, new_session
 from tests.sse import read_until
 

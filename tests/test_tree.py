@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.events import EventLog
-from actors.tree import MessageTree, Node
+from actors.core.events import EventLog
+from actors.core.tree import MessageTree, Node
 
 
 def _node(id_: str, parent: str | None, role: str = "user") -> Node:

@@ -10,9 +10,9 @@ from collections.abc import Collection, Sequence
 import msgspec
 
 from actors.agent.tools import ToolBox
-from actors.errors import ConflictError, InvalidRequestError, NotFoundError
-from actors.ids import new_id, utcnow
-from actors.records import AgentRecord, RouteEntry
+from actors.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from actors.core.ids import new_id, utcnow
+from actors.core.records import AgentRecord, RouteEntry
 from actors.store.base import Store
 
 __all__ = ["DEFAULT_AGENT_ID", "Agents", "parse_route"]

@@ -20,10 +20,10 @@ from typing import Any
 
 import msgspec
 
-from actors.agent.model import Backend, ModelCall, ModelItem, ProviderError, ProviderUnavailableError
-from actors.agent.provider import Chunk
-from actors.agent.upstream import describe
-from actors.records import RouteEntry
+from actors.agent.backends.base import Backend, ModelCall, ModelItem, ProviderError, ProviderUnavailableError
+from actors.agent.backends.upstream import describe
+from actors.core.model import Chunk
+from actors.core.records import RouteEntry
 
 __all__ = ["ProviderHealth", "Router", "model_label"]
 

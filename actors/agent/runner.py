@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from actors.agent.agents import Agents
-from actors.agent.documents import DocumentLibrary
-from actors.agent.model import ModelCall, ModelMessage, ModelToolCall, ProviderError
-from actors.agent.provider import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, TurnItem
+from actors.agent.backends.base import ModelCall, ModelMessage, ModelToolCall, ProviderError
+from actors.agent.documents.library import DocumentLibrary
 from actors.agent.router import Router
 from actors.agent.tools import ToolBox, ToolContext, parse_arguments
-from actors.tree import Usage
+from actors.core.model import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, TurnItem
+from actors.core.tree import Usage
 
 __all__ = ["AgentRunner"]
 

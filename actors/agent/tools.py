@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from actors.agent.model import ToolSpec
+from actors.agent.backends.base import ToolSpec
 
 if TYPE_CHECKING:
-    from actors.agent.documents import DocumentLibrary
+    from actors.agent.documents.library import DocumentLibrary
 
 __all__ = ["Tool", "ToolBox", "ToolContext", "ToolError", "builtin_tools", "calculate"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from actors.records import (
+from actors.core.records import (
     AgentRecord,
     ApiKeyRecord,
     DocumentRecord,
@@ -19,7 +19,7 @@ from actors.records import (
     StoredEvent,
     TokenFamilyRecord,
 )
-from actors.tree import Usage
+from actors.core.tree import Usage
 
 __all__ = ["Store"]
 

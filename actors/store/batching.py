@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from actors.records import DeleteSession, Op, PutCheckpoint, PutEvent, PutMessage, PutSession
+from actors.core.records import DeleteSession, Op, PutCheckpoint, PutEvent, PutMessage, PutSession
 
 __all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
-from actors.records import (
+from actors.core.records import (
     AgentRecord,
     ApiKeyRecord,
     Checkpoint,
@@ -37,9 +37,9 @@ from actors.records import (
     StoredEvent,
     TokenFamilyRecord,
 )
+from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows
-from actors.store.pg_migrations import PG_MIGRATIONS
-from actors.tree import Node, Usage
+from actors.store.migrations.postgres import PG_MIGRATIONS
 
 __all__ = ["PG_MIGRATIONS", "PostgresStore"]
 

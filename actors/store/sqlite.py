@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from actors.records import (
+from actors.core.records import (
     AgentRecord,
     ApiKeyRecord,
     Checkpoint,
@@ -31,9 +31,9 @@ from actors.records import (
     StoredEvent,
     TokenFamilyRecord,
 )
+from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
-from actors.store.migrations import MIGRATIONS
-from actors.tree import Node, Usage
+from actors.store.migrations.sqlite import MIGRATIONS
 
 __all__ = ["SqliteStore", "StoreClosedError"]
 

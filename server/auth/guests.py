@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 from redis.exceptions import RedisError
 
-from actors.errors import InvalidRequestError, UnavailableError
-from actors.ids import new_id, utcnow
-from actors.records import GuestRecord
+from actors.core.errors import InvalidRequestError, UnavailableError
+from actors.core.ids import new_id, utcnow
+from actors.core.records import GuestRecord
 from actors.store.base import Store
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ import hashlib
 import hmac
 import secrets
 
-from actors.ids import utcnow
-from actors.records import ApiKeyRecord
+from actors.core.ids import utcnow
+from actors.core.records import ApiKeyRecord
 from actors.store.base import Store
 
 __all__ = ["KeyRing", "create_key", "hash_secret", "split_key"]

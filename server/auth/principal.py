@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import msgspec
+from aiohttp import web
 
-from actors.errors import ForbiddenError, NotFoundError
+from actors.core.errors import ForbiddenError, NotFoundError
 
-__all__ = ["Principal", "authorize_session", "require_key"]
+__all__ = ["PRINCIPAL", "Principal", "authorize_session", "principal_of", "require_key"]
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,3 +41,11 @@ def require_key(principal: Principal, *, for_end_user: bool = True) -> None:
         raise ForbiddenError("this needs an API key; a session token cannot do it")
     if not for_end_user and principal.end_user_id is not None:
         raise ForbiddenError("this needs an API key that is not acting for an end user (drop X-End-User-ID)")
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The caller the auth middleware authenticated for this request."""
+    return request[PRINCIPAL]

@@ -20,9 +20,9 @@ from typing import Any
 import jwt
 import msgspec
 
-from actors.errors import UnauthorizedError
-from actors.ids import new_id, utcnow
-from actors.records import RefreshTokenRecord, SessionRecord, TokenFamilyRecord
+from actors.core.errors import UnauthorizedError
+from actors.core.ids import new_id, utcnow
+from actors.core.records import RefreshTokenRecord, SessionRecord, TokenFamilyRecord
 from actors.store.base import Store
 from server.auth.principal import Principal
 from server.config import ConfigError, TokensSection

@@ -8,11 +8,11 @@ import msgspec
 from aiohttp import web
 
 from actors.agent.agents import parse_route
-from actors.errors import ForbiddenError, InvalidRequestError, NotFoundError
-from actors.records import AgentRecord
-from server.agent_setup import AGENTS, ROUTER
-from server.auth import principal_of
-from server.wire import AgentBody, AgentList, AgentPatchBody, ProviderList, decode_body, json_response
+from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError
+from actors.core.records import AgentRecord
+from server.agents import AGENTS, ROUTER
+from server.auth.principal import principal_of
+from server.schema.wire import AgentBody, AgentList, AgentPatchBody, ProviderList, decode_body, json_response
 
 __all__ = ["agent_for_session", "routes"]
 

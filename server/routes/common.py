@@ -6,11 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.commands import AnyCommand
-from actors.errors import ActorStoppedError, InvalidRequestError
-from actors.session import SessionActor
-from server.auth import authorize_session, principal_of
-from server.state import REGISTRY
+from actors.core.commands import AnyCommand
+from actors.core.errors import ActorStoppedError, InvalidRequestError
+from actors.session.actor import SessionActor
+from server.appkeys import REGISTRY
+from server.auth.principal import authorize_session, principal_of
 
 __all__ = ["ask", "bool_query", "if_match", "int_query", "session_actor"]
 

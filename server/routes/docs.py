@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
-from actors.errors import NotFoundError
+from actors.core.errors import NotFoundError
 
 __all__ = ["DOC_ASSETS", "routes"]
 

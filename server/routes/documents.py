@@ -14,15 +14,15 @@ from __future__ import annotations
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from actors.agent.documents import DocumentLibrary, DocumentTooLargeError
-from actors.commands import GetSession, PatchSession
-from actors.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
-from actors.records import DocumentRecord
-from server.agent_setup import LIBRARY
-from server.auth import Principal, principal_of
+from actors.agent.documents.library import DocumentLibrary, DocumentTooLargeError
+from actors.core.commands import GetSession, PatchSession
+from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
+from actors.core.records import DocumentRecord
+from server.agents import LIBRARY
+from server.appkeys import STORE
+from server.auth.principal import Principal, principal_of
 from server.routes.common import ask, int_query, session_actor
-from server.state import STORE
-from server.wire import DocumentList, LinkDocumentsBody, decode_body, json_response
+from server.schema.wire import DocumentList, LinkDocumentsBody, decode_body, json_response
 
 __all__ = ["routes"]
 

@@ -7,12 +7,13 @@ import time
 import msgspec
 from aiohttp import web
 
-from actors.errors import InvalidRequestError, NotFoundError
-from server.auth import principal_of, require_key, with_tokens
+from actors.core.errors import InvalidRequestError, NotFoundError
+from server.appkeys import CONFIG, GUESTS, LIMITER, REGISTRY, TOKENS
 from server.auth.guests import guest_out, normalize_ip
-from server.limits import guest_subject
-from server.state import CONFIG, GUESTS, LIMITER, REGISTRY, TOKENS
-from server.wire import decode_body, json_response, session_out
+from server.auth.principal import principal_of, require_key
+from server.auth.tokens import with_tokens
+from server.quota import guest_subject
+from server.schema.wire import decode_body, json_response, session_out
 
 __all__ = ["routes"]
 

@@ -7,7 +7,7 @@ import asyncio
 
 from aiohttp import web
 
-from actors.commands import (
+from actors.core.commands import (
     CancelTask,
     EditMessage,
     GetMessages,
@@ -18,12 +18,11 @@ from actors.commands import (
     RestoreCheckpoint,
     SendMessage,
 )
-from actors.session import MessagePage, TaskHandle, TreeView
-from server.limits import turn_quota
+from actors.session.actor import MessagePage, TaskHandle, TreeView
+from server.appkeys import CONFIG
+from server.quota import turn_quota
 from server.routes.common import ask, bool_query, if_match, int_query
-from server.sse import stream_events
-from server.state import CONFIG
-from server.wire import (
+from server.schema.wire import (
     CheckpointList,
     EditBody,
     MessageList,
@@ -39,6 +38,7 @@ from server.wire import (
     json_response,
     message_out,
 )
+from server.sse import stream_events
 
 __all__ = ["routes", "task_response"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from actors.errors import NotFoundError, UnauthorizedError
+from actors.core.errors import NotFoundError, UnauthorizedError
+from server.appkeys import CONFIG, KEYRING, REGISTRY, STORE
 from server.metrics import CONTENT_TYPE, METRICS
-from server.state import CONFIG, KEYRING, REGISTRY, STORE
-from server.wire import json_response
+from server.schema.wire import json_response
 
 __all__ = ["routes"]
 

@@ -8,15 +8,16 @@ import re
 import msgspec
 from aiohttp import web
 
-from actors.commands import DeleteSessionCmd, GetSession, PatchSession
-from actors.errors import InvalidRequestError
-from actors.records import SessionQuery
-from server.auth import principal_of, with_tokens
+from actors.core.commands import DeleteSessionCmd, GetSession, PatchSession
+from actors.core.errors import InvalidRequestError
+from actors.core.records import SessionQuery
+from server.appkeys import REGISTRY, STORE, TOKENS
+from server.auth.principal import principal_of
+from server.auth.tokens import with_tokens
 from server.routes.agents import agent_for_session
 from server.routes.common import ask, if_match, int_query, session_actor
 from server.routes.tools import check_tools
-from server.state import REGISTRY, STORE, TOKENS
-from server.wire import (
+from server.schema.wire import (
     CreateSessionBody,
     PatchSessionBody,
     SessionList,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from actors.commands import Subscribe
-from actors.errors import InvalidRequestError
+from actors.core.commands import Subscribe
+from actors.core.errors import InvalidRequestError
+from server.appkeys import CONFIG
 from server.routes.common import ask
 from server.sse import stream_events
-from server.state import CONFIG
 
 __all__ = ["routes"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from actors.errors import NotFoundError, UnauthorizedError
-from server.auth import authorize_session, principal_of, require_key
-from server.auth.middleware import REFRESH_ROUTE
-from server.state import STORE, TOKENS
-from server.wire import json_response
+from actors.core.errors import NotFoundError, UnauthorizedError
+from server.appkeys import STORE, TOKENS
+from server.auth.principal import authorize_session, principal_of, require_key
+from server.middleware.auth import REFRESH_ROUTE
+from server.schema.wire import json_response
 
 __all__ = ["routes"]
 

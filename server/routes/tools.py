@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from actors.commands import GetSession, PatchSession
-from actors.errors import InvalidRequestError
-from server.agent_setup import TOOLBOX
+from actors.core.commands import GetSession, PatchSession
+from actors.core.errors import InvalidRequestError
+from server.agents import TOOLBOX
 from server.routes.common import ask, if_match
-from server.wire import SessionTools, SessionToolsBody, ToolList, ToolOut, decode_body, json_response
+from server.schema.wire import SessionTools, SessionToolsBody, ToolList, ToolOut, decode_body, json_response
 
 __all__ = ["check_tools", "routes"]
 

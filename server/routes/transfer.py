@@ -7,14 +7,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from actors.commands import ExportSession, GetMessages
-from actors.errors import InvalidRequestError
-from actors.export import SessionExport, merge_paths, remap_ids
-from actors.session import MessagePage
-from server.auth import principal_of
+from actors.core.commands import ExportSession, GetMessages
+from actors.core.errors import InvalidRequestError
+from actors.core.export import SessionExport, merge_paths, remap_ids
+from actors.session.actor import MessagePage
+from server.appkeys import REGISTRY
+from server.auth.principal import principal_of
 from server.routes.common import ask, bool_query
-from server.state import REGISTRY
-from server.wire import decode_body, json_response, session_out
+from server.schema.wire import decode_body, json_response, session_out
 
 __all__ = ["routes"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from actors.errors import InvalidRequestError, NotFoundError
-from server.auth import principal_of
-from server.state import STORE
-from server.wire import EndUserUsage, json_response
+from actors.core.errors import InvalidRequestError, NotFoundError
+from server.appkeys import STORE
+from server.auth.principal import principal_of
+from server.schema.wire import EndUserUsage, json_response
 
 __all__ = ["routes"]
 

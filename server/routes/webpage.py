@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from actors.errors import NotFoundError
+from actors.core.errors import NotFoundError
 
 __all__ = ["WEB_DIR", "routes"]
 

@@ -1,0 +1,150 @@
+"""The simulated model: a deterministic reply derived from the prompt, honestly named.
+
+Tests and load tests need no real model: the same prompt always gives the same reply,
+``reply_tokens`` tokens long, paced at ``tokens_per_second`` (0 = as fast as possible).
+
+It can also drive tools, deterministically: a user message with lines of the form
+``/tool NAME {"json": "arguments"}`` makes it call each of those tools (if the session has it
+active), and once the results are back it answers with them, one line per tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from actors.agent.backends.base import ModelCall, ModelItem, ModelMessage, ModelToolCall
+from actors.core.ids import new_id
+from actors.core.model import Chunk, ModelRequest
+from actors.core.tree import Usage
+
+__all__ = ["SimulatedBackend", "SimulatedProvider", "simulated_reply", "tool_requests"]
+
+_WORDS = (
+    "the session keeps every event in order so a client that drops can resume exactly "
+    "where it left off while the actor owns its tree of messages and streams each token "
+    "as it is made by a model that is only simulated here for tests and load"
+).split()
+
+# How many tokens to produce before yielding to the event loop when unpaced.
+_UNPACED_SLICE = 32
+
+_TOOL_LINE = re.compile(r"^\s*/tool\s+([A-Za-z0-9_\-]+)\s*(.*)$")
+
+
+class _Message(Protocol):
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+
+def _reply_tokens(messages: Sequence[_Message], tokens: int) -> list[str]:
+    digest = hashlib.blake2b(
+        "\x1e".join(f"{m.role}:{m.content}" for m in messages).encode(), digest_size=8
+    ).digest()
+    rng = random.Random(int.from_bytes(digest, "big"))
+    words = [rng.choice(_WORDS) for _ in range(max(tokens - 1, 0))]
+    return (["Simulated"] + [" " + w for w in words])[:tokens] if tokens > 0 else []
+
+
+def simulated_reply(request: ModelRequest, tokens: int) -> list[str]:
+    """The reply tokens for ``request``: a pure function of its messages."""
+    return _reply_tokens(request.messages, tokens)
+
+
+def tool_requests(text: str) -> list[tuple[str, str]]:
+    """The ``/tool NAME ARGS`` lines of a message: (name, argument text; ``{}`` if none)."""
+    out: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        m = _TOOL_LINE.match(line)
+        if m:
+            out.append((m.group(1), m.group(2).strip() or "{}"))
+    return out
+
+
+def _words(text: str) -> list[str]:
+    parts = text.split(" ")
+    return [parts[0], *(" " + p for p in parts[1:])] if text else []
+
+
+async def _paced(tokens: list[str], rate: float) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, token in enumerate(tokens):
+        if rate > 0:
+            # Pace against the start time, not the previous token, so delays never drift.
+            delay = start + (i + 1) / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif i % _UNPACED_SLICE == _UNPACED_SLICE - 1:
+            await asyncio.sleep(0)
+        yield token
+
+
+class SimulatedProvider:
+    """A stand-in model with the interface of a real one; its model name is ``simulated``."""
+
+    name = "simulated"
+
+    def __init__(self, *, tokens_per_second: float, reply_tokens: int) -> None:
+        self.tokens_per_second = tokens_per_second
+        self.reply_tokens = reply_tokens
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+        tokens = simulated_reply(request, self.reply_tokens)
+        async for token in _paced(tokens, self.tokens_per_second):
+            yield Chunk(delta=token)
+        prompt = sum(len(m.content.split()) for m in request.messages)
+        yield Chunk(usage=Usage(prompt, len(tokens), prompt + len(tokens)), model="simulated")
+
+
+class SimulatedBackend:
+    """The simulated model as a route provider (kind ``simulated``), with the tool mode."""
+
+    kind = "simulated"
+
+    def __init__(self, name: str = "simulated", *, tokens_per_second: float, reply_tokens: int) -> None:
+        self.name = name
+        self.default_model = "simulated"
+        self.tokens_per_second = tokens_per_second
+        self.reply_tokens = reply_tokens
+
+    def _answer(self, messages: list[ModelMessage], offered: set[str]) -> tuple[list[str], list[ModelToolCall]]:
+        last = messages[-1] if messages else None
+        if last is not None and last.role == "tool":
+            results: list[str] = []
+            for m in reversed(messages):
+                if m.role != "tool":
+                    break
+                results.append(f"{m.name}: {m.content}")
+            return _words("\n".join(reversed(results))), []
+        if last is not None and last.role == "user":
+            wanted = tool_requests(last.content)
+            if wanted:
+                missing = [name for name, _ in wanted if name not in offered]
+                if missing:
+                    return _words(f"The tool {missing[0]} is not available in this session."), []
+                return [], [ModelToolCall(new_id("call"), name, args) for name, args in wanted]
+        return _reply_tokens(messages, self.reply_tokens), []
+
+    async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
+        tokens, calls = self._answer(call.messages, {t.name for t in call.tools})
+        async for token in _paced(tokens, self.tokens_per_second):
+            yield Chunk(delta=token)
+        for tool_call in calls:
+            yield tool_call
+        prompt = sum(len(m.content.split()) for m in call.messages)
+        completion = len(tokens) + sum(len(c.arguments.split()) + 1 for c in calls)
+        yield Chunk(usage=Usage(prompt, completion, prompt + completion), model=call.model)
+
+    async def probe(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Documents: text extraction, passage search, and the library the runner reads."""

@@ -1,0 +1,1 @@
+"""Cluster mode: session leases, forwarding to the owner, Redis Streams fan-out."""

@@ -1,0 +1,1 @@
+"""The pure core: no asyncio, no I/O, no wire format; importing it loads nothing else."""

@@ -1,0 +1,1 @@
+"""Schema steps, numbered: SQLite by PRAGMA user_version, PostgreSQL by a version table."""

@@ -1,0 +1,294 @@
+"""Rate limits: messages per hour and per day, model tokens per day, for guests, keys, end users.
+
+Windows are the UTC hour and the UTC day. A message is checked and counted in one step, for all
+the subjects it concerns at once (a guest, the API key, the end user): either every subject has
+room and every counter goes up, or nothing is counted and the caller gets 429 with Retry-After.
+Model tokens are counted when the answer ends, and checked at the next message.
+
+Two backends behind one interface: in this process's memory (the default), and Redis, where the
+check-and-count is one Lua script, so any number of server processes never admit more than the
+limit between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+from redis.exceptions import RedisError
+
+from actors.core.errors import RateLimitedError, UnavailableError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["Admission", "Counts", "Limiter", "MemoryLimiter", "RedisLimiter", "Subject", "windows"]
+
+log = logging.getLogger("sessiond.limits")
+
+_HOUR = 3600
+_DAY = 86400
+
+
+class Subject(msgspec.Struct, frozen=True):
+    """Who is counted (``guest:gst_...``, ``key:key_...``, ``user:u123``) and their limits (0 = none)."""
+
+    name: str
+    messages_per_hour: int = 0
+    messages_per_day: int = 0
+    tokens_per_day: int = 0
+
+
+class Admission(msgspec.Struct, frozen=True):
+    """A counted message, with the windows it was counted in (a refund uses the same ones)."""
+
+    subjects: tuple[Subject, ...]
+    hour: int
+    day: int
+
+
+class Counts(msgspec.Struct, frozen=True):
+    messages_this_hour: int = 0
+    messages_today: int = 0
+    tokens_today: int = 0
+
+
+def windows(now: float) -> tuple[int, int]:
+    return int(now // _HOUR), int(now // _DAY)
+
+
+def _refused(subject: Subject, which: int, now: float) -> RateLimitedError:
+    hour, day = windows(now)
+    if which == 0:
+        what, limit, ends = "messages this hour", subject.messages_per_hour, (hour + 1) * _HOUR
+    elif which == 1:
+        what, limit, ends = "messages today", subject.messages_per_day, (day + 1) * _DAY
+    else:
+        what, limit, ends = "model tokens today", subject.tokens_per_day, (day + 1) * _DAY
+    retry = max(1, math.ceil(ends - now))
+    return RateLimitedError(f"{subject.name} reached its limit of {limit} {what} (UTC)", retry_after=retry)
+
+
+class Limiter(Protocol):
+    async def open(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def admit(self, subjects: Sequence[Subject], now: float) -> Admission:
+        """Count one message for every subject, or raise RateLimitedError and count nothing."""
+
+    async def refund(self, admission: Admission) -> None:
+        """Take back a message that was counted but not accepted."""
+
+    def record_tokens(self, subjects: Sequence[Subject], tokens: int, now: float) -> None:
+        """Count model tokens (without waiting; never refused: the next message is)."""
+
+    async def counts(self, subject_name: str, now: float) -> Counts: ...
+
+
+class _Tally:
+    __slots__ = ("day", "day_messages", "day_tokens", "hour", "hour_messages")
+
+    def __init__(self, hour: int, day: int) -> None:
+        self.hour = hour
+        self.hour_messages = 0
+        self.day = day
+        self.day_messages = 0
+        self.day_tokens = 0
+
+    def roll(self, hour: int, day: int) -> _Tally:
+        if self.hour != hour:
+            self.hour, self.hour_messages = hour, 0
+        if self.day != day:
+            self.day, self.day_messages, self.day_tokens = day, 0, 0
+        return self
+
+
+class MemoryLimiter:
+    """Counters in this process (lost on restart); the check and the count never await between."""
+
+    def __init__(self) -> None:
+        self._tallies: dict[str, _Tally] = {}
+        self._day = -1
+
+    async def open(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    def _tally(self, name: str, hour: int, day: int) -> _Tally:
+        if day != self._day:
+            # A new day: yesterday's subjects hold nothing worth keeping.
+            self._day = day
+            self._tallies = {k: t for k, t in self._tallies.items() if t.day >= day}
+        tally = self._tallies.get(name)
+        if tally is None:
+            tally = self._tallies[name] = _Tally(hour, day)
+        return tally.roll(hour, day)
+
+    async def admit(self, subjects: Sequence[Subject], now: float) -> Admission:
+        hour, day = windows(now)
+        tallies = [self._tally(s.name, hour, day) for s in subjects]
+        for s, t in zip(subjects, tallies, strict=True):
+            for which, (used, limit) in enumerate(
+                ((t.hour_messages, s.messages_per_hour), (t.day_messages, s.messages_per_day),
+                 (t.day_tokens, s.tokens_per_day))
+            ):
+                if limit > 0 and used >= limit:
+                    raise _refused(s, which, now)
+        for t in tallies:
+            t.hour_messages += 1
+            t.day_messages += 1
+        return Admission(tuple(subjects), hour, day)
+
+    async def refund(self, admission: Admission) -> None:
+        for s in admission.subjects:
+            t = self._tallies.get(s.name)
+            if t is None:
+                continue
+            if t.hour == admission.hour and t.hour_messages > 0:
+                t.hour_messages -= 1
+            if t.day == admission.day and t.day_messages > 0:
+                t.day_messages -= 1
+
+    def record_tokens(self, subjects: Sequence[Subject], tokens: int, now: float) -> None:
+        hour, day = windows(now)
+        for s in subjects:
+            self._tally(s.name, hour, day).day_tokens += tokens
+
+    async def counts(self, subject_name: str, now: float) -> Counts:
+        t = self._tallies.get(subject_name)
+        if t is None:
+            return Counts()
+        hour, day = windows(now)
+        return Counts(
+            t.hour_messages if t.hour == hour else 0,
+            t.day_messages if t.day == day else 0,
+            t.day_tokens if t.day == day else 0,
+        )
+
+
+# KEYS: three per subject: messages this hour, messages today, tokens today.
+# ARGV[1]: the number of subjects; then three limits per subject (0 = none); then the TTLs of
+# the hour and the day keys. Returns -1 when counted, else 3 * subject index + which limit.
+_ADMIT = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  for j = 1, 3 do
+    local limit = tonumber(ARGV[1 + i * 3 + j])
+    if limit > 0 and tonumber(redis.call('GET', KEYS[i * 3 + j]) or '0') >= limit then
+      return i * 3 + j - 1
+    end
+  end
+end
+local hour_ttl, day_ttl = ARGV[2 + n * 3], ARGV[3 + n * 3]
+for i = 0, n - 1 do
+  if redis.call('INCR', KEYS[i * 3 + 1]) == 1 then redis.call('EXPIRE', KEYS[i * 3 + 1], hour_ttl) end
+  if redis.call('INCR', KEYS[i * 3 + 2]) == 1 then redis.call('EXPIRE', KEYS[i * 3 + 2], day_ttl) end
+end
+return -1
+"""
+
+# KEYS: counters to take one back from (never below zero).
+_REFUND = """
+for i = 1, #KEYS do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+"""
+
+_TOKEN_QUEUE = 10_000
+
+
+class RedisLimiter:
+    """Counters in Redis, shared by every server process that uses the same [redis] url."""
+
+    def __init__(self, redis: Redis, prefix: str = "sessiond:limits:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._admit = redis.register_script(_ADMIT)
+        self._refund = redis.register_script(_REFUND)
+        self._tokens: asyncio.Queue[tuple[list[str], int] | None] = asyncio.Queue(_TOKEN_QUEUE)
+        self._writer: asyncio.Task[None] | None = None
+
+    def _keys(self, name: str, hour: int, day: int) -> list[str]:
+        base = f"{self._prefix}{name}:"
+        return [f"{base}h:{hour}", f"{base}d:{day}", f"{base}t:{day}"]
+
+    async def open(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_tokens(), name="limits-tokens")
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            await self._tokens.put(None)  # the writer counts what was queued before this
+            await self._writer
+            self._writer = None
+
+    async def admit(self, subjects: Sequence[Subject], now: float) -> Admission:
+        hour, day = windows(now)
+        keys: list[str] = []
+        args: list[int] = [len(subjects)]
+        for s in subjects:
+            keys += self._keys(s.name, hour, day)
+            args += [s.messages_per_hour, s.messages_per_day, s.tokens_per_day]
+        args += [_HOUR + 60, _DAY + 60]
+        try:
+            refused = int(await self._admit(keys=keys, args=args))
+        except RedisError as exc:  # Redis down: refuse rather than let everyone through
+            log.warning("rate limit check failed: %s", exc)
+            raise UnavailableError("rate limits cannot be checked right now") from None
+        if refused >= 0:
+            raise _refused(subjects[refused // 3], refused % 3, now)
+        return Admission(tuple(subjects), hour, day)
+
+    async def refund(self, admission: Admission) -> None:
+        keys: list[str] = []
+        for s in admission.subjects:
+            keys += self._keys(s.name, admission.hour, admission.day)[:2]
+        try:
+            await self._refund(keys=keys)
+        except RedisError as exc:
+            log.warning("rate limit refund failed: %s", exc)
+
+    def record_tokens(self, subjects: Sequence[Subject], tokens: int, now: float) -> None:
+        hour, day = windows(now)
+        keys = [self._keys(s.name, hour, day)[2] for s in subjects]
+        try:
+            self._tokens.put_nowait((keys, tokens))
+        except asyncio.QueueFull:
+            log.warning("token usage dropped: %d tokens for %s", tokens, [s.name for s in subjects])
+
+    async def _write_tokens(self) -> None:
+        closing = False
+        while not closing:
+            items = [await self._tokens.get()]
+            while not self._tokens.empty() and len(items) < 500:
+                items.append(self._tokens.get_nowait())
+            closing = None in items
+            batch = [item for item in items if item is not None]
+            if not batch:
+                continue
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for keys, tokens in batch:
+                    for key in keys:
+                        pipe.incrby(key, tokens)
+                        pipe.expire(key, _DAY + 60)
+                await pipe.execute()
+            except RedisError as exc:
+                log.warning("counting %d token records failed: %s", len(batch), exc)
+
+    async def counts(self, subject_name: str, now: float) -> Counts:
+        hour, day = windows(now)
+        try:
+            values = await self._redis.mget(self._keys(subject_name, hour, day))
+        except RedisError as exc:
+            log.warning("reading usage failed: %s", exc)
+            raise UnavailableError("usage cannot be read right now") from None
+        h, d, t = (int(v) if v is not None else 0 for v in values)
+        return Counts(h, d, t)

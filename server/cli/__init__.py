@@ -1,0 +1,1 @@
+"""The `sessiond` commands: serve, keys, export/import, cluster, doctor, chat (main.py parses)."""

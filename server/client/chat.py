@@ -1,0 +1,378 @@
+"""``sessiond chat``: a terminal chat with one session, answers streamed as they are made.
+
+Ctrl-C while an answer streams stops that answer (the server keeps the part already
+written, marked cancelled); at the prompt it only clears the line. Ctrl-D or /quit leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import msgspec
+
+from actors.core.events import (
+    MessageDelta,
+    StreamReset,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskInterrupted,
+    ToolCall,
+    ToolResult,
+)
+from server.client.client import ApiError, Client, EventStream
+from server.schema.wire import MessageOut, TreeNodeOut
+
+__all__ = ["HELP", "Chat", "default_url", "register", "run_chat"]
+
+T = TypeVar("T")
+
+HELP = """\
+Type a message and press Enter. Commands:
+  /edit [N] TEXT     new version of your message N (default: your last one), answered again
+  /regen             a new answer in place of the last one
+  /branches          the messages that have other versions, and their keys
+  /switch KEY        show the version KEY (as /branches lists it, e.g. 2.1)
+  /history           the conversation as it stands, numbered
+  /checkpoints       the checkpoints, numbered
+  /restore N [HINT]  go back to checkpoint N; with a hint, answer again from there
+  /export FILE       write the whole session (every branch) to FILE as JSON
+  /session           the session id
+  /help              this text
+  /quit              leave (Ctrl-D too)
+Ctrl-C stops an answer while it streams."""
+
+_PROMPT = "you> "
+
+
+class Chat:
+    """The REPL state: a client, its current session, and where output goes."""
+
+    def __init__(self, client: Client, out: TextIO = sys.stdout) -> None:
+        self.client = client
+        self.out = out
+        self._loop = asyncio.new_event_loop()
+        self._stopping = False
+
+    # -- running coroutines from the blocking prompt ---------------------------------------
+
+    def run(self, coro: Awaitable[T], on_interrupt: Callable[[], None] | None = None) -> T:
+        """Run ``coro`` on the chat's loop; Ctrl-C meanwhile calls ``on_interrupt``
+        (default: abandon the coroutine)."""
+        task = self._loop.create_task(_awaited(coro))
+
+        def interrupted() -> None:
+            if on_interrupt is not None:
+                on_interrupt()
+            else:
+                task.cancel()
+
+        self._loop.add_signal_handler(signal.SIGINT, interrupted)
+        try:
+            return self._loop.run_until_complete(task)
+        finally:
+            self._loop.remove_signal_handler(signal.SIGINT)
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self.client.aclose())
+        self._loop.close()
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def start(self, session_id: str | None) -> None:
+        if session_id is None:
+            s = self.run(self.client.create_session(title="terminal chat"))
+            self.client.use_session(s.id)
+            self.say(f"new session {s.id}  (/help for commands)")
+        else:
+            self.client.use_session(session_id)
+            s = self.run(self.client.get_session())
+            self.say(f"session {s.id}: {s.message_count} messages  (/help for commands)")
+            self.show_history(last=6)
+
+    def repl(self) -> int:
+        while True:
+            try:
+                line = input(_PROMPT)
+            except EOFError:
+                self.say()
+                return 0
+            except KeyboardInterrupt:
+                self.say("\n(Ctrl-D or /quit leaves)")
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if self.handle(line) == "quit":
+                    return 0
+            except ApiError as exc:
+                self.say(f"! {exc.detail} ({exc.status} {exc.code})")
+            except asyncio.CancelledError:
+                self.say("\n(interrupted)")
+            except (OSError, TimeoutError) as exc:
+                self.say(f"! cannot reach {self.client.url}: {exc}")
+
+    def handle(self, line: str) -> str | None:
+        if not line.startswith("/"):
+            self.answer(self.client.send_stream(line))
+            return None
+        cmd, _, rest = line.partition(" ")
+        rest = rest.strip()
+        match cmd:
+            case "/quit" | "/exit":
+                return "quit"
+            case "/help":
+                self.say(HELP)
+            case "/session":
+                self.say(self.client.session_id or "")
+            case "/history":
+                self.show_history()
+            case "/edit":
+                self.edit(rest)
+            case "/regen":
+                last = self._last("assistant")
+                if last is None:
+                    self.say("! there is no answer to regenerate yet")
+                else:
+                    self.answer(self.client.regenerate_stream(last.id))
+            case "/branches":
+                self.branches()
+            case "/switch":
+                self.switch(rest)
+            case "/checkpoints":
+                self.checkpoints()
+            case "/restore":
+                self.restore(rest)
+            case "/export":
+                self.export(rest)
+            case _:
+                self.say(f"! unknown command {cmd} (/help lists them)")
+        return None
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def answer(self, events: EventStream) -> None:
+        """Print an answer as it streams; Ctrl-C asks the server to stop it."""
+        stopping: list[asyncio.Task[Any]] = []
+
+        def stop() -> None:
+            if not stopping:
+                self.say("\n[stopping...]", end="")
+                stopping.append(self._loop.create_task(_quiet(self.client.cancel())))
+
+        self.say("assistant> ", end="")
+        end = self.run(_print_answer(events, self.out), on_interrupt=stop)
+        if stopping:
+            self.run(stopping[0])
+        self.say("\n" + end if end else "")
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _path(self) -> list[MessageOut]:
+        return self.run(self.client.messages(limit=1000)).items
+
+    def _last(self, role: str) -> MessageOut | None:
+        return next((m for m in reversed(self._path()) if m.role == role), None)
+
+    def show_history(self, last: int | None = None) -> None:
+        path = self._path()
+        user_no = 0
+        lines = []
+        for m in path:
+            if m.role == "user":
+                user_no += 1
+                who = f"[{user_no}] you"
+            else:
+                who = "    assistant"
+            versions = f" <{m.sibling_index + 1}/{m.sibling_count}>" if m.sibling_count > 1 else ""
+            state = "" if m.status == "completed" else f" ({m.status})"
+            lines.append(f"{who}{versions}{state}: {m.content}")
+        for text in lines[-last:] if last else lines:
+            self.say(text)
+
+    def edit(self, rest: str) -> None:
+        number, _, text = rest.partition(" ")
+        users = [m for m in self._path() if m.role == "user"]
+        if number.isdigit() and text.strip():
+            index, content = int(number) - 1, text.strip()
+        else:
+            index, content = len(users) - 1, rest
+        if not content:
+            self.say("! /edit [N] TEXT")
+            return
+        if not 0 <= index < len(users):
+            self.say(f"! no message {index + 1} of yours (/history numbers them)")
+            return
+        self.answer(self.client.edit_stream(users[index].id, content))
+
+    def _branch_points(self) -> list[tuple[str, TreeNodeOut, list[TreeNodeOut]]]:
+        """(key prefix, message on the active path, its versions) for every message with versions."""
+        tree = self.run(self.client.tree())
+        nodes = {n.id: n for n in tree.nodes}
+        roots = [n for n in tree.nodes if n.parent_id is None]
+        path: list[TreeNodeOut] = []
+        at = tree.active_leaf_id
+        while at is not None:
+            path.append(nodes[at])
+            at = nodes[at].parent_id
+        path.reverse()
+        out = []
+        for depth, node in enumerate(path, start=1):
+            siblings = roots if node.parent_id is None else [nodes[c] for c in nodes[node.parent_id].children]
+            if len(siblings) > 1:
+                out.append((str(depth), node, siblings))
+        return out
+
+    def branches(self) -> None:
+        points = self._branch_points()
+        if not points:
+            self.say("no message has another version yet")
+            return
+        for depth, node, siblings in points:
+            self.say(f"message {depth} ({node.role}), {len(siblings)} versions:")
+            for i, sib in enumerate(siblings, start=1):
+                mark = "*" if sib.id == node.id else " "
+                self.say(f"  {mark} {depth}.{i}: {_short(sib.content)}")
+        self.say("/switch KEY shows a version")
+
+    def switch(self, key: str) -> None:
+        depth, _, index = key.partition(".")
+        for d, _node, siblings in self._branch_points():
+            if d == depth and index.isdigit() and 1 <= int(index) <= len(siblings):
+                self.run(self.client.navigate(siblings[int(index) - 1].id))
+                self.show_history(last=4)
+                return
+        self.say(f"! no version {key} (/branches lists them)")
+
+    def checkpoints(self) -> None:
+        items = self.run(self.client.checkpoints()).items
+        if not items:
+            self.say("no checkpoint yet (one is made after every answer)")
+        nodes = {n.id: n for n in self.run(self.client.tree()).nodes}
+        for i, cp in enumerate(items, start=1):
+            text = _short(nodes[cp.message_id].content) if cp.message_id in nodes else ""
+            self.say(f"[{i}] {cp.created_at} {cp.label}: {text}")
+
+    def restore(self, rest: str) -> None:
+        number, _, hint = rest.partition(" ")
+        items = self.run(self.client.checkpoints()).items
+        if not number.isdigit() or not 1 <= int(number) <= len(items):
+            self.say("! /restore N [HINT], N from /checkpoints")
+            return
+        cp = items[int(number) - 1]
+        if hint.strip():
+            self.answer(self.client.restore_stream(cp.id, hint.strip()))
+        else:
+            self.run(self.client.restore(cp.id))
+            self.say(f"restored checkpoint {number}")
+            self.show_history(last=4)
+
+    def export(self, name: str) -> None:
+        if not name:
+            self.say("! /export FILE")
+            return
+        doc = self.run(self.client.export())
+        path = Path(name).expanduser()
+        path.write_bytes(msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n")
+        self.say(f"exported {len(doc.get('messages', []))} messages to {path}")
+
+
+async def _awaited(coro: Awaitable[T]) -> T:
+    return await coro
+
+
+async def _quiet(coro: Awaitable[Any]) -> None:
+    with contextlib.suppress(ApiError):  # the answer may have ended meanwhile: nothing to stop
+        await coro
+
+
+async def _print_answer(events: EventStream, out: TextIO) -> str:
+    """Write the deltas of one task; what ended it, as a short note ("" for a normal end)."""
+    async with events:
+        async for ev in events:
+            e = ev.event
+            if isinstance(e, MessageDelta):
+                out.write(e.delta)
+                out.flush()
+            elif isinstance(e, ToolCall):
+                out.write(f"\n  [tool {e.name}]\n")
+            elif isinstance(e, ToolResult):
+                out.write("  [tool result]\n" if not e.is_error else "  [tool failed]\n")
+            elif isinstance(e, TaskCompleted):
+                return ""
+            elif isinstance(e, TaskCancelled):
+                return "[stopped]"
+            elif isinstance(e, TaskFailed):
+                return f"[failed: {e.error}]"
+            elif isinstance(e, TaskInterrupted):
+                return f"[interrupted: {e.error}]"
+            elif isinstance(e, StreamReset):
+                return "[the stream was reset; /history shows the answer]"
+    return ""
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_chat(url: str, api_key: str | None, session_id: str | None) -> int:
+    """The ``sessiond chat`` command."""
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    chat = Chat(Client(url, api_key=api_key))
+    try:
+        try:
+            chat.start(session_id)
+        except ApiError as exc:
+            print(f"sessiond chat: {exc.detail} ({exc.status} {exc.code})", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"sessiond chat: cannot reach {url}: {exc}", file=sys.stderr)
+            return 1
+        return chat.repl()
+    finally:
+        chat.close()
+
+
+def default_url() -> str:
+    """$SESSIOND_URL, else the [server] address of ./config.toml, else the default one."""
+    if os.environ.get("SESSIOND_URL"):
+        return os.environ["SESSIOND_URL"]
+    host, port = "127.0.0.1", 8080
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
+        server = tomllib.loads(Path("config.toml").read_text()).get("server", {})
+        host, port = server.get("host", host), server.get("port", port)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("chat", help="chat with a session in the terminal")
+    p.add_argument("--session", help="the session to continue (default: a new one)")
+    p.add_argument("--url", help="the server (default: $SESSIOND_URL, else the address in ./config.toml)")
+    p.add_argument("--api-key", dest="api_key", help="an API key (default: $SESSIOND_API_KEY)")
+    p.set_defaults(func=_cmd_chat)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get("SESSIOND_API_KEY")
+    if not api_key:
+        print("sessiond chat: give an API key with --api-key or $SESSIOND_API_KEY", file=sys.stderr)
+        return 2
+    return run_chat(args.url or default_url(), api_key, args.session)

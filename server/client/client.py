@@ -1,0 +1,649 @@
+"""The Python client of the sessiond HTTP API: typed calls and event streams that resume.
+
+    async with Client("http://127.0.0.1:8080", api_key="sk_...") as c:
+        session = await c.create_session(title="notes")
+        c.use_session(session.id)
+        answer = await c.execute("Summarise our plan")      # the assistant's message
+        async for delta in c.stream_text("And in one line?"):
+            print(delta, end="", flush=True)
+
+Every call returns the msgspec type the server encodes (``server.schema.wire``); a problem answer
+raises ``ApiError``. Stream iterators reconnect by themselves with ``Last-Event-ID`` and
+check that event ids strictly increase, so a dropped connection loses and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+import msgspec
+
+from actors.core.events import TERMINAL_EVENTS, AnyEvent, MessageDelta, TaskStarted, decode_event
+from server.errors import Problem
+from server.schema.replies import CancelOut, NavigateOut, ReadyOut, RestoreOut, StatusOut
+from server.schema.wire import (
+    CheckpointList,
+    CreateSessionBody,
+    EditBody,
+    MessageList,
+    MessageOut,
+    NavigateBody,
+    PatchSessionBody,
+    RegenerateBody,
+    RestoreBody,
+    SendMessageBody,
+    SendResult,
+    SessionList,
+    SessionOut,
+    TreeOut,
+)
+
+__all__ = [
+    "UNSET",
+    "ApiError",
+    "ApiKeyAuth",
+    "Auth",
+    "BearerAuth",
+    "Client",
+    "EventStream",
+    "ServerEvent",
+    "StreamProtocolError",
+]
+
+T = TypeVar("T")
+UNSET = msgspec.UNSET
+
+_encoder = msgspec.json.Encoder()
+_problem = msgspec.json.Decoder(Problem)
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _decode(raw: bytes, type_: Any) -> Any:
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    return decoder.decode(raw)
+
+
+# -- errors and credentials ---------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """The server answered with a problem (RFC 9457): ``status``, ``code``, ``detail``."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class StreamProtocolError(Exception):
+    """The server broke the stream contract (an event id that does not increase)."""
+
+
+class Auth(Protocol):
+    """Gives the headers that authenticate one request; asked again before every request."""
+
+    async def headers(self) -> Mapping[str, str]: ...
+
+
+class ApiKeyAuth:
+    """``X-API-Key``, optionally acting for one end user (``X-End-User-ID``)."""
+
+    def __init__(self, key: str, *, end_user_id: str | None = None) -> None:
+        self._headers = {"X-API-Key": key}
+        if end_user_id is not None:
+            self._headers["X-End-User-ID"] = end_user_id
+
+    async def headers(self) -> Mapping[str, str]:
+        return self._headers
+
+
+class BearerAuth:
+    """``Authorization: Bearer <token>``; ``token`` may be a coroutine function (e.g. refreshing)."""
+
+    def __init__(self, token: str | Callable[[], Awaitable[str]]) -> None:
+        self._token = token
+
+    async def headers(self) -> Mapping[str, str]:
+        token = self._token if isinstance(self._token, str) else await self._token()
+        return {"Authorization": f"Bearer {token}"}
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+class ServerEvent(msgspec.Struct, frozen=True):
+    """One event of a session stream: its id, its type, and the typed event (a dict when the
+    type is newer than this client)."""
+
+    id: int
+    type: str
+    event: AnyEvent | dict[str, Any]
+
+
+def _parse_event(ev_id: int, ev_type: str, data: bytes) -> ServerEvent:
+    try:
+        event: AnyEvent | dict[str, Any] = decode_event(data)
+    except msgspec.ValidationError:
+        event = msgspec.json.decode(data)
+    return ServerEvent(ev_id, ev_type, event)
+
+
+# Network failures after which a stream reconnects.
+_DROPPED = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)
+
+
+class EventStream:
+    """An async iterator over a session's events that reconnects by itself.
+
+    After a drop it asks ``GET /v1/sessions/{id}/stream`` for what follows the last id it
+    delivered. With ``task_id`` (or ``follow_task``: the first task it sees started) it stops
+    after that task's terminal event; otherwise it follows the session until ``aclose()``.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        session_id: str,
+        *,
+        last_event_id: int | None = None,
+        task_id: str | None = None,
+        follow_task: bool = False,
+        opener: Callable[[], Awaitable[aiohttp.ClientResponse]] | None = None,
+    ) -> None:
+        self._client = client
+        self.session_id = session_id
+        self.last_event_id = last_event_id
+        self.task_id = task_id
+        self._follow_task = follow_task
+        self._opener = opener
+        self.reconnects = 0
+        self.done = False
+        self._resp: aiohttp.ClientResponse | None = None
+        self._iter: AsyncIterator[ServerEvent] | None = None
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ServerEvent:
+        if self._iter is None:
+            self._iter = self._run()
+        return await self._iter.__anext__()
+
+    async def aclose(self) -> None:
+        self.done = True
+        if self._iter is not None:
+            await self._iter.aclose()  # type: ignore[attr-defined]
+        self._close_response()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def drop_connection(self) -> None:
+        """Close the current connection now; the next event comes over a new one, by id."""
+        self._close_response()
+
+    def _close_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+
+    async def _open(self) -> aiohttp.ClientResponse:
+        if self._opener is not None:
+            opener, self._opener = self._opener, None
+            return await opener()
+        headers = {} if self.last_event_id is None else {"Last-Event-ID": str(self.last_event_id)}
+        return await self._client._send(
+            "GET", f"/v1/sessions/{self.session_id}/stream", headers=headers, stream=True
+        )
+
+    async def _run(self) -> AsyncIterator[ServerEvent]:
+        failures = 0
+        retry_ms = self._client.reconnect_delay_ms
+        while not self.done:
+            first_post = self._opener is not None
+            try:
+                self._resp = resp = await self._open()
+            except _DROPPED:
+                if first_post:
+                    raise  # the request itself may not have reached the server: never guess
+                failures += 1
+                if failures > self._client.max_reconnects:
+                    raise
+                await asyncio.sleep(min(retry_ms, self._client.max_reconnect_delay_ms) / 1000 * (failures - 1))
+                self.reconnects += 1
+                continue
+            try:
+                async for frame in _frames(resp, self._client.max_event_bytes):
+                    if frame.retry is not None:
+                        retry_ms = frame.retry
+                    if frame.data is None or frame.id is None:
+                        continue
+                    if self.last_event_id is not None and frame.id <= self.last_event_id:
+                        raise StreamProtocolError(f"event id {frame.id} after {self.last_event_id}: ids must increase")
+                    self.last_event_id = frame.id
+                    failures = 0
+                    event = _parse_event(frame.id, frame.event, frame.data)
+                    if self._follow_task and self.task_id is None and isinstance(event.event, TaskStarted):
+                        self.task_id = event.event.task_id
+                    yield event
+                    if (
+                        self.task_id is not None
+                        and event.type in TERMINAL_EVENTS
+                        and getattr(event.event, "task_id", None) == self.task_id
+                    ):
+                        self.done = True
+                        return
+            except _DROPPED:
+                pass  # resume below, by id
+            finally:
+                resp.close()
+                self._resp = None
+            if self.done:
+                return
+            # The server closed or the connection dropped: go on from the last id delivered.
+            failures += 1
+            if failures > self._client.max_reconnects:
+                raise aiohttp.ClientConnectionError(f"stream of {self.session_id} dropped {failures} times in a row")
+            if failures > 1:
+                await asyncio.sleep(min(retry_ms, self._client.max_reconnect_delay_ms) / 1000)
+            self.reconnects += 1
+
+
+class _Frame(msgspec.Struct):
+    id: int | None = None
+    event: str = "message"
+    data: bytes | None = None
+    retry: int | None = None
+
+
+async def _frames(resp: aiohttp.ClientResponse, max_bytes: int) -> AsyncIterator[_Frame]:
+    """SSE frames off the wire (comments skipped), parsed per the HTML living standard."""
+    buffer = b""
+    frame = _Frame()
+    data: list[bytes] = []
+    async for chunk in resp.content.iter_any():
+        buffer += chunk
+        if b"\n" not in chunk:
+            if len(buffer) > max_bytes:
+                raise StreamProtocolError(f"an event larger than {max_bytes} bytes")
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.removesuffix(b"\r")
+            if not line:
+                if data:
+                    frame.data = b"\n".join(data)
+                    yield frame
+                elif frame.retry is not None:
+                    yield frame
+                frame, data = _Frame(), []
+                continue
+            if line.startswith(b":"):
+                continue
+            name, _, value = line.partition(b":")
+            value = value.removeprefix(b" ")
+            if name == b"data":
+                data.append(value)
+            elif name == b"id":
+                frame.id = int(value) if value.isdigit() else None
+            elif name == b"event":
+                frame.event = value.decode()
+            elif name == b"retry" and value.isdigit():
+                frame.retry = int(value)
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+class Client:
+    """A sessiond API client; use it as ``async with Client(url, api_key=...) as c``."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        *,
+        api_key: str | None = None,
+        auth: Auth | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 300.0,
+        read_timeout: float = 60.0,
+        max_reconnects: int = 5,
+        reconnect_delay_ms: int = 0,
+        max_reconnect_delay_ms: int = 5000,
+        max_event_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.url = url.rstrip("/")
+        if auth is None and api_key is not None:
+            auth = ApiKeyAuth(api_key)
+        self.auth = auth
+        self._session = session
+        self._own_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # A stream is silent at most one heartbeat interval (15 s by default) when healthy.
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout)
+        self.max_reconnects = max_reconnects
+        self.reconnect_delay_ms = reconnect_delay_ms
+        self.max_reconnect_delay_ms = max_reconnect_delay_ms
+        self.max_event_bytes = max_event_bytes
+        self.session_id: str | None = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """The raw response of one request (the caller releases it); a problem raises ApiError."""
+        all_headers: dict[str, str] = dict(await self.auth.headers()) if self.auth is not None else {}
+        if headers:
+            all_headers.update(headers)
+        data: bytes | None = None
+        if body is not None:
+            data = _encoder.encode(body)
+            all_headers["Content-Type"] = "application/json"
+        resp = await self._http().request(
+            method, self.url + path, data=data, params=params, headers=all_headers,
+            timeout=self._stream_timeout if stream else self._timeout,
+        )
+        if resp.status >= 400:
+            raw = await resp.read()
+            resp.release()
+            raise _api_error(resp, raw)
+        return resp
+
+    async def request(
+        self, method: str, path: str, type_: type[T], *, body: Any = None,
+        params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
+    ) -> T:
+        """Any call, decoded as ``type_`` (``type(None)`` for no body): for routes newer than this client."""
+        resp = await self._send(method, path, body=body, params=params, headers=headers)
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        if type_ is type(None):
+            return None  # type: ignore[return-value]
+        return _decode(raw, type_)  # type: ignore[no-any-return]
+
+    def _sid(self, session: str | None) -> str:
+        sid = session or self.session_id
+        if sid is None:
+            raise ValueError("no session: pass session=... or call use_session(id) first")
+        return sid
+
+    @staticmethod
+    def _if_match(version: int | None) -> dict[str, str] | None:
+        return None if version is None else {"If-Match": f'"{version}"'}
+
+    # -- current session -------------------------------------------------------------------
+
+    def use_session(self, session_id: str) -> None:
+        """Make ``session_id`` the session of every call that is not given one."""
+        self.session_id = session_id
+
+    async def execute(self, prompt: str, *, session: str | None = None) -> MessageOut:
+        """Send ``prompt`` and wait for the answer: the assistant's message."""
+        return (await self.send(prompt, session=session)).message
+
+    def stream(self, prompt: str, *, session: str | None = None) -> EventStream:
+        """Send ``prompt``; iterate over the events of its task (resumes by itself)."""
+        return self.send_stream(prompt, session=session)
+
+    async def stream_text(self, prompt: str, *, session: str | None = None) -> AsyncIterator[str]:
+        """Send ``prompt``; iterate over the text of the answer as it is made."""
+        async with self.stream(prompt, session=session) as events:
+            async for ev in events:
+                if isinstance(ev.event, MessageDelta):
+                    yield ev.event.delta
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def create_session(self, **fields: Any) -> SessionOut:
+        """``POST /v1/sessions``; ``fields`` are those of ``CreateSessionBody``."""
+        return await self.request("POST", "/v1/sessions", SessionOut, body=CreateSessionBody(**fields))
+
+    async def list_sessions(
+        self,
+        *,
+        namespace: str | None = None,
+        end_user_id: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        cursor: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> SessionList:
+        params = {
+            k: str(v)
+            for k, v in (
+                ("namespace", namespace), ("end_user_id", end_user_id), ("limit", limit),
+                ("offset", offset), ("cursor", cursor),
+            )
+            if v is not None
+        }
+        for key, value in (metadata or {}).items():
+            params[f"metadata.{key}"] = value
+        return await self.request("GET", "/v1/sessions", SessionList, params=params)
+
+    async def iter_sessions(self, **filters: Any) -> AsyncIterator[SessionOut]:
+        """Every session matching ``filters`` (those of ``list_sessions``), page after page."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_sessions(**filters, cursor=cursor)
+            for item in page.items:
+                yield item
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def get_session(self, *, session: str | None = None) -> SessionOut:
+        return await self.request("GET", f"/v1/sessions/{self._sid(session)}", SessionOut)
+
+    async def patch_session(
+        self, *, session: str | None = None, if_version: int | None = None, **fields: Any
+    ) -> SessionOut:
+        """``PATCH``: ``title``, ``metadata`` (merged; None deletes a key), ``context``, ``tools``."""
+        return await self.request(
+            "PATCH", f"/v1/sessions/{self._sid(session)}", SessionOut,
+            body=PatchSessionBody(**fields), headers=self._if_match(if_version),
+        )
+
+    async def get_metadata(self, *, session: str | None = None) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/sessions/{self._sid(session)}/metadata", dict[str, Any])
+
+    async def delete_session(self, *, session: str | None = None) -> None:
+        await self.request("DELETE", f"/v1/sessions/{self._sid(session)}", type(None))
+
+    async def prepare(self, *, session: str | None = None) -> StatusOut:
+        return await self.request("POST", f"/v1/sessions/{self._sid(session)}/prepare", StatusOut)
+
+    async def export(self, *, session: str | None = None) -> dict[str, Any]:
+        """The whole session as one JSON document (``GET .../export``)."""
+        return await self.request("GET", f"/v1/sessions/{self._sid(session)}/export", dict[str, Any])
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def send(
+        self, content: str, *, session: str | None = None, parent_id: str | None = None,
+        queue: bool = False, if_version: int | None = None,
+    ) -> SendResult:
+        """Send a message and wait until its task ends."""
+        return await self.request(
+            "POST", f"/v1/sessions/{self._sid(session)}/messages", SendResult,
+            body=SendMessageBody(content=content, parent_id=parent_id),
+            params={"queue": "true"} if queue else None, headers=self._if_match(if_version),
+        )
+
+    def send_stream(
+        self, content: str, *, session: str | None = None, parent_id: str | None = None,
+        queue: bool = False, if_version: int | None = None,
+    ) -> EventStream:
+        """Send a message; iterate over its task's events until the task ends."""
+        sid = self._sid(session)
+        return self._task_stream(
+            sid, f"/v1/sessions/{sid}/messages",
+            SendMessageBody(content=content, stream=True, parent_id=parent_id),
+            params={"queue": "true"} if queue else None, if_version=if_version,
+        )
+
+    async def messages(self, *, session: str | None = None, limit: int = 100, offset: int = 0) -> MessageList:
+        """The active path, oldest first."""
+        return await self.request(
+            "GET", f"/v1/sessions/{self._sid(session)}/messages", MessageList,
+            params={"limit": str(limit), "offset": str(offset)},
+        )
+
+    async def tree(self, *, session: str | None = None) -> TreeOut:
+        return await self.request("GET", f"/v1/sessions/{self._sid(session)}/tree", TreeOut)
+
+    async def edit(
+        self, message_id: str, content: str, *, session: str | None = None, if_version: int | None = None
+    ) -> SendResult:
+        """A new version of user message ``message_id``, answered."""
+        return await self.request(
+            "POST", f"/v1/sessions/{self._sid(session)}/messages/{message_id}/edit", SendResult,
+            body=EditBody(content=content), headers=self._if_match(if_version),
+        )
+
+    def edit_stream(
+        self, message_id: str, content: str, *, session: str | None = None, if_version: int | None = None
+    ) -> EventStream:
+        sid = self._sid(session)
+        return self._task_stream(
+            sid, f"/v1/sessions/{sid}/messages/{message_id}/edit", EditBody(content=content, stream=True),
+            if_version=if_version,
+        )
+
+    async def regenerate(
+        self, message_id: str, *, session: str | None = None, if_version: int | None = None
+    ) -> SendResult:
+        """A new answer in place of assistant message ``message_id`` (a sibling)."""
+        return await self.request(
+            "POST", f"/v1/sessions/{self._sid(session)}/messages/{message_id}/regenerate", SendResult,
+            body=RegenerateBody(), headers=self._if_match(if_version),
+        )
+
+    def regenerate_stream(
+        self, message_id: str, *, session: str | None = None, if_version: int | None = None
+    ) -> EventStream:
+        sid = self._sid(session)
+        return self._task_stream(
+            sid, f"/v1/sessions/{sid}/messages/{message_id}/regenerate", RegenerateBody(stream=True),
+            if_version=if_version,
+        )
+
+    async def navigate(
+        self, message_id: str, *, session: str | None = None, if_version: int | None = None
+    ) -> list[MessageOut]:
+        """Switch to the branch of ``message_id``; the new active path."""
+        out = await self.request(
+            "POST", f"/v1/sessions/{self._sid(session)}/navigate", NavigateOut,
+            body=NavigateBody(message_id=message_id), headers=self._if_match(if_version),
+        )
+        return out.items
+
+    async def cancel(self, *, session: str | None = None) -> CancelOut:
+        """Stop the running task; its partial answer is kept, marked ``cancelled``."""
+        return await self.request("POST", f"/v1/sessions/{self._sid(session)}/cancel", CancelOut)
+
+    async def checkpoints(self, *, session: str | None = None) -> CheckpointList:
+        return await self.request("GET", f"/v1/sessions/{self._sid(session)}/checkpoints", CheckpointList)
+
+    async def restore(
+        self, checkpoint_id: str, *, hint: str | None = None, session: str | None = None,
+        if_version: int | None = None,
+    ) -> SendResult | RestoreOut:
+        """Make the checkpoint's message active; with ``hint``, answer again from there."""
+        out = await self.request(
+            "POST", f"/v1/sessions/{self._sid(session)}/checkpoints/{checkpoint_id}/restore", dict[str, Any],
+            body=RestoreBody(hint=hint), headers=self._if_match(if_version),
+        )
+        if "task_id" in out:
+            return msgspec.convert(out, SendResult)
+        return msgspec.convert(out, RestoreOut)
+
+    def restore_stream(
+        self, checkpoint_id: str, hint: str, *, session: str | None = None, if_version: int | None = None
+    ) -> EventStream:
+        sid = self._sid(session)
+        return self._task_stream(
+            sid, f"/v1/sessions/{sid}/checkpoints/{checkpoint_id}/restore", RestoreBody(hint=hint, stream=True),
+            if_version=if_version,
+        )
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def events(self, *, session: str | None = None, last_event_id: int | None = None) -> EventStream:
+        """The session's events after ``last_event_id`` (or from the current task), then live."""
+        return EventStream(self, self._sid(session), last_event_id=last_event_id)
+
+    def _task_stream(
+        self, sid: str, path: str, body: Any, *, params: Mapping[str, str] | None = None,
+        if_version: int | None = None,
+    ) -> EventStream:
+        async def opener() -> aiohttp.ClientResponse:
+            return await self._send(
+                "POST", path, body=body, params=params, headers=self._if_match(if_version), stream=True
+            )
+
+        return EventStream(self, sid, follow_task=True, opener=opener)
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def health(self) -> StatusOut:
+        return await self.request("GET", "/healthz", StatusOut)
+
+    async def ready(self) -> ReadyOut:
+        resp = await self._http().get(self.url + "/readyz", timeout=self._timeout)
+        async with resp:
+            return _decode(await resp.read(), ReadyOut)  # type: ignore[no-any-return]
+
+    async def openapi(self) -> dict[str, Any]:
+        return await self.request("GET", "/openapi.json", dict[str, Any])
+
+    async def metrics(self) -> str:
+        resp = await self._send("GET", "/metrics")
+        async with resp:
+            return await resp.text()
+
+
+def _api_error(resp: aiohttp.ClientResponse, raw: bytes) -> ApiError:
+    retry = resp.headers.get("Retry-After")
+    retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+    try:
+        p = _problem.decode(raw)
+        return ApiError(resp.status, p.code, p.title, p.detail, retry_after)
+    except msgspec.DecodeError:
+        text = raw.decode(errors="replace")[:500]
+        return ApiError(resp.status, "http_error", resp.reason or "", text, retry_after)

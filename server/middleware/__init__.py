@@ -1,0 +1,1 @@
+"""Middlewares of the HTTP edge, one per file; each reads the matched route."""

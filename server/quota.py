@@ -1,0 +1,104 @@
+"""Rate limits at the HTTP edge: whom a model turn counts against, and the guard around it.
+
+Every route that starts a model turn (send, edit, regenerate, restore with a hint) asks its
+session through ``turn_quota``: the message is checked and counted before the session sees it,
+taken back if the session refuses it, and the turn's model tokens are counted when it ends,
+however the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from actors.core.commands import AnyCommand
+from actors.core.errors import SessiondError
+from actors.core.records import SessionRecord
+from actors.session.actor import TaskHandle, TurnOutcome
+from server.appkeys import CONFIG, LIMITER
+from server.auth.principal import principal_of
+from server.auth.ratelimit import Admission, Limiter, Subject
+from server.config import LimitSet, LimitsSection
+from server.routes.common import ask, session_actor
+
+__all__ = ["TurnQuota", "guest_subject", "subjects_for", "turn_quota"]
+
+
+def guest_subject(settings: LimitsSection, guest_id: str) -> Subject:
+    return Subject(
+        f"guest:{guest_id}",
+        settings.guest_messages_per_hour,
+        settings.guest_messages_per_day,
+        settings.guest_tokens_per_day,
+    )
+
+
+def _subject(name: str, limits: LimitSet | None) -> Subject | None:
+    if limits is None:
+        return None
+    return Subject(name, limits.messages_per_hour or 0, limits.messages_per_day or 0, limits.tokens_per_day or 0)
+
+
+def subjects_for(settings: LimitsSection, key_id: str | None, record: SessionRecord) -> list[Subject]:
+    """The guest of a guest session, the API key behind the call, the session's end user:
+    each that has limits configured."""
+    out: list[Subject] = []
+    if record.guest_id is not None:
+        out.append(guest_subject(settings, record.guest_id))
+    if key_id is not None:
+        s = _subject(f"key:{key_id}", settings.keys.get(key_id) or settings.keys.get("*"))
+        if s is not None:
+            out.append(s)
+    if record.end_user_id is not None:
+        limits = settings.end_users.get(record.end_user_id) or settings.end_users.get("*")
+        s = _subject(f"user:{record.end_user_id}", limits)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+class TurnQuota:
+    """A message counted against its subjects: ``quota = await turn_quota(request)``, then
+    ``await quota.ask(command)`` in place of ``ask(request, command)``."""
+
+    def __init__(self, request: web.Request, subjects: list[Subject], admission: Admission | None) -> None:
+        self._request = request
+        self._limiter: Limiter = request.app[LIMITER]
+        self._subjects = subjects
+        self._admission = admission
+
+    async def ask(self, command: AnyCommand) -> Any:
+        """Ask the session; a refusal takes the message back, a started turn has its tokens counted."""
+        try:
+            result = await ask(self._request, command)
+        except SessiondError:
+            # Refused by the session (busy, stale version, bad request): that message never was.
+            if self._admission is not None:
+                await self._limiter.refund(self._admission)
+            raise
+        if self._subjects and isinstance(result, TaskHandle):
+            result.done.add_done_callback(self._ended)
+        return result
+
+    def _ended(self, fut: asyncio.Future[TurnOutcome]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        tokens = fut.result().usage.total
+        if tokens > 0:
+            self._limiter.record_tokens(self._subjects, tokens, time.time())
+
+
+async def turn_quota(request: web.Request, *, charge: bool = True) -> TurnQuota:
+    """Check and count one message for the caller's session (429 when over a limit).
+
+    ``charge=False``: this request starts no turn (a restore without a hint); nothing is counted.
+    """
+    if not charge:
+        return TurnQuota(request, [], None)
+    actor = await session_actor(request)  # authorizes first: no 429 for a session one may not see
+    subjects = subjects_for(request.app[CONFIG].limits, principal_of(request).key_id, actor.record)
+    admission = await request.app[LIMITER].admit(subjects, time.time()) if subjects else None
+    return TurnQuota(request, subjects, admission)

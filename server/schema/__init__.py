@@ -1,0 +1,1 @@
+"""Request and response Structs of the HTTP API, per resource."""
