@@ -23,34 +23,27 @@ from server.auth.guests import GuestOut
 from server.auth.tokens import TokenPair
 from server.errors import Problem
 from server.routes.docs import DOC_ASSETS
-from server.routes.guests import GuestSessionBody, GuestUsage
-from server.routes.transfer import CopyBody, MergeBody
-from server.schema.replies import CancelOut, GuestSessionOut, NavigateOut, ReadyOut, RestoreOut, StatusOut
-from server.schema.wire import (
-    AgentBody,
-    AgentList,
-    AgentPatchBody,
+from server.schema.agents import AgentBody, AgentList, AgentPatchBody, ProviderList
+from server.schema.documents import UPLOAD_FORM, DocumentList, LinkDocumentsBody
+from server.schema.guests import GuestSessionBody, GuestSessionOut, GuestUsage
+from server.schema.messages import (
+    CancelOut,
     CheckpointList,
-    CreateSessionBody,
-    DocumentList,
     EditBody,
-    EndUserUsage,
-    LinkDocumentsBody,
     MessageList,
     NavigateBody,
-    PatchSessionBody,
-    ProviderList,
+    NavigateOut,
     RegenerateBody,
     RestoreBody,
+    RestoreOut,
     SendMessageBody,
     SendResult,
-    SessionList,
-    SessionOut,
-    SessionTools,
-    SessionToolsBody,
-    ToolList,
     TreeOut,
 )
+from server.schema.ops import ReadyOut, StatusOut
+from server.schema.sessions import CopyBody, CreateSessionBody, MergeBody, PatchSessionBody, SessionList, SessionOut
+from server.schema.tools import SessionTools, SessionToolsBody, ToolList
+from server.schema.usage import EndUserUsage
 
 __all__ = [
     "ANY",
@@ -134,15 +127,7 @@ _IF_MATCH = Param(
 _LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}, "Page size.")
 _OFFSET = Param("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000, "default": 0}, "Items to skip.")
 MULTIPART = "multipart/form-data"
-# A file upload: a multipart form with the file in a part named `file`.
-_UPLOAD = Body(MULTIPART, {
-    "type": "object",
-    "properties": {
-        "file": {"type": "string", "format": "binary", "description": "txt, md, json, csv, html or pdf"},
-        "end_user_id": {"type": "string", "description": "Owner (default: shared, or the X-End-User-ID)."},
-    },
-    "required": ["file"],
-})
+_UPLOAD = Body(MULTIPART, UPLOAD_FORM)
 
 
 # One line per route. A route added to the app without a line here fails tests/test_openapi.py.

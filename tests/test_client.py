@@ -13,8 +13,8 @@ from aiohttp import web
 from actors.core.events import MessageCompleted, MessageDelta, TaskCompleted, TaskStarted
 from server.app import make_app
 from server.client import ApiError, ApiKeyAuth, BearerAuth, Client, ServerEvent, StreamProtocolError
-from server.schema.replies import RestoreOut
-from server.schema.wire import SendResult, SessionOut
+from server.schema.messages import RestoreOut, SendResult
+from server.schema.sessions import SessionOut
 from tests.conftest import TEST_KEY, make_config
 
 ClientMaker = Callable[..., Awaitable[Client]]

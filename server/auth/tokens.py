@@ -27,7 +27,7 @@ from actors.store.base import Store
 from server.auth.principal import Principal
 from server.config import ConfigError, TokensSection
 
-__all__ = ["REFRESH_PREFIX", "TokenPair", "TokenService", "load_secret", "with_tokens"]
+__all__ = ["REFRESH_PREFIX", "TokenPair", "TokenService", "load_secret"]
 
 log = logging.getLogger("sessiond.auth")
 
@@ -88,16 +88,6 @@ def load_secret(settings: TokensSection, data_dir: Path) -> str:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def with_tokens(body: msgspec.Struct, pair: TokenPair, **extra: Any) -> dict[str, Any]:
-    """A response body: ``body``'s fields plus the token fields (and ``extra``)."""
-    out: dict[str, Any] = msgspec.to_builtins(body)
-    fields = msgspec.to_builtins(pair)
-    del fields["session_id"]
-    out.update(fields)
-    out.update(extra)
-    return out
 
 
 class TokenService:

@@ -30,7 +30,7 @@ from actors.core.events import (
     ToolResult,
 )
 from server.client.client import ApiError, Client, EventStream
-from server.schema.wire import MessageOut, TreeNodeOut
+from server.schema.messages import MessageOut, TreeNodeOut
 
 __all__ = ["HELP", "Chat", "default_url", "register", "run_chat"]
 

@@ -7,7 +7,7 @@
         async for delta in c.stream_text("And in one line?"):
             print(delta, end="", flush=True)
 
-Every call returns the msgspec type the server encodes (``server.schema.wire``); a problem answer
+Every call returns the msgspec type the server encodes (``server.schema``); a problem answer
 raises ``ApiError``. Stream iterators reconnect by themselves with ``Last-Event-ID`` and
 check that event ids strictly increase, so a dropped connection loses and repeats nothing.
 """
@@ -23,23 +23,23 @@ import msgspec
 
 from actors.core.events import TERMINAL_EVENTS, AnyEvent, MessageDelta, TaskStarted, decode_event
 from server.errors import Problem
-from server.schema.replies import CancelOut, NavigateOut, ReadyOut, RestoreOut, StatusOut
-from server.schema.wire import (
+from server.schema.messages import (
+    CancelOut,
     CheckpointList,
-    CreateSessionBody,
     EditBody,
     MessageList,
     MessageOut,
     NavigateBody,
-    PatchSessionBody,
+    NavigateOut,
     RegenerateBody,
     RestoreBody,
+    RestoreOut,
     SendMessageBody,
     SendResult,
-    SessionList,
-    SessionOut,
     TreeOut,
 )
+from server.schema.ops import ReadyOut, StatusOut
+from server.schema.sessions import CreateSessionBody, PatchSessionBody, SessionList, SessionOut
 
 __all__ = [
     "UNSET",

@@ -12,7 +12,8 @@ from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundErro
 from actors.core.records import AgentRecord
 from server.agents import AGENTS, ROUTER
 from server.auth.principal import principal_of
-from server.schema.wire import AgentBody, AgentList, AgentPatchBody, ProviderList, decode_body, json_response
+from server.schema.agents import AgentBody, AgentList, AgentPatchBody, ProviderList
+from server.schema.common import decode_body, json_response
 
 __all__ = ["agent_for_session", "routes"]
 

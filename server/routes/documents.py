@@ -22,7 +22,8 @@ from server.agents import LIBRARY
 from server.appkeys import STORE
 from server.auth.principal import Principal, principal_of
 from server.routes.common import ask, int_query, session_actor
-from server.schema.wire import DocumentList, LinkDocumentsBody, decode_body, json_response
+from server.schema.common import decode_body, json_response
+from server.schema.documents import DocumentList, LinkDocumentsBody
 
 __all__ = ["routes"]
 

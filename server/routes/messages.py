@@ -22,21 +22,23 @@ from actors.session.actor import MessagePage, TaskHandle, TreeView
 from server.appkeys import CONFIG
 from server.quota import turn_quota
 from server.routes.common import ask, bool_query, if_match, int_query
-from server.schema.wire import (
+from server.schema.common import decode_body, json_response
+from server.schema.messages import (
+    CancelOut,
     CheckpointList,
     EditBody,
     MessageList,
     NavigateBody,
+    NavigateOut,
     RegenerateBody,
     RestoreBody,
+    RestoreOut,
     SendMessageBody,
     SendResult,
-    TreeNodeOut,
     TreeOut,
     checkpoint_out,
-    decode_body,
-    json_response,
     message_out,
+    tree_node_out,
 )
 from server.sse import stream_events
 
@@ -97,11 +99,7 @@ async def list_messages(request: web.Request) -> web.Response:
 @routes.get("/v1/sessions/{session_id}/tree")
 async def get_tree(request: web.Request) -> web.Response:
     view: TreeView = await ask(request, GetTree())
-    nodes = [
-        TreeNodeOut(n.id, n.parent_id, n.role, n.content, n.created_at, n.status, list(n.children), n.model, n.usage)
-        for n in view.nodes
-    ]
-    return json_response(TreeOut(nodes, view.active_leaf_id))
+    return json_response(TreeOut([tree_node_out(n) for n in view.nodes], view.active_leaf_id))
 
 
 @routes.post("/v1/sessions/{session_id}/messages/{message_id}/edit")
@@ -131,13 +129,13 @@ async def regenerate_message(request: web.Request) -> web.StreamResponse:
 async def navigate(request: web.Request) -> web.Response:
     body = await decode_body(request, NavigateBody, empty_ok=False)
     items = await ask(request, Navigate(message_id=body.message_id, if_match=if_match(request)))
-    return json_response({"items": [message_out(*item) for item in items]})
+    return json_response(NavigateOut([message_out(*item) for item in items]))
 
 
 @routes.post("/v1/sessions/{session_id}/cancel")
 async def cancel(request: web.Request) -> web.Response:
     task_id = await ask(request, CancelTask())
-    return json_response({"task_id": task_id, "status": "cancelled"})
+    return json_response(CancelOut(task_id, "cancelled"))
 
 
 @routes.get("/v1/sessions/{session_id}/checkpoints")
@@ -158,4 +156,4 @@ async def restore_checkpoint(request: web.Request) -> web.StreamResponse:
     )
     if isinstance(result, TaskHandle):
         return await task_response(request, result)
-    return json_response({"active_leaf_id": result})
+    return json_response(RestoreOut(result))

@@ -13,18 +13,12 @@ from actors.core.errors import InvalidRequestError
 from actors.core.records import SessionQuery
 from server.appkeys import REGISTRY, STORE, TOKENS
 from server.auth.principal import principal_of
-from server.auth.tokens import with_tokens
 from server.routes.agents import agent_for_session
 from server.routes.common import ask, if_match, int_query, session_actor
 from server.routes.tools import check_tools
-from server.schema.wire import (
-    CreateSessionBody,
-    PatchSessionBody,
-    SessionList,
-    decode_body,
-    json_response,
-    session_out,
-)
+from server.schema.common import decode_body, json_response
+from server.schema.ops import StatusOut
+from server.schema.sessions import CreateSessionBody, PatchSessionBody, SessionList, session_out, session_tokens_out
 
 __all__ = ["routes"]
 
@@ -55,12 +49,11 @@ async def create_session(request: web.Request) -> web.Response:
         tools=check_tools(request, body.tools) if body.tools else list(agent.tools),  # none: the agent's
     )
     await registry.create(record)
-    out = session_out(record)
     if body.with_token:
         pair = await request.app[TOKENS].issue(record, principal.key_id)
         headers = {"ETag": f'"{record.version}"', "Cache-Control": "no-store"}
-        return json_response(with_tokens(out, pair), status=201, headers=headers)
-    return json_response(out, status=201, headers={"ETag": f'"{record.version}"'})
+        return json_response(session_tokens_out(record, pair), status=201, headers=headers)
+    return json_response(session_out(record), status=201, headers={"ETag": f'"{record.version}"'})
 
 
 def _cursor_encode(last_active_at: str, session_id: str) -> str:
@@ -145,4 +138,4 @@ async def delete_session(request: web.Request) -> web.Response:
 @routes.post("/v1/sessions/{session_id}/prepare")
 async def prepare_session(request: web.Request) -> web.Response:
     await session_actor(request)
-    return json_response({"status": "running"})
+    return json_response(StatusOut("running"))

@@ -8,7 +8,7 @@ from actors.core.errors import NotFoundError, UnauthorizedError
 from server.appkeys import STORE, TOKENS
 from server.auth.principal import authorize_session, principal_of, require_key
 from server.middleware.auth import REFRESH_ROUTE
-from server.schema.wire import json_response
+from server.schema.common import json_response
 
 __all__ = ["routes"]
 

@@ -8,7 +8,8 @@ from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import InvalidRequestError
 from server.agents import TOOLBOX
 from server.routes.common import ask, if_match
-from server.schema.wire import SessionTools, SessionToolsBody, ToolList, ToolOut, decode_body, json_response
+from server.schema.common import decode_body, json_response
+from server.schema.tools import SessionTools, SessionToolsBody, ToolList, ToolOut
 
 __all__ = ["check_tools", "routes"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from actors.core.commands import ExportSession, GetMessages
@@ -14,20 +13,12 @@ from actors.session.actor import MessagePage
 from server.appkeys import REGISTRY
 from server.auth.principal import principal_of
 from server.routes.common import ask, bool_query
-from server.schema.wire import decode_body, json_response, session_out
+from server.schema.common import decode_body, json_response
+from server.schema.sessions import CopyBody, MergeBody, session_out
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
-
-
-class CopyBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    title: str | None = None
-
-
-class MergeBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    session_ids: list[str]
-    title: str | None = None
 
 
 def _owner_fields(request: web.Request) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from aiohttp import web
 from actors.core.errors import InvalidRequestError, NotFoundError
 from server.appkeys import STORE
 from server.auth.principal import principal_of
-from server.schema.wire import EndUserUsage, json_response
+from server.schema.common import json_response
+from server.schema.usage import EndUserUsage
 
 __all__ = ["routes"]
 
