@@ -12,18 +12,19 @@ from actors.registry import Registry
 from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
-from server.admission import ADMISSION, Admission, admission_middleware
+from server.admission import ADMISSION, Admission
 from server.agents import setup_agents
-from server.appkeys import CONFIG, REGISTRY, STORE
+from server.appkeys import CONFIG, OPENAPI, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
 from server.errors import problem_middleware
 from server.logs import request_id_middleware
 from server.metrics import METRICS, Metrics, metrics_middleware
 from server.middleware.auth import auth_middleware
-from server.table import add_routes
+from server.openapi import spec_bytes
+from server.table import ROUTES, add_routes
 
-__all__ = ["make_app", "make_store"]
+__all__ = ["make_app", "make_cluster", "make_store"]
 
 
 def make_store(config: Config, on_commit: Callable[[float, int], None] | None = None) -> SqliteStore | PostgresStore:
@@ -55,9 +56,8 @@ def make_cluster(config: Config) -> Cluster | None:
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[
-            request_id_middleware, metrics_middleware, problem_middleware, auth_middleware, admission_middleware
-        ],
+        # Outermost first. Admission is no middleware: it needs the decoded body (server/tasks.py).
+        middlewares=[request_id_middleware, metrics_middleware, problem_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
@@ -99,5 +99,6 @@ def make_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
-    add_routes(app)
+    add_routes(app, ROUTES)
+    app[OPENAPI] = spec_bytes(ROUTES)
     return app

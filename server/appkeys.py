@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from server.auth.ratelimit import Limiter
     from server.auth.tokens import TokenService
 
-__all__ = ["CONFIG", "GUESTS", "KEYRING", "LIMITER", "REGISTRY", "STORE", "TOKENS"]
+__all__ = ["CONFIG", "GUESTS", "KEYRING", "LIMITER", "OPENAPI", "REGISTRY", "STORE", "TOKENS"]
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
@@ -26,3 +26,5 @@ KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 GUESTS: web.AppKey[Guests] = web.AppKey("guests")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+# GET /openapi.json, encoded once from ROUTES when the app is made.
+OPENAPI = web.AppKey("openapi", bytes)

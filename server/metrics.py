@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from actors.core.model import ModelRequest, TurnItem
 from actors.ports import Provider
 from server.appkeys import REGISTRY
+from server.routing import route_of
 
 __all__ = [
     "CONTENT_TYPE",
@@ -215,8 +216,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     metrics = request.app.get(METRICS)
     if metrics is None:
         return await handler(request)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "(unmatched)"
+    route = route_of(request)
+    label = route.path if route is not None else "(unmatched)"
     started = time.perf_counter()
     status = 500
     try:
@@ -230,7 +231,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client left before the answer was complete (nginx's code for it)
         raise
     finally:
-        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_requests.labels(request.method, label, str(status)).inc()
         if status == 429 and not request.get(_COUNTED, False):
             metrics.rate_limited("unnamed")
-        metrics.http_seconds.labels(request.method, route).observe(time.perf_counter() - started)
+        metrics.http_seconds.labels(request.method, label).observe(time.perf_counter() - started)

@@ -1,9 +1,9 @@
 """Rate limits at the HTTP edge: whom a model turn counts against, and the guard around it.
 
-Every route that starts a model turn (send, edit, regenerate, restore with a hint) asks its
-session through ``turn_quota``: the message is checked and counted before the session sees it,
-taken back if the session refuses it, and the turn's model tokens are counted when it ends,
-however the client leaves.
+Every request that starts a model turn (send, edit, regenerate, restore with a hint) asks its
+session through ``turn_quota`` (server/tasks.py): the message is checked and counted before the
+session sees it, taken back if the session refuses it, and the turn's model tokens are counted
+when it ends, however the client leaves.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from server.appkeys import CONFIG, LIMITER
 from server.auth.principal import principal_of
 from server.auth.ratelimit import Admission, Limiter, Subject
 from server.config import LimitSet, LimitsSection
-from server.routes.common import ask, session_actor
+from server.routes.common import ask, session_of
 
 __all__ = ["TurnQuota", "guest_subject", "subjects_for", "turn_quota"]
 
@@ -98,7 +98,8 @@ async def turn_quota(request: web.Request, *, charge: bool = True) -> TurnQuota:
     """
     if not charge:
         return TurnQuota(request, [], None)
-    actor = await session_actor(request)  # authorizes first: no 429 for a session one may not see
-    subjects = subjects_for(request.app[CONFIG].limits, principal_of(request).key_id, actor.record)
+    # The session was authorized before (auth middleware): no 429 for a session one may not see.
+    record = session_of(request).record
+    subjects = subjects_for(request.app[CONFIG].limits, principal_of(request).key_id, record)
     admission = await request.app[LIMITER].admit(subjects, time.time()) if subjects else None
     return TurnQuota(request, subjects, admission)

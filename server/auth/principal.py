@@ -5,9 +5,14 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from actors.cluster.node import RemoteSession
 from actors.core.errors import ForbiddenError, NotFoundError
+from actors.session.actor import SessionActor
 
-__all__ = ["PRINCIPAL", "Principal", "authorize_session", "principal_of", "require_key"]
+__all__ = ["PRINCIPAL", "SESSION", "Principal", "SessionRef", "authorize_session", "principal_of", "require_key"]
+
+# The session a request addresses: its actor here, or a handle on the node that owns it.
+SessionRef = SessionActor | RemoteSession
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +49,8 @@ def require_key(principal: Principal, *, for_end_user: bool = True) -> None:
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+# The route's ``{session_id}``, looked up and authorized once by the auth middleware.
+SESSION: web.RequestKey[SessionRef] = web.RequestKey("session")
 
 
 def principal_of(request: web.Request) -> Principal:

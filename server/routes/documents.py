@@ -21,13 +21,20 @@ from actors.core.records import DocumentRecord
 from server.agents import LIBRARY
 from server.appkeys import STORE
 from server.auth.principal import Principal, principal_of
-from server.routes.common import ask, int_query, session_actor
+from server.routes.common import ask, int_query, session_of
 from server.schema.common import decode_body, json_response
 from server.schema.documents import DocumentList, LinkDocumentsBody
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
+__all__ = [
+    "delete_document",
+    "get_document",
+    "link_documents",
+    "list_documents",
+    "session_documents",
+    "unlink_document",
+    "upload_document",
+    "upload_into_session",
+]
 
 _CHUNK = 1 << 16
 # Room for the multipart framing and small fields around the file when judging Content-Length.
@@ -102,29 +109,25 @@ async def _upload(request: web.Request, *, owner: str | None, allow_owner_field:
             upload.discard()  # a no-op once the file was kept
 
 
-@routes.post("/v1/documents")
 async def upload_document(request: web.Request) -> web.Response:
     principal = principal_of(request)
     doc = await _upload(request, owner=principal.end_user_id, allow_owner_field=True)
     return json_response(doc, status=201)
 
 
-@routes.get("/v1/documents")
 async def list_documents(request: web.Request) -> web.Response:
     docs = await request.app[STORE].list_documents(
         principal_of(request).end_user_id,
-        limit=int_query(request, "limit", 50, 1, 200),
-        offset=int_query(request, "offset", 0, 0, 1_000_000),
+        limit=int_query(request, "limit"),
+        offset=int_query(request, "offset"),
     )
     return json_response(DocumentList(docs))
 
 
-@routes.get("/v1/documents/{document_id}")
 async def get_document(request: web.Request) -> web.Response:
     return json_response(await _document(request, request.match_info["document_id"]))
 
 
-@routes.delete("/v1/documents/{document_id}")
 async def delete_document(request: web.Request) -> web.Response:
     principal = principal_of(request)
     doc = await _document(request, request.match_info["document_id"])
@@ -143,34 +146,28 @@ async def _linked(request: web.Request, ids: list[str]) -> DocumentList:
     return DocumentList([d for d in docs if d is not None])
 
 
-@routes.get("/v1/sessions/{session_id}/documents")
 async def session_documents(request: web.Request) -> web.Response:
     record = await ask(request, GetSession())
     return json_response(await _linked(request, record.documents))
 
 
-@routes.post("/v1/sessions/{session_id}/documents")
 async def link_documents(request: web.Request) -> web.Response:
     body = await decode_body(request, LinkDocumentsBody, empty_ok=False)
     ids = list(dict.fromkeys(body.document_ids))
     if not ids:
         raise InvalidRequestError("document_ids must name at least one document")
-    await session_actor(request)  # an unknown or foreign session is a 404 before anything else
     for document_id in ids:
         await _document(request, document_id)
     record = await ask(request, PatchSession(link_documents=tuple(ids)))
     return json_response(await _linked(request, record.documents))
 
 
-@routes.post("/v1/sessions/{session_id}/upload")
 async def upload_into_session(request: web.Request) -> web.Response:
-    actor = await session_actor(request)
-    doc = await _upload(request, owner=actor.end_user_id, allow_owner_field=False)
+    doc = await _upload(request, owner=session_of(request).end_user_id, allow_owner_field=False)
     await ask(request, PatchSession(link_documents=(doc.id,)))
     return json_response(doc, status=201)
 
 
-@routes.delete("/v1/sessions/{session_id}/documents/{document_id}")
 async def unlink_document(request: web.Request) -> web.Response:
     document_id = request.match_info["document_id"]
     record = await ask(request, GetSession())

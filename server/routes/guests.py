@@ -14,16 +14,12 @@ from server.quota import guest_subject
 from server.schema.common import decode_body, json_response
 from server.schema.guests import GuestLimits, GuestSessionBody, GuestUsage, guest_session_out
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
-
+__all__ = ["create_guest_session", "find_guest", "guest_usage"]
 
 def _rfc3339(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-@routes.post("/v1/guests/sessions")
 async def create_guest_session(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_key(principal, for_end_user=False)
@@ -40,7 +36,6 @@ async def create_guest_session(request: web.Request) -> web.Response:
     return json_response(out, status=201, headers={"Cache-Control": "no-store"})
 
 
-@routes.get("/v1/guests")
 async def find_guest(request: web.Request) -> web.Response:
     require_key(principal_of(request), for_end_user=False)
     q = request.query
@@ -54,7 +49,6 @@ async def find_guest(request: web.Request) -> web.Response:
     return json_response(guest_out(guest))
 
 
-@routes.get("/v1/guests/{guest_id}/usage")
 async def guest_usage(request: web.Request) -> web.Response:
     require_key(principal_of(request), for_end_user=False)
     guest_id = request.match_info["guest_id"]

@@ -10,17 +10,12 @@ from server.metrics import CONTENT_TYPE, METRICS
 from server.schema.common import json_response
 from server.schema.ops import ReadyOut, StatusOut
 
-__all__ = ["routes"]
+__all__ = ["healthz", "metrics", "readyz"]
 
-routes = web.RouteTableDef()
-
-
-@routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     return json_response(StatusOut("ok"))
 
 
-@routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     ok = request.app[REGISTRY].accepting
@@ -33,7 +28,6 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(ReadyOut("ready" if ok else "not_ready", checks), status=200 if ok else 503)
 
 
-@routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app.get(METRICS)
     if registry is None:

@@ -16,10 +16,7 @@ from server.routes.common import ask, bool_query
 from server.schema.common import decode_body, json_response
 from server.schema.sessions import CopyBody, MergeBody, session_out
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
-
+__all__ = ["copy_session", "export_session", "import_session", "merge_sessions"]
 
 def _owner_fields(request: web.Request) -> dict[str, Any]:
     """A caller acting for an end user imports into that user's sessions only."""
@@ -27,13 +24,11 @@ def _owner_fields(request: web.Request) -> dict[str, Any]:
     return {"end_user_id": principal.end_user_id} if principal.end_user_id is not None else {}
 
 
-@routes.get("/v1/sessions/{session_id}/export")
 async def export_session(request: web.Request) -> web.Response:
     doc: SessionExport = await ask(request, ExportSession())
     return json_response(doc)
 
 
-@routes.post("/v1/sessions/import")
 async def import_session(request: web.Request) -> web.Response:
     doc = await decode_body(request, SessionExport, empty_ok=False)
     record = await request.app[REGISTRY].import_session(
@@ -42,7 +37,6 @@ async def import_session(request: web.Request) -> web.Response:
     return json_response(session_out(record), status=201)
 
 
-@routes.post("/v1/sessions/{session_id}/copy")
 async def copy_session(request: web.Request) -> web.Response:
     body = await decode_body(request, CopyBody)
     doc: SessionExport = await ask(request, ExportSession())
@@ -53,7 +47,6 @@ async def copy_session(request: web.Request) -> web.Response:
     return json_response(session_out(record), status=201)
 
 
-@routes.post("/v1/sessions/merge")
 async def merge_sessions(request: web.Request) -> web.Response:
     body = await decode_body(request, MergeBody, empty_ok=False)
     if len(body.session_ids) < 2:

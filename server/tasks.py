@@ -1,0 +1,68 @@
+"""A request that may start a model task or open a stream: admitted, counted, asked, answered.
+
+The handlers of send, edit, regenerate and restore decode their body and build their command,
+then hand it to ``start_task``; whether it starts a task is the route's rule (``Route.task``:
+a restore starts one only with a hint), and whether it opens a stream is the body's ``stream``.
+Admission is checked here, with the body decoded once and no await between the check and the
+count (server/admission.py says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractContextManager
+
+from aiohttp import web
+
+from actors.core.commands import EditMessage, RegenerateMessage, RestoreCheckpoint, SendMessage
+from actors.session.actor import TaskHandle
+from server.admission import ADMISSION
+from server.appkeys import CONFIG, REGISTRY
+from server.quota import turn_quota
+from server.routing import route_of
+from server.schema.common import json_response
+from server.schema.messages import RestoreOut, SendResult, message_out
+from server.sse import stream_events
+
+__all__ = ["TaskCommand", "admitted", "start_task", "task_response"]
+
+TaskCommand = SendMessage | EditMessage | RegenerateMessage | RestoreCheckpoint
+
+
+def admitted(request: web.Request, *, starts_task: bool, opens_stream: bool) -> AbstractContextManager[None]:
+    """This request counted as new work for the ``with`` body (503 ``overloaded`` past the limits)."""
+    return request.app[ADMISSION].enter(
+        request.app[REGISTRY].stats.tasks_running, starts_task=starts_task, opens_stream=opens_stream
+    )
+
+
+async def start_task(request: web.Request, command: TaskCommand) -> web.StreamResponse:
+    """Admit, count against the quota and ask ``command``; answer the task's stream or result."""
+    route = route_of(request)
+    assert route is not None
+    starts = route.starts_task(command.hint if isinstance(command, RestoreCheckpoint) else None)
+    with admitted(request, starts_task=starts, opens_stream=command.stream):
+        quota = await turn_quota(request, charge=starts)  # 429 before the session sees it
+        result = await quota.ask(command)
+        if isinstance(result, TaskHandle):
+            return await task_response(request, result)
+    return json_response(RestoreOut(result))  # a restore without a hint: only the active leaf moved
+
+
+async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamResponse:
+    """The SSE stream of the task (``stream: true``) or, once it ends, its result."""
+    if handle.subscription is not None:
+        sub = handle.subscription
+        return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)
+    # Shielded: a client that leaves must not cancel the future other code may await.
+    outcome = await asyncio.shield(handle.done)
+    return json_response(
+        SendResult(
+            message=message_out(outcome.message, outcome.sibling_index, outcome.sibling_count),
+            task_id=outcome.task_id,
+            usage=outcome.usage,
+            model=outcome.model,
+            status=outcome.status,
+            error=outcome.error,
+        )
+    )
