@@ -1,4 +1,6 @@
-"""make_app(config): wires store, registry, auth and routes. No globals."""
+"""make_app(config): the one composition root. It builds every service, keeps each under its key
+(server/appkeys.py), calls each ``setup_*`` in order, and adds the routes of server/table.py.
+No globals."""
 
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from server.agents import setup_agents
 from server.appkeys import CONFIG, OPENAPI, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
-from server.errors import problem_middleware
-from server.logs import request_id_middleware
-from server.metrics import METRICS, Metrics, metrics_middleware
+from server.metrics import METRICS, Metrics
 from server.middleware.auth import auth_middleware
+from server.middleware.metrics import metrics_middleware
+from server.middleware.problem import problem_middleware
+from server.middleware.request_id import request_id_middleware
 from server.openapi import spec_bytes
 from server.table import ROUTES, add_routes
 
@@ -62,7 +65,7 @@ def make_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[ADMISSION] = Admission(config.admission)
-    metrics = Metrics(app) if config.metrics.enabled else None
+    metrics = Metrics() if config.metrics.enabled else None
     if metrics is not None:
         app[METRICS] = metrics
     store = make_store(config, metrics.observe_commit if metrics else None)
@@ -84,6 +87,8 @@ def make_app(config: Config) -> web.Application:
         cluster=make_cluster(config),
     )
     app[REGISTRY] = registry
+    if metrics is not None:
+        metrics.watch(registry)
     setup_auth(app, config, store)  # API keys, session tokens, guests, rate limits
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -11,7 +11,9 @@ import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["AccessLogger", "redact", "request_id_middleware", "setup_logging"]
+from server.middleware.request_id import REQUEST_ID
+
+__all__ = ["AccessLogger", "redact", "setup_logging"]
 
 _enc = msgspec.json.Encoder()
 _SECRET_QUERY = re.compile(r"(?i)((?:token|access_token|refresh_token|api_key|key|secret)=)[^&]*")
@@ -47,19 +49,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-REQUEST_ID = web.RequestKey("request_id", str)
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-ID") or msgspec.json.encode(time.time_ns()).decode()[-12:]
-    request[REQUEST_ID] = rid
-    response = await handler(request)
-    if not response.prepared:
-        response.headers["X-Request-ID"] = rid
-    return response
 
 
 class AccessLogger(AbstractAccessLogger):

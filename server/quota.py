@@ -20,7 +20,7 @@ from actors.core.records import SessionRecord
 from actors.session.actor import TaskHandle, TurnOutcome
 from server.appkeys import CONFIG, LIMITER
 from server.auth.principal import principal_of
-from server.auth.ratelimit import Admission, Limiter, Subject
+from server.auth.ratelimit import Admission, Limiter, Subject, SubjectKind
 from server.config import LimitSet, LimitsSection
 from server.routes.common import ask, session_of
 
@@ -30,16 +30,19 @@ __all__ = ["TurnQuota", "guest_subject", "subjects_for", "turn_quota"]
 def guest_subject(settings: LimitsSection, guest_id: str) -> Subject:
     return Subject(
         f"guest:{guest_id}",
+        "guest",
         settings.guest_messages_per_hour,
         settings.guest_messages_per_day,
         settings.guest_tokens_per_day,
     )
 
 
-def _subject(name: str, limits: LimitSet | None) -> Subject | None:
+def _subject(name: str, kind: SubjectKind, limits: LimitSet | None) -> Subject | None:
     if limits is None:
         return None
-    return Subject(name, limits.messages_per_hour or 0, limits.messages_per_day or 0, limits.tokens_per_day or 0)
+    return Subject(
+        name, kind, limits.messages_per_hour or 0, limits.messages_per_day or 0, limits.tokens_per_day or 0
+    )
 
 
 def subjects_for(settings: LimitsSection, key_id: str | None, record: SessionRecord) -> list[Subject]:
@@ -49,12 +52,12 @@ def subjects_for(settings: LimitsSection, key_id: str | None, record: SessionRec
     if record.guest_id is not None:
         out.append(guest_subject(settings, record.guest_id))
     if key_id is not None:
-        s = _subject(f"key:{key_id}", settings.keys.get(key_id) or settings.keys.get("*"))
+        s = _subject(f"key:{key_id}", "key", settings.keys.get(key_id) or settings.keys.get("*"))
         if s is not None:
             out.append(s)
     if record.end_user_id is not None:
         limits = settings.end_users.get(record.end_user_id) or settings.end_users.get("*")
-        s = _subject(f"user:{record.end_user_id}", limits)
+        s = _subject(f"user:{record.end_user_id}", "end_user", limits)
         if s is not None:
             out.append(s)
     return out
