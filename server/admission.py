@@ -28,12 +28,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from aiohttp import web
-
 from actors.core.errors import OverloadedError
 from server.config import AdmissionSection
 
-__all__ = ["ADMISSION", "Admission"]
+__all__ = ["Admission"]
 
 
 class Admission:
@@ -83,6 +81,3 @@ class Admission:
         finally:
             self.task_requests -= starts_task
             self.open_streams -= opens_stream
-
-
-ADMISSION = web.AppKey("admission", Admission)

@@ -23,14 +23,10 @@ from actors.agent.tools import ToolBox, builtin_tools
 from actors.core.errors import InvalidRequestError
 from actors.core.records import AgentRecord
 from actors.store.base import Store
+from server.appkeys import AGENTS, LIBRARY, ROUTER, TOOLBOX
 from server.config import Config, ConfigError, ProviderSection
 
-__all__ = ["AGENTS", "LIBRARY", "ROUTER", "TOOLBOX", "build_backends", "setup_agents"]
-
-AGENTS = web.AppKey("agents", Agents)
-TOOLBOX = web.AppKey("toolbox", ToolBox)
-LIBRARY = web.AppKey("library", DocumentLibrary)
-ROUTER = web.AppKey("router", Router)
+__all__ = ["build_backends", "setup_agents"]
 
 _DEFAULT_URLS = {"openai": "https://api.openai.com/v1", "ollama": "http://127.0.0.1:11434"}
 

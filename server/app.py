@@ -14,12 +14,12 @@ from actors.registry import Registry
 from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
-from server.admission import ADMISSION, Admission
+from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import CONFIG, OPENAPI, REGISTRY, STORE
+from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
-from server.metrics import METRICS, Metrics
+from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
 from server.middleware.metrics import metrics_middleware
 from server.middleware.problem import problem_middleware

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -34,7 +33,7 @@ from actors.core.model import ModelRequest, TurnItem
 from actors.ports import Provider
 from actors.registry import Registry
 
-__all__ = ["CONTENT_TYPE", "METRICS", "MeasuredProvider", "Metrics"]
+__all__ = ["CONTENT_TYPE", "MeasuredProvider", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -139,9 +138,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-METRICS = web.AppKey("metrics", Metrics)
 
 
 class MeasuredProvider:

@@ -16,8 +16,7 @@ from aiohttp import web
 
 from actors.core.commands import EditMessage, RegenerateMessage, RestoreCheckpoint, SendMessage
 from actors.session.actor import TaskHandle
-from server.admission import ADMISSION
-from server.appkeys import CONFIG, REGISTRY
+from server.appkeys import ADMISSION, CONFIG, REGISTRY
 from server.quota import turn_quota
 from server.routing import route_of
 from server.schema.common import json_response

@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.core.model import Chunk, ModelRequest
-from server.metrics import METRICS, Metrics
+from server.appkeys import METRICS
+from server.metrics import Metrics
 from tests.conftest import ROOT, TEST_KEY, ClientFactory, new_session
 from tests.sse import read_until
 

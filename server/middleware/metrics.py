@@ -9,8 +9,8 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from server.appkeys import METRICS
 from server.auth.ratelimit import LimitReachedError
-from server.metrics import METRICS
 from server.middleware.problem import FAILURE
 from server.routing import route_of
 

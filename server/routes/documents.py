@@ -18,8 +18,7 @@ from actors.agent.documents.library import DocumentLibrary, DocumentTooLargeErro
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
 from actors.core.records import DocumentRecord
-from server.agents import LIBRARY
-from server.appkeys import STORE
+from server.appkeys import LIBRARY, STORE
 from server.auth.principal import Principal, principal_of
 from server.routes.common import ask, int_query, session_of
 from server.schema.common import decode_body, json_response

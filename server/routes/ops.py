@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.core.errors import NotFoundError, UnauthorizedError
-from server.appkeys import CONFIG, KEYRING, REGISTRY, STORE
-from server.metrics import CONTENT_TYPE, METRICS
+from server.appkeys import CONFIG, KEYRING, METRICS, REGISTRY, STORE
+from server.metrics import CONTENT_TYPE
 from server.schema.common import json_response
 from server.schema.ops import ReadyOut, StatusOut
 

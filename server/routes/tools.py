@@ -6,7 +6,7 @@ from aiohttp import web
 
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import InvalidRequestError
-from server.agents import TOOLBOX
+from server.appkeys import TOOLBOX
 from server.routes.common import ask, if_match
 from server.schema.common import decode_body, json_response
 from server.schema.tools import SessionTools, SessionToolsBody, ToolList, ToolOut
