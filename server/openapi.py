@@ -18,7 +18,7 @@ from aiohttp import web
 
 from actors.core.events import AnyEvent
 from actors.core.export import SessionExport
-from actors.core.records import AgentRecord, DocumentRecord
+from actors.store.tables import AgentRecord, DocumentRecord
 from server.auth.guests import GuestOut
 from server.auth.tokens import TokenPair
 from server.errors import Problem

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from actors.agent.backends.simulated import SimulatedProvider
-from actors.cluster.node import Cluster, ClusterSettings, RemoteSession
+from actors.cluster.forward import RemoteSession
+from actors.cluster.node import Cluster, ClusterSettings
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
 from actors.store.postgres import PostgresStore

@@ -14,27 +14,29 @@ import pytest
 
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
-    AgentRecord,
-    ApiKeyRecord,
     Checkpoint,
-    DeleteSession,
-    DocumentRecord,
-    GuestRecord,
     PutCheckpoint,
     PutEvent,
     PutMessage,
     PutSession,
-    RefreshTokenRecord,
-    RouteEntry,
+    RemoveSession,
     SessionQuery,
     SessionRecord,
     StoredEvent,
-    TokenFamilyRecord,
 )
 from actors.core.tree import Node, Usage
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
+from actors.store.tables import (
+    AgentRecord,
+    ApiKeyRecord,
+    DocumentRecord,
+    GuestRecord,
+    RefreshTokenRecord,
+    RouteEntry,
+    TokenFamilyRecord,
+)
 from tests.pg import create_database, drop_database
 
 _pg_database = create_database
@@ -112,7 +114,7 @@ async def test_group_commit_many_concurrent_callers(store: Any) -> None:
         assert await store.get_session(r.id) == r
     # A delete in the same batch as a late write wins.
     victim = records[0]
-    await asyncio.gather(store.commit([DeleteSession(victim.id)]), store.commit([PutSession.of(victim)]))
+    await asyncio.gather(store.commit([RemoveSession(victim.id)]), store.commit([PutSession.of(victim)]))
     assert await store.get_session(victim.id) is None
 
 
@@ -242,7 +244,7 @@ async def test_end_user_usage(store: Any) -> None:
     c = _record(end_user_id="u2", usage=Usage(100, 100, 200))
     await store.commit([PutSession.of(r) for r in (a, b, c)])
     assert await store.end_user_usage("u1") == (2, Usage(11, 7, 18))
-    await store.commit([DeleteSession(a.id)])  # only existing sessions count
+    await store.commit([RemoveSession(a.id)])  # only existing sessions count
     assert await store.end_user_usage("u1") == (1, Usage(1, 2, 3))
 
 

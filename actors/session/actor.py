@@ -3,9 +3,10 @@
 The actor owns the message tree, the numbered event log, the subscriber hub and at most one
 running model turn. Everything else puts a command in its mailbox and awaits the reply.
 
-The turn runs as a child task of the actor. It is the only producer of events while it runs
-(it appends deltas straight to the log, synchronously, so it never races the mailbox loop);
-every change to the tree, including the turn's own end, goes through the mailbox.
+The turn (actors/session/turn.py) runs as a child task of the actor and reaches the session
+only through the actor's Journal: it appends text deltas straight to the log, synchronously
+(so it never races the mailbox loop), and every change to the tree or the record, including
+its tool calls and results and its own end, goes through the mailbox.
 """
 
 from __future__ import annotations
@@ -14,28 +15,32 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, assert_never
+from typing import Literal, TypeVar, assert_never
 
 import msgspec
 
 from actors.core.commands import (
-    AnyCommand,
     CancelTask,
-    DeleteSessionCmd,
+    Command,
+    DeleteSession,
     EditMessage,
     ExportSession,
     GetMessages,
     GetSession,
     GetTree,
     ListCheckpoints,
+    MailboxCommand,
     Navigate,
     Passivate,
     PatchSession,
     RegenerateMessage,
+    ReserveSeqs,
     RestoreCheckpoint,
     SendMessage,
     Shutdown,
     Subscribe,
+    ToolCalled,
+    ToolReturned,
     TurnEnded,
 )
 from actors.core.errors import (
@@ -46,43 +51,56 @@ from actors.core.errors import (
     NotFoundError,
     PreconditionFailedError,
     SessiondError,
+    StoreClosedError,
     TaskRunningError,
 )
 from actors.core.events import (
     TERMINAL_EVENTS,
+    CheckpointCreated,
     Event,
     EventLog,
+    MessageCompleted,
+    MessageDelta,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
     TaskInterrupted,
+    TaskStarted,
+    ToolCall,
+    ToolResult,
     encode_frame,
 )
 from actors.core.export import build_export
 from actors.core.ids import new_id, utcnow
+from actors.core.model import ChatMessage, ModelRequest
 from actors.core.records import (
-    DeleteSession,
+    Checkpoint,
     LoadedSession,
     Op,
+    PutCheckpoint,
     PutEvent,
     PutMessage,
     PutSession,
+    RemoveSession,
     RunningTask,
     SessionRecord,
     Stats,
     StoredEvent,
 )
-from actors.core.tree import MessageTree, Node, Usage
-from actors.ports import Provider
+from actors.core.replies import MessagePage, TaskHandle, TreeView, TurnOutcome, TurnStatus
+from actors.core.tree import MessageTree, Node, ToolUse, Usage
+from actors.ports import EventSink, Provider, SessionStore
 from actors.session.fanout import Hub, Subscription
 from actors.session.mailbox import Mailbox
-from actors.session.turn import TaskHandle, TurnOutcome, TurnRunner, _Turn
-from actors.store.base import Store
+from actors.session.turn import Turn
 
-__all__ = ["ActorSettings", "EventSink", "MessagePage", "SessionActor", "TaskHandle", "TreeView", "TurnOutcome"]
+__all__ = ["ActorSettings", "SessionActor", "StopReason"]
 
 log = logging.getLogger("sessiond.actor")
 
+R = TypeVar("R")
 
-EventSink = Callable[[str, int, str, bytes, "str | None"], None]
-"""Told of every event a session emits: (session id, seq, type, frame, task id if terminal)."""
+StopReason = Literal["", "crashed", "passivated", "deleted", "shutdown", "lease lost", "store closed"]
 
 
 class ActorSettings(msgspec.Struct, frozen=True):
@@ -93,29 +111,22 @@ class ActorSettings(msgspec.Struct, frozen=True):
     replay_events: int = 1000
 
 
-class MessagePage(msgspec.Struct, frozen=True):
-    items: list[tuple[Node, int, int]]  # node, sibling_index, sibling_count
-    usage: Usage
-    has_more: bool
-    total: int
-
-
-class TreeView(msgspec.Struct, frozen=True):
-    nodes: list[Node]
-    active_leaf_id: str | None
+def _answer(command: Command[R], value: R) -> R:
+    """``value`` as the reply to ``command``: mypy checks it is the command's own R."""
+    return value
 
 
 _TASK_END_MEMORY = 64  # terminal seqs remembered for task-scoped streams
 
 
-class SessionActor(TurnRunner):
+class SessionActor:
     """The live form of one session (see the module docstring)."""
 
     def __init__(
         self,
         loaded: LoadedSession,
         *,
-        store: Store,
+        store: SessionStore,
         provider: Provider,
         settings: ActorSettings,
         stats: Stats,
@@ -145,11 +156,12 @@ class SessionActor(TurnRunner):
         self._on_stop = on_stop
         self._sink = sink
         self._mailbox = Mailbox(settings.mailbox_size)
-        self._turn: _Turn | None = None
-        self._queued: deque[_Turn] = deque()
+        self._turn: Turn | None = None
+        self._queued: deque[Turn] = deque()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.stop_reason = ""
+        self.stop_reason: StopReason = ""
+        self._journal = _ActorJournal(self)
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
 
@@ -214,6 +226,10 @@ class SessionActor(TurnRunner):
                 except SessiondError as exc:
                     if reply is not None and not reply.done():
                         reply.set_exception(exc)
+                    if isinstance(exc, StoreClosedError):
+                        # What this command changed may not be durable: stop; the next
+                        # activation (on a live server) starts from the store.
+                        self._stop("store closed")
                     continue
                 except Exception as exc:
                     # State may be half-changed: tell the caller, then crash so the registry
@@ -250,14 +266,14 @@ class SessionActor(TurnRunner):
                 env.reply.set_exception(ActorStoppedError())
         self.hub.close()
 
-    async def ask(self, command: AnyCommand) -> Any:
+    async def ask(self, command: Command[R]) -> R:
         if self._stopping:
             raise ActorStoppedError()
-        fut: asyncio.Future[Any] = self._loop.create_future()
+        fut: asyncio.Future[R] = self._loop.create_future()
         self._mailbox.tell(command, fut)
         return await fut
 
-    def tell(self, command: AnyCommand) -> None:
+    def tell(self, command: Command[R]) -> None:
         self._mailbox.tell(command)
 
     async def wait_stopped(self) -> None:
@@ -266,60 +282,67 @@ class SessionActor(TurnRunner):
 
     # -- dispatch --------------------------------------------------------------------------
 
-    async def _handle(self, cmd: AnyCommand) -> Any:
+    async def _handle(self, cmd: MailboxCommand) -> object:
         match cmd:
             case GetSession():
-                return self._snapshot()
+                return _answer(cmd, self._snapshot())
             case GetMessages():
-                return self._messages(cmd)
+                return _answer(cmd, self._messages(cmd))
             case GetTree():
-                return TreeView(self.tree.in_order(), self.tree.active_leaf_id)
+                return _answer(cmd, TreeView(self.tree.in_order(), self.tree.active_leaf_id))
             case ListCheckpoints():
-                return list(self.checkpoints)
+                return _answer(cmd, list(self.checkpoints))
             case ExportSession():
-                return build_export(self.record, self.tree.in_order(), self.checkpoints)
+                return _answer(cmd, build_export(self.record, self.tree.in_order(), self.checkpoints))
             case Subscribe():
-                return self._subscribe(cmd.last_event_id)
+                return _answer(cmd, self._subscribe(cmd.last_event_id))
             case PatchSession():
-                return await self._patch(cmd)
+                return _answer(cmd, await self._patch(cmd))
             case SendMessage():
-                return await self._send(cmd)
+                return _answer(cmd, await self._send(cmd))
             case EditMessage():
-                return await self._edit(cmd)
+                return _answer(cmd, await self._edit(cmd))
             case RegenerateMessage():
-                return await self._regenerate(cmd)
+                return _answer(cmd, await self._regenerate(cmd))
             case Navigate():
-                return await self._navigate(cmd)
+                return _answer(cmd, await self._navigate(cmd))
             case RestoreCheckpoint():
-                return await self._restore(cmd)
+                return _answer(cmd, await self._restore(cmd))
             case CancelTask():
-                return await self._cancel()
-            case TurnEnded():
-                return await self._turn_ended(cmd)
-            case DeleteSessionCmd():
-                return await self._delete()
+                return _answer(cmd, await self._cancel())
             case Passivate():
-                return await self._passivate(cmd.idle_seconds)
+                return _answer(cmd, await self._passivate(cmd.idle_seconds))
+            # The rest answer None: their effect is the answer.
+            case DeleteSession():
+                await self._delete()
             case Shutdown():
-                return await self._shutdown()
+                await self._shutdown()
+            case ToolCalled():
+                await self._tool_called(cmd)
+            case ToolReturned():
+                await self._tool_returned(cmd)
+            case ReserveSeqs():
+                await self._reserve_seqs(cmd)
+            case TurnEnded():
+                await self._turn_ended(cmd)
             case _:
                 assert_never(cmd)
+        return None
 
     # -- reads -----------------------------------------------------------------------------
 
     def _snapshot(self) -> SessionRecord:
         return msgspec.structs.replace(self.record, message_count=len(self.tree))
 
-    @property
-    def status(self) -> str:
-        return "running" if self._turn is not None else "idle"
-
     def _messages(self, cmd: GetMessages) -> MessagePage:
         path = self.tree.active_path()
         page = path[cmd.offset : cmd.offset + cmd.limit]
-        items = [(node, *self.tree.sibling_position(node.id)) for node in page]
+        items: list[tuple[Node, int, int]] = []
+        for node in page:
+            index, count = self.tree.sibling_position(node.id)
+            items.append((node, index, count))
         return MessagePage(
-            items=items,  # type: ignore[arg-type]
+            items=items,
             usage=self.record.usage,
             has_more=cmd.offset + len(page) < len(path),
             total=len(path),
@@ -493,9 +516,8 @@ class SessionActor(TurnRunner):
             ops.append(PutMessage.of(self.id, user))
             answer_to = user.id
         assert answer_to is not None
-        turn = _Turn(new_id("tsk"), answer_to, self._loop.create_future())
+        turn = Turn(new_id("tsk"), answer_to, self._loop.create_future(), queued=queued)
         if queued:
-            turn.queued = True
             self._queued.append(turn)
             self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to)]
             self._touch()
@@ -510,7 +532,7 @@ class SessionActor(TurnRunner):
 
     async def _delete(self) -> None:
         await self._stop_turn()
-        await self._store.commit([DeleteSession(self.id)])
+        await self._store.commit([RemoveSession(self.id)])
         self._stop("deleted")
 
     async def _passivate(self, idle_seconds: float) -> bool:
@@ -531,12 +553,206 @@ class SessionActor(TurnRunner):
         await self._store.commit([PutSession.of(self.record)])
         self._stop("shutdown")
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: StopReason) -> None:
         """Stop now, writing nothing more (the session's lease is gone)."""
         self.stop_reason = reason
         if self._task is not None:
             self._task.cancel()
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: StopReason) -> None:
         self._stopping = True
         self.stop_reason = reason
+
+    # -- the running turn ------------------------------------------------------------------
+
+    def _emit_delta(self, turn: Turn, delta: str) -> None:
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        frame = encode_frame(seq, MessageDelta(turn.task_id, turn.reply_id, delta))
+        self.log.append(seq, "message.delta", frame)
+        if self._sink is not None:
+            self._sink(self.id, seq, "message.delta", frame, None)
+        self._stats.events += 1
+        self.hub.notify()
+
+    def _current(self, task_id: str) -> Turn | None:
+        """The running turn, if it is ``task_id`` (a message of an ended turn is ignored)."""
+        turn = self._turn
+        return turn if turn is not None and turn.task_id == task_id else None
+
+    async def _reserve_seqs(self, cmd: ReserveSeqs) -> None:
+        """Durably reserve the next block of ids before handing any of them out."""
+        if self._current(cmd.task_id) is None or self._next_seq <= self.record.seq_reserved:
+            return
+        self.record.seq_reserved = self._next_seq + self._settings.seq_block
+        await self._store.commit([PutSession.of(self.record)])
+
+    async def _start_turn(self, turn: Turn, ops: list[Op]) -> None:
+        user = self.tree.nodes[turn.user_id]
+        if turn.queued and self.tree.active_leaf_id not in (None, user.parent_id):
+            # A queued message: it follows the answer that was running when its turn came.
+            self.tree.move(user.id, self.tree.active_leaf_id)
+            ops = [PutMessage.of(self.id, user)]
+        reply = Node(new_id("msg"), turn.user_id, "assistant", "", utcnow(), status="running", task_id=turn.task_id)
+        turn.reply_id = reply.id
+        self.tree.add(reply)
+        self.record.active_leaf_id = reply.id
+        running = [r for r in self.record.running if r.task_id != turn.task_id]
+        self.record.running = [RunningTask(turn.task_id, turn.user_id, reply.id), *running]
+        # Reserve ids for this turn's deltas in the same commit that makes it durable.
+        self.record.seq_reserved = max(self.record.seq_reserved, self._next_seq + self._settings.seq_block)
+        self._touch()
+        self._turn = turn
+        self._stats.tasks_started += 1
+        self._stats.tasks_running += 1
+        await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
+        request = self._model_request(turn.user_id)
+        turn.task = self._loop.create_task(
+            turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
+        )
+
+    def _model_request(self, user_id: str) -> ModelRequest:
+        messages: list[ChatMessage] = []
+        if self.record.system_prompt:
+            messages.append(ChatMessage("system", self.record.system_prompt))
+        for node in self.tree.path_to(user_id):
+            if node.hint is not None:
+                messages.append(ChatMessage("system", f"Instruction for the next answer: {node.hint}"))
+                continue
+            for use in node.tool_calls or []:
+                if use.output is not None:
+                    messages.append(ChatMessage("system", f"Result of tool {use.name}({use.arguments}): {use.output}"))
+            if node.content:
+                messages.append(ChatMessage(node.role, node.content))
+        r = self.record
+        return ModelRequest(
+            messages=messages,
+            tools=list(r.tools),
+            session_id=r.id,
+            agent_id=r.agent_id,
+            documents=list(r.documents),
+            end_user_id=r.end_user_id,
+        )
+
+    async def _tool_called(self, cmd: ToolCalled) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return
+        reply = self.tree.nodes[turn.reply_id]
+        reply.tool_calls = [*(reply.tool_calls or []), ToolUse(cmd.call_id, cmd.name, cmd.arguments)]
+        await self._publish([ToolCall(turn.task_id, cmd.call_id, cmd.name, cmd.arguments)])
+
+    async def _tool_returned(self, cmd: ToolReturned) -> None:
+        """A tool result is durable at once, with a checkpoint on the answer being written."""
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return
+        reply = self.tree.nodes[turn.reply_id]
+        for use in reply.tool_calls or []:
+            if use.call_id == cmd.call_id:
+                use.output, use.is_error = cmd.output, cmd.is_error
+        reply.content = turn.text()
+        cp = Checkpoint(new_id("ckp"), reply.id, utcnow(), f"tool:{cmd.name}")
+        self.checkpoints.append(cp)
+        await self._publish(
+            [ToolResult(turn.task_id, cmd.call_id, cmd.output, cmd.is_error), CheckpointCreated(cp.id, reply.id)],
+            [PutMessage.of(self.id, reply), PutCheckpoint.of(self.id, cp)],
+        )
+
+    async def _turn_ended(self, cmd: TurnEnded) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return  # already ended by a cancel
+        await self._finish(turn, "failed" if cmd.error else "completed", cmd.error)
+
+    async def _finish(self, turn: Turn, status: TurnStatus, error: str | None) -> None:
+        """End the running turn: fold its deltas into the reply, record, announce, go on."""
+        reply = self.tree.nodes[turn.reply_id]
+        reply.content = turn.text()
+        reply.status = status
+        reply.usage = turn.usage
+        reply.model = turn.model
+        self.record.usage = self.record.usage + turn.usage
+        self.record.running = [r for r in self.record.running if r.task_id != turn.task_id]
+        self._touch()
+        ops: list[Op] = [PutMessage.of(self.id, reply)]
+        events: list[Event] = [MessageCompleted(turn.task_id, reply, turn.usage, turn.model)]
+        match status:
+            case "completed":
+                cp = Checkpoint(new_id("ckp"), reply.id, utcnow(), "answer")
+                self.checkpoints.append(cp)
+                ops.append(PutCheckpoint.of(self.id, cp))
+                events += [CheckpointCreated(cp.id, reply.id), TaskCompleted(turn.task_id)]
+            case "failed":
+                events.append(TaskFailed(turn.task_id, error or "the model failed"))
+            case "cancelled":
+                events.append(TaskCancelled(turn.task_id))
+            case "interrupted":
+                events.append(TaskInterrupted(turn.task_id))
+            case _:
+                assert_never(status)
+        self._turn = None
+        self._stats.tasks_running -= 1
+        await self._publish(events, ops, ends=[turn.task_id])
+        if not turn.done.done():
+            index, count = self.tree.sibling_position(reply.id)
+            turn.done.set_result(TurnOutcome(turn.task_id, status, reply, turn.usage, turn.model, error, index, count))
+        if self._queued and not self._stopping:
+            await self._start_turn(self._queued.popleft(), [])
+
+    async def _stop_turn(self) -> Turn | None:
+        turn = self._turn
+        if turn is not None and turn.task is not None and not turn.task.done():
+            turn.task.cancel()
+            try:
+                await turn.task
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+        return turn
+
+    async def _cancel(self) -> str:
+        if self._turn is None:
+            raise ConflictError("no task is running in this session")
+        self._queued_interrupt(cancelled=True)
+        turn = await self._stop_turn()
+        assert turn is not None
+        await self._finish(turn, "cancelled", None)
+        return turn.task_id
+
+    def _queued_interrupt(self, *, cancelled: bool) -> None:
+        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree."""
+        queued = list(self._queued)
+        self._queued.clear()
+        ids = {t.task_id for t in queued}
+        self.record.running = [r for r in self.record.running if r.task_id not in ids]
+        for turn in queued:
+            if not turn.done.done():
+                reason: TurnStatus = "cancelled" if cancelled else "interrupted"
+                node = self.tree.nodes[turn.user_id]
+                turn.done.set_result(TurnOutcome(turn.task_id, reason, node, Usage(), None))
+
+
+class _ActorJournal:
+    """The actor as its running turn sees it (turn.Journal): nothing else of it is reachable."""
+
+    __slots__ = ("_actor",)
+
+    def __init__(self, actor: SessionActor) -> None:
+        self._actor = actor
+
+    def has_ids(self) -> bool:
+        a = self._actor
+        return a._next_seq <= a.record.seq_reserved
+
+    def delta(self, turn: Turn, text: str) -> None:
+        self._actor._emit_delta(turn, text)
+
+    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs) -> None:
+        fut: asyncio.Future[None] = self._actor._loop.create_future()
+        self._actor._mailbox.tell_internal(command, fut)
+        await fut
+
+    def end(self, command: TurnEnded) -> None:
+        self._actor._mailbox.tell_internal(command)

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from actors.agent.agents import parse_route
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError
-from actors.core.records import AgentRecord
+from actors.store.tables import AgentRecord
 from server.agents import AGENTS, ROUTER
 from server.auth.principal import principal_of
 from server.schema.wire import AgentBody, AgentList, AgentPatchBody, ProviderList, decode_body, json_response

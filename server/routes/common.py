@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
-from actors.core.commands import AnyCommand
+from actors.core.commands import Command
 from actors.core.errors import ActorStoppedError, InvalidRequestError
-from actors.session.actor import SessionActor
+from actors.ports import SessionRef
 from server.appkeys import REGISTRY
 from server.auth.principal import authorize_session, principal_of
 
 __all__ = ["ask", "bool_query", "if_match", "int_query", "session_actor"]
 
+R = TypeVar("R")
 
-async def session_actor(request: web.Request, session_id: str | None = None) -> SessionActor:
+
+async def session_actor(request: web.Request, session_id: str | None = None) -> SessionRef:
     """The actor of the route's session (or ``session_id``), if the caller may see it (else 404)."""
     if session_id is None:
         session_id = request.match_info["session_id"]
@@ -24,7 +26,7 @@ async def session_actor(request: web.Request, session_id: str | None = None) -> 
     return actor
 
 
-async def ask(request: web.Request, command: AnyCommand, session_id: str | None = None) -> Any:
+async def ask(request: web.Request, command: Command[R], session_id: str | None = None) -> R:
     """Ask the caller's session; retried once when the actor was passivated meanwhile."""
     for attempt in (0, 1):
         actor = await session_actor(request, session_id)

@@ -18,7 +18,7 @@ from actors.core.commands import (
     RestoreCheckpoint,
     SendMessage,
 )
-from actors.session.actor import MessagePage, TaskHandle, TreeView
+from actors.core.replies import TaskHandle
 from server.appkeys import CONFIG
 from server.quota import turn_quota
 from server.routes.common import ask, bool_query, if_match, int_query
@@ -82,7 +82,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/sessions/{session_id}/messages")
 async def list_messages(request: web.Request) -> web.Response:
-    page: MessagePage = await ask(
+    page = await ask(
         request,
         GetMessages(
             limit=int_query(request, "limit", 100, 1, 1000),
@@ -96,7 +96,7 @@ async def list_messages(request: web.Request) -> web.Response:
 
 @routes.get("/v1/sessions/{session_id}/tree")
 async def get_tree(request: web.Request) -> web.Response:
-    view: TreeView = await ask(request, GetTree())
+    view = await ask(request, GetTree())
     nodes = [
         TreeNodeOut(n.id, n.parent_id, n.role, n.content, n.created_at, n.status, list(n.children), n.model, n.usage)
         for n in view.nodes
@@ -149,13 +149,12 @@ async def list_checkpoints(request: web.Request) -> web.Response:
 @routes.post("/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore")
 async def restore_checkpoint(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, RestoreBody)
-    quota = await turn_quota(request, charge=bool(body.hint and body.hint.strip()))
-    result = await quota.ask(
-        RestoreCheckpoint(
-            checkpoint_id=request.match_info["checkpoint_id"], hint=body.hint, stream=body.stream,
-            if_match=if_match(request),
-        ),
+    command = RestoreCheckpoint(
+        checkpoint_id=request.match_info["checkpoint_id"], hint=body.hint, stream=body.stream,
+        if_match=if_match(request),
     )
+    quota = await turn_quota(request, charge=command.starts_task)
+    result = await quota.ask(command)
     if isinstance(result, TaskHandle):
         return await task_response(request, result)
     return json_response({"active_leaf_id": result})

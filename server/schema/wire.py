@@ -9,8 +9,9 @@ from aiohttp import web
 
 from actors.agent.router import ProviderHealth
 from actors.core.errors import InvalidRequestError, PayloadTooLargeError, SessiondError
-from actors.core.records import AgentRecord, Checkpoint, DocumentRecord, RouteEntry, SessionRecord
+from actors.core.records import Checkpoint, SessionRecord
 from actors.core.tree import Node, Usage
+from actors.store.tables import AgentRecord, DocumentRecord, RouteEntry
 
 __all__ = [
     "BadJsonError",
