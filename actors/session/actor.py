@@ -72,7 +72,6 @@ from actors.core.events import (
 )
 from actors.core.export import build_export
 from actors.core.ids import new_id, utcnow
-from actors.core.model import ChatMessage, ModelRequest
 from actors.core.records import (
     Checkpoint,
     LoadedSession,
@@ -90,6 +89,7 @@ from actors.core.records import (
 from actors.core.replies import MessagePage, TaskHandle, TreeView, TurnOutcome, TurnStatus
 from actors.core.tree import MessageTree, Node, ToolUse, Usage
 from actors.ports import EventSink, Provider, SessionStore
+from actors.session.context import model_request
 from actors.session.fanout import Hub, Subscription
 from actors.session.mailbox import Mailbox
 from actors.session.turn import Turn
@@ -606,32 +606,9 @@ class SessionActor:
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
-        request = self._model_request(turn.user_id)
+        request = model_request(self.record, self.tree, turn.user_id)
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
-        )
-
-    def _model_request(self, user_id: str) -> ModelRequest:
-        messages: list[ChatMessage] = []
-        if self.record.system_prompt:
-            messages.append(ChatMessage("system", self.record.system_prompt))
-        for node in self.tree.path_to(user_id):
-            if node.hint is not None:
-                messages.append(ChatMessage("system", f"Instruction for the next answer: {node.hint}"))
-                continue
-            for use in node.tool_calls or []:
-                if use.output is not None:
-                    messages.append(ChatMessage("system", f"Result of tool {use.name}({use.arguments}): {use.output}"))
-            if node.content:
-                messages.append(ChatMessage(node.role, node.content))
-        r = self.record
-        return ModelRequest(
-            messages=messages,
-            tools=list(r.tools),
-            session_id=r.id,
-            agent_id=r.agent_id,
-            documents=list(r.documents),
-            end_user_id=r.end_user_id,
         )
 
     async def _tool_called(self, cmd: ToolCalled) -> None:
