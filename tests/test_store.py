@@ -12,6 +12,9 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from actors.agent.backends.simulated import SimulatedProvider
+from actors.core.commands import PatchSession
+from actors.core.errors import ActorStoppedError, StoreClosedError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
     Checkpoint,
@@ -25,6 +28,8 @@ from actors.core.records import (
     StoredEvent,
 )
 from actors.core.tree import Node, Usage
+from actors.registry import Registry
+from actors.session.actor import ActorSettings, SessionActor
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
@@ -502,3 +507,29 @@ async def test_text_with_nul_characters(store: Any) -> None:
     assert await store.get_token_family("tkf_\x00") is None
     assert await store.revoke_session_tokens("ses_\x00") == 0
     assert await store.get_guest("gst_\x00", 0.0) is None
+
+
+async def test_a_commit_after_the_store_closed_is_a_503_stop_not_a_crash(store: Any) -> None:
+    """During shutdown a late change gets 503 (retry elsewhere), and its session stops
+    cleanly: no crash is counted, no restart is attempted."""
+    registry = Registry(
+        store,
+        SimulatedProvider(tokens_per_second=0, reply_tokens=3),
+        settings=ActorSettings(),
+        idle_seconds=60,
+    )
+    await registry.start()
+    try:
+        record = await registry.create(Registry.new_record(namespace="default"))
+        actor = await registry.get(record.id)
+        assert isinstance(actor, SessionActor)
+        await store.aclose()
+        with pytest.raises(StoreClosedError) as late:
+            await actor.ask(PatchSession(title="too late"))
+        assert late.value.status == 503 and late.value.retry_after == 1
+        assert isinstance(late.value, ActorStoppedError)  # the edge's retry looks the session up again
+        await asyncio.wait_for(actor.wait_stopped(), 5)
+        assert actor.stop_reason == "store closed"
+        assert registry.stats.crashes == 0 and record.id not in registry
+    finally:
+        await registry.drain()
