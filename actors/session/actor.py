@@ -570,16 +570,13 @@ class SessionActor(SessionState):
 class _ActorJournal:
     """The actor as its running turn sees it (turn.Journal): nothing else of it is reachable."""
 
-    __slots__ = ("_actor",)
+    __slots__ = ("_actor", "delta", "has_ids")
 
     def __init__(self, actor: SessionActor) -> None:
         self._actor = actor
-
-    def has_ids(self) -> bool:
-        return self._actor._has_ids()
-
-    def delta(self, turn: Turn, text: str) -> None:
-        self._actor._emit_delta(turn, text)
+        # Bound once: these two run for every token, so the turn calls the actor's own methods.
+        self.has_ids: Callable[[], bool] = actor._has_ids
+        self.delta: Callable[[Turn, str], None] = actor._emit_delta
 
     async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs) -> None:
         fut: asyncio.Future[None] = self._actor._loop.create_future()
