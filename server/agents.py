@@ -21,8 +21,8 @@ from actors.agent.runner import AgentRunner
 from actors.agent.tokens import TokenCounter
 from actors.agent.tools import ToolBox, builtin_tools
 from actors.core.errors import InvalidRequestError
-from actors.core.records import AgentRecord
 from actors.store.base import Store
+from actors.store.tables import AgentRecord
 from server.appkeys import AGENTS, LIBRARY, ROUTER, TOOLBOX
 from server.config import Config, ConfigError, ProviderSection
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from actors.cluster.node import ClusterSettings
-from actors.core.records import RouteEntry
+from actors.store.tables import RouteEntry
 
 __all__ = ["AdmissionSection", "Config", "ConfigError", "load_config"]
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
-from actors.core.commands import AnyCommand
+from actors.core.commands import Command
 from actors.core.errors import SessiondError
 from actors.core.records import SessionRecord
-from actors.session.actor import TaskHandle, TurnOutcome
+from actors.core.replies import TaskHandle, TurnOutcome
 from server.appkeys import CONFIG, LIMITER
 from server.auth.principal import principal_of
 from server.auth.ratelimit import Admission, Limiter, Subject, SubjectKind
@@ -25,6 +25,8 @@ from server.config import LimitSet, LimitsSection
 from server.routes.common import ask, session_of
 
 __all__ = ["TurnQuota", "guest_subject", "subjects_for", "turn_quota"]
+
+R = TypeVar("R")
 
 
 def guest_subject(settings: LimitsSection, guest_id: str) -> Subject:
@@ -73,7 +75,7 @@ class TurnQuota:
         self._subjects = subjects
         self._admission = admission
 
-    async def ask(self, command: AnyCommand) -> Any:
+    async def ask(self, command: Command[R]) -> R:
         """Ask the session; a refusal takes the message back, a started turn has its tokens counted."""
         try:
             result = await ask(self._request, command)

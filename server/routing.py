@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from actors.core.commands import TaskCommand
+
 __all__ = [
     "ANY",
     "HTML",
@@ -103,11 +105,10 @@ class Route:
     responses: Mapping[str, Any] = field(default_factory=dict)  # other statuses: their reply
     path_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # narrower than "string"
 
-    def starts_task(self, hint: str | None = None) -> bool:
-        """Whether this request starts a model task (``hint``: the restore body's)."""
-        if self.task == "with_hint":
-            return bool(hint and hint.strip())
-        return self.task == "always"
+    def starts_task(self, command: TaskCommand[Any]) -> bool:
+        """Whether this request starts a model task: the route may, and the command says it does
+        (a restore only with a hint: ``RestoreCheckpoint.starts_task``)."""
+        return self.task != "never" and command.starts_task
 
     def param(self, name: str) -> Param:
         for p in self.query:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from actors.core.events import StreamReset, encode_frame
-from actors.session.fanout import CLOSED, HEARTBEAT, RESET, Subscription
+from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
 from server.config import StreamsSection
 
 _log = logging.getLogger("sessiond.sse")
@@ -37,7 +37,7 @@ _CONGESTED = 64 * 1024
 
 async def stream_events(
     request: web.Request,
-    sub: Subscription,
+    sub: EventStream,
     settings: StreamsSection,
     reset_cursor: Callable[[], int],
 ) -> web.StreamResponse:

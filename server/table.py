@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.core.export import SessionExport
-from actors.core.records import AgentRecord, DocumentRecord
+from actors.store.tables import AgentRecord, DocumentRecord
 from server.auth.guests import GuestOut
 from server.auth.tokens import TokenPair
 from server.middleware.auth import REFRESH_ROUTE

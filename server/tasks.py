@@ -1,8 +1,9 @@
 """A request that may start a model task or open a stream: admitted, counted, asked, answered.
 
 The handlers of send, edit, regenerate and restore decode their body and build their command,
-then hand it to ``start_task``; whether it starts a task is the route's rule (``Route.task``:
-a restore starts one only with a hint), and whether it opens a stream is the body's ``stream``.
+then hand it to ``start_task``; whether it starts a task is the command's own rule
+(``TaskCommand.starts_task``: a restore starts one only with a hint), and whether it opens a
+stream is the body's ``stream``.
 Admission is checked here, with the body decoded once and no await between the check and the
 count (server/admission.py says why).
 """
@@ -14,8 +15,8 @@ from contextlib import AbstractContextManager
 
 from aiohttp import web
 
-from actors.core.commands import EditMessage, RegenerateMessage, RestoreCheckpoint, SendMessage
-from actors.session.actor import TaskHandle
+from actors.core.commands import TaskCommand
+from actors.core.replies import TaskHandle
 from server.appkeys import ADMISSION, CONFIG, REGISTRY
 from server.quota import turn_quota
 from server.routing import route_of
@@ -23,9 +24,7 @@ from server.schema.common import json_response
 from server.schema.messages import RestoreOut, SendResult, message_out
 from server.sse import stream_events
 
-__all__ = ["TaskCommand", "admitted", "start_task", "task_response"]
-
-TaskCommand = SendMessage | EditMessage | RegenerateMessage | RestoreCheckpoint
+__all__ = ["admitted", "start_task", "task_response"]
 
 
 def admitted(request: web.Request, *, starts_task: bool, opens_stream: bool) -> AbstractContextManager[None]:
@@ -35,11 +34,11 @@ def admitted(request: web.Request, *, starts_task: bool, opens_stream: bool) -> 
     )
 
 
-async def start_task(request: web.Request, command: TaskCommand) -> web.StreamResponse:
+async def start_task(request: web.Request, command: TaskCommand[TaskHandle | str]) -> web.StreamResponse:
     """Admit, count against the quota and ask ``command``; answer the task's stream or result."""
     route = route_of(request)
     assert route is not None
-    starts = route.starts_task(command.hint if isinstance(command, RestoreCheckpoint) else None)
+    starts = route.starts_task(command)
     with admitted(request, starts_task=starts, opens_stream=command.stream):
         quota = await turn_quota(request, charge=starts)  # 429 before the session sees it
         result = await quota.ask(command)

@@ -12,7 +12,17 @@ import aiohttp
 import pytest
 
 from actors.agent.backends.simulated import SimulatedProvider
-from actors.cluster.node import Cluster, ClusterSettings, RemoteSession
+from actors.cluster.forward import RemoteSession
+from actors.cluster.node import Cluster, ClusterSettings
+from actors.core.commands import CancelTask, GetMessages, GetSession, Navigate, Passivate, PatchSession, SendMessage
+from actors.core.errors import (
+    ActorStoppedError,
+    ConflictError,
+    NotFoundError,
+    PreconditionFailedError,
+    TaskRunningError,
+)
+from actors.core.replies import MessagePage, TaskHandle
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
 from actors.store.postgres import PostgresStore
@@ -165,10 +175,84 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
             remote = next(g for g in got if isinstance(g, RemoteSession))
             local = next(g for g in got if isinstance(g, SessionActor))
             # A command on the other node is forwarded to the one actor and answered as if local.
-            details = await remote.ask(__import__("actors.core.commands", fromlist=["GetSession"]).GetSession())
+            details = await remote.ask(GetSession())
             assert details.id == record.id and local.id == record.id
     finally:
         for r in registries:
+            await r.drain()
+        for s in stores:
+            await s.aclose()
+        await drop_database(dsn)
+
+
+async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> None:
+    """Two nodes on the same Redis and PostgreSQL: a command asked on the node that does not
+    own the session answers with the reply type it names, and fails with the error class a
+    local ask raises: 404, 412 and 409 keep their code, and the stop of a session whose lease
+    moved is an ActorStoppedError, the one error the edge retries by looking the session up
+    again."""
+    dsn = await create_database()
+    prefix = f"t{secrets.token_hex(4)}"
+    stores = [PostgresStore(dsn) for _ in range(2)]
+    a, b = (
+        Registry(
+            s,
+            SimulatedProvider(tokens_per_second=20, reply_tokens=400),
+            settings=ActorSettings(),
+            idle_seconds=60,
+            cluster=Cluster(redis_url, ClusterSettings(node_id=f"typed{i}", prefix=prefix, lease_ms=5000)),
+        )
+        for i, s in enumerate(stores)
+    )
+    try:
+        for s in stores:
+            await s.open()
+        for r in (a, b):
+            await r.start()
+        record = await a.create(Registry.new_record(namespace="default"))
+        local = await a.get(record.id)
+        remote = await b.get(record.id)
+        assert isinstance(local, SessionActor) and isinstance(remote, RemoteSession)
+
+        with pytest.raises(NotFoundError) as missing:
+            await remote.ask(Navigate(message_id="msg_missing"))
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
+        assert "msg_missing" in missing.value.detail
+        with pytest.raises(PreconditionFailedError) as stale:
+            await remote.ask(PatchSession(title="stale", if_match=record.version + 7))
+        assert (stale.value.status, stale.value.code) == (412, "version_mismatch")
+        with pytest.raises(ConflictError) as idle:
+            await remote.ask(CancelTask())
+        assert type(idle.value) is ConflictError and idle.value.status == 409
+
+        handle = await remote.ask(SendMessage(content="a long answer"))
+        assert isinstance(handle, TaskHandle) and handle.subscription is None
+        with pytest.raises(TaskRunningError) as busy:
+            await remote.ask(SendMessage(content="too soon"))
+        assert (busy.value.status, busy.value.code) == (409, "task_running")
+        assert await remote.ask(CancelTask()) == handle.task_id
+        outcome = await asyncio.wait_for(handle.done, 10)
+        assert outcome.status == "cancelled" and outcome.message.role == "assistant"
+        page = await remote.ask(GetMessages())
+        assert isinstance(page, MessagePage)
+        assert [n.role for n, _, _ in page.items] == ["user", "assistant"]
+
+        # The session moves: its actor on the first node stops, the second node takes the lease.
+        assert await local.ask(Passivate(0)) is True
+        await local.wait_stopped()
+        assert a.cluster is not None
+        await a.cluster.leases.release(record.id)
+        moved = await b.get(record.id)
+        assert isinstance(moved, SessionActor)
+        with pytest.raises(ActorStoppedError) as stopped:
+            await remote.ask(GetSession())  # still addressed to the first node
+        assert stopped.value.status == 503 and stopped.value.retry_after == 1
+        # What the edge does on ActorStoppedError: look the session up again and ask again.
+        again = await b.get(record.id)
+        details = await again.ask(GetSession())
+        assert details.id == record.id and details.message_count == 2
+    finally:
+        for r in (a, b):
             await r.drain()
         for s in stores:
             await s.aclose()

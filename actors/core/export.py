@@ -14,7 +14,7 @@ import msgspec
 from actors.core.errors import InvalidRequestError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import Checkpoint, SessionRecord
-from actors.core.tree import Node, ToolUse, Usage
+from actors.core.tree import Node, NodeStatus, Role, ToolUse, Usage
 
 __all__ = [
     "FORMAT",
@@ -27,7 +27,7 @@ __all__ = [
     "remap_ids",
 ]
 
-FORMAT = "sessiond.session"
+FORMAT: Literal["sessiond.session"] = "sessiond.session"
 VERSION = 1
 
 
@@ -53,10 +53,10 @@ class ExportedSession(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ExportedMessage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     id: Id
     parent_id: Id | None
-    role: Literal["user", "assistant"]
+    role: Role
     content: str
     created_at: str
-    status: str = "completed"
+    status: NodeStatus = "completed"
     task_id: str | None = None
     model: str | None = None
     usage: Usage | None = None

@@ -22,24 +22,19 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
-from actors.core.records import (
-    AgentRecord,
-    ApiKeyRecord,
-    Checkpoint,
-    DocumentRecord,
-    GuestRecord,
-    LoadedSession,
-    Op,
-    RefreshOutcome,
-    RefreshTokenRecord,
-    SessionQuery,
-    SessionRecord,
-    StoredEvent,
-    TokenFamilyRecord,
-)
+from actors.core.records import Checkpoint, LoadedSession, Op, SessionQuery, SessionRecord, StoredEvent
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows
 from actors.store.migrations.postgres import PG_MIGRATIONS
+from actors.store.tables import (
+    AgentRecord,
+    ApiKeyRecord,
+    DocumentRecord,
+    GuestRecord,
+    RefreshOutcome,
+    RefreshTokenRecord,
+    TokenFamilyRecord,
+)
 
 __all__ = ["PG_MIGRATIONS", "PostgresStore"]
 

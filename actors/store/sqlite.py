@@ -16,24 +16,19 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from actors.core.records import (
-    AgentRecord,
-    ApiKeyRecord,
-    Checkpoint,
-    DocumentRecord,
-    GuestRecord,
-    LoadedSession,
-    Op,
-    RefreshOutcome,
-    RefreshTokenRecord,
-    SessionQuery,
-    SessionRecord,
-    StoredEvent,
-    TokenFamilyRecord,
-)
+from actors.core.records import Checkpoint, LoadedSession, Op, SessionQuery, SessionRecord, StoredEvent
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
 from actors.store.migrations.sqlite import MIGRATIONS
+from actors.store.tables import (
+    AgentRecord,
+    ApiKeyRecord,
+    DocumentRecord,
+    GuestRecord,
+    RefreshOutcome,
+    RefreshTokenRecord,
+    TokenFamilyRecord,
+)
 
 __all__ = ["SqliteStore", "StoreClosedError"]
 

@@ -5,14 +5,10 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from actors.cluster.node import RemoteSession
 from actors.core.errors import ForbiddenError, NotFoundError
-from actors.session.actor import SessionActor
+from actors.ports import SessionRef
 
-__all__ = ["PRINCIPAL", "SESSION", "Principal", "SessionRef", "authorize_session", "principal_of", "require_key"]
-
-# The session a request addresses: its actor here, or a handle on the node that owns it.
-SessionRef = SessionActor | RemoteSession
+__all__ = ["PRINCIPAL", "SESSION", "Principal", "authorize_session", "principal_of", "require_key"]
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import msgspec
 from redis.exceptions import RedisError
 
+from actors.batch import BatchQueue, QueueClosedError
 from actors.core.errors import RateLimitedError, UnavailableError
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ class RedisLimiter:
         self._prefix = prefix
         self._admit = redis.register_script(_ADMIT)
         self._refund = redis.register_script(_REFUND)
-        self._tokens: asyncio.Queue[tuple[list[str], int] | None] = asyncio.Queue(_TOKEN_QUEUE)
+        self._tokens: BatchQueue[tuple[list[str], int]] = BatchQueue(_TOKEN_QUEUE)
         self._writer: asyncio.Task[None] | None = None
 
     def _keys(self, name: str, hour: int, day: int) -> list[str]:
@@ -252,7 +253,7 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         if self._writer is not None:
-            await self._tokens.put(None)  # the writer counts what was queued before this
+            self._tokens.close()  # the writer counts what was queued before this
             await self._writer
             self._writer = None
 
@@ -287,19 +288,11 @@ class RedisLimiter:
         keys = [self._keys(s.name, hour, day)[2] for s in subjects]
         try:
             self._tokens.put_nowait((keys, tokens))
-        except asyncio.QueueFull:
+        except (asyncio.QueueFull, QueueClosedError):
             log.warning("token usage dropped: %d tokens for %s", tokens, [s.name for s in subjects])
 
     async def _write_tokens(self) -> None:
-        closing = False
-        while not closing:
-            items = [await self._tokens.get()]
-            while not self._tokens.empty() and len(items) < 500:
-                items.append(self._tokens.get_nowait())
-            closing = None in items
-            batch = [item for item in items if item is not None]
-            if not batch:
-                continue
+        async for batch in self._tokens.batches(500):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for keys, tokens in batch:

@@ -22,8 +22,9 @@ import msgspec
 
 from actors.core.errors import UnauthorizedError
 from actors.core.ids import new_id, utcnow
-from actors.core.records import RefreshTokenRecord, SessionRecord, TokenFamilyRecord
+from actors.core.records import SessionRecord
 from actors.store.base import Store
+from actors.store.tables import RefreshTokenRecord, TokenFamilyRecord
 from server.auth.principal import Principal
 from server.config import ConfigError, TokensSection
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from actors.agent.agents import parse_route
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError
-from actors.core.records import AgentRecord
+from actors.store.tables import AgentRecord
 from server.appkeys import AGENTS, ROUTER
 from server.auth.principal import principal_of
 from server.schema.agents import AgentBody, AgentList, AgentPatchBody, ProviderList

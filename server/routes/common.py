@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
-from actors.core.commands import AnyCommand
+from actors.core.commands import Command
 from actors.core.errors import ActorStoppedError, InvalidRequestError
+from actors.ports import SessionRef
 from server.appkeys import REGISTRY
-from server.auth.principal import SESSION, SessionRef, authorize_session, principal_of
+from server.auth.principal import SESSION, authorize_session, principal_of
 from server.routing import route_of
 
 __all__ = ["ask", "bool_query", "if_match", "int_query", "look_up", "session_of"]
+
+R = TypeVar("R")
 
 
 def session_of(request: web.Request) -> SessionRef:
@@ -27,7 +30,7 @@ async def look_up(request: web.Request, session_id: str) -> SessionRef:
     return ref
 
 
-async def ask(request: web.Request, command: AnyCommand, session_id: str | None = None) -> Any:
+async def ask(request: web.Request, command: Command[R], session_id: str | None = None) -> R:
     """Ask the route's session (or ``session_id``); once more, looked up again, if the actor was
     stopped meanwhile (passivated, or moved to another node)."""
     ref = session_of(request) if session_id is None else await look_up(request, session_id)

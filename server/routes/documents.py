@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from actors.agent.documents.library import DocumentLibrary, DocumentTooLargeError
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
-from actors.core.records import DocumentRecord
+from actors.store.tables import DocumentRecord
 from server.appkeys import LIBRARY, STORE
 from server.auth.principal import Principal, principal_of
 from server.routes.common import ask, int_query, session_of

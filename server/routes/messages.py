@@ -16,7 +16,7 @@ from actors.core.commands import (
     RestoreCheckpoint,
     SendMessage,
 )
-from actors.session.actor import MessagePage, TreeView
+from actors.core.replies import MessagePage, TreeView
 from server.routes.common import ask, bool_query, if_match, int_query
 from server.schema.common import decode_body, json_response
 from server.schema.messages import (

@@ -8,7 +8,7 @@ import re
 import msgspec
 from aiohttp import web
 
-from actors.core.commands import DeleteSessionCmd, GetSession, PatchSession
+from actors.core.commands import DeleteSession, GetSession, PatchSession
 from actors.core.errors import InvalidRequestError
 from actors.core.records import SessionQuery
 from server.appkeys import REGISTRY, STORE, TOKENS
@@ -130,7 +130,7 @@ async def get_metadata(request: web.Request) -> web.Response:
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    await ask(request, DeleteSessionCmd())
+    await ask(request, DeleteSession())
     await request.app[TOKENS].revoke_session(request.match_info["session_id"])
     return web.Response(status=204)
 

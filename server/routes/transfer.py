@@ -9,7 +9,7 @@ from aiohttp import web
 from actors.core.commands import ExportSession, GetMessages
 from actors.core.errors import InvalidRequestError
 from actors.core.export import SessionExport, merge_paths, remap_ids
-from actors.session.actor import MessagePage
+from actors.core.replies import MessagePage
 from server.appkeys import REGISTRY
 from server.auth.principal import principal_of
 from server.routes.common import ask, bool_query

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from actors.agent.router import ProviderHealth
-from actors.core.records import AgentRecord, RouteEntry
+from actors.store.tables import AgentRecord, RouteEntry
 from server.schema.common import RequestBody
 
 __all__ = ["AgentBody", "AgentList", "AgentPatchBody", "ProviderList"]

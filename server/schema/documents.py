@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.core.records import DocumentRecord
+from actors.store.tables import DocumentRecord
 from server.schema.common import RequestBody
 
 __all__ = ["UPLOAD_FORM", "DocumentList", "LinkDocumentsBody"]

@@ -33,8 +33,8 @@ import msgspec
 from actors.agent.tokens import TokenCounter
 from actors.core.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from actors.core.ids import new_id, utcnow
-from actors.core.records import DocumentRecord
 from actors.store.base import Store
+from actors.store.tables import DocumentRecord
 
 __all__ = [
     "KINDS",
