@@ -12,6 +12,7 @@ from actors.registry import Registry
 from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
+from server import sse
 from server.admission import ADMISSION, Admission, admission_middleware
 from server.agents import setup_agents
 from server.appkeys import CONFIG, REGISTRY, STORE
@@ -50,7 +51,7 @@ def make_cluster(config: Config) -> Cluster | None:
         return None
     if config.fanout.kind != "redis":
         raise ConfigError(f"fanout.kind {config.fanout.kind!r} is not supported (use \"local\" or \"redis\")")
-    return Cluster(config.redis.url, config.cluster)
+    return Cluster(config.redis.url, config.cluster, frame=sse.frame)
 
 
 def make_app(config: Config) -> web.Application:
@@ -81,6 +82,7 @@ def make_app(config: Config) -> web.Application:
             replay_events=s.replay_events,
         ),
         idle_seconds=s.idle_seconds,
+        frame=sse.frame,  # events go out as SSE, framed once each in the session's log
         cluster=make_cluster(config),
     )
     app[REGISTRY] = registry

@@ -16,6 +16,7 @@ from actors.cluster.node import Cluster, ClusterSettings, RemoteSession
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
 from actors.store.postgres import PostgresStore
+from server import sse
 from tests.conftest import HEADERS, ServerProcess
 from tests.pg import create_database, drop_database
 from tests.sse import events, read_until
@@ -148,7 +149,10 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
             SimulatedProvider(tokens_per_second=0, reply_tokens=3),
             settings=ActorSettings(),
             idle_seconds=60,
-            cluster=Cluster(redis_url, ClusterSettings(node_id=f"race{i}", prefix=prefix, lease_ms=5000)),
+            frame=sse.frame,
+            cluster=Cluster(
+                redis_url, ClusterSettings(node_id=f"race{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
+            ),
         )
         for i, s in enumerate(stores)
     ]

@@ -84,7 +84,7 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "a", utcnow()))
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "b", utcnow()))
     cp = Checkpoint(new_id("ckp"), nodes[1].id, utcnow(), "answer")
-    events = [StoredEvent(seq, "task.started", b"frame %d" % seq) for seq in (3, 9, 12)]
+    events = [StoredEvent(seq, "task.completed", b'{"type":"task.completed","task_id":"t%d"}' % seq) for seq in (3, 9, 12)]
     await store.commit([
         *(PutMessage.of(rec.id, n) for n in nodes),
         PutCheckpoint.of(rec.id, cp),
@@ -101,6 +101,7 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     ]
     assert loaded.checkpoints == [cp]
     assert [e.seq for e in loaded.events] == [9, 12] and loaded.max_seq == 12
+    assert loaded.events == events[1:]  # type and data as written
     assert [e.seq for e in await store.load_events(rec.id, 3, 10)] == [9, 12]
     assert await store.load_session("ses_missing", events=10) is None
 

@@ -9,7 +9,9 @@
   tell it from a local ask.
 - **Fan-out.** Every event a node's actors emit is also XADDed, in order, to the capped stream
   ``events:{id}`` with the event id as the stream id, so a client on any node reads it and
-  resumes by ``Last-Event-ID``, whichever node owns the session now or later.
+  resumes by ``Last-Event-ID``, whichever node owns the session now or later. An entry holds
+  the event's type (``t``) and data (``d``); the reading node frames it with the encoder the
+  edge gave it, as its own actors' events are, so a remote stream is byte for byte a local one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from actors.core.commands import (
     Subscribe,
 )
 from actors.core.errors import ActorStoppedError, SessiondError, UnavailableError
-from actors.core.events import MessageCompleted, TaskFailed, decode_event
+from actors.core.events import FrameEncoder, MessageCompleted, TaskFailed, decode_event
 from actors.core.export import SessionExport
 from actors.core.records import Checkpoint, SessionRecord
 from actors.core.tree import Node, Usage
@@ -128,8 +130,9 @@ def _remote_error(reply: _Reply) -> SessiondError:
 class Cluster:
     """This node's membership: leases, forwarding and the Redis event streams."""
 
-    def __init__(self, url: str, settings: ClusterSettings) -> None:
+    def __init__(self, url: str, settings: ClusterSettings, *, frame: FrameEncoder) -> None:
         self.settings = settings
+        self.frame = frame  # the edge's wire format, for events read back from Redis
         self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
         # No client-side read timeout: XREAD BLOCK and BRPOP wait up to their own server-side
         # timeouts (redis-py's default of 5 s would cut every longer wait short).
@@ -208,10 +211,10 @@ class Cluster:
 
     # -- fan-out ---------------------------------------------------------------------------
 
-    def publish(self, session_id: str, seq: int, type_: str, frame: bytes, end_task: str | None) -> None:
+    def publish(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None) -> None:
         """Queue an event for its Redis stream (an EventSink); one publisher keeps the order."""
         try:
-            self._outbox.put_nowait((session_id, seq, type_, frame, end_task))
+            self._outbox.put_nowait((session_id, seq, type_, data, end_task))
         except asyncio.QueueFull:
             log.error("cluster outbox full: event %s of %s not fanned out", seq, session_id)
 
@@ -224,10 +227,10 @@ class Cluster:
             stop = any(sid == "" for sid, *_ in batch)
             pipe = self.redis.pipeline(transaction=False)
             touched: set[str] = set()
-            for sid, seq, type_, frame, end in batch:
+            for sid, seq, type_, data, end in batch:
                 if not sid:
                     continue
-                fields: dict[str, Any] = {"t": type_, "f": frame}
+                fields: dict[str, Any] = {"t": type_, "d": data}
                 if end is not None:
                     fields["k"] = end
                 pipe.xadd(
@@ -243,8 +246,10 @@ class Cluster:
             if stop:
                 return
 
-    def subscribe(self, session_id: str, cursor: int, task_id: str | None = None) -> RemoteSubscription:
-        return RemoteSubscription(self, session_id, cursor, task_id)
+    def subscribe(
+        self, session_id: str, cursor: int, task_id: str | None = None, *, frame: FrameEncoder | None = None
+    ) -> RemoteSubscription:
+        return RemoteSubscription(self, session_id, cursor, task_id, frame or self.frame)
 
     # -- forwarding ------------------------------------------------------------------------
 
@@ -302,9 +307,11 @@ class Cluster:
 
     def task_handle(self, session: RemoteSession, task: RemoteTask, *, stream: bool) -> TaskHandle:
         done: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
-        sub = self.subscribe(session.id, task.cursor, task.task_id)
         if stream:
+            sub = self.subscribe(session.id, task.cursor, task.task_id)
             return TaskHandle(task.task_id, task.message_id, sub, done, task.cursor)
+        # Watched, not sent: its batches are the events' data, to decode.
+        sub = self.subscribe(session.id, task.cursor, task.task_id, frame=_data_of)
         self._spawn(self._watch(session, sub, task, done))
         return TaskHandle(task.task_id, task.message_id, None, done, task.cursor)
 
@@ -322,8 +329,8 @@ class Cluster:
                 if batch is HEARTBEAT:
                     continue
                 assert isinstance(batch, list)
-                for frame in batch:
-                    event = decode_event(frame.split(b"\ndata: ", 1)[1].rstrip(b"\n"))
+                for data in batch:
+                    event = decode_event(data)
                     if isinstance(event, MessageCompleted) and event.task_id == task.task_id:
                         completed = event
                     elif isinstance(event, TaskFailed) and event.task_id == task.task_id:
@@ -346,6 +353,11 @@ class Cluster:
             sub.close()
 
 
+def _data_of(seq: int, type_: str, data: bytes) -> bytes:
+    """The FrameEncoder of a subscription that decodes events instead of sending them."""
+    return data
+
+
 def _wire_value(value: Any) -> Any:
     """A local reply as it crosses nodes: live objects become what the other side rebuilds."""
     if isinstance(value, TaskHandle):
@@ -362,8 +374,11 @@ def _wire_value(value: Any) -> Any:
 class RemoteSubscription:
     """Reads a session's events from its Redis stream: the Subscription of another node's actor."""
 
-    def __init__(self, cluster: Cluster, session_id: str, cursor: int, task_id: str | None) -> None:
+    def __init__(
+        self, cluster: Cluster, session_id: str, cursor: int, task_id: str | None, frame: FrameEncoder
+    ) -> None:
         self.cluster = cluster
+        self._frame = frame
         self.session_id = session_id
         self.cursor = cursor
         self.task_id = task_id
@@ -412,7 +427,10 @@ class RemoteSubscription:
         size = 0
         for entry_id, fields in got[0][1]:
             seq = int(entry_id.split(b"-")[0])
-            frame = fields[b"f"]
+            data = fields.get(b"d")
+            # An entry without data was written, as a whole frame, before events were kept as
+            # data: sent as it is until the stream's TTL or cap drops it.
+            frame = self._frame(seq, fields[b"t"].decode(), data) if data is not None else fields[b"f"]
             frames.append(frame)
             size += len(frame)
             self.cursor = seq

@@ -52,8 +52,10 @@ from actors.core.events import (
     TERMINAL_EVENTS,
     Event,
     EventLog,
+    FrameEncoder,
     TaskInterrupted,
-    encode_frame,
+    encode_event,
+    event_type,
 )
 from actors.core.export import build_export
 from actors.core.ids import new_id, utcnow
@@ -82,7 +84,7 @@ log = logging.getLogger("sessiond.actor")
 
 
 EventSink = Callable[[str, int, str, bytes, "str | None"], None]
-"""Told of every event a session emits: (session id, seq, type, frame, task id if terminal)."""
+"""Told of every event a session emits: (session id, seq, type, data, task id if terminal)."""
 
 
 class ActorSettings(msgspec.Struct, frozen=True):
@@ -120,6 +122,7 @@ class SessionActor(TurnRunner):
         settings: ActorSettings,
         stats: Stats,
         on_stop: Callable[[SessionActor, BaseException | None], None],
+        frame: FrameEncoder,
         sink: EventSink | None = None,
     ) -> None:
         record = loaded.record
@@ -129,10 +132,10 @@ class SessionActor(TurnRunner):
         self.checkpoints = loaded.checkpoints
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
-        self.log = EventLog(retention=settings.event_retention, floor=floor)
+        self.log = EventLog(frame=frame, retention=settings.event_retention, floor=floor)
         self._last_task_start: int | None = None
         for ev in events:
-            self.log.append(ev.seq, ev.type, ev.frame)
+            self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
         # Ids handed out before a crash may be above every durable one: continue above both.
@@ -352,18 +355,18 @@ class SessionActor(TurnRunner):
             seq = self._next_seq
             self._next_seq += 1
             seqs.append(seq)
-            stored.append(StoredEvent(seq, type(event).__struct_config__.tag, encode_frame(seq, event)))  # type: ignore[arg-type]
+            stored.append(StoredEvent(seq, event_type(event), encode_event(event)))
         if self._next_seq - 1 > self.record.seq_reserved:
             self.record.seq_reserved = self._next_seq - 1
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
         await self._store.commit(all_ops)
         end_task = ends[0] if ends else None
         for ev in stored:
-            self.log.append(ev.seq, ev.type, ev.frame)
+            self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
             if self._sink is not None:
-                self._sink(self.id, ev.seq, ev.type, ev.frame, end_task if ev.type in TERMINAL_EVENTS else None)
+                self._sink(self.id, ev.seq, ev.type, ev.data, end_task if ev.type in TERMINAL_EVENTS else None)
         for task_id in ends:
             self.hub.task_end_seq[task_id] = seqs[-1]
             if len(self.hub.task_end_seq) > _TASK_END_MEMORY:

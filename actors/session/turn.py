@@ -22,7 +22,6 @@ from actors.core.events import (
     Event,
     EventLog,
     MessageCompleted,
-    MessageDelta,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
@@ -30,7 +29,8 @@ from actors.core.events import (
     TaskStarted,
     ToolCall,
     ToolResult,
-    encode_frame,
+    delta_data,
+    delta_head,
 )
 from actors.core.ids import new_id, utcnow
 from actors.core.model import ChatMessage, Chunk, ModelRequest, ToolCallChunk, ToolResultChunk
@@ -85,12 +85,13 @@ class TaskHandle:
 class _Turn:
     """A task in this session: queued, or running as the actor's child."""
 
-    __slots__ = ("done", "model", "parts", "queued", "reply_id", "task", "task_id", "usage", "user_id")
+    __slots__ = ("delta_head", "done", "model", "parts", "queued", "reply_id", "task", "task_id", "usage", "user_id")
 
     def __init__(self, task_id: str, user_id: str, done: asyncio.Future[TurnOutcome]) -> None:
         self.task_id = task_id
         self.user_id = user_id
         self.reply_id = ""
+        self.delta_head = b""  # the data of this reply's deltas up to their text
         self.parts: list[str] = []
         self.usage = Usage()
         self.model: str | None = None
@@ -129,10 +130,10 @@ class TurnRunner:
     def _emit_delta(self, turn: _Turn, delta: str) -> None:
         seq = self._next_seq
         self._next_seq = seq + 1
-        frame = encode_frame(seq, MessageDelta(turn.task_id, turn.reply_id, delta))
-        self.log.append(seq, "message.delta", frame)
+        data = delta_data(turn.delta_head, delta)
+        self.log.append(seq, "message.delta", data)
         if self._sink is not None:
-            self._sink(self.id, seq, "message.delta", frame, None)
+            self._sink(self.id, seq, "message.delta", data, None)
         self._stats.events += 1
         self.hub.notify()
 
@@ -149,6 +150,7 @@ class TurnRunner:
             ops = [PutMessage.of(self.id, user)]
         reply = Node(new_id("msg"), turn.user_id, "assistant", "", utcnow(), status="running", task_id=turn.task_id)
         turn.reply_id = reply.id
+        turn.delta_head = delta_head(turn.task_id, reply.id)
         self.tree.add(reply)
         self.record.active_leaf_id = reply.id
         running = [r for r in self.record.running if r.task_id != turn.task_id]
