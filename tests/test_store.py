@@ -84,7 +84,9 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "a", utcnow()))
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "b", utcnow()))
     cp = Checkpoint(new_id("ckp"), nodes[1].id, utcnow(), "answer")
-    events = [StoredEvent(seq, "task.completed", b'{"type":"task.completed","task_id":"t%d"}' % seq) for seq in (3, 9, 12)]
+    events = [
+        StoredEvent(seq, "task.completed", b'{"type":"task.completed","task_id":"t%d"}' % seq) for seq in (3, 9, 12)
+    ]
     await store.commit([
         *(PutMessage.of(rec.id, n) for n in nodes),
         PutCheckpoint.of(rec.id, cp),
