@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -425,8 +425,9 @@ class RemoteSubscription:
             return HEARTBEAT
         frames: list[bytes] = []
         size = 0
-        for entry_id, fields in got[0][1]:
+        for entry_id, entry in got[0][1]:
             seq = int(entry_id.split(b"-")[0])
+            fields = cast("dict[bytes, bytes]", entry)  # what we XADDed; redis-py types it loosely
             data = fields.get(b"d")
             # An entry without data was written, as a whole frame, before events were kept as
             # data: sent as it is until the stream's TTL or cap drops it.
