@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.core.events import EventLog
+from actors.core.events import EventLog, MessageDelta, decode_event, delta_data, delta_head, encode_event
 from actors.core.tree import MessageTree, Node
 
 
@@ -56,3 +56,10 @@ def test_event_log_replay_and_floor() -> None:
     assert len(log) <= 100 + 100 // 8 + 64
     with pytest.raises(ValueError):
         log.append(500, "x", b"")
+
+
+@pytest.mark.parametrize("text", ["", "token", ' "quoted" \\ \n\ndata: x', "naïve ☕ \u2028 🎉", "\x00\x1f"])
+def test_a_delta_from_its_reply_head_is_the_event_encoded_whole(text: str) -> None:
+    head = delta_head("tsk_1", "msg_2")
+    assert delta_data(head, text) == encode_event(MessageDelta("tsk_1", "msg_2", text))
+    assert decode_event(delta_data(head, text)) == MessageDelta("tsk_1", "msg_2", text)
