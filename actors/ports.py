@@ -59,7 +59,7 @@ class SessionRef(Protocol):
 class EventSink(Protocol):
     """Told of every event a session emits, in order (the cluster's Redis fan-out is one)."""
 
-    def __call__(self, session_id: str, seq: int, type_: str, frame: bytes, end_task: str | None) -> None:
+    def __call__(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None) -> None:
         """``end_task``: the task a terminal event ends, else None."""
 
 

@@ -16,6 +16,7 @@ from actors.cluster.forward import RemoteSession
 from actors.cluster.node import Cluster
 from actors.core.commands import AnyCommand, Command, Passivate, Shutdown
 from actors.core.errors import ActorStoppedError, ConflictError, NotFoundError, UnavailableError
+from actors.core.events import FrameEncoder
 from actors.core.export import SessionExport, from_export, remap_ids
 from actors.core.ids import new_id, utcnow
 from actors.core.records import Op, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
@@ -39,10 +40,12 @@ class Registry:
         *,
         settings: ActorSettings,
         idle_seconds: float,
+        frame: FrameEncoder,
         stats: Stats | None = None,
         cluster: Cluster | None = None,
     ) -> None:
         self.store = store
+        self.frame = frame  # the edge's wire format, for every actor's EventLog
         self.provider = provider
         self.settings = settings
         self.idle_seconds = idle_seconds
@@ -167,6 +170,7 @@ class Registry:
             settings=self.settings,
             stats=self.stats,
             on_stop=self._stopped,
+            frame=self.frame,
             sink=self.cluster.streams.publish if self.cluster is not None else None,
         )
         await actor.start()

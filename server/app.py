@@ -14,6 +14,7 @@ from actors.registry import Registry
 from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
+from server import sse
 from server.admission import Admission
 from server.agents import setup_agents
 from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
@@ -54,7 +55,7 @@ def make_cluster(config: Config) -> Cluster | None:
         return None
     if config.fanout.kind != "redis":
         raise ConfigError(f"fanout.kind {config.fanout.kind!r} is not supported (use \"local\" or \"redis\")")
-    return Cluster(config.redis.url, config.cluster)
+    return Cluster(config.redis.url, config.cluster, frame=sse.frame)
 
 
 def make_app(config: Config) -> web.Application:
@@ -84,6 +85,7 @@ def make_app(config: Config) -> web.Application:
             replay_events=s.replay_events,
         ),
         idle_seconds=s.idle_seconds,
+        frame=sse.frame,  # events go out as SSE, framed once each in the session's log
         cluster=make_cluster(config),
     )
     app[REGISTRY] = registry

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,9 +27,11 @@ from actors.core.replies import MessagePage, TaskHandle
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
 from actors.store.postgres import PostgresStore
-from tests.conftest import HEADERS, ServerProcess
-from tests.pg import create_database, drop_database
-from tests.sse import events, read_until
+from server import sse
+from server.appkeys import REGISTRY
+from tests.conftest import HEADERS, ClientFactory, ServerProcess
+from tests.pg import create_database, database, drop_database
+from tests.sse import Frames, events, read_until
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"task.completed", "task.failed", "task.cancelled", "task.interrupted"}
@@ -158,7 +161,10 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
             SimulatedProvider(tokens_per_second=0, reply_tokens=3),
             settings=ActorSettings(),
             idle_seconds=60,
-            cluster=Cluster(redis_url, ClusterSettings(node_id=f"race{i}", prefix=prefix, lease_ms=5000)),
+            frame=sse.frame,
+            cluster=Cluster(
+                redis_url, ClusterSettings(node_id=f"race{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
+            ),
         )
         for i, s in enumerate(stores)
     ]
@@ -200,7 +206,10 @@ async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> 
             SimulatedProvider(tokens_per_second=20, reply_tokens=400),
             settings=ActorSettings(),
             idle_seconds=60,
-            cluster=Cluster(redis_url, ClusterSettings(node_id=f"typed{i}", prefix=prefix, lease_ms=5000)),
+            frame=sse.frame,
+            cluster=Cluster(
+                redis_url, ClusterSettings(node_id=f"typed{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
+            ),
         )
         for i, s in enumerate(stores)
     )
@@ -257,3 +266,38 @@ async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> 
         for s in stores:
             await s.aclose()
         await drop_database(dsn)
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    async with database() as url:
+        yield url
+
+
+async def test_a_remote_stream_is_byte_for_byte_the_local_one(
+    dsn: str, redis_url: str, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    # dsn comes first: the database is dropped only after the servers using it have stopped.
+    prefix = f"t{secrets.token_hex(4)}"
+    sections: dict[str, Any] = {
+        "store": {"kind": "postgres", "postgres_dsn": dsn},
+        "fanout": {"kind": "redis"},
+        "redis": {"url": redis_url},
+    }
+    owner = await make_client(tmp_path / "a", cluster={"node_id": "a", "prefix": prefix}, **sections)
+    other = await make_client(tmp_path / "b", cluster={"node_id": "b", "prefix": prefix}, **sections)
+    async with owner.post("/v1/sessions", json={"tools": ["calculator"]}) as r:
+        assert r.status == 201
+        sid = (await r.json())["id"]
+    async with (
+        owner.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "0"}) as local,
+        other.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "0"}) as remote,
+    ):
+        assert sid in owner.app[REGISTRY] and sid not in other.app[REGISTRY]  # b reads it from Redis
+        content = 'naïve "quotes" ☕\n/tool calculator {"expression": "6*7"}'
+        async with other.post(f"/v1/sessions/{sid}/messages", json={"content": content}) as r:
+            assert r.status == 200, await r.text()
+        here = await Frames(local).until("task.completed")
+        there = await Frames(remote).until("task.completed")
+    assert b"event: tool.result" in b"".join(here) and b"event: message.delta" in b"".join(here)
+    assert there == here

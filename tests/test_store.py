@@ -42,6 +42,7 @@ from actors.store.tables import (
     RouteEntry,
     TokenFamilyRecord,
 )
+from server import sse
 from tests.pg import create_database, drop_database
 
 _pg_database = create_database
@@ -91,7 +92,9 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "a", utcnow()))
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "b", utcnow()))
     cp = Checkpoint(new_id("ckp"), nodes[1].id, utcnow(), "answer")
-    events = [StoredEvent(seq, "task.started", b"frame %d" % seq) for seq in (3, 9, 12)]
+    events = [
+        StoredEvent(seq, "task.completed", b'{"type":"task.completed","task_id":"t%d"}' % seq) for seq in (3, 9, 12)
+    ]
     await store.commit([
         *(PutMessage.of(rec.id, n) for n in nodes),
         PutCheckpoint.of(rec.id, cp),
@@ -108,6 +111,7 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     ]
     assert loaded.checkpoints == [cp]
     assert [e.seq for e in loaded.events] == [9, 12] and loaded.max_seq == 12
+    assert loaded.events == events[1:]  # type and data as written
     assert [e.seq for e in await store.load_events(rec.id, 3, 10)] == [9, 12]
     assert await store.load_session("ses_missing", events=10) is None
 
@@ -517,6 +521,7 @@ async def test_a_commit_after_the_store_closed_is_a_503_stop_not_a_crash(store: 
         SimulatedProvider(tokens_per_second=0, reply_tokens=3),
         settings=ActorSettings(),
         idle_seconds=60,
+        frame=sse.frame,
     )
     await registry.start()
     try:

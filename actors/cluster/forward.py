@@ -26,7 +26,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 import redis.asyncio as aioredis
 
-from actors.cluster.streams import EventStreams, RemoteSubscription
+from actors.cluster.streams import EventStreams, RemoteSubscription, data_of
 from actors.core.commands import AnyCommand, Command, GetMessages, Subscribe, TaskCommand
 from actors.core.errors import ActorStoppedError, SessiondError, UnavailableError
 from actors.core.events import MessageCompleted, TaskFailed, decode_event
@@ -249,9 +249,12 @@ class RemoteSession:
 
     def _task_handle(self, task: RemoteTask, *, stream: bool) -> TaskHandle:
         done: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
-        sub = self._forwarder.streams.subscribe(self.id, task.cursor, task.task_id)
+        streams = self._forwarder.streams
         if stream:
+            sub = streams.subscribe(self.id, task.cursor, task.task_id)
             return TaskHandle(task.task_id, task.message_id, sub, done, task.cursor)
+        # Watched, not sent: its batches are the events' data, to decode.
+        sub = streams.subscribe(self.id, task.cursor, task.task_id, frame=data_of)
         self._forwarder._spawner.spawn(self._watch(sub, task, done), name=f"cluster-watch:{task.task_id}")
         return TaskHandle(task.task_id, task.message_id, None, done, task.cursor)
 
@@ -267,8 +270,8 @@ class RemoteSession:
                 if batch is HEARTBEAT:
                     continue
                 assert isinstance(batch, list)
-                for frame in batch:
-                    event = decode_event(frame.split(b"\ndata: ", 1)[1].rstrip(b"\n"))
+                for data in batch:
+                    event = decode_event(data)
                     if isinstance(event, MessageCompleted) and event.task_id == task.task_id:
                         completed = event
                     elif isinstance(event, TaskFailed) and event.task_id == task.task_id:

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from actors.cluster.forward import Forwarder, Handler, RemoteSession
 from actors.cluster.leases import Leases
 from actors.cluster.streams import EventStreams
+from actors.core.events import FrameEncoder
 from actors.core.records import SessionRecord
 from actors.tasks import Spawner
 
@@ -44,7 +45,7 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 class Cluster:
     """This node's membership: leases, forwarding and the Redis event streams."""
 
-    def __init__(self, url: str, settings: ClusterSettings) -> None:
+    def __init__(self, url: str, settings: ClusterSettings, *, frame: FrameEncoder) -> None:
         self.settings = settings
         self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
         # No client-side read timeout: XREAD BLOCK and BRPOP wait up to their own server-side
@@ -55,7 +56,7 @@ class Cluster:
         p = settings.prefix
         self.leases = Leases(self.redis, p, self.node_id, settings.lease_ms)
         self.streams = EventStreams(
-            self.redis, p, maxlen=settings.stream_maxlen, ttl_seconds=settings.stream_ttl_seconds
+            self.redis, p, maxlen=settings.stream_maxlen, ttl_seconds=settings.stream_ttl_seconds, frame=frame
         )
         self._tasks = Spawner()
         self.forwarder = Forwarder(

@@ -3,6 +3,9 @@
 The stream id is the event id, so a client on any node reads a session's events and resumes
 by ``Last-Event-ID``, whichever node owns the session now or later. One publisher task writes
 them in order, a pipeline per batch; ``RemoteSubscription`` reads them back as an EventStream.
+An entry holds the event's type (``t``) and data (``d``); the reading node frames it with the
+encoder the edge gave it, as its own actors' events are, so a remote stream is byte for byte a
+local one.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from actors.batch import BatchQueue, QueueClosedError
+from actors.core.events import FrameEncoder
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch
 
-__all__ = ["EventStreams", "RemoteSubscription"]
+__all__ = ["EventStreams", "RemoteSubscription", "data_of"]
 
 log = logging.getLogger("sessiond.cluster")
 
@@ -27,15 +31,18 @@ class _Outgoing(msgspec.Struct, frozen=True, array_like=True):
     session_id: str
     seq: int
     type: str
-    frame: bytes
+    data: bytes
     end_task: str | None
 
 
 class EventStreams:
     """This node's side of the Redis event streams: publishing, and reading them back."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, *, maxlen: int, ttl_seconds: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, *, maxlen: int, ttl_seconds: int, frame: FrameEncoder
+    ) -> None:
         self.redis = redis
+        self.frame = frame  # the edge's wire format, for events read back from Redis
         self._p = prefix
         self.maxlen = maxlen
         self._ttl = ttl_seconds
@@ -44,10 +51,10 @@ class EventStreams:
     def key(self, session_id: str) -> str:
         return f"{self._p}:events:{session_id}"
 
-    def publish(self, session_id: str, seq: int, type_: str, frame: bytes, end_task: str | None) -> None:
+    def publish(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None) -> None:
         """Queue an event for its Redis stream (an EventSink); one publisher keeps the order."""
         try:
-            self._outbox.put_nowait(_Outgoing(session_id, seq, type_, frame, end_task))
+            self._outbox.put_nowait(_Outgoing(session_id, seq, type_, data, end_task))
         except asyncio.QueueFull:
             log.error("cluster outbox full: event %s of %s not fanned out", seq, session_id)
         except QueueClosedError:
@@ -63,7 +70,7 @@ class EventStreams:
             pipe = self.redis.pipeline(transaction=False)
             touched: set[str] = set()
             for ev in batch:
-                fields: dict[str | bytes, str | bytes] = {"t": ev.type, "f": ev.frame}
+                fields: dict[str | bytes, str | bytes] = {"t": ev.type, "d": ev.data}
                 if ev.end_task is not None:
                     fields["k"] = ev.end_task
                 pipe.xadd(self.key(ev.session_id), fields, id=f"{ev.seq}-0", maxlen=self.maxlen, approximate=False)  # type: ignore[arg-type]
@@ -75,8 +82,15 @@ class EventStreams:
             except Exception:
                 log.exception("publishing %d events to Redis failed", len(batch))
 
-    def subscribe(self, session_id: str, cursor: int, task_id: str | None = None) -> RemoteSubscription:
-        return RemoteSubscription(self, session_id, cursor, task_id)
+    def subscribe(
+        self, session_id: str, cursor: int, task_id: str | None = None, *, frame: FrameEncoder | None = None
+    ) -> RemoteSubscription:
+        return RemoteSubscription(self, session_id, cursor, task_id, frame or self.frame)
+
+
+def data_of(seq: int, type_: str, data: bytes) -> bytes:
+    """The FrameEncoder of a subscription that decodes events instead of sending them."""
+    return data
 
 
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -89,8 +103,11 @@ def _seq(entry_id: bytes) -> int:
 class RemoteSubscription:
     """Reads a session's events from its Redis stream: the EventStream of another node's actor."""
 
-    def __init__(self, streams: EventStreams, session_id: str, cursor: int, task_id: str | None) -> None:
+    def __init__(
+        self, streams: EventStreams, session_id: str, cursor: int, task_id: str | None, frame: FrameEncoder
+    ) -> None:
         self._streams = streams
+        self._frame = frame
         self.session_id = session_id
         self.cursor = cursor
         self.task_id = task_id
@@ -141,7 +158,10 @@ class RemoteSubscription:
         size = 0
         for entry_id, fields in got[0][1]:
             seq = _seq(entry_id)
-            frame = fields[b"f"]
+            data = fields.get(b"d")
+            # An entry without data was written, as a whole frame, before events were kept as
+            # data: sent as it is until the stream's TTL or cap drops it.
+            frame = self._frame(seq, fields[b"t"].decode(), data) if data is not None else fields[b"f"]
             frames.append(frame)
             size += len(frame)
             self.cursor = seq

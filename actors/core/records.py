@@ -74,9 +74,11 @@ class Checkpoint(msgspec.Struct):
 
 
 class StoredEvent(msgspec.Struct):
+    """A durable event: its id, its type and its data (the event's JSON, as sent)."""
+
     seq: int
     type: str
-    frame: bytes
+    data: bytes
 
 
 class LoadedSession(msgspec.Struct):

@@ -55,6 +55,7 @@ from actors.core.errors import (
 from actors.core.events import (
     CheckpointCreated,
     Event,
+    FrameEncoder,
     MessageCompleted,
     TaskCancelled,
     TaskCompleted,
@@ -63,6 +64,7 @@ from actors.core.events import (
     TaskStarted,
     ToolCall,
     ToolResult,
+    delta_head,
 )
 from actors.core.export import build_export
 from actors.core.ids import new_id, utcnow
@@ -112,9 +114,10 @@ class SessionActor(SessionState):
         settings: ActorSettings,
         stats: Stats,
         on_stop: Callable[[SessionActor, BaseException | None], None],
+        frame: FrameEncoder,
         sink: EventSink | None = None,
     ) -> None:
-        super().__init__(loaded, store=store, settings=settings, stats=stats, sink=sink)
+        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
         self._provider = provider
         self._on_stop = on_stop
         self._mailbox = Mailbox(settings.mailbox_size)
@@ -451,6 +454,7 @@ class SessionActor(SessionState):
             ops = [PutMessage.of(self.id, user)]
         reply = Node(new_id("msg"), turn.user_id, "assistant", "", utcnow(), status="running", task_id=turn.task_id)
         turn.reply_id = reply.id
+        turn.delta_head = delta_head(turn.task_id, reply.id)
         self.tree.add(reply)
         self.record.active_leaf_id = reply.id
         running = [r for r in self.record.running if r.task_id != turn.task_id]

@@ -16,7 +16,7 @@ import msgspec
 
 from actors.core.commands import GetMessages
 from actors.core.errors import NotFoundError, PreconditionFailedError, TaskRunningError
-from actors.core.events import TERMINAL_EVENTS, Event, EventLog, MessageDelta, encode_frame
+from actors.core.events import TERMINAL_EVENTS, Event, EventLog, FrameEncoder, delta_data, encode_event, event_type
 from actors.core.ids import utcnow
 from actors.core.records import LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
 from actors.core.replies import MessagePage
@@ -50,6 +50,7 @@ class SessionState:
         store: SessionStore,
         settings: ActorSettings,
         stats: Stats,
+        frame: FrameEncoder,
         sink: EventSink | None = None,
     ) -> None:
         record = loaded.record
@@ -59,10 +60,10 @@ class SessionState:
         self.checkpoints = loaded.checkpoints
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
-        self.log = EventLog(retention=settings.event_retention, floor=floor)
+        self.log = EventLog(frame=frame, retention=settings.event_retention, floor=floor)
         self._last_task_start: int | None = None
         for ev in events:
-            self.log.append(ev.seq, ev.type, ev.frame)
+            self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
         # Ids handed out before a crash may be above every durable one: continue above both.
@@ -132,18 +133,18 @@ class SessionState:
             seq = self._next_seq
             self._next_seq += 1
             seqs.append(seq)
-            stored.append(StoredEvent(seq, type(event).__struct_config__.tag, encode_frame(seq, event)))  # type: ignore[arg-type]
+            stored.append(StoredEvent(seq, event_type(event), encode_event(event)))
         if self._next_seq - 1 > self.record.seq_reserved:
             self.record.seq_reserved = self._next_seq - 1
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
         await self._store.commit(all_ops)
         end_task = ends[0] if ends else None
         for ev in stored:
-            self.log.append(ev.seq, ev.type, ev.frame)
+            self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
             if self._sink is not None:
-                self._sink(self.id, ev.seq, ev.type, ev.frame, end_task if ev.type in TERMINAL_EVENTS else None)
+                self._sink(self.id, ev.seq, ev.type, ev.data, end_task if ev.type in TERMINAL_EVENTS else None)
         for task_id in ends:
             self.hub.task_end_seq[task_id] = seqs[-1]
             if len(self.hub.task_end_seq) > _TASK_END_MEMORY:
@@ -174,10 +175,10 @@ class SessionState:
     def _emit_delta(self, turn: Turn, delta: str) -> None:
         seq = self._next_seq
         self._next_seq = seq + 1
-        frame = encode_frame(seq, MessageDelta(turn.task_id, turn.reply_id, delta))
-        self.log.append(seq, "message.delta", frame)
+        data = delta_data(turn.delta_head, delta)
+        self.log.append(seq, "message.delta", data)
         if self._sink is not None:
-            self._sink(self.id, seq, "message.delta", frame, None)
+            self._sink(self.id, seq, "message.delta", data, None)
         self._stats.events += 1
         self.hub.notify()
 

@@ -111,6 +111,6 @@ class Rows:
                 case PutCheckpoint():
                     self.checkpoints.append((op.id, op.session_id, op.body.decode()))
                 case PutEvent(session_id=sid, event=ev):
-                    self.events.append((sid, ev.seq, ev.type, ev.frame))
+                    self.events.append((sid, ev.seq, ev.type, ev.data))
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))

@@ -64,8 +64,8 @@ _UPSERT_CHECKPOINT = (
     " ON CONFLICT (id) DO UPDATE SET body = excluded.body"
 )
 _INSERT_EVENT = (
-    "INSERT INTO events (session_id, seq, type, frame) VALUES ($1, $2, $3, $4)"
-    " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, frame = excluded.frame"
+    "INSERT INTO events (session_id, seq, type, data) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data"
 )
 _DELETES = [
     "DELETE FROM messages WHERE session_id = $1",
@@ -207,7 +207,7 @@ class PostgresStore:
         ]
         messages = [(_text(a), _text(b), body) for a, b, body in rows.messages]
         checkpoints = [(_text(a), _text(b), body) for a, b, body in rows.checkpoints]
-        events = [(_text(sid), seq, type_, frame) for sid, seq, type_, frame in rows.events]
+        events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
         deletes = [(_text(sid),) for (sid,) in rows.deletes]
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
@@ -243,7 +243,7 @@ class PostgresStore:
         nodes = await self._fetch("SELECT body FROM messages WHERE session_id = $1 ORDER BY pos", session_id)
         cps = await self._fetch("SELECT body FROM checkpoints WHERE session_id = $1 ORDER BY pos", session_id)
         evs = await self._fetch(
-            "SELECT seq, type, frame FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT $2", session_id, events
+            "SELECT seq, type, data FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT $2", session_id, events
         )
         evs.reverse()
         max_seq = await self._fetch("SELECT max(seq) FROM events WHERE session_id = $1", session_id)
@@ -257,7 +257,7 @@ class PostgresStore:
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
         rows = await self._fetch(
-            "SELECT seq, type, frame FROM events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT seq, type, data FROM events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             session_id, after, limit,
         )
         return [StoredEvent(r[0], r[1], bytes(r[2])) for r in rows]

@@ -56,7 +56,7 @@ _UPSERT_CHECKPOINT = (
     "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
     " ON CONFLICT(id) DO UPDATE SET body = excluded.body"
 )
-_INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, frame) VALUES (?, ?, ?, ?)"
+_INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)"
 _DELETES = [
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
@@ -164,7 +164,7 @@ class SqliteStore:
             "SELECT body FROM checkpoints WHERE session_id = ? ORDER BY pos", (session_id,)
         )
         evs = await self._all(
-            "SELECT seq, type, frame FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+            "SELECT seq, type, data FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
             (session_id, events),
         )
         evs.reverse()
@@ -173,16 +173,16 @@ class SqliteStore:
             record=record,
             nodes=[_dec_node.decode(r[0]) for r in nodes],
             checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
-            events=[StoredEvent(seq, type_, bytes(frame)) for seq, type_, frame in evs],
+            events=[StoredEvent(seq, type_, bytes(data)) for seq, type_, data in evs],
             max_seq=max_seq,
         )
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
         rows = await self._all(
-            "SELECT seq, type, frame FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (session_id, after, limit),
         )
-        return [StoredEvent(seq, type_, bytes(frame)) for seq, type_, frame in rows]
+        return [StoredEvent(seq, type_, bytes(data)) for seq, type_, data in rows]
 
     async def list_sessions(self, query: SessionQuery) -> list[SessionRecord]:
         where: list[str] = []

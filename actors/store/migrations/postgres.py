@@ -98,4 +98,14 @@ PG_MIGRATIONS: list[str] = [
         PRIMARY KEY (namespace, kind, digest)
     );
     """,
+    # 4: an event is stored as its data, not as its SSE frame (see SQLite's step 4). Bytes, not
+    # JSONB: JSONB would reorder the keys, and a replay must send the bytes first sent.
+    """
+    ALTER TABLE events RENAME COLUMN frame TO data;
+    UPDATE events
+       SET data = substring(data FROM position(decode('0a646174613a20', 'hex') IN data) + 7
+                                 FOR length(data) - position(decode('0a646174613a20', 'hex') IN data) - 8)
+     WHERE substring(data FROM 1 FOR 4) = decode('69643a20', 'hex')
+       AND position(decode('0a646174613a20', 'hex') IN data) > 0;
+    """,
 ]

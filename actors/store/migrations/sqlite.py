@@ -98,4 +98,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (namespace, kind, digest)
     ) WITHOUT ROWID;
     """,
+    # 4: an event is stored as its data (the event's JSON), not as the SSE frame it was sent
+    # in: every "id: N\nevent: T\ndata: D\n\n" becomes D. JSON holds no raw newline, so the
+    # first "\ndata: " (X'0A646174613A20') is the data line's own; D ends 2 bytes before the end.
+    # Steps 1 to 3 stay as they are: they are the history an old database has been through.
+    """
+    ALTER TABLE events RENAME COLUMN frame TO data;
+    UPDATE events
+       SET data = substr(data, instr(data, X'0A646174613A20') + 7, length(data) - instr(data, X'0A646174613A20') - 8)
+     WHERE substr(data, 1, 4) = X'69643A20' AND instr(data, X'0A646174613A20') > 0;
+    """,
 ]
