@@ -16,11 +16,11 @@ from actors.agent.documents.library import (
     ChunkIndex,
     bm25,
     chunk_text,
-    extract_text,
     safe_name,
     select_within_budget,
     terms,
 )
+from actors.agent.documents.extract import extract_text
 from actors.agent.tokens import TokenCounter
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import FakeOpenAI, converse

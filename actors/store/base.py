@@ -12,6 +12,9 @@ from actors.core.records import (
     GuestRecord,
     LoadedSession,
     Op,
+    PutCheckpoint,
+    PutMessage,
+    PutSession,
     RefreshOutcome,
     RefreshTokenRecord,
     SessionQuery,
@@ -37,6 +40,10 @@ class Store(Protocol):
         Concurrent callers share transactions (group commit); ops of one call keep their order
         and never straddle two transactions.
         """
+
+    async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
+        """Write a new session and its rows in one insert-only transaction of its own (outside
+        group commit); False, writing nothing, if a session has that id already."""
 
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None: ...
 
