@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from actors.agent.documents.extract import extract_text
 from actors.agent.documents.library import (
     ChunkIndex,
     bm25,
@@ -20,7 +21,6 @@ from actors.agent.documents.library import (
     select_within_budget,
     terms,
 )
-from actors.agent.documents.extract import extract_text
 from actors.agent.tokens import TokenCounter
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import FakeOpenAI, converse

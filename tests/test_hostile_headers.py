@@ -23,7 +23,8 @@ async def test_a_blank_or_repeated_end_user_header_is_a_400(client: TestClient[A
     ]
     for extra in attempts:
         headers = CIMultiDict([*HEADERS.items(), *extra])
-        for method, path in (("GET", f"/v1/sessions/{sid}"), ("GET", "/v1/sessions"), ("DELETE", f"/v1/sessions/{sid}")):
+        routes = (("GET", f"/v1/sessions/{sid}"), ("GET", "/v1/sessions"), ("DELETE", f"/v1/sessions/{sid}"))
+        for method, path in routes:
             resp = await client.request(method, path, headers=headers)
             body = await resp.text()
             assert resp.status == 400, f"{extra} {method} {path}: {resp.status} {body}"

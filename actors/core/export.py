@@ -56,21 +56,21 @@ _MAX_COUNT = 1 << 40  # tokens of one message: a count, not a way to move a bill
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
 # What utcnow() writes: RFC 3339 in UTC, so dates sort as text (checked as a calendar date below).
 Date = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Text = Annotated[str, msgspec.Meta(max_length=MAX_CONTENT_CHARS)]
-Short = Annotated[str, msgspec.Meta(max_length=1024)]
+_MAX_NAME = 256  # a namespace, an end user, an agent, a tool
+_MAX_SHORT = 1024  # a title, a model, a task id, a checkpoint label
+_MAX_LIST = 256  # tools, tool calls of one message, linked documents
 
 
 class ExportedSession(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     id: Id
-    namespace: Name = "default"
-    end_user_id: Name | None = None
-    agent_id: Name | None = None
-    title: Short | None = None
-    system_prompt: Text | None = None
+    namespace: Annotated[str, msgspec.Meta(min_length=1)] = "default"
+    end_user_id: str | None = None
+    agent_id: str | None = None
+    title: str | None = None
+    system_prompt: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     context: dict[str, Any] = msgspec.field(default_factory=dict)
-    tools: Annotated[list[Name], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=list)
+    tools: list[str] = msgspec.field(default_factory=list)
     is_guest: bool = False
     created_at: Date
     # Read for compatibility, never trusted: recomputed from the messages.
@@ -81,33 +81,31 @@ class ExportedMessage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     id: Id
     parent_id: Id | None
     role: Literal["user", "assistant"]
-    content: Text
+    content: str
     created_at: Date
     status: Literal["completed", "running", "cancelled", "failed", "interrupted"] = "completed"
-    task_id: Short | None = None
-    model: Short | None = None
+    task_id: str | None = None
+    model: str | None = None
     usage: Usage | None = None
-    hint: Text | None = None
-    tool_calls: Annotated[list[ToolUse], msgspec.Meta(max_length=256)] | None = None
+    hint: str | None = None
+    tool_calls: list[ToolUse] | None = None
 
 
 class ExportedCheckpoint(msgspec.Struct, forbid_unknown_fields=True):
     id: Id
     message_id: Id
     created_at: Date
-    label: Short
+    label: str
 
 
 class SessionExport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     format: Literal["sessiond.session"] = FORMAT
     version: int = VERSION
     session: ExportedSession
-    messages: Annotated[list[ExportedMessage], msgspec.Meta(max_length=MAX_MESSAGES)]
-    active_leaf_id: Id | None = None
-    checkpoints: Annotated[list[ExportedCheckpoint], msgspec.Meta(max_length=MAX_CHECKPOINTS)] = msgspec.field(
-        default_factory=list
-    )
-    documents: Annotated[list[Id], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=list)
+    messages: list[ExportedMessage]
+    active_leaf_id: str | None = None
+    checkpoints: list[ExportedCheckpoint] = msgspec.field(default_factory=list)
+    documents: list[str] = msgspec.field(default_factory=list)
 
 
 def build_export(record: SessionRecord, nodes: Iterable[Node], checkpoints: Iterable[Checkpoint]) -> SessionExport:
@@ -194,24 +192,64 @@ def _check_usage(what: str, usage: Usage | None) -> None:
             raise InvalidRequestError(f"{what}: usage.{name} must be a count of tokens, not {count}")
 
 
+def _check_length(what: str, value: str | list[Any] | None, limit: int) -> None:
+    if value is not None and len(value) > limit:
+        raise InvalidRequestError(f"{what} is longer than {limit}")
+
+
 def _check_message(m: ExportedMessage) -> None:
     what = f"message {m.id}"
     _check_date(f"{what}: created_at", m.created_at)
     _check_usage(what, m.usage)
+    for name, value, limit in (
+        ("content", m.content, MAX_CONTENT_CHARS),
+        ("hint", m.hint, MAX_CONTENT_CHARS),
+        ("task_id", m.task_id, _MAX_SHORT),
+        ("model", m.model, _MAX_SHORT),
+        ("tool_calls", m.tool_calls, _MAX_LIST),
+    ):
+        _check_length(f"{what}: {name}", value, limit)
     for use in m.tool_calls or ():
         check_json(f"{what}: the arguments of tool call {use.call_id[:64]}", use.arguments)
-        if len(use.call_id) > 256 or len(use.name) > 256 or len(use.output or "") > MAX_CONTENT_CHARS:
+        if len(use.call_id) > _MAX_SHORT or len(use.name) > _MAX_NAME or len(use.output or "") > MAX_CONTENT_CHARS:
             raise InvalidRequestError(f"{what}: a tool call is too large")
+
+
+def _check_session(doc: SessionExport) -> None:
+    s = doc.session
+    _check_date("session.created_at", s.created_at)
+    for name, value, limit in (
+        ("namespace", s.namespace, _MAX_NAME),
+        ("end_user_id", s.end_user_id, _MAX_NAME),
+        ("agent_id", s.agent_id, _MAX_NAME),
+        ("title", s.title, _MAX_SHORT),
+        ("system_prompt", s.system_prompt, MAX_CONTENT_CHARS),
+        ("tools", s.tools, _MAX_LIST),
+    ):
+        _check_length(f"session.{name}", value, limit)
+    for tool in s.tools:
+        _check_length("a tool name", tool, _MAX_NAME)
+    check_json("session.metadata", s.metadata)
+    check_json("session.context", s.context)
+    for name, items, limit in (
+        ("messages", doc.messages, MAX_MESSAGES),
+        ("checkpoints", doc.checkpoints, MAX_CHECKPOINTS),
+        ("documents", doc.documents, _MAX_LIST),
+    ):
+        if len(items) > limit:
+            raise InvalidRequestError(f"a session holds at most {limit} {name} here, this one {len(items)}")
+    for c in doc.checkpoints:
+        _check_length(f"checkpoint {c.id}: label", c.label, _MAX_SHORT)
+    for document_id in doc.documents:
+        _check_length("a document id", document_id, _MAX_NAME)
 
 
 def from_export(doc: SessionExport) -> tuple[SessionRecord, list[Node], list[Checkpoint]]:
     """Check ``doc`` is a consistent, bounded tree and turn it into what the store keeps."""
     if doc.version != VERSION:
         raise InvalidRequestError(f"export version {doc.version} is not supported (this server reads {VERSION})")
+    _check_session(doc)
     s = doc.session
-    _check_date("session.created_at", s.created_at)
-    check_json("session.metadata", s.metadata)
-    check_json("session.context", s.context)
     seen: set[str] = set()
     nodes: list[Node] = []
     usage = Usage()
