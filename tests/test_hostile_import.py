@@ -221,3 +221,86 @@ async def test_an_end_user_always_gets_fresh_ids(store: dict[str, Any], make_cli
     assert answers == [201, 201, 201]
     assert await _contents(client, theirs["id"]) == theirs_before
     assert (await client.get("/v1/sessions/ses_unused")).status == 404
+
+
+async def test_an_upgraded_database_keeps_its_rows_and_guest_uploads_become_private(
+    store: dict[str, Any], make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Schema step 4 (rows keyed by session, documents with owners) on a database of step 3."""
+    data_dir = tmp_path / "data"
+    now = "2026-11-30T12:00:00.000000Z"
+
+    def session(sid: str, **extra: Any) -> str:
+        body = {"id": sid, "namespace": "default", "created_at": now, "last_active_at": now, **extra}
+        return json.dumps(body)
+
+    def document(doc_id: str, end_user_id: str | None) -> str:
+        return json.dumps({
+            "id": doc_id, "name": f"{doc_id}.txt", "size": 4, "content_type": "text/plain", "kind": "txt",
+            "sha256": "a" * 64, "created_at": now, "end_user_id": end_user_id, "chars": 4,
+        })
+
+    node = json.dumps({"id": "msg_1", "parent_id": None, "role": "user", "content": "kept", "created_at": now})
+    checkpoint = json.dumps({"id": "ckp_1", "message_id": "msg_1", "created_at": now, "label": "answer"})
+    sessions = [
+        ("ses_old", None, session("ses_old", active_leaf_id="msg_1", message_count=1)),
+        ("ses_guest", None, session("ses_guest", is_guest=True, guest_id="gst_1", documents=["doc_guest"])),
+    ]
+    documents = [("doc_shared", None), ("doc_guest", None), ("doc_u1", "u1")]
+    if store["kind"] == "sqlite":
+        import sqlite3
+
+        from actors.store.migrations.sqlite import MIGRATIONS
+
+        data_dir.mkdir()
+        db = sqlite3.connect(data_dir / "sessiond.db")
+        for script in MIGRATIONS[:3]:
+            db.executescript(script)
+        db.executemany("INSERT INTO sessions VALUES (?, 'default', ?, '" + now + "', ?)", sessions)
+        db.execute("INSERT INTO messages (id, session_id, body) VALUES ('msg_1', 'ses_old', ?)", (node,))
+        db.execute("INSERT INTO checkpoints (id, session_id, body) VALUES ('ckp_1', 'ses_old', ?)", (checkpoint,))
+        db.executemany(
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, 'text')",
+            [(d, "a" * 64, u, now, document(d, u)) for d, u in documents],
+        )
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+        db.close()
+    else:
+        import asyncpg  # type: ignore[import-untyped]
+
+        from actors.store.migrations.postgres import PG_MIGRATIONS
+
+        conn = await asyncpg.connect(store["postgres_dsn"])
+        try:
+            for script in PG_MIGRATIONS[:3]:
+                await conn.execute(script)
+            await conn.execute("CREATE TABLE sessiond_schema (version INTEGER NOT NULL)")
+            await conn.execute("INSERT INTO sessiond_schema (version) VALUES (3)")
+            await conn.executemany(
+                f"INSERT INTO sessions VALUES ($1, 'default', $2, '{now}', $3::jsonb)", sessions
+            )
+            await conn.execute("INSERT INTO messages (id, session_id, body) VALUES ('msg_1', 'ses_old', $1)", node)
+            await conn.execute(
+                "INSERT INTO checkpoints (id, session_id, body) VALUES ('ckp_1', 'ses_old', $1)", checkpoint
+            )
+            await conn.executemany(
+                "INSERT INTO documents VALUES ($1, $2, $3, $4, $5, 'text')",
+                [(d, "a" * 64, u, now, document(d, u)) for d, u in documents],
+            )
+        finally:
+            await conn.close()
+
+    client = await make_client(data_dir, store=store)
+    assert await _contents(client, "ses_old") == ["kept"]
+    checkpoints = await _json(await client.get("/v1/sessions/ses_old/checkpoints"), 200)
+    assert [c["id"] for c in checkpoints["items"]] == ["ckp_1"]
+    seen = await _json(await client.get("/v1/documents", headers=U1), 200)
+    assert sorted(d["id"] for d in seen["items"]) == ["doc_shared", "doc_u1"], "the guest's upload is private now"
+    every = await _json(await client.get("/v1/documents"), 200)
+    assert {d["id"]: d["shared"] for d in every["items"]} == {"doc_shared": True, "doc_guest": False, "doc_u1": False}
+    # New rows go in by (session, id): the old message id may now exist in another session too.
+    doc = await _export(client, "ses_old")
+    doc["session"]["id"] = "ses_new"
+    await _json(await client.post("/v1/sessions/import", json=doc), 201)
+    assert await _contents(client, "ses_new") == ["kept"] and await _contents(client, "ses_old") == ["kept"]
