@@ -2,7 +2,8 @@
 
 An upload streams into a temporary file under the documents directory while it is counted and
 hashed; past the size limit it is refused and the file deleted. A complete upload has its text
-extracted (txt, md, json, csv, html, pdf), then the file is kept as ``<root>/<h[:2]>/<h>`` where
+extracted (txt, md, json, csv, html, pdf) in a child process within page, character, CPU, memory
+and time limits (``extract.py``), then the file is kept as ``<root>/<h[:2]>/<h>`` where
 ``h`` is the SHA-256 of its content: the name the client gave is shown, never used as a path.
 
 The text is cut into chunks of about ``chunk_words`` words. A search, or the context given to a
