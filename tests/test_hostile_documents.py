@@ -13,13 +13,14 @@ import asyncio
 import io
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ClientFactory, new_session
+from tests.conftest import ClientFactory, ServerProcess, new_session
 
 Client = TestClient[Any, Any]
 SECRET = "The guest's shopping list: eggs, flour, a crowbar."
@@ -105,13 +106,16 @@ async def test_a_pdf_with_too_many_pages_is_refused(make_client: ClientFactory, 
     await _nothing_kept(client, tmp_path)
 
 
-async def test_a_pdf_that_takes_too_much_cpu_or_time_is_stopped(make_client: ClientFactory, tmp_path: Path) -> None:
+async def test_a_pdf_that_takes_too_much_cpu_memory_or_time_is_stopped(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
     # Parsing this content stream alone takes a minute of CPU: the limits stop it within seconds.
     slow = pdf(repeating(200_000))
     loop = asyncio.get_running_loop()
     for limits, says in (
-        ({"extract_cpu_seconds": 1, "extract_seconds": 120.0}, "1 s of CPU"),
+        ({"extract_cpu_seconds": 1, "extract_seconds": 120.0}, "more than 1 s of CPU"),
         ({"extract_cpu_seconds": 120, "extract_seconds": 1.0}, "longer than 1 s"),
+        ({"extract_memory_bytes": 80 << 20, "extract_seconds": 120.0}, "more than 80 MiB of memory"),
     ):
         client = await make_client(documents={"max_chars": 0, **limits})
         started = loop.time()
@@ -121,8 +125,8 @@ async def test_a_pdf_that_takes_too_much_cpu_or_time_is_stopped(make_client: Cli
         await _nothing_kept(client, tmp_path)
 
 
-def _extractors() -> list[int]:
-    """The text extractors this process (the server under test) runs now."""
+def _extractors(parent: int | None = None) -> list[int]:
+    """The text extractors the server under test (this process, or ``parent``) runs now."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -132,8 +136,8 @@ def _extractors() -> list[int]:
             status = Path(entry.path, "status").read_text()
         except OSError:
             continue
-        parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-        if b"actors.agent.documents.extract" in cmdline and parent == str(os.getpid()):
+        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
+        if b"actors.agent.documents.extract" in cmdline and ppid == str(parent or os.getpid()):
             found.append(int(entry.name))
     return found
 
@@ -167,6 +171,33 @@ async def test_the_extractor_is_killed_when_the_client_leaves(make_client: Clien
     await asyncio.gather(sending, return_exceptions=True)
     await asyncio.wait_for(asyncio.gather(*map(_exited, pids)), 10)  # far sooner than its 300 s
     assert (await (await client.get("/v1/documents")).json())["items"] == []
+
+
+async def test_the_served_server_bounds_and_kills_its_extractors(
+    server_process: Callable[..., ServerProcess], http: aiohttp.ClientSession
+) -> None:
+    """``sessiond serve`` itself (uvloop, handlers cancelled when their client leaves), with
+    the bounds set from the environment."""
+    server = server_process(
+        {"SESSIOND_DOCUMENTS_MAX_CHARS": "50000", "SESSIOND_DOCUMENTS_EXTRACT_CPU_SECONDS": "300",
+         "SESSIOND_DOCUMENTS_EXTRACT_SECONDS": "300"}
+    )
+    url = server.start()
+    assert server.proc is not None
+    resp = await http.post(f"{url}/v1/documents", data=form(pdf(repeating(20_000)), "bomb.pdf"))
+    assert resp.status == 413 and "50000 characters" in (await resp.json(content_type=None))["detail"]
+
+    sending = asyncio.ensure_future(http.post(f"{url}/v1/documents", data=form(pdf(repeating(200_000)), "slow.pdf")))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not (pids := _extractors(server.proc.pid)):
+        assert loop.time() < deadline and not sending.done(), "no extractor started"
+        await asyncio.sleep(0.05)
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
+    await asyncio.wait_for(asyncio.gather(*map(_exited, pids)), 10)
+    listed = await (await http.get(f"{url}/v1/documents")).json()
+    assert listed["items"] == []
 
 
 # -- limits ----------------------------------------------------------------------------------

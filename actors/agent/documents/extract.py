@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from html.parser import HTMLParser
@@ -212,7 +213,11 @@ async def extract_bounded(
         return out.decode("utf-8", "replace")
     if code in (_TOO_MANY_PAGES, _TOO_MUCH_TEXT):
         raise TextTooLarge(reason)
-    if code == _OUT_OF_MEMORY or code is None or code < 0:
+    if code == _OUT_OF_MEMORY:
+        raise ExtractionFailed(f"reading the text needed more than {limits.memory_bytes // (1 << 20)} MiB of memory")
+    if code in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise ExtractionFailed(f"reading the text took more than {limits.cpu_seconds} s of CPU")
+    if code is None or code < 0:
         raise ExtractionFailed(
             f"reading the text went past the limits ({limits.cpu_seconds} s of CPU,"
             f" {limits.memory_bytes // (1 << 20)} MiB of memory)"
