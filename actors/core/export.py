@@ -133,7 +133,7 @@ def build_export(record: SessionRecord, nodes: Iterable[Node], checkpoints: Iter
                 role=n.role,
                 content=n.content,  # type: ignore[arg-type]
                 created_at=n.created_at,
-                status=n.status,
+                status=n.status,  # type: ignore[arg-type]  # a Node holds one of these five
                 task_id=n.task_id,
                 model=n.model,
                 usage=n.usage,
