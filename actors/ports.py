@@ -12,7 +12,16 @@ from typing import Protocol, TypeVar
 
 from actors.core.commands import Command
 from actors.core.model import ModelRequest, TurnItem
-from actors.core.records import LoadedSession, Op, SessionQuery, SessionRecord, StoredEvent
+from actors.core.records import (
+    LoadedSession,
+    Op,
+    PutCheckpoint,
+    PutMessage,
+    PutSession,
+    SessionQuery,
+    SessionRecord,
+    StoredEvent,
+)
 from actors.core.stream import EventStream
 
 __all__ = ["EventSink", "EventStream", "Provider", "SessionRef", "SessionStore"]
@@ -77,6 +86,10 @@ class SessionStore(Protocol):
         Concurrent callers share transactions (group commit); ops of one call keep their order
         and never straddle two transactions. After ``aclose`` it raises StoreClosedError.
         """
+
+    async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
+        """Write a new session and its rows in one insert-only transaction of its own (outside
+        group commit); False, writing nothing, if a session has that id already."""
 
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None: ...
 

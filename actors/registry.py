@@ -19,7 +19,7 @@ from actors.core.errors import ActorStoppedError, ConflictError, NotFoundError, 
 from actors.core.events import FrameEncoder
 from actors.core.export import SessionExport, from_export, remap_ids
 from actors.core.ids import new_id, utcnow
-from actors.core.records import Op, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
+from actors.core.records import PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
 from actors.core.tree import Node
 from actors.ports import Provider, SessionRef, SessionStore
 from actors.session.actor import ActorSettings, SessionActor
@@ -120,12 +120,15 @@ class Registry:
         record, nodes, checkpoints = from_export(doc)
         for name, value in fields.items():
             setattr(record, name, value)
-        if await self.store.get_session(record.id) is not None or record.id in self._actors:
-            raise ConflictError(f"session {record.id} exists already; import with new_id=true for a copy")
-        ops: list[Op] = [PutMessage.of(record.id, n) for n in nodes]
-        ops += [PutCheckpoint.of(record.id, c) for c in checkpoints]
-        ops.append(PutSession.of(record))
-        await self.store.commit(ops)
+        conflict = ConflictError(f"session {record.id} exists already; import with new_id=true for a copy")
+        if record.id in self._actors:
+            raise conflict
+        rows: list[PutMessage | PutCheckpoint] = [PutMessage.of(record.id, n) for n in nodes]
+        rows += [PutCheckpoint.of(record.id, c) for c in checkpoints]
+        # Insert-only, in one transaction: a session that exists (or an import of the same id
+        # racing this one) is never written to, so exactly one of two imports of an id wins.
+        if not await self.store.insert_session(PutSession.of(record), rows):
+            raise conflict
         return record
 
     async def create_from_nodes(self, record: SessionRecord, nodes: list[Node]) -> SessionRecord:

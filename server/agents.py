@@ -15,6 +15,7 @@ from actors.agent.backends.ollama import OllamaBackend
 from actors.agent.backends.openai import OpenAIBackend
 from actors.agent.backends.simulated import SimulatedBackend
 from actors.agent.backends.upstream import UpstreamSettings
+from actors.agent.documents.extract import ExtractLimits
 from actors.agent.documents.library import KINDS, DocumentLibrary
 from actors.agent.router import Router
 from actors.agent.runner import AgentRunner
@@ -87,6 +88,10 @@ def setup_agents(
     library = DocumentLibrary(
         store, config.data_dir / "documents", max_bytes=docs.max_bytes, allowed=docs.allowed_types,
         context_tokens=docs.context_tokens, chunk_words=max(docs.chunk_words, 10), counter=counter,
+        extract=ExtractLimits(
+            max_pages=docs.max_pages, max_chars=docs.max_chars, cpu_seconds=docs.extract_cpu_seconds,
+            memory_bytes=docs.extract_memory_bytes, wall_seconds=docs.extract_seconds,
+        ),
     )
     toolbox = ToolBox(timeout=config.tools.timeout_seconds)
     for tool in builtin_tools(library):

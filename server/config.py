@@ -134,6 +134,11 @@ class DocumentsSection(_Section):
     allowed_types: list[str] = msgspec.field(default_factory=lambda: ["txt", "md", "json", "csv", "html", "pdf"])
     context_tokens: int = 1500
     chunk_words: int = 120
+    max_pages: int = 1000
+    max_chars: int = 5_000_000
+    extract_seconds: float = 30.0
+    extract_cpu_seconds: int = 20
+    extract_memory_bytes: int = 1_073_741_824
 
 
 class ToolsSection(_Section):

@@ -24,7 +24,7 @@ from server.auth.ratelimit import Admission, Limiter, Subject, SubjectKind
 from server.config import LimitSet, LimitsSection
 from server.routes.common import ask, session_of
 
-__all__ = ["TurnQuota", "guest_subject", "subjects_for", "turn_quota"]
+__all__ = ["TurnQuota", "guest_subject", "subjects_for", "subjects_of", "turn_quota"]
 
 R = TypeVar("R")
 
@@ -50,16 +50,23 @@ def _subject(name: str, kind: SubjectKind, limits: LimitSet | None) -> Subject |
 def subjects_for(settings: LimitsSection, key_id: str | None, record: SessionRecord) -> list[Subject]:
     """The guest of a guest session, the API key behind the call, the session's end user:
     each that has limits configured."""
+    return subjects_of(settings, key_id, guest_id=record.guest_id, end_user_id=record.end_user_id)
+
+
+def subjects_of(
+    settings: LimitsSection, key_id: str | None, *, guest_id: str | None, end_user_id: str | None
+) -> list[Subject]:
+    """The guest, the API key, the end user: each that has limits configured."""
     out: list[Subject] = []
-    if record.guest_id is not None:
-        out.append(guest_subject(settings, record.guest_id))
+    if guest_id is not None:
+        out.append(guest_subject(settings, guest_id))
     if key_id is not None:
         s = _subject(f"key:{key_id}", "key", settings.keys.get(key_id) or settings.keys.get("*"))
         if s is not None:
             out.append(s)
-    if record.end_user_id is not None:
-        limits = settings.end_users.get(record.end_user_id) or settings.end_users.get("*")
-        s = _subject(f"user:{record.end_user_id}", "end_user", limits)
+    if end_user_id is not None:
+        limits = settings.end_users.get(end_user_id) or settings.end_users.get("*")
+        s = _subject(f"user:{end_user_id}", "end_user", limits)
         if s is not None:
             out.append(s)
     return out

@@ -212,7 +212,7 @@ async def test_agents(store: Any) -> None:
 def _doc(doc_id: str, created_at: str, end_user_id: str | None = None, sha256: str = "a" * 64) -> DocumentRecord:
     return DocumentRecord(
         id=doc_id, name=f"{doc_id}.md", size=10, content_type="text/markdown", kind="md",
-        sha256=sha256, created_at=created_at, end_user_id=end_user_id, chars=7,
+        sha256=sha256, created_at=created_at, end_user_id=end_user_id, chars=7, shared=end_user_id is None,
     )
 
 

@@ -68,8 +68,13 @@ class DocumentRecord(msgspec.Struct, kw_only=True):
     kind: str  # txt | md | json | csv | html | pdf
     sha256: str
     created_at: str
-    end_user_id: str | None = None  # None: shared (every end user may see it)
+    # The owner: the end user it was uploaded for, else the guest, else the session it was
+    # uploaded into; with none of them it is ``shared`` (an operator's explicit choice).
+    end_user_id: str | None = None
     chars: int = 0  # length of the extracted text
+    guest_id: str | None = None
+    session_id: str | None = None
+    shared: bool = False
 
 
 # -- tokens and guests ----------------------------------------------------------------------

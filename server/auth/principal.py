@@ -7,6 +7,7 @@ from aiohttp import web
 
 from actors.core.errors import ForbiddenError, NotFoundError
 from actors.ports import SessionRef
+from actors.store.tables import DocumentRecord
 
 __all__ = ["PRINCIPAL", "SESSION", "Principal", "authorize_session", "principal_of", "require_key"]
 
@@ -28,6 +29,16 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
         if self.namespace is not None and self.namespace != namespace:
             return False
         return self.end_user_id is None or self.end_user_id == end_user_id
+
+    def can_read(self, doc: DocumentRecord) -> bool:
+        """A document: an API key sees every one; acting for an end user, that user's and the
+        shared ones; a session token, its session's and its guest's."""
+        if self.kind == "key":
+            return self.end_user_id is None or doc.shared or doc.end_user_id == self.end_user_id
+        # A session token: its own session's uploads, and its guest's (a guest's other sessions).
+        if doc.session_id is not None and doc.session_id == self.session_id:
+            return True
+        return self.guest_id is not None and doc.guest_id == self.guest_id
 
 
 def authorize_session(principal: Principal, session_id: str, namespace: str, end_user_id: str | None) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from actors.core.errors import ForbiddenError, NotFoundError, UnauthorizedError
+from actors.core.errors import ForbiddenError, NotFoundError, SessiondError, UnauthorizedError
 from server.appkeys import KEYRING, REGISTRY, TOKENS
 from server.auth.principal import PRINCIPAL, SESSION, Principal, authorize_session
 from server.auth.tokens import REFRESH_PREFIX
@@ -27,13 +27,30 @@ __all__ = ["REFRESH_ROUTE", "auth_middleware"]
 REFRESH_ROUTE = "/v1/tokens/refresh"
 
 
+class BadHeaderError(SessiondError):
+    status, code, title = 400, "bad_header", "A request header is not valid"
+
+
+def _end_user_header(request: web.Request) -> str | None:
+    """The end user an API key acts for. Fail closed: a blank or repeated X-End-User-ID is a
+    400, never "no end user" (which is the operator, who sees everything)."""
+    values = request.headers.getall("X-End-User-ID", [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadHeaderError("send X-End-User-ID once")
+    if not values[0].strip():
+        raise BadHeaderError("X-End-User-ID is empty; leave the header out to act as the operator")
+    return values[0]
+
+
 async def _authenticate(request: web.Request, route: Route | None) -> Principal:
     h = request.headers
     if "X-API-Key" in h or "X-Client-ID" in h or "X-Client-Secret" in h:
         key_id = await request.app[KEYRING].verify(h.get("X-Client-ID"), h.get("X-Client-Secret"), h.get("X-API-Key"))
         if key_id is None:
             raise UnauthorizedError("the API key is not valid")
-        return Principal(kind="key", key_id=key_id, end_user_id=h.get("X-End-User-ID") or None)
+        return Principal(kind="key", key_id=key_id, end_user_id=_end_user_header(request))
     token: str | None = None
     auth = h.get("Authorization")
     if auth is not None:
