@@ -21,6 +21,7 @@ from server.errors import problem_middleware
 from server.logs import request_id_middleware
 from server.metrics import METRICS, Metrics, metrics_middleware
 from server.middleware.auth import auth_middleware
+from server.preflight import prepare_data_dir
 from server.table import add_routes
 
 __all__ = ["make_app", "make_store"]
@@ -61,6 +62,7 @@ def make_app(config: Config) -> web.Application:
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
     metrics = Metrics(app) if config.metrics.enabled else None
     if metrics is not None:

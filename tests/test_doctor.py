@@ -36,7 +36,7 @@ def _line(out: str, name: str) -> str:
 def test_a_healthy_installation_passes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     created = subprocess.run(
-        [sys.executable, "-m", "server", "keys", "create", "--data-dir", str(data), "--name", "ops"],
+        [sys.executable, "-m", "server", "keys", "create", "--create", "--data-dir", str(data), "--name", "ops"],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60,
     )
     assert created.returncode == 0, created.stderr
@@ -153,3 +153,16 @@ async def test_configured_providers_are_reached(aiohttp_server: Any, tmp_path: P
     assert down.startswith("FAIL") and "does not answer" in down
     direct = await check_provider("[providers.up] base_url", str(model.make_url("/v1")))
     assert direct.state == "ok"
+
+
+def test_a_data_dir_open_to_other_users_is_a_warning(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o755)
+    code, out = _doctor(tmp_path, "--data-dir", str(data))
+    assert code == 0, out  # a warning, not a failure
+    line = _line(out, "data")
+    assert line.startswith("warn") and "open to other users (mode 0755)" in line and f"chmod 700 {data}" in line
+    data.chmod(0o700)
+    _, out = _doctor(tmp_path, "--data-dir", str(data))
+    assert _line(out, "data").startswith("ok")

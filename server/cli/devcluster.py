@@ -119,10 +119,12 @@ async def _run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
                     urls.append(line.removeprefix("listening on ").strip())
                     break
         from server.cli.main import serve_until_signalled
+        from server.preflight import bind_socket
 
+        sock = bind_socket("127.0.0.1", args.port, 128)
         runner = web.AppRunner(make_proxy(urls), access_log=None)
         await runner.setup()
-        await serve_until_signalled(runner, "127.0.0.1", args.port, note=f" (round-robin over {', '.join(urls)})")
+        await serve_until_signalled(runner, sock, note=f" (round-robin over {', '.join(urls)})")
         return 0
     finally:
         for proc in procs:

@@ -10,40 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
 from server.config import Config, ConfigError
+from server.preflight import FAIL, OK, WARN, Check, check_data_dir, check_postgres, check_redis, used_by_redis
 
 __all__ = ["Check", "provider_urls", "register", "run_checks", "used_by_redis"]
-
-OK, WARN, FAIL = "ok", "warn", "FAIL"
-
-
-class Check(msgspec.Struct):
-    """One finding: its state (ok, warn, FAIL), what was checked, and what was found."""
-
-    state: str
-    name: str
-    detail: str
-
-
-def used_by_redis(config: Config) -> list[str]:
-    """The settings that make sessiond use Redis (``[section] key = "redis"``)."""
-    found = []
-    for section, values in msgspec.to_builtins(config).items():
-        if isinstance(values, dict):
-            found += [f"[{section}] {k}" for k, v in values.items() if v == "redis"]
-    return found
-
 
 def provider_urls(config: Config) -> list[tuple[str, str]]:
     """(setting, URL) of every ``base_url`` in the configuration: the providers to reach."""
@@ -65,27 +43,7 @@ def provider_urls(config: Config) -> list[tuple[str, str]]:
 
 
 def _data_dir(config: Config) -> Iterator[Check]:
-    d = config.data_dir.resolve()
-    if d.exists() and not d.is_dir():
-        yield Check(FAIL, "data dir", f"{d} is a file, not a directory: point [server] data_dir elsewhere")
-        return
-    if not d.exists():
-        parent = next((p for p in d.parents if p.exists()), None)
-        if parent is None or not os.access(parent, os.W_OK) or not parent.is_dir():
-            yield Check(FAIL, "data dir", f"{d} does not exist and cannot be created under {parent}")
-        else:
-            yield Check(OK, "data dir", f"{d} does not exist yet; the server will create it")
-        return
-    try:
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
-            pass
-    except OSError as exc:
-        yield Check(FAIL, "data dir", f"cannot write in {d}: {exc.strerror or exc}")
-        return
-    free = os.statvfs(d)
-    free_mib = free.f_bavail * free.f_frsize // (1 << 20)
-    state = OK if free_mib >= 100 else WARN
-    yield Check(state, "data dir", f"{d} is writable ({free_mib} MiB free)")
+    yield check_data_dir(config)
 
 
 def _store(config: Config) -> Iterator[Check]:
@@ -93,7 +51,7 @@ def _store(config: Config) -> Iterator[Check]:
 
     known = len(MIGRATIONS)
     if config.store.kind != "sqlite":
-        yield Check(WARN, "store", f"store.kind is {config.store.kind!r}: the doctor checks SQLite stores only")
+        yield Check(OK, "store", f"store.kind is {config.store.kind!r}: see the postgres check")
         return
     path = (config.data_dir / config.store.sqlite_file).resolve()
     if not path.exists():
@@ -122,24 +80,6 @@ def _store(config: Config) -> Iterator[Check]:
     else:
         sessions = "sessions" in tables
         yield Check(OK if sessions else FAIL, "store", f"{path} opens, schema {version} (current)")
-
-
-async def _redis(config: Config) -> Check:
-    users = used_by_redis(config)
-    if not users:
-        return Check(OK, "redis", "not used by this configuration")
-    import redis.asyncio as aioredis
-
-    url = config.redis.url
-    shown = _without_password(url)
-    conn = aioredis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        await asyncio.wait_for(conn.ping(), 5)
-    except Exception as exc:
-        return Check(FAIL, "redis", f"cannot reach Redis at {shown} (needed by {', '.join(users)}): {exc}")
-    finally:
-        await conn.aclose()
-    return Check(OK, "redis", f"{shown} answers (used by {', '.join(users)})")
 
 
 async def check_provider(setting: str, url: str) -> Check:
@@ -187,15 +127,8 @@ def _keys(config: Config) -> Iterator[Check]:
                     "(run `sessiond keys create`)")
 
 
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
 async def _async_checks(config: Config) -> list[Check]:
-    return [await _redis(config), *await _providers(config)]
+    return [await check_postgres(config), await check_redis(config), *await _providers(config)]
 
 
 def run_checks(load: Callable[[], Config], source: str = "the configuration parses") -> list[Check]:
