@@ -24,6 +24,7 @@ from actors.core.errors import InvalidRequestError
 from actors.core.records import AgentRecord
 from actors.store.base import Store
 from server.config import Config, ConfigError, ProviderSection
+from server.preflight import missing_key
 
 __all__ = ["AGENTS", "LIBRARY", "ROUTER", "TOOLBOX", "build_backends", "setup_agents"]
 
@@ -47,7 +48,7 @@ def _backend(name: str, p: ProviderSection, config: Config, counter: TokenCounte
     if p.api_key_env:
         api_key = os.environ.get(p.api_key_env)
         if not api_key:
-            raise ConfigError(f"providers.{name}.api_key_env: the environment variable {p.api_key_env} is not set")
+            raise ConfigError(missing_key(name, p.api_key_env))
     settings = UpstreamSettings(
         base_url=p.base_url or _DEFAULT_URLS[p.kind],
         api_key=api_key,

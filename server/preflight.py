@@ -27,10 +27,12 @@ __all__ = [
     "Check",
     "StartupError",
     "bind_socket",
+    "check_cluster",
     "check_data_dir",
     "check_postgres",
     "check_redis",
     "explain",
+    "missing_key",
     "prepare_data_dir",
     "used_by_redis",
     "without_password",
@@ -109,6 +111,33 @@ def prepare_data_dir(config: Config) -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             pass
+
+
+# -- the configuration as a whole -----------------------------------------------------------
+
+
+def missing_key(provider: str, env: str) -> str:
+    return f"providers.{provider}.api_key_env: the environment variable {env} is not set"
+
+
+def check_cluster(config: Config) -> Check:
+    """Cluster mode (``[fanout] kind = "redis"``) needs what every node shares: one database
+    and one token signing secret (a token minted on one node is checked on another)."""
+    if config.fanout.kind != "redis":
+        return Check(OK, "cluster", "not in cluster mode ([fanout] kind is not \"redis\")")
+    if config.store.kind != "postgres":
+        return Check(
+            FAIL, "cluster",
+            '[fanout] kind = "redis" (cluster mode) needs [store] kind = "postgres": nodes cannot share SQLite',
+        )
+    secret_file = config.data_dir / config.tokens.secret_file
+    if not config.tokens.secret and not secret_file.is_file():
+        return Check(
+            FAIL, "cluster",
+            "cluster mode needs one token signing secret on every node: set [tokens] secret"
+            f" (or SESSIOND_TOKENS_SECRET), or put the shared secret in {secret_file}",
+        )
+    return Check(OK, "cluster", "PostgreSQL store and a shared token secret")
 
 
 # -- PostgreSQL and Redis -----------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import stat
 import subprocess
@@ -131,10 +132,29 @@ async def test_postgres_unreachable(tmp_path: Path) -> None:
 
 
 async def test_redis_down_in_cluster_mode(tmp_path: Path) -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
-    run = await _serve_async(tmp_path, _env(SESSIOND_FANOUT_KIND="redis", SESSIOND_REDIS_URL=url))
-    line = _one_sentence(run)
-    assert line.startswith(f"sessiond: cannot reach Redis at {url} (needed by [fanout] kind)")
+    dsn = await create_database()
+    try:
+        url = f"redis://127.0.0.1:{_closed_port()}/0"
+        env = _env(
+            SESSIOND_FANOUT_KIND="redis", SESSIOND_REDIS_URL=url, SESSIOND_STORE_KIND="postgres",
+            SESSIOND_STORE_POSTGRES_DSN=dsn, SESSIOND_TOKENS_SECRET=secrets.token_urlsafe(48),
+        )
+        line = _one_sentence(await _serve_async(tmp_path, env))
+        assert line.startswith(f"sessiond: cannot reach Redis at {url} (needed by [fanout] kind)")
+    finally:
+        await drop_database(dsn)
+
+
+def test_cluster_mode_refuses_a_secret_of_its_own_and_sqlite(tmp_path: Path) -> None:
+    run = _serve(tmp_path, "--port", "0", "--data-dir", str(tmp_path / "data"), env=_env(
+        SESSIOND_FANOUT_KIND="redis", SESSIOND_STORE_KIND="postgres",
+    ))
+    assert _one_sentence(run).startswith(
+        "sessiond: cluster mode needs one token signing secret on every node: set [tokens] secret"
+    )
+    assert not (tmp_path / "data" / "jwt_secret").exists(), "no per-node secret was made"
+    run = _serve(tmp_path, "--port", "0", "--data-dir", str(tmp_path / "data"), env=_env(SESSIOND_FANOUT_KIND="redis"))
+    assert 'needs [store] kind = "postgres"' in _one_sentence(run)
 
 
 async def test_the_data_dir_and_database_are_private(

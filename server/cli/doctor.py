@@ -16,31 +16,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
+from server.cli.modelcheck import check_providers
 from server.config import Config, ConfigError
-from server.preflight import FAIL, OK, WARN, Check, check_data_dir, check_postgres, check_redis, used_by_redis
+from server.preflight import (
+    FAIL,
+    OK,
+    WARN,
+    Check,
+    StartupError,
+    bind_socket,
+    check_cluster,
+    check_data_dir,
+    check_postgres,
+    check_redis,
+    used_by_redis,
+)
 
-__all__ = ["Check", "provider_urls", "register", "run_checks", "used_by_redis"]
-
-def provider_urls(config: Config) -> list[tuple[str, str]]:
-    """(setting, URL) of every ``base_url`` in the configuration: the providers to reach."""
-    out: list[tuple[str, str]] = []
-
-    def walk(value: Any, where: list[str]) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if k.endswith("base_url") and isinstance(v, str) and v:
-                    out.append((f"[{'.'.join(where)}] {k}", v))
-                else:
-                    walk(v, [*where, str(k)])
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, [*where, str(i)])
-
-    walk(msgspec.to_builtins(config), [])
-    return out
-
+__all__ = ["Check", "register", "run_checks", "used_by_redis"]
 
 def _data_dir(config: Config) -> Iterator[Check]:
     yield check_data_dir(config)
@@ -82,25 +74,15 @@ def _store(config: Config) -> Iterator[Check]:
         yield Check(OK if sessions else FAIL, "store", f"{path} opens, schema {version} (current)")
 
 
-async def check_provider(setting: str, url: str) -> Check:
-    """Whether the provider at ``url`` (named by ``setting``) answers HTTP at all."""
-    import aiohttp
-
+def _port(config: Config) -> Check:
+    host, port = config.server.host, config.server.port
+    if port == 0:
+        return Check(OK, "port", "0: the server takes any free port")
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            async with http.get(url, allow_redirects=False) as resp:
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return Check(FAIL, "provider", f"{setting} = {url} does not answer: {exc or type(exc).__name__}")
-    # Any HTTP answer means the host is there; a model API commonly answers 401/404 at its root.
-    return Check(OK, "provider", f"{setting} = {url} answers (HTTP {status})")
-
-
-async def _providers(config: Config) -> list[Check]:
-    urls = provider_urls(config)
-    if not urls:
-        return [Check(OK, "provider", "the built-in simulated model: nothing to reach")]
-    return list(await asyncio.gather(*(check_provider(s, u) for s, u in urls)))
+        bind_socket(host, port, 1).close()
+    except StartupError as exc:
+        return Check(FAIL, "port", str(exc))
+    return Check(OK, "port", f"{host}:{port} is free")
 
 
 def _keys(config: Config) -> Iterator[Check]:
@@ -128,7 +110,7 @@ def _keys(config: Config) -> Iterator[Check]:
 
 
 async def _async_checks(config: Config) -> list[Check]:
-    return [await check_postgres(config), await check_redis(config), *await _providers(config)]
+    return [await check_postgres(config), await check_redis(config), *await check_providers(config)]
 
 
 def run_checks(load: Callable[[], Config], source: str = "the configuration parses") -> list[Check]:
@@ -139,6 +121,8 @@ def run_checks(load: Callable[[], Config], source: str = "the configuration pars
         return [Check(FAIL, "config", str(exc))]
     checks = [Check(OK, "config", source)]
     checks += _data_dir(config)
+    checks.append(check_cluster(config))
+    checks.append(_port(config))
     checks += _store(config)
     checks += _keys(config)
     checks += asyncio.run(_async_checks(config))

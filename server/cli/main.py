@@ -123,11 +123,22 @@ async def _serve(config: Config) -> int:
     from server.appkeys import STORE
     from server.auth.keys import create_key
     from server.logs import AccessLogger
-    from server.preflight import FAIL, bind_socket, check_data_dir, check_postgres, check_redis, explain
+    from server.preflight import (
+        FAIL,
+        bind_socket,
+        check_cluster,
+        check_data_dir,
+        check_postgres,
+        check_redis,
+        explain,
+    )
 
     # Everything serve needs, checked before anything is opened: one sentence, not a traceback
     # and not a process that lives on without listening.
-    for check in (check_data_dir(config), await check_postgres(config), await check_redis(config)):
+    for check in (check_data_dir(config), check_cluster(config)):
+        if check.state == FAIL:
+            return _fail(check.detail)
+    for check in (await check_postgres(config), await check_redis(config)):
         if check.state == FAIL:
             return _fail(check.detail)
     try:
