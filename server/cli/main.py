@@ -13,13 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
-from server.config import Config, ConfigError, load_config
+from server.config import Config, ConfigError, load_config, unknown_env
 from server.preflight import StartupError
 
 __all__ = ["build_parser", "main", "port_number", "serve_until_signalled"]
 
 
 def _config_from(args: argparse.Namespace) -> Config:
+    for name, close in unknown_env():
+        hint = f" (did you mean {close}?)" if close else ""
+        print(f"sessiond: warning: {name} is not a setting and is ignored{hint}", file=sys.stderr)
     path = args.config
     if path is None and Path("config.toml").is_file():
         path = "config.toml"
@@ -29,6 +32,15 @@ def _config_from(args: argparse.Namespace) -> Config:
         if value is not None:
             overrides["server"][name] = value
     return load_config(path, overrides=overrides)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sessiond")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def port_number(text: str) -> int:
@@ -49,6 +61,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sessiond", description="A self-hosted server for AI agent sessions.")
+    parser.add_argument("--version", action="version", version=f"sessiond {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server")
