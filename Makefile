@@ -25,9 +25,11 @@ test-debug: $(BIN)/sessiond
 lint: $(BIN)/sessiond
 	$(BIN)/ruff check server actors bench tests
 
-# Three nodes on 127.0.0.1 behind a round-robin proxy on :8080 (needs PostgreSQL and Redis).
+# Three nodes on 127.0.0.1 behind a round-robin proxy on :$(PORT), the nodes on the next ports
+# (needs PostgreSQL and Redis): `make cluster PORT=9000`.
+PORT ?= 8080
 cluster: $(BIN)/sessiond
-	$(BIN)/sessiond cluster --nodes 3
+	$(BIN)/sessiond cluster --nodes 3 --port $(PORT)
 
 bench: $(BIN)/sessiond
 	$(BIN)/pip install --quiet -e '.[bench]'
