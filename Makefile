@@ -35,12 +35,15 @@ bench: $(BIN)/sessiond
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench stream
 
-# One file to carry: dist/sessiond.pyz runs with `python3 sessiond.pyz serve` (same Python minor
-# version and platform as the build: msgspec, uvloop and aiohttp are compiled).
+# One file to carry: dist/sessiond.pyz runs with `python3 sessiond.pyz serve` on any CPython 3.11
+# (3.11.0 and up) on Linux x86_64 (msgspec, uvloop and aiohttp are compiled for 3.11). Packages
+# that some 3.11 patch releases need and others do not are named here, because pip resolves
+# markers for the Python that builds: redis needs async-timeout below 3.11.3 (Debian 12 has 3.11.2).
 DIST ?= dist/sessiond.pyz
+DIST_EXTRA := 'async-timeout>=4.0.3'
 dist: $(BIN)/sessiond
 	mkdir -p $(dir $(DIST))
-	$(BIN)/shiv --quiet --compressed --reproducible -c sessiond -o $(DIST) .
+	$(BIN)/shiv --quiet --compressed --reproducible -c sessiond -o $(DIST) . $(DIST_EXTRA)
 	@echo "built $(DIST)"
 
 clean:
