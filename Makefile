@@ -2,27 +2,34 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The test and build tools (pytest, Playwright, mypy, shiv, ...), on top of what the server needs.
+DEV := $(VENV)/.dev
 
 .PHONY: serve test test-debug lint bench clean dist cluster
 
+# What the server needs, and no more: `make serve` stops here.
 $(BIN)/sessiond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV): $(BIN)/sessiond
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 serve: $(BIN)/sessiond
 	$(BIN)/sessiond serve
 
-test: $(BIN)/sessiond
+test: $(DEV)
 	$(BIN)/pytest -q
 
 # The core again under asyncio's debug mode (CI runs it after `make test`).
-test-debug: $(BIN)/sessiond
+test-debug: $(DEV)
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_stream.py tests/test_durability.py \
 		tests/test_errors.py tests/test_branches.py tests/test_tree_property.py tests/test_store.py
 
-lint: $(BIN)/sessiond
+lint: $(DEV)
 	$(BIN)/ruff check server actors bench tests
 
 # Three nodes on 127.0.0.1 behind a round-robin proxy on :$(PORT), the nodes on the next ports
@@ -41,7 +48,7 @@ bench: $(BIN)/sessiond
 # markers for the Python that builds: redis needs async-timeout below 3.11.3 (Debian 12 has 3.11.2).
 DIST ?= dist/sessiond.pyz
 DIST_EXTRA := 'async-timeout>=4.0.3'
-dist: $(BIN)/sessiond
+dist: $(DEV)
 	mkdir -p $(dir $(DIST))
 	$(BIN)/shiv --quiet --compressed --reproducible -c sessiond -o $(DIST) . $(DIST_EXTRA)
 	@echo "built $(DIST)"

@@ -46,7 +46,7 @@ def test_make_dist_builds_a_pyz_that_serves(tmp_path: Path) -> None:
     pyz = tmp_path / "out" / "sessiond.pyz"
     # -o: use the virtualenv as it is (make test has just made it), never reinstall it here.
     build = subprocess.run(
-        ["make", "-C", str(ROOT), "-o", ".venv/bin/sessiond", "dist", f"DIST={pyz}"],
+        ["make", "-C", str(ROOT), "-o", ".venv/bin/sessiond", "-o", ".venv/.dev", "dist", f"DIST={pyz}"],
         capture_output=True, text=True, timeout=900,
     )
     assert build.returncode == 0, build.stdout[-5000:] + build.stderr[-5000:]
