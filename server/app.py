@@ -21,6 +21,7 @@ from server.errors import problem_middleware
 from server.logs import request_id_middleware
 from server.metrics import METRICS, Metrics, metrics_middleware
 from server.middleware.auth import auth_middleware
+from server.middleware.cors import setup_cors
 from server.preflight import prepare_data_dir
 from server.table import add_routes
 
@@ -102,4 +103,5 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     add_routes(app)
+    setup_cors(app, config.server.cors_origins)  # a frontend on another origin: [server] cors_origins
     return app

@@ -30,6 +30,7 @@ class ServerSection(_Section):
     max_body_bytes: int = 1_048_576
     backlog: int = 2048
     shutdown_timeout_seconds: float = 10.0
+    cors_origins: list[str] = msgspec.field(default_factory=list)
 
 
 class StoreSection(_Section):
