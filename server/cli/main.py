@@ -190,14 +190,15 @@ async def serve_until_signalled(runner: web.AppRunner, sock: socket.socket, *, n
     """Serve on ``sock`` (from :func:`server.preflight.bind_socket`), say ``listening on
     http://H:P`` once connections are accepted, and on SIGTERM or SIGINT say so and clean up
     (aiohttp's order: stop listening, on_shutdown, wait for handlers, cleanup)."""
-    await web.SockSite(runner, sock).start()
-    host, port = sock.getsockname()[:2]
-    print(f"listening on http://{host}:{port}{note}", flush=True)
     received: list[signal.Signals] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before the announcement: a supervisor may signal as soon as it reads it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig), stop.set()))
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    print(f"listening on http://{host}:{port}{note}", flush=True)
     await stop.wait()
     print(f"sessiond: stopping ({received[0].name})", flush=True)
     await runner.cleanup()
