@@ -192,7 +192,9 @@ async def check_redis(config: Config) -> Check:
     try:
         await asyncio.wait_for(conn.ping(), 5)
     except Exception as exc:
-        return Check(FAIL, "redis", f"cannot reach Redis at {shown} (needed by {', '.join(users)}): {exc}")
+        return Check(
+            FAIL, "redis", f"cannot reach Redis at {shown} (needed by {', '.join(users)}): it does not answer ({exc})"
+        )
     finally:
         await conn.aclose()
     return Check(OK, "redis", f"{shown} answers (used by {', '.join(users)})")
