@@ -119,7 +119,7 @@ def make_proxy(upstreams: list[str], *, cooldown_seconds: float = 5.0) -> web.Ap
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from server.auth.tokens import load_secret
     from server.cli.main import _config_from
-    from server.preflight import bind_socket, prepare_data_dir
+    from server.preflight import bind_socket
 
     config = _config_from(args)
     dsn = args.postgres_dsn or config.store.postgres_dsn
@@ -128,12 +128,14 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     sock = bind_socket("127.0.0.1", args.port, 128)
     # Every node signs and checks session tokens with one secret (a token minted on one node is
     # presented to another): the configured one, else one made once in the demo's data dir.
-    prepare_data_dir(config)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = load_secret(config.tokens, config.data_dir)
-    return asyncio.run(_run(args, dsn, redis_url, secret, sock))
+    return asyncio.run(_run(args, config.data_dir, dsn, redis_url, secret, sock))
 
 
-async def _run(args: argparse.Namespace, dsn: str, redis_url: str, secret: str, sock: socket.socket) -> int:
+async def _run(
+    args: argparse.Namespace, data_dir: Path, dsn: str, redis_url: str, secret: str, sock: socket.socket
+) -> int:
     procs: list[asyncio.subprocess.Process] = []
     urls: list[str] = []
     base = dict(os.environ)
@@ -144,7 +146,6 @@ async def _run(args: argparse.Namespace, dsn: str, redis_url: str, secret: str, 
         SESSIOND_REDIS_URL=redis_url,
         SESSIOND_TOKENS_SECRET=secret,
     )
-    data_dir = Path(args.data_dir or "./data")
     try:
         for i in range(args.nodes):
             env = {**base, "SESSIOND_CLUSTER_NODE_ID": f"node{i + 1}"}

@@ -194,8 +194,13 @@ async def serve_until_signalled(runner: web.AppRunner, sock: socket.socket, *, n
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before the announcement: a supervisor may signal as soon as it reads it.
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     await web.SockSite(runner, sock).start()
     host, port = sock.getsockname()[:2]
     print(f"listening on http://{host}:{port}{note}", flush=True)

@@ -211,7 +211,8 @@ class EventStream:
         """Seconds to wait after ``failed`` attempts in a row that delivered nothing: the
         server's ``retry:`` (else half a second), doubled each time, up to the maximum."""
         base = retry_ms if retry_ms else _DEFAULT_BACKOFF_MS
-        return min(base * 2 ** (failed - 1), self._client.max_reconnect_delay_ms) / 1000
+        delay_ms: int = min(base * 2 ** (failed - 1), self._client.max_reconnect_delay_ms)
+        return delay_ms / 1000
 
     async def _run(self) -> AsyncIterator[ServerEvent]:
         failed = 0  # attempts in a row that delivered no event
