@@ -177,3 +177,16 @@ def test_sigterm_says_it_stops(server_process: Callable[..., ServerProcess]) -> 
     server.start()
     assert server.terminate() == 0
     assert "sessiond: stopping (SIGTERM)" in server.output
+
+
+def test_a_data_dir_open_to_others_is_a_warning_and_serve_goes_on(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o755)
+    server = server_process()
+    server.start()
+    warning = f"sessiond: warning: {data} is writable"
+    assert any(line.startswith(warning) and "chmod 700" in line for line in server.output), server.output
+    assert server.terminate() == 0

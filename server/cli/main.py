@@ -138,6 +138,7 @@ async def _serve(config: Config) -> int:
     from server.logs import AccessLogger
     from server.preflight import (
         FAIL,
+        WARN,
         bind_socket,
         check_cluster,
         check_data_dir,
@@ -151,6 +152,8 @@ async def _serve(config: Config) -> int:
     for check in (check_data_dir(config), check_cluster(config)):
         if check.state == FAIL:
             return _fail(check.detail)
+        if check.state == WARN:  # e.g. a data dir other users can read: say so, and serve
+            print(f"sessiond: warning: {check.detail}", file=sys.stderr, flush=True)
     for check in (await check_postgres(config), await check_redis(config)):
         if check.state == FAIL:
             return _fail(check.detail)
@@ -203,7 +206,8 @@ async def serve_until_signalled(runner: web.AppRunner, sock: socket.socket, *, n
         loop.add_signal_handler(sig, on_signal, sig)
     await web.SockSite(runner, sock).start()
     host, port = sock.getsockname()[:2]
-    print(f"listening on http://{host}:{port}{note}", flush=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening on http://{shown}:{port}{note}", flush=True)
     await stop.wait()
     print(f"sessiond: stopping ({received[0].name})", flush=True)
     await runner.cleanup()
