@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import socket
+import sqlite3
 import stat
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "check_data_dir",
     "check_postgres",
     "check_redis",
+    "check_store",
     "explain",
     "missing_key",
     "prepare_data_dir",
@@ -111,6 +113,44 @@ def prepare_data_dir(config: Config) -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             pass
+
+
+# -- the SQLite database -------------------------------------------------------------------
+
+
+def check_store(config: Config, *, thorough: bool = False) -> Check:
+    """Whether the SQLite database opens and has a schema this sessiond knows (read-only; never
+    migrates). ``thorough`` also reads every page (``PRAGMA quick_check``): the doctor's, since
+    on a large database it takes a while."""
+    from actors.store.migrations.sqlite import MIGRATIONS
+
+    known = len(MIGRATIONS)
+    if config.store.kind != "sqlite":
+        return Check(OK, "store", f"store.kind is {config.store.kind!r}: see the postgres check")
+    path = (config.data_dir / config.store.sqlite_file).resolve()
+    if not path.exists():
+        return Check(OK, "store", f"no database yet at {path}; the server will create it (schema {known})")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            integrity = db.execute("PRAGMA quick_check").fetchone()[0] if thorough else "ok"
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return Check(FAIL, "store", f"cannot open {path} as an SQLite database: {exc}")
+    if integrity != "ok":
+        return Check(FAIL, "store", f"{path} is damaged (quick_check: {integrity}); restore it from a backup")
+    if version > known:
+        return Check(
+            FAIL, "store", f"{path} has schema {version}, newer than this sessiond knows ({known}): upgrade sessiond"
+        )
+    if version < known:
+        return Check(OK, "store", f"{path} opens (schema {version}; the server will migrate it to {known})")
+    if "sessions" not in tables:
+        return Check(FAIL, "store", f"{path} has schema {version} but no sessions table: it is not sessiond's")
+    return Check(OK, "store", f"{path} opens, schema {version} (current)")
 
 
 # -- the configuration as a whole -----------------------------------------------------------
@@ -236,6 +276,8 @@ def _bind_sentence(host: str, port: int, exc: OSError) -> str:
 
 def explain(exc: BaseException, config: Config) -> str | None:
     """The one sentence for a start-up failure preflight did not see coming, if we know it."""
+    if isinstance(exc, sqlite3.Error):
+        return f"cannot use the database in {config.data_dir}: {exc}"
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"cannot use {exc.filename}: {exc.strerror or exc}"
     module = type(exc).__module__

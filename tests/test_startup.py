@@ -190,3 +190,25 @@ def test_a_data_dir_open_to_others_is_a_warning_and_serve_goes_on(
     warning = f"sessiond: warning: {data} is writable"
     assert any(line.startswith(warning) and "chmod 700" in line for line in server.output), server.output
     assert server.terminate() == 0
+
+
+@pytest.mark.parametrize("kind", ["not a database", "newer schema"])
+def test_a_database_serve_cannot_use(tmp_path: Path, kind: str) -> None:
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    path = data / "sessiond.db"
+    if kind == "not a database":
+        path.write_bytes(b"this is not SQLite" * 100)
+    else:
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE sessions (id TEXT)")
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+        db.close()
+    line = _one_sentence(_serve(tmp_path, "--port", "0", "--data-dir", str(data)))
+    if kind == "not a database":
+        assert line == f"sessiond: cannot open {path} as an SQLite database: file is not a database"
+    else:
+        assert line.startswith(f"sessiond: {path} has schema 99, newer than this sessiond knows")

@@ -1,9 +1,11 @@
 """``sessiond doctor``: check that this installation can run, and say what is wrong in plain words.
 
-Checks, in order: the configuration parses; the data directory exists (or can be made) and is
-writable; the store opens and its schema is one this sessiond knows; Redis answers when any
-setting uses it; the model providers named in the configuration answer. Nothing is changed:
-the database is opened read-only and never migrated.
+Checks, in order: the configuration parses; the data directory exists (or can be made), is
+writable and private; cluster mode has what it needs; the port is free; the store opens with a
+schema this sessiond knows; API keys exist; PostgreSQL and Redis answer where they are used;
+each model provider lists the models asked of it (server.cli.modelcheck). The sentences are
+server.preflight's, the ones ``sessiond serve`` stops with. Nothing is changed: the database is
+opened read-only and never migrated, the port is bound and released at once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from server.preflight import (
     check_data_dir,
     check_postgres,
     check_redis,
+    check_store,
     used_by_redis,
 )
 
@@ -39,39 +42,7 @@ def _data_dir(config: Config) -> Iterator[Check]:
 
 
 def _store(config: Config) -> Iterator[Check]:
-    from actors.store.migrations.sqlite import MIGRATIONS
-
-    known = len(MIGRATIONS)
-    if config.store.kind != "sqlite":
-        yield Check(OK, "store", f"store.kind is {config.store.kind!r}: see the postgres check")
-        return
-    path = (config.data_dir / config.store.sqlite_file).resolve()
-    if not path.exists():
-        yield Check(OK, "store", f"no database yet at {path}; the server will create it (schema {known})")
-        return
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            integrity = db.execute("PRAGMA quick_check").fetchone()[0]
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        yield Check(FAIL, "store", f"cannot open {path} as an SQLite database: {exc}")
-        return
-    if integrity != "ok":
-        yield Check(FAIL, "store", f"{path} is damaged (quick_check: {integrity}); restore it from a backup")
-    elif version > known:
-        yield Check(
-            FAIL, "store",
-            f"{path} has schema {version}, newer than this sessiond knows ({known}): upgrade sessiond",
-        )
-    elif version < known:
-        yield Check(OK, "store", f"{path} opens (schema {version}; the server will migrate it to {known})")
-    else:
-        sessions = "sessions" in tables
-        yield Check(OK if sessions else FAIL, "store", f"{path} opens, schema {version} (current)")
+    yield check_store(config, thorough=True)
 
 
 def _port(config: Config) -> Check:

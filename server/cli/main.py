@@ -144,12 +144,13 @@ async def _serve(config: Config) -> int:
         check_data_dir,
         check_postgres,
         check_redis,
+        check_store,
         explain,
     )
 
     # Everything serve needs, checked before anything is opened: one sentence, not a traceback
     # and not a process that lives on without listening.
-    for check in (check_data_dir(config), check_cluster(config)):
+    for check in (check_data_dir(config), check_cluster(config), check_store(config)):
         if check.state == FAIL:
             return _fail(check.detail)
         if check.state == WARN:  # e.g. a data dir other users can read: say so, and serve
