@@ -197,12 +197,12 @@ async def serve_until_signalled(runner: web.AppRunner, sock: socket.socket, *, n
     received: list[signal.Signals] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    # Before the announcement: a supervisor may signal as soon as it reads it.
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
         stop.set()
 
+    # Before the announcement: a supervisor may signal as soon as it reads it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     await web.SockSite(runner, sock).start()
