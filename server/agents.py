@@ -26,6 +26,7 @@ from actors.store.base import Store
 from actors.store.tables import AgentRecord
 from server.appkeys import AGENTS, LIBRARY, ROUTER, TOOLBOX
 from server.config import Config, ConfigError, ProviderSection
+from server.preflight import missing_key
 
 __all__ = ["build_backends", "setup_agents"]
 
@@ -44,7 +45,7 @@ def _backend(name: str, p: ProviderSection, config: Config, counter: TokenCounte
     if p.api_key_env:
         api_key = os.environ.get(p.api_key_env)
         if not api_key:
-            raise ConfigError(f"providers.{name}.api_key_env: the environment variable {p.api_key_env} is not set")
+            raise ConfigError(missing_key(name, p.api_key_env))
     settings = UpstreamSettings(
         base_url=p.base_url or _DEFAULT_URLS[p.kind],
         api_key=api_key,

@@ -22,10 +22,12 @@ from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
 from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
+from server.middleware.cors import setup_cors
 from server.middleware.metrics import metrics_middleware
 from server.middleware.problem import problem_middleware
 from server.middleware.request_id import request_id_middleware
 from server.openapi import spec_bytes
+from server.preflight import prepare_data_dir
 from server.table import ROUTES, add_routes
 
 __all__ = ["make_app", "make_cluster", "make_store"]
@@ -65,6 +67,7 @@ def make_app(config: Config) -> web.Application:
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
     metrics = Metrics() if config.metrics.enabled else None
     if metrics is not None:
@@ -108,4 +111,5 @@ def make_app(config: Config) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     add_routes(app, ROUTES)
     app[OPENAPI] = spec_bytes(ROUTES)
+    setup_cors(app, config.server.cors_origins)  # a frontend on another origin: [server] cors_origins
     return app

@@ -47,6 +47,7 @@ async def cluster_env(redis_url: str) -> AsyncIterator[dict[str, str]]:
             "SESSIOND_FANOUT_KIND": "redis",
             "SESSIOND_REDIS_URL": redis_url,
             "SESSIOND_CLUSTER_PREFIX": f"t{secrets.token_hex(4)}",
+            "SESSIOND_TOKENS_SECRET": secrets.token_urlsafe(48),  # one secret for every node
             "SESSIOND_CLUSTER_LEASE_MS": "2000",
             "SESSIOND_CLUSTER_FORWARD_TIMEOUT_SECONDS": "1",
         }

@@ -226,7 +226,7 @@ async def test_an_end_user_always_gets_fresh_ids(store: dict[str, Any], make_cli
 async def test_an_upgraded_database_keeps_its_rows_and_guest_uploads_become_private(
     store: dict[str, Any], make_client: ClientFactory, tmp_path: Path
 ) -> None:
-    """Schema step 4 (rows keyed by session, documents with owners) on a database of step 3."""
+    """Schema step 5 (rows keyed by session, documents with owners) on a database of step 3."""
     data_dir = tmp_path / "data"
     now = "2026-11-30T12:00:00.000000Z"
 

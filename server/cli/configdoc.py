@@ -60,7 +60,7 @@ def update_readme(readme: str, toml_text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: server/cli/configdoc.py
     toml_text = (root / "config.toml").read_text()
     if "--write" in argv:
         readme = root / "README.md"

@@ -137,6 +137,7 @@ def _parse_event(ev_id: int, ev_type: str, data: bytes) -> ServerEvent:
 
 
 # Network failures after which a stream reconnects.
+_DEFAULT_BACKOFF_MS = 500  # before the server has sent a retry: of its own
 _DROPPED = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)
 
 
@@ -206,22 +207,35 @@ class EventStream:
             "GET", f"/v1/sessions/{self.session_id}/stream", headers=headers, stream=True
         )
 
+    def _backoff(self, failed: int, retry_ms: int | None) -> float:
+        """Seconds to wait after ``failed`` attempts in a row that delivered nothing: the
+        server's ``retry:`` (else half a second), doubled each time, up to the maximum."""
+        base = retry_ms if retry_ms else _DEFAULT_BACKOFF_MS
+        delay_ms: int = min(base * 2 ** (failed - 1), self._client.max_reconnect_delay_ms)
+        return delay_ms / 1000
+
     async def _run(self) -> AsyncIterator[ServerEvent]:
-        failures = 0
-        retry_ms = self._client.reconnect_delay_ms
+        failed = 0  # attempts in a row that delivered no event
+        retry_ms: int | None = None  # the server's retry: advice, once it sent one
         while not self.done:
             first_post = self._opener is not None
             try:
                 self._resp = resp = await self._open()
-            except _DROPPED:
+            except (*_DROPPED, ApiError) as exc:
                 if first_post:
                     raise  # the request itself may not have reached the server: never guess
-                failures += 1
-                if failures > self._client.max_reconnects:
+                if isinstance(exc, ApiError) and exc.status != 503:
+                    raise  # refused for good (401, 404, ...): waiting changes nothing
+                failed += 1
+                if failed > self._client.max_reconnects:
                     raise
-                await asyncio.sleep(min(retry_ms, self._client.max_reconnect_delay_ms) / 1000 * (failures - 1))
+                # 503 (overloaded, draining) says when to come back; a refused connection (a
+                # server restarting) does not: back off from the first failure.
+                retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+                await asyncio.sleep(retry_after if retry_after is not None else self._backoff(failed, retry_ms))
                 self.reconnects += 1
                 continue
+            delivered = False
             try:
                 async for frame in _frames(resp, self._client.max_event_bytes):
                     if frame.retry is not None:
@@ -231,7 +245,7 @@ class EventStream:
                     if self.last_event_id is not None and frame.id <= self.last_event_id:
                         raise StreamProtocolError(f"event id {frame.id} after {self.last_event_id}: ids must increase")
                     self.last_event_id = frame.id
-                    failures = 0
+                    delivered, failed = True, 0
                     event = _parse_event(frame.id, frame.event, frame.data)
                     if self._follow_task and self.task_id is None and isinstance(event.event, TaskStarted):
                         self.task_id = event.event.task_id
@@ -250,12 +264,15 @@ class EventStream:
                 self._resp = None
             if self.done:
                 return
-            # The server closed or the connection dropped: go on from the last id delivered.
-            failures += 1
-            if failures > self._client.max_reconnects:
-                raise aiohttp.ClientConnectionError(f"stream of {self.session_id} dropped {failures} times in a row")
-            if failures > 1:
-                await asyncio.sleep(min(retry_ms, self._client.max_reconnect_delay_ms) / 1000)
+            # The server closed or the connection dropped: go on from the last id delivered, at
+            # once after a stream that worked, with back-off after one that delivered nothing.
+            if delivered:
+                await asyncio.sleep(self._client.reconnect_delay_ms / 1000)
+            else:
+                failed += 1
+                if failed > self._client.max_reconnects:
+                    raise aiohttp.ClientConnectionError(f"stream of {self.session_id} dropped {failed} times in a row")
+                await asyncio.sleep(self._backoff(failed, retry_ms))
             self.reconnects += 1
 
 

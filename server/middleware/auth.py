@@ -64,6 +64,8 @@ async def _authenticate(request: web.Request, route: Route | None) -> Principal:
         raise UnauthorizedError(
             "send X-API-Key, or X-Client-ID with X-Client-Secret, or Authorization: Bearer <access token>"
         )
+    if token.startswith(("sk_", "sk-")):  # an API key where an access token goes
+        raise UnauthorizedError("an API key goes in the X-API-Key header, not in Authorization: Bearer")
     if token.startswith(REFRESH_PREFIX):
         raise UnauthorizedError(f"a refresh token is accepted only by POST {REFRESH_ROUTE}")
     return await request.app[TOKENS].principal(token)
