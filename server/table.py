@@ -59,6 +59,16 @@ _IF_MATCH = Param(
     'The session version as `"<version>"`: a mismatch answers 412 and changes nothing.',
     where="header",
 )
+_IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "A repeat with this key within 24 hours answers the task the first request started (its stream "
+    "from the start, or after Last-Event-ID), never a second answer; the same key with a different "
+    "body is a 422. Per session; `client_message_id` in the body is the same.",
+    where="header",
+)
+_RESUME = Param("Last-Event-ID", {"type": "integer", "minimum": 0},
+                "With a repeated Idempotency-Key and `stream: true`: resume after this event id.", "header")
 _UPLOAD = Form(MULTIPART, UPLOAD_FORM)
 _S = "/v1/sessions/{session_id}"
 
@@ -139,17 +149,18 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{_S}/messages", messages.send_message, "Send a message: starts a task",
           body=SendMessageBody, body_required=True, reply=SendResult, task="always", sse=True, token=True, query=(
               Param("queue", {"type": "boolean"}, "Wait behind a running task instead of answering 409."),
-              _IF_MATCH)),
+              _IF_MATCH, _IDEMPOTENCY_KEY, _RESUME)),
     Route("GET", f"{_S}/messages", messages.list_messages, "The active path, oldest first",
           reply=MessageList, token=True, query=(integer("limit", 100, 1, 1000), integer("offset", 0, 0, 10_000_000))),
     Route("GET", f"{_S}/tree", messages.get_tree, "Every message, with parents and children", reply=TreeOut,
           token=True),
     Route("POST", f"{_S}/messages/{{message_id}}/edit", messages.edit_message, "Edit a user message (a new sibling)",
           body=EditBody, body_required=True, reply=SendResult, task="always", sse=True, token=True,
-          query=(_IF_MATCH,)),
+          query=(_IF_MATCH, _IDEMPOTENCY_KEY, _RESUME)),
     Route("POST", f"{_S}/messages/{{message_id}}/regenerate", messages.regenerate_message,
           "A new answer (a new sibling)",
-          body=RegenerateBody, reply=SendResult, task="always", sse=True, token=True, query=(_IF_MATCH,)),
+          body=RegenerateBody, reply=SendResult, task="always", sse=True, token=True,
+          query=(_IF_MATCH, _IDEMPOTENCY_KEY, _RESUME)),
     Route("POST", f"{_S}/navigate", messages.navigate, "Switch branch: make a message's newest leaf active",
           body=NavigateBody, body_required=True, reply=NavigateOut, token=True, query=(_IF_MATCH,)),
     Route("POST", f"{_S}/cancel", messages.cancel, "Stop the running task (the partial answer is kept)",
@@ -158,7 +169,7 @@ ROUTES: tuple[Route, ...] = (
           reply=CheckpointList, token=True),
     Route("POST", f"{_S}/checkpoints/{{checkpoint_id}}/restore", messages.restore_checkpoint, "Restore a checkpoint",
           body=RestoreBody, reply=(SendResult, RestoreOut), task="with_hint", sse=True, token=True,
-          query=(_IF_MATCH,),
+          query=(_IF_MATCH, _IDEMPOTENCY_KEY, _RESUME),
           description="Without a hint only the active leaf moves; with one, a task answers from there."),
     # streaming
     Route("GET", f"{_S}/stream", stream.stream, "The session's events: replay after an id, then live",

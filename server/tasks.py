@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 from contextlib import AbstractContextManager
 
+import msgspec
 from aiohttp import web
 
 from actors.core.commands import TaskCommand
+from actors.core.errors import NotFoundError, RateLimitedError
 from actors.core.replies import TaskHandle
 from server.appkeys import ADMISSION, CONFIG, REGISTRY
 from server.quota import turn_quota
+from server.routes.common import ask
 from server.routing import route_of
 from server.schema.common import json_response
 from server.schema.messages import RestoreOut, SendResult, message_out
@@ -40,11 +43,27 @@ async def start_task(request: web.Request, command: TaskCommand[TaskHandle | str
     assert route is not None
     starts = route.starts_task(command)
     with admitted(request, starts_task=starts, opens_stream=command.stream):
-        quota = await turn_quota(request, charge=starts)  # 429 before the session sees it
-        result = await quota.ask(command)
+        try:
+            quota = await turn_quota(request, charge=starts)  # 429 before the session sees it
+        except RateLimitedError as limited:
+            if command.idempotency_key is None:
+                raise
+            result = await _repeat_only(request, command, limited)  # a repeat starts nothing: no 429
+        else:
+            result = await quota.ask(command)
         if isinstance(result, TaskHandle):
             return await task_response(request, result)
     return json_response(RestoreOut(result))  # a restore without a hint: only the active leaf moved
+
+
+async def _repeat_only(
+    request: web.Request, command: TaskCommand[TaskHandle | str], limited: RateLimitedError
+) -> TaskHandle | str:
+    """The task an over-the-limit request repeats, or the 429 it was given."""
+    try:
+        return await ask(request, msgspec.structs.replace(command, repeat_only=True))
+    except NotFoundError:
+        raise limited from None
 
 
 async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamResponse:

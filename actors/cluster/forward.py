@@ -52,6 +52,7 @@ class RemoteTask(msgspec.Struct, frozen=True):
     task_id: str
     message_id: str
     cursor: int
+    repeated: bool = False  # a repeat of an idempotent request (actors/session/requests.py)
 
 
 class _Forward(msgspec.Struct, frozen=True):
@@ -208,7 +209,7 @@ def _wire_value(command: AnyCommand, value: object) -> object:
     if isinstance(value, TaskHandle):
         if value.subscription is not None:
             value.subscription.close()
-        return RemoteTask(value.task_id, value.message_id, value.cursor)
+        return RemoteTask(value.task_id, value.message_id, value.cursor, value.repeated)
     if isinstance(command, Subscribe):
         stream = cast(EventStream, value)  # Subscribe's R: its position is the answer
         stream.close()
@@ -240,23 +241,26 @@ class RemoteSession:
             # The owner answers with the task's position; this node streams it from Redis.
             value = await self._forwarder.ask(self.owner, self.id, msgspec.structs.replace(cmd, stream=False))
             if isinstance(value, RemoteTask):
-                return cast(R, self._task_handle(value, stream=cmd.stream))
+                return cast(R, self._task_handle(value, stream=cmd.stream, resume=cmd.last_event_id))
             return cast(R, value)
         if isinstance(cmd, Subscribe):
             cursor = cast(int, await self._forwarder.ask(self.owner, self.id, cmd))
             return cast(R, streams.subscribe(self.id, cursor))
         return cast(R, await self._forwarder.ask(self.owner, self.id, cmd))
 
-    def _task_handle(self, task: RemoteTask, *, stream: bool) -> TaskHandle:
+    def _task_handle(self, task: RemoteTask, *, stream: bool, resume: int | None = None) -> TaskHandle:
         done: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
         streams = self._forwarder.streams
+        repeated = task.repeated
         if stream:
-            sub = streams.subscribe(self.id, task.cursor, task.task_id)
-            return TaskHandle(task.task_id, task.message_id, sub, done, task.cursor)
+            # A repeat resumes after the client's Last-Event-ID, never before the task's start.
+            cursor = task.cursor if resume is None or not repeated else max(task.cursor, resume)
+            sub = streams.subscribe(self.id, cursor, task.task_id)
+            return TaskHandle(task.task_id, task.message_id, sub, done, task.cursor, repeated=repeated)
         # Watched, not sent: its batches are the events' data, to decode.
         sub = streams.subscribe(self.id, task.cursor, task.task_id, frame=data_of)
         self._forwarder._spawner.spawn(self._watch(sub, task, done), name=f"cluster-watch:{task.task_id}")
-        return TaskHandle(task.task_id, task.message_id, None, done, task.cursor)
+        return TaskHandle(task.task_id, task.message_id, None, done, task.cursor, repeated=repeated)
 
     async def _watch(self, sub: RemoteSubscription, task: RemoteTask, done: asyncio.Future[TurnOutcome]) -> None:
         """Follow a forwarded task to its end and build the result a local ask would give."""

@@ -9,6 +9,7 @@ before the session sees it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -51,19 +52,40 @@ __all__ = [
 # TaskCommand[TaskHandle | str]).
 R = TypeVar("R", covariant=True)
 
+_encode = msgspec.json.Encoder(order="deterministic").encode
+
 
 class Command(msgspec.Struct, Generic[R], frozen=True, forbid_unknown_fields=True, tag_field="op"):
     """Base of every command; ``R`` is the type of its reply."""
 
 
 class TaskCommand(Command[R], frozen=True, kw_only=True):
-    """A command that starts (or queues) a model task; ``stream`` asks for its events."""
+    """A command that starts (or queues) a model task; ``stream`` asks for its events.
+
+    With ``idempotency_key`` a repeat of the same request answers the task the first one
+    started; ``last_event_id`` is where a repeat's stream resumes (the task's start if None).
+    """
 
     stream: bool = False
+    idempotency_key: str | None = None
+    last_event_id: int | None = None
+    # Answer only a repeat (404 if the key is new): the edge asks so when the caller is over
+    # its message limit, since a repeat starts nothing and is never refused for that.
+    repeat_only: bool = False
 
     @property
     def starts_task(self) -> bool:
         return True
+
+    def fingerprint(self) -> str:
+        """What is asked, without how it is delivered or guarded: two requests with one key
+        and one fingerprint are one request (a retry may switch to streaming, or resume)."""
+        asked = msgspec.structs.replace(
+            self, stream=False, idempotency_key=None, last_event_id=None, repeat_only=False,
+            **{name: None for name in ("if_match",) if hasattr(self, name)},
+            **{name: False for name in ("queue",) if hasattr(self, name)},
+        )
+        return hashlib.sha256(_encode(asked)).hexdigest()
 
 
 class GetSession(Command[SessionRecord], frozen=True, tag="get_session"):

@@ -39,6 +39,7 @@ from actors.core.commands import (
     SendMessage,
     Shutdown,
     Subscribe,
+    TaskCommand,
     ToolCalled,
     ToolReturned,
     TurnEnded,
@@ -83,6 +84,7 @@ from actors.core.records import (
 from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
 from actors.core.tree import Node, ToolUse, Usage
 from actors.ports import EventSink, Provider, SessionStore
+from actors.session import requests
 from actors.session.context import model_request
 from actors.session.mailbox import Mailbox
 from actors.session.state import ActorSettings, SessionState
@@ -311,6 +313,8 @@ class SessionActor(SessionState):
         return self._snapshot()
 
     async def _send(self, cmd: SendMessage) -> TaskHandle:
+        if (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         if not cmd.content.strip():
             raise InvalidRequestError("content must not be empty")
@@ -328,9 +332,11 @@ class SessionActor(SessionState):
             # just before it, so queued messages chain in the order they were sent.
             parent_id = self._turn.reply_id
         user = Node(new_id("msg"), parent_id, "user", cmd.content, utcnow())
-        return await self._begin(user, stream=cmd.stream)
+        return await self._begin(user, cmd)
 
     async def _edit(self, cmd: EditMessage) -> TaskHandle:
+        if (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         self._require_idle()
         node = self._node(cmd.message_id)
@@ -339,15 +345,17 @@ class SessionActor(SessionState):
         if not cmd.content.strip():
             raise InvalidRequestError("content must not be empty")
         user = Node(new_id("msg"), node.parent_id, "user", cmd.content, utcnow())
-        return await self._begin(user, stream=cmd.stream)
+        return await self._begin(user, cmd)
 
     async def _regenerate(self, cmd: RegenerateMessage) -> TaskHandle:
+        if (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         self._require_idle()
         node = self._node(cmd.message_id)
         if node.role != "assistant" or node.parent_id is None:
             raise InvalidRequestError("only an assistant message can be regenerated")
-        return await self._begin(None, stream=cmd.stream, answer_to=node.parent_id)
+        return await self._begin(None, cmd, answer_to=node.parent_id)
 
     async def _navigate(self, cmd: Navigate) -> list[tuple[Node, int, int]]:
         self._check_version(cmd.if_match)
@@ -360,6 +368,8 @@ class SessionActor(SessionState):
         return self._messages(GetMessages(limit=1 << 30)).items
 
     async def _restore(self, cmd: RestoreCheckpoint) -> TaskHandle | str:
+        if cmd.starts_task and (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         self._require_idle()
         cp = next((c for c in self.checkpoints if c.id == cmd.checkpoint_id), None)
@@ -374,10 +384,35 @@ class SessionActor(SessionState):
         # The hint becomes a user turn after the checkpoint, sent to the model as an
         # instruction: the steps before the checkpoint stand as they are, nothing is re-run.
         user = Node(new_id("msg"), cp.message_id, "user", cmd.hint, utcnow(), hint=cmd.hint)
-        return await self._begin(user, stream=cmd.stream)
+        return await self._begin(user, cmd)
 
-    async def _begin(self, user: Node | None, *, stream: bool, answer_to: str | None = None) -> TaskHandle:
+    def _repeat(self, cmd: TaskCommand[object]) -> TaskHandle | None:
+        """The task a repeat of an idempotent request answers with (None: not a repeat)."""
+        request = requests.find(self.record, cmd)
+        if request is None:
+            if cmd.repeat_only:
+                raise NotFoundError("no earlier request in this session has this idempotency key")
+            return None
+        turn = next((t for t in (self._turn, *self._queued) if t is not None and t.task_id == request.task_id), None)
+        if turn is not None:
+            done = turn.done
+        else:
+            done = self._loop.create_future()
+            done.set_result(requests.outcome(self.tree, request))
+        sub = None
+        if cmd.stream:
+            cursor = request.cursor if cmd.last_event_id is None else max(request.cursor, cmd.last_event_id)
+            if turn is None:
+                # Ended: the stream replays what the log still holds and closes at its end.
+                end = request.end_seq if request.end_seq is not None else self.log.last_seq
+                self.hub.task_end_seq.setdefault(request.task_id, end)
+                cursor = min(cursor, end)
+            sub = self.hub.subscribe(cursor, task_id=request.task_id, on_reset=self.reset_cursor)
+        return TaskHandle(request.task_id, request.message_id, sub, done, request.cursor, repeated=True)
+
+    async def _begin(self, user: Node | None, cmd: TaskCommand[object], *, answer_to: str | None = None) -> TaskHandle:
         """Add ``user`` (or answer ``answer_to`` again), persist, and start or queue its task."""
+        stream = cmd.stream
         ops: list[Op] = []
         queued = self._turn is not None
         if user is not None:
@@ -386,6 +421,8 @@ class SessionActor(SessionState):
             answer_to = user.id
         assert answer_to is not None
         turn = Turn(new_id("tsk"), answer_to, self._loop.create_future(), queued=queued)
+        # Remembered in the record, which commits with the user message below.
+        requests.remember(self.record, cmd, turn.task_id, answer_to, self.log.last_seq)
         if queued:
             self._queued.append(turn)
             self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to)]
@@ -511,6 +548,10 @@ class SessionActor(SessionState):
         reply.model = turn.model
         self.record.usage = self.record.usage + turn.usage
         self.record.running = [r for r in self.record.running if r.task_id != turn.task_id]
+        if error is not None:
+            for request in self.record.requests:
+                if request.task_id == turn.task_id:
+                    request.error = error
         self._touch()
         ops: list[Op] = [PutMessage.of(self.id, reply)]
         events: list[Event] = [MessageCompleted(turn.task_id, reply, turn.usage, turn.model)]

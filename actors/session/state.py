@@ -136,6 +136,12 @@ class SessionState:
             stored.append(StoredEvent(seq, event_type(event), encode_event(event)))
         if self._next_seq - 1 > self.record.seq_reserved:
             self.record.seq_reserved = self._next_seq - 1
+        if ends and self.record.requests:
+            # Where an ended task's stream stops, durable with its end: a repeat of its
+            # request after a restart replays it and closes there.
+            for request in self.record.requests:
+                if request.task_id in ends:
+                    request.end_seq = seqs[-1]
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
         await self._store.commit(all_ops)
         end_task = ends[0] if ends else None

@@ -35,15 +35,24 @@ class SendMessageBody(RequestBody):
     content: str
     stream: bool = False
     parent_id: str | None = None
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class EditBody(RequestBody):
     content: str
     stream: bool = False
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class RegenerateBody(RequestBody):
     stream: bool = False
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class NavigateBody(RequestBody):
@@ -53,6 +62,9 @@ class NavigateBody(RequestBody):
 class RestoreBody(RequestBody):
     hint: str | None = None
     stream: bool = False
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class MessageOut(msgspec.Struct):
