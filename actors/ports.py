@@ -22,6 +22,7 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.search import SearchHit, SearchQuery
 from actors.core.stream import EventStream
 
 __all__ = ["EventSink", "EventStream", "Provider", "SessionRef", "SessionStore"]
@@ -96,6 +97,10 @@ class SessionStore(Protocol):
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
     async def list_sessions(self, query: SessionQuery) -> list[SessionRecord]: ...
+
+    async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
+        """Sessions whose title or any message (any branch) holds every word of ``query``,
+        sorted as asked, a page from ``query.offset`` (one more than ``limit`` if more follow)."""
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]: ...
 

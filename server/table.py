@@ -20,6 +20,7 @@ from server.routes import (
     guests,
     messages,
     ops,
+    search,
     sessions,
     stream,
     tokens,
@@ -47,6 +48,7 @@ from server.schema.messages import (
     TreeOut,
 )
 from server.schema.ops import ReadyOut, StatusOut
+from server.schema.search import SearchList
 from server.schema.sessions import CopyBody, CreateSessionBody, MergeBody, PatchSessionBody, SessionList, SessionOut
 from server.schema.tools import SessionTools, SessionToolsBody, ToolList
 from server.schema.usage import EndUserUsage
@@ -84,6 +86,24 @@ ROUTES: tuple[Route, ...] = (
               integer("offset", 0, 0, 1_000_000),
               Param("cursor", {"type": "string"}, "The `next_cursor` of the previous page."),
           ), description="Filter by metadata with `metadata.KEY=VALUE` (repeatable; all must match)."),
+    # Before the {session_id} routes: "search" is not a session id.
+    Route("GET", "/v1/sessions/search", search.search_sessions,
+          "Full-text search over titles and messages (every branch), ranked, with snippets",
+          reply=SearchList, query=(
+              Param("q", {"type": "string", "minLength": 1}, "The words to find (all of them).", required=True),
+              Param("sort", {"type": "string", "enum": ["relevance", "last_active", "created"],
+                             "default": "relevance"}),
+              Param("namespace", {"type": "string"}),
+              Param("end_user_id", {"type": "string"}),
+              Param("created_after", {"type": "string", "format": "date-time"}),
+              Param("created_before", {"type": "string", "format": "date-time"}),
+              Param("active_after", {"type": "string", "format": "date-time"}),
+              Param("active_before", {"type": "string", "format": "date-time"}),
+              integer("limit", 20, 1, 100, "Page size."),
+              integer("offset", 0, 0, 1000),
+          ), description="Filter by metadata with `metadata.KEY=VALUE`, as the list does. An end user "
+          "(X-End-User-ID) finds only their own sessions. Snippets mark the matching words with "
+          "`<mark>...</mark>`; the rest is the message's text as is (escape it before showing it as HTML)."),
     Route("GET", _S, sessions.get_session, "Get a session", reply=SessionOut),
     Route("PATCH", _S, sessions.patch_session, "Change title, metadata, context or tools",
           body=PatchSessionBody, reply=SessionOut, query=(_IF_MATCH,)),

@@ -122,8 +122,10 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     s = await _call(client, spec, "POST", "/v1/sessions", json={"title": "t", "metadata": {"k": "v"}})
     sid = s["id"]
     base = f"/v1/sessions/{sid}"
-    sent = await _call(client, spec, "POST", f"{base}/messages", json={"content": "hello"})
+    sent = await _call(client, spec, "POST", f"{base}/messages", json={"content": "hello"},
+                       headers={"Idempotency-Key": "openapi-1"})
     await _call(client, spec, "GET", "/v1/sessions?limit=5")
+    await _call(client, spec, "GET", "/v1/sessions/search?q=hello")
     await _call(client, spec, "GET", base)
     await _call(client, spec, "PATCH", base, json={"title": "t2"})
     await _call(client, spec, "GET", f"{base}/metadata")

@@ -33,9 +33,11 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows
 from actors.store.migrations.postgres import PG_MIGRATIONS
+from actors.store.search_postgres import search_sessions
 from actors.store.tables import (
     AgentRecord,
     ApiKeyRecord,
@@ -327,6 +329,9 @@ class PostgresStore:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY last_active_at DESC, id DESC LIMIT {param(query.limit)} OFFSET {param(query.offset)}"
         return [_dec_record.decode(r[0]) for r in await self._fetch(sql, *params)]
+
+    async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
+        return await search_sessions(self._fetch, query)
 
     # -- API keys ------------------------------------------------------------------------------
 

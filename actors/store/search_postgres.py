@@ -1,0 +1,82 @@
+"""Search in the PostgreSQL store: tsvector expression indexes over message content and titles.
+
+GIN indexes on ``to_tsvector('simple', ...)`` of the rows themselves (schema step 6): no table
+or trigger to keep in step, the index changes in the transaction that writes the row. The
+'simple' configuration splits and lowercases without stemming, as SQLite's unicode61 does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from actors.core.records import SessionRecord
+from actors.core.search import MARK_END, MARK_START, MAX_MATCHES, Match, SearchHit, SearchQuery, rank_hits
+
+__all__ = ["search_sessions"]
+
+_dec_record = msgspec.json.Decoder(SessionRecord)
+
+Fetch = Callable[..., Awaitable[list[Any]]]
+
+# The indexed expressions, written exactly as the indexes of schema step 6 are.
+_CONTENT = "to_tsvector('simple'::regconfig, (m.body::jsonb)->>'content')"
+_TITLE = "to_tsvector('simple'::regconfig, COALESCE(s.body->>'title', ''))"
+_HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8, MaxFragments=1"
+_WHOLE = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"  # a title is shown whole
+
+
+async def search_sessions(fetch: Fetch, query: SearchQuery) -> list[SearchHit]:
+    """As the SQLite store's: sessions matching every word, ranked, a page of them (+1)."""
+    if not query.terms:
+        return []
+    params: list[Any] = [" ".join(query.terms)]
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    f = query.filters
+    where: list[str] = []
+    if f.namespace is not None:
+        where.append(f"s.namespace = {param(f.namespace)}")
+    if f.end_user_id is not None:
+        where.append(f"s.end_user_id = {param(f.end_user_id)}")
+    for key, value in f.metadata.items():
+        where.append(f"s.body->'metadata'->>{param(key)} = {param(value)}")
+    for sql, value in (
+        ("s.body->>'created_at' >= {}", query.created_after),
+        ("s.body->>'created_at' < {}", query.created_before),
+        ("s.last_active_at >= {}", query.active_after),
+        ("s.last_active_at < {}", query.active_before),
+    ):
+        if value is not None:
+            where.append(sql.format(param(value)))
+    cond = "".join(f" AND {w}" for w in where)
+    limit = param(MAX_MATCHES)
+    # Constants of this module, not input: written into the SQL as literals.
+    headline, whole = f"'{_HEADLINE}'", f"'{_WHOLE}'"
+    messages = await fetch(
+        f"SELECT session_id, id, ts_headline('simple'::regconfig, content, q, {headline}), rank FROM ("
+        f" SELECT m.session_id, m.id, (m.body::jsonb)->>'content' AS content, q, ts_rank({_CONTENT}, q) AS rank"
+        " FROM messages m JOIN sessions s ON s.id = m.session_id, plainto_tsquery('simple'::regconfig, $1) q"
+        f" WHERE {_CONTENT} @@ q{cond} ORDER BY rank DESC LIMIT {limit}) found",
+        *params,
+    )
+    titles = await fetch(
+        f"SELECT s.id, NULL, ts_headline('simple'::regconfig, s.body->>'title', q, {whole}),"
+        f" ts_rank({_TITLE}, q), s.body::text"
+        " FROM sessions s, plainto_tsquery('simple'::regconfig, $1) q"
+        f" WHERE {_TITLE} @@ q{cond} ORDER BY 4 DESC LIMIT {limit}",
+        *params,
+    )
+    matches = [Match(r[0], r[1], r[2], float(r[3])) for r in (*messages, *titles)]
+    sessions = {r[0]: _dec_record.decode(r[4]) for r in titles}
+    missing = list({m.session_id for m in matches} - sessions.keys())
+    if missing:
+        for (body,) in await fetch("SELECT body::text FROM sessions WHERE id = ANY($1::text[])", missing):
+            record = _dec_record.decode(body)
+            sessions[record.id] = record
+    return rank_hits(matches, sessions, query)[query.offset : query.offset + query.limit + 1]
