@@ -3,7 +3,7 @@
 Both stores find matching messages and titles with their own full-text index (SQLite FTS5,
 PostgreSQL tsvector), kept in step with the rows in the same transaction; what they find is a
 list of ``Match`` rows, and ``rank_hits`` folds those into one ``SearchHit`` per session,
-ordered as asked. Pure: no I/O.
+ordered as asked; only the page shown gets its records and snippets. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ __all__ = [
     "MARK_START",
     "MAX_MATCHES",
     "Match",
+    "Ranked",
     "SearchHit",
     "SearchQuery",
     "SearchSort",
+    "hit_of",
     "rank_hits",
     "terms",
 ]
@@ -33,7 +35,9 @@ MARK_START, MARK_END = "<mark>", "</mark>"
 """What a snippet's matching words are wrapped in (the rest of the snippet is the text as is)."""
 
 MAX_MATCHES = 2000
-"""Matching rows a store hands back at most, best first: enough for any page a person reads."""
+"""Matching rows a store ranks at most: for a word in more messages than this, the newest this
+many matches are ranked (and only the sessions they are in are found): searching for a word in
+half of all messages stays fast, at the price of older sessions that only it would find."""
 
 _MESSAGE_IDS_PER_HIT = 50
 _SNIPPETS_PER_HIT = 3
@@ -61,12 +65,27 @@ class SearchQuery(msgspec.Struct):
 
 
 class Match(msgspec.Struct, frozen=True):
-    """One matching row: a message (``message_id``) or a session's title (``message_id`` None)."""
+    """One matching row: a message (``message_id``) or a session's title (``message_id`` None).
+
+    ``key`` is the store's own handle of the row, to fetch its snippet with once it is shown.
+    """
 
     session_id: str
     message_id: str | None
-    snippet: str
     score: float  # higher is better; comparable within one store's answer only
+    key: int = 0
+
+
+class Ranked(msgspec.Struct):
+    """A session that matched, before its record and snippets are fetched (only a page is)."""
+
+    session_id: str
+    score: float
+    title: Match | None = None
+    messages: list[Match] = msgspec.field(default_factory=list)  # best first
+
+    def snippet_keys(self) -> list[int]:
+        return [m.key for m in self.messages[:_SNIPPETS_PER_HIT]]
 
 
 class SearchHit(msgspec.Struct):
@@ -77,37 +96,47 @@ class SearchHit(msgspec.Struct):
     snippets: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (message id, snippet)
 
 
-def rank_hits(matches: list[Match], sessions: dict[str, SessionRecord], query: SearchQuery) -> list[SearchHit]:
-    """One hit per session of ``sessions`` that matched, ordered by ``query.sort``.
+def rank_hits(
+    matches: list[Match], query: SearchQuery, order: dict[str, tuple[str, str]] | None = None
+) -> list[Ranked]:
+    """One entry per session that matched, ordered by ``query.sort`` (``order`` gives each
+    session's (created_at, last_active_at) for the sorts by time).
 
     A session's score is its best match's plus a tenth of the rest (many matching messages
     rank a little higher than one); a title match counts double.
     """
-    hits: dict[str, SearchHit] = {}
+    hits: dict[str, Ranked] = {}
     weighted: dict[str, list[float]] = {}
     for m in sorted(matches, key=lambda m: -m.score):
-        record = sessions.get(m.session_id)
-        if record is None:
-            continue
         hit = hits.get(m.session_id)
         if hit is None:
-            hit = hits[m.session_id] = SearchHit(record, 0.0)
+            hit = hits[m.session_id] = Ranked(m.session_id, 0.0)
         weighted.setdefault(m.session_id, []).append(m.score * (2.0 if m.message_id is None else 1.0))
         if m.message_id is None:
-            hit.title_snippet = m.snippet
-        elif len(hit.message_ids) < _MESSAGE_IDS_PER_HIT:
-            hit.message_ids.append(m.message_id)
-            if len(hit.snippets) < _SNIPPETS_PER_HIT:
-                hit.snippets.append((m.message_id, m.snippet))
+            hit.title = m
+        elif len(hit.messages) < _MESSAGE_IDS_PER_HIT:
+            hit.messages.append(m)
     for sid, scores in weighted.items():
         best = max(scores)
         hits[sid].score = best + (sum(scores) - best) / 10
     out = list(hits.values())
     match query.sort:
         case "relevance":
-            out.sort(key=lambda h: (-h.score, h.session.id))
-        case "last_active":
-            out.sort(key=lambda h: (h.session.last_active_at, h.session.id), reverse=True)
-        case "created":
-            out.sort(key=lambda h: (h.session.created_at, h.session.id), reverse=True)
+            out.sort(key=lambda h: (-h.score, h.session_id))
+        case "created" | "last_active":
+            at = 0 if query.sort == "created" else 1
+            times = order or {}
+            out.sort(key=lambda h: (times.get(h.session_id, ("", ""))[at], h.session_id), reverse=True)
     return out
+
+
+def hit_of(ranked: Ranked, record: SessionRecord, snippets: dict[int, str], title: str | None) -> SearchHit:
+    """The answer for one ranked session, with its record and the snippets fetched for it."""
+    return SearchHit(
+        record,
+        ranked.score,
+        title,
+        [m.message_id for m in ranked.messages if m.message_id is not None],
+        [(m.message_id, snippets.get(m.key, "")) for m in ranked.messages[:_SNIPPETS_PER_HIT]
+         if m.message_id is not None],
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from actors.core.records import SessionRecord
-from actors.core.search import MARK_END, MARK_START, MAX_MATCHES, Match, SearchHit, SearchQuery, rank_hits
+from actors.core.search import MARK_END, MARK_START, MAX_MATCHES, Match, SearchHit, SearchQuery, hit_of, rank_hits
 
 __all__ = ["search_sessions"]
 
@@ -21,7 +21,8 @@ _dec_record = msgspec.json.Decoder(SessionRecord)
 
 Fetch = Callable[..., Awaitable[list[Any]]]
 
-# The indexed expressions, written exactly as the indexes of schema step 6 are.
+# The indexed expressions, written exactly as the indexes of schema step 6 are. The headline
+# options are constants of this module, written into the SQL as literals.
 _CONTENT = "to_tsvector('simple'::regconfig, (m.body::jsonb)->>'content')"
 _TITLE = "to_tsvector('simple'::regconfig, COALESCE(s.body->>'title', ''))"
 _HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8, MaxFragments=1"
@@ -56,27 +57,49 @@ async def search_sessions(fetch: Fetch, query: SearchQuery) -> list[SearchHit]:
             where.append(sql.format(param(value)))
     cond = "".join(f" AND {w}" for w in where)
     limit = param(MAX_MATCHES)
-    # Constants of this module, not input: written into the SQL as literals.
-    headline, whole = f"'{_HEADLINE}'", f"'{_WHOLE}'"
+    # Ranking reads the rows' tsvectors only; headlines are made for the page alone, below.
     messages = await fetch(
-        f"SELECT session_id, id, ts_headline('simple'::regconfig, content, q, {headline}), rank FROM ("
-        f" SELECT m.session_id, m.id, (m.body::jsonb)->>'content' AS content, q, ts_rank({_CONTENT}, q) AS rank"
+        f"SELECT m.session_id, m.id, ts_rank({_CONTENT}, q), m.pos"
         " FROM messages m JOIN sessions s ON s.id = m.session_id, plainto_tsquery('simple'::regconfig, $1) q"
-        f" WHERE {_CONTENT} @@ q{cond} ORDER BY rank DESC LIMIT {limit}) found",
+        f" WHERE {_CONTENT} @@ q{cond} ORDER BY 3 DESC LIMIT {limit}",
         *params,
     )
     titles = await fetch(
-        f"SELECT s.id, NULL, ts_headline('simple'::regconfig, s.body->>'title', q, {whole}),"
-        f" ts_rank({_TITLE}, q), s.body::text"
+        f"SELECT s.id, NULL, ts_rank({_TITLE}, q), 0"
         " FROM sessions s, plainto_tsquery('simple'::regconfig, $1) q"
-        f" WHERE {_TITLE} @@ q{cond} ORDER BY 4 DESC LIMIT {limit}",
+        f" WHERE {_TITLE} @@ q{cond} ORDER BY 3 DESC LIMIT {limit}",
         *params,
     )
-    matches = [Match(r[0], r[1], r[2], float(r[3])) for r in (*messages, *titles)]
-    sessions = {r[0]: _dec_record.decode(r[4]) for r in titles}
-    missing = list({m.session_id for m in matches} - sessions.keys())
-    if missing:
-        for (body,) in await fetch("SELECT body::text FROM sessions WHERE id = ANY($1::text[])", missing):
-            record = _dec_record.decode(body)
-            sessions[record.id] = record
-    return rank_hits(matches, sessions, query)[query.offset : query.offset + query.limit + 1]
+    matches = [Match(r[0], r[1], float(r[2]), int(r[3])) for r in (*messages, *titles)]
+    order = None
+    if query.sort != "relevance":
+        ids = list({m.session_id for m in matches})
+        rows = await fetch(
+            "SELECT id, body->>'created_at', last_active_at FROM sessions WHERE id = ANY($1::text[])", ids
+        )
+        order = {r[0]: (r[1], r[2]) for r in rows}
+    page = rank_hits(matches, query, order)[query.offset : query.offset + query.limit + 1]
+    if not page:
+        return []
+    ids = [h.session_id for h in page]
+    rows = await fetch(
+        f"SELECT id, body::text, ts_headline('simple'::regconfig, COALESCE(body->>'title', ''),"
+        f" plainto_tsquery('simple'::regconfig, $2), '{_WHOLE}') FROM sessions WHERE id = ANY($1::text[])",
+        ids, params[0],
+    )
+    records = {r[0]: _dec_record.decode(r[1]) for r in rows}
+    titled = {r[0]: r[2] for r in rows}
+    keys = [k for h in page for k in h.snippet_keys()]
+    snippets: dict[int, str] = {}
+    if keys:
+        rows = await fetch(
+            "SELECT pos, ts_headline('simple'::regconfig, (body::jsonb)->>'content',"
+            f" plainto_tsquery('simple'::regconfig, $2), '{_HEADLINE}') FROM messages WHERE pos = ANY($1::bigint[])",
+            keys, params[0],
+        )
+        snippets = {int(r[0]): r[1] for r in rows}
+    return [
+        hit_of(h, records[h.session_id], snippets, titled[h.session_id] if h.title else None)
+        for h in page
+        if h.session_id in records
+    ]
