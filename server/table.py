@@ -49,7 +49,15 @@ from server.schema.messages import (
 )
 from server.schema.ops import ReadyOut, StatusOut
 from server.schema.search import SearchList
-from server.schema.sessions import CopyBody, CreateSessionBody, MergeBody, PatchSessionBody, SessionList, SessionOut
+from server.schema.sessions import (
+    CopyBody,
+    CreateSessionBody,
+    ForkBody,
+    MergeBody,
+    PatchSessionBody,
+    SessionList,
+    SessionOut,
+)
 from server.schema.tools import SessionTools, SessionToolsBody, ToolList
 from server.schema.usage import EndUserUsage
 
@@ -116,6 +124,11 @@ ROUTES: tuple[Route, ...] = (
           body=SessionExport, body_required=True, reply=SessionOut, status=201,
           query=(Param("new_id", {"type": "boolean"}, "Give it (and its messages) fresh ids."),)),
     Route("POST", f"{_S}/copy", transfer.copy_session, "Copy a session", body=CopyBody, reply=SessionOut, status=201),
+    Route("POST", f"{_S}/fork", transfer.fork_session,
+          "A new session whose history is the path from the root to a message (any branch)",
+          body=ForkBody, body_required=True, reply=SessionOut, status=201,
+          description="Metadata, context, tools and linked documents are copied; `forked_from` on the new "
+          "session and `forks` on the source record the fork."),
     Route("POST", "/v1/sessions/merge", transfer.merge_sessions,
           "A new session from the active paths of others, in order",
           body=MergeBody, body_required=True, reply=SessionOut, status=201),

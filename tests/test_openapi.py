@@ -144,6 +144,7 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     exported = await _call(client, spec, "GET", f"{base}/export")
     await _call(client, spec, "POST", "/v1/sessions/import?new_id=true", json=exported)
     copy = await _call(client, spec, "POST", f"{base}/copy", json={"title": "copy"})
+    await _call(client, spec, "POST", f"{base}/fork", json={"message_id": user_id})
     await _call(client, spec, "POST", "/v1/sessions/merge", json={"session_ids": [sid, copy["id"]]})
     # Tokens, guests, usage.
     pair = await _call(client, spec, "POST", f"{base}/tokens")

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from actors.core.export import SessionExport
-from actors.core.records import Checkpoint, SessionRecord
+from actors.core.records import Checkpoint, ForkRef, SessionRecord
 from actors.core.replies import MessagePage, TaskHandle, TreeView
 from actors.core.stream import EventStream
 from actors.core.tree import Node
@@ -99,6 +99,7 @@ class PatchSession(Command[SessionRecord], frozen=True, tag="patch_session"):
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET
     link_documents: tuple[str, ...] = ()
     unlink_documents: tuple[str, ...] = ()
+    add_fork: ForkRef | None = None  # a session was forked from this one
     if_match: int | None = None
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "IDEMPOTENCY_WINDOW_SECONDS",
     "MAX_IDEMPOTENT_REQUESTS",
     "Checkpoint",
+    "ForkRef",
     "IdempotentRequest",
     "LoadedSession",
     "Op",
@@ -65,6 +66,13 @@ class IdempotentRequest(msgspec.Struct):
     error: str | None = None  # why it failed, if it did
 
 
+class ForkRef(msgspec.Struct, frozen=True):
+    """One end of a fork: the other session, and the message of the source it was forked at."""
+
+    session_id: str
+    message_id: str
+
+
 class SessionRecord(msgspec.Struct):
     """One session row: everything but its messages, checkpoints and events."""
 
@@ -91,6 +99,8 @@ class SessionRecord(msgspec.Struct):
     running: list[RunningTask] = msgspec.field(default_factory=list)
     documents: list[str] = msgspec.field(default_factory=list)  # linked document ids
     requests: list[IdempotentRequest] = msgspec.field(default_factory=list)  # newest last
+    forked_from: ForkRef | None = None  # the session (and its message) this one was forked from
+    forks: list[ForkRef] = msgspec.field(default_factory=list)  # sessions forked from this one
 
 
 class Checkpoint(msgspec.Struct):

@@ -308,6 +308,8 @@ class SessionActor(SessionState):
             r.documents = [*r.documents, *(d for d in cmd.link_documents if d not in r.documents)]
         if cmd.unlink_documents:
             r.documents = [d for d in r.documents if d not in cmd.unlink_documents]
+        if cmd.add_fork is not None:
+            r.forks = [*r.forks, cmd.add_fork]
         self._touch()
         await self._store.commit([PutSession.of(r)])
         return self._snapshot()
