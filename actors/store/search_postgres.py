@@ -19,7 +19,7 @@ __all__ = ["search_sessions"]
 
 _dec_record = msgspec.json.Decoder(SessionRecord)
 
-Fetch = Callable[..., Awaitable[list[Any]]]
+_Fetch = Callable[..., Awaitable[list[Any]]]
 
 # The indexed expressions, written exactly as the indexes of schema step 6 are. The headline
 # options are constants of this module, written into the SQL as literals.
@@ -29,7 +29,7 @@ _HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8
 _WHOLE = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"  # a title is shown whole
 
 
-async def search_sessions(fetch: Fetch, query: SearchQuery) -> list[SearchHit]:
+async def search_sessions(fetch: _Fetch, query: SearchQuery) -> list[SearchHit]:
     """As the SQLite store's: sessions matching every word, ranked, a page of them (+1)."""
     if not query.terms:
         return []

@@ -20,7 +20,7 @@ __all__ = ["search_sessions", "session_filters"]
 
 _dec_record = msgspec.json.Decoder(SessionRecord)
 
-Fetch = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
+_Fetch = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
 
 
 def session_filters(query: SessionQuery, alias: str = "") -> tuple[list[str], list[Any]]:
@@ -60,7 +60,7 @@ def _filters(query: SearchQuery) -> tuple[str, list[Any]]:
 
 
 async def _ranked(
-    fetch: Fetch, fts: str, table: str, alias: str, match: str, cond: str, params: list[Any]
+    fetch: _Fetch, fts: str, table: str, alias: str, match: str, cond: str, params: list[Any]
 ) -> list[Any]:
     """(session id, message id or None, score, key) of the best rows of ``fts``, at most MAX_MATCHES.
 
@@ -88,7 +88,7 @@ def _in(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
-async def search_sessions(fetch: Fetch, query: SearchQuery) -> list[SearchHit]:
+async def search_sessions(fetch: _Fetch, query: SearchQuery) -> list[SearchHit]:
     """Every session matching ``query`` (all its words, in a title or any message of any
     branch), ranked and sorted, from ``query.offset`` on, ``query.limit`` + 1 at most.
 
