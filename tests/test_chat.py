@@ -43,10 +43,12 @@ def _chat(url: str, cwd: Path, *args: str) -> pexpect.spawn:
 
 
 def _answer(child: pexpect.spawn) -> str:
-    """The text of the answer being streamed, up to the next prompt."""
+    """The text of the answer being streamed, up to its model-and-usage line (or the prompt)."""
     child.expect_exact("assistant> ")
     child.expect_exact("\r\n" + PROMPT)
-    return str(child.before).strip()
+    text = str(child.before)
+    answer, usage_line, _ = text.rpartition("\r\n— ")
+    return (answer if usage_line else text).strip()
 
 
 def test_a_conversation_with_branches_checkpoints_and_export(
