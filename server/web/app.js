@@ -770,19 +770,18 @@ function renderCheckpoints(c) {
   const disabled = c.isRunning() || c.busy;
   const items = c.checkpoints.map((cp, i) => {
     const node = c.nodes.get(cp.message_id);
-    const firstLine = node ? node.content.trim().split("\n")[0] : "";
-    const snippet = node ? node.content.slice(0, 90) : "";
+    // Named by what it keeps (the start of that answer, its Markdown marks left out), not by
+    // its position; the style sheet clamps it to two lines.
+    const plain = node ? node.content.replace(/[*_`#>|]+/g, "").replace(/\s+/g, " ").trim() : "";
     const current = cp.message_id === active;
-    // Named by what it keeps (the start of that answer), not by its position.
-    const name = firstLine ? (firstLine.length > 48 ? `${firstLine.slice(0, 47)}…` : firstLine)
-      : cp.label || `Checkpoint ${i + 1}`;
+    const name = plain ? (plain.length > 80 ? `${plain.slice(0, 79)}…` : plain) : cp.label || `Checkpoint ${i + 1}`;
     return h("li", { class: `checkpoint${current ? " current" : ""}`, dataset: { id: cp.id } },
       h("div", { class: "cp-text" },
         h("span", { class: "cp-title" },
           h("span", { class: "cp-label" }, name),
           current ? h("span", { class: "badge" }, "current") : null),
         h("time", { datetime: cp.created_at, class: "muted" }, when(cp.created_at)),
-        snippet ? h("span", { class: "cp-snippet" }, snippet) : null),
+      ),
       h("button", {
         type: "button", class: "small", disabled, dataset: { key: `restore-${cp.id}` },
         "aria-label": `Restore checkpoint ${name}`, onclick: () => c.restore(cp, $("#hint").value.trim()),
