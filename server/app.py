@@ -21,6 +21,7 @@ from server.errors import problem_middleware
 from server.logs import request_id_middleware
 from server.metrics import METRICS, Metrics, metrics_middleware
 from server.middleware.auth import auth_middleware
+from server.protocols import add_protocol_routes
 from server.table import add_routes
 
 __all__ = ["make_app", "make_store"]
@@ -100,4 +101,5 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     add_routes(app)
+    add_protocol_routes(app)  # AI SDK, OpenAI Responses, AG-UI adapters
     return app

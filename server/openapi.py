@@ -22,6 +22,8 @@ from actors.core.records import AgentRecord, DocumentRecord
 from server.auth.guests import GuestOut
 from server.auth.tokens import TokenPair
 from server.errors import Problem
+from server.protocols import protocol_routes
+from server.protocols.common import ProtocolRoute
 from server.routes.docs import DOC_ASSETS
 from server.routes.guests import GuestSessionBody, GuestUsage
 from server.routes.transfer import CopyBody, MergeBody
@@ -123,6 +125,7 @@ class Op:
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
     security: list[dict[str, list[str]]] | None = None  # None: SECURITY (or none when public)
+    errors: str = "application/problem+json"  # the media type of 4XX answers (a protocol's own shape)
 
 
 _IF_MATCH = Param(
@@ -245,6 +248,16 @@ OPERATIONS: list[Op] = [
     Op("GET", "/web/{name}", "A file of the chat page (script, style, icon)", ANY, tag="operations", public=True),
 ]
 
+
+def _protocol_op(r: ProtocolRoute) -> Op:
+    """An adapter route (server/protocols) as an Op: its facts live beside its handler."""
+    ok = Body(SSE, r.ok) if r.sse else r.ok
+    return Op(r.method, r.path, r.summary, ok, r.body, body_required=r.body is not None, status=r.status,
+              tag=r.tag, extra=r.extra, errors=r.errors)
+
+
+OPERATIONS += [_protocol_op(r) for r in protocol_routes()]
+
 # Credentials the API accepts; a new kind of credential joins with one entry.
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "ApiKey": {
@@ -275,6 +288,7 @@ _PATH_PARAMS: dict[str, str] = {
 # -- building -----------------------------------------------------------------------------
 
 _REF = "#/components/schemas/{name}"
+_PROBLEM = "application/problem+json"
 
 
 def _types(ops: Iterable[Op]) -> list[Any]:
@@ -300,6 +314,8 @@ def _schema_of(value: Any, named: Mapping[Any, dict[str, Any]]) -> dict[str, Any
 def _content(value: Any, named: Mapping[Any, dict[str, Any]]) -> dict[str, Any] | None:
     if value is None:
         return None
+    if isinstance(value, Body):
+        return {value.media: {"schema": dict(value.schema)}}
     if value == SSE:
         # As OpenAPI 3.2 reads an event stream's item schema: one object per event.
         return {SSE: {"schema": {"$ref": _REF.format(name="ServerSentEvent")}}}
@@ -353,10 +369,13 @@ def _operation(op: Op, named: Mapping[Any, dict[str, Any]]) -> dict[str, Any]:
         ok["content"] = content
     responses: dict[str, Any] = {str(op.status): ok}
     for status, value in op.extra.items():
-        responses[status] = {"description": "See the body", "content": _content(value, named)}
+        responses[status] = {"description": "See the body"}
+        if value is not None:
+            responses[status]["content"] = _content(value, named)
     problem = {"description": "A problem (RFC 9457)", "content": {"application/problem+json": {
         "schema": named[Problem]}}}
-    responses["4XX"] = problem
+    responses["4XX"] = problem if op.errors == _PROBLEM else {
+        "description": "An error in the protocol's own shape", "content": {op.errors: {"schema": {"type": "object"}}}}
     if not op.public:
         responses["503"] = problem
     out: dict[str, Any] = {

@@ -176,6 +176,11 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     spec.validate_events(replay)
     spec.seen.add(("GET", "/v1/sessions/{session_id}/stream"))
 
+    # The protocol adapters (their streams are tested in their own files).
+    await _call(client, spec, "GET", f"/v1/ai-sdk/chat/{sid}/messages")
+    await _call(client, spec, "POST", f"/v1/ai-sdk/chat/{sid}/stop")
+    await _call(client, spec, "GET", f"/v1/ai-sdk/chat/{sid}/stream")  # nothing runs: 204
+
     await _call(client, spec, "DELETE", base)
 
     json_ops = {

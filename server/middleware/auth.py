@@ -42,6 +42,11 @@ TOKEN_ROUTES = frozenset(
         ("POST", f"{_S}/checkpoints/{{}}/restore"),
         ("POST", f"{_S}/upload"),
         ("GET", f"{_S}/documents"),
+        # The protocol adapters (server/protocols): the same conversation, another wire.
+        ("POST", "/v1/ai-sdk/chat"),
+        ("GET", "/v1/ai-sdk/chat/{}/stream"),
+        ("POST", "/v1/ai-sdk/chat/{}/stop"),
+        ("GET", "/v1/ai-sdk/chat/{}/messages"),
     }
 )
 

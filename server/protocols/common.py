@@ -1,0 +1,145 @@
+"""What the protocol adapters share: typed events out of the session's stream, and a writer
+that translates them into another protocol's Server-Sent Events.
+
+Every adapter is a thin edge over the same actors: it subscribes like the native stream does,
+turns each session event into zero or more frames of its own protocol, and stops where the
+task it follows ends. Nothing here knows a protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import msgspec
+from aiohttp import web
+
+from actors.core.events import TERMINAL_EVENTS, AnyEvent, StreamReset, decode_event
+from actors.session.fanout import CLOSED, HEARTBEAT, RESET, Subscription
+from server.config import StreamsSection
+
+__all__ = [
+    "ProtocolRoute",
+    "Translator",
+    "add_protocol_table",
+    "event_of",
+    "is_terminal",
+    "stream_translated",
+    "task_of",
+]
+
+_log = logging.getLogger("sessiond.protocols")
+
+_PING = b": ping\n\n"
+_CONGESTED = 64 * 1024
+
+
+class ProtocolRoute(msgspec.Struct, frozen=True, kw_only=True):
+    """The facts of one adapter route, kept beside its handler (for the route table and the
+    OpenAPI document): ``ok`` and ``body`` as server/openapi.py's ``Op`` reads them."""
+
+    method: str
+    path: str
+    summary: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    token: bool  # a session token may call it (on its own session)
+    task: bool = False  # it starts a model turn
+    sse: bool = False  # it answers with an event stream
+    public: bool = False
+    ok: Any = None  # a msgspec type or a JSON schema; with sse, the schema of the stream text
+    body: Any = None
+    status: int = 200
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    errors: str = "application/problem+json"  # the media type of its 4XX answers
+    tag: str = "protocols"
+
+
+def add_protocol_table(app: web.Application, table: list[ProtocolRoute]) -> None:
+    for route in table:
+        app.router.add_route(route.method, route.path, route.handler)
+
+
+def event_of(frame: bytes) -> tuple[int, AnyEvent]:
+    """The (event id, typed event) of one native SSE frame.
+
+    The one place that knows how the event log holds an event; when the log holds
+    (seq, type, data) this becomes a plain decode of ``data``.
+    """
+    seq = 0
+    data = b""
+    for line in frame.split(b"\n"):
+        if line.startswith(b"id: "):
+            seq = int(line[4:])
+        elif line.startswith(b"data: "):
+            data = line[6:]
+    return seq, decode_event(data)
+
+
+def task_of(event: AnyEvent) -> str | None:
+    return getattr(event, "task_id", None)
+
+
+def is_terminal(event: AnyEvent) -> bool:
+    return type(event).__struct_config__.tag in TERMINAL_EVENTS
+
+
+class Translator(Protocol):
+    """One protocol's view of one task: fed session events in order, gives wire bytes."""
+
+    finished: bool  # the task it follows ended: the stream closes after this batch
+
+    def feed(self, seq: int, event: AnyEvent) -> bytes: ...
+
+    def reset(self, seq: int, event: StreamReset) -> bytes:
+        """The log no longer holds what the client asked for: say so and end."""
+        ...
+
+
+async def stream_translated(
+    request: web.Request,
+    sub: Subscription,
+    settings: StreamsSection,
+    translator: Translator,
+    headers: Mapping[str, str],
+) -> web.StreamResponse:
+    """Write ``sub`` through ``translator`` until its task ends or the client leaves."""
+    resp = web.StreamResponse(status=200, headers=dict(headers))
+    try:
+        await resp.prepare(request)
+        transport = request.transport
+        while not translator.finished:
+            batch = await sub.next(settings.heartbeat_seconds, settings.max_batch_bytes)
+            if batch is CLOSED:
+                break
+            if batch is HEARTBEAT:
+                data = _PING
+            elif batch is RESET:
+                data = translator.reset(sub.cursor, StreamReset("last_event_id_too_old", sub.cursor))
+                translator.finished = True
+            else:
+                assert isinstance(batch, list)
+                parts: list[bytes] = []
+                for frame in batch:
+                    seq, event = event_of(frame)
+                    parts.append(translator.feed(seq, event))
+                    if translator.finished:
+                        break
+                data = b"".join(parts)
+                if not data:
+                    continue
+            if transport is not None and transport.get_write_buffer_size() > _CONGESTED:
+                async with asyncio.timeout(settings.write_timeout_seconds):
+                    await resp.write(data)
+            else:
+                await resp.write(data)
+    except (ConnectionResetError, TimeoutError):
+        pass  # the client left or stopped reading; it resumes by its protocol's cursor
+    except Exception:
+        if not resp.prepared:
+            raise
+        _log.exception("stream of %s ended by an error", request.path)
+    finally:
+        sub.close()
+    return resp
