@@ -20,7 +20,7 @@ from server.appkeys import KEYRING, REGISTRY, TOKENS
 from server.auth.principal import PRINCIPAL, Principal, authorize_session
 from server.auth.tokens import REFRESH_PREFIX
 
-__all__ = ["REFRESH_ROUTE", "TOKEN_ROUTES", "auth_middleware", "route_shape"]
+__all__ = ["REFRESH_ROUTE", "TOKEN_ROUTES", "auth_middleware", "authenticate_bearer_key", "route_shape"]
 
 REFRESH_ROUTE = "/v1/tokens/refresh"
 _STREAM_ROUTE = "/v1/sessions/{}/stream"
@@ -84,6 +84,23 @@ async def _authenticate(request: web.Request, shape: str | None) -> Principal:
     if token.startswith(REFRESH_PREFIX):
         raise UnauthorizedError(f"a refresh token is accepted only by POST {REFRESH_ROUTE}")
     return await request.app[TOKENS].principal(token)
+
+
+async def authenticate_bearer_key(request: web.Request) -> Principal:
+    """For clients that can send a credential only as ``Authorization: Bearer`` (the OpenAI
+    SDK's ``api_key``): an API key there is an API key; a session token (a JWT) is a token.
+    ``X-API-Key`` and the other headers work as everywhere else."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value and value.count(".") != 2 and not value.startswith(REFRESH_PREFIX):
+        h = request.headers
+        if not ("X-API-Key" in h or "X-Client-ID" in h or "X-Client-Secret" in h):
+            key_id = await request.app[KEYRING].verify(None, None, value)
+            if key_id is None:
+                raise UnauthorizedError("the API key is not valid")
+            return Principal(kind="key", key_id=key_id, end_user_id=h.get("X-End-User-ID") or None)
+    return await _authenticate(request, route_shape(request))
 
 
 def _check_token_scope(request: web.Request, principal: Principal, shape: str | None) -> None:

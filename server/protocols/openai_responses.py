@@ -1,0 +1,455 @@
+"""OpenAI Responses over sessions: ``/openai/v1/responses``, so that
+``OpenAI(base_url=URL + "/openai/v1", api_key=KEY)`` works unchanged.
+
+A response is a task of a session. ``conversation`` names the session; ``previous_response_id``
+continues from that response's reply (a branch when it is not the active leaf); with neither,
+a new session is made. Every response is kept and every one resumes: ``GET
+/responses/{id}?stream=true&starting_after=N`` replays the task through the same translation
+and sends what came after event N. ``sequence_number`` is the session event id that produced
+an event (the events one session event yields share it and go out in one write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from actors.agent.agents import parse_route
+from actors.core.commands import CancelTask, GetSession, GetTree, PatchSession, SendMessage, Subscribe
+from actors.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from actors.core.events import (
+    AnyEvent,
+    MessageCompleted,
+    MessageDelta,
+    StreamReset,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskInterrupted,
+    TaskStarted,
+    ToolCall,
+    ToolResult,
+)
+from actors.core.records import SessionRecord
+from actors.core.tree import Node, ToolUse
+from actors.session.actor import TaskHandle, TreeView
+from server.agents import AGENTS
+from server.appkeys import CONFIG, REGISTRY
+from server.auth.principal import principal_of
+from server.protocols.common import ProtocolRoute, stream_translated, task_of
+from server.protocols.openai_shapes import (
+    OpenAIError,
+    assistant_message,
+    epoch,
+    input_message,
+    mcp_item,
+    openai_route,
+    output_text,
+    page,
+    parse_response_id,
+    response_id,
+    response_out,
+)
+from server.quota import turn_quota
+from server.routes.common import ask, bool_query
+from server.schema.wire import decode_body, json_response
+
+__all__ = ["RESPONSES_ROUTES", "ResponsesBody", "ResponsesTranslator", "agent_for_model", "input_text"]
+
+OPENAI_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",
+}
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class InputItem(msgspec.Struct, kw_only=True):
+    """An input item; sessiond takes messages (role and text content)."""
+
+    type: str = "message"
+    role: str | None = None
+    content: str | list[ContentPart] | None = None
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content or [] if p.type in ("input_text", "output_text", "text"))
+
+
+class ConversationRef(msgspec.Struct):
+    id: str
+
+
+class ResponsesBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str | None = None
+    input: str | list[InputItem] | None = None
+    instructions: str | None = None
+    conversation: str | ConversationRef | None = None
+    previous_response_id: str | None = None
+    stream: bool = False
+    background: bool = False
+    store: bool = True
+    metadata: dict[str, str] | None = None
+    tools: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # Accepted so the SDK's usual arguments pass; the session's agent decides these.
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    parallel_tool_calls: bool | None = None
+    tool_choice: Any = None
+    include: list[str] | None = None
+    truncation: str | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
+    reasoning: Any = None
+    text: Any = None
+    stream_options: Any = None
+
+
+def input_text(items: str | list[InputItem] | None) -> tuple[str, str | None]:
+    """(the user message to send, instructions from system/developer items)."""
+    if isinstance(items, str):
+        return items, None
+    system: list[str] = []
+    users: list[str] = []
+    for item in items or []:
+        if item.type != "message":
+            raise OpenAIError(f"input items of type {item.type!r} are not taken; send a user message",
+                              "unsupported_input", "input")
+        if item.role in ("system", "developer"):
+            system.append(item.text())
+        elif item.role == "user":
+            users.append(item.text())
+        else:
+            raise OpenAIError("earlier turns live in the conversation: send only the new user message "
+                              "(with conversation or previous_response_id)", "unsupported_input", "input")
+    if len(users) != 1:
+        raise InvalidRequestError("input must hold exactly one user message")
+    return users[0], "\n\n".join(system) or None
+
+
+async def agent_for_model(request: web.Request, model: str | None) -> str | None:
+    """The agent id ``model`` names: an agent id, or a ``provider/model`` route (an agent
+    named ``route <model>`` is made for it once)."""
+    if not model:
+        return None
+    agents = request.app[AGENTS]
+    try:
+        return (await agents.get(model)).id
+    except NotFoundError:
+        pass
+    if "/" not in model and model not in agents.providers:
+        raise InvalidRequestError(f"model {model!r} is neither an agent id (GET /v1/agents) nor a provider/model route")
+    name = f"route {model}"
+    for agent in await agents.list():
+        if agent.name == name:
+            return agent.id
+    return (await agents.create(name=name, model=parse_route([model]))).id
+
+
+def find_reply(view: TreeView, task_id: str, rid: str) -> Node:
+    reply = next((n for n in view.nodes if n.task_id == task_id and n.role == "assistant"), None)
+    if reply is None:
+        raise NotFoundError(f"no response {rid}")
+    return reply
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+_enc = msgspec.json.Encoder()
+
+
+class ResponsesTranslator:
+    """One task as Responses stream events; ``after``: the event id already delivered."""
+
+    def __init__(self, record: SessionRecord, task_id: str, *, previous: str | None, background: bool | None,
+                 created_at: int, after: int | None = None) -> None:
+        self.record = record
+        self.task_id = task_id
+        self.previous = previous
+        self.background = background
+        self.created_at = created_at
+        self.after = after
+        self.finished = False
+        self._reply_id = ""
+        self._outputs = 0
+        self._runs = 0
+        self._msg: tuple[str, int] | None = None  # (item id, output index) of the open text
+        self._text: list[str] = []
+        self._tools: dict[str, tuple[int, ToolUse]] = {}
+        self._final: Node | None = None
+
+    def _response(self, node: Node | None, status: str | None = None, error: str | None = None) -> dict[str, Any]:
+        out = response_out(self.record, self.task_id, node, previous=self.previous, background=self.background,
+                           error=error, created_at=self.created_at)
+        if status is not None:
+            out["status"] = status
+        return out
+
+    def feed(self, seq: int, event: AnyEvent) -> bytes:
+        if task_of(event) != self.task_id:
+            return b""
+        events = self._events(event)
+        if self.after is not None and seq <= self.after:
+            return b""
+        return b"".join(self._frame(seq, e) for e in events)
+
+    def reset(self, seq: int, event: StreamReset) -> bytes:
+        return self._frame(seq, {"type": "error", "code": "stream_reset", "param": None,
+                                 "message": "the session no longer holds this response's events; retrieve it"})
+
+    @staticmethod
+    def _frame(seq: int, event: dict[str, Any]) -> bytes:
+        event["sequence_number"] = seq
+        return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event["type"].encode(), _enc.encode(event))
+
+    def _open_text(self, out: list[dict[str, Any]]) -> tuple[str, int]:
+        if self._msg is None:
+            self._runs += 1
+            item_id = self._reply_id if self._runs == 1 else f"{self._reply_id}-{self._runs}"
+            self._msg = (item_id, self._outputs)
+            self._outputs += 1
+            self._text = []
+            item = assistant_message(item_id, "", "in_progress")
+            item["content"] = []
+            out.append({"type": "response.output_item.added", "output_index": self._msg[1], "item": item})
+            out.append({"type": "response.content_part.added", "item_id": item_id, "output_index": self._msg[1],
+                        "content_index": 0, "part": output_text("")})
+        return self._msg
+
+    def _close_text(self, out: list[dict[str, Any]]) -> None:
+        if self._msg is None:
+            return
+        item_id, index = self._msg
+        text = "".join(self._text)
+        where = {"item_id": item_id, "output_index": index, "content_index": 0}
+        out.append({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+        out.append({"type": "response.content_part.done", **where, "part": output_text(text)})
+        out.append({"type": "response.output_item.done", "output_index": index,
+                    "item": assistant_message(item_id, text, "completed")})
+        self._msg = None
+
+    def _delta(self, out: list[dict[str, Any]], delta: str) -> None:
+        item_id, index = self._open_text(out)
+        self._text.append(delta)
+        out.append({"type": "response.output_text.delta", "item_id": item_id, "output_index": index,
+                    "content_index": 0, "delta": delta, "logprobs": []})
+
+    def _events(self, event: AnyEvent) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        match event:
+            case TaskStarted():
+                self._reply_id = event.reply_id
+                started = self._response(None, "in_progress")
+                out.append({"type": "response.created", "response": started})
+                out.append({"type": "response.in_progress", "response": started})
+            case MessageDelta():
+                self._delta(out, event.delta)
+            case ToolCall():
+                self._close_text(out)
+                use = ToolUse(event.call_id, event.name, event.arguments)
+                self._tools[event.call_id] = (self._outputs, use)
+                out.append({"type": "response.output_item.added", "output_index": self._outputs,
+                            "item": mcp_item(use, done=False) | {"status": "in_progress"}})
+                self._outputs += 1
+            case ToolResult():
+                index, use = self._tools.get(event.call_id, (self._outputs, ToolUse(event.call_id, "", {})))
+                use.output, use.is_error = event.output, event.is_error
+                out.append({"type": "response.output_item.done", "output_index": index, "item": mcp_item(use)})
+            case MessageCompleted():
+                if self._runs == 0 and event.message.content:
+                    # The log came back from the store without its deltas: the text in one piece.
+                    self._delta(out, event.message.content)
+                self._close_text(out)
+                self._final = event.message
+            case TaskCompleted():
+                out.append({"type": "response.completed", "response": self._response(self._final)})
+                self.finished = True
+            case TaskCancelled():
+                # The SDK has no cancelled event: incomplete, with the response's status cancelled.
+                out.append({"type": "response.incomplete", "response": self._response(self._final, "cancelled")})
+                self.finished = True
+            case TaskFailed() | TaskInterrupted():
+                failed = self._response(self._final, "failed", event.error)
+                failed["error"] = {"code": "server_error", "message": event.error}
+                out.append({"type": "response.failed", "response": failed})
+                self.finished = True
+            case _:
+                pass
+        return out
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+async def _target(request: web.Request, body: ResponsesBody, instructions: str | None) -> tuple[str, str | None]:
+    """(session id, parent message id) the new message goes to; a new session if none is named."""
+    principal = principal_of(request)
+    if body.previous_response_id:
+        if body.conversation is not None:
+            raise InvalidRequestError("give conversation or previous_response_id, not both")
+        sid, tid = parse_response_id(body.previous_response_id)
+        view: TreeView = await ask(request, GetTree(), sid)
+        return sid, find_reply(view, tid, body.previous_response_id).id
+    if body.conversation is not None:
+        conv = body.conversation
+        return (conv if isinstance(conv, str) else conv.id), None
+    if principal.kind == "token":
+        assert principal.session_id is not None
+        return principal.session_id, None  # a token converses in its own session only
+    registry = request.app[REGISTRY]
+    record = registry.new_record(
+        namespace=principal.namespace or "default", end_user_id=principal.end_user_id,
+        agent_id=await agent_for_model(request, body.model),
+        system_prompt=instructions, metadata=dict(body.metadata or {}),
+    )
+    await registry.create(record)
+    return record.id, None
+
+
+async def _check_session(request: web.Request, sid: str, body: ResponsesBody, instructions: str | None) -> None:
+    record: SessionRecord = await ask(request, GetSession(), sid)
+    if body.model and await agent_for_model(request, body.model) != (record.agent_id or "default"):
+        raise OpenAIError(f"conversation {sid} answers with agent {record.agent_id or 'default'}; "
+                          "a response in it cannot name another model", "model_mismatch", "model")
+    if instructions is not None and instructions != (record.system_prompt or ""):
+        raise OpenAIError("a conversation's instructions are set when it is created (its system prompt)",
+                          "instructions_mismatch", "instructions")
+    if body.metadata:
+        await ask(request, PatchSession(metadata=dict(body.metadata)), sid)
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    body = await decode_body(request, ResponsesBody, empty_ok=False)
+    if not body.store:
+        raise OpenAIError("sessiond keeps every response: store must be true", "unsupported_parameter", "store")
+    if body.tools:
+        raise OpenAIError("tools sent by the client are not taken yet; the session's own tools run on the server",
+                          "unsupported_parameter", "tools")
+    text, system = input_text(body.input)
+    instructions = "\n\n".join(x for x in (body.instructions, system) if x) or None
+    known = bool(body.previous_response_id or body.conversation is not None or principal_of(request).kind == "token")
+    sid, parent_id = await _target(request, body, instructions)
+    if known:
+        await _check_session(request, sid, body, instructions)
+    request.match_info["session_id"] = sid  # where the quota and the session look for it
+    quota = await turn_quota(request)
+    handle: TaskHandle = await quota.ask(SendMessage(content=text, parent_id=parent_id, stream=True))
+    assert handle.subscription is not None
+    record: SessionRecord = await ask(request, GetSession())
+    view: TreeView = await ask(request, GetTree())
+    reply = find_reply(view, handle.task_id, response_id(sid, handle.task_id))
+    previous = _previous(view, reply, sid)
+    created = _created(reply)
+    if body.stream:
+        translator = ResponsesTranslator(record, handle.task_id, previous=previous, background=body.background,
+                                         created_at=created)
+        return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
+                                       OPENAI_SSE_HEADERS)
+    handle.subscription.close()
+    if body.background:
+        return json_response(response_out(record, handle.task_id, reply, previous=previous, background=True))
+    # Shielded: a client that leaves does not stop the response (it is kept, and resumes).
+    outcome = await asyncio.shield(handle.done)
+    record = await ask(request, GetSession())
+    return json_response(response_out(record, outcome.task_id, outcome.message, previous=previous,
+                                      background=False, error=outcome.error))
+
+
+def _created(node: Node) -> int:
+    return epoch(node.created_at)
+
+
+def _previous(view: TreeView, reply: Node, sid: str) -> str | None:
+    nodes = {n.id: n for n in view.nodes}
+    user = nodes.get(reply.parent_id or "")
+    before = nodes.get(user.parent_id or "") if user is not None else None
+    if before is None or before.task_id is None:
+        return None
+    return response_id(sid, before.task_id)
+
+
+async def _load(request: web.Request) -> tuple[str, str, SessionRecord, TreeView, Node]:
+    rid = request.match_info["response_id"]
+    sid, tid = parse_response_id(rid)
+    view: TreeView = await ask(request, GetTree(), sid)
+    reply = find_reply(view, tid, rid)
+    record: SessionRecord = await ask(request, GetSession(), sid)
+    return sid, tid, record, view, reply
+
+
+async def get_response(request: web.Request) -> web.StreamResponse:
+    sid, tid, record, view, reply = await _load(request)
+    previous = _previous(view, reply, sid)
+    if not bool_query(request, "stream"):
+        return json_response(response_out(record, tid, reply, previous=previous))
+    raw = request.query.get("starting_after")
+    if raw is not None and not raw.isdigit():
+        raise InvalidRequestError("starting_after must be a sequence_number this server sent")
+    after = int(raw) if raw is not None else None
+    # The latest task's events start where Subscribe() without an id starts; an older one's
+    # are looked for from the start of what the log holds.
+    newest = max((n for n in view.nodes if n.role == "assistant" and n.task_id), key=lambda n: n.created_at)
+    sub = await ask(request, Subscribe(last_event_id=None if newest.id == reply.id else 0), sid)
+    translator = ResponsesTranslator(record, tid, previous=previous, background=None, created_at=_created(reply),
+                                     after=after)
+    return await stream_translated(request, sub, request.app[CONFIG].streams, translator, OPENAI_SSE_HEADERS)
+
+
+async def cancel_response(request: web.Request) -> web.Response:
+    sid, tid, record, view, reply = await _load(request)
+    if any(r.task_id == tid for r in record.running):
+        try:
+            await ask(request, CancelTask(), sid)
+        except ConflictError:
+            pass  # it ended meanwhile: the answer below says how
+        sid, tid, record, view, reply = await _load(request)
+    return json_response(response_out(record, tid, reply, previous=_previous(view, reply, sid)))
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    await _load(request)  # 404 for a response the caller may not see
+    raise OpenAIError("sessiond keeps every response of a conversation (a changed past is a branch); "
+                      "DELETE /openai/v1/conversations/{id} deletes the whole conversation", "unsupported")
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    _sid, _tid, _record, view, reply = await _load(request)
+    user = next((n for n in view.nodes if n.id == reply.parent_id), None)
+    items = [input_message(user)] if user is not None else []
+    return json_response(page(request, items, default_order="desc"))
+
+
+def _route(method: str, path: str, handler: Any, summary: str, **facts: Any) -> ProtocolRoute:
+    return ProtocolRoute(method=method, path="/openai/v1" + path, handler=openai_route(handler), summary=summary,
+                         token=True, errors="application/json", tag="openai", **facts)
+
+
+_OBJECT = {"type": "object"}
+
+RESPONSES_ROUTES = [
+    _route("POST", "/responses", create_response, "OpenAI: create a response (a task; stream, background or wait)",
+           body=ResponsesBody, ok=_OBJECT, task=True),
+    _route("GET", "/responses/{response_id}", get_response,
+           "OpenAI: a response; stream=true&starting_after=N resumes its stream", ok=_OBJECT),
+    _route("POST", "/responses/{response_id}/cancel", cancel_response,
+           "OpenAI: cancel a response (the partial answer is kept)", ok=_OBJECT),
+    _route("DELETE", "/responses/{response_id}", delete_response, "OpenAI: not supported (responses are kept)",
+           ok=_OBJECT),
+    _route("GET", "/responses/{response_id}/input_items", list_input_items, "OpenAI: a response's input items",
+           ok=_OBJECT),
+]
+
