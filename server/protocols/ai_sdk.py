@@ -47,7 +47,16 @@ from actors.core.events import (
 from actors.core.tree import Node
 from actors.session.actor import MessagePage, TaskHandle, TreeView
 from server.appkeys import CONFIG
-from server.protocols.common import ProtocolRoute, stream_translated, task_of
+from server.protocols.common import (
+    ProtocolRoute,
+    ResumePoint,
+    active_path,
+    reconcile,
+    resume_point,
+    stream_translated,
+    sub_id_frames,
+    task_of,
+)
 from server.quota import turn_quota
 from server.routes.common import ask
 from server.schema.wire import decode_body, json_response
@@ -98,18 +107,14 @@ class ChatBody(msgspec.Struct, kw_only=True):
 # -- the stream ----------------------------------------------------------------------------
 
 
-def _sse(frame_id: str, chunk: dict[str, Any] | None) -> bytes:
-    data = b"[DONE]" if chunk is None else _enc.encode(chunk)
-    return b"id: %s\ndata: %s\n\n" % (frame_id.encode(), data)
-
-
 _enc = msgspec.json.Encoder()
+_DONE = b"[DONE]"
 
 
 class UiStreamTranslator:
     """One task as UI message chunks; ``after`` = (event id, chunk index) already delivered."""
 
-    def __init__(self, task_id: str | None = None, after: tuple[int, int | None] | None = None) -> None:
+    def __init__(self, task_id: str | None = None, after: ResumePoint | None = None) -> None:
         self.task_id = task_id
         self.after = after
         self.finished = False
@@ -131,19 +136,7 @@ class UiStreamTranslator:
         return self._frames(seq, [{"type": "error", "errorText": text}, None])
 
     def _frames(self, seq: int, chunks: list[dict[str, Any] | None]) -> bytes:
-        out: list[bytes] = []
-        last = len(chunks)
-        for k, chunk in enumerate(chunks, 1):
-            if self._delivered(seq, k, last):
-                continue
-            out.append(_sse(str(seq) if k == last else f"{seq}.{k}", chunk))
-        return b"".join(out)
-
-    def _delivered(self, seq: int, k: int, last: int) -> bool:
-        if self.after is None:
-            return False
-        at, upto = self.after
-        return seq < at or (seq == at and (upto is None or k <= upto))
+        return sub_id_frames(seq, [_DONE if c is None else _enc.encode(c) for c in chunks], self.after)
 
     def _close_text(self, chunks: list[dict[str, Any] | None]) -> None:
         if self._text_id is not None:
@@ -248,48 +241,26 @@ def ui_messages(nodes: list[Node]) -> list[dict[str, Any]]:
 
 
 def _command(body: ChatBody, view: TreeView) -> SendMessage | EditMessage | RegenerateMessage:
-    """Reconcile the client's list with the stored tree: what does this request ask for?
-
-    The client's list follows the session's active path message by message (seeded from
-    GET .../messages, extended by streams whose assistant ids are sessiond's). A user
-    message the client made has an id of its own; it is matched by its place in the list.
-    """
-    nodes = {n.id: n for n in view.nodes}
-    path: list[Node] = []
-    at = view.active_leaf_id
-    while at is not None:
-        path.append(nodes[at])
-        at = nodes[at].parent_id
-    path.reverse()
+    """What this request asks of the session (see ``reconcile`` for a sent message)."""
     msgs = body.messages
     if body.trigger == "regenerate-message":
+        nodes = {n.id: n for n in view.nodes}
         target = nodes.get(body.messageId or "")
         if target is None:
             # The client dropped the answer from its list: it was the one at that place.
+            path = active_path(view)
             i = len(msgs)
             if i < len(path) and path[i].role == "assistant":
                 target = path[i]
         if target is None or target.role != "assistant":
             raise InvalidRequestError("regenerate-message needs messageId of an assistant message of this session")
-        return RegenerateMessage(message_id=target.id)
+        return RegenerateMessage(message_id=target.id, stream=True)
     if not msgs or msgs[-1].role != "user":
         raise InvalidRequestError("submit-message needs messages ending with the user message to send")
-    last = msgs[-1]
-    content = last.text()
+    content = msgs[-1].text()
     if not content.strip():
         raise InvalidRequestError("the last user message has no text part")
-    i = len(msgs) - 1
-    stored = nodes.get(last.id)
-    if stored is None and i < len(path) and path[i].role == "user":
-        stored = path[i]  # a message already sent, now changed in the client: an edit
-    if stored is not None:
-        if stored.role != "user":
-            raise InvalidRequestError(f"message {last.id} is not a user message")
-        return EditMessage(message_id=stored.id, content=content)
-    parent = nodes.get(msgs[i - 1].id) if i > 0 else None
-    if parent is not None and parent.role == "assistant" and parent.id != view.active_leaf_id:
-        return SendMessage(content=content, parent_id=parent.id, stream=True)  # from an earlier answer
-    return SendMessage(content=content, stream=True)
+    return reconcile(view, [(m.id, m.role) for m in msgs], content)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -298,27 +269,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
     request.match_info["session_id"] = body.id
     view: TreeView = await ask(request, GetTree())
     cmd = _command(body, view)
-    stream_cmd = msgspec.structs.replace(cmd, stream=True)
     quota = await turn_quota(request)
-    handle: TaskHandle = await quota.ask(stream_cmd)
+    handle: TaskHandle = await quota.ask(cmd)
     assert handle.subscription is not None
     translator = UiStreamTranslator(handle.task_id)
     return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
                                    UI_STREAM_HEADERS)
 
 
-def _resume_point(request: web.Request) -> tuple[int, int | None] | None:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    if not raw:
-        return None
-    seq, _, k = raw.partition(".")
-    if not seq.isdigit() or (k and not k.isdigit()):
-        raise InvalidRequestError("Last-Event-ID must be an id this stream sent (N or N.K)")
-    return int(seq), (int(k) if k else None)
-
-
 async def resume(request: web.Request) -> web.StreamResponse:
-    after = _resume_point(request)
+    after = resume_point(request)
     record = await ask(request, GetSession())
     if not record.running:
         return web.Response(status=204)

@@ -16,17 +16,26 @@ from typing import Any, Protocol
 import msgspec
 from aiohttp import web
 
+from actors.core.commands import EditMessage, SendMessage
+from actors.core.errors import InvalidRequestError
 from actors.core.events import TERMINAL_EVENTS, AnyEvent, StreamReset, decode_event
+from actors.core.tree import Node
+from actors.session.actor import TreeView
 from actors.session.fanout import CLOSED, HEARTBEAT, RESET, Subscription
 from server.config import StreamsSection
 
 __all__ = [
     "ProtocolRoute",
+    "ResumePoint",
     "Translator",
+    "active_path",
     "add_protocol_table",
     "event_of",
     "is_terminal",
+    "reconcile",
+    "resume_point",
     "stream_translated",
+    "sub_id_frames",
     "task_of",
 ]
 
@@ -75,6 +84,76 @@ def event_of(frame: bytes) -> tuple[int, AnyEvent]:
         elif line.startswith(b"data: "):
             data = line[6:]
     return seq, decode_event(data)
+
+
+def active_path(view: TreeView) -> list[Node]:
+    nodes = {n.id: n for n in view.nodes}
+    path: list[Node] = []
+    at = view.active_leaf_id
+    while at is not None:
+        path.append(nodes[at])
+        at = nodes[at].parent_id
+    path.reverse()
+    return path
+
+
+def reconcile(view: TreeView, msgs: list[tuple[str, str]], content: str) -> SendMessage | EditMessage:
+    """What a client's message list, ending with the user message ``content``, asks for.
+
+    The client's list follows the session's active path message by message (assistant ids
+    are sessiond's, from the streams; user messages the client made have ids of its own and
+    are matched by their place): a last message already stored (by id, or by place) changed
+    in the client is an edit; a new one is sent after the message before it when that is an
+    earlier answer (a branch), else after the active leaf.
+    """
+    nodes = {n.id: n for n in view.nodes}
+    path = active_path(view)
+    last_id = msgs[-1][0]
+    i = len(msgs) - 1
+    stored = nodes.get(last_id)
+    if stored is None and i < len(path) and path[i].role == "user":
+        stored = path[i]
+    if stored is not None:
+        if stored.role != "user":
+            raise InvalidRequestError(f"message {last_id} is not a user message")
+        return EditMessage(message_id=stored.id, content=content, stream=True)
+    parent = nodes.get(msgs[i - 1][0]) if i > 0 else None
+    if parent is not None and parent.role == "assistant" and parent.id != view.active_leaf_id:
+        return SendMessage(content=content, parent_id=parent.id, stream=True)
+    return SendMessage(content=content, stream=True)
+
+
+ResumePoint = tuple[int, int | None]
+
+
+def resume_point(request: web.Request) -> ResumePoint | None:
+    """``Last-Event-ID`` (or ``?last_event_id=``) as sent by a stream with sub-ids: ``N`` (all
+    of event N) or ``N.K`` (its first K frames)."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if not raw:
+        return None
+    seq, _, k = raw.partition(".")
+    if not seq.isdigit() or (k and not k.isdigit()):
+        raise InvalidRequestError("Last-Event-ID must be an id this stream sent (N or N.K)")
+    return int(seq), (int(k) if k else None)
+
+
+def sub_id_frames(seq: int, datas: list[bytes], after: ResumePoint | None) -> bytes:
+    """The frames one session event became, each with its own SSE id: the last ``N`` (the
+    session event id), the ones before it ``N.1``, ``N.2``, ...; those up to ``after`` left out.
+
+    So a client cut between two frames of one event resumes exactly by Last-Event-ID.
+    """
+    out: list[bytes] = []
+    last = len(datas)
+    for k, data in enumerate(datas, 1):
+        if after is not None:
+            at, upto = after
+            if seq < at or (seq == at and (upto is None or k <= upto)):
+                continue
+        frame_id = b"%d" % seq if k == last else b"%d.%d" % (seq, k)
+        out.append(b"id: %s\ndata: %s\n\n" % (frame_id, data))
+    return b"".join(out)
 
 
 def task_of(event: AnyEvent) -> str | None:
