@@ -47,6 +47,8 @@ TOKEN_ROUTES = frozenset(
         ("GET", "/v1/ai-sdk/chat/{}/stream"),
         ("POST", "/v1/ai-sdk/chat/{}/stop"),
         ("GET", "/v1/ai-sdk/chat/{}/messages"),
+        ("POST", "/v1/ag-ui"),
+        ("GET", "/v1/ag-ui/{}/stream"),
     }
 )
 

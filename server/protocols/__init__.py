@@ -15,11 +15,12 @@ __all__ = ["add_protocol_routes", "protocol_routes"]
 
 def protocol_routes() -> list[ProtocolRoute]:
     """Every adapter route with its facts (summary, token, task, SSE, bodies)."""
+    from server.protocols.ag_ui import AG_UI_ROUTES
     from server.protocols.ai_sdk import AI_SDK_ROUTES
     from server.protocols.openai_conversations import CONVERSATIONS_ROUTES
     from server.protocols.openai_responses import RESPONSES_ROUTES
 
-    return [*AI_SDK_ROUTES, *RESPONSES_ROUTES, *CONVERSATIONS_ROUTES]
+    return [*AI_SDK_ROUTES, *AG_UI_ROUTES, *RESPONSES_ROUTES, *CONVERSATIONS_ROUTES]
 
 
 def add_protocol_routes(app: web.Application) -> None:
