@@ -6,47 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import HEADERS, ClientFactory, new_session
 from tests.node import base_url, require_node, run_node
+from tests.ui_stream import frames, text_of, types
 
 
 @pytest.fixture(autouse=True)
 def _node() -> None:
     require_node()
-
-
-class Frame(msgspec.Struct):
-    id: str | None
-    data: Any  # a chunk, or "[DONE]"
-
-
-async def frames(resp: aiohttp.ClientResponse, limit: int = 100_000) -> list[Frame]:
-    """UI message stream frames until [DONE] (or ``limit`` frames)."""
-    out: list[Frame] = []
-    ev_id: str | None = None
-    async for raw in resp.content:
-        line = raw.decode().rstrip("\r\n")
-        if line.startswith("id: "):
-            ev_id = line[4:]
-        elif line.startswith("data: "):
-            value = line[6:]
-            out.append(Frame(ev_id, value if value == "[DONE]" else msgspec.json.decode(value)))
-            ev_id = None
-            if value == "[DONE]" or len(out) >= limit:
-                break
-    return out
-
-
-def types(got: list[Frame]) -> list[str]:
-    return [f.data if f.data == "[DONE]" else f.data["type"] for f in got]
-
-
-def text_of(got: list[Frame]) -> str:
-    return "".join(f.data["delta"] for f in got if f.data != "[DONE]" and f.data["type"] == "text-delta")
 
 
 def message_text(message: dict[str, Any]) -> str:
