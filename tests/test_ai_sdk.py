@@ -164,7 +164,7 @@ async def test_regenerate_and_edit_become_siblings(client: TestClient[Any, Any])
     assert user_node["children"] == [answer["id"], regen["message"]["id"]]
     # sendMessage({messageId}) with changed text: the client's user message (by its place) is edited.
     edited = await run_node("ai_sdk_chat.mjs", "send", base, s["id"], HEADERS,
-                            {"id": "client-made-id", "text": "second try"})
+                            {"id": "client-made-id", "text": "second try", "messageId": "client-made-id"})
     assert edited["errors"] == []
     now = await history(client, s["id"])
     assert message_text(now[0]) == "second try"
@@ -231,3 +231,20 @@ async def test_bad_bodies_get_problem_json(client: TestClient[Any, Any]) -> None
     refused = await run_node("ai_sdk_chat.mjs", "refused", base_url(client), s["id"], HEADERS,
                              {"messages": [{"id": "a", "role": "assistant", "parts": []}]})
     assert "user message" in refused["error"]
+
+
+async def test_a_client_that_was_not_seeded_appends(client: TestClient[Any, Any]) -> None:
+    s = await new_session(client)
+    base = base_url(client)
+    for text in ("one", "two"):  # each time a fresh useChat that loaded no messages
+        got = await run_node("ai_sdk_chat.mjs", "send", base, s["id"], HEADERS, {"text": text})
+        assert got["errors"] == []
+    stored = await history(client, s["id"])
+    assert [(m["role"], message_text(m) if m["role"] == "user" else "") for m in stored] == [
+        ("user", "one"), ("assistant", ""), ("user", "two"), ("assistant", "")]
+    # An edit names the message: one the client does not hold in the stored place is refused.
+    resp = await client.post("/v1/ai-sdk/chat", json={
+        "id": s["id"], "messages": [user("a", "x"), {"id": "b", "role": "assistant", "parts": []}, user("c", "y"),
+                                    {"id": "d", "role": "assistant", "parts": []}, user("e", "z")],
+        "messageId": "e"})
+    assert resp.status == 422 and "to edit" in (await resp.json())["detail"]

@@ -260,7 +260,9 @@ def _command(body: ChatBody, view: TreeView) -> SendMessage | EditMessage | Rege
     content = msgs[-1].text()
     if not content.strip():
         raise InvalidRequestError("the last user message has no text part")
-    return reconcile(view, [(m.id, m.role) for m in msgs], content)
+    # sendMessage({messageId}) replaces that user message: an edit. Without it, a new message.
+    edit = body.messageId is not None and body.messageId == msgs[-1].id
+    return reconcile(view, [(m.id, m.role) for m in msgs], content, edit=edit)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:

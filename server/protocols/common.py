@@ -97,22 +97,27 @@ def active_path(view: TreeView) -> list[Node]:
     return path
 
 
-def reconcile(view: TreeView, msgs: list[tuple[str, str]], content: str) -> SendMessage | EditMessage:
+def reconcile(
+    view: TreeView, msgs: list[tuple[str, str]], content: str, *, edit: bool = False
+) -> SendMessage | EditMessage:
     """What a client's message list, ending with the user message ``content``, asks for.
 
-    The client's list follows the session's active path message by message (assistant ids
-    are sessiond's, from the streams; user messages the client made have ids of its own and
-    are matched by their place): a last message already stored (by id, or by place) changed
-    in the client is an edit; a new one is sent after the message before it when that is an
-    earlier answer (a branch), else after the active leaf.
+    A last message that is stored (by id) is edited. With ``edit`` (the client said it changes
+    that message: the AI SDK's ``messageId``) one the client made, with an id of its own, is
+    matched by its place on the active path, which the client's list follows message by
+    message. Any other last message is new: it is sent after the message before it when that
+    is an earlier stored answer (a branch), else after the active leaf.
     """
     nodes = {n.id: n for n in view.nodes}
-    path = active_path(view)
     last_id = msgs[-1][0]
     i = len(msgs) - 1
     stored = nodes.get(last_id)
-    if stored is None and i < len(path) and path[i].role == "user":
-        stored = path[i]
+    if stored is None and edit:
+        path = active_path(view)
+        if i < len(path) and path[i].role == "user":
+            stored = path[i]
+        else:
+            raise InvalidRequestError(f"message {last_id} is not a stored user message to edit")
     if stored is not None:
         if stored.role != "user":
             raise InvalidRequestError(f"message {last_id} is not a user message")

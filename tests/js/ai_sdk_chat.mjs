@@ -26,8 +26,9 @@ async function send(messages, trigger = 'submit-message', messageId = undefined,
 const scenarios = {
   // One message, the whole answer.
   async send() {
+    // With args.messageId: sendMessage({text, messageId}), an edit of that message.
     const messages = [...(args.history ?? []), userMessage(args.id ?? 'client-1', args.text)];
-    return lastMessage(await send(messages));
+    return lastMessage(await send(messages, 'submit-message', args.messageId));
   },
   // Regenerate the assistant message args.messageId (the list is cut before it, as useChat does).
   async regenerate() {
