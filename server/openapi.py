@@ -126,6 +126,7 @@ class Op:
     extra: Mapping[str, Any] = field(default_factory=dict)
     security: list[dict[str, list[str]]] | None = None  # None: SECURITY (or none when public)
     errors: str = "application/problem+json"  # the media type of 4XX answers (a protocol's own shape)
+    stream_schema: Mapping[str, Any] | None = None  # with stream: a protocol's own event stream
 
 
 _IF_MATCH = Param(
@@ -253,7 +254,7 @@ def _protocol_op(r: ProtocolRoute) -> Op:
     """An adapter route (server/protocols) as an Op: its facts live beside its handler."""
     ok = Body(SSE, r.ok) if r.sse else r.ok
     return Op(r.method, r.path, r.summary, ok, r.body, body_required=r.body is not None, status=r.status,
-              tag=r.tag, extra=r.extra, errors=r.errors)
+              tag=r.tag, extra=r.extra, errors=r.errors, stream=r.stream is not None, stream_schema=r.stream)
 
 
 OPERATIONS += [_protocol_op(r) for r in protocol_routes()]
@@ -363,13 +364,14 @@ def _operation(op: Op, named: Mapping[Any, dict[str, Any]]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "No content" if op.ok is None else "OK"}
     content = _content(op.ok, named)
     if op.stream:
-        content = {**(content or {}), **(_content(SSE, named) or {})}
+        sse = {SSE: {"schema": dict(op.stream_schema)}} if op.stream_schema is not None else _content(SSE, named)
+        content = {**(content or {}), **(sse or {})}
         ok["description"] = "The task's result (`stream: false`) or its event stream (`stream: true`)"
     if content:
         ok["content"] = content
     responses: dict[str, Any] = {str(op.status): ok}
     for status, value in op.extra.items():
-        responses[status] = {"description": "See the body"}
+        responses[status] = {"description": "No content" if value is None else "See the body"}
         if value is not None:
             responses[status]["content"] = _content(value, named)
     problem = {"description": "A problem (RFC 9457)", "content": {"application/problem+json": {

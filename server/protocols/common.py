@@ -62,6 +62,7 @@ class ProtocolRoute(msgspec.Struct, frozen=True, kw_only=True):
     status: int = 200
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     errors: str = "application/problem+json"  # the media type of its 4XX answers
+    stream: dict[str, Any] | None = None  # the schema of the event stream it answers when asked to
     tag: str = "protocols"
 
 

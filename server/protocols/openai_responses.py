@@ -439,12 +439,14 @@ def _route(method: str, path: str, handler: Any, summary: str, **facts: Any) -> 
 
 
 _OBJECT = {"type": "object"}
+_STREAM = {"type": "string", "description": "Responses stream events: `event:` (the type), `id:` and `data:` "
+           "(the event's JSON; `sequence_number` is the session event id)."}
 
 RESPONSES_ROUTES = [
     _route("POST", "/responses", create_response, "OpenAI: create a response (a task; stream, background or wait)",
-           body=ResponsesBody, ok=_OBJECT, task=True),
+           body=ResponsesBody, ok=_OBJECT, task=True, stream=_STREAM),
     _route("GET", "/responses/{response_id}", get_response,
-           "OpenAI: a response; stream=true&starting_after=N resumes its stream", ok=_OBJECT),
+           "OpenAI: a response; stream=true&starting_after=N resumes its stream", ok=_OBJECT, stream=_STREAM),
     _route("POST", "/responses/{response_id}/cancel", cancel_response,
            "OpenAI: cancel a response (the partial answer is kept)", ok=_OBJECT),
     _route("DELETE", "/responses/{response_id}", delete_response, "OpenAI: not supported (responses are kept)",
