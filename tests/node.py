@@ -28,7 +28,10 @@ def require_node() -> None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    if not (JS_DIR / "node_modules").is_dir():
+    # npm keeps what it installed in node_modules/.package-lock.json: none, or older than the
+    # committed lock file, and the packages are installed (again) from the lock.
+    installed = JS_DIR / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < (JS_DIR / "package-lock.json").stat().st_mtime:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, capture_output=True)
 
 
