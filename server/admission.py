@@ -11,7 +11,9 @@ What counts as new work:
 * a request that starts a task (send, edit, regenerate, restore with a hint) while
   ``max_running_tasks`` tasks are running;
 * a request that opens a stream (``GET .../stream``, or one of the above with
-  ``"stream": true``) while ``max_open_streams`` streams are open.
+  ``"stream": true``) while ``max_open_streams`` streams are open;
+* the same through a protocol adapter (server/protocols: each route's facts say whether it
+  starts a task and whether it streams, always or when asked).
 
 Everything else (reads, cancel, create, delete) is always admitted: it is cheap, and cancel
 is how load goes down.
@@ -23,6 +25,9 @@ an actor has started the task: under load, a loop turn or more later).
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -30,6 +35,9 @@ from aiohttp.typedefs import Handler
 from actors.core.errors import OverloadedError
 from server.appkeys import REGISTRY
 from server.config import AdmissionSection
+
+if TYPE_CHECKING:
+    from server.protocols.common import ProtocolRoute
 
 __all__ = ["ADMISSION", "Admission", "admission_middleware"]
 
@@ -89,6 +97,20 @@ async def _peek_body(request: web.Request) -> _Peek:
         return _Peek()  # the handler answers the bad body with 400 or 422
 
 
+@functools.cache
+def _protocol_routes() -> dict[tuple[str, str], ProtocolRoute]:
+    from server.protocols import protocol_routes  # its handlers import what imports this module
+
+    return {(r.method, r.path): r for r in protocol_routes()}
+
+
+async def _asks_stream(request: web.Request) -> bool:
+    """``"stream": true`` in the body, or ``?stream=true``, on a route that streams when asked."""
+    if request.query.get("stream", "").lower() in ("1", "true", "yes"):
+        return True
+    return request.method != "GET" and (await _peek_body(request)).stream
+
+
 @web.middleware
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
@@ -97,10 +119,15 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         return passed
     key = (request.method, resource.canonical)
     opens_stream = key == _STREAM_ROUTE
+    protocol = _protocol_routes().get(key)
     if key in _TASK_ROUTES:
         body = await _peek_body(request)
         starts_task = key[1] != _RESTORE or bool(body.hint and body.hint.strip())
         opens_stream = body.stream
+    elif protocol is not None:
+        # The protocol adapters (server/protocols) count as the native routes they stand for.
+        starts_task = protocol.task
+        opens_stream = protocol.sse or (protocol.stream is not None and await _asks_stream(request))
     else:
         starts_task = False
     if not starts_task and not opens_stream:
