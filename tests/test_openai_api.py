@@ -265,3 +265,29 @@ async def test_bad_requests_get_openai_errors(client: TestClient[Any, Any]) -> N
         await api.responses.retrieve("resp_ses_nope.tsk_nope")
     with pytest.raises(openai.BadRequestError):
         await api.responses.delete((await api.responses.create(input="kept")).id)
+
+
+async def test_model_names_an_agent_or_a_route(client: TestClient[Any, Any]) -> None:
+    api = sdk(client)
+    agent = await (await client.post("/v1/agents", json={"name": "terse", "system_prompt": "Be terse."})).json()
+    by_agent = await api.responses.create(model=agent["id"], input="hi")
+    assert by_agent.status == "completed" and by_agent.conversation is not None
+    assert (await (await client.get(f"/v1/sessions/{by_agent.conversation.id}")).json())["agent_id"] == agent["id"]
+    # A provider/model route: an agent is made for it once, and used again.
+    first = await api.responses.create(model="simulated/simulated", input="hi")
+    again = await api.responses.create(model="simulated/simulated", input="hi")
+    agents = (await (await client.get("/v1/agents")).json())["items"]
+    routes = [a for a in agents if a["name"] == "route simulated/simulated"]
+    assert len(routes) == 1 and routes[0]["model"] == [{"provider": "simulated", "model": "simulated"}]
+    for r in (first, again):
+        assert r.conversation is not None
+        assert (await (await client.get(f"/v1/sessions/{r.conversation.id}")).json())["agent_id"] == routes[0]["id"]
+    # A conversation answers with its own agent.
+    with pytest.raises(openai.BadRequestError) as err:
+        await api.responses.create(model="default", input="x", previous_response_id=by_agent.id)
+    assert err.value.code == "model_mismatch"
+    with pytest.raises(openai.BadRequestError) as err:
+        await api.responses.create(input="x", instructions="Be verbose.", previous_response_id=by_agent.id)
+    assert err.value.code == "instructions_mismatch"
+    ok = await api.responses.create(model=agent["id"], input="and?", previous_response_id=by_agent.id)
+    assert ok.status == "completed"
