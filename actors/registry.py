@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
-from actors.cluster.node import Cluster, RemoteSession
-from actors.core.commands import AnyCommand, Passivate, Shutdown
+from actors.cluster.forward import RemoteSession
+from actors.cluster.node import Cluster
+from actors.core.commands import AnyCommand, Command, Passivate, Shutdown
 from actors.core.errors import ActorStoppedError, ConflictError, NotFoundError, UnavailableError
+from actors.core.events import FrameEncoder
 from actors.core.export import SessionExport, from_export, remap_ids
 from actors.core.ids import new_id, utcnow
-from actors.core.records import Op, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
+from actors.core.records import PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
 from actors.core.tree import Node
-from actors.ports import Provider
+from actors.ports import Provider, SessionRef, SessionStore
 from actors.session.actor import ActorSettings, SessionActor
-from actors.store.base import Store
+from actors.tasks import Spawner
 
 __all__ = ["Registry"]
 
@@ -33,24 +35,25 @@ class Registry:
 
     def __init__(
         self,
-        store: Store,
+        store: SessionStore,
         provider: Provider,
         *,
         settings: ActorSettings,
         idle_seconds: float,
+        frame: FrameEncoder,
         stats: Stats | None = None,
         cluster: Cluster | None = None,
     ) -> None:
         self.store = store
+        self.frame = frame  # the edge's wire format, for every actor's EventLog
         self.provider = provider
         self.settings = settings
         self.idle_seconds = idle_seconds
         self.stats = stats or Stats()
         self._actors: dict[str, SessionActor] = {}
-        self._activating: dict[str, asyncio.Future[SessionActor | RemoteSession]] = {}
-        self._sweeper: asyncio.Task[None] | None = None
-        self._restarts: set[asyncio.Task[Any]] = set()
-        self._renewer: asyncio.Task[None] | None = None
+        self._activating: dict[str, asyncio.Future[SessionRef]] = {}
+        # The sweeper, the lease renewer, restarts and lease releases.
+        self._tasks = Spawner()
         self.cluster = cluster
         self.accepting = True
 
@@ -66,29 +69,22 @@ class Registry:
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._sweeper = loop.create_task(self._sweep(), name="registry-sweeper")
+        self._tasks.spawn(self._sweep(), name="registry-sweeper")
         if self.cluster is not None:
             await self.cluster.start(self._serve_forwarded)
-            self._renewer = loop.create_task(self._renew_leases(), name="registry-leases")
+            self._tasks.spawn(self._renew_leases(), name="registry-leases")
 
     async def drain(self) -> None:
         """Stop accepting, interrupt running tasks, flush every actor, close its streams."""
         if not self.accepting:
             return
         self.accepting = False
-        for task in (self._sweeper, self._renewer):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        for task in list(self._restarts):
-            task.cancel()
-        await asyncio.gather(*self._restarts, return_exceptions=True)
+        await self._tasks.aclose()
         actors = list(self._actors.values())
         await asyncio.gather(*(self._shutdown(a) for a in actors), return_exceptions=True)
         if self.cluster is not None:
             # Leases go back at once, so another node can take these sessions without waiting.
-            await asyncio.gather(*(self.cluster.release(a.id) for a in actors), return_exceptions=True)
+            await asyncio.gather(*(self.cluster.leases.release(a.id) for a in actors), return_exceptions=True)
             await self.cluster.aclose()
 
     @staticmethod
@@ -124,12 +120,15 @@ class Registry:
         record, nodes, checkpoints = from_export(doc)
         for name, value in fields.items():
             setattr(record, name, value)
-        if await self.store.get_session(record.id) is not None or record.id in self._actors:
-            raise ConflictError(f"session {record.id} exists already; import with new_id=true for a copy")
-        ops: list[Op] = [PutMessage.of(record.id, n) for n in nodes]
-        ops += [PutCheckpoint.of(record.id, c) for c in checkpoints]
-        ops.append(PutSession.of(record))
-        await self.store.commit(ops)
+        conflict = ConflictError(f"session {record.id} exists already; import with new_id=true for a copy")
+        if record.id in self._actors:
+            raise conflict
+        rows: list[PutMessage | PutCheckpoint] = [PutMessage.of(record.id, n) for n in nodes]
+        rows += [PutCheckpoint.of(record.id, c) for c in checkpoints]
+        # Insert-only, in one transaction: a session that exists (or an import of the same id
+        # racing this one) is never written to, so exactly one of two imports of an id wins.
+        if not await self.store.insert_session(PutSession.of(record), rows):
+            raise conflict
         return record
 
     async def create_from_nodes(self, record: SessionRecord, nodes: list[Node]) -> SessionRecord:
@@ -139,7 +138,8 @@ class Registry:
         await self.store.commit([*(PutMessage.of(record.id, n) for n in nodes), PutSession.of(record)])
         return record
 
-    async def get(self, session_id: str) -> SessionActor | RemoteSession:
+    async def get(self, session_id: str) -> SessionRef:
+        """The session, live: its actor here (activated if need be) or its owner's, remote."""
         actor = self._actors.get(session_id)
         if actor is not None and actor.is_alive:
             return actor
@@ -148,7 +148,7 @@ class Registry:
         pending = self._activating.get(session_id)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[SessionActor | RemoteSession] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[SessionRef] = asyncio.get_running_loop().create_future()
         self._activating[session_id] = fut
         try:
             found = await (self._locate(session_id) if self.cluster is not None else self._activate(session_id))
@@ -173,7 +173,8 @@ class Registry:
             settings=self.settings,
             stats=self.stats,
             on_stop=self._stopped,
-            sink=self.cluster.publish if self.cluster is not None else None,
+            frame=self.frame,
+            sink=self.cluster.streams.publish if self.cluster is not None else None,
         )
         await actor.start()
         self._actors[session_id] = actor
@@ -188,49 +189,45 @@ class Registry:
         if actor.stop_reason == "passivated":
             self.stats.passivations += 1
         if self.cluster is not None and self.accepting and actor.stop_reason != "lease lost":
-            self._background(self.cluster.release(actor.id))
+            self._tasks.spawn(self.cluster.leases.release(actor.id), name=f"lease-release:{actor.id}")
         if crash is None:
             return
         self.stats.crashes += 1
         if self.accepting:
             # Restart from the store at once, so a turn the crash cut off is reported
             # interrupted to whoever reconnects, without waiting for the next command.
-            self._background(self._restart(actor.id))
-
-    def _background(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
+            self._tasks.spawn(self._restart(actor.id), name=f"restart:{actor.id}")
 
     # -- cluster ---------------------------------------------------------------------------
 
-    async def _locate(self, session_id: str) -> SessionActor | RemoteSession:
+    async def _locate(self, session_id: str) -> SessionRef:
         """Activate here if we win the lease; else the session lives on its owner."""
         cluster = self.cluster
         assert cluster is not None
         for _ in range(5):
-            if await cluster.acquire(session_id):
+            if await cluster.leases.acquire(session_id):
                 try:
                     return await self._activate(session_id)
                 except BaseException:
-                    await cluster.release(session_id)
+                    await cluster.leases.release(session_id)
                     raise
-            owner = await cluster.owner(session_id)
+            owner = await cluster.leases.owner(session_id)
             if owner == cluster.node_id:
                 return await self._activate(session_id)
             if owner is not None:
                 record = await self.store.get_session(session_id)
                 if record is None:
                     raise NotFoundError(f"no session {session_id}")
-                return RemoteSession(cluster, record, owner)
+                return cluster.remote(record, owner)
             # The lease went away between our two questions: ask again.
         raise UnavailableError(f"session {session_id} is changing hands; retry shortly")
 
-    async def _serve_forwarded(self, session_id: str, command: AnyCommand) -> Any:
+    async def _serve_forwarded(self, session_id: str, command: AnyCommand) -> object:
         target = await self.get(session_id)
         if isinstance(target, RemoteSession):
             raise ActorStoppedError(f"session {session_id} lives on {target.owner} now")
-        return await target.ask(command)
+        # The reply goes back on the wire as is: its type matters only to the asking node.
+        return await target.ask(cast("Command[object]", command))
 
     async def _renew_leases(self) -> None:
         cluster = self.cluster
@@ -239,7 +236,7 @@ class Registry:
         while True:
             await asyncio.sleep(interval)
             try:
-                lost = await cluster.renew(list(self._actors))
+                lost = await cluster.leases.renew(list(self._actors))
             except Exception:
                 log.exception("renewing session leases failed")
                 continue

@@ -23,11 +23,13 @@ from aiohttp import web
 from actors.agent.backends.simulated import SimulatedProvider
 from actors.core.events import (
     CheckpointCreated,
+    Event,
     MessageCompleted,
     MessageDelta,
     TaskCompleted,
     TaskStarted,
-    encode_frame,
+    encode_event,
+    event_type,
 )
 from actors.core.model import ChatMessage, ModelRequest
 from actors.core.tree import Node, Usage
@@ -53,6 +55,11 @@ _PROVIDER = web.AppKey("provider", SimulatedProvider)
 _SEQS = web.AppKey("seqs", dict)
 
 
+def _frame(seq: int, event: Event) -> bytes:
+    """An event as SSE, byte for byte as sessiond frames it (server/sse.py), in one format."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event_type(event).encode(), encode_event(event))
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{next(_ids):012x}"
 
@@ -75,10 +82,10 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     await resp.write(b"retry: 3000\n\n")
     seq = seqs[sid]
 
-    async def emit(event: msgspec.Struct) -> None:
+    async def emit(event: Event) -> None:
         nonlocal seq
         seq += 1
-        await resp.write(encode_frame(seq, event))  # type: ignore[arg-type]
+        await resp.write(_frame(seq, event))
 
     await emit(TaskStarted(task_id, user_id, reply_id))
     parts: list[str] = []

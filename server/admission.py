@@ -11,35 +11,27 @@ What counts as new work:
 * a request that starts a task (send, edit, regenerate, restore with a hint) while
   ``max_running_tasks`` tasks are running;
 * a request that opens a stream (``GET .../stream``, or one of the above with
-  ``"stream": true``) while ``max_open_streams`` streams are open;
-* the same through a protocol adapter (server/protocols: each route's facts say whether it
-  starts a task and whether it streams, always or when asked).
+  ``"stream": true``) while ``max_open_streams`` streams are open.
 
 Everything else (reads, cancel, create, delete) is always admitted: it is cheap, and cancel
 is how load goes down.
 
 Both counts move at admission, before any await, so a burst of requests arriving together
 cannot all take the last place (the registry's own count of running tasks moves only once
-an actor has started the task: under load, a loop turn or more later).
+an actor has started the task: under load, a loop turn or more later). Admission is checked
+where the body is already decoded (server/tasks.py), since whether a request starts a task or
+opens a stream depends on it (``stream``, a restore's ``hint``).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING
-
-import msgspec
-from aiohttp import web
-from aiohttp.typedefs import Handler
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from actors.core.errors import OverloadedError
-from server.appkeys import REGISTRY
 from server.config import AdmissionSection
 
-if TYPE_CHECKING:
-    from server.protocols.common import ProtocolRoute
-
-__all__ = ["ADMISSION", "Admission", "admission_middleware"]
+__all__ = ["Admission"]
 
 
 class Admission:
@@ -61,99 +53,31 @@ class Admission:
         admitted requests (not started yet) and can lead them (a client left mid-stream)."""
         return max(tasks_running, self.task_requests)
 
+    @contextmanager
+    def enter(self, tasks_running: int, *, starts_task: bool, opens_stream: bool) -> Iterator[None]:
+        """Admit one request (503 ``overloaded`` if it would go past a limit) for the ``with`` body.
 
-ADMISSION = web.AppKey("admission", Admission)
-
-# (method, canonical route) of the requests that start a task.
-_TASK_ROUTES = frozenset(
-    {
-        ("POST", "/v1/sessions/{session_id}/messages"),
-        ("POST", "/v1/sessions/{session_id}/messages/{message_id}/edit"),
-        ("POST", "/v1/sessions/{session_id}/messages/{message_id}/regenerate"),
-        ("POST", "/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore"),
-    }
-)
-_RESTORE = "/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore"
-_STREAM_ROUTE = ("GET", "/v1/sessions/{session_id}/stream")
-
-
-class _Peek(msgspec.Struct):
-    """The two body fields admission needs; the handler still decodes and validates the body."""
-
-    stream: bool = False
-    hint: str | None = None
-
-
-_peek = msgspec.json.Decoder(_Peek)
-
-
-async def _peek_body(request: web.Request) -> _Peek:
-    if not request.can_read_body:
-        return _Peek()
-    # request.read() caches the body, so the handler reads the same bytes again for free.
-    try:
-        return _peek.decode(await request.read())
-    except msgspec.DecodeError:
-        return _Peek()  # the handler answers the bad body with 400 or 422
-
-
-@functools.cache
-def _protocol_routes() -> dict[tuple[str, str], ProtocolRoute]:
-    from server.protocols import protocol_routes  # its handlers import what imports this module
-
-    return {(r.method, r.path): r for r in protocol_routes()}
-
-
-async def _asks_stream(request: web.Request) -> bool:
-    """``"stream": true`` in the body, or ``?stream=true``, on a route that streams when asked."""
-    if request.query.get("stream", "").lower() in ("1", "true", "yes"):
-        return True
-    return request.method != "GET" and (await _peek_body(request)).stream
-
-
-@web.middleware
-async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    resource = request.match_info.route.resource
-    if resource is None:
-        passed: web.StreamResponse = await handler(request)
-        return passed
-    key = (request.method, resource.canonical)
-    opens_stream = key == _STREAM_ROUTE
-    protocol = _protocol_routes().get(key)
-    if key in _TASK_ROUTES:
-        body = await _peek_body(request)
-        starts_task = key[1] != _RESTORE or bool(body.hint and body.hint.strip())
-        opens_stream = body.stream
-    elif protocol is not None:
-        # The protocol adapters (server/protocols) count as the native routes they stand for.
-        starts_task = protocol.task
-        opens_stream = protocol.sse or (protocol.stream is not None and await _asks_stream(request))
-    else:
-        starts_task = False
-    if not starts_task and not opens_stream:
-        passed = await handler(request)
-        return passed
-    admission = request.app[ADMISSION]
-    limits = admission.settings
-    if starts_task and admission.task_load(request.app[REGISTRY].stats.tasks_running) >= limits.max_running_tasks:
-        admission.refused += 1
-        raise OverloadedError(
-            f"{limits.max_running_tasks} tasks are running, the most this server takes at once",
-            retry_after=limits.retry_after_seconds,
-        )
-    if opens_stream and admission.open_streams >= limits.max_open_streams:
-        admission.refused += 1
-        raise OverloadedError(
-            f"{limits.max_open_streams} streams are open, the most this server holds at once",
-            retry_after=limits.retry_after_seconds,
-        )
-    # Counted from admission to the end of the response, with no await between the check and
-    # the increment, so requests arriving together cannot all take the last place.
-    admission.task_requests += starts_task
-    admission.open_streams += opens_stream
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    finally:
-        admission.task_requests -= starts_task
-        admission.open_streams -= opens_stream
+        Not async, on purpose: the check and the increment happen with no await between them,
+        so requests arriving together cannot all take the last place.
+        """
+        limits = self.settings
+        if starts_task and self.task_load(tasks_running) >= limits.max_running_tasks:
+            self.refused += 1
+            raise OverloadedError(
+                f"{limits.max_running_tasks} tasks are running, the most this server takes at once",
+                retry_after=limits.retry_after_seconds,
+            )
+        if opens_stream and self.open_streams >= limits.max_open_streams:
+            self.refused += 1
+            raise OverloadedError(
+                f"{limits.max_open_streams} streams are open, the most this server holds at once",
+                retry_after=limits.retry_after_seconds,
+            )
+        # Counted from admission to the end of the response.
+        self.task_requests += starts_task
+        self.open_streams += opens_stream
+        try:
+            yield
+        finally:
+            self.task_requests -= starts_task
+            self.open_streams -= opens_stream

@@ -15,22 +15,20 @@ from actors.agent.backends.ollama import OllamaBackend
 from actors.agent.backends.openai import OpenAIBackend
 from actors.agent.backends.simulated import SimulatedBackend
 from actors.agent.backends.upstream import UpstreamSettings
+from actors.agent.documents.extract import ExtractLimits
 from actors.agent.documents.library import KINDS, DocumentLibrary
 from actors.agent.router import Router
 from actors.agent.runner import AgentRunner
 from actors.agent.tokens import TokenCounter
 from actors.agent.tools import ToolBox, builtin_tools
 from actors.core.errors import InvalidRequestError
-from actors.core.records import AgentRecord
 from actors.store.base import Store
+from actors.store.tables import AgentRecord
+from server.appkeys import AGENTS, LIBRARY, ROUTER, TOOLBOX
 from server.config import Config, ConfigError, ProviderSection
+from server.preflight import missing_key
 
-__all__ = ["AGENTS", "LIBRARY", "ROUTER", "TOOLBOX", "build_backends", "setup_agents"]
-
-AGENTS = web.AppKey("agents", Agents)
-TOOLBOX = web.AppKey("toolbox", ToolBox)
-LIBRARY = web.AppKey("library", DocumentLibrary)
-ROUTER = web.AppKey("router", Router)
+__all__ = ["build_backends", "setup_agents"]
 
 _DEFAULT_URLS = {"openai": "https://api.openai.com/v1", "ollama": "http://127.0.0.1:11434"}
 
@@ -47,7 +45,7 @@ def _backend(name: str, p: ProviderSection, config: Config, counter: TokenCounte
     if p.api_key_env:
         api_key = os.environ.get(p.api_key_env)
         if not api_key:
-            raise ConfigError(f"providers.{name}.api_key_env: the environment variable {p.api_key_env} is not set")
+            raise ConfigError(missing_key(name, p.api_key_env))
     settings = UpstreamSettings(
         base_url=p.base_url or _DEFAULT_URLS[p.kind],
         api_key=api_key,
@@ -91,6 +89,10 @@ def setup_agents(
     library = DocumentLibrary(
         store, config.data_dir / "documents", max_bytes=docs.max_bytes, allowed=docs.allowed_types,
         context_tokens=docs.context_tokens, chunk_words=max(docs.chunk_words, 10), counter=counter,
+        extract=ExtractLimits(
+            max_pages=docs.max_pages, max_chars=docs.max_chars, cpu_seconds=docs.extract_cpu_seconds,
+            memory_bytes=docs.extract_memory_bytes, wall_seconds=docs.extract_seconds,
+        ),
     )
     toolbox = ToolBox(timeout=config.tools.timeout_seconds)
     for tool in builtin_tools(library):

@@ -1,4 +1,6 @@
-"""make_app(config): wires store, registry, auth and routes. No globals."""
+"""make_app(config): the one composition root. It builds every service, keeps each under its key
+(server/appkeys.py), calls each ``setup_*`` in order, and adds the routes of server/table.py.
+No globals."""
 
 from __future__ import annotations
 
@@ -12,19 +14,23 @@ from actors.registry import Registry
 from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
-from server.admission import ADMISSION, Admission, admission_middleware
+from server import sse
+from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import CONFIG, REGISTRY, STORE
+from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
-from server.errors import problem_middleware
-from server.logs import request_id_middleware
-from server.metrics import METRICS, Metrics, metrics_middleware
+from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
-from server.protocols import add_protocol_routes
-from server.table import add_routes
+from server.middleware.cors import setup_cors
+from server.middleware.metrics import metrics_middleware
+from server.middleware.problem import problem_middleware
+from server.middleware.request_id import request_id_middleware
+from server.openapi import spec_bytes
+from server.preflight import prepare_data_dir
+from server.table import ROUTES, add_routes
 
-__all__ = ["make_app", "make_store"]
+__all__ = ["make_app", "make_cluster", "make_store"]
 
 
 def make_store(config: Config, on_commit: Callable[[float, int], None] | None = None) -> SqliteStore | PostgresStore:
@@ -51,19 +57,19 @@ def make_cluster(config: Config) -> Cluster | None:
         return None
     if config.fanout.kind != "redis":
         raise ConfigError(f"fanout.kind {config.fanout.kind!r} is not supported (use \"local\" or \"redis\")")
-    return Cluster(config.redis.url, config.cluster)
+    return Cluster(config.redis.url, config.cluster, frame=sse.frame)
 
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[
-            request_id_middleware, metrics_middleware, problem_middleware, auth_middleware, admission_middleware
-        ],
+        # Outermost first. Admission is no middleware: it needs the decoded body (server/tasks.py).
+        middlewares=[request_id_middleware, metrics_middleware, problem_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
-    metrics = Metrics(app) if config.metrics.enabled else None
+    metrics = Metrics() if config.metrics.enabled else None
     if metrics is not None:
         app[METRICS] = metrics
     store = make_store(config, metrics.observe_commit if metrics else None)
@@ -82,9 +88,12 @@ def make_app(config: Config) -> web.Application:
             replay_events=s.replay_events,
         ),
         idle_seconds=s.idle_seconds,
+        frame=sse.frame,  # events go out as SSE, framed once each in the session's log
         cluster=make_cluster(config),
     )
     app[REGISTRY] = registry
+    if metrics is not None:
+        metrics.watch(registry)
     setup_auth(app, config, store)  # API keys, session tokens, guests, rate limits
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -100,6 +109,7 @@ def make_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
-    add_routes(app)
-    add_protocol_routes(app)  # AI SDK, OpenAI Responses, AG-UI adapters
+    add_routes(app, ROUTES)
+    app[OPENAPI] = spec_bytes(ROUTES)
+    setup_cors(app, config.server.cors_origins)  # a frontend on another origin: [server] cors_origins
     return app

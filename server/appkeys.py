@@ -1,28 +1,60 @@
-"""Typed application state: the keys under which make_app keeps its collaborators."""
+"""Typed application state: the key of every service make_app (server/app.py) puts in the app.
+
+The keys live apart from the services and from the ``setup_*`` functions that fill them, so any
+module of the edge can read a service without importing the code that builds it; this module
+imports only the services' own modules, none of which imports it back.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
+from actors.agent.agents import Agents
+from actors.agent.documents.library import DocumentLibrary
+from actors.agent.router import Router
+from actors.agent.tools import ToolBox
 from actors.registry import Registry
 from actors.store.base import Store
+from server.admission import Admission
+from server.auth.guests import Guests
+from server.auth.keys import KeyRing
+from server.auth.ratelimit import Limiter
+from server.auth.tokens import TokenService
 from server.config import Config
+from server.metrics import Metrics
 
-if TYPE_CHECKING:
-    from server.auth.guests import Guests
-    from server.auth.keys import KeyRing
-    from server.auth.ratelimit import Limiter
-    from server.auth.tokens import TokenService
-
-__all__ = ["CONFIG", "GUESTS", "KEYRING", "LIMITER", "REGISTRY", "STORE", "TOKENS"]
+__all__ = [
+    "ADMISSION",
+    "AGENTS",
+    "CONFIG",
+    "GUESTS",
+    "KEYRING",
+    "LIBRARY",
+    "LIMITER",
+    "METRICS",
+    "OPENAPI",
+    "REGISTRY",
+    "ROUTER",
+    "STORE",
+    "TOKENS",
+    "TOOLBOX",
+]
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 REGISTRY = web.AppKey("registry", Registry)
-# Typed by annotation: their modules import this one, so they cannot be imported here.
-KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring")
-TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
-GUESTS: web.AppKey[Guests] = web.AppKey("guests")
-LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+# Authentication and rate limits (server/auth/setup.py).
+KEYRING = web.AppKey("keyring", KeyRing)
+TOKENS = web.AppKey("tokens", TokenService)
+GUESTS = web.AppKey("guests", Guests)  # type: ignore[type-abstract]
+LIMITER = web.AppKey("limiter", Limiter)  # type: ignore[type-abstract]
+# The agent side (server/agents.py).
+AGENTS = web.AppKey("agents", Agents)
+TOOLBOX = web.AppKey("toolbox", ToolBox)
+LIBRARY = web.AppKey("library", DocumentLibrary)
+ROUTER = web.AppKey("router", Router)
+# Load and observation.
+ADMISSION = web.AppKey("admission", Admission)
+METRICS = web.AppKey("metrics", Metrics)
+# GET /openapi.json, encoded once from ROUTES when the app is made.
+OPENAPI = web.AppKey("openapi", bytes)

@@ -9,14 +9,40 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from actors.cluster.node import ClusterSettings
-from actors.core.records import RouteEntry
+from actors.store.tables import RouteEntry
 
-__all__ = ["AdmissionSection", "Config", "ConfigError", "load_config"]
+__all__ = [
+    "AdmissionSection",
+    "AgentSection",
+    "AuthSection",
+    "Config",
+    "ConfigError",
+    "DocumentsSection",
+    "FanoutSection",
+    "GuestsSection",
+    "LimitSet",
+    "LimitsSection",
+    "LogSection",
+    "MetricsSection",
+    "ProviderSection",
+    "RedisSection",
+    "RoutingSection",
+    "ServerSection",
+    "SessionsSection",
+    "SimulatedSection",
+    "StoreSection",
+    "StreamsSection",
+    "TokensSection",
+    "ToolsSection",
+    "env_settings",
+    "load_config",
+    "unknown_env",
+]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -25,11 +51,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ServerSection(_Section):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     data_dir: str = "./data"
     max_body_bytes: int = 1_048_576
     backlog: int = 2048
     shutdown_timeout_seconds: float = 10.0
+    cors_origins: list[str] = msgspec.field(default_factory=list)
 
 
 class StoreSection(_Section):
@@ -89,7 +116,8 @@ class MetricsSection(_Section):
 
 class LogSection(_Section):
     level: str = "info"
-    format: str = "json"
+    # auto: text on a terminal, JSON lines otherwise (a file, a pipe, journald).
+    format: Literal["auto", "json", "text"] = "auto"
     access: bool = True
 
 
@@ -134,6 +162,11 @@ class DocumentsSection(_Section):
     allowed_types: list[str] = msgspec.field(default_factory=lambda: ["txt", "md", "json", "csv", "html", "pdf"])
     context_tokens: int = 1500
     chunk_words: int = 120
+    max_pages: int = 1000
+    max_chars: int = 5_000_000
+    extract_seconds: float = 30.0
+    extract_cpu_seconds: int = 20
+    extract_memory_bytes: int = 1_073_741_824
 
 
 class ToolsSection(_Section):
@@ -223,6 +256,35 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             name = f"{_PREFIX}{section.name}_{field.name}".upper()
             if name in env:
                 data.setdefault(section.name, {})[field.name] = _env_value(env[name], field.type)
+
+
+# SESSIOND_* variables that are not settings: the client's, and the test suite's and bench's.
+_NOT_SETTINGS = ("SESSIOND_URL", "SESSIOND_API_KEY", "SESSIOND_TEST_", "SESSIOND_REQUIRE_", "SESSIOND_BENCH_")
+
+
+def env_settings() -> list[str]:
+    """Every SESSIOND_SECTION_KEY variable a setting reads."""
+    names = []
+    for section in msgspec.structs.fields(Config):
+        if isinstance(section.type, type) and issubclass(section.type, msgspec.Struct):
+            names += [f"{_PREFIX}{section.name}_{f.name}".upper() for f in msgspec.structs.fields(section.type)]
+    return names
+
+
+def unknown_env(env: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The SESSIOND_* variables in ``env`` that no setting reads, each with the closest known name
+    (a misspelt override is otherwise silently ignored)."""
+    import difflib
+
+    known = env_settings()
+    out = []
+    for name in sorted(os.environ if env is None else env):
+        if name.startswith(_PREFIX) and name not in known and not name.startswith(_NOT_SETTINGS):
+            # Compared without the prefix every name shares, which would make anything look close.
+            tail = name.removeprefix(_PREFIX)
+            close = difflib.get_close_matches(tail, [k.removeprefix(_PREFIX) for k in known], n=1, cutoff=0.75)
+            out.append((name, _PREFIX + close[0] if close else None))
+    return out
 
 
 def load_config(

@@ -1,17 +1,12 @@
-"""One error type to application/problem+json (RFC 9457), for every failure a handler meets."""
+"""The problem answer (RFC 9457): its body, and the response made of it (the middleware that
+turns failures into it is server/middleware/problem.py)."""
 
 from __future__ import annotations
-
-import logging
 
 import msgspec
 from aiohttp import web
 
-from actors.core.errors import SessiondError
-
-__all__ = ["Problem", "problem_middleware", "problem_response"]
-
-log = logging.getLogger("sessiond.http")
+__all__ = ["Problem", "http_code", "problem_response"]
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -50,24 +45,6 @@ def problem_response(
     )
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except SessiondError as exc:
-        return problem_response(
-            exc.status, exc.code, exc.title, exc.detail, retry_after=exc.retry_after, instance=request.path
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        resp = problem_response(exc.status, code, exc.reason, exc.text or exc.reason, instance=request.path)
-        if "Allow" in exc.headers:  # a 405 says which methods would do
-            resp.headers["Allow"] = exc.headers["Allow"]
-        return resp
-    except ConnectionResetError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(500, "internal_error", "Internal server error", "see the server log")
+def http_code(status: int) -> str:
+    """The problem code of an HTTP error the router raised itself (404, 405, 413...)."""
+    return _HTTP_CODES.get(status, "http_error")

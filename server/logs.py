@@ -1,4 +1,4 @@
-"""Structured JSON logs: one line per request, with its request id; secrets never written."""
+"""Logs: JSON lines (or text on a terminal), one per request with its request id; secrets never written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["AccessLogger", "redact", "request_id_middleware", "setup_logging"]
+from server.middleware.request_id import REQUEST_ID
+
+__all__ = ["AccessLogger", "redact", "setup_logging"]
 
 _enc = msgspec.json.Encoder()
 _SECRET_QUERY = re.compile(r"(?i)((?:token|access_token|refresh_token|api_key|key|secret)=)[^&]*")
@@ -38,28 +40,29 @@ class _JsonFormatter(logging.Formatter):
         return _enc.encode(out).decode()
 
 
+class _TextFormatter(logging.Formatter):
+    """For people at a terminal: time, level, logger and message, then the fields as k=v."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            line += "".join(f" {k}={v}" for k, v in extra.items() if v is not None)
+        return line
+
+
 def setup_logging(level: str, fmt: str) -> None:
+    """Log to stderr: ``fmt`` json, text, or auto (text when stderr is a terminal)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-REQUEST_ID = web.RequestKey("request_id", str)
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-ID") or msgspec.json.encode(time.time_ns()).decode()[-12:]
-    request[REQUEST_ID] = rid
-    response = await handler(request)
-    if not response.prepared:
-        response.headers["X-Request-ID"] = rid
-    return response
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -1,24 +1,21 @@
 """Prometheus metrics: one CollectorRegistry per app, read by GET /metrics.
 
 Counters the actors keep (``actors.core.records.Stats``) and gauges of the live actors are read
-when scraped; the rest is recorded as it happens. For code outside this module:
+when scraped (``Metrics.watch(registry)``); the rest is recorded as it happens:
 
-- ``rate_limited(request, limit)``: name the limit that refused this request (429 answers that
-  nobody named are counted as ``limit="unnamed"`` by the middleware, so none is missed);
-- ``observe_provider(app, provider, seconds, error=None)``: one model call and how it ended;
-- ``Metrics.measure(provider)``: a provider whose every ``stream()`` is timed and counted.
+- every request, by route template and status, and each 429 by the limit that refused it
+  (server/middleware/metrics.py);
+- ``Metrics.measure(provider)``: a provider whose every ``stream()`` is timed and counted;
+- ``Metrics.observe_commit``: the store's group commits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -34,17 +31,9 @@ from prometheus_client.registry import Collector
 
 from actors.core.model import ModelRequest, TurnItem
 from actors.ports import Provider
-from server.appkeys import REGISTRY
+from actors.registry import Registry
 
-__all__ = [
-    "CONTENT_TYPE",
-    "METRICS",
-    "MeasuredProvider",
-    "Metrics",
-    "metrics_middleware",
-    "observe_provider",
-    "rate_limited",
-]
+__all__ = ["CONTENT_TYPE", "MeasuredProvider", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -55,13 +44,11 @@ _SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 class _ActorCollector(Collector):
     """Reads the registry's counters and its live actors at scrape time."""
 
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        registry = self._app.get(REGISTRY)
-        if registry is None:
-            return
+        registry = self._registry
         stats = registry.stats
         actors = registry.actors()
         depths = [a.mailbox_depth for a in actors]
@@ -86,15 +73,13 @@ class _ActorCollector(Collector):
 class Metrics:
     """The metrics of one app, in a registry of their own (no process-wide state)."""
 
-    def __init__(self, app: web.Application | None = None, *, process: bool = True) -> None:
+    def __init__(self, *, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        if app is not None:
-            r.register(_ActorCollector(app))
         self.http_requests = Counter(
             "sessiond_http_requests", "HTTP requests answered, by route template and status.",
             ["method", "route", "status"], registry=r,
@@ -140,7 +125,12 @@ class Metrics:
         if error:
             self.provider_errors.labels(provider, error).inc()
 
+    def watch(self, registry: Registry) -> None:
+        """Read ``registry``'s counters and live actors at every scrape."""
+        self.registry.register(_ActorCollector(registry))
+
     def rate_limited(self, limit: str) -> None:
+        """One request refused by ``limit`` (e.g. ``"guest_messages_per_hour"``)."""
         self.rate_limit_rejections.labels(limit).inc()
 
     def measure(self, provider: Provider) -> MeasuredProvider:
@@ -148,32 +138,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-METRICS = web.AppKey("metrics", Metrics)
-
-
-_COUNTED = web.RequestKey("rate_limit_counted", bool)
-
-
-def rate_limited(where: web.Request | web.Application, limit: str) -> None:
-    """Count one request refused by ``limit`` (e.g. ``"guest_messages_per_hour"``).
-
-    Given the request, its 429 is not counted a second time as ``unnamed``. A no-op when
-    metrics are off."""
-    app = where.app if isinstance(where, web.Request) else where
-    metrics = app.get(METRICS)
-    if metrics is not None:
-        metrics.rate_limited(limit)
-        if isinstance(where, web.Request):
-            where[_COUNTED] = True
-
-
-def observe_provider(app: web.Application, provider: str, seconds: float, error: str | None = None) -> None:
-    """Record one model call of ``provider`` that took ``seconds`` (``error``: its type name)."""
-    metrics = app.get(METRICS)
-    if metrics is not None:
-        metrics.observe_provider(provider, seconds, error)
 
 
 class MeasuredProvider:
@@ -207,30 +171,3 @@ class MeasuredProvider:
             raise
         finally:
             self._metrics.observe_provider(self.name, time.perf_counter() - started, error, cancelled=cancelled)
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every request by route template (never the raw path: bounded label values)."""
-    metrics = request.app.get(METRICS)
-    if metrics is None:
-        return await handler(request)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "(unmatched)"
-    started = time.perf_counter()
-    status = 500
-    try:
-        response: web.StreamResponse = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client left before the answer was complete (nginx's code for it)
-        raise
-    finally:
-        metrics.http_requests.labels(request.method, route, str(status)).inc()
-        if status == 429 and not request.get(_COUNTED, False):
-            metrics.rate_limited("unnamed")
-        metrics.http_seconds.labels(request.method, route).observe(time.perf_counter() - started)

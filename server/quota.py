@@ -1,60 +1,72 @@
 """Rate limits at the HTTP edge: whom a model turn counts against, and the guard around it.
 
-Every route that starts a model turn (send, edit, regenerate, restore with a hint) asks its
-session through ``turn_quota``: the message is checked and counted before the session sees it,
-taken back if the session refuses it, and the turn's model tokens are counted when it ends,
-however the client leaves.
+Every request that starts a model turn (send, edit, regenerate, restore with a hint) asks its
+session through ``turn_quota`` (server/tasks.py): the message is checked and counted before the
+session sees it, taken back if the session refuses it, and the turn's model tokens are counted
+when it ends, however the client leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
-from actors.core.commands import AnyCommand
+from actors.core.commands import Command
 from actors.core.errors import SessiondError
 from actors.core.records import SessionRecord
-from actors.session.actor import TaskHandle, TurnOutcome
+from actors.core.replies import TaskHandle, TurnOutcome
 from server.appkeys import CONFIG, LIMITER
 from server.auth.principal import principal_of
-from server.auth.ratelimit import Admission, Limiter, Subject
+from server.auth.ratelimit import Admission, Limiter, Subject, SubjectKind
 from server.config import LimitSet, LimitsSection
-from server.routes.common import ask, session_actor
+from server.routes.common import ask, session_of
 
-__all__ = ["TurnQuota", "guest_subject", "subjects_for", "turn_quota"]
+__all__ = ["TurnQuota", "guest_subject", "subjects_for", "subjects_of", "turn_quota"]
+
+R = TypeVar("R")
 
 
 def guest_subject(settings: LimitsSection, guest_id: str) -> Subject:
     return Subject(
         f"guest:{guest_id}",
+        "guest",
         settings.guest_messages_per_hour,
         settings.guest_messages_per_day,
         settings.guest_tokens_per_day,
     )
 
 
-def _subject(name: str, limits: LimitSet | None) -> Subject | None:
+def _subject(name: str, kind: SubjectKind, limits: LimitSet | None) -> Subject | None:
     if limits is None:
         return None
-    return Subject(name, limits.messages_per_hour or 0, limits.messages_per_day or 0, limits.tokens_per_day or 0)
+    return Subject(
+        name, kind, limits.messages_per_hour or 0, limits.messages_per_day or 0, limits.tokens_per_day or 0
+    )
 
 
 def subjects_for(settings: LimitsSection, key_id: str | None, record: SessionRecord) -> list[Subject]:
     """The guest of a guest session, the API key behind the call, the session's end user:
     each that has limits configured."""
+    return subjects_of(settings, key_id, guest_id=record.guest_id, end_user_id=record.end_user_id)
+
+
+def subjects_of(
+    settings: LimitsSection, key_id: str | None, *, guest_id: str | None, end_user_id: str | None
+) -> list[Subject]:
+    """The guest, the API key, the end user: each that has limits configured."""
     out: list[Subject] = []
-    if record.guest_id is not None:
-        out.append(guest_subject(settings, record.guest_id))
+    if guest_id is not None:
+        out.append(guest_subject(settings, guest_id))
     if key_id is not None:
-        s = _subject(f"key:{key_id}", settings.keys.get(key_id) or settings.keys.get("*"))
+        s = _subject(f"key:{key_id}", "key", settings.keys.get(key_id) or settings.keys.get("*"))
         if s is not None:
             out.append(s)
-    if record.end_user_id is not None:
-        limits = settings.end_users.get(record.end_user_id) or settings.end_users.get("*")
-        s = _subject(f"user:{record.end_user_id}", limits)
+    if end_user_id is not None:
+        limits = settings.end_users.get(end_user_id) or settings.end_users.get("*")
+        s = _subject(f"user:{end_user_id}", "end_user", limits)
         if s is not None:
             out.append(s)
     return out
@@ -70,7 +82,7 @@ class TurnQuota:
         self._subjects = subjects
         self._admission = admission
 
-    async def ask(self, command: AnyCommand) -> Any:
+    async def ask(self, command: Command[R]) -> R:
         """Ask the session; a refusal takes the message back, a started turn has its tokens counted."""
         try:
             result = await ask(self._request, command)
@@ -98,7 +110,8 @@ async def turn_quota(request: web.Request, *, charge: bool = True) -> TurnQuota:
     """
     if not charge:
         return TurnQuota(request, [], None)
-    actor = await session_actor(request)  # authorizes first: no 429 for a session one may not see
-    subjects = subjects_for(request.app[CONFIG].limits, principal_of(request).key_id, actor.record)
+    # The session was authorized before (auth middleware): no 429 for a session one may not see.
+    record = session_of(request).record
+    subjects = subjects_for(request.app[CONFIG].limits, principal_of(request).key_id, record)
     admission = await request.app[LIMITER].admit(subjects, time.time()) if subjects else None
     return TurnQuota(request, subjects, admission)

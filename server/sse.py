@@ -1,20 +1,27 @@
-"""Replay-then-live Server-Sent Events: one write per batch of queued frames, heartbeats."""
+"""Server-Sent Events: the wire format of session events, and the replay-then-live stream.
+
+The core keeps each event as (seq, type, data), data being the event's JSON; ``frame`` is how
+such an event goes on the wire, and the session's EventLog is given it so that an event is
+framed once, however many subscribers and replays send it. A stream writes one batch of
+queued frames per write, with heartbeats when there is nothing to send.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from collections.abc import Callable
 
 from aiohttp import web
 
-from actors.core.events import StreamReset, encode_frame
-from actors.session.fanout import CLOSED, HEARTBEAT, RESET, Subscription
+from actors.core.events import AnyEvent, StreamReset, encode_event
+from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
 from server.config import StreamsSection
 
 _log = logging.getLogger("sessiond.sse")
 
-__all__ = ["SSE_HEADERS", "stream_events"]
+__all__ = ["SSE_HEADERS", "frame", "stream_events", "unframe"]
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -24,6 +31,37 @@ SSE_HEADERS = {
 }
 
 _PING = b": ping\n\n"
+
+# The lines between the id and the data, per event type: every type is known up front, so the
+# per-token path formats one bytes object and looks up one dict entry.
+_HEADS: dict[str, bytes] = {
+    tag: b"\nevent: %s\ndata: " % tag.encode()
+    for tag in (cls.__struct_config__.tag for cls in typing.get_args(AnyEvent))
+    if isinstance(tag, str)
+}
+
+
+def frame(seq: int, type_: str, data: bytes) -> bytes:
+    """The SSE frame of one event: its id, its type as the ``event:`` name, its JSON as data.
+
+    ``data`` never holds a raw newline (it is JSON), so one ``data:`` line carries it.
+    """
+    head = _HEADS.get(type_)
+    if head is None:
+        head = b"\nevent: %s\ndata: " % type_.encode()
+    return b"id: %d%s%s\n\n" % (seq, head, data)
+
+
+def unframe(frame_: bytes) -> tuple[int, bytes]:
+    """The (seq, data) of one frame ``frame`` made, for an edge that speaks another protocol
+    and translates events out of the frames a subscription yields (server/protocols)."""
+    seq, data = 0, b""
+    for line in frame_.split(b"\n"):
+        if line.startswith(b"id: "):
+            seq = int(line[4:])
+        elif line.startswith(b"data: "):
+            data = line[6:]
+    return seq, data
 
 
 class _SseResponse(web.StreamResponse):
@@ -37,7 +75,7 @@ _CONGESTED = 64 * 1024
 
 async def stream_events(
     request: web.Request,
-    sub: Subscription,
+    sub: EventStream,
     settings: StreamsSection,
     reset_cursor: Callable[[], int],
 ) -> web.StreamResponse:
@@ -64,7 +102,7 @@ async def stream_events(
                 # The id carried by the reset is where the stream goes on from: a client that
                 # refetched history resumes by it like by any other id.
                 cursor = reset_cursor()
-                data = encode_frame(cursor, StreamReset("last_event_id_too_old", sub.cursor))
+                data = frame(cursor, "stream.reset", encode_event(StreamReset("last_event_id_too_old", sub.cursor)))
                 sub.skip_to(cursor)
             else:
                 assert isinstance(batch, list)

@@ -1,9 +1,21 @@
-"""Where each route is registered (server/table.py will hold every route once, with its facts)."""
+"""ROUTES: every route of the HTTP API, once, with its facts (see server/routing.py ``Route``).
+
+A new route is one line here. The router (``add_routes``), the OpenAPI document, the token scope
+(``token=True``), admission (``task`` and ``sse``) and the metrics labels all read this table.
+The protocol adapters (server/protocols) keep their routes beside their handlers; they join the
+table at its end.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from actors.core.export import SessionExport
+from actors.store.tables import AgentRecord, DocumentRecord
+from server.auth.guests import GuestOut
+from server.auth.tokens import TokenPair
+from server.middleware.auth import REFRESH_ROUTE
+from server.protocols import ag_ui, ai_sdk, openai_conversations, openai_responses
 from server.routes import (
     agents,
     docs,
@@ -19,12 +31,176 @@ from server.routes import (
     usage,
     webpage,
 )
+from server.routing import ANY, HTML, MULTIPART, ROUTE_OF, TEXT, Form, Param, Route, integer
+from server.schema.agents import AgentBody, AgentList, AgentPatchBody, ProviderList
+from server.schema.documents import UPLOAD_FORM, DocumentList, LinkDocumentsBody
+from server.schema.guests import GuestSessionBody, GuestSessionOut, GuestUsage
+from server.schema.messages import (
+    CancelOut,
+    CheckpointList,
+    EditBody,
+    MessageList,
+    NavigateBody,
+    NavigateOut,
+    RegenerateBody,
+    RestoreBody,
+    RestoreOut,
+    SendMessageBody,
+    SendResult,
+    TreeOut,
+)
+from server.schema.ops import ReadyOut, StatusOut
+from server.schema.sessions import CopyBody, CreateSessionBody, MergeBody, PatchSessionBody, SessionList, SessionOut
+from server.schema.tools import SessionTools, SessionToolsBody, ToolList
+from server.schema.usage import EndUserUsage
 
-__all__ = ["add_routes"]
+__all__ = ["ROUTES", "add_routes"]
+
+_IF_MATCH = Param(
+    "If-Match",
+    {"type": "string", "pattern": '^(W/)?"?[0-9]+"?$'},
+    'The session version as `"<version>"`: a mismatch answers 412 and changes nothing.',
+    where="header",
+)
+_UPLOAD = Form(MULTIPART, UPLOAD_FORM)
+_S = "/v1/sessions/{session_id}"
+
+ROUTES: tuple[Route, ...] = (
+    # sessions
+    Route("POST", "/v1/sessions", sessions.create_session, "Create a session",
+          body=CreateSessionBody, reply=SessionOut, status=201),
+    Route("GET", "/v1/sessions", sessions.list_sessions, "List sessions, newest activity first",
+          reply=SessionList, query=(
+              Param("namespace", {"type": "string"}),
+              Param("end_user_id", {"type": "string"}),
+              integer("limit", 20, 1, 200, "Page size."),
+              integer("offset", 0, 0, 1_000_000),
+              Param("cursor", {"type": "string"}, "The `next_cursor` of the previous page."),
+          ), description="Filter by metadata with `metadata.KEY=VALUE` (repeatable; all must match)."),
+    Route("GET", _S, sessions.get_session, "Get a session", reply=SessionOut),
+    Route("PATCH", _S, sessions.patch_session, "Change title, metadata, context or tools",
+          body=PatchSessionBody, reply=SessionOut, query=(_IF_MATCH,)),
+    Route("DELETE", _S, sessions.delete_session, "Delete a session and everything in it", status=204),
+    Route("GET", f"{_S}/metadata", sessions.get_metadata, "The metadata object alone", reply={"type": "object"}),
+    Route("POST", f"{_S}/prepare", sessions.prepare_session, "Activate the session now (warm it)", reply=StatusOut),
+    Route("GET", f"{_S}/export", transfer.export_session, "The whole session as one JSON document",
+          reply=SessionExport),
+    Route("POST", "/v1/sessions/import", transfer.import_session, "Import an exported session",
+          body=SessionExport, body_required=True, reply=SessionOut, status=201,
+          query=(Param("new_id", {"type": "boolean"}, "Give it (and its messages) fresh ids."),)),
+    Route("POST", f"{_S}/copy", transfer.copy_session, "Copy a session", body=CopyBody, reply=SessionOut, status=201),
+    Route("POST", "/v1/sessions/merge", transfer.merge_sessions,
+          "A new session from the active paths of others, in order",
+          body=MergeBody, body_required=True, reply=SessionOut, status=201),
+    Route("POST", f"{_S}/tokens", tokens.mint_tokens, "A new access and refresh token for this session",
+          reply=TokenPair),
+    Route("POST", REFRESH_ROUTE, tokens.refresh_tokens, "Rotate a refresh token (the old one stops working)",
+          reply=TokenPair, refresh=True),
+    # guests and usage
+    Route("POST", "/v1/guests/sessions", guests.create_guest_session,
+          "Find or create the guest, and a session with tokens for it",
+          body=GuestSessionBody, body_required=True, reply=GuestSessionOut, status=201),
+    Route("GET", "/v1/guests", guests.find_guest, "The guest with this IP or browser fingerprint",
+          reply=GuestOut, query=(
+              Param("ip", {"type": "string"}), Param("fingerprint", {"type": "string"}),
+              Param("namespace", {"type": "string", "default": "default"}),
+          )),
+    Route("GET", "/v1/guests/{guest_id}/usage", guests.guest_usage, "A guest's usage and limits", reply=GuestUsage),
+    Route("GET", "/v1/usage", usage.end_user_usage, "An end user's sessions and token usage",
+          reply=EndUserUsage,
+          query=(Param("end_user_id", {"type": "string"}, "Required unless sent as X-End-User-ID."),)),
+    # agents, providers, tools
+    Route("GET", "/v1/agents", agents.list_agents, "Agents", reply=AgentList),
+    Route("POST", "/v1/agents", agents.create_agent, "Create an agent",
+          body=AgentBody, body_required=True, reply=AgentRecord, status=201),
+    Route("GET", "/v1/agents/{agent_id}", agents.get_agent, "An agent", reply=AgentRecord),
+    Route("PATCH", "/v1/agents/{agent_id}", agents.patch_agent, "Change an agent",
+          body=AgentPatchBody, reply=AgentRecord),
+    Route("DELETE", "/v1/agents/{agent_id}", agents.delete_agent, "Delete an agent", status=204),
+    Route("GET", "/v1/providers", agents.list_providers, "Model providers and their health",
+          reply=ProviderList, tag="agents"),
+    Route("GET", "/v1/tools", tools.list_tools, "The tools this server has", reply=ToolList),
+    Route("GET", f"{_S}/tools", tools.get_session_tools, "The tools active in a session", reply=SessionTools),
+    Route("PUT", f"{_S}/tools", tools.put_session_tools, "Set the tools of a session",
+          body=SessionToolsBody, body_required=True, reply=SessionTools),
+    # documents
+    Route("POST", "/v1/documents", documents.upload_document, "Upload a document",
+          body=_UPLOAD, body_required=True, reply=DocumentRecord, status=201),
+    Route("GET", "/v1/documents", documents.list_documents, "Documents the caller may see",
+          reply=DocumentList,
+          query=(integer("limit", 50, 1, 200), integer("offset", 0, 0, 1_000_000, "Items to skip."))),
+    Route("GET", "/v1/documents/{document_id}", documents.get_document, "A document", reply=DocumentRecord),
+    Route("DELETE", "/v1/documents/{document_id}", documents.delete_document, "Delete a document", status=204),
+    Route("GET", f"{_S}/documents", documents.session_documents, "Documents linked to a session",
+          reply=DocumentList, token=True),
+    Route("POST", f"{_S}/documents", documents.link_documents, "Link documents to a session",
+          body=LinkDocumentsBody, body_required=True, reply=DocumentList),
+    Route("POST", f"{_S}/upload", documents.upload_into_session, "Upload a document and link it",
+          body=_UPLOAD, body_required=True, reply=DocumentRecord, status=201, token=True),
+    Route("DELETE", f"{_S}/documents/{{document_id}}", documents.unlink_document, "Unlink a document", status=204),
+    # messages, tasks, branches
+    Route("POST", f"{_S}/messages", messages.send_message, "Send a message: starts a task",
+          body=SendMessageBody, body_required=True, reply=SendResult, task="always", sse=True, token=True, query=(
+              Param("queue", {"type": "boolean"}, "Wait behind a running task instead of answering 409."),
+              _IF_MATCH)),
+    Route("GET", f"{_S}/messages", messages.list_messages, "The active path, oldest first",
+          reply=MessageList, token=True, query=(integer("limit", 100, 1, 1000), integer("offset", 0, 0, 10_000_000))),
+    Route("GET", f"{_S}/tree", messages.get_tree, "Every message, with parents and children", reply=TreeOut,
+          token=True),
+    Route("POST", f"{_S}/messages/{{message_id}}/edit", messages.edit_message, "Edit a user message (a new sibling)",
+          body=EditBody, body_required=True, reply=SendResult, task="always", sse=True, token=True,
+          query=(_IF_MATCH,)),
+    Route("POST", f"{_S}/messages/{{message_id}}/regenerate", messages.regenerate_message,
+          "A new answer (a new sibling)",
+          body=RegenerateBody, reply=SendResult, task="always", sse=True, token=True, query=(_IF_MATCH,)),
+    Route("POST", f"{_S}/navigate", messages.navigate, "Switch branch: make a message's newest leaf active",
+          body=NavigateBody, body_required=True, reply=NavigateOut, token=True, query=(_IF_MATCH,)),
+    Route("POST", f"{_S}/cancel", messages.cancel, "Stop the running task (the partial answer is kept)",
+          reply=CancelOut, token=True),
+    Route("GET", f"{_S}/checkpoints", messages.list_checkpoints, "Checkpoints, oldest first",
+          reply=CheckpointList, token=True),
+    Route("POST", f"{_S}/checkpoints/{{checkpoint_id}}/restore", messages.restore_checkpoint, "Restore a checkpoint",
+          body=RestoreBody, reply=(SendResult, RestoreOut), task="with_hint", sse=True, token=True,
+          query=(_IF_MATCH,),
+          description="Without a hint only the active leaf moves; with one, a task answers from there."),
+    # streaming
+    Route("GET", f"{_S}/stream", stream.stream, "The session's events: replay after an id, then live",
+          sse=True, token=True, token_in_query=True, query=(
+              Param("last_event_id", {"type": "integer", "minimum": 0}, "Resume after this event id."),
+              Param("Last-Event-ID", {"type": "integer", "minimum": 0}, "Resume after this event id.", "header"),
+          )),
+    # operations
+    Route("GET", "/healthz", ops.healthz, "Alive", reply=StatusOut, tag="operations", public=True),
+    Route("GET", "/readyz", ops.readyz, "Ready: the store answers and the server accepts work", reply=ReadyOut,
+          tag="operations", public=True, responses={"503": ReadyOut}),
+    Route("GET", "/metrics", ops.metrics, "Prometheus metrics", reply=TEXT, tag="operations", public=True),
+    Route("GET", "/openapi.json", docs.openapi_json, "This document", reply={"type": "object"}, tag="operations",
+          public=True),
+    Route("GET", "/docs", docs.docs_page, "The API, browsable", reply=HTML, tag="operations", public=True),
+    Route("GET", "/docs/assets/{name}", docs.docs_asset, "A file of the browsable API page", reply=ANY,
+          tag="operations", public=True, path_schemas={"name": {"type": "string", "enum": list(docs.DOC_ASSETS)}}),
+    Route("GET", "/", webpage.chat_page, "The chat page", reply=HTML, tag="operations", public=True),
+    Route("GET", "/web/{name}", webpage.web_file, "A file of the chat page (script, style, icon)", reply=ANY,
+          tag="operations", public=True),
+    # the protocol adapters: AI SDK, AG-UI, OpenAI Responses and Conversations
+    *ai_sdk.ROUTES,
+    *ag_ui.ROUTES,
+    *openai_responses.ROUTES,
+    *openai_conversations.ROUTES,
+)
 
 
-def add_routes(app: web.Application) -> None:
-    for module in (transfer, sessions, messages, stream, ops, docs, tokens, guests):
-        app.router.add_routes(module.routes)
-    for module in (agents, documents, tools, usage, webpage):
-        app.router.add_routes(module.routes)
+def add_routes(app: web.Application, routes: tuple[Route, ...] = ROUTES) -> None:
+    """Register ``routes`` and keep ``app[ROUTE_OF]``, handler -> Route, for the middlewares."""
+    # The routes of one path are added together, so each path is one resource of the router
+    # (a 405 then names every method of the path in its Allow header).
+    by_path: dict[str, list[Route]] = {}
+    for route in routes:
+        by_path.setdefault(route.path, []).append(route)
+    for path, group in by_path.items():
+        for route in group:
+            if route.method == "GET":
+                app.router.add_get(path, route.handler)  # and HEAD, as aiohttp does for GET
+            else:
+                app.router.add_route(route.method, path, route.handler)
+    app[ROUTE_OF] = {route.handler: route for route in routes}

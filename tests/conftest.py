@@ -84,6 +84,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.output: list[str] = []
+        self._drainer: threading.Thread | None = None
 
     def start(self) -> str:
         self.proc = subprocess.Popen(
@@ -100,7 +101,8 @@ class ServerProcess:
             if line.startswith("listening on "):
                 self.url = line.removeprefix("listening on ")
                 # Keep reading its output, or a chatty server would block on a full pipe.
-                threading.Thread(target=self._drain, daemon=True).start()
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return self.url
         raise RuntimeError("server exited before listening:\n" + "\n".join(self.output))
 
@@ -121,7 +123,10 @@ class ServerProcess:
     def terminate(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
+        code = self.proc.wait(20)
+        if self._drainer is not None:
+            self._drainer.join(10)  # every line it printed, up to its exit, is in self.output
+        return code
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -37,6 +37,7 @@ class _FakeModel:
         self.tool_call: tuple[str, str] | None = None
         self.requests: list[dict[str, Any]] = []
         self.probes = 0
+        self.api_key: str | None = None  # when set, requests without "Authorization: Bearer <it>" get 401
         self.release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -94,6 +95,8 @@ class FakeOpenAI(_FakeModel):
 
     async def models(self, request: web.Request) -> web.Response:
         self.probes += 1
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
         if self.mode == "error":
             return web.json_response({"error": {"message": "down"}}, status=500)
         return web.json_response({"object": "list", "data": [{"id": self.label, "object": "model"}]})

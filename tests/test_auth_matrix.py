@@ -13,7 +13,8 @@ import jwt
 from aiohttp.test_utils import TestClient
 
 from server.appkeys import TOKENS
-from server.middleware.auth import REFRESH_ROUTE, TOKEN_ROUTES
+from server.middleware.auth import REFRESH_ROUTE
+from server.table import ROUTES
 from tests.conftest import TEST_KEY, ClientFactory
 
 Client = TestClient[Any, Any]
@@ -33,6 +34,10 @@ def _routes(client: Client) -> list[tuple[str, str]]:
 
 def _shape(canonical: str) -> str:
     return _PARAM.sub("{}", canonical)
+
+
+# What a session token may do in its own session: the routes the table marks token=True.
+TOKEN_ROUTES = frozenset((r.method, _PARAM.sub("{}", r.path)) for r in ROUTES if r.token)
 
 
 def _path(canonical: str, session_id: str) -> str:

@@ -175,3 +175,31 @@ def test_continuing_a_session_and_a_bad_key(server_process: Callable[..., Server
     bad.expect(pexpect.EOF)
     bad.close()
     assert bad.exitstatus == 1
+
+
+def test_the_server_address_comes_from_the_same_configuration_as_serve(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    url = server_process().start()
+    port = url.rsplit(":", 1)[1]
+    # ./config.toml names a port where nothing listens; SESSIOND_SERVER_PORT overrides it, as for serve.
+    (tmp_path / "config.toml").write_text("[server]\nport = 1\n")
+    env = {**_env(), "TERM": "dumb", "SESSIOND_SERVER_PORT": port}
+    child = pexpect.spawn(
+        sys.executable, ["-m", "server", "chat", "--api-key", TEST_KEY],
+        cwd=str(tmp_path), env=env, encoding="utf-8", timeout=30,
+    )
+    child.expect(r"new session (ses_\w+)")
+    child.expect_exact(PROMPT)
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    # Without the override, config.toml's port is the one tried, and named.
+    env.pop("SESSIOND_SERVER_PORT")
+    unreachable = pexpect.spawn(
+        sys.executable, ["-m", "server", "chat", "--api-key", TEST_KEY],
+        cwd=str(tmp_path), env=env, encoding="utf-8", timeout=30,
+    )
+    unreachable.expect_exact("sessiond chat: cannot reach http://127.0.0.1:1")
+    unreachable.expect(pexpect.EOF)
+    unreachable.close()
+    assert unreachable.exitstatus == 1

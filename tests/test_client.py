@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from actors.core.events import MessageCompleted, MessageDelta, TaskCompleted, TaskStarted
 from server.app import make_app
 from server.client import ApiError, ApiKeyAuth, BearerAuth, Client, ServerEvent, StreamProtocolError
-from server.schema.replies import RestoreOut
-from server.schema.wire import SendResult, SessionOut
+from server.schema.messages import RestoreOut, SendResult
+from server.schema.sessions import SessionOut
 from tests.conftest import TEST_KEY, make_config
 
 ClientMaker = Callable[..., Awaitable[Client]]
@@ -237,3 +238,106 @@ async def test_a_repeated_event_id_is_refused(aiohttp_server: Any) -> None:
             async for ev in c.events(session="ses_x"):
                 seen.append(ev.id)
     assert seen == [5]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_events_ride_out_a_server_restart(tmp_path: Path) -> None:
+    """The server goes away and comes back on the same port a second or two later: the iterator
+    backs off from its first refused connection instead of spending every attempt at once."""
+    from tests.conftest import ServerProcess
+
+    port = _free_port()
+    data = tmp_path / "data"
+    first = ServerProcess(data, args=["--port", str(port)])
+    second = ServerProcess(data, args=["--port", str(port)])
+    try:
+        url = await asyncio.to_thread(first.start)
+        async with Client(url, api_key=TEST_KEY) as c, Client(url, api_key=TEST_KEY) as sender:
+            sid = (await c.create_session()).id
+            sender.use_session(sid)
+            await sender.send("before")
+            events = c.events(session=sid, last_event_id=0)
+            seen: list[ServerEvent] = []
+            async for ev in events:
+                seen.append(ev)
+                if isinstance(ev.event, TaskCompleted):
+                    break
+
+            async def rest() -> None:
+                async for ev in events:
+                    seen.append(ev)
+                    if isinstance(ev.event, TaskCompleted):
+                        return
+
+            # The iterator is reading when the server goes: it reconnects while nothing listens
+            # (a second or two, the time a new process takes to listen) and must not give up.
+            reading = asyncio.ensure_future(rest())
+            await asyncio.to_thread(first.terminate)
+            # A second reader starts while the server is down, before any retry: has reached it.
+            before = seen[-1].id
+            fresh = c.events(session=sid, last_event_id=before)
+            fresh_first = asyncio.ensure_future(fresh.__anext__())
+            assert await asyncio.to_thread(second.start) == url
+            assert not reading.done() and not fresh_first.done(), "still trying, not raised"
+            await sender.send("after")
+            await reading
+            assert (await fresh_first).id == next(e.id for e in seen if e.id > before)
+            assert fresh.reconnects >= 1
+            await fresh.aclose()
+            assert events.reconnects >= 1
+            ids = [e.id for e in seen]
+            assert ids == sorted(set(ids)), "nothing repeated across the restart"
+            assert sum(isinstance(e.event, TaskCompleted) for e in seen) == 2
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_a_503_on_reconnect_is_waited_out_as_retry_after_says(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Overloaded (every stream slot taken): the reconnect is refused with 503 and Retry-After;
+    the iterator waits that long and goes on, instead of raising the 503."""
+    import time
+
+    cfg = make_config(tmp_path / "data", admission={"max_open_streams": 1, "retry_after_seconds": 1})
+    server = await aiohttp_server(make_app(cfg))
+    url = str(server.make_url(""))
+    async with Client(url, api_key=TEST_KEY) as c, Client(url, api_key=TEST_KEY) as other:
+        sid = (await c.create_session()).id
+        other.use_session(sid)
+        await other.send("one")
+        holder = other.events(last_event_id=0)  # takes the only stream slot
+        await holder.__anext__()
+        events = c.events(session=sid, last_event_id=0)
+        started = time.monotonic()
+        nxt = asyncio.ensure_future(events.__anext__())
+        # Refused once (the slot is held): then the holder lets go, and the retry gets in.
+        done, _ = await asyncio.wait({nxt}, timeout=0.5)
+        assert not done, "the first attempt was refused, and the iterator is waiting, not raising"
+        await holder.aclose()
+        first = await nxt
+        assert first.id == 1
+        assert time.monotonic() - started >= 1.0, "it waited the Retry-After the server gave"
+        assert events.reconnects == 1
+        await events.aclose()
+
+
+async def test_refused_connections_back_off_from_the_first(tmp_path: Path) -> None:
+    """Nothing listens: each attempt waits longer than the last, from the first failure on."""
+    import time
+
+    async with Client(f"http://127.0.0.1:{_free_port()}", api_key=TEST_KEY, max_reconnects=3) as c:
+        events = c.events(session="ses_nowhere", last_event_id=0)
+        started = time.monotonic()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await events.__anext__()
+        # 0.5 + 1 + 2 s of back-off between four attempts.
+        assert time.monotonic() - started >= 3.4
+        assert events.reconnects == 3

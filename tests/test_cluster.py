@@ -6,19 +6,32 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from actors.agent.backends.simulated import SimulatedProvider
-from actors.cluster.node import Cluster, ClusterSettings, RemoteSession
+from actors.cluster.forward import RemoteSession
+from actors.cluster.node import Cluster, ClusterSettings
+from actors.core.commands import CancelTask, GetMessages, GetSession, Navigate, Passivate, PatchSession, SendMessage
+from actors.core.errors import (
+    ActorStoppedError,
+    ConflictError,
+    NotFoundError,
+    PreconditionFailedError,
+    TaskRunningError,
+)
+from actors.core.replies import MessagePage, TaskHandle
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
 from actors.store.postgres import PostgresStore
-from tests.conftest import HEADERS, ServerProcess
-from tests.pg import create_database, drop_database
-from tests.sse import events, read_until
+from server import sse
+from server.appkeys import REGISTRY
+from tests.conftest import HEADERS, ClientFactory, ServerProcess
+from tests.pg import create_database, database, drop_database
+from tests.sse import Frames, events, read_until
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"task.completed", "task.failed", "task.cancelled", "task.interrupted"}
@@ -34,6 +47,7 @@ async def cluster_env(redis_url: str) -> AsyncIterator[dict[str, str]]:
             "SESSIOND_FANOUT_KIND": "redis",
             "SESSIOND_REDIS_URL": redis_url,
             "SESSIOND_CLUSTER_PREFIX": f"t{secrets.token_hex(4)}",
+            "SESSIOND_TOKENS_SECRET": secrets.token_urlsafe(48),  # one secret for every node
             "SESSIOND_CLUSTER_LEASE_MS": "2000",
             "SESSIOND_CLUSTER_FORWARD_TIMEOUT_SECONDS": "1",
         }
@@ -148,7 +162,10 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
             SimulatedProvider(tokens_per_second=0, reply_tokens=3),
             settings=ActorSettings(),
             idle_seconds=60,
-            cluster=Cluster(redis_url, ClusterSettings(node_id=f"race{i}", prefix=prefix, lease_ms=5000)),
+            frame=sse.frame,
+            cluster=Cluster(
+                redis_url, ClusterSettings(node_id=f"race{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
+            ),
         )
         for i, s in enumerate(stores)
     ]
@@ -165,7 +182,7 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
             remote = next(g for g in got if isinstance(g, RemoteSession))
             local = next(g for g in got if isinstance(g, SessionActor))
             # A command on the other node is forwarded to the one actor and answered as if local.
-            details = await remote.ask(__import__("actors.core.commands", fromlist=["GetSession"]).GetSession())
+            details = await remote.ask(GetSession())
             assert details.id == record.id and local.id == record.id
     finally:
         for r in registries:
@@ -173,3 +190,115 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
         for s in stores:
             await s.aclose()
         await drop_database(dsn)
+
+
+async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> None:
+    """Two nodes on the same Redis and PostgreSQL: a command asked on the node that does not
+    own the session answers with the reply type it names, and fails with the error class a
+    local ask raises: 404, 412 and 409 keep their code, and the stop of a session whose lease
+    moved is an ActorStoppedError, the one error the edge retries by looking the session up
+    again."""
+    dsn = await create_database()
+    prefix = f"t{secrets.token_hex(4)}"
+    stores = [PostgresStore(dsn) for _ in range(2)]
+    a, b = (
+        Registry(
+            s,
+            SimulatedProvider(tokens_per_second=20, reply_tokens=400),
+            settings=ActorSettings(),
+            idle_seconds=60,
+            frame=sse.frame,
+            cluster=Cluster(
+                redis_url, ClusterSettings(node_id=f"typed{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
+            ),
+        )
+        for i, s in enumerate(stores)
+    )
+    try:
+        for s in stores:
+            await s.open()
+        for r in (a, b):
+            await r.start()
+        record = await a.create(Registry.new_record(namespace="default"))
+        local = await a.get(record.id)
+        remote = await b.get(record.id)
+        assert isinstance(local, SessionActor) and isinstance(remote, RemoteSession)
+
+        with pytest.raises(NotFoundError) as missing:
+            await remote.ask(Navigate(message_id="msg_missing"))
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
+        assert "msg_missing" in missing.value.detail
+        with pytest.raises(PreconditionFailedError) as stale:
+            await remote.ask(PatchSession(title="stale", if_match=record.version + 7))
+        assert (stale.value.status, stale.value.code) == (412, "version_mismatch")
+        with pytest.raises(ConflictError) as idle:
+            await remote.ask(CancelTask())
+        assert type(idle.value) is ConflictError and idle.value.status == 409
+
+        handle = await remote.ask(SendMessage(content="a long answer"))
+        assert isinstance(handle, TaskHandle) and handle.subscription is None
+        with pytest.raises(TaskRunningError) as busy:
+            await remote.ask(SendMessage(content="too soon"))
+        assert (busy.value.status, busy.value.code) == (409, "task_running")
+        assert await remote.ask(CancelTask()) == handle.task_id
+        outcome = await asyncio.wait_for(handle.done, 10)
+        assert outcome.status == "cancelled" and outcome.message.role == "assistant"
+        page = await remote.ask(GetMessages())
+        assert isinstance(page, MessagePage)
+        assert [n.role for n, _, _ in page.items] == ["user", "assistant"]
+
+        # The session moves: its actor on the first node stops, the second node takes the lease.
+        assert await local.ask(Passivate(0)) is True
+        await local.wait_stopped()
+        assert a.cluster is not None
+        await a.cluster.leases.release(record.id)
+        moved = await b.get(record.id)
+        assert isinstance(moved, SessionActor)
+        with pytest.raises(ActorStoppedError) as stopped:
+            await remote.ask(GetSession())  # still addressed to the first node
+        assert stopped.value.status == 503 and stopped.value.retry_after == 1
+        # What the edge does on ActorStoppedError: look the session up again and ask again.
+        again = await b.get(record.id)
+        details = await again.ask(GetSession())
+        assert details.id == record.id and details.message_count == 2
+    finally:
+        for r in (a, b):
+            await r.drain()
+        for s in stores:
+            await s.aclose()
+        await drop_database(dsn)
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    async with database() as url:
+        yield url
+
+
+async def test_a_remote_stream_is_byte_for_byte_the_local_one(
+    dsn: str, redis_url: str, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    # dsn comes first: the database is dropped only after the servers using it have stopped.
+    prefix = f"t{secrets.token_hex(4)}"
+    sections: dict[str, Any] = {
+        "store": {"kind": "postgres", "postgres_dsn": dsn},
+        "fanout": {"kind": "redis"},
+        "redis": {"url": redis_url},
+    }
+    owner = await make_client(tmp_path / "a", cluster={"node_id": "a", "prefix": prefix}, **sections)
+    other = await make_client(tmp_path / "b", cluster={"node_id": "b", "prefix": prefix}, **sections)
+    async with owner.post("/v1/sessions", json={"tools": ["calculator"]}) as r:
+        assert r.status == 201
+        sid = (await r.json())["id"]
+    async with (
+        owner.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "0"}) as local,
+        other.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "0"}) as remote,
+    ):
+        assert sid in owner.app[REGISTRY] and sid not in other.app[REGISTRY]  # b reads it from Redis
+        content = 'naïve "quotes" ☕\n/tool calculator {"expression": "6*7"}'
+        async with other.post(f"/v1/sessions/{sid}/messages", json={"content": content}) as r:
+            assert r.status == 200, await r.text()
+        here = await Frames(local).until("task.completed")
+        there = await Frames(remote).until("task.completed")
+    assert b"event: tool.result" in b"".join(here) and b"event: message.delta" in b"".join(here)
+    assert there == here

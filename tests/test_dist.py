@@ -46,16 +46,45 @@ def test_make_dist_builds_a_pyz_that_serves(tmp_path: Path) -> None:
     pyz = tmp_path / "out" / "sessiond.pyz"
     # -o: use the virtualenv as it is (make test has just made it), never reinstall it here.
     build = subprocess.run(
-        ["make", "-C", str(ROOT), "-o", ".venv/bin/sessiond", "dist", f"DIST={pyz}"],
+        ["make", "-C", str(ROOT), "-o", ".venv/bin/sessiond", "-o", ".venv/.dev", "dist", f"DIST={pyz}"],
         capture_output=True, text=True, timeout=900,
     )
     assert build.returncode == 0, build.stdout[-5000:] + build.stderr[-5000:]
     assert pyz.is_file() and pyz.stat().st_size > 1_000_000
 
-    # The interpreter under the virtualenv, without its packages: only Python.
-    python = getattr(sys, "_base_executable", sys.executable)
+    # Every CPython 3.11 on this machine, the system's own first (Debian 12's is 3.11.2, where
+    # the build's may be a later 3.11), then the one under the virtualenv: only Python, none of
+    # the virtualenv's packages.
+    pythons = [*_other_pythons(), getattr(sys, "_base_executable", sys.executable)]
+    for i, python in enumerate(pythons):
+        _serve_from_the_pyz(python, pyz, tmp_path / f"run{i}")
+
+
+def _version_of(python: str) -> tuple[int, ...] | None:
+    try:
+        out = subprocess.run(
+            [python, "-I", "-c", "import sys; print(*sys.version_info[:3])"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout
+    except OSError:
+        return None
+    return tuple(int(x) for x in out.split()) or None
+
+
+def _other_pythons() -> list[str]:
+    """The 3.11 interpreters of this machine whose version differs from the build's."""
+    build = tuple(sys.version_info[:3])
+    found: dict[tuple[int, ...], str] = {}
+    for candidate in ("/usr/bin/python3", "/usr/bin/python3.11", "/usr/local/bin/python3.11"):
+        version = _version_of(candidate) if Path(candidate).exists() else None
+        if version is not None and version[:2] == (3, 11) and version != build:
+            found.setdefault(version, candidate)
+    return list(found.values())
+
+
+def _serve_from_the_pyz(python: str, pyz: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "elsewhere"
-    run_dir.mkdir()
+    run_dir.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSIOND_", "PYTHON", "VIRTUAL_ENV"))}
     env.update({
         "SHIV_ROOT": str(tmp_path / "shiv"),
@@ -74,8 +103,8 @@ def test_make_dist_builds_a_pyz_that_serves(tmp_path: Path) -> None:
             try:
                 seen.append(lines.get(timeout=120))
             except queue.Empty:
-                raise AssertionError("no `listening on` from the pyz:\n" + "\n".join(seen)) from None
-            assert proc.poll() is None or not lines.empty(), "the pyz exited:\n" + "\n".join(seen)
+                raise AssertionError(f"no `listening on` from the pyz under {python}:\n" + "\n".join(seen)) from None
+            assert proc.poll() is None or not lines.empty(), f"the pyz exited under {python}:\n" + "\n".join(seen)
         url = next(line for line in seen if line.startswith("listening on ")).removeprefix("listening on ")
         assert _call(f"{url}/healthz")[0] == 200
         status, body = _call(f"{url}/v1/sessions", {"title": "from the pyz"})
@@ -93,4 +122,4 @@ def test_make_dist_builds_a_pyz_that_serves(tmp_path: Path) -> None:
         code = proc.wait(30)
         assert proc.stdout is not None
         proc.stdout.close()
-    assert code == 0, "a clean stop on SIGTERM"
+    assert code == 0, f"a clean stop on SIGTERM under {python}"

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.cli.doctor import check_provider
 from tests.conftest import ROOT
 
 
@@ -36,7 +35,7 @@ def _line(out: str, name: str) -> str:
 def test_a_healthy_installation_passes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     created = subprocess.run(
-        [sys.executable, "-m", "server", "keys", "create", "--data-dir", str(data), "--name", "ops"],
+        [sys.executable, "-m", "server", "keys", "create", "--create", "--data-dir", str(data), "--name", "ops"],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60,
     )
     assert created.returncode == 0, created.stderr
@@ -123,33 +122,126 @@ def test_redis_in_use_but_unreachable(tmp_path: Path) -> None:
 
 
 def test_redis_in_use_and_reachable(tmp_path: Path, redis_url: str) -> None:
-    env = {"SESSIOND_FANOUT_KIND": "redis", "SESSIOND_REDIS_URL": redis_url}
+    env = {"SESSIOND_LIMITS_BACKEND": "redis", "SESSIOND_REDIS_URL": redis_url}
     code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env=env)
     assert code == 0, out
     assert "answers" in _line(out, "redis")
 
 
-async def test_configured_providers_are_reached(aiohttp_server: Any, tmp_path: Path) -> None:
-    from aiohttp import web
-
-    model = await aiohttp_server(web.Application())  # a host that answers (404 at its root)
-    config = tmp_path / "providers.toml"
-    config.write_text(
-        "[providers.up]\n"
-        f'kind = "openai"\nbase_url = "{model.make_url("/v1")}"\nmodel = "m"\n'
-        "[providers.down]\n"
-        f'kind = "openai"\nbase_url = "http://127.0.0.1:{_closed_port()}/v1"\nmodel = "m"\n'
-    )
+async def _doctor_async(tmp_path: Path, config: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", "doctor", "--config", str(config), "--data-dir", str(tmp_path / "data"),
-        cwd=tmp_path, env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path, env={**_env(), **(env or {})}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
-    assert proc.returncode == 1
-    lines = [line for line in out.splitlines() if line.split()[1:2] == ["provider"]]
-    up = next(line for line in lines if "[providers.up] base_url" in line)
-    down = next(line for line in lines if "[providers.down] base_url" in line)
-    assert up.startswith("ok") and "answers (HTTP 404)" in up
-    assert down.startswith("FAIL") and "does not answer" in down
-    direct = await check_provider("[providers.up] base_url", str(model.make_url("/v1")))
-    assert direct.state == "ok"
+    assert proc.returncode is not None
+    return proc.returncode, out
+
+
+def _provider_line(out: str, name: str) -> str:
+    return next(line for line in out.splitlines() if line.split()[1:3] == ["provider", f"[providers.{name}]"])
+
+
+async def test_configured_providers_are_asked_for_their_models(aiohttp_server: Any, tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from tests.fake_models import FakeOllama, FakeOpenAI, closed_port_url
+
+    openai, keyed, ollama = FakeOpenAI("gpt-test"), FakeOpenAI("gpt-keyed"), FakeOllama("llama3:latest")
+    keyed.api_key = "sk-right"
+    root_only = await aiohttp_server(web.Application())  # a host that answers 404 to everything
+    for fake in (openai, keyed, ollama):
+        await fake.start()
+    try:
+        config = tmp_path / "providers.toml"
+        config.write_text(
+            f'[providers.up]\nkind = "openai"\nbase_url = "{openai.url}/v1"\nmodel = "gpt-test"\n'
+            f'[providers.wrongmodel]\nkind = "openai"\nbase_url = "{openai.url}/v1"\nmodel = "gpt-5"\n'
+            f'[providers.keyed]\nkind = "openai"\nbase_url = "{keyed.url}/v1"\nmodel = "gpt-keyed"\n'
+            'api_key_env = "DOCTOR_TEST_KEY"\n'
+            f'[providers.local]\nkind = "ollama"\nbase_url = "{ollama.url}"\nmodel = "llama3"\n'
+            f'[providers.notanapi]\nkind = "openai"\nbase_url = "{root_only.make_url("/v1")}"\nmodel = "m"\n'
+            f'[providers.down]\nkind = "openai"\nbase_url = "{closed_port_url()}/v1"\nmodel = "m"\n'
+            '[agents.helper]\nmodel = ["up", "local/llama3", "up/gpt-test-mini"]\n'
+        )
+        code, out = await _doctor_async(tmp_path, config, {"DOCTOR_TEST_KEY": "sk-wrong"})
+        assert code == 1
+        assert _provider_line(out, "local").startswith("ok")
+        up = _provider_line(out, "up")
+        assert up.startswith("FAIL") and "does not list 'gpt-test-mini' (it lists 1: gpt-test)" in up, up
+        assert "does not list 'gpt-5'" in _provider_line(out, "wrongmodel")
+        keyed_line = _provider_line(out, "keyed")
+        assert keyed_line.startswith("FAIL") and "refused the key in $DOCTOR_TEST_KEY (HTTP 401)" in keyed_line
+        assert "sk-wrong" not in out, "a key is never printed"
+        assert "answered HTTP 404, not a list of models" in _provider_line(out, "notanapi")
+        assert "does not answer" in _provider_line(out, "down")
+
+        # The right key, and no route asking for a model the provider lacks: those pass.
+        config.write_text(
+            f'[providers.up]\nkind = "openai"\nbase_url = "{openai.url}/v1"\nmodel = "gpt-test"\n'
+            f'[providers.keyed]\nkind = "openai"\nbase_url = "{keyed.url}/v1"\nmodel = "gpt-keyed"\n'
+            'api_key_env = "DOCTOR_TEST_KEY"\n'
+        )
+        code, out = await _doctor_async(tmp_path, config, {"DOCTOR_TEST_KEY": "sk-right"})
+        assert code == 0, out
+        assert "lists 'gpt-keyed'" in _provider_line(out, "keyed")
+        # An unset key variable is what serve would refuse; the doctor says it first, in the same words.
+        code, out = await _doctor_async(tmp_path, config)
+        assert code == 1
+        assert "FAIL  provider  providers.keyed.api_key_env: the environment variable DOCTOR_TEST_KEY is not set" in out
+    finally:
+        for fake in (openai, keyed, ollama):
+            await fake.stop()
+
+
+def test_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env={"SESSIOND_SERVER_PORT": str(port)})
+    assert code == 1
+    assert _line(out, "port") == f"FAIL  port      127.0.0.1:{port} is in use (another sessiond?)"
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env={"SESSIOND_SERVER_PORT": str(port)})
+    assert code == 0 and "is free" in _line(out, "port")
+
+
+def test_cluster_mode_with_the_sqlite_store(tmp_path: Path) -> None:
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env={"SESSIOND_FANOUT_KIND": "redis"})
+    assert code == 1
+    assert 'needs [store] kind = "postgres"' in _line(out, "cluster")
+
+
+async def test_a_postgres_database_that_does_not_exist(tmp_path: Path) -> None:
+    from tests.pg import create_database, drop_database
+
+    dsn = await create_database()
+    await drop_database(dsn)
+    name = dsn.rsplit("/", 1)[1]
+    config = tmp_path / "pg.toml"
+    config.write_text(f'[store]\nkind = "postgres"\npostgres_dsn = "{dsn}"\n')
+    code, out = await _doctor_async(tmp_path, config)
+    assert code == 1
+    line = _line(out, "postgres")
+    assert line.startswith("FAIL") and f"the PostgreSQL database '{name}' does not exist" in line
+    created = await create_database()
+    try:
+        config.write_text(f'[store]\nkind = "postgres"\npostgres_dsn = "{created}"\n')
+        code, out = await _doctor_async(tmp_path, config)
+        assert code == 0, out
+        assert "answers (PostgreSQL" in _line(out, "postgres")
+    finally:
+        await drop_database(created)
+
+
+def test_a_data_dir_open_to_other_users_is_a_warning(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o755)
+    code, out = _doctor(tmp_path, "--data-dir", str(data))
+    assert code == 0, out  # a warning, not a failure
+    line = _line(out, "data")
+    assert line.startswith("warn") and "open to other users (mode 0755)" in line and f"chmod 700 {data}" in line
+    data.chmod(0o700)
+    _, out = _doctor(tmp_path, "--data-dir", str(data))
+    assert _line(out, "data").startswith("ok")

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from actors.agent.documents.extract import extract_text
 from actors.agent.documents.library import (
     ChunkIndex,
     bm25,
     chunk_text,
-    extract_text,
     safe_name,
     select_within_budget,
     terms,

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from actors.session.actor import SessionActor
 from server.appkeys import REGISTRY
 from tests.conftest import HEADERS, ClientFactory, new_session
 from tests.sse import events, read_until
@@ -86,6 +87,7 @@ async def test_passivate_and_reactivate_keeps_everything(make_client: ClientFact
     details = await (await client.get(f"/v1/sessions/{sid}")).json()
 
     actor = await registry.get(sid)
+    assert isinstance(actor, SessionActor)
     await asyncio.wait_for(actor.wait_stopped(), 10)
     assert sid not in registry
     assert actor.stop_reason == "passivated" and registry.stats.passivations >= 1

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from actors.core.commands import GetSession
 from actors.core.errors import MailboxFullError
+from actors.session.actor import SessionActor
 from server.appkeys import REGISTRY
 from tests.conftest import ClientFactory, new_session
 
@@ -79,6 +80,7 @@ async def test_full_mailbox_refuses_with_retry_after(make_client: ClientFactory)
     client = await make_client(sessions={"mailbox_size": 3})
     s = await new_session(client)
     actor = await client.server.app[REGISTRY].get(s["id"])
+    assert isinstance(actor, SessionActor)  # a single server: the actor is here
     for _ in range(3):
         actor.tell(GetSession())
     with pytest.raises(MailboxFullError) as info:

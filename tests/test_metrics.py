@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.core.model import Chunk, ModelRequest
-from server.metrics import METRICS, Metrics, rate_limited
+from server.appkeys import METRICS
+from server.metrics import Metrics
 from tests.conftest import ROOT, TEST_KEY, ClientFactory, new_session
 from tests.sse import read_until
 
@@ -68,13 +70,9 @@ async def test_metrics_show_actors_streams_events_commits_and_requests(make_clie
     assert ("process_resident_memory_bytes", ()) in m
     stream.close()
 
-    # Others name the limit that refused a request through one call.
-    rate_limited(client.app, "guest_messages_per_hour")
-    rate_limited(client.app, "guest_messages_per_hour")
     missing = await client.get("/v1/sessions/ses_missing")
     assert missing.status == 404
     m = await _scrape(client)
-    assert m[("sessiond_rate_limit_rejections_total", (("limit", "guest_messages_per_hour"),))] == 2
     not_found = (
         "sessiond_http_requests_total",
         (("method", "GET"), ("route", "/v1/sessions/{session_id}"), ("status", "404")),
@@ -218,4 +216,21 @@ async def test_every_429_is_a_counted_rejection(make_client: ClientFactory) -> N
         (("method", "POST"), ("route", "/v1/sessions/{session_id}/messages"), ("status", "429")),
     )
     assert m[refused] == 1
-    assert m[("sessiond_rate_limit_rejections_total", (("limit", "unnamed"),))] == 1
+    rejections = {k[1]: v for k, v in m.items() if k[0] == "sessiond_rate_limit_rejections_total"}
+    assert rejections == {(("limit", "end_user_messages_per_hour"),): 1}, "counted once, by the limit's name"
+
+
+async def test_a_guest_over_its_hourly_limit_is_counted_by_that_limit(make_client: ClientFactory) -> None:
+    client = await make_client(limits={"guest_messages_per_hour": 2})
+    guest = await (await client.post("/v1/guests/sessions", json={"ip": "192.0.2.9"})).json()
+    path = f"/v1/sessions/{guest['id']}/messages"
+    bearer = {"Authorization": f"Bearer {guest['access_token']}"}
+    statuses = []
+    async with aiohttp.ClientSession(base_url=str(client.make_url(""))) as browser:  # the guest: no API key
+        for text in ("one", "two", "three"):
+            async with browser.post(path, json={"content": text}, headers=bearer) as resp:
+                statuses.append(resp.status)
+    assert statuses == [200, 200, 429]
+    m = await _scrape(client)
+    assert m[("sessiond_rate_limit_rejections_total", (("limit", "guest_messages_per_hour"),))] == 1
+    assert ("sessiond_rate_limit_rejections_total", (("limit", "unnamed"),)) not in m

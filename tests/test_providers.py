@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.agents import ROUTER
+from server.appkeys import ROUTER
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import PROMPT_TOKENS_PER_MESSAGE, FakeOllama, FakeOpenAI, closed_port_url, converse
 

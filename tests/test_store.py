@@ -12,29 +12,37 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from actors.agent.backends.simulated import SimulatedProvider
+from actors.core.commands import PatchSession
+from actors.core.errors import ActorStoppedError, StoreClosedError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
-    AgentRecord,
-    ApiKeyRecord,
     Checkpoint,
-    DeleteSession,
-    DocumentRecord,
-    GuestRecord,
     PutCheckpoint,
     PutEvent,
     PutMessage,
     PutSession,
-    RefreshTokenRecord,
-    RouteEntry,
+    RemoveSession,
     SessionQuery,
     SessionRecord,
     StoredEvent,
-    TokenFamilyRecord,
 )
 from actors.core.tree import Node, Usage
+from actors.registry import Registry
+from actors.session.actor import ActorSettings, SessionActor
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
+from actors.store.tables import (
+    AgentRecord,
+    ApiKeyRecord,
+    DocumentRecord,
+    GuestRecord,
+    RefreshTokenRecord,
+    RouteEntry,
+    TokenFamilyRecord,
+)
+from server import sse
 from tests.pg import create_database, drop_database
 
 _pg_database = create_database
@@ -84,7 +92,9 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "a", utcnow()))
     nodes.append(Node(new_id("msg"), nodes[0].id, "assistant", "b", utcnow()))
     cp = Checkpoint(new_id("ckp"), nodes[1].id, utcnow(), "answer")
-    events = [StoredEvent(seq, "task.started", b"frame %d" % seq) for seq in (3, 9, 12)]
+    events = [
+        StoredEvent(seq, "task.completed", b'{"type":"task.completed","task_id":"t%d"}' % seq) for seq in (3, 9, 12)
+    ]
     await store.commit([
         *(PutMessage.of(rec.id, n) for n in nodes),
         PutCheckpoint.of(rec.id, cp),
@@ -101,6 +111,7 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     ]
     assert loaded.checkpoints == [cp]
     assert [e.seq for e in loaded.events] == [9, 12] and loaded.max_seq == 12
+    assert loaded.events == events[1:]  # type and data as written
     assert [e.seq for e in await store.load_events(rec.id, 3, 10)] == [9, 12]
     assert await store.load_session("ses_missing", events=10) is None
 
@@ -112,7 +123,7 @@ async def test_group_commit_many_concurrent_callers(store: Any) -> None:
         assert await store.get_session(r.id) == r
     # A delete in the same batch as a late write wins.
     victim = records[0]
-    await asyncio.gather(store.commit([DeleteSession(victim.id)]), store.commit([PutSession.of(victim)]))
+    await asyncio.gather(store.commit([RemoveSession(victim.id)]), store.commit([PutSession.of(victim)]))
     assert await store.get_session(victim.id) is None
 
 
@@ -201,7 +212,7 @@ async def test_agents(store: Any) -> None:
 def _doc(doc_id: str, created_at: str, end_user_id: str | None = None, sha256: str = "a" * 64) -> DocumentRecord:
     return DocumentRecord(
         id=doc_id, name=f"{doc_id}.md", size=10, content_type="text/markdown", kind="md",
-        sha256=sha256, created_at=created_at, end_user_id=end_user_id, chars=7,
+        sha256=sha256, created_at=created_at, end_user_id=end_user_id, chars=7, shared=end_user_id is None,
     )
 
 
@@ -242,7 +253,7 @@ async def test_end_user_usage(store: Any) -> None:
     c = _record(end_user_id="u2", usage=Usage(100, 100, 200))
     await store.commit([PutSession.of(r) for r in (a, b, c)])
     assert await store.end_user_usage("u1") == (2, Usage(11, 7, 18))
-    await store.commit([DeleteSession(a.id)])  # only existing sessions count
+    await store.commit([RemoveSession(a.id)])  # only existing sessions count
     assert await store.end_user_usage("u1") == (1, Usage(1, 2, 3))
 
 
@@ -500,3 +511,30 @@ async def test_text_with_nul_characters(store: Any) -> None:
     assert await store.get_token_family("tkf_\x00") is None
     assert await store.revoke_session_tokens("ses_\x00") == 0
     assert await store.get_guest("gst_\x00", 0.0) is None
+
+
+async def test_a_commit_after_the_store_closed_is_a_503_stop_not_a_crash(store: Any) -> None:
+    """During shutdown a late change gets 503 (retry elsewhere), and its session stops
+    cleanly: no crash is counted, no restart is attempted."""
+    registry = Registry(
+        store,
+        SimulatedProvider(tokens_per_second=0, reply_tokens=3),
+        settings=ActorSettings(),
+        idle_seconds=60,
+        frame=sse.frame,
+    )
+    await registry.start()
+    try:
+        record = await registry.create(Registry.new_record(namespace="default"))
+        actor = await registry.get(record.id)
+        assert isinstance(actor, SessionActor)
+        await store.aclose()
+        with pytest.raises(StoreClosedError) as late:
+            await actor.ask(PatchSession(title="too late"))
+        assert late.value.status == 503 and late.value.retry_after == 1
+        assert isinstance(late.value, ActorStoppedError)  # the edge's retry looks the session up again
+        await asyncio.wait_for(actor.wait_stopped(), 5)
+        assert actor.stop_reason == "store closed"
+        assert registry.stats.crashes == 0 and record.id not in registry
+    finally:
+        await registry.drain()

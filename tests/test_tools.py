@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from actors.agent.tools import Tool, ToolContext, ToolError, calculate
-from server.agents import TOOLBOX
+from server.appkeys import TOOLBOX
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import converse
 

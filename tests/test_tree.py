@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.core.events import EventLog
+from actors.core.events import EventLog, MessageDelta, decode_event, delta_data, delta_head, encode_event
 from actors.core.tree import MessageTree, Node
 
 
@@ -40,15 +40,26 @@ def test_add_rejects_unknown_parent() -> None:
         MessageTree().add(_node("x", "missing"))
 
 
+def _frame(seq: int, type_: str, data: bytes) -> bytes:
+    return b"%d %s %s" % (seq, type_.encode(), data)
+
+
 def test_event_log_replay_and_floor() -> None:
-    log = EventLog(retention=100)
+    log = EventLog(frame=_frame, retention=100)
     for seq in range(1, 501):
         log.append(seq, "message.delta", b"%d" % seq)
     assert log.floor > 0
     assert not log.covers(log.floor - 1)
-    seqs, _, frames = log.window(480)
+    seqs, frames = log.since(480)
     assert seqs == list(range(481, 501))
-    assert frames[0] == b"481"
+    assert frames[0] == b"481 message.delta 481"  # framed once, by the encoder it was given
     assert len(log) <= 100 + 100 // 8 + 64
     with pytest.raises(ValueError):
         log.append(500, "x", b"")
+
+
+@pytest.mark.parametrize("text", ["", "token", ' "quoted" \\ \n\ndata: x', "naïve ☕ \u2028 🎉", "\x00\x1f"])
+def test_a_delta_from_its_reply_head_is_the_event_encoded_whole(text: str) -> None:
+    head = delta_head("tsk_1", "msg_2")
+    assert delta_data(head, text) == encode_event(MessageDelta("tsk_1", "msg_2", text))
+    assert decode_event(delta_data(head, text)) == MessageDelta("tsk_1", "msg_2", text)

@@ -12,8 +12,8 @@ import msgspec
 from actors.agent.tools import ToolBox
 from actors.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from actors.core.ids import new_id, utcnow
-from actors.core.records import AgentRecord, RouteEntry
 from actors.store.base import Store
+from actors.store.tables import AgentRecord, RouteEntry
 
 __all__ = ["DEFAULT_AGENT_ID", "Agents", "parse_route"]
 

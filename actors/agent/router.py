@@ -23,7 +23,7 @@ import msgspec
 from actors.agent.backends.base import Backend, ModelCall, ModelItem, ProviderError, ProviderUnavailableError
 from actors.agent.backends.upstream import describe
 from actors.core.model import Chunk
-from actors.core.records import RouteEntry
+from actors.store.tables import RouteEntry
 
 __all__ = ["ProviderHealth", "Router", "model_label"]
 

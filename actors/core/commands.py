@@ -1,43 +1,76 @@
-"""The mailbox vocabulary: every command a SessionActor understands."""
+"""The mailbox vocabulary: every command a SessionActor understands, each naming its reply.
+
+``Command[R]`` is answered with an ``R``: ``await session.ask(GetMessages())`` is a
+``MessagePage``, for a local actor and for a session on another node alike (the cluster reads
+``R`` off the class to decode the owner's answer). The four commands that start a model task
+share ``TaskCommand``; whether one does is a property of the command, so the edge can ask it
+before the session sees it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
+
+from actors.core.export import SessionExport
+from actors.core.records import Checkpoint, SessionRecord
+from actors.core.replies import MessagePage, TaskHandle, TreeView
+from actors.core.stream import EventStream
+from actors.core.tree import Node
 
 __all__ = [
     "AnyCommand",
     "CancelTask",
     "Command",
-    "DeleteSessionCmd",
+    "DeleteSession",
     "EditMessage",
     "ExportSession",
     "GetMessages",
     "GetSession",
     "GetTree",
     "ListCheckpoints",
+    "MailboxCommand",
     "Navigate",
     "Passivate",
     "PatchSession",
     "RegenerateMessage",
+    "ReserveSeqs",
     "RestoreCheckpoint",
     "SendMessage",
     "Shutdown",
     "Subscribe",
+    "TaskCommand",
+    "ToolCalled",
+    "ToolReturned",
+    "TurnCommand",
     "TurnEnded",
 ]
 
+# Covariant: a command is only ever a producer of its reply (a TaskCommand[TaskHandle] is a
+# TaskCommand[TaskHandle | str]).
+R = TypeVar("R", covariant=True)
 
-class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op"):
-    """Base of every command; ``if_match`` guards mutations against stale clients."""
+
+class Command(msgspec.Struct, Generic[R], frozen=True, forbid_unknown_fields=True, tag_field="op"):
+    """Base of every command; ``R`` is the type of its reply."""
 
 
-class GetSession(Command, frozen=True, tag="get_session"):
+class TaskCommand(Command[R], frozen=True, kw_only=True):
+    """A command that starts (or queues) a model task; ``stream`` asks for its events."""
+
+    stream: bool = False
+
+    @property
+    def starts_task(self) -> bool:
+        return True
+
+
+class GetSession(Command[SessionRecord], frozen=True, tag="get_session"):
     pass
 
 
-class PatchSession(Command, frozen=True, tag="patch_session"):
+class PatchSession(Command[SessionRecord], frozen=True, tag="patch_session"):
     title: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     context: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
@@ -47,83 +80,79 @@ class PatchSession(Command, frozen=True, tag="patch_session"):
     if_match: int | None = None
 
 
-class GetMessages(Command, frozen=True, tag="get_messages"):
+class GetMessages(Command[MessagePage], frozen=True, tag="get_messages"):
     limit: int = 100
     offset: int = 0
 
 
-class GetTree(Command, frozen=True, tag="get_tree"):
+class GetTree(Command[TreeView], frozen=True, tag="get_tree"):
     pass
 
 
-class SendMessage(Command, frozen=True, tag="send_message"):
+class SendMessage(TaskCommand[TaskHandle], frozen=True, tag="send_message"):
     content: str
     parent_id: str | None = None
-    stream: bool = False
     queue: bool = False
     if_match: int | None = None
 
 
-class EditMessage(Command, frozen=True, tag="edit_message"):
+class EditMessage(TaskCommand[TaskHandle], frozen=True, tag="edit_message"):
     message_id: str
     content: str
-    stream: bool = False
     if_match: int | None = None
 
 
-class RegenerateMessage(Command, frozen=True, tag="regenerate_message"):
-    message_id: str
-    stream: bool = False
-    if_match: int | None = None
-
-
-class Navigate(Command, frozen=True, tag="navigate"):
+class RegenerateMessage(TaskCommand[TaskHandle], frozen=True, tag="regenerate_message"):
     message_id: str
     if_match: int | None = None
 
 
-class CancelTask(Command, frozen=True, tag="cancel_task"):
+class Navigate(Command[list[tuple[Node, int, int]]], frozen=True, tag="navigate"):
+    message_id: str
+    if_match: int | None = None
+
+
+class CancelTask(Command[str], frozen=True, tag="cancel_task"):
+    """Answered with the id of the task it cancelled."""
+
+
+class ListCheckpoints(Command[list[Checkpoint]], frozen=True, tag="list_checkpoints"):
     pass
 
 
-class ListCheckpoints(Command, frozen=True, tag="list_checkpoints"):
-    pass
+class RestoreCheckpoint(TaskCommand[TaskHandle | str], frozen=True, tag="restore_checkpoint"):
+    """Go back to a checkpoint: with a hint, a task answering it (a TaskHandle); without,
+    only the active leaf moves (answered with its id)."""
 
-
-class RestoreCheckpoint(Command, frozen=True, tag="restore_checkpoint"):
     checkpoint_id: str
     hint: str | None = None
-    stream: bool = False
     if_match: int | None = None
 
+    @property
+    def starts_task(self) -> bool:
+        return self.hint is not None and bool(self.hint.strip())
 
-class Subscribe(Command, frozen=True, tag="subscribe"):
+
+class Subscribe(Command[EventStream], frozen=True, tag="subscribe"):
     last_event_id: int | None = None
 
 
-class ExportSession(Command, frozen=True, tag="export_session"):
+class ExportSession(Command[SessionExport], frozen=True, tag="export_session"):
     pass
 
 
-class DeleteSessionCmd(Command, frozen=True, tag="delete_session"):
+class DeleteSession(Command[None], frozen=True, tag="delete_session"):
     pass
 
 
-class Passivate(Command, frozen=True, tag="passivate"):
-    """Stop if still idle (the registry's sweeper sends it)."""
+class Passivate(Command[bool], frozen=True, tag="passivate"):
+    """Stop if still idle (the registry's sweeper sends it); answers whether it stopped."""
 
     idle_seconds: float
 
 
-class Shutdown(Command, frozen=True, tag="shutdown"):
+class Shutdown(Command[None], frozen=True, tag="shutdown"):
     """Interrupt any running task, flush and stop (server drain)."""
-
-
-class TurnEnded(Command, frozen=True, tag="turn_ended"):
-    """Sent by the actor's own turn task when the model is done (or failed)."""
-
-    task_id: str
-    error: str | None = None
 
 
 AnyCommand = (
@@ -140,8 +169,49 @@ AnyCommand = (
     | RestoreCheckpoint
     | Subscribe
     | ExportSession
-    | DeleteSessionCmd
+    | DeleteSession
     | Passivate
     | Shutdown
-    | TurnEnded
 )
+"""Every command another part of sessiond (or another node) may send a session."""
+
+
+# -- the running turn's own commands: how it changes its session ----------------------------
+
+
+class ToolCalled(Command[None], frozen=True, tag="tool_called"):
+    """The model of task ``task_id`` called a tool."""
+
+    task_id: str
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolReturned(Command[None], frozen=True, tag="tool_returned"):
+    """A tool of task ``task_id`` answered: durable at once, with a checkpoint."""
+
+    task_id: str
+    call_id: str
+    name: str
+    output: str
+    is_error: bool
+
+
+class ReserveSeqs(Command[None], frozen=True, tag="reserve_seqs"):
+    """The running turn used its block of event ids: reserve the next one durably."""
+
+    task_id: str
+
+
+class TurnEnded(Command[None], frozen=True, tag="turn_ended"):
+    """Sent by the actor's own turn task when the model is done (or failed)."""
+
+    task_id: str
+    error: str | None = None
+
+
+TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | TurnEnded
+"""What a session's running turn sends its actor; never forwarded across nodes."""
+
+MailboxCommand = AnyCommand | TurnCommand

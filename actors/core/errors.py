@@ -16,6 +16,7 @@ __all__ = [
     "PreconditionFailedError",
     "RateLimitedError",
     "SessiondError",
+    "StoreClosedError",
     "TaskRunningError",
     "UnauthorizedError",
     "UnavailableError",
@@ -76,6 +77,16 @@ class ActorStoppedError(UnavailableError):
     """The actor was stopped (passivated, deleted or shut down) before it answered."""
 
     code, title = "actor_stopped", "The session was stopped before it answered"
+
+
+class StoreClosedError(ActorStoppedError):
+    """The store was closed (the server is shutting down) before this change could be written.
+
+    A stop, not a crash: the caller gets a 503 and retries on a live server; the actor stops,
+    and its next activation starts from what is durable.
+    """
+
+    code, title = "store_closed", "The server is shutting down; retry shortly"
 
 
 class ActorCrashedError(SessiondError):

@@ -1,12 +1,16 @@
-"""Session events (the SSE vocabulary) and the per-session EventLog.
+"""Session events and the per-session EventLog.
 
-An event is encoded once, as a complete SSE frame, when it is appended; every subscriber
-and every replay reuses those bytes. No asyncio and no storage in here.
+An event is the Struct of its type; its data is its JSON, encoded once when it is made. The
+core stores and passes on (seq, type, data): how an event goes on the wire is the edge's
+business. For speed the log keeps, per event, the bytes the edge's frame encoder made of it
+(injected, see ``EventLog``), so every subscriber and every replay shares one encoding.
+No asyncio, no storage and no wire format in here.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -19,6 +23,7 @@ __all__ = [
     "CheckpointCreated",
     "Event",
     "EventLog",
+    "FrameEncoder",
     "MessageCompleted",
     "MessageDelta",
     "StreamReset",
@@ -30,7 +35,10 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "decode_event",
-    "encode_frame",
+    "delta_data",
+    "delta_head",
+    "encode_event",
+    "event_type",
 ]
 
 
@@ -115,54 +123,49 @@ AnyEvent = (
 
 TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled", "task.interrupted"})
 
+FrameEncoder = Callable[[int, str, bytes], bytes]
+"""(seq, type, data) -> the bytes a subscriber is sent for that event (the edge's wire format)."""
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
-_prefix: dict[type[Event], bytes] = {}
 
 
-def _type_of(event: Event) -> str:
+def event_type(event: Event) -> str:
+    """The event's type name (its tag: ``task.started``, ``message.delta``, ...)."""
     return type(event).__struct_config__.tag  # type: ignore[return-value]
 
 
-# The frame of a delta up to its text, per reply: a reply's deltas differ only in id and
-# text, so that part is encoded once per reply, not once per token. Keyed by the reply's
-# message id and checked against the task id. Bounded: cleared when it holds more replies
-# than any server streams at once.
-_delta_heads: dict[str, tuple[str, bytes]] = {}
-_DELTA_HEADS_MAX = 4096
-
-
-def _delta_head(event: MessageDelta) -> bytes:
-    if len(_delta_heads) >= _DELTA_HEADS_MAX:
-        _delta_heads.clear()
-    # msgspec writes the fields in order, delta last: cut its empty value '""}' off.
-    body = _encoder.encode(MessageDelta(event.task_id, event.message_id, ""))
-    head = b"event: message.delta\ndata: " + body[:-3]
-    _delta_heads[event.message_id] = (event.task_id, head)
-    return head
-
-
-def encode_frame(seq: int, event: Event) -> bytes:
-    """The whole SSE frame for ``event`` with id ``seq``: encoded once, shared by all."""
-    cls = type(event)
-    if cls is MessageDelta:
-        # The hot path, once per token; the same bytes as the general case below.
-        delta: MessageDelta = event  # type: ignore[assignment]
-        cached = _delta_heads.get(delta.message_id)
-        head = cached[1] if cached is not None and cached[0] == delta.task_id else _delta_head(delta)
-        return b"id: %d\n%s%s}\n\n" % (seq, head, _encoder.encode(delta.delta))
-    prefix = _prefix.get(cls)
-    if prefix is None:
-        prefix = _prefix[cls] = b"event: " + _type_of(event).encode() + b"\ndata: "
-    return b"id: %d\n%s%s\n\n" % (seq, prefix, _encoder.encode(event))
+def encode_event(event: Event) -> bytes:
+    """The event's data: its JSON object, ``type`` first."""
+    return _encoder.encode(event)
 
 
 def decode_event(data: bytes) -> AnyEvent:
     return _decoder.decode(data)
 
 
+def delta_head(task_id: str, message_id: str) -> bytes:
+    """The data of a reply's deltas up to their text, made once per reply.
+
+    A reply's deltas differ only in their text, so the turn keeps this and each token costs
+    one string encoding (``delta_data``) instead of encoding the whole Struct again.
+    """
+    # msgspec writes the fields in order, delta last: cut its empty value '""}' off.
+    return _encoder.encode(MessageDelta(task_id, message_id, ""))[:-3]
+
+
+def delta_data(head: bytes, delta: str) -> bytes:
+    """The data of one delta of the reply whose ``delta_head`` is ``head``: the same bytes
+    as ``encode_event(MessageDelta(...))``."""
+    return b"%s%s}" % (head, _encoder.encode(delta))
+
+
 class EventLog:
     """Numbered events of one session, kept in memory up to ``retention``.
+
+    ``append(seq, type, data)`` keeps ``frame(seq, type, data)``, the bytes subscribers are
+    sent: ``frame`` is the edge's encoder, injected so that the core knows no wire format and
+    an event is still encoded once, not once per subscriber.
 
     ``floor`` is the id up to which the log no longer answers: a replay after an id below
     the floor cannot be served exactly and gets ``stream.reset``. Seqs increase strictly but
@@ -170,12 +173,12 @@ class EventLog:
     deltas having been folded into their completed messages.
     """
 
-    __slots__ = ("_frames", "_seqs", "_trim_at", "_types", "floor", "last_seq", "retention")
+    __slots__ = ("_frame", "_frames", "_seqs", "_trim_at", "floor", "last_seq", "retention")
 
-    def __init__(self, *, retention: int, floor: int = 0, last_seq: int = 0) -> None:
+    def __init__(self, *, frame: FrameEncoder, retention: int, floor: int = 0, last_seq: int = 0) -> None:
+        self._frame = frame
         self._seqs: list[int] = []
         self._frames: list[bytes] = []
-        self._types: list[str] = []
         self.retention = retention
         self.floor = floor
         self.last_seq = last_seq
@@ -185,34 +188,22 @@ class EventLog:
     def __len__(self) -> int:
         return len(self._seqs)
 
-    def append(self, seq: int, type_: str, frame: bytes) -> None:
+    def append(self, seq: int, type_: str, data: bytes) -> None:
         if seq <= self.last_seq:
             raise ValueError(f"event id {seq} is not above {self.last_seq}")
         self._seqs.append(seq)
-        self._frames.append(frame)
-        self._types.append(type_)
+        self._frames.append(self._frame(seq, type_, data))
         self.last_seq = seq
         if len(self._seqs) >= self._trim_at:
             excess = len(self._seqs) - self.retention
             self.floor = self._seqs[excess - 1]
-            del self._seqs[:excess], self._frames[:excess], self._types[:excess]
+            del self._seqs[:excess], self._frames[:excess]
 
     def covers(self, after: int) -> bool:
         """Whether every servable event after ``after`` is still here."""
         return after >= self.floor
 
-    def index_after(self, after: int) -> int:
-        return bisect.bisect_right(self._seqs, after)
-
-    def frames_from(self, index: int) -> list[bytes]:
-        return self._frames[index:]
-
     def since(self, after: int) -> tuple[list[int], list[bytes]]:
         """Seqs and frames of every retained event after ``after`` (what a subscriber sends)."""
         i = bisect.bisect_right(self._seqs, after)
         return self._seqs[i:], self._frames[i:]
-
-    def window(self, after: int) -> tuple[list[int], list[str], list[bytes]]:
-        """Seqs, types and frames of every retained event after ``after``."""
-        i = bisect.bisect_right(self._seqs, after)
-        return self._seqs[i:], self._types[i:], self._frames[i:]

@@ -1,4 +1,8 @@
-"""Durable records: what the store keeps of a session, and the write operations on it."""
+"""Durable records: what the store keeps of a session, and the write operations on it.
+
+Session data only; the edge's tables (keys, tokens, guests, agents, documents) are in
+actors/store/tables.py.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +15,19 @@ from actors.core.tree import Node, Usage
 _enc = msgspec.json.Encoder()
 
 __all__ = [
-    "AgentRecord",
-    "ApiKeyRecord",
     "Checkpoint",
-    "DeleteSession",
-    "DocumentRecord",
-    "GuestRecord",
     "LoadedSession",
     "Op",
     "PutCheckpoint",
     "PutEvent",
     "PutMessage",
     "PutSession",
-    "RefreshOutcome",
-    "RefreshTokenRecord",
-    "RouteEntry",
+    "RemoveSession",
     "RunningTask",
     "SessionQuery",
     "SessionRecord",
     "Stats",
     "StoredEvent",
-    "TokenFamilyRecord",
 ]
 
 
@@ -78,9 +74,11 @@ class Checkpoint(msgspec.Struct):
 
 
 class StoredEvent(msgspec.Struct):
+    """A durable event: its id, its type and its data (the event's JSON, as sent)."""
+
     seq: int
     type: str
-    frame: bytes
+    data: bytes
 
 
 class LoadedSession(msgspec.Struct):
@@ -130,11 +128,13 @@ class PutEvent(msgspec.Struct):
     event: StoredEvent
 
 
-class DeleteSession(msgspec.Struct):
+class RemoveSession(msgspec.Struct):
+    """Removal of a session with everything it holds."""
+
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | DeleteSession
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession
 
 
 class SessionQuery(msgspec.Struct):
@@ -159,96 +159,3 @@ class Stats:
         self.crashes = 0
         self.tasks_started = 0
         self.tasks_running = 0
-
-
-class ApiKeyRecord(msgspec.Struct):
-    id: str
-    name: str
-    secret_hash: str
-    created_at: str
-    revoked_at: str | None = None
-
-
-# -- agents and documents -------------------------------------------------------------------
-
-
-class RouteEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One step of a model route: a provider (``[providers.NAME]``) and a model it serves
-    (None: the provider's own ``model``)."""
-
-    provider: str
-    model: str | None = None
-
-
-class AgentRecord(msgspec.Struct, kw_only=True):
-    """An agent: the system prompt, model route, tools and temperature a session talks to."""
-
-    id: str
-    name: str
-    system_prompt: str = ""
-    model: list[RouteEntry] = msgspec.field(default_factory=list)
-    tools: list[str] = msgspec.field(default_factory=list)
-    temperature: float | None = None
-    source: str = "api"  # "config" (config.toml, read-only) | "api"
-    created_at: str = ""
-    updated_at: str = ""
-
-
-class DocumentRecord(msgspec.Struct, kw_only=True):
-    """An uploaded file: kept under the data dir by the hash of its content, text extracted."""
-
-    id: str
-    name: str  # the uploaded file name, for display only (never used as a path)
-    size: int
-    content_type: str
-    kind: str  # txt | md | json | csv | html | pdf
-    sha256: str
-    created_at: str
-    end_user_id: str | None = None  # None: shared (every end user may see it)
-    chars: int = 0  # length of the extracted text
-
-
-# -- tokens and guests ----------------------------------------------------------------------
-
-
-class TokenFamilyRecord(msgspec.Struct):
-    """One grant of session tokens: every access and refresh token rotated from it shares it.
-
-    Revoking the family (a reused refresh token, the session deleted) ends all of them.
-    """
-
-    id: str
-    session_id: str
-    namespace: str
-    created_at: str
-    end_user_id: str | None = None
-    guest_id: str | None = None
-    key_id: str | None = None  # the API key that minted it (per-key limits follow its tokens)
-    revoked_at: str | None = None
-
-
-class RefreshTokenRecord(msgspec.Struct):
-    """A refresh token, known only by the hash of its secret."""
-
-    hash: str
-    family_id: str
-    created_at: str
-    expires_at: float  # epoch seconds
-    used_at: str | None = None
-
-
-class RefreshOutcome(msgspec.Struct):
-    """What presenting a refresh token did: ``rotated``, ``reused`` (family revoked), ``expired``
-    or ``unknown``."""
-
-    status: str
-    family: TokenFamilyRecord | None = None
-
-
-class GuestRecord(msgspec.Struct):
-    """An anonymous visitor, found again by IP or browser fingerprint until it expires."""
-
-    id: str
-    namespace: str
-    created_at: str
-    expires_at: float  # epoch seconds

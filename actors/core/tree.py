@@ -6,11 +6,15 @@ Pure data structure: no asyncio, no storage. The session actor is its only write
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["MessageTree", "Node", "ToolUse", "Usage"]
+__all__ = ["MessageTree", "Node", "NodeStatus", "Role", "ToolUse", "Usage"]
+
+Role = Literal["user", "assistant"]
+NodeStatus = Literal["completed", "running", "cancelled", "failed", "interrupted"]
+"""A message's state: ``running`` while its answer is written, then how its task ended."""
 
 
 class Usage(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -41,11 +45,10 @@ class Node(msgspec.Struct):
 
     id: str
     parent_id: str | None
-    role: str  # "user" | "assistant"
+    role: Role
     content: str
     created_at: str
-    # completed | running | cancelled | failed | interrupted
-    status: str = "completed"
+    status: NodeStatus = "completed"
     task_id: str | None = None
     model: str | None = None
     usage: Usage | None = None

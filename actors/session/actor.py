@@ -1,41 +1,46 @@
 """SessionActor: one asyncio task per live session, the only code that changes it.
 
 The actor owns the message tree, the numbered event log, the subscriber hub and at most one
-running model turn. Everything else puts a command in its mailbox and awaits the reply.
+running model turn (that data, and the publishing of events, is its base SessionState in
+state.py). Everything else puts a command in its mailbox and awaits the reply.
 
-The turn runs as a child task of the actor. It is the only producer of events while it runs
-(it appends deltas straight to the log, synchronously, so it never races the mailbox loop);
-every change to the tree, including the turn's own end, goes through the mailbox.
+The turn (actors/session/turn.py) runs as a child task of the actor and reaches the session
+only through the actor's Journal: it appends text deltas straight to the log, synchronously
+(so it never races the mailbox loop), and every change to the tree or the record, including
+its tool calls and results and its own end, goes through the mailbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, assert_never
+from collections.abc import Callable
+from typing import Literal, TypeVar, assert_never
 
 import msgspec
 
 from actors.core.commands import (
-    AnyCommand,
     CancelTask,
-    DeleteSessionCmd,
+    Command,
+    DeleteSession,
     EditMessage,
     ExportSession,
     GetMessages,
     GetSession,
     GetTree,
     ListCheckpoints,
+    MailboxCommand,
     Navigate,
     Passivate,
     PatchSession,
     RegenerateMessage,
+    ReserveSeqs,
     RestoreCheckpoint,
     SendMessage,
     Shutdown,
     Subscribe,
+    ToolCalled,
+    ToolReturned,
     TurnEnded,
 )
 from actors.core.errors import (
@@ -44,124 +49,85 @@ from actors.core.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
-    PreconditionFailedError,
     SessiondError,
-    TaskRunningError,
+    StoreClosedError,
 )
 from actors.core.events import (
-    TERMINAL_EVENTS,
+    CheckpointCreated,
     Event,
-    EventLog,
+    FrameEncoder,
+    MessageCompleted,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
     TaskInterrupted,
-    encode_frame,
+    TaskStarted,
+    ToolCall,
+    ToolResult,
+    delta_head,
 )
 from actors.core.export import build_export
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
-    DeleteSession,
+    Checkpoint,
     LoadedSession,
     Op,
-    PutEvent,
+    PutCheckpoint,
     PutMessage,
     PutSession,
+    RemoveSession,
     RunningTask,
     SessionRecord,
     Stats,
-    StoredEvent,
 )
-from actors.core.tree import MessageTree, Node, Usage
-from actors.ports import Provider
-from actors.session.fanout import Hub, Subscription
+from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
+from actors.core.tree import Node, ToolUse, Usage
+from actors.ports import EventSink, Provider, SessionStore
+from actors.session.context import model_request
 from actors.session.mailbox import Mailbox
-from actors.session.turn import TaskHandle, TurnOutcome, TurnRunner, _Turn
-from actors.store.base import Store
+from actors.session.state import ActorSettings, SessionState
+from actors.session.turn import Turn
 
-__all__ = ["ActorSettings", "EventSink", "MessagePage", "SessionActor", "TaskHandle", "TreeView", "TurnOutcome"]
+__all__ = ["ActorSettings", "SessionActor", "StopReason"]
 
 log = logging.getLogger("sessiond.actor")
 
+R = TypeVar("R")
 
-EventSink = Callable[[str, int, str, bytes, "str | None"], None]
-"""Told of every event a session emits: (session id, seq, type, frame, task id if terminal)."""
-
-
-class ActorSettings(msgspec.Struct, frozen=True):
-    mailbox_size: int = 64
-    event_retention: int = 10000
-    seq_block: int = 4096
-    max_queued: int = 16
-    replay_events: int = 1000
+StopReason = Literal["", "crashed", "passivated", "deleted", "shutdown", "lease lost", "store closed"]
 
 
-class MessagePage(msgspec.Struct, frozen=True):
-    items: list[tuple[Node, int, int]]  # node, sibling_index, sibling_count
-    usage: Usage
-    has_more: bool
-    total: int
+def _answer(command: Command[R], value: R) -> R:
+    """``value`` as the reply to ``command``: mypy checks it is the command's own R."""
+    return value
 
 
-class TreeView(msgspec.Struct, frozen=True):
-    nodes: list[Node]
-    active_leaf_id: str | None
-
-
-_TASK_END_MEMORY = 64  # terminal seqs remembered for task-scoped streams
-
-
-class SessionActor(TurnRunner):
+class SessionActor(SessionState):
     """The live form of one session (see the module docstring)."""
 
     def __init__(
         self,
         loaded: LoadedSession,
         *,
-        store: Store,
+        store: SessionStore,
         provider: Provider,
         settings: ActorSettings,
         stats: Stats,
         on_stop: Callable[[SessionActor, BaseException | None], None],
+        frame: FrameEncoder,
         sink: EventSink | None = None,
     ) -> None:
-        record = loaded.record
-        self.id = record.id
-        self.record = record
-        self.tree = MessageTree.from_nodes(loaded.nodes, record.active_leaf_id)
-        self.checkpoints = loaded.checkpoints
-        events = loaded.events
-        floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
-        self.log = EventLog(retention=settings.event_retention, floor=floor)
-        self._last_task_start: int | None = None
-        for ev in events:
-            self.log.append(ev.seq, ev.type, ev.frame)
-            if ev.type == "task.started":
-                self._last_task_start = ev.seq
-        # Ids handed out before a crash may be above every durable one: continue above both.
-        self._next_seq = max(record.seq_reserved, loaded.max_seq) + 1
-        self.hub = Hub(self.log)
-        self._store = store
+        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
         self._provider = provider
-        self._settings = settings
-        self._stats = stats
         self._on_stop = on_stop
-        self._sink = sink
         self._mailbox = Mailbox(settings.mailbox_size)
-        self._turn: _Turn | None = None
-        self._queued: deque[_Turn] = deque()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.stop_reason = ""
-        self._loop = asyncio.get_running_loop()
+        self.stop_reason: StopReason = ""
+        self._journal = _ActorJournal(self)
         self.last_activity = self._loop.time()
 
-    # -- identity, read without the mailbox: these fields never change after creation ------
-
-    @property
-    def namespace(self) -> str:
-        return self.record.namespace
-
-    @property
-    def end_user_id(self) -> str | None:
-        return self.record.end_user_id
+    # -- life ------------------------------------------------------------------------------
 
     @property
     def is_alive(self) -> bool:
@@ -214,6 +180,10 @@ class SessionActor(TurnRunner):
                 except SessiondError as exc:
                     if reply is not None and not reply.done():
                         reply.set_exception(exc)
+                    if isinstance(exc, StoreClosedError):
+                        # What this command changed may not be durable: stop; the next
+                        # activation (on a live server) starts from the store.
+                        self._stop("store closed")
                     continue
                 except Exception as exc:
                     # State may be half-changed: tell the caller, then crash so the registry
@@ -250,14 +220,14 @@ class SessionActor(TurnRunner):
                 env.reply.set_exception(ActorStoppedError())
         self.hub.close()
 
-    async def ask(self, command: AnyCommand) -> Any:
+    async def ask(self, command: Command[R]) -> R:
         if self._stopping:
             raise ActorStoppedError()
-        fut: asyncio.Future[Any] = self._loop.create_future()
+        fut: asyncio.Future[R] = self._loop.create_future()
         self._mailbox.tell(command, fut)
         return await fut
 
-    def tell(self, command: AnyCommand) -> None:
+    def tell(self, command: Command[R]) -> None:
         self._mailbox.tell(command)
 
     async def wait_stopped(self) -> None:
@@ -266,132 +236,54 @@ class SessionActor(TurnRunner):
 
     # -- dispatch --------------------------------------------------------------------------
 
-    async def _handle(self, cmd: AnyCommand) -> Any:
+    async def _handle(self, cmd: MailboxCommand) -> object:
         match cmd:
             case GetSession():
-                return self._snapshot()
+                return _answer(cmd, self._snapshot())
             case GetMessages():
-                return self._messages(cmd)
+                return _answer(cmd, self._messages(cmd))
             case GetTree():
-                return TreeView(self.tree.in_order(), self.tree.active_leaf_id)
+                return _answer(cmd, TreeView(self.tree.in_order(), self.tree.active_leaf_id))
             case ListCheckpoints():
-                return list(self.checkpoints)
+                return _answer(cmd, list(self.checkpoints))
             case ExportSession():
-                return build_export(self.record, self.tree.in_order(), self.checkpoints)
+                return _answer(cmd, build_export(self.record, self.tree.in_order(), self.checkpoints))
             case Subscribe():
-                return self._subscribe(cmd.last_event_id)
+                return _answer(cmd, self._subscribe(cmd.last_event_id))
             case PatchSession():
-                return await self._patch(cmd)
+                return _answer(cmd, await self._patch(cmd))
             case SendMessage():
-                return await self._send(cmd)
+                return _answer(cmd, await self._send(cmd))
             case EditMessage():
-                return await self._edit(cmd)
+                return _answer(cmd, await self._edit(cmd))
             case RegenerateMessage():
-                return await self._regenerate(cmd)
+                return _answer(cmd, await self._regenerate(cmd))
             case Navigate():
-                return await self._navigate(cmd)
+                return _answer(cmd, await self._navigate(cmd))
             case RestoreCheckpoint():
-                return await self._restore(cmd)
+                return _answer(cmd, await self._restore(cmd))
             case CancelTask():
-                return await self._cancel()
-            case TurnEnded():
-                return await self._turn_ended(cmd)
-            case DeleteSessionCmd():
-                return await self._delete()
+                return _answer(cmd, await self._cancel())
             case Passivate():
-                return await self._passivate(cmd.idle_seconds)
+                return _answer(cmd, await self._passivate(cmd.idle_seconds))
+            # The rest answer None: their effect is the answer.
+            case DeleteSession():
+                await self._delete()
             case Shutdown():
-                return await self._shutdown()
+                await self._shutdown()
+            case ToolCalled():
+                await self._tool_called(cmd)
+            case ToolReturned():
+                await self._tool_returned(cmd)
+            case ReserveSeqs():
+                await self._reserve_seqs(cmd)
+            case TurnEnded():
+                await self._turn_ended(cmd)
             case _:
                 assert_never(cmd)
-
-    # -- reads -----------------------------------------------------------------------------
-
-    def _snapshot(self) -> SessionRecord:
-        return msgspec.structs.replace(self.record, message_count=len(self.tree))
-
-    @property
-    def status(self) -> str:
-        return "running" if self._turn is not None else "idle"
-
-    def _messages(self, cmd: GetMessages) -> MessagePage:
-        path = self.tree.active_path()
-        page = path[cmd.offset : cmd.offset + cmd.limit]
-        items = [(node, *self.tree.sibling_position(node.id)) for node in page]
-        return MessagePage(
-            items=items,  # type: ignore[arg-type]
-            usage=self.record.usage,
-            has_more=cmd.offset + len(page) < len(path),
-            total=len(path),
-        )
-
-    def _subscribe(self, last_event_id: int | None) -> Subscription:
-        if last_event_id is None:
-            start = self._last_task_start
-            last_event_id = start - 1 if start is not None else self.log.last_seq
-        return self.hub.subscribe(last_event_id, on_reset=self.reset_cursor)
-
-    def reset_cursor(self) -> int:
-        """Where a stream told to reset continues: the running task's start, else now."""
-        start = self._last_task_start
-        if self._turn is not None and start is not None and self.log.covers(start - 1):
-            return start - 1
-        return self.log.last_seq
-
-    # -- events ----------------------------------------------------------------------------
-
-    async def _publish(self, events: Sequence[Event], ops: Sequence[Op] = (), *, ends: Sequence[str] = ()) -> list[int]:
-        """Number ``events``, commit them with ``ops``, and only then show them to subscribers.
-
-        Committing first means an id a client has seen is always durable or above the
-        durable reservation, and a crash can never hand it out again.
-        """
-        seqs: list[int] = []
-        stored: list[StoredEvent] = []
-        for event in events:
-            seq = self._next_seq
-            self._next_seq += 1
-            seqs.append(seq)
-            stored.append(StoredEvent(seq, type(event).__struct_config__.tag, encode_frame(seq, event)))  # type: ignore[arg-type]
-        if self._next_seq - 1 > self.record.seq_reserved:
-            self.record.seq_reserved = self._next_seq - 1
-        all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
-        await self._store.commit(all_ops)
-        end_task = ends[0] if ends else None
-        for ev in stored:
-            self.log.append(ev.seq, ev.type, ev.frame)
-            if ev.type == "task.started":
-                self._last_task_start = ev.seq
-            if self._sink is not None:
-                self._sink(self.id, ev.seq, ev.type, ev.frame, end_task if ev.type in TERMINAL_EVENTS else None)
-        for task_id in ends:
-            self.hub.task_end_seq[task_id] = seqs[-1]
-            if len(self.hub.task_end_seq) > _TASK_END_MEMORY:
-                del self.hub.task_end_seq[next(iter(self.hub.task_end_seq))]
-        self._stats.events += len(stored)
-        self.hub.notify()
-        return seqs
-
-    def _touch(self) -> None:
-        self.record.last_active_at = utcnow()
-        self.record.version += 1
-        self.record.message_count = len(self.tree)
+        return None
 
     # -- mutations -------------------------------------------------------------------------
-
-    def _check_version(self, if_match: int | None) -> None:
-        if if_match is not None and if_match != self.record.version:
-            raise PreconditionFailedError(f"session is at version {self.record.version}, not {if_match}")
-
-    def _require_idle(self) -> None:
-        if self._turn is not None:
-            raise TaskRunningError(f"task {self._turn.task_id} is running; cancel it or queue")
-
-    def _node(self, message_id: str) -> Node:
-        node = self.tree.get(message_id)
-        if node is None:
-            raise NotFoundError(f"no message {message_id} in this session")
-        return node
 
     async def _patch(self, cmd: PatchSession) -> SessionRecord:
         self._check_version(cmd.if_match)
@@ -493,9 +385,8 @@ class SessionActor(TurnRunner):
             ops.append(PutMessage.of(self.id, user))
             answer_to = user.id
         assert answer_to is not None
-        turn = _Turn(new_id("tsk"), answer_to, self._loop.create_future())
+        turn = Turn(new_id("tsk"), answer_to, self._loop.create_future(), queued=queued)
         if queued:
-            turn.queued = True
             self._queued.append(turn)
             self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to)]
             self._touch()
@@ -510,7 +401,7 @@ class SessionActor(TurnRunner):
 
     async def _delete(self) -> None:
         await self._stop_turn()
-        await self._store.commit([DeleteSession(self.id)])
+        await self._store.commit([RemoveSession(self.id)])
         self._stop("deleted")
 
     async def _passivate(self, idle_seconds: float) -> bool:
@@ -531,12 +422,170 @@ class SessionActor(TurnRunner):
         await self._store.commit([PutSession.of(self.record)])
         self._stop("shutdown")
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: StopReason) -> None:
         """Stop now, writing nothing more (the session's lease is gone)."""
         self.stop_reason = reason
         if self._task is not None:
             self._task.cancel()
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: StopReason) -> None:
         self._stopping = True
         self.stop_reason = reason
+
+    # -- the running turn ------------------------------------------------------------------
+
+    def _current(self, task_id: str) -> Turn | None:
+        """The running turn, if it is ``task_id`` (a message of an ended turn is ignored)."""
+        turn = self._turn
+        return turn if turn is not None and turn.task_id == task_id else None
+
+    async def _reserve_seqs(self, cmd: ReserveSeqs) -> None:
+        """Durably reserve the next block of ids before handing any of them out."""
+        if self._current(cmd.task_id) is None or self._next_seq <= self.record.seq_reserved:
+            return
+        self.record.seq_reserved = self._next_seq + self._settings.seq_block
+        await self._store.commit([PutSession.of(self.record)])
+
+    async def _start_turn(self, turn: Turn, ops: list[Op]) -> None:
+        user = self.tree.nodes[turn.user_id]
+        if turn.queued and self.tree.active_leaf_id not in (None, user.parent_id):
+            # A queued message: it follows the answer that was running when its turn came.
+            self.tree.move(user.id, self.tree.active_leaf_id)
+            ops = [PutMessage.of(self.id, user)]
+        reply = Node(new_id("msg"), turn.user_id, "assistant", "", utcnow(), status="running", task_id=turn.task_id)
+        turn.reply_id = reply.id
+        turn.delta_head = delta_head(turn.task_id, reply.id)
+        self.tree.add(reply)
+        self.record.active_leaf_id = reply.id
+        running = [r for r in self.record.running if r.task_id != turn.task_id]
+        self.record.running = [RunningTask(turn.task_id, turn.user_id, reply.id), *running]
+        # Reserve ids for this turn's deltas in the same commit that makes it durable.
+        self.record.seq_reserved = max(self.record.seq_reserved, self._next_seq + self._settings.seq_block)
+        self._touch()
+        self._turn = turn
+        self._stats.tasks_started += 1
+        self._stats.tasks_running += 1
+        await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
+        request = model_request(self.record, self.tree, turn.user_id)
+        turn.task = self._loop.create_task(
+            turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
+        )
+
+    async def _tool_called(self, cmd: ToolCalled) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return
+        reply = self.tree.nodes[turn.reply_id]
+        reply.tool_calls = [*(reply.tool_calls or []), ToolUse(cmd.call_id, cmd.name, cmd.arguments)]
+        await self._publish([ToolCall(turn.task_id, cmd.call_id, cmd.name, cmd.arguments)])
+
+    async def _tool_returned(self, cmd: ToolReturned) -> None:
+        """A tool result is durable at once, with a checkpoint on the answer being written."""
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return
+        reply = self.tree.nodes[turn.reply_id]
+        for use in reply.tool_calls or []:
+            if use.call_id == cmd.call_id:
+                use.output, use.is_error = cmd.output, cmd.is_error
+        reply.content = turn.text()
+        cp = Checkpoint(new_id("ckp"), reply.id, utcnow(), f"tool:{cmd.name}")
+        self.checkpoints.append(cp)
+        await self._publish(
+            [ToolResult(turn.task_id, cmd.call_id, cmd.output, cmd.is_error), CheckpointCreated(cp.id, reply.id)],
+            [PutMessage.of(self.id, reply), PutCheckpoint.of(self.id, cp)],
+        )
+
+    async def _turn_ended(self, cmd: TurnEnded) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return  # already ended by a cancel
+        await self._finish(turn, "failed" if cmd.error else "completed", cmd.error)
+
+    async def _finish(self, turn: Turn, status: TurnStatus, error: str | None) -> None:
+        """End the running turn: fold its deltas into the reply, record, announce, go on."""
+        reply = self.tree.nodes[turn.reply_id]
+        reply.content = turn.text()
+        reply.status = status
+        reply.usage = turn.usage
+        reply.model = turn.model
+        self.record.usage = self.record.usage + turn.usage
+        self.record.running = [r for r in self.record.running if r.task_id != turn.task_id]
+        self._touch()
+        ops: list[Op] = [PutMessage.of(self.id, reply)]
+        events: list[Event] = [MessageCompleted(turn.task_id, reply, turn.usage, turn.model)]
+        match status:
+            case "completed":
+                cp = Checkpoint(new_id("ckp"), reply.id, utcnow(), "answer")
+                self.checkpoints.append(cp)
+                ops.append(PutCheckpoint.of(self.id, cp))
+                events += [CheckpointCreated(cp.id, reply.id), TaskCompleted(turn.task_id)]
+            case "failed":
+                events.append(TaskFailed(turn.task_id, error or "the model failed"))
+            case "cancelled":
+                events.append(TaskCancelled(turn.task_id))
+            case "interrupted":
+                events.append(TaskInterrupted(turn.task_id))
+            case _:
+                assert_never(status)
+        self._turn = None
+        self._stats.tasks_running -= 1
+        await self._publish(events, ops, ends=[turn.task_id])
+        if not turn.done.done():
+            index, count = self.tree.sibling_position(reply.id)
+            turn.done.set_result(TurnOutcome(turn.task_id, status, reply, turn.usage, turn.model, error, index, count))
+        if self._queued and not self._stopping:
+            await self._start_turn(self._queued.popleft(), [])
+
+    async def _stop_turn(self) -> Turn | None:
+        turn = self._turn
+        if turn is not None and turn.task is not None and not turn.task.done():
+            turn.task.cancel()
+            try:
+                await turn.task
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+        return turn
+
+    async def _cancel(self) -> str:
+        if self._turn is None:
+            raise ConflictError("no task is running in this session")
+        self._queued_interrupt(cancelled=True)
+        turn = await self._stop_turn()
+        assert turn is not None
+        await self._finish(turn, "cancelled", None)
+        return turn.task_id
+
+    def _queued_interrupt(self, *, cancelled: bool) -> None:
+        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree."""
+        queued = list(self._queued)
+        self._queued.clear()
+        ids = {t.task_id for t in queued}
+        self.record.running = [r for r in self.record.running if r.task_id not in ids]
+        for turn in queued:
+            if not turn.done.done():
+                reason: TurnStatus = "cancelled" if cancelled else "interrupted"
+                node = self.tree.nodes[turn.user_id]
+                turn.done.set_result(TurnOutcome(turn.task_id, reason, node, Usage(), None))
+
+
+class _ActorJournal:
+    """The actor as its running turn sees it (turn.Journal): nothing else of it is reachable."""
+
+    __slots__ = ("_actor", "delta", "has_ids")
+
+    def __init__(self, actor: SessionActor) -> None:
+        self._actor = actor
+        # Bound once: these two run for every token, so the turn calls the actor's own methods.
+        self.has_ids: Callable[[], bool] = actor._has_ids
+        self.delta: Callable[[Turn, str], None] = actor._emit_delta
+
+    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs) -> None:
+        fut: asyncio.Future[None] = self._actor._loop.create_future()
+        self._actor._mailbox.tell_internal(command, fut)
+        await fut
+
+    def end(self, command: TurnEnded) -> None:
+        self._actor._mailbox.tell_internal(command)

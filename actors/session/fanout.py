@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 
 from actors.core.events import EventLog
+from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch
 
 __all__ = ["CLOSED", "HEARTBEAT", "RESET", "Batch", "Hub", "Subscription"]
 
@@ -91,24 +92,8 @@ class Hub:
         return Subscription(self, cursor, task_id, on_reset)
 
 
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-HEARTBEAT = _Marker("HEARTBEAT")
-CLOSED = _Marker("CLOSED")
-RESET = _Marker("RESET")
-Batch = list[bytes] | _Marker
-
-
 class Subscription:
-    """One reader of a Hub: ``await next()`` gives frames, HEARTBEAT, RESET or CLOSED."""
+    """One reader of a Hub (an EventStream): ``await next()`` gives frames, HEARTBEAT, RESET or CLOSED."""
 
     __slots__ = ("_done", "_on_reset", "_open", "cursor", "hub", "task_id")
 

@@ -1,52 +1,31 @@
-"""The Store protocol: durable state behind the actors, written by group commit."""
+"""The store protocols beside the sessions': the edge's and the agent side's tables.
+
+The session part (``SessionStore``) is a port of the core, in actors/ports.py. Both stores
+(SQLite and PostgreSQL) implement all three in one database; ``Store`` is that whole.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Protocol
 
-from actors.core.records import (
+from actors.core.tree import Usage
+from actors.ports import SessionStore
+from actors.store.tables import (
     AgentRecord,
     ApiKeyRecord,
     DocumentRecord,
     GuestRecord,
-    LoadedSession,
-    Op,
     RefreshOutcome,
     RefreshTokenRecord,
-    SessionQuery,
-    SessionRecord,
-    StoredEvent,
     TokenFamilyRecord,
 )
-from actors.core.tree import Usage
 
-__all__ = ["Store"]
+__all__ = ["AuthStore", "CatalogStore", "SessionStore", "Store"]
 
 
-class Store(Protocol):
-    """What the registry and the actors need from a database."""
-
-    async def open(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    async def commit(self, ops: Sequence[Op]) -> None:
-        """Write ``ops`` durably; returns only after the transaction holding them committed.
-
-        Concurrent callers share transactions (group commit); ops of one call keep their order
-        and never straddle two transactions.
-        """
-
-    async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None: ...
-
-    async def get_session(self, session_id: str) -> SessionRecord | None: ...
-
-    async def list_sessions(self, query: SessionQuery) -> list[SessionRecord]: ...
-
-    async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]: ...
-
-    async def ping(self) -> None: ...
+class AuthStore(Protocol):
+    """The edge's tables: API keys, session token families and refresh tokens, guests."""
 
     async def put_api_key(self, key: ApiKeyRecord) -> None: ...
 
@@ -56,7 +35,35 @@ class Store(Protocol):
 
     async def revoke_api_key(self, key_id: str, when: str) -> bool: ...
 
-    # -- agents, documents, usage per end user ---------------------------------------------
+    async def put_token_family(self, family: TokenFamilyRecord, token: RefreshTokenRecord) -> None:
+        """Record a new grant and its first refresh token."""
+
+    async def get_token_family(self, family_id: str) -> TokenFamilyRecord | None: ...
+
+    async def rotate_refresh_token(
+        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str
+    ) -> RefreshOutcome:
+        """Atomically: mark ``old_hash`` used and store ``new`` in its family (``rotated``); or,
+        if it was used already, revoke the whole family (``reused``)."""
+
+    async def revoke_session_tokens(self, session_id: str) -> int:
+        """Forget every token family of the session; returns how many there were."""
+
+    async def find_guest(
+        self, namespace: str, ip: str | None, fingerprint: str | None, now: float
+    ) -> GuestRecord | None:
+        """The live guest with that fingerprint, else with that IP (both given as digests)."""
+
+    async def find_or_create_guest(
+        self, namespace: str, ip: str, fingerprint: str | None, new: GuestRecord, now: float
+    ) -> tuple[GuestRecord, bool]:
+        """Like ``find_guest``, linking the IP and fingerprint to it; ``new`` if none matched."""
+
+    async def get_guest(self, guest_id: str, now: float) -> GuestRecord | None: ...
+
+
+class CatalogStore(Protocol):
+    """The agent side's tables: agents, documents, and usage summed per end user."""
 
     async def put_agent(self, agent: AgentRecord) -> None:
         """Insert or replace an agent made through the API."""
@@ -86,30 +93,6 @@ class Store(Protocol):
     async def end_user_usage(self, end_user_id: str) -> tuple[int, Usage]:
         """(sessions, summed token usage) over the end user's existing sessions."""
 
-    # -- session tokens and guests ---------------------------------------------------------
 
-    async def put_token_family(self, family: TokenFamilyRecord, token: RefreshTokenRecord) -> None:
-        """Record a new grant and its first refresh token."""
-
-    async def get_token_family(self, family_id: str) -> TokenFamilyRecord | None: ...
-
-    async def rotate_refresh_token(
-        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str
-    ) -> RefreshOutcome:
-        """Atomically: mark ``old_hash`` used and store ``new`` in its family (``rotated``); or,
-        if it was used already, revoke the whole family (``reused``)."""
-
-    async def revoke_session_tokens(self, session_id: str) -> int:
-        """Forget every token family of the session; returns how many there were."""
-
-    async def find_guest(
-        self, namespace: str, ip: str | None, fingerprint: str | None, now: float
-    ) -> GuestRecord | None:
-        """The live guest with that fingerprint, else with that IP (both given as digests)."""
-
-    async def find_or_create_guest(
-        self, namespace: str, ip: str, fingerprint: str | None, new: GuestRecord, now: float
-    ) -> tuple[GuestRecord, bool]:
-        """Like ``find_guest``, linking the IP and fingerprint to it; ``new`` if none matched."""
-
-    async def get_guest(self, guest_id: str, now: float) -> GuestRecord | None: ...
+class Store(SessionStore, AuthStore, CatalogStore, Protocol):
+    """One database behind everything: what the server composes and the CLI opens."""

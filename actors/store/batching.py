@@ -13,15 +13,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from actors.core.records import DeleteSession, Op, PutCheckpoint, PutEvent, PutMessage, PutSession
+from actors.batch import BatchQueue, QueueClosedError
+from actors.core.errors import StoreClosedError
+from actors.core.records import Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession
 
 __all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
 
 log = logging.getLogger("sessiond.store")
-
-
-class StoreClosedError(RuntimeError):
-    """The store was closed before the write could be queued."""
 
 
 class _Pending:
@@ -45,7 +43,7 @@ class GroupCommitter:
     ) -> None:
         self._write = write
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(queue_size)
+        self._queue: BatchQueue[_Pending] = BatchQueue(queue_size)
         self.on_commit = on_commit
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -57,7 +55,10 @@ class GroupCommitter:
         if self._closed:
             raise StoreClosedError("store is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(ops, fut))
+        try:
+            await self._queue.put(_Pending(ops, fut))
+        except QueueClosedError:
+            raise StoreClosedError("store is closed") from None
         await fut
 
     async def aclose(self) -> None:
@@ -65,26 +66,13 @@ class GroupCommitter:
         if self._closed:
             return
         self._closed = True
+        self._queue.close()
         if self._task is not None:
-            await self._queue.put(None)
             await self._task
 
     async def _loop(self) -> None:
-        queue = self._queue
-        while True:
-            first = await queue.get()
-            if first is None:
-                return
-            batch = [first]
-            count = len(first.ops)
-            closing = False
-            while count < self._max_batch and not queue.empty():
-                item = queue.get_nowait()
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
-                count += len(item.ops)
+        async for batch in self._queue.batches(self._max_batch, cost=lambda p: len(p.ops)):
+            count = sum(len(p.ops) for p in batch)
             started = time.perf_counter()
             try:
                 await self._write([op for p in batch for op in p.ops])
@@ -99,8 +87,6 @@ class GroupCommitter:
                 for p in batch:
                     if not p.fut.done():
                         p.fut.set_result(None)
-            if closing:
-                return
 
 
 class Rows:
@@ -125,6 +111,6 @@ class Rows:
                 case PutCheckpoint():
                     self.checkpoints.append((op.id, op.session_id, op.body.decode()))
                 case PutEvent(session_id=sid, event=ev):
-                    self.events.append((sid, ev.seq, ev.type, ev.frame))
-                case DeleteSession(session_id=sid):
+                    self.events.append((sid, ev.seq, ev.type, ev.data))
+                case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))

@@ -23,23 +23,28 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from actors.core.records import (
-    AgentRecord,
-    ApiKeyRecord,
     Checkpoint,
-    DocumentRecord,
-    GuestRecord,
     LoadedSession,
     Op,
-    RefreshOutcome,
-    RefreshTokenRecord,
+    PutCheckpoint,
+    PutMessage,
+    PutSession,
     SessionQuery,
     SessionRecord,
     StoredEvent,
-    TokenFamilyRecord,
 )
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows
 from actors.store.migrations.postgres import PG_MIGRATIONS
+from actors.store.tables import (
+    AgentRecord,
+    ApiKeyRecord,
+    DocumentRecord,
+    GuestRecord,
+    RefreshOutcome,
+    RefreshTokenRecord,
+    TokenFamilyRecord,
+)
 
 __all__ = ["PG_MIGRATIONS", "PostgresStore"]
 
@@ -62,15 +67,21 @@ _UPSERT_SESSION = (
 )
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
-    " ON CONFLICT (id) DO UPDATE SET body = excluded.body"
+    " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
 )
 _UPSERT_CHECKPOINT = (
     "INSERT INTO checkpoints (id, session_id, body) VALUES ($1, $2, $3)"
-    " ON CONFLICT (id) DO UPDATE SET body = excluded.body"
+    " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
 )
+_INSERT_NEW_SESSION = (
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+_INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
+_INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES ($1, $2, $3)"
 _INSERT_EVENT = (
-    "INSERT INTO events (session_id, seq, type, frame) VALUES ($1, $2, $3, $4)"
-    " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, frame = excluded.frame"
+    "INSERT INTO events (session_id, seq, type, data) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data"
 )
 _DELETES = [
     "DELETE FROM messages WHERE session_id = $1",
@@ -204,29 +215,56 @@ class PostgresStore:
 
     # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
-    async def _write(self, ops: list[Op]) -> None:
-        rows = Rows(ops)
-        sessions = [
+    @staticmethod
+    def _sessions(rows: Rows) -> list[tuple[Any, ...]]:
+        return [
             (_text(a), _text(ns), _param(eu), at, _jsonb(body.encode()) if "\\u0000" in body else body)
             for a, ns, eu, at, body in rows.sessions
         ]
-        messages = [(_text(a), _text(b), body) for a, b, body in rows.messages]
-        checkpoints = [(_text(a), _text(b), body) for a, b, body in rows.checkpoints]
-        events = [(_text(sid), seq, type_, frame) for sid, seq, type_, frame in rows.events]
+
+    @staticmethod
+    def _children(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        return [(_text(a), _text(b), body) for a, b, body in table]
+
+    async def _write(self, ops: list[Op]) -> None:
+        rows = Rows(ops)
+        sessions = self._sessions(rows)
+        messages = self._children(rows.messages)
+        checkpoints = self._children(rows.checkpoints)
+        events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
         deletes = [(_text(sid),) for (sid,) in rows.deletes]
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            for sql, rows in (
+            tables: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...] = (
                 (_UPSERT_SESSION, sessions),
                 (_UPSERT_MESSAGE, messages),
                 (_UPSERT_CHECKPOINT, checkpoints),
                 (_INSERT_EVENT, events),
-            ):
-                if rows:
-                    await conn.executemany(sql, rows)
+            )
+            for sql, table in tables:
+                if table:
+                    await conn.executemany(sql, table)
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)
+
+    async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
+        """One insert-only transaction; False (nothing written) if the session id is taken."""
+        batch = Rows([session, *rows])
+
+        async def insert(conn: asyncpg.Connection) -> bool:
+            # A concurrent import of the same id waits here for ours to end, then inserts nothing.
+            if _count(await conn.execute(_INSERT_NEW_SESSION, *self._sessions(batch)[0])) == 0:
+                return False
+            # Rows left under this id by a session that no longer exists belong to nobody.
+            for sql in _DELETES[:3]:
+                await conn.execute(sql, _text(session.id))
+            for sql, table in ((_INSERT_MESSAGE, batch.messages), (_INSERT_CHECKPOINT, batch.checkpoints)):
+                if table:
+                    await conn.executemany(sql, self._children(table))
+            return True
+
+        return await self._transaction(insert)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -248,7 +286,7 @@ class PostgresStore:
         nodes = await self._fetch("SELECT body FROM messages WHERE session_id = $1 ORDER BY pos", session_id)
         cps = await self._fetch("SELECT body FROM checkpoints WHERE session_id = $1 ORDER BY pos", session_id)
         evs = await self._fetch(
-            "SELECT seq, type, frame FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT $2", session_id, events
+            "SELECT seq, type, data FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT $2", session_id, events
         )
         evs.reverse()
         max_seq = await self._fetch("SELECT max(seq) FROM events WHERE session_id = $1", session_id)
@@ -262,7 +300,7 @@ class PostgresStore:
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
         rows = await self._fetch(
-            "SELECT seq, type, frame FROM events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT seq, type, data FROM events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             session_id, after, limit,
         )
         return [StoredEvent(r[0], r[1], bytes(r[2])) for r in rows]
@@ -343,8 +381,9 @@ class PostgresStore:
 
     async def put_document(self, doc: DocumentRecord, text: str) -> None:
         await self._execute(
-            "INSERT INTO documents (id, sha256, end_user_id, created_at, body, text) VALUES ($1, $2, $3, $4, $5, $6)",
-            doc.id, doc.sha256, doc.end_user_id, doc.created_at, _enc.encode(doc).decode(), text,
+            "INSERT INTO documents (id, sha256, end_user_id, created_at, body, text, shared)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            doc.id, doc.sha256, doc.end_user_id, doc.created_at, _enc.encode(doc).decode(), text, doc.shared,
         )
 
     async def get_document(self, document_id: str) -> DocumentRecord | None:
@@ -352,14 +391,15 @@ class PostgresStore:
         return _dec_document.decode(rows[0][0]) if rows else None
 
     async def list_documents(self, end_user_id: str | None, *, limit: int, offset: int) -> list[DocumentRecord]:
-        """Newest first; for an end user, that user's documents and the shared ones."""
+        """Newest first; for an end user, that user's documents and the shared ones (never a
+        guest's or a session's)."""
         if end_user_id is None:
             rows = await self._fetch(
                 "SELECT body FROM documents ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2", limit, offset
             )
         else:
             rows = await self._fetch(
-                "SELECT body FROM documents WHERE end_user_id = $1 OR end_user_id IS NULL"
+                "SELECT body FROM documents WHERE end_user_id = $1 OR shared"
                 " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
                 end_user_id, limit, offset,
             )

@@ -17,23 +17,28 @@ import aiosqlite
 import msgspec
 
 from actors.core.records import (
-    AgentRecord,
-    ApiKeyRecord,
     Checkpoint,
-    DocumentRecord,
-    GuestRecord,
     LoadedSession,
     Op,
-    RefreshOutcome,
-    RefreshTokenRecord,
+    PutCheckpoint,
+    PutMessage,
+    PutSession,
     SessionQuery,
     SessionRecord,
     StoredEvent,
-    TokenFamilyRecord,
 )
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
 from actors.store.migrations.sqlite import MIGRATIONS
+from actors.store.tables import (
+    AgentRecord,
+    ApiKeyRecord,
+    DocumentRecord,
+    GuestRecord,
+    RefreshOutcome,
+    RefreshTokenRecord,
+    TokenFamilyRecord,
+)
 
 __all__ = ["SqliteStore", "StoreClosedError"]
 
@@ -55,13 +60,19 @@ _UPSERT_SESSION = (
 )
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
-    " ON CONFLICT(id) DO UPDATE SET body = excluded.body"
+    " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
 )
 _UPSERT_CHECKPOINT = (
     "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
-    " ON CONFLICT(id) DO UPDATE SET body = excluded.body"
+    " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
 )
-_INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, frame) VALUES (?, ?, ?, ?)"
+_INSERT_NEW_SESSION = (
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT(id) DO NOTHING"
+)
+_INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
+_INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
+_INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)"
 _DELETES = [
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
@@ -144,6 +155,23 @@ class SqliteStore:
             await db.execute("ROLLBACK")
             raise
 
+    async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
+        """One insert-only transaction; False (nothing written) if the session id is taken."""
+        batch = Rows([session, *rows])
+
+        async def insert(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(_INSERT_NEW_SESSION, batch.sessions[0])
+            if cur.rowcount == 0:
+                return False
+            # Rows left under this id by a session that no longer exists belong to nobody.
+            for sql in _DELETES[:3]:
+                await db.execute(sql, (session.id,))
+            await db.executemany(_INSERT_MESSAGE, batch.messages)
+            await db.executemany(_INSERT_CHECKPOINT, batch.checkpoints)
+            return True
+
+        return await self._transaction(insert)
+
     # -- reads -----------------------------------------------------------------------------
 
     async def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -169,7 +197,7 @@ class SqliteStore:
             "SELECT body FROM checkpoints WHERE session_id = ? ORDER BY pos", (session_id,)
         )
         evs = await self._all(
-            "SELECT seq, type, frame FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+            "SELECT seq, type, data FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
             (session_id, events),
         )
         evs.reverse()
@@ -178,16 +206,16 @@ class SqliteStore:
             record=record,
             nodes=[_dec_node.decode(r[0]) for r in nodes],
             checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
-            events=[StoredEvent(seq, type_, bytes(frame)) for seq, type_, frame in evs],
+            events=[StoredEvent(seq, type_, bytes(data)) for seq, type_, data in evs],
             max_seq=max_seq,
         )
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
         rows = await self._all(
-            "SELECT seq, type, frame FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (session_id, after, limit),
         )
-        return [StoredEvent(seq, type_, bytes(frame)) for seq, type_, frame in rows]
+        return [StoredEvent(seq, type_, bytes(data)) for seq, type_, data in rows]
 
     async def list_sessions(self, query: SessionQuery) -> list[SessionRecord]:
         where: list[str] = []
@@ -272,8 +300,9 @@ class SqliteStore:
 
     async def put_document(self, doc: DocumentRecord, text: str) -> None:
         await self._write_one(
-            "INSERT INTO documents (id, sha256, end_user_id, created_at, body, text) VALUES (?, ?, ?, ?, ?, ?)",
-            (doc.id, doc.sha256, doc.end_user_id, doc.created_at, msgspec.json.encode(doc).decode(), text),
+            "INSERT INTO documents (id, sha256, end_user_id, created_at, body, text, shared)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (doc.id, doc.sha256, doc.end_user_id, doc.created_at, msgspec.json.encode(doc).decode(), text, doc.shared),
         )
 
     async def get_document(self, document_id: str) -> DocumentRecord | None:
@@ -281,11 +310,12 @@ class SqliteStore:
         return msgspec.json.decode(rows[0][0], type=DocumentRecord) if rows else None
 
     async def list_documents(self, end_user_id: str | None, *, limit: int, offset: int) -> list[DocumentRecord]:
-        """Newest first; for an end user, that user's documents and the shared ones."""
+        """Newest first; for an end user, that user's documents and the shared ones (never a
+        guest's or a session's)."""
         sql = "SELECT body FROM documents"
         params: list[Any] = []
         if end_user_id is not None:
-            sql += " WHERE end_user_id = ? OR end_user_id IS NULL"
+            sql += " WHERE end_user_id = ? OR shared = 1"
             params.append(end_user_id)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         rows = await self._all(sql, [*params, limit, offset])

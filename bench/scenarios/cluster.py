@@ -103,6 +103,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         "SESSIOND_FANOUT_KIND": "redis",
         "SESSIOND_REDIS_URL": args.redis_url,
         "SESSIOND_CLUSTER_PREFIX": f"bench{secrets.token_hex(4)}",
+        "SESSIOND_TOKENS_SECRET": secrets.token_urlsafe(48),  # cluster mode: one secret for every node
         "SESSIOND_CLUSTER_STREAM_TTL_SECONDS": "600",
     }
     steps: list[tuple[str, list[Child]]] = [

@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 
 from actors.core.errors import InvalidRequestError, UnavailableError
 from actors.core.ids import new_id, utcnow
-from actors.core.records import GuestRecord
 from actors.store.base import Store
+from actors.store.tables import GuestRecord
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

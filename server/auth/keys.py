@@ -11,8 +11,8 @@ import hmac
 import secrets
 
 from actors.core.ids import utcnow
-from actors.core.records import ApiKeyRecord
 from actors.store.base import Store
+from actors.store.tables import ApiKeyRecord
 
 __all__ = ["KeyRing", "create_key", "hash_secret", "split_key"]
 

@@ -6,8 +6,10 @@ import msgspec
 from aiohttp import web
 
 from actors.core.errors import ForbiddenError, NotFoundError
+from actors.ports import SessionRef
+from actors.store.tables import DocumentRecord
 
-__all__ = ["PRINCIPAL", "Principal", "authorize_session", "principal_of", "require_key"]
+__all__ = ["PRINCIPAL", "SESSION", "Principal", "authorize_session", "principal_of", "require_key"]
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +30,16 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
             return False
         return self.end_user_id is None or self.end_user_id == end_user_id
 
+    def can_read(self, doc: DocumentRecord) -> bool:
+        """A document: an API key sees every one; acting for an end user, that user's and the
+        shared ones; a session token, its session's and its guest's."""
+        if self.kind == "key":
+            return self.end_user_id is None or doc.shared or doc.end_user_id == self.end_user_id
+        # A session token: its own session's uploads, and its guest's (a guest's other sessions).
+        if doc.session_id is not None and doc.session_id == self.session_id:
+            return True
+        return self.guest_id is not None and doc.guest_id == self.guest_id
+
 
 def authorize_session(principal: Principal, session_id: str, namespace: str, end_user_id: str | None) -> None:
     """404 (never 403) for a session the caller may not see: no existence oracle."""
@@ -44,6 +56,8 @@ def require_key(principal: Principal, *, for_end_user: bool = True) -> None:
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+# The route's ``{session_id}``, looked up and authorized once by the auth middleware.
+SESSION: web.RequestKey[SessionRef] = web.RequestKey("session")
 
 
 def principal_of(request: web.Request) -> Principal:

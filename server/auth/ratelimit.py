@@ -16,17 +16,28 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 from redis.exceptions import RedisError
 
+from actors.batch import BatchQueue, QueueClosedError
 from actors.core.errors import RateLimitedError, UnavailableError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["Admission", "Counts", "Limiter", "MemoryLimiter", "RedisLimiter", "Subject", "windows"]
+__all__ = [
+    "Admission",
+    "Counts",
+    "LimitReachedError",
+    "Limiter",
+    "MemoryLimiter",
+    "RedisLimiter",
+    "Subject",
+    "SubjectKind",
+    "windows",
+]
 
 log = logging.getLogger("sessiond.limits")
 
@@ -34,10 +45,15 @@ _HOUR = 3600
 _DAY = 86400
 
 
+# Whose limits: a guest's ([limits] guest_*), an API key's ([limits.keys]), an end user's ([limits.end_users]).
+SubjectKind = Literal["guest", "key", "end_user"]
+
+
 class Subject(msgspec.Struct, frozen=True):
     """Who is counted (``guest:gst_...``, ``key:key_...``, ``user:u123``) and their limits (0 = none)."""
 
     name: str
+    kind: SubjectKind
     messages_per_hour: int = 0
     messages_per_day: int = 0
     tokens_per_day: int = 0
@@ -61,16 +77,28 @@ def windows(now: float) -> tuple[int, int]:
     return int(now // _HOUR), int(now // _DAY)
 
 
-def _refused(subject: Subject, which: int, now: float) -> RateLimitedError:
+class LimitReachedError(RateLimitedError):
+    """A 429 that names the limit which refused it (``guest_messages_per_hour``...), for the metrics."""
+
+    def __init__(self, detail: str, *, limit: str, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.limit = limit
+
+
+def _refused(subject: Subject, which: int, now: float) -> LimitReachedError:
     hour, day = windows(now)
     if which == 0:
-        what, limit, ends = "messages this hour", subject.messages_per_hour, (hour + 1) * _HOUR
+        what, dimension, limit = "messages this hour", "messages_per_hour", subject.messages_per_hour
     elif which == 1:
-        what, limit, ends = "messages today", subject.messages_per_day, (day + 1) * _DAY
+        what, dimension, limit = "messages today", "messages_per_day", subject.messages_per_day
     else:
-        what, limit, ends = "model tokens today", subject.tokens_per_day, (day + 1) * _DAY
-    retry = max(1, math.ceil(ends - now))
-    return RateLimitedError(f"{subject.name} reached its limit of {limit} {what} (UTC)", retry_after=retry)
+        what, dimension, limit = "model tokens today", "tokens_per_day", subject.tokens_per_day
+    ends = (hour + 1) * _HOUR if which == 0 else (day + 1) * _DAY
+    return LimitReachedError(
+        f"{subject.name} reached its limit of {limit} {what} (UTC)",
+        limit=f"{subject.kind}_{dimension}",  # as [limits] names it: guest_messages_per_hour...
+        retry_after=max(1, math.ceil(ends - now)),
+    )
 
 
 class Limiter(Protocol):
@@ -79,7 +107,7 @@ class Limiter(Protocol):
     async def aclose(self) -> None: ...
 
     async def admit(self, subjects: Sequence[Subject], now: float) -> Admission:
-        """Count one message for every subject, or raise RateLimitedError and count nothing."""
+        """Count one message for every subject, or raise LimitReachedError and count nothing."""
 
     async def refund(self, admission: Admission) -> None:
         """Take back a message that was counted but not accepted."""
@@ -213,7 +241,7 @@ class RedisLimiter:
         self._prefix = prefix
         self._admit = redis.register_script(_ADMIT)
         self._refund = redis.register_script(_REFUND)
-        self._tokens: asyncio.Queue[tuple[list[str], int] | None] = asyncio.Queue(_TOKEN_QUEUE)
+        self._tokens: BatchQueue[tuple[list[str], int]] = BatchQueue(_TOKEN_QUEUE)
         self._writer: asyncio.Task[None] | None = None
 
     def _keys(self, name: str, hour: int, day: int) -> list[str]:
@@ -225,7 +253,7 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         if self._writer is not None:
-            await self._tokens.put(None)  # the writer counts what was queued before this
+            self._tokens.close()  # the writer counts what was queued before this
             await self._writer
             self._writer = None
 
@@ -260,19 +288,11 @@ class RedisLimiter:
         keys = [self._keys(s.name, hour, day)[2] for s in subjects]
         try:
             self._tokens.put_nowait((keys, tokens))
-        except asyncio.QueueFull:
+        except (asyncio.QueueFull, QueueClosedError):
             log.warning("token usage dropped: %d tokens for %s", tokens, [s.name for s in subjects])
 
     async def _write_tokens(self) -> None:
-        closing = False
-        while not closing:
-            items = [await self._tokens.get()]
-            while not self._tokens.empty() and len(items) < 500:
-                items.append(self._tokens.get_nowait())
-            closing = None in items
-            batch = [item for item in items if item is not None]
-            if not batch:
-                continue
+        async for batch in self._tokens.batches(500):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for keys, tokens in batch:

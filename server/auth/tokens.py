@@ -22,12 +22,13 @@ import msgspec
 
 from actors.core.errors import UnauthorizedError
 from actors.core.ids import new_id, utcnow
-from actors.core.records import RefreshTokenRecord, SessionRecord, TokenFamilyRecord
+from actors.core.records import SessionRecord
 from actors.store.base import Store
+from actors.store.tables import RefreshTokenRecord, TokenFamilyRecord
 from server.auth.principal import Principal
 from server.config import ConfigError, TokensSection
 
-__all__ = ["REFRESH_PREFIX", "TokenPair", "TokenService", "load_secret", "with_tokens"]
+__all__ = ["REFRESH_PREFIX", "TokenPair", "TokenService", "load_secret"]
 
 log = logging.getLogger("sessiond.auth")
 
@@ -88,16 +89,6 @@ def load_secret(settings: TokensSection, data_dir: Path) -> str:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def with_tokens(body: msgspec.Struct, pair: TokenPair, **extra: Any) -> dict[str, Any]:
-    """A response body: ``body``'s fields plus the token fields (and ``extra``)."""
-    out: dict[str, Any] = msgspec.to_builtins(body)
-    fields = msgspec.to_builtins(pair)
-    del fields["session_id"]
-    out.update(fields)
-    out.update(extra)
-    return out
 
 
 class TokenService:

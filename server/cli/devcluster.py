@@ -12,10 +12,15 @@ import asyncio
 import itertools
 import os
 import signal
+import socket
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientConnectionError, ClientConnectorError, ClientSession, ClientTimeout, web
+
+from server.errors import problem_response
 
 __all__ = ["make_proxy", "register"]
 
@@ -34,36 +39,77 @@ def register(sub: Any, common: Any) -> None:
     p.set_defaults(func=_cmd_cluster)
 
 
-def make_proxy(upstreams: list[str]) -> web.Application:
-    """Round-robin every request over ``upstreams``, streaming bodies both ways (SSE works)."""
-    turn = itertools.cycle(upstreams)
+class _Upstream:
+    """One node behind the proxy, and until when it is left out after failing to answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.down_until = 0.0
+
+
+def make_proxy(upstreams: list[str], *, cooldown_seconds: float = 5.0) -> web.Application:
+    """Round-robin every request over ``upstreams``, streaming answers back (SSE works).
+
+    A node that refuses or drops the connection before answering is left out for
+    ``cooldown_seconds`` and the request goes to the next one; when none answers, the proxy
+    says so as problem+json 503 with Retry-After, as sessiond itself would.
+    """
+    nodes = [_Upstream(u) for u in upstreams]
+    turn = itertools.count()
     app = web.Application(client_max_size=1 << 30)
+    http_key = web.AppKey("http", ClientSession)
 
     async def start(app: web.Application) -> Any:
-        app["http"] = ClientSession(timeout=ClientTimeout(total=None, sock_connect=5), auto_decompress=False)
+        app[http_key] = ClientSession(timeout=ClientTimeout(total=None, sock_connect=5), auto_decompress=False)
         yield
-        await app["http"].close()
+        await app[http_key].close()
+
+    def candidates() -> list[_Upstream]:
+        now = time.monotonic()
+        start = next(turn) % len(nodes)
+        order = nodes[start:] + nodes[:start]
+        up = [n for n in order if n.down_until <= now]
+        return up or order  # all down: try them all anyway, one may be back
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        upstream = next(turn)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["X-Forwarded-For"] = request.remote or ""
-        async with app["http"].request(
-            request.method,
-            upstream + request.rel_url.raw_path_qs,
-            headers=headers,
-            data=request.content,
-            allow_redirects=False,
-        ) as up:
-            resp = web.StreamResponse(
-                status=up.status, headers={k: v for k, v in up.headers.items() if k.lower() not in _HOP}
-            )
-            resp.headers["X-Sessiond-Node"] = upstream
-            await resp.prepare(request)
-            async for chunk in up.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
+        # Read once: a request a dead node never received can go to the next one.
+        body = await request.read() if request.body_exists else None
+        tried = []
+        for node in candidates():
+            try:
+                up = await app[http_key].request(
+                    request.method, node.url + request.rel_url.raw_path_qs,
+                    headers=headers, data=body, allow_redirects=False,
+                )
+            except (ClientConnectorError, TimeoutError) as exc:
+                # Not connected: the node never saw the request, so the next one may take it.
+                node.down_until = time.monotonic() + cooldown_seconds
+                tried.append(f"{node.url} ({type(exc).__name__})")
+                continue
+            except ClientConnectionError as exc:
+                # Dropped after sending: the node may have acted on it, so it is not sent again.
+                node.down_until = time.monotonic() + cooldown_seconds
+                return problem_response(
+                    502, "bad_gateway", "Bad Gateway", f"{node.url} dropped the connection ({type(exc).__name__})",
+                    instance=request.path,
+                )
+            async with up:
+                node.down_until = 0.0
+                resp = web.StreamResponse(
+                    status=up.status, headers={k: v for k, v in up.headers.items() if k.lower() not in _HOP}
+                )
+                resp.headers["X-Sessiond-Node"] = node.url
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+        return problem_response(
+            503, "unavailable", "Service Unavailable",
+            f"no sessiond node answers (tried {', '.join(tried)})", retry_after=1, instance=request.path,
+        )
 
     app.cleanup_ctx.append(start)
     app.router.add_route("*", "/{tail:.*}", forward)
@@ -71,15 +117,25 @@ def make_proxy(upstreams: list[str]) -> web.Application:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from server.cli.main import _config_from
+    from server.auth.tokens import load_secret
+    from server.cli.common import config_from
+    from server.preflight import bind_socket
 
-    config = _config_from(args)
+    config = config_from(args)
     dsn = args.postgres_dsn or config.store.postgres_dsn
     redis_url = args.redis_url or config.redis.url
-    return asyncio.run(_run(args, dsn, redis_url))
+    # The proxy's port first: if it is taken, say so before starting any node.
+    sock = bind_socket("127.0.0.1", args.port, 128)
+    # Every node signs and checks session tokens with one secret (a token minted on one node is
+    # presented to another): the configured one, else one made once in the demo's data dir.
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret = load_secret(config.tokens, config.data_dir)
+    return asyncio.run(_run(args, config.data_dir, dsn, redis_url, secret, sock))
 
 
-async def _run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
+async def _run(
+    args: argparse.Namespace, data_dir: Path, dsn: str, redis_url: str, secret: str, sock: socket.socket
+) -> int:
     procs: list[asyncio.subprocess.Process] = []
     urls: list[str] = []
     base = dict(os.environ)
@@ -88,8 +144,8 @@ async def _run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
         SESSIOND_STORE_POSTGRES_DSN=dsn,
         SESSIOND_FANOUT_KIND="redis",
         SESSIOND_REDIS_URL=redis_url,
+        SESSIOND_TOKENS_SECRET=secret,
     )
-    data_dir = args.data_dir or "./data"
     try:
         for i in range(args.nodes):
             env = {**base, "SESSIOND_CLUSTER_NODE_ID": f"node{i + 1}"}
@@ -102,7 +158,7 @@ async def _run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
                 "--port",
                 str(port),
                 "--data-dir",
-                f"{data_dir}/node{i + 1}",
+                str(data_dir / f"node{i + 1}"),
             ]
             if args.config:
                 cmd += ["--config", args.config]
@@ -112,19 +168,20 @@ async def _run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
             while True:
                 line = (await proc.stdout.readline()).decode()
                 if not line:
-                    print(f"node{i + 1} exited before listening (is PostgreSQL at {dsn} and Redis at {redis_url} up?)")
+                    print(f"sessiond: node{i + 1} exited before listening (its reason is above)", file=sys.stderr)
                     return 1
                 print(f"node{i + 1}: {line.rstrip()}", flush=True)
                 if line.startswith("listening on "):
                     urls.append(line.removeprefix("listening on ").strip())
                     break
-        from server.cli.main import serve_until_signalled
+        from server.cli.common import serve_until_signalled
 
         runner = web.AppRunner(make_proxy(urls), access_log=None)
         await runner.setup()
-        await serve_until_signalled(runner, "127.0.0.1", args.port, note=f" (round-robin over {', '.join(urls)})")
+        await serve_until_signalled(runner, sock, note=f" (round-robin over {', '.join(urls)})")
         return 0
     finally:
+        sock.close()
         for proc in procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

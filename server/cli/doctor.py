@@ -1,166 +1,59 @@
 """``sessiond doctor``: check that this installation can run, and say what is wrong in plain words.
 
-Checks, in order: the configuration parses; the data directory exists (or can be made) and is
-writable; the store opens and its schema is one this sessiond knows; Redis answers when any
-setting uses it; the model providers named in the configuration answer. Nothing is changed:
-the database is opened read-only and never migrated.
+Checks, in order: the configuration parses; the data directory exists (or can be made), is
+writable and private; cluster mode has what it needs; the port is free; the store opens with a
+schema this sessiond knows; API keys exist; PostgreSQL and Redis answer where they are used;
+each model provider lists the models asked of it (server.cli.modelcheck). The sentences are
+server.preflight's, the ones ``sessiond serve`` stops with. Nothing is changed: the database is
+opened read-only and never migrated, the port is bound and released at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import msgspec
-
+from server.cli.modelcheck import check_providers
 from server.config import Config, ConfigError
+from server.preflight import (
+    FAIL,
+    OK,
+    WARN,
+    Check,
+    StartupError,
+    bind_socket,
+    check_cluster,
+    check_data_dir,
+    check_postgres,
+    check_redis,
+    check_store,
+    used_by_redis,
+)
 
-__all__ = ["Check", "provider_urls", "register", "run_checks", "used_by_redis"]
-
-OK, WARN, FAIL = "ok", "warn", "FAIL"
-
-
-class Check(msgspec.Struct):
-    """One finding: its state (ok, warn, FAIL), what was checked, and what was found."""
-
-    state: str
-    name: str
-    detail: str
-
-
-def used_by_redis(config: Config) -> list[str]:
-    """The settings that make sessiond use Redis (``[section] key = "redis"``)."""
-    found = []
-    for section, values in msgspec.to_builtins(config).items():
-        if isinstance(values, dict):
-            found += [f"[{section}] {k}" for k, v in values.items() if v == "redis"]
-    return found
-
-
-def provider_urls(config: Config) -> list[tuple[str, str]]:
-    """(setting, URL) of every ``base_url`` in the configuration: the providers to reach."""
-    out: list[tuple[str, str]] = []
-
-    def walk(value: Any, where: list[str]) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if k.endswith("base_url") and isinstance(v, str) and v:
-                    out.append((f"[{'.'.join(where)}] {k}", v))
-                else:
-                    walk(v, [*where, str(k)])
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, [*where, str(i)])
-
-    walk(msgspec.to_builtins(config), [])
-    return out
-
+__all__ = ["Check", "register", "run_checks", "used_by_redis"]
 
 def _data_dir(config: Config) -> Iterator[Check]:
-    d = config.data_dir.resolve()
-    if d.exists() and not d.is_dir():
-        yield Check(FAIL, "data dir", f"{d} is a file, not a directory: point [server] data_dir elsewhere")
-        return
-    if not d.exists():
-        parent = next((p for p in d.parents if p.exists()), None)
-        if parent is None or not os.access(parent, os.W_OK) or not parent.is_dir():
-            yield Check(FAIL, "data dir", f"{d} does not exist and cannot be created under {parent}")
-        else:
-            yield Check(OK, "data dir", f"{d} does not exist yet; the server will create it")
-        return
-    try:
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
-            pass
-    except OSError as exc:
-        yield Check(FAIL, "data dir", f"cannot write in {d}: {exc.strerror or exc}")
-        return
-    free = os.statvfs(d)
-    free_mib = free.f_bavail * free.f_frsize // (1 << 20)
-    state = OK if free_mib >= 100 else WARN
-    yield Check(state, "data dir", f"{d} is writable ({free_mib} MiB free)")
+    yield check_data_dir(config)
 
 
 def _store(config: Config) -> Iterator[Check]:
-    from actors.store.migrations.sqlite import MIGRATIONS
+    yield check_store(config, thorough=True)
 
-    known = len(MIGRATIONS)
-    if config.store.kind != "sqlite":
-        yield Check(WARN, "store", f"store.kind is {config.store.kind!r}: the doctor checks SQLite stores only")
-        return
-    path = (config.data_dir / config.store.sqlite_file).resolve()
-    if not path.exists():
-        yield Check(OK, "store", f"no database yet at {path}; the server will create it (schema {known})")
-        return
+
+def _port(config: Config) -> Check:
+    host, port = config.server.host, config.server.port
+    if port == 0:
+        return Check(OK, "port", "0: the server takes any free port")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            integrity = db.execute("PRAGMA quick_check").fetchone()[0]
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        yield Check(FAIL, "store", f"cannot open {path} as an SQLite database: {exc}")
-        return
-    if integrity != "ok":
-        yield Check(FAIL, "store", f"{path} is damaged (quick_check: {integrity}); restore it from a backup")
-    elif version > known:
-        yield Check(
-            FAIL, "store",
-            f"{path} has schema {version}, newer than this sessiond knows ({known}): upgrade sessiond",
-        )
-    elif version < known:
-        yield Check(OK, "store", f"{path} opens (schema {version}; the server will migrate it to {known})")
-    else:
-        sessions = "sessions" in tables
-        yield Check(OK if sessions else FAIL, "store", f"{path} opens, schema {version} (current)")
-
-
-async def _redis(config: Config) -> Check:
-    users = used_by_redis(config)
-    if not users:
-        return Check(OK, "redis", "not used by this configuration")
-    import redis.asyncio as aioredis
-
-    url = config.redis.url
-    shown = _without_password(url)
-    conn = aioredis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        await asyncio.wait_for(conn.ping(), 5)
-    except Exception as exc:
-        return Check(FAIL, "redis", f"cannot reach Redis at {shown} (needed by {', '.join(users)}): {exc}")
-    finally:
-        await conn.aclose()
-    return Check(OK, "redis", f"{shown} answers (used by {', '.join(users)})")
-
-
-async def check_provider(setting: str, url: str) -> Check:
-    """Whether the provider at ``url`` (named by ``setting``) answers HTTP at all."""
-    import aiohttp
-
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            async with http.get(url, allow_redirects=False) as resp:
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return Check(FAIL, "provider", f"{setting} = {url} does not answer: {exc or type(exc).__name__}")
-    # Any HTTP answer means the host is there; a model API commonly answers 401/404 at its root.
-    return Check(OK, "provider", f"{setting} = {url} answers (HTTP {status})")
-
-
-async def _providers(config: Config) -> list[Check]:
-    urls = provider_urls(config)
-    if not urls:
-        return [Check(OK, "provider", "the built-in simulated model: nothing to reach")]
-    return list(await asyncio.gather(*(check_provider(s, u) for s, u in urls)))
+        bind_socket(host, port, 1).close()
+    except StartupError as exc:
+        return Check(FAIL, "port", str(exc))
+    return Check(OK, "port", f"{host}:{port} is free")
 
 
 def _keys(config: Config) -> Iterator[Check]:
@@ -187,15 +80,8 @@ def _keys(config: Config) -> Iterator[Check]:
                     "(run `sessiond keys create`)")
 
 
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
 async def _async_checks(config: Config) -> list[Check]:
-    return [await _redis(config), *await _providers(config)]
+    return [await check_postgres(config), await check_redis(config), *await check_providers(config)]
 
 
 def run_checks(load: Callable[[], Config], source: str = "the configuration parses") -> list[Check]:
@@ -206,6 +92,8 @@ def run_checks(load: Callable[[], Config], source: str = "the configuration pars
         return [Check(FAIL, "config", str(exc))]
     checks = [Check(OK, "config", source)]
     checks += _data_dir(config)
+    checks.append(check_cluster(config))
+    checks.append(_port(config))
     checks += _store(config)
     checks += _keys(config)
     checks += asyncio.run(_async_checks(config))

@@ -19,6 +19,7 @@ from actors.core.export import SessionExport, build_export
 from actors.core.tree import MessageTree
 from actors.registry import Registry
 from actors.session.actor import ActorSettings
+from server import sse
 
 __all__ = ["register"]
 
@@ -38,9 +39,9 @@ def register(sub: Any, common: Any) -> None:
 
 def _store_of(args: argparse.Namespace) -> Any:
     from server.app import make_store
-    from server.cli.main import _config_from
+    from server.cli.common import config_from
 
-    return make_store(_config_from(args))
+    return make_store(config_from(args))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         store = _store_of(args)
         await store.open()
         try:
-            registry = Registry(store, None, settings=ActorSettings(), idle_seconds=60)  # type: ignore[arg-type]
+            registry = Registry(store, None, settings=ActorSettings(), idle_seconds=60, frame=sse.frame)  # type: ignore[arg-type]
             record = await registry.import_session(doc, new_id=args.new_id)
         finally:
             await store.aclose()

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import sys
-import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -30,7 +29,7 @@ from actors.core.events import (
     ToolResult,
 )
 from server.client.client import ApiError, Client, EventStream
-from server.schema.wire import MessageOut, TreeNodeOut
+from server.schema.messages import MessageOut, TreeNodeOut
 
 __all__ = ["HELP", "Chat", "default_url", "register", "run_chat"]
 
@@ -349,23 +348,30 @@ def run_chat(url: str, api_key: str | None, session_id: str | None) -> int:
         chat.close()
 
 
-def default_url() -> str:
-    """$SESSIOND_URL, else the [server] address of ./config.toml, else the default one."""
+def default_url(config_path: str | None = None) -> str:
+    """$SESSIOND_URL, else the address serve listens on: the same configuration as serve
+    (``--config`` or ./config.toml, then the SESSIOND_SERVER_* variables)."""
     if os.environ.get("SESSIOND_URL"):
         return os.environ["SESSIOND_URL"]
-    host, port = "127.0.0.1", 8080
-    with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
-        server = tomllib.loads(Path("config.toml").read_text()).get("server", {})
-        host, port = server.get("host", host), server.get("port", port)
+    from server.config import load_config
+
+    path = config_path or ("config.toml" if Path("config.toml").is_file() else None)
+    server = load_config(path).server
+    host = server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{server.port}"
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("chat", help="chat with a session in the terminal")
     p.add_argument("--session", help="the session to continue (default: a new one)")
-    p.add_argument("--url", help="the server (default: $SESSIOND_URL, else the address in ./config.toml)")
+    p.add_argument(
+        "--url", help="the server (default: $SESSIOND_URL, else where serve listens by the same configuration)"
+    )
+    p.add_argument("--config", help="config.toml to take the server's address from (default: ./config.toml)")
     p.add_argument("--api-key", dest="api_key", help="an API key (default: $SESSIOND_API_KEY)")
     p.set_defaults(func=_cmd_chat)
 
@@ -375,4 +381,4 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     if not api_key:
         print("sessiond chat: give an API key with --api-key or $SESSIOND_API_KEY", file=sys.stderr)
         return 2
-    return run_chat(args.url or default_url(), api_key, args.session)
+    return run_chat(args.url or default_url(args.config), api_key, args.session)

@@ -34,13 +34,12 @@ from actors.core.events import (
     ToolCall,
     ToolResult,
 )
-from actors.core.records import SessionRecord
+from actors.core.replies import TreeView
 from actors.core.tree import Node
-from actors.session.actor import TaskHandle, TreeView
 from server.appkeys import CONFIG
 from server.protocols.common import (
-    ProtocolRoute,
     ResumePoint,
+    bind_session,
     reconcile,
     resume_point,
     stream_translated,
@@ -49,9 +48,20 @@ from server.protocols.common import (
 )
 from server.quota import turn_quota
 from server.routes.common import ask
-from server.schema.wire import decode_body
+from server.routing import Route
+from server.schema.common import decode_body
+from server.tasks import admitted, admitted_command
 
-__all__ = ["AG_UI_ROUTES", "AgUiTranslator", "RunAgentInput", "snapshot_messages"]
+__all__ = [
+    "AG_UI_HEADERS",
+    "ROUTES",
+    "AgUiMessage",
+    "AgUiTranslator",
+    "RunAgentInput",
+    "resume",
+    "run",
+    "snapshot_messages",
+]
 
 AG_UI_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -234,9 +244,8 @@ def _history(view: TreeView, reply_id: str) -> list[Node]:
 
 async def run(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, RunAgentInput, empty_ok=False)
-    # The session comes in the body, not the path; the rest of the edge finds it in match_info.
-    request.match_info["session_id"] = body.threadId
-    view: TreeView = await ask(request, GetTree())
+    await bind_session(request, body.threadId)  # the session comes in the body, not the path
+    view = await ask(request, GetTree())
     msgs = [m for m in body.messages if m.role in ("user", "assistant")]
     if not msgs or msgs[-1].role != "user":
         raise InvalidRequestError("messages must end with the user message to send (a run answers a new message)")
@@ -247,29 +256,31 @@ async def run(request: web.Request) -> web.StreamResponse:
         n.content for n in view.nodes if n.id == msgs[-1].id
     ):
         raise InvalidRequestError(f"message {msgs[-1].id} is answered already; add a new user message")
-    quota = await turn_quota(request)
-    handle: TaskHandle = await quota.ask(reconcile(view, [(m.id, m.role) for m in msgs], content))
-    assert handle.subscription is not None
-    view = await ask(request, GetTree())
-    reply = next(n for n in view.nodes if n.task_id == handle.task_id and n.role == "assistant")
-    translator = AgUiTranslator(body.threadId, handle.task_id, _history(view, reply.id))
-    return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
-                                   AG_UI_HEADERS)
+    cmd = reconcile(view, [(m.id, m.role) for m in msgs], content)
+    with admitted_command(request, cmd):
+        handle = await (await turn_quota(request)).ask(cmd)
+        assert handle.subscription is not None
+        view = await ask(request, GetTree())
+        reply = next(n for n in view.nodes if n.task_id == handle.task_id and n.role == "assistant")
+        translator = AgUiTranslator(body.threadId, handle.task_id, _history(view, reply.id))
+        return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
+                                       AG_UI_HEADERS)
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
     after = resume_point(request)
     sid = request.match_info["session_id"]
-    record: SessionRecord = await ask(request, GetSession())
-    running = next((r for r in record.running if r.reply_id), None)
-    if running is None:
-        return web.Response(status=204)
-    view: TreeView = await ask(request, GetTree())
-    assert running.reply_id is not None
-    # From the running task's start, so the translation is the one the client saw.
-    sub = await ask(request, Subscribe(last_event_id=None))
-    translator = AgUiTranslator(sid, running.task_id, _history(view, running.reply_id), after)
-    return await stream_translated(request, sub, request.app[CONFIG].streams, translator, AG_UI_HEADERS)
+    with admitted(request, starts_task=False, opens_stream=True):
+        record = await ask(request, GetSession())
+        running = next((r for r in record.running if r.reply_id), None)
+        if running is None:
+            return web.Response(status=204)
+        view = await ask(request, GetTree())
+        assert running.reply_id is not None
+        # From the running task's start, so the translation is the one the client saw.
+        sub = await ask(request, Subscribe(last_event_id=None))
+        translator = AgUiTranslator(sid, running.task_id, _history(view, running.reply_id), after)
+        return await stream_translated(request, sub, request.app[CONFIG].streams, translator, AG_UI_HEADERS)
 
 
 _EVENTS = {
@@ -279,10 +290,11 @@ _EVENTS = {
                    "RUN_FINISHED or RUN_ERROR).",
 }
 
-AG_UI_ROUTES = [
-    ProtocolRoute(method="POST", path="/v1/ag-ui", handler=run, token=True, task=True, sse=True, ok=_EVENTS,
-                  body=RunAgentInput, summary="AG-UI: run the agent on the thread's new user message"),
-    ProtocolRoute(method="GET", path="/v1/ag-ui/{session_id}/stream", handler=resume, token=True, sse=True,
-                  ok=_EVENTS, extra={"204": None},
-                  summary="AG-UI: the running run's events from its start or Last-Event-ID (204 when none)"),
-]
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/ag-ui", run, "AG-UI: run the agent on the thread's new user message",
+          body=RunAgentInput, body_required=True, task="always", sse=True, token=True, events=_EVENTS,
+          tag="protocols"),
+    Route("GET", "/v1/ag-ui/{session_id}/stream", resume,
+          "AG-UI: the running run's events from its start or Last-Event-ID (204 when none)",
+          sse=True, token=True, events=_EVENTS, responses={"204": None}, tag="protocols"),
+)

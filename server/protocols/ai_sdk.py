@@ -44,13 +44,13 @@ from actors.core.events import (
     ToolCall,
     ToolResult,
 )
+from actors.core.replies import TreeView
 from actors.core.tree import Node
-from actors.session.actor import MessagePage, TaskHandle, TreeView
 from server.appkeys import CONFIG
 from server.protocols.common import (
-    ProtocolRoute,
     ResumePoint,
     active_path,
+    bind_session,
     reconcile,
     resume_point,
     stream_translated,
@@ -59,14 +59,21 @@ from server.protocols.common import (
 )
 from server.quota import turn_quota
 from server.routes.common import ask
-from server.schema.wire import decode_body, json_response
+from server.routing import Route
+from server.schema.common import decode_body, json_response
+from server.tasks import admitted, admitted_command
 
 __all__ = [
-    "AI_SDK_ROUTES",
+    "ROUTES",
     "UI_STREAM_HEADERS",
     "ChatBody",
     "StopOut",
+    "UiMessageIn",
     "UiStreamTranslator",
+    "chat",
+    "messages",
+    "resume",
+    "stop",
     "ui_messages",
 ]
 
@@ -267,27 +274,27 @@ def _command(body: ChatBody, view: TreeView) -> SendMessage | EditMessage | Rege
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, ChatBody, empty_ok=False)
-    # The session comes in the body, not the path; the rest of the edge finds it in match_info.
-    request.match_info["session_id"] = body.id
-    view: TreeView = await ask(request, GetTree())
+    await bind_session(request, body.id)  # the session comes in the body, not the path
+    view = await ask(request, GetTree())
     cmd = _command(body, view)
-    quota = await turn_quota(request)
-    handle: TaskHandle = await quota.ask(cmd)
-    assert handle.subscription is not None
-    translator = UiStreamTranslator(handle.task_id)
-    return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
-                                   UI_STREAM_HEADERS)
+    with admitted_command(request, cmd):
+        handle = await (await turn_quota(request)).ask(cmd)
+        assert handle.subscription is not None
+        translator = UiStreamTranslator(handle.task_id)
+        return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
+                                       UI_STREAM_HEADERS)
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
     after = resume_point(request)
-    record = await ask(request, GetSession())
-    if not record.running:
-        return web.Response(status=204)
-    # From the running task's start, so the translation is the one the client saw.
-    sub = await ask(request, Subscribe(last_event_id=None))
-    translator = UiStreamTranslator(None, after)
-    return await stream_translated(request, sub, request.app[CONFIG].streams, translator, UI_STREAM_HEADERS)
+    with admitted(request, starts_task=False, opens_stream=True):
+        record = await ask(request, GetSession())
+        if not record.running:
+            return web.Response(status=204)
+        # From the running task's start, so the translation is the one the client saw.
+        sub = await ask(request, Subscribe(last_event_id=None))
+        translator = UiStreamTranslator(None, after)
+        return await stream_translated(request, sub, request.app[CONFIG].streams, translator, UI_STREAM_HEADERS)
 
 
 class StopOut(msgspec.Struct):
@@ -305,7 +312,7 @@ async def stop(request: web.Request) -> web.Response:
 
 
 async def messages(request: web.Request) -> web.Response:
-    page: MessagePage = await ask(request, GetMessages(limit=1 << 30))
+    page = await ask(request, GetMessages(limit=1 << 30))
     return json_response(ui_messages([node for node, _, _ in page.items]))
 
 
@@ -317,14 +324,14 @@ _CHUNKS = {
 }
 _UI_MESSAGES = {"type": "array", "items": {"type": "object", "required": ["id", "role", "parts"]}}
 
-AI_SDK_ROUTES = [
-    ProtocolRoute(method="POST", path=_BASE, handler=chat, token=True, task=True, sse=True, ok=_CHUNKS,
-                  body=ChatBody, summary="AI SDK: send, edit or regenerate; answered as a UI message stream"),
-    ProtocolRoute(method="GET", path=_BASE + "/{session_id}/stream", handler=resume, token=True, sse=True,
-                  ok=_CHUNKS, extra={"204": None},
-                  summary="AI SDK: the running task's stream from its start or Last-Event-ID (204 when none)"),
-    ProtocolRoute(method="POST", path=_BASE + "/{session_id}/stop", handler=stop, token=True, ok=StopOut,
-                  summary="AI SDK: cancel the running task, keeping the partial answer"),
-    ProtocolRoute(method="GET", path=_BASE + "/{session_id}/messages", handler=messages, token=True,
-                  ok=_UI_MESSAGES, summary="AI SDK: the active path as UIMessage[] (to seed useChat)"),
-]
+ROUTES: tuple[Route, ...] = (
+    Route("POST", _BASE, chat, "AI SDK: send, edit or regenerate; answered as a UI message stream",
+          body=ChatBody, body_required=True, task="always", sse=True, token=True, events=_CHUNKS, tag="protocols"),
+    Route("GET", _BASE + "/{session_id}/stream", resume,
+          "AI SDK: the running task's stream from its start or Last-Event-ID (204 when none)",
+          sse=True, token=True, events=_CHUNKS, responses={"204": None}, tag="protocols"),
+    Route("POST", _BASE + "/{session_id}/stop", stop, "AI SDK: cancel the running task, keeping the partial answer",
+          reply=StopOut, token=True, tag="protocols"),
+    Route("GET", _BASE + "/{session_id}/messages", messages, "AI SDK: the active path as UIMessage[] (to seed useChat)",
+          reply=_UI_MESSAGES, token=True, tag="protocols"),
+)

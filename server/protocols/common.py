@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
-import msgspec
 from aiohttp import web
 
 from actors.core.commands import EditMessage, SendMessage
 from actors.core.errors import InvalidRequestError
-from actors.core.events import TERMINAL_EVENTS, AnyEvent, StreamReset, decode_event
+from actors.core.events import AnyEvent, StreamReset, decode_event
+from actors.core.replies import TreeView
+from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
 from actors.core.tree import Node
-from actors.session.actor import TreeView
-from actors.session.fanout import CLOSED, HEARTBEAT, RESET, Subscription
+from actors.ports import SessionRef
+from server.auth.principal import SESSION
 from server.config import StreamsSection
+from server.routes.common import look_up
+from server.sse import unframe
 
 __all__ = [
-    "ProtocolRoute",
     "ResumePoint",
     "Translator",
     "active_path",
-    "add_protocol_table",
+    "bind_session",
     "event_of",
-    "is_terminal",
     "reconcile",
     "resume_point",
     "stream_translated",
@@ -45,46 +46,19 @@ _PING = b": ping\n\n"
 _CONGESTED = 64 * 1024
 
 
-class ProtocolRoute(msgspec.Struct, frozen=True, kw_only=True):
-    """The facts of one adapter route, kept beside its handler (for the route table and the
-    OpenAPI document): ``ok`` and ``body`` as server/openapi.py's ``Op`` reads them."""
-
-    method: str
-    path: str
-    summary: str
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    token: bool  # a session token may call it (on its own session)
-    task: bool = False  # it starts a model turn
-    sse: bool = False  # it answers with an event stream
-    public: bool = False
-    ok: Any = None  # a msgspec type or a JSON schema; with sse, the schema of the stream text
-    body: Any = None
-    status: int = 200
-    extra: dict[str, Any] = msgspec.field(default_factory=dict)
-    errors: str = "application/problem+json"  # the media type of its 4XX answers
-    stream: dict[str, Any] | None = None  # the schema of the event stream it answers when asked to
-    tag: str = "protocols"
-
-
-def add_protocol_table(app: web.Application, table: list[ProtocolRoute]) -> None:
-    for route in table:
-        app.router.add_route(route.method, route.path, route.handler)
-
-
 def event_of(frame: bytes) -> tuple[int, AnyEvent]:
-    """The (event id, typed event) of one native SSE frame.
-
-    The one place that knows how the event log holds an event; when the log holds
-    (seq, type, data) this becomes a plain decode of ``data``.
-    """
-    seq = 0
-    data = b""
-    for line in frame.split(b"\n"):
-        if line.startswith(b"id: "):
-            seq = int(line[4:])
-        elif line.startswith(b"data: "):
-            data = line[6:]
+    """The (event id, typed event) of one frame a subscription yields (server/sse.py made it)."""
+    seq, data = unframe(frame)
     return seq, decode_event(data)
+
+
+async def bind_session(request: web.Request, session_id: str) -> SessionRef:
+    """The session a route names in its body (or inside another id) rather than as the path's
+    ``{session_id}``: looked up and authorized once (404 for one the caller may not see), and
+    kept as the auth middleware keeps a path's, for ``ask``, ``session_of`` and the quota."""
+    ref = await look_up(request, session_id)
+    request[SESSION] = ref
+    return ref
 
 
 def active_path(view: TreeView) -> list[Node]:
@@ -166,10 +140,6 @@ def task_of(event: AnyEvent) -> str | None:
     return getattr(event, "task_id", None)
 
 
-def is_terminal(event: AnyEvent) -> bool:
-    return type(event).__struct_config__.tag in TERMINAL_EVENTS
-
-
 class Translator(Protocol):
     """One protocol's view of one task: fed session events in order, gives wire bytes."""
 
@@ -184,7 +154,7 @@ class Translator(Protocol):
 
 async def stream_translated(
     request: web.Request,
-    sub: Subscription,
+    sub: EventStream,
     settings: StreamsSection,
     translator: Translator,
     headers: Mapping[str, str],

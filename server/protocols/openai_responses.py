@@ -21,17 +21,17 @@ from actors.agent.agents import parse_route
 from actors.core.commands import CancelTask, GetSession, GetTree, PatchSession, SendMessage, Subscribe
 from actors.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from actors.core.records import SessionRecord
+from actors.core.replies import TreeView
 from actors.core.tree import Node
-from actors.session.actor import TaskHandle, TreeView
-from server.agents import AGENTS
-from server.appkeys import CONFIG, REGISTRY
+from server.appkeys import AGENTS, CONFIG, REGISTRY
 from server.auth.principal import principal_of
-from server.protocols.common import ProtocolRoute, stream_translated
+from server.protocols.common import bind_session, stream_translated
 from server.protocols.openai_shapes import (
+    OPENAI_ERRORS,
+    PAGE_QUERY,
     OpenAIError,
     epoch,
     input_message,
-    openai_route,
     page,
     parse_response_id,
     response_id,
@@ -39,10 +39,27 @@ from server.protocols.openai_shapes import (
 )
 from server.protocols.openai_stream import ResponsesTranslator
 from server.quota import turn_quota
-from server.routes.common import ask, bool_query
-from server.schema.wire import decode_body, json_response
+from server.routes.common import ask, bool_query, session_of
+from server.routing import Param, Route
+from server.schema.common import decode_body, json_response
+from server.tasks import admitted, admitted_command
 
-__all__ = ["RESPONSES_ROUTES", "ResponsesBody", "agent_for_model", "input_text"]
+__all__ = [
+    "OPENAI_SSE_HEADERS",
+    "ROUTES",
+    "ContentPart",
+    "ConversationRef",
+    "InputItem",
+    "ResponsesBody",
+    "agent_for_model",
+    "cancel_response",
+    "create_response",
+    "delete_response",
+    "find_reply",
+    "get_response",
+    "input_text",
+    "list_input_items",
+]
 
 OPENAI_SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -155,21 +172,28 @@ def find_reply(view: TreeView, task_id: str, rid: str) -> Node:
 # -- handlers ------------------------------------------------------------------------------
 
 
-async def _target(request: web.Request, body: ResponsesBody, instructions: str | None) -> tuple[str, str | None]:
-    """(session id, parent message id) the new message goes to; a new session if none is named."""
-    principal = principal_of(request)
+async def _bind_named(request: web.Request, body: ResponsesBody) -> str | None:
+    """Bind the session the body names (a token's own when it names none); the message the new
+    one follows (None: the active leaf)."""
     if body.previous_response_id:
         if body.conversation is not None:
             raise InvalidRequestError("give conversation or previous_response_id, not both")
         sid, tid = parse_response_id(body.previous_response_id)
-        view: TreeView = await ask(request, GetTree(), sid)
-        return sid, find_reply(view, tid, body.previous_response_id).id
+        await bind_session(request, sid)
+        return find_reply(await ask(request, GetTree()), tid, body.previous_response_id).id
     if body.conversation is not None:
         conv = body.conversation
-        return (conv if isinstance(conv, str) else conv.id), None
-    if principal.kind == "token":
-        assert principal.session_id is not None
-        return principal.session_id, None  # a token converses in its own session only
+        await bind_session(request, conv if isinstance(conv, str) else conv.id)
+        return None
+    principal = principal_of(request)
+    assert principal.session_id is not None
+    await bind_session(request, principal.session_id)  # a token converses in its own session only
+    return None
+
+
+async def _bind_new(request: web.Request, body: ResponsesBody, instructions: str | None) -> None:
+    """A new session for a response that names none, bound as the request's."""
+    principal = principal_of(request)
     registry = request.app[REGISTRY]
     record = registry.new_record(
         namespace=principal.namespace or "default", end_user_id=principal.end_user_id,
@@ -177,11 +201,12 @@ async def _target(request: web.Request, body: ResponsesBody, instructions: str |
         system_prompt=instructions, metadata=dict(body.metadata or {}),
     )
     await registry.create(record)
-    return record.id, None
+    await bind_session(request, record.id)
 
 
-async def _check_session(request: web.Request, sid: str, body: ResponsesBody, instructions: str | None) -> None:
-    record: SessionRecord = await ask(request, GetSession(), sid)
+async def _check_session(request: web.Request, body: ResponsesBody, instructions: str | None) -> None:
+    record = await ask(request, GetSession())
+    sid = record.id
     if body.model and await agent_for_model(request, body.model) != (record.agent_id or "default"):
         raise OpenAIError(f"conversation {sid} answers with agent {record.agent_id or 'default'}; "
                           "a response in it cannot name another model", "model_mismatch", "model")
@@ -189,7 +214,7 @@ async def _check_session(request: web.Request, sid: str, body: ResponsesBody, in
         raise OpenAIError("a conversation's instructions are set when it is created (its system prompt)",
                           "instructions_mismatch", "instructions")
     if body.metadata:
-        await ask(request, PatchSession(metadata=dict(body.metadata)), sid)
+        await ask(request, PatchSession(metadata=dict(body.metadata)))
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -202,31 +227,36 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     text, system = input_text(body.input)
     instructions = "\n\n".join(x for x in (body.instructions, system) if x) or None
     known = bool(body.previous_response_id or body.conversation is not None or principal_of(request).kind == "token")
-    sid, parent_id = await _target(request, body, instructions)
+    parent_id = None
     if known:
-        await _check_session(request, sid, body, instructions)
-    request.match_info["session_id"] = sid  # where the quota and the session look for it
-    quota = await turn_quota(request)
-    handle: TaskHandle = await quota.ask(SendMessage(content=text, parent_id=parent_id, stream=True))
-    assert handle.subscription is not None
-    record: SessionRecord = await ask(request, GetSession())
-    view: TreeView = await ask(request, GetTree())
-    reply = find_reply(view, handle.task_id, response_id(sid, handle.task_id))
-    previous = _previous(view, reply, sid)
-    created = _created(reply)
-    if body.stream:
-        translator = ResponsesTranslator(record, handle.task_id, previous=previous, background=body.background,
-                                         created_at=created)
-        return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
-                                       OPENAI_SSE_HEADERS)
-    handle.subscription.close()
-    if body.background:
-        return json_response(response_out(record, handle.task_id, reply, previous=previous, background=True))
-    # Shielded: a client that leaves does not stop the response (it is kept, and resumes).
-    outcome = await asyncio.shield(handle.done)
-    record = await ask(request, GetSession())
-    return json_response(response_out(record, outcome.task_id, outcome.message, previous=previous,
-                                      background=False, error=outcome.error))
+        parent_id = await _bind_named(request, body)
+        await _check_session(request, body, instructions)
+    # The adapter follows every task's events; only a streamed response is an open stream.
+    cmd = SendMessage(content=text, parent_id=parent_id, stream=True)
+    with admitted_command(request, cmd, opens_stream=body.stream):
+        if not known:
+            await _bind_new(request, body, instructions)  # admitted first: a refused request makes none
+        handle = await (await turn_quota(request)).ask(cmd)
+        assert handle.subscription is not None
+        sid = session_of(request).id
+        record = await ask(request, GetSession())
+        view = await ask(request, GetTree())
+        reply = find_reply(view, handle.task_id, response_id(sid, handle.task_id))
+        previous = _previous(view, reply, sid)
+        created = _created(reply)
+        if body.stream:
+            translator = ResponsesTranslator(record, handle.task_id, previous=previous, background=body.background,
+                                             created_at=created)
+            return await stream_translated(request, handle.subscription, request.app[CONFIG].streams, translator,
+                                           OPENAI_SSE_HEADERS)
+        handle.subscription.close()
+        if body.background:
+            return json_response(response_out(record, handle.task_id, reply, previous=previous, background=True))
+        # Shielded: a client that leaves does not stop the response (it is kept, and resumes).
+        outcome = await asyncio.shield(handle.done)
+        record = await ask(request, GetSession())
+        return json_response(response_out(record, outcome.task_id, outcome.message, previous=previous,
+                                          background=False, error=outcome.error))
 
 
 def _created(node: Node) -> int:
@@ -245,9 +275,10 @@ def _previous(view: TreeView, reply: Node, sid: str) -> str | None:
 async def _load(request: web.Request) -> tuple[str, str, SessionRecord, TreeView, Node]:
     rid = request.match_info["response_id"]
     sid, tid = parse_response_id(rid)
-    view: TreeView = await ask(request, GetTree(), sid)
+    await bind_session(request, sid)
+    view = await ask(request, GetTree())
     reply = find_reply(view, tid, rid)
-    record: SessionRecord = await ask(request, GetSession(), sid)
+    record = await ask(request, GetSession())
     return sid, tid, record, view, reply
 
 
@@ -263,17 +294,18 @@ async def get_response(request: web.Request) -> web.StreamResponse:
     # The latest task's events start where Subscribe() without an id starts; an older one's
     # are looked for from the start of what the log holds.
     newest = max((n for n in view.nodes if n.role == "assistant" and n.task_id), key=lambda n: n.created_at)
-    sub = await ask(request, Subscribe(last_event_id=None if newest.id == reply.id else 0), sid)
-    translator = ResponsesTranslator(record, tid, previous=previous, background=None, created_at=_created(reply),
-                                     after=after)
-    return await stream_translated(request, sub, request.app[CONFIG].streams, translator, OPENAI_SSE_HEADERS)
+    with admitted(request, starts_task=False, opens_stream=True):
+        sub = await ask(request, Subscribe(last_event_id=None if newest.id == reply.id else 0))
+        translator = ResponsesTranslator(record, tid, previous=previous, background=None,
+                                         created_at=_created(reply), after=after)
+        return await stream_translated(request, sub, request.app[CONFIG].streams, translator, OPENAI_SSE_HEADERS)
 
 
 async def cancel_response(request: web.Request) -> web.Response:
     sid, tid, record, view, reply = await _load(request)
     if any(r.task_id == tid for r in record.running):
         try:
-            await ask(request, CancelTask(), sid)
+            await ask(request, CancelTask())
         except ConflictError:
             pass  # it ended meanwhile: the answer below says how
         sid, tid, record, view, reply = await _load(request)
@@ -293,25 +325,28 @@ async def list_input_items(request: web.Request) -> web.Response:
     return json_response(page(request, items, default_order="desc"))
 
 
-def _route(method: str, path: str, handler: Any, summary: str, **facts: Any) -> ProtocolRoute:
-    return ProtocolRoute(method=method, path="/openai/v1" + path, handler=openai_route(handler), summary=summary,
-                         token=True, errors="application/json", tag="openai", **facts)
-
-
 _OBJECT = {"type": "object"}
 _STREAM = {"type": "string", "description": "Responses stream events: `event:` (the type), `id:` and `data:` "
            "(the event's JSON; `sequence_number` is the session event id)."}
 
-RESPONSES_ROUTES = [
-    _route("POST", "/responses", create_response, "OpenAI: create a response (a task; stream, background or wait)",
-           body=ResponsesBody, ok=_OBJECT, task=True, stream=_STREAM),
-    _route("GET", "/responses/{response_id}", get_response,
-           "OpenAI: a response; stream=true&starting_after=N resumes its stream", ok=_OBJECT, stream=_STREAM),
-    _route("POST", "/responses/{response_id}/cancel", cancel_response,
-           "OpenAI: cancel a response (the partial answer is kept)", ok=_OBJECT),
-    _route("DELETE", "/responses/{response_id}", delete_response, "OpenAI: not supported (responses are kept)",
-           ok=_OBJECT),
-    _route("GET", "/responses/{response_id}/input_items", list_input_items, "OpenAI: a response's input items",
-           ok=_OBJECT),
-]
 
+def _route(method: str, path: str, handler: Any, summary: str, **facts: Any) -> Route:
+    """An /openai/v1 route: the SDK's credentials (an API key as a bearer token), its error shape."""
+    return Route(method, "/openai/v1" + path, handler, summary, reply=_OBJECT, token=True, bearer_key=True,
+                 errors=OPENAI_ERRORS, tag="openai", **facts)
+
+
+ROUTES: tuple[Route, ...] = (
+    _route("POST", "/responses", create_response, "OpenAI: create a response (a task; stream, background or wait)",
+           body=ResponsesBody, body_required=True, task="always", sse=True, events=_STREAM),
+    _route("GET", "/responses/{response_id}", get_response,
+           "OpenAI: a response; stream=true&starting_after=N resumes its stream", sse=True, events=_STREAM, query=(
+               Param("stream", {"type": "boolean"}, "Its event stream (from the start, or after starting_after)."),
+               Param("starting_after", {"type": "integer", "minimum": 0}, "Resume after this sequence_number."),
+           )),
+    _route("POST", "/responses/{response_id}/cancel", cancel_response,
+           "OpenAI: cancel a response (the partial answer is kept)"),
+    _route("DELETE", "/responses/{response_id}", delete_response, "OpenAI: not supported (responses are kept)"),
+    _route("GET", "/responses/{response_id}/input_items", list_input_items, "OpenAI: a response's input items",
+           query=PAGE_QUERY),
+)

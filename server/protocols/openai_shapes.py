@@ -1,5 +1,5 @@
-"""The OpenAI API's objects built from sessiond's: responses, items, conversations, errors;
-and the edge every /openai/v1 route passes (credentials, the OpenAI error shape).
+"""The OpenAI API's objects built from sessiond's: responses, items, conversations, errors
+(``OPENAI_ERRORS``, the error shape of every /openai/v1 route).
 
 A response is a task: its id names the session and the task (``resp_<session>.<task>``), so
 it is found without an index; its output is the task's reply message, its input the user
@@ -8,9 +8,7 @@ message the task answered. A conversation is a session; its items are the active
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,19 +18,24 @@ from aiohttp import web
 from actors.core.errors import InvalidRequestError, NotFoundError, SessiondError
 from actors.core.records import SessionRecord
 from actors.core.tree import Node, ToolUse, Usage
-from server.auth.principal import PRINCIPAL
-from server.middleware.auth import authenticate_bearer_key
+from server.routes.common import int_query
+from server.routing import JSON, ErrorShape, Param, integer
 
 __all__ = [
     "MCP_LABEL",
+    "OPENAI_ERRORS",
+    "PAGE_QUERY",
     "OpenAIError",
+    "assistant_message",
     "conversation_out",
     "epoch",
     "input_message",
     "item_list",
+    "mcp_item",
     "message_items",
-    "openai_route",
     "output_items",
+    "output_text",
+    "page",
     "parse_response_id",
     "response_id",
     "response_out",
@@ -70,21 +73,8 @@ def _error_response(exc: SessiondError) -> web.Response:
     return web.Response(status=status, body=_enc.encode(body), content_type="application/json", headers=headers)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def openai_route(handler: Handler) -> Handler:
-    """Credentials as the OpenAI SDK sends them, and errors in its shape."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            request[PRINCIPAL] = await authenticate_bearer_key(request)
-            return await handler(request)
-        except SessiondError as exc:
-            return _error_response(exc)
-
-    return wrapped
+# What the problem middleware answers a 4XX of an /openai/v1 route with (the SDK reads it).
+OPENAI_ERRORS = ErrorShape(JSON, {"type": "object", "required": ["error"]}, _error_response)
 
 
 # -- ids -----------------------------------------------------------------------------------
@@ -224,22 +214,26 @@ def item_list(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
             "last_id": items[-1]["id"] if items else None, "has_more": has_more}
 
 
+# The query of a list, as OpenAI pages one (``page`` reads it).
+PAGE_QUERY = (
+    integer("limit", 20, 1, 100, "Page size."),
+    Param("order", {"type": "string", "enum": ["asc", "desc"]}, "Oldest (asc) or newest (desc) first."),
+    Param("after", {"type": "string"}, "The last id of the previous page."),
+)
+
+
 def page(request: web.Request, items: list[dict[str, Any]], *, default_order: str) -> dict[str, Any]:
-    """``limit`` (1..100, default 20), ``order`` (asc | desc) and ``after`` (an item id)."""
-    q = request.query
-    order = q.get("order", default_order)
+    """A page of ``items`` by ``PAGE_QUERY``: ``limit``, ``order`` and ``after`` (an item id)."""
+    order = request.query.get("order", default_order)
     if order not in ("asc", "desc"):
         raise InvalidRequestError("order must be asc or desc")
-    raw = q.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise InvalidRequestError("limit must be an integer from 1 to 100")
+    limit = int_query(request, "limit")
     if order == "desc":
         items = items[::-1]
-    after = q.get("after")
+    after = request.query.get("after")
     if after:
         at = next((i for i, item in enumerate(items) if item["id"] == after), None)
         if at is None:
             raise InvalidRequestError(f"after names no item of this list: {after}")
         items = items[at + 1 :]
-    limit = int(raw)
     return item_list(items[:limit], len(items) > limit)

@@ -9,15 +9,21 @@ from aiohttp import web
 
 from actors.agent.agents import parse_route
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError
-from actors.core.records import AgentRecord
-from server.agents import AGENTS, ROUTER
+from actors.store.tables import AgentRecord
+from server.appkeys import AGENTS, ROUTER
 from server.auth.principal import principal_of
-from server.schema.wire import AgentBody, AgentList, AgentPatchBody, ProviderList, decode_body, json_response
+from server.schema.agents import AgentBody, AgentList, AgentPatchBody, ProviderList
+from server.schema.common import decode_body, json_response
 
-__all__ = ["agent_for_session", "routes"]
-
-routes = web.RouteTableDef()
-
+__all__ = [
+    "agent_for_session",
+    "create_agent",
+    "delete_agent",
+    "get_agent",
+    "list_agents",
+    "list_providers",
+    "patch_agent",
+]
 
 async def agent_for_session(request: web.Request, agent_id: str | None) -> AgentRecord:
     """The agent a new session names (the default one if none); 422 if there is no such agent."""
@@ -33,12 +39,10 @@ def _require_operator(request: web.Request) -> None:
         raise ForbiddenError("agents are changed with an API key that does not act for an end user")
 
 
-@routes.get("/v1/agents")
 async def list_agents(request: web.Request) -> web.Response:
     return json_response(AgentList(await request.app[AGENTS].list()))
 
 
-@routes.post("/v1/agents")
 async def create_agent(request: web.Request) -> web.Response:
     _require_operator(request)
     body = await decode_body(request, AgentBody, empty_ok=False)
@@ -52,12 +56,10 @@ async def create_agent(request: web.Request) -> web.Response:
     return json_response(agent, status=201)
 
 
-@routes.get("/v1/agents/{agent_id}")
 async def get_agent(request: web.Request) -> web.Response:
     return json_response(await request.app[AGENTS].get(request.match_info["agent_id"]))
 
 
-@routes.patch("/v1/agents/{agent_id}")
 async def patch_agent(request: web.Request) -> web.Response:
     _require_operator(request)
     body = await decode_body(request, AgentPatchBody)
@@ -71,13 +73,11 @@ async def patch_agent(request: web.Request) -> web.Response:
     return json_response(agent)
 
 
-@routes.delete("/v1/agents/{agent_id}")
 async def delete_agent(request: web.Request) -> web.Response:
     _require_operator(request)
     await request.app[AGENTS].delete(request.match_info["agent_id"])
     return web.Response(status=204)
 
 
-@routes.get("/v1/providers")
 async def list_providers(request: web.Request) -> web.Response:
     return json_response(ProviderList(request.app[ROUTER].health()))

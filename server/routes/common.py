@@ -1,39 +1,46 @@
-"""What every session route does first: find the actor, check the caller may see it, ask."""
+"""What session routes share: the session the auth middleware resolved, asking it, query values."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
-from actors.core.commands import AnyCommand
+from actors.core.commands import Command
 from actors.core.errors import ActorStoppedError, InvalidRequestError
-from actors.session.actor import SessionActor
+from actors.ports import SessionRef
 from server.appkeys import REGISTRY
-from server.auth.principal import authorize_session, principal_of
+from server.auth.principal import SESSION, authorize_session, principal_of
+from server.routing import route_of
 
-__all__ = ["ask", "bool_query", "if_match", "int_query", "session_actor"]
+__all__ = ["ask", "bool_query", "if_match", "int_query", "look_up", "session_of"]
 
-
-async def session_actor(request: web.Request, session_id: str | None = None) -> SessionActor:
-    """The actor of the route's session (or ``session_id``), if the caller may see it (else 404)."""
-    if session_id is None:
-        session_id = request.match_info["session_id"]
-    actor = await request.app[REGISTRY].get(session_id)
-    authorize_session(principal_of(request), session_id, actor.namespace, actor.end_user_id)
-    return actor
+R = TypeVar("R")
 
 
-async def ask(request: web.Request, command: AnyCommand, session_id: str | None = None) -> Any:
-    """Ask the caller's session; retried once when the actor was passivated meanwhile."""
-    for attempt in (0, 1):
-        actor = await session_actor(request, session_id)
-        try:
-            return await actor.ask(command)
-        except ActorStoppedError:
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+def session_of(request: web.Request) -> SessionRef:
+    """The route's session, found and authorized once per request by the auth middleware."""
+    return request[SESSION]
+
+
+async def look_up(request: web.Request, session_id: str) -> SessionRef:
+    """Session ``session_id``, if the caller may see it (else 404, never 403: no existence oracle)."""
+    ref = await request.app[REGISTRY].get(session_id)
+    authorize_session(principal_of(request), session_id, ref.namespace, ref.end_user_id)
+    return ref
+
+
+async def ask(request: web.Request, command: Command[R], session_id: str | None = None) -> R:
+    """Ask the route's session (or ``session_id``); once more, looked up again, if the actor was
+    stopped meanwhile (passivated, or moved to another node)."""
+    ref = session_of(request) if session_id is None else await look_up(request, session_id)
+    try:
+        return await ref.ask(command)
+    except ActorStoppedError:
+        ref = await look_up(request, ref.id)
+        if session_id is None:
+            request[SESSION] = ref
+        return await ref.ask(command)
 
 
 def if_match(request: web.Request) -> int | None:
@@ -45,7 +52,12 @@ def if_match(request: web.Request) -> int | None:
     return int(value) if value.isdigit() else -1
 
 
-def int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def int_query(request: web.Request, name: str) -> int:
+    """Query parameter ``name``, within the bounds and with the default its Route declares."""
+    route = route_of(request)
+    assert route is not None, "only a matched route has query parameters"
+    schema = route.param(name).schema
+    default, lo, hi = int(schema["default"]), int(schema["minimum"]), int(schema["maximum"])
     raw = request.query.get(name)
     if raw is None:
         return default

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import msgspec
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from actors.core.errors import NotFoundError
+from server.appkeys import OPENAPI
 
-__all__ = ["DOC_ASSETS", "routes"]
-
-routes = web.RouteTableDef()
+__all__ = ["DOC_ASSETS", "docs_asset", "docs_page", "openapi_json"]
 
 _ASSETS = Path(str(swagger_ui_path))
 # The files of Swagger UI served under /docs/assets/.
@@ -51,24 +48,15 @@ _PAGE = """<!doctype html>
 </html>
 """
 
-@functools.cache
-def _spec() -> bytes:
-    from server.openapi import build_spec  # it imports every route module, this one included
 
-    return msgspec.json.encode(build_spec())
-
-
-@routes.get("/openapi.json")
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=_spec(), content_type="application/json")
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
-@routes.get("/docs")
 async def docs_page(request: web.Request) -> web.Response:
     return web.Response(text=_PAGE, content_type="text/html")
 
 
-@routes.get("/docs/assets/{name}")
 async def docs_asset(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in DOC_ASSETS:

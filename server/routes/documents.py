@@ -4,12 +4,23 @@ An upload is a multipart form with a part named ``file``. Its body is read part 
 file streamed to disk while counted, so the server-wide body limit does not apply here, the
 documents' ``max_bytes`` does: past it the answer is 413 and nothing stays on disk.
 
-Who sees a document: an API key, every one; an API key acting for an end user, that user's
-documents and the shared ones (uploaded for no end user); a session token, the documents of its
-own session (it may upload into it).
+Every document has an owner: the end user it was uploaded for, else (uploaded into a session)
+the session's guest or the session itself. "Shared" is the operator's explicit choice: an API
+key that acts for no end user uploading to ``/v1/documents`` without naming one. Who sees a
+document: an API key, every one; an API key acting for an end user, that user's documents and
+the shared ones (never a guest's, never another session's); a session token, the documents of
+its own session (it may upload into it).
+
+An upload counts against the limits of its guest, its API key and its end user (server.quota):
+as one message, and its extracted text as tokens (four characters a token), so uploads cannot
+go round the limits a conversation has.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -17,30 +28,35 @@ from aiohttp.http_exceptions import HttpProcessingError
 from actors.agent.documents.library import DocumentLibrary, DocumentTooLargeError
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
-from actors.core.records import DocumentRecord
-from server.agents import LIBRARY
-from server.appkeys import STORE
-from server.auth.principal import Principal, principal_of
-from server.routes.common import ask, int_query, session_actor
-from server.schema.wire import DocumentList, LinkDocumentsBody, decode_body, json_response
+from actors.store.tables import DocumentRecord
+from server.appkeys import CONFIG, LIBRARY, LIMITER, STORE
+from server.auth.principal import principal_of
+from server.quota import subjects_of
+from server.routes.common import ask, int_query, session_of
+from server.schema.common import decode_body, json_response
+from server.schema.documents import DocumentList, LinkDocumentsBody
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
+__all__ = [
+    "delete_document",
+    "get_document",
+    "link_documents",
+    "list_documents",
+    "session_documents",
+    "unlink_document",
+    "upload_document",
+    "upload_into_session",
+]
 
 _CHUNK = 1 << 16
 # Room for the multipart framing and small fields around the file when judging Content-Length.
 _FRAMING = 64 * 1024
 _MAX_FIELD = 256
-
-
-def _visible(principal: Principal, doc: DocumentRecord) -> bool:
-    return principal.end_user_id is None or doc.end_user_id in (None, principal.end_user_id)
+_CHARS_PER_TOKEN = 4
 
 
 async def _document(request: web.Request, document_id: str) -> DocumentRecord:
     doc = await request.app[STORE].get_document(document_id)
-    if doc is None or not _visible(principal_of(request), doc):
+    if doc is None or not principal_of(request).can_read(doc):
         raise NotFoundError(f"no document {document_id}")
     return doc
 
@@ -54,10 +70,41 @@ async def _field(part: BodyPartReader) -> str:
     return raw.decode("utf-8", "replace").strip()
 
 
-async def _upload(request: web.Request, *, owner: str | None, allow_owner_field: bool) -> DocumentRecord:
+def _client_gone(request: web.Request) -> Callable[[], bool]:
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    return gone
+
+
+async def _upload(request: web.Request, *, owner: dict[str, Any], allow_owner_field: bool) -> DocumentRecord:
+    """Count the upload against its owner's limits, then :func:`_receive` it (taken back if
+    it is refused)."""
+    principal = principal_of(request)
+    limiter = request.app[LIMITER]
+    subjects = subjects_of(
+        request.app[CONFIG].limits,
+        principal.key_id,
+        guest_id=owner.get("guest_id"),
+        end_user_id=owner.get("end_user_id"),
+    )
+    admission = await limiter.admit(subjects, time.time()) if subjects else None
+    try:
+        doc = await _receive(request, owner=owner, allow_owner_field=allow_owner_field)
+    except BaseException:
+        if admission is not None:
+            await limiter.refund(admission)
+        raise
+    if subjects and doc.chars:
+        limiter.record_tokens(subjects, max(doc.chars // _CHARS_PER_TOKEN, 1), time.time())
+    return doc
+
+
+async def _receive(request: web.Request, *, owner: dict[str, Any], allow_owner_field: bool) -> DocumentRecord:
     """Read the multipart form, stream its file to disk, and record the document.
 
-    With ``allow_owner_field``, an ``end_user_id`` field names the owner (else ``owner``).
+    With ``allow_owner_field``, an ``end_user_id`` field names the owning end user.
     """
     library: DocumentLibrary = request.app[LIBRARY]
     if request.content_type != "multipart/form-data":
@@ -92,38 +139,38 @@ async def _upload(request: web.Request, *, owner: str | None, allow_owner_field:
         if upload is None:
             raise InvalidRequestError("the form has no part named file")
         if owner_field is not None:
-            if owner is not None and owner_field != owner:
+            if owner.get("end_user_id") not in (None, owner_field):
                 raise InvalidRequestError("end_user_id differs from X-End-User-ID")
-            owner = owner_field
-        return await library.finish(upload, name=name, content_type=content_type, end_user_id=owner)
+            owner = {"end_user_id": owner_field}
+        return await library.finish(
+            upload, name=name, content_type=content_type, abandoned=_client_gone(request), **owner
+        )
     finally:
         if upload is not None:
             upload.discard()  # a no-op once the file was kept
 
 
-@routes.post("/v1/documents")
 async def upload_document(request: web.Request) -> web.Response:
-    principal = principal_of(request)
-    doc = await _upload(request, owner=principal.end_user_id, allow_owner_field=True)
+    end_user_id = principal_of(request).end_user_id
+    # No end user, here or in the form: the operator shares it with every end user.
+    owner: dict[str, Any] = {"end_user_id": end_user_id} if end_user_id is not None else {"shared": True}
+    doc = await _upload(request, owner=owner, allow_owner_field=True)
     return json_response(doc, status=201)
 
 
-@routes.get("/v1/documents")
 async def list_documents(request: web.Request) -> web.Response:
     docs = await request.app[STORE].list_documents(
         principal_of(request).end_user_id,
-        limit=int_query(request, "limit", 50, 1, 200),
-        offset=int_query(request, "offset", 0, 0, 1_000_000),
+        limit=int_query(request, "limit"),
+        offset=int_query(request, "offset"),
     )
     return json_response(DocumentList(docs))
 
 
-@routes.get("/v1/documents/{document_id}")
 async def get_document(request: web.Request) -> web.Response:
     return json_response(await _document(request, request.match_info["document_id"]))
 
 
-@routes.delete("/v1/documents/{document_id}")
 async def delete_document(request: web.Request) -> web.Response:
     principal = principal_of(request)
     doc = await _document(request, request.match_info["document_id"])
@@ -142,34 +189,31 @@ async def _linked(request: web.Request, ids: list[str]) -> DocumentList:
     return DocumentList([d for d in docs if d is not None])
 
 
-@routes.get("/v1/sessions/{session_id}/documents")
 async def session_documents(request: web.Request) -> web.Response:
     record = await ask(request, GetSession())
     return json_response(await _linked(request, record.documents))
 
 
-@routes.post("/v1/sessions/{session_id}/documents")
 async def link_documents(request: web.Request) -> web.Response:
     body = await decode_body(request, LinkDocumentsBody, empty_ok=False)
     ids = list(dict.fromkeys(body.document_ids))
     if not ids:
         raise InvalidRequestError("document_ids must name at least one document")
-    await session_actor(request)  # an unknown or foreign session is a 404 before anything else
     for document_id in ids:
         await _document(request, document_id)
     record = await ask(request, PatchSession(link_documents=tuple(ids)))
     return json_response(await _linked(request, record.documents))
 
 
-@routes.post("/v1/sessions/{session_id}/upload")
 async def upload_into_session(request: web.Request) -> web.Response:
-    actor = await session_actor(request)
-    doc = await _upload(request, owner=actor.end_user_id, allow_owner_field=False)
+    record = session_of(request).record
+    # Never shared: it belongs to the session's end user, or its guest, and to the session.
+    owner = {"end_user_id": record.end_user_id, "guest_id": record.guest_id, "session_id": record.id}
+    doc = await _upload(request, owner=owner, allow_owner_field=False)
     await ask(request, PatchSession(link_documents=(doc.id,)))
     return json_response(doc, status=201)
 
 
-@routes.delete("/v1/sessions/{session_id}/documents/{document_id}")
 async def unlink_document(request: web.Request) -> web.Response:
     document_id = request.match_info["document_id"]
     record = await ask(request, GetSession())

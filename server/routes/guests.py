@@ -4,50 +4,22 @@ from __future__ import annotations
 
 import time
 
-import msgspec
 from aiohttp import web
 
 from actors.core.errors import InvalidRequestError, NotFoundError
 from server.appkeys import CONFIG, GUESTS, LIMITER, REGISTRY, TOKENS
 from server.auth.guests import guest_out, normalize_ip
 from server.auth.principal import principal_of, require_key
-from server.auth.tokens import with_tokens
 from server.quota import guest_subject
-from server.schema.wire import decode_body, json_response, session_out
+from server.schema.common import decode_body, json_response
+from server.schema.guests import GuestLimits, GuestSessionBody, GuestUsage, guest_session_out
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
-
-
-class GuestSessionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    ip: str
-    fingerprint: str | None = None
-    agent_id: str | None = None
-    namespace: str = "default"
-
-
-class GuestLimits(msgspec.Struct):
-    messages_per_hour: int
-    messages_per_day: int
-    tokens_per_day: int
-
-
-class GuestUsage(msgspec.Struct):
-    guest_id: str
-    messages_this_hour: int
-    messages_today: int
-    tokens_today: int
-    limits: GuestLimits
-    hour_resets_at: str
-    day_resets_at: str
-
+__all__ = ["create_guest_session", "find_guest", "guest_usage"]
 
 def _rfc3339(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-@routes.post("/v1/guests/sessions")
 async def create_guest_session(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_key(principal, for_end_user=False)
@@ -60,11 +32,10 @@ async def create_guest_session(request: web.Request) -> web.Response:
     )
     await registry.create(record)
     pair = await request.app[TOKENS].issue(record, principal.key_id)
-    out = with_tokens(session_out(record), pair, guest=msgspec.to_builtins(guest_out(guest)))
+    out = guest_session_out(record, pair, guest_out(guest))
     return json_response(out, status=201, headers={"Cache-Control": "no-store"})
 
 
-@routes.get("/v1/guests")
 async def find_guest(request: web.Request) -> web.Response:
     require_key(principal_of(request), for_end_user=False)
     q = request.query
@@ -78,7 +49,6 @@ async def find_guest(request: web.Request) -> web.Response:
     return json_response(guest_out(guest))
 
 
-@routes.get("/v1/guests/{guest_id}/usage")
 async def guest_usage(request: web.Request) -> web.Response:
     require_key(principal_of(request), for_end_user=False)
     guest_id = request.match_info["guest_id"]

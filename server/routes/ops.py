@@ -5,21 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.core.errors import NotFoundError, UnauthorizedError
-from server.appkeys import CONFIG, KEYRING, REGISTRY, STORE
-from server.metrics import CONTENT_TYPE, METRICS
-from server.schema.wire import json_response
+from server.appkeys import CONFIG, KEYRING, METRICS, REGISTRY, STORE
+from server.metrics import CONTENT_TYPE
+from server.schema.common import json_response
+from server.schema.ops import ReadyOut, StatusOut
 
-__all__ = ["routes"]
+__all__ = ["healthz", "metrics", "readyz"]
 
-routes = web.RouteTableDef()
-
-
-@routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(StatusOut("ok"))
 
 
-@routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     ok = request.app[REGISTRY].accepting
@@ -29,11 +25,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["store"] = f"error: {exc}"
         ok = False
-    body = {"status": "ready" if ok else "not_ready", "checks": checks}
-    return json_response(body, status=200 if ok else 503)
+    return json_response(ReadyOut("ready" if ok else "not_ready", checks), status=200 if ok else 503)
 
 
-@routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app.get(METRICS)
     if registry is None:

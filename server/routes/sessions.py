@@ -8,32 +8,31 @@ import re
 import msgspec
 from aiohttp import web
 
-from actors.core.commands import DeleteSessionCmd, GetSession, PatchSession
+from actors.core.commands import DeleteSession, GetSession, PatchSession
 from actors.core.errors import InvalidRequestError
 from actors.core.records import SessionQuery
 from server.appkeys import REGISTRY, STORE, TOKENS
 from server.auth.principal import principal_of
-from server.auth.tokens import with_tokens
 from server.routes.agents import agent_for_session
-from server.routes.common import ask, if_match, int_query, session_actor
+from server.routes.common import ask, if_match, int_query
 from server.routes.tools import check_tools
-from server.schema.wire import (
-    CreateSessionBody,
-    PatchSessionBody,
-    SessionList,
-    decode_body,
-    json_response,
-    session_out,
-)
+from server.schema.common import decode_body, json_response
+from server.schema.ops import StatusOut
+from server.schema.sessions import CreateSessionBody, PatchSessionBody, SessionList, session_out, session_tokens_out
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
+__all__ = [
+    "create_session",
+    "delete_session",
+    "get_metadata",
+    "get_session",
+    "list_sessions",
+    "patch_session",
+    "prepare_session",
+]
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
-@routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
     body = await decode_body(request, CreateSessionBody)
     principal = principal_of(request)
@@ -55,12 +54,11 @@ async def create_session(request: web.Request) -> web.Response:
         tools=check_tools(request, body.tools) if body.tools else list(agent.tools),  # none: the agent's
     )
     await registry.create(record)
-    out = session_out(record)
     if body.with_token:
         pair = await request.app[TOKENS].issue(record, principal.key_id)
         headers = {"ETag": f'"{record.version}"', "Cache-Control": "no-store"}
-        return json_response(with_tokens(out, pair), status=201, headers=headers)
-    return json_response(out, status=201, headers={"ETag": f'"{record.version}"'})
+        return json_response(session_tokens_out(record, pair), status=201, headers=headers)
+    return json_response(session_out(record), status=201, headers={"ETag": f'"{record.version}"'})
 
 
 def _cursor_encode(last_active_at: str, session_id: str) -> str:
@@ -75,7 +73,6 @@ def _cursor_decode(cursor: str) -> tuple[str, str]:
     return a, b
 
 
-@routes.get("/v1/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
     principal = principal_of(request)
     q = request.query
@@ -89,14 +86,14 @@ async def list_sessions(request: web.Request) -> web.Response:
     end_user = q.get("end_user_id")
     if principal.end_user_id is not None:
         end_user = principal.end_user_id  # acting for a user: only that user's sessions
-    limit = int_query(request, "limit", 20, 1, 200)
+    limit = int_query(request, "limit")
     cursor = q.get("cursor")
     query = SessionQuery(
         namespace=principal.namespace or q.get("namespace"),
         end_user_id=end_user,
         metadata=metadata,
         limit=limit + 1,
-        offset=int_query(request, "offset", 0, 0, 1_000_000),
+        offset=int_query(request, "offset"),
         after=_cursor_decode(cursor) if cursor else None,
     )
     if principal.session_id is not None:
@@ -109,13 +106,11 @@ async def list_sessions(request: web.Request) -> web.Response:
     return json_response(SessionList([session_out(r) for r in records], next_cursor))
 
 
-@routes.get("/v1/sessions/{session_id}")
 async def get_session(request: web.Request) -> web.Response:
     record = await ask(request, GetSession())
     return json_response(session_out(record), headers={"ETag": f'"{record.version}"'})
 
 
-@routes.patch("/v1/sessions/{session_id}")
 async def patch_session(request: web.Request) -> web.Response:
     body = await decode_body(request, PatchSessionBody)
     record = await ask(
@@ -129,20 +124,17 @@ async def patch_session(request: web.Request) -> web.Response:
     return json_response(session_out(record), headers={"ETag": f'"{record.version}"'})
 
 
-@routes.get("/v1/sessions/{session_id}/metadata")
 async def get_metadata(request: web.Request) -> web.Response:
     record = await ask(request, GetSession())
     return json_response(record.metadata)
 
 
-@routes.delete("/v1/sessions/{session_id}")
 async def delete_session(request: web.Request) -> web.Response:
-    await ask(request, DeleteSessionCmd())
+    await ask(request, DeleteSession())
     await request.app[TOKENS].revoke_session(request.match_info["session_id"])
     return web.Response(status=204)
 
 
-@routes.post("/v1/sessions/{session_id}/prepare")
 async def prepare_session(request: web.Request) -> web.Response:
-    await session_actor(request)
-    return json_response({"status": "running"})
+    # Nothing to do: the auth middleware looked the session up, which activated it.
+    return json_response(StatusOut("running"))

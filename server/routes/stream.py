@@ -9,11 +9,9 @@ from actors.core.errors import InvalidRequestError
 from server.appkeys import CONFIG
 from server.routes.common import ask
 from server.sse import stream_events
+from server.tasks import admitted
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
-
+__all__ = ["stream"]
 
 def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
@@ -28,8 +26,8 @@ def _last_event_id(request: web.Request) -> int | None:
     return value
 
 
-@routes.get("/v1/sessions/{session_id}/stream")
 async def stream(request: web.Request) -> web.StreamResponse:
     last_id = _last_event_id(request)
-    sub = await ask(request, Subscribe(last_event_id=last_id))
-    return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)
+    with admitted(request, starts_task=False, opens_stream=True):
+        sub = await ask(request, Subscribe(last_event_id=last_id))
+        return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)

@@ -6,14 +6,12 @@ from aiohttp import web
 
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import InvalidRequestError
-from server.agents import TOOLBOX
+from server.appkeys import TOOLBOX
 from server.routes.common import ask, if_match
-from server.schema.wire import SessionTools, SessionToolsBody, ToolList, ToolOut, decode_body, json_response
+from server.schema.common import decode_body, json_response
+from server.schema.tools import SessionTools, SessionToolsBody, ToolList, ToolOut
 
-__all__ = ["check_tools", "routes"]
-
-routes = web.RouteTableDef()
-
+__all__ = ["check_tools", "get_session_tools", "list_tools", "put_session_tools"]
 
 def check_tools(request: web.Request, names: list[str]) -> list[str]:
     """``names`` without repeats, or 422 naming the tools this server does not have."""
@@ -23,19 +21,16 @@ def check_tools(request: web.Request, names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-@routes.get("/v1/tools")
 async def list_tools(request: web.Request) -> web.Response:
     tools = request.app[TOOLBOX].all()
     return json_response(ToolList([ToolOut(t.name, t.description, t.parameters) for t in tools]))
 
 
-@routes.get("/v1/sessions/{session_id}/tools")
 async def get_session_tools(request: web.Request) -> web.Response:
     record = await ask(request, GetSession())
     return json_response(SessionTools(record.tools))
 
 
-@routes.put("/v1/sessions/{session_id}/tools")
 async def put_session_tools(request: web.Request) -> web.Response:
     body = await decode_body(request, SessionToolsBody, empty_ok=False)
     tools = check_tools(request, body.tools)

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from actors.core.commands import ExportSession, GetMessages
 from actors.core.errors import InvalidRequestError
 from actors.core.export import SessionExport, merge_paths, remap_ids
-from actors.session.actor import MessagePage
-from server.appkeys import REGISTRY
+from actors.core.replies import MessagePage
+from server.appkeys import REGISTRY, STORE
 from server.auth.principal import principal_of
+from server.routes.agents import agent_for_session
 from server.routes.common import ask, bool_query
-from server.schema.wire import decode_body, json_response, session_out
+from server.routes.tools import check_tools
+from server.schema.common import decode_body, json_response
+from server.schema.sessions import CopyBody, MergeBody, session_out
 
-__all__ = ["routes"]
-
-routes = web.RouteTableDef()
-
-
-class CopyBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    title: str | None = None
-
-
-class MergeBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    session_ids: list[str]
-    title: str | None = None
-
+__all__ = ["copy_session", "export_session", "import_session", "merge_sessions"]
 
 def _owner_fields(request: web.Request) -> dict[str, Any]:
     """A caller acting for an end user imports into that user's sessions only."""
@@ -36,22 +26,37 @@ def _owner_fields(request: web.Request) -> dict[str, Any]:
     return {"end_user_id": principal.end_user_id} if principal.end_user_id is not None else {}
 
 
-@routes.get("/v1/sessions/{session_id}/export")
 async def export_session(request: web.Request) -> web.Response:
     doc: SessionExport = await ask(request, ExportSession())
     return json_response(doc)
 
 
-@routes.post("/v1/sessions/import")
+async def _check_references(request: web.Request, doc: SessionExport) -> None:
+    """An import names only agents, tools and documents that exist here and that the caller
+    could name when creating a session or linking a document (422 otherwise, alike for a
+    document that does not exist and one the caller may not see)."""
+    await agent_for_session(request, doc.session.agent_id)
+    check_tools(request, doc.session.tools)
+    principal = principal_of(request)
+    store = request.app[STORE]
+    for document_id in dict.fromkeys(doc.documents):
+        found = await store.get_document(document_id)
+        if found is None or not principal.can_read(found):
+            raise InvalidRequestError(f"unknown document {document_id}")
+
+
 async def import_session(request: web.Request) -> web.Response:
     doc = await decode_body(request, SessionExport, empty_ok=False)
-    record = await request.app[REGISTRY].import_session(
-        doc, new_id=bool_query(request, "new_id"), **_owner_fields(request)
-    )
+    new_id = bool_query(request, "new_id")
+    await _check_references(request, doc)
+    # An end user always gets fresh ids: its own id, another user's and an unused one answer
+    # alike, so an import cannot tell whether a session exists.
+    if principal_of(request).end_user_id is not None:
+        new_id = True
+    record = await request.app[REGISTRY].import_session(doc, new_id=new_id, **_owner_fields(request))
     return json_response(session_out(record), status=201)
 
 
-@routes.post("/v1/sessions/{session_id}/copy")
 async def copy_session(request: web.Request) -> web.Response:
     body = await decode_body(request, CopyBody)
     doc: SessionExport = await ask(request, ExportSession())
@@ -62,7 +67,6 @@ async def copy_session(request: web.Request) -> web.Response:
     return json_response(session_out(record), status=201)
 
 
-@routes.post("/v1/sessions/merge")
 async def merge_sessions(request: web.Request) -> web.Response:
     body = await decode_body(request, MergeBody, empty_ok=False)
     if len(body.session_ids) < 2:

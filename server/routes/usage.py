@@ -7,14 +7,11 @@ from aiohttp import web
 from actors.core.errors import InvalidRequestError, NotFoundError
 from server.appkeys import STORE
 from server.auth.principal import principal_of
-from server.schema.wire import EndUserUsage, json_response
+from server.schema.common import json_response
+from server.schema.usage import EndUserUsage
 
-__all__ = ["routes"]
+__all__ = ["end_user_usage"]
 
-routes = web.RouteTableDef()
-
-
-@routes.get("/v1/usage")
 async def end_user_usage(request: web.Request) -> web.Response:
     principal = principal_of(request)
     end_user = request.query.get("end_user_id") or principal.end_user_id

@@ -14,9 +14,7 @@ from aiohttp import web
 
 from actors.core.errors import NotFoundError
 
-__all__ = ["WEB_DIR", "routes"]
-
-routes = web.RouteTableDef()
+__all__ = ["WEB_DIR", "chat_page", "web_file"]
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -60,11 +58,9 @@ def _file_response(name: str) -> web.FileResponse:
     return web.FileResponse(path, headers=headers)
 
 
-@routes.get("/")
 async def chat_page(request: web.Request) -> web.FileResponse:
     return _file_response("index.html")
 
 
-@routes.get("/web/{name}")
 async def web_file(request: web.Request) -> web.FileResponse:
     return _file_response(request.match_info["name"])

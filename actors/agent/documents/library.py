@@ -2,7 +2,8 @@
 
 An upload streams into a temporary file under the documents directory while it is counted and
 hashed; past the size limit it is refused and the file deleted. A complete upload has its text
-extracted (txt, md, json, csv, html, pdf), then the file is kept as ``<root>/<h[:2]>/<h>`` where
+extracted (txt, md, json, csv, html, pdf) in a child process within page, character, CPU, memory
+and time limits (``extract.py``), then the file is kept as ``<root>/<h[:2]>/<h>`` where
 ``h`` is the SHA-256 of its content: the name the client gave is shown, never used as a path.
 
 The text is cut into chunks of about ``chunk_words`` words. A search, or the context given to a
@@ -23,29 +24,30 @@ import time
 import unicodedata
 import urllib.parse
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from html.parser import HTMLParser
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import msgspec
 
+from actors.agent.documents.extract import ExtractionFailed, ExtractLimits, TextTooLarge, extract_bounded
 from actors.agent.tokens import TokenCounter
 from actors.core.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from actors.core.ids import new_id, utcnow
-from actors.core.records import DocumentRecord
 from actors.store.base import Store
+from actors.store.tables import DocumentRecord
 
 __all__ = [
+    "CONTENT_TYPES",
     "KINDS",
     "ChunkIndex",
     "DocumentLibrary",
+    "DocumentTextTooLargeError",
     "DocumentTooLargeError",
     "Hit",
     "Upload",
     "bm25",
     "chunk_text",
-    "extract_text",
     "kind_of",
     "safe_name",
     "select_within_budget",
@@ -103,61 +105,11 @@ def kind_of(name: str, content_type: str | None) -> str | None:
     return _BY_CONTENT_TYPE.get(ctype)
 
 
-# -- text extraction ----------------------------------------------------------------------
+# -- text extraction: actors.agent.documents.extract, in a child process with limits -------
 
 
-class _HtmlText(HTMLParser):
-    _SKIP = frozenset({"script", "style", "noscript", "template", "head"})
-    _BLOCK = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
-                        "table", "ul", "ol", "pre", "blockquote", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        elif tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP:
-            self._skipping = max(self._skipping - 1, 0)
-        elif tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.parts.append(data)
-
-
-def _html_text(raw: str) -> str:
-    parser = _HtmlText()
-    parser.feed(raw)
-    parser.close()
-    lines = (re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in "".join(parser.parts).split("\n"))
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def _pdf_text(path: Path) -> str:
-    from pypdf import PdfReader
-
-    reader = PdfReader(path)
-    if reader.is_encrypted:
-        reader.decrypt("")
-    return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
-
-
-def extract_text(path: Path, kind: str) -> str:
-    """The text of the file at ``path`` (blocking: run it in a thread)."""
-    if kind == "pdf":
-        text = _pdf_text(path)
-    else:
-        raw = path.read_bytes().decode("utf-8-sig", "replace")
-        text = _html_text(raw) if kind == "html" else raw
-    return text.replace("\x00", "")
+class DocumentTextTooLargeError(PayloadTooLargeError):
+    """An upload's text has more pages or characters than ``[documents]`` allows."""
 
 
 # -- chunks and ranking -------------------------------------------------------------------
@@ -346,8 +298,10 @@ class DocumentLibrary:
         chunk_words: int,
         counter: TokenCounter,
         cache_chunks: int = 20_000,
+        extract: ExtractLimits | None = None,
     ) -> None:
         self.store = store
+        self.extract = extract or ExtractLimits()
         self.root = root
         self.max_bytes = max_bytes
         self.allowed = tuple(allowed)
@@ -388,9 +342,19 @@ class DocumentLibrary:
         return removed
 
     async def finish(
-        self, upload: Upload, *, name: str | None, content_type: str | None, end_user_id: str | None
+        self,
+        upload: Upload,
+        *,
+        name: str | None,
+        content_type: str | None,
+        end_user_id: str | None = None,
+        guest_id: str | None = None,
+        session_id: str | None = None,
+        shared: bool = False,
+        abandoned: Callable[[], bool] | None = None,
     ) -> DocumentRecord:
-        """Extract the text, keep the file by its hash, record the document."""
+        """Extract the text (bounded, in a child process killed once ``abandoned()`` says the
+        client has gone), keep the file by its hash, record the document and its owner."""
         upload.close()
         display = safe_name(name)
         kind = kind_of(display, content_type)
@@ -401,13 +365,16 @@ class DocumentLibrary:
         if upload.size == 0:
             raise InvalidRequestError("the file is empty")
         try:
-            text = await asyncio.to_thread(extract_text, upload.path, kind)
-        except Exception as exc:
-            raise InvalidRequestError(f"cannot read the text of {display!r}: {type(exc).__name__}: {exc}") from None
+            text = await extract_bounded(upload.path, kind, self.extract, abandoned=abandoned)
+        except TextTooLarge as exc:
+            raise DocumentTextTooLargeError(f"{display!r}: {exc}") from None
+        except ExtractionFailed as exc:
+            raise InvalidRequestError(f"cannot read the text of {display!r}: {exc}") from None
         sha = upload.sha256
         doc = DocumentRecord(
             id=new_id("doc"), name=display, size=upload.size, content_type=CONTENT_TYPES[kind], kind=kind,
-            sha256=sha, created_at=utcnow(), end_user_id=end_user_id, chars=len(text),
+            sha256=sha, created_at=utcnow(), end_user_id=end_user_id, chars=len(text), guest_id=guest_id,
+            session_id=session_id, shared=shared,
         )
         async with self._files:
             dest = self.path_of(sha)

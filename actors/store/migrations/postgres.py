@@ -98,4 +98,29 @@ PG_MIGRATIONS: list[str] = [
         PRIMARY KEY (namespace, kind, digest)
     );
     """,
+    # 4: an event is stored as its data, not as its SSE frame (see SQLite's step 4). Bytes, not
+    # JSONB: JSONB would reorder the keys, and a replay must send the bytes first sent.
+    """
+    ALTER TABLE events RENAME COLUMN frame TO data;
+    UPDATE events
+       SET data = substring(data FROM position(decode('0a646174613a20', 'hex') IN data) + 7
+                                 FOR length(data) - position(decode('0a646174613a20', 'hex') IN data) - 8)
+     WHERE substring(data FROM 1 FOR 4) = decode('69643a20', 'hex')
+       AND position(decode('0a646174613a20', 'hex') IN data) > 0;
+    """,
+    # 5: as SQLite's step 5: messages and checkpoints keyed by (session_id, id); documents get an
+    # owner and an explicit "shared" flag (guest sessions' uploads become private to them).
+    """
+    ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_id_key;
+    CREATE UNIQUE INDEX IF NOT EXISTS messages_by_session_id ON messages (session_id, id);
+    ALTER TABLE checkpoints DROP CONSTRAINT IF EXISTS checkpoints_id_key;
+    CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_by_session_id ON checkpoints (session_id, id);
+    ALTER TABLE documents ADD COLUMN IF NOT EXISTS shared BOOLEAN NOT NULL DEFAULT FALSE;
+    UPDATE documents SET shared = TRUE WHERE end_user_id IS NULL AND id NOT IN (
+        SELECT d.value FROM sessions s, jsonb_array_elements_text(COALESCE(s.body->'documents', '[]'::jsonb)) d
+        WHERE COALESCE((s.body->>'is_guest')::boolean, FALSE)
+    );
+    UPDATE documents SET body = (body::jsonb || jsonb_build_object('shared', shared))::text;
+    CREATE INDEX IF NOT EXISTS documents_shared ON documents (shared, created_at);
+    """,
 ]

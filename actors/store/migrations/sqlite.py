@@ -98,4 +98,51 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (namespace, kind, digest)
     ) WITHOUT ROWID;
     """,
+    # 4: an event is stored as its data (the event's JSON), not as the SSE frame it was sent
+    # in: every "id: N\nevent: T\ndata: D\n\n" becomes D. JSON holds no raw newline, so the
+    # first "\ndata: " (X'0A646174613A20') is the data line's own; D ends 2 bytes before the end.
+    # Steps 1 to 3 stay as they are: they are the history an old database has been through.
+    """
+    ALTER TABLE events RENAME COLUMN frame TO data;
+    UPDATE events
+       SET data = substr(data, instr(data, X'0A646174613A20') + 7, length(data) - instr(data, X'0A646174613A20') - 8)
+     WHERE substr(data, 1, 4) = X'69643A20' AND instr(data, X'0A646174613A20') > 0;
+    """,
+    # 5: rows belong to their session: messages and checkpoints are keyed by (session_id, id),
+    # so one session's writes can never land on another's rows; documents get an owner (a guest,
+    # an end user or a session) and "shared" becomes an explicit flag. Existing documents keep
+    # their visibility, except the uploads of guest sessions, which become private to them.
+    # Self-contained: it reads only the tables of steps 1 and 2.
+    """
+    CREATE TABLE messages_by_owner (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (session_id, id)
+    );
+    INSERT INTO messages_by_owner (pos, id, session_id, body) SELECT pos, id, session_id, body FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_by_owner RENAME TO messages;
+    CREATE INDEX messages_by_session ON messages (session_id, pos);
+    CREATE TABLE checkpoints_by_owner (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (session_id, id)
+    );
+    INSERT INTO checkpoints_by_owner (pos, id, session_id, body)
+        SELECT pos, id, session_id, body FROM checkpoints;
+    DROP TABLE checkpoints;
+    ALTER TABLE checkpoints_by_owner RENAME TO checkpoints;
+    CREATE INDEX checkpoints_by_session ON checkpoints (session_id, pos);
+    ALTER TABLE documents ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+    UPDATE documents SET shared = 1 WHERE end_user_id IS NULL AND id NOT IN (
+        SELECT j.value FROM sessions s, json_each(s.body, '$.documents') j
+        WHERE json_extract(s.body, '$.is_guest')
+    );
+    UPDATE documents SET body = json_set(body, '$.shared', json(CASE shared WHEN 1 THEN 'true' ELSE 'false' END));
+    CREATE INDEX documents_shared ON documents (shared, created_at);
+    """,
 ]

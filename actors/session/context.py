@@ -1,0 +1,37 @@
+"""What a turn sends the model: the session's active path up to the user turn it answers.
+
+Read by the actor when the turn starts (the tree may change while the model writes).
+"""
+
+from __future__ import annotations
+
+from actors.core.model import ChatMessage, ModelRequest
+from actors.core.records import SessionRecord
+from actors.core.tree import MessageTree
+
+__all__ = ["model_request"]
+
+
+def model_request(record: SessionRecord, tree: MessageTree, user_id: str) -> ModelRequest:
+    """The request answering ``user_id``: system prompt, then the path, with restore hints and
+    earlier tool results as system text (so a restore never re-runs a tool)."""
+    messages: list[ChatMessage] = []
+    if record.system_prompt:
+        messages.append(ChatMessage("system", record.system_prompt))
+    for node in tree.path_to(user_id):
+        if node.hint is not None:
+            messages.append(ChatMessage("system", f"Instruction for the next answer: {node.hint}"))
+            continue
+        for use in node.tool_calls or []:
+            if use.output is not None:
+                messages.append(ChatMessage("system", f"Result of tool {use.name}({use.arguments}): {use.output}"))
+        if node.content:
+            messages.append(ChatMessage(node.role, node.content))
+    return ModelRequest(
+        messages=messages,
+        tools=list(record.tools),
+        session_id=record.id,
+        agent_id=record.agent_id,
+        documents=list(record.documents),
+        end_user_id=record.end_user_id,
+    )

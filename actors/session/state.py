@@ -1,0 +1,187 @@
+"""SessionState: the data of one live session, and the one way its events become visible.
+
+The base of SessionActor (actors/session/actor.py): it holds the tree, the record, the
+checkpoints, the numbered event log with its subscriber hub, and the turn in progress, and it
+numbers and publishes events (``_publish`` commits them first, then shows them). The actor adds
+the mailbox loop and every command handler on top; nothing here runs on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+
+import msgspec
+
+from actors.core.commands import GetMessages
+from actors.core.errors import NotFoundError, PreconditionFailedError, TaskRunningError
+from actors.core.events import TERMINAL_EVENTS, Event, EventLog, FrameEncoder, delta_data, encode_event, event_type
+from actors.core.ids import utcnow
+from actors.core.records import LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
+from actors.core.replies import MessagePage
+from actors.core.tree import MessageTree, Node
+from actors.ports import EventSink, SessionStore
+from actors.session.fanout import Hub, Subscription
+from actors.session.turn import Turn
+
+__all__ = ["ActorSettings", "SessionState"]
+
+_TASK_END_MEMORY = 64  # terminal seqs remembered for task-scoped streams
+
+
+class ActorSettings(msgspec.Struct, frozen=True):
+    """How a session actor runs: its mailbox bound, how many events it keeps and replays."""
+
+    mailbox_size: int = 64
+    event_retention: int = 10000
+    seq_block: int = 4096
+    max_queued: int = 16
+    replay_events: int = 1000
+
+
+class SessionState:
+    """One session's live data (see the module docstring)."""
+
+    def __init__(
+        self,
+        loaded: LoadedSession,
+        *,
+        store: SessionStore,
+        settings: ActorSettings,
+        stats: Stats,
+        frame: FrameEncoder,
+        sink: EventSink | None = None,
+    ) -> None:
+        record = loaded.record
+        self.id = record.id
+        self.record = record
+        self.tree = MessageTree.from_nodes(loaded.nodes, record.active_leaf_id)
+        self.checkpoints = loaded.checkpoints
+        events = loaded.events
+        floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
+        self.log = EventLog(frame=frame, retention=settings.event_retention, floor=floor)
+        self._last_task_start: int | None = None
+        for ev in events:
+            self.log.append(ev.seq, ev.type, ev.data)
+            if ev.type == "task.started":
+                self._last_task_start = ev.seq
+        # Ids handed out before a crash may be above every durable one: continue above both.
+        self._next_seq = max(record.seq_reserved, loaded.max_seq) + 1
+        self.hub = Hub(self.log)
+        self._store = store
+        self._settings = settings
+        self._stats = stats
+        self._sink = sink
+        self._turn: Turn | None = None
+        self._queued: deque[Turn] = deque()
+        self._loop = asyncio.get_running_loop()
+
+    # -- identity, read without the mailbox: these fields never change after creation ------
+
+    @property
+    def namespace(self) -> str:
+        return self.record.namespace
+
+    @property
+    def end_user_id(self) -> str | None:
+        return self.record.end_user_id
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _snapshot(self) -> SessionRecord:
+        return msgspec.structs.replace(self.record, message_count=len(self.tree))
+
+    def _messages(self, cmd: GetMessages) -> MessagePage:
+        path = self.tree.active_path()
+        page = path[cmd.offset : cmd.offset + cmd.limit]
+        items: list[tuple[Node, int, int]] = []
+        for node in page:
+            index, count = self.tree.sibling_position(node.id)
+            items.append((node, index, count))
+        return MessagePage(
+            items=items,
+            usage=self.record.usage,
+            has_more=cmd.offset + len(page) < len(path),
+            total=len(path),
+        )
+
+    def _subscribe(self, last_event_id: int | None) -> Subscription:
+        if last_event_id is None:
+            start = self._last_task_start
+            last_event_id = start - 1 if start is not None else self.log.last_seq
+        return self.hub.subscribe(last_event_id, on_reset=self.reset_cursor)
+
+    def reset_cursor(self) -> int:
+        """Where a stream told to reset continues: the running task's start, else now."""
+        start = self._last_task_start
+        if self._turn is not None and start is not None and self.log.covers(start - 1):
+            return start - 1
+        return self.log.last_seq
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def _publish(self, events: Sequence[Event], ops: Sequence[Op] = (), *, ends: Sequence[str] = ()) -> list[int]:
+        """Number ``events``, commit them with ``ops``, and only then show them to subscribers.
+
+        Committing first means an id a client has seen is always durable or above the
+        durable reservation, and a crash can never hand it out again.
+        """
+        seqs: list[int] = []
+        stored: list[StoredEvent] = []
+        for event in events:
+            seq = self._next_seq
+            self._next_seq += 1
+            seqs.append(seq)
+            stored.append(StoredEvent(seq, event_type(event), encode_event(event)))
+        if self._next_seq - 1 > self.record.seq_reserved:
+            self.record.seq_reserved = self._next_seq - 1
+        all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
+        await self._store.commit(all_ops)
+        end_task = ends[0] if ends else None
+        for ev in stored:
+            self.log.append(ev.seq, ev.type, ev.data)
+            if ev.type == "task.started":
+                self._last_task_start = ev.seq
+            if self._sink is not None:
+                self._sink(self.id, ev.seq, ev.type, ev.data, end_task if ev.type in TERMINAL_EVENTS else None)
+        for task_id in ends:
+            self.hub.task_end_seq[task_id] = seqs[-1]
+            if len(self.hub.task_end_seq) > _TASK_END_MEMORY:
+                del self.hub.task_end_seq[next(iter(self.hub.task_end_seq))]
+        self._stats.events += len(stored)
+        self.hub.notify()
+        return seqs
+
+    def _touch(self) -> None:
+        self.record.last_active_at = utcnow()
+        self.record.version += 1
+        self.record.message_count = len(self.tree)
+
+    def _check_version(self, if_match: int | None) -> None:
+        if if_match is not None and if_match != self.record.version:
+            raise PreconditionFailedError(f"session is at version {self.record.version}, not {if_match}")
+
+    def _require_idle(self) -> None:
+        if self._turn is not None:
+            raise TaskRunningError(f"task {self._turn.task_id} is running; cancel it or queue")
+
+    def _node(self, message_id: str) -> Node:
+        node = self.tree.get(message_id)
+        if node is None:
+            raise NotFoundError(f"no message {message_id} in this session")
+        return node
+
+    def _emit_delta(self, turn: Turn, delta: str) -> None:
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        data = delta_data(turn.delta_head, delta)
+        self.log.append(seq, "message.delta", data)
+        if self._sink is not None:
+            self._sink(self.id, seq, "message.delta", data, None)
+        self._stats.events += 1
+        self.hub.notify()
+
+    def _has_ids(self) -> bool:
+        """Whether the next event id is reserved durably already."""
+        return self._next_seq <= self.record.seq_reserved

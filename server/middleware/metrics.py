@@ -1,0 +1,45 @@
+"""Every request counted and timed by its route's template (never the raw path: bounded label
+values), and every 429 counted by the limit that refused it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from server.appkeys import METRICS
+from server.auth.ratelimit import LimitReachedError
+from server.middleware.problem import FAILURE
+from server.routing import route_of
+
+__all__ = ["metrics_middleware"]
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await handler(request)
+    route = route_of(request)
+    label = route.path if route is not None else "(unmatched)"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client left before the answer was complete (nginx's code for it)
+        raise
+    finally:
+        metrics.http_requests.labels(request.method, label, str(status)).inc()
+        if status == 429:
+            failure = request.get(FAILURE)
+            # A 429 that no limit named would be a bug; it is still counted, so none is missed.
+            metrics.rate_limited(failure.limit if isinstance(failure, LimitReachedError) else "unnamed")
+        metrics.http_seconds.labels(request.method, label).observe(time.perf_counter() - started)

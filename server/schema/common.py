@@ -1,0 +1,52 @@
+"""What every resource's schema shares: the request-body base, decode_body and json_response."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from actors.core.errors import InvalidRequestError, PayloadTooLargeError, SessiondError
+
+__all__ = ["BadJsonError", "RequestBody", "decode_body", "json_response"]
+
+T = TypeVar("T")
+
+
+class RequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A JSON request body: unknown fields are refused (422), so a typo never passes silently."""
+
+
+class BadJsonError(SessiondError):
+    status, code, title = 400, "bad_json", "The body is not valid JSON"
+
+
+_encoder = msgspec.json.Encoder()
+# One decoder per body type, made at first use (msgspec's advice: reuse them).
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+async def decode_body(request: web.Request, type_: type[T], *, empty_ok: bool = True) -> T:
+    """The one place that turns a request body into a typed value (or a 400/413/422)."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLargeError(f"the body is larger than {request.client_max_size} bytes") from None
+    if not raw.strip():
+        if not empty_ok:
+            raise InvalidRequestError("a JSON body is required")
+        raw = b"{}"
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    try:
+        return decoder.decode(raw)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadJsonError(str(exc)) from None
+
+
+def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_encoder.encode(value), status=status, content_type="application/json", headers=headers)
