@@ -2,6 +2,8 @@
 
 A new route is one line here. The router (``add_routes``), the OpenAPI document, the token scope
 (``token=True``), admission (``task`` and ``sse``) and the metrics labels all read this table.
+The protocol adapters (server/protocols) keep their routes beside their handlers; they join the
+table at its end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from actors.store.tables import AgentRecord, DocumentRecord
 from server.auth.guests import GuestOut
 from server.auth.tokens import TokenPair
 from server.middleware.auth import REFRESH_ROUTE
+from server.protocols import ag_ui, ai_sdk, openai_conversations, openai_responses
 from server.routes import (
     agents,
     docs,
@@ -226,6 +229,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/", webpage.chat_page, "The chat page", reply=HTML, tag="operations", public=True),
     Route("GET", "/web/{name}", webpage.web_file, "A file of the chat page (script, style, icon)", reply=ANY,
           tag="operations", public=True),
+    # the protocol adapters: AI SDK, AG-UI, OpenAI Responses and Conversations
+    *ai_sdk.ROUTES,
+    *ag_ui.ROUTES,
+    *openai_responses.ROUTES,
+    *openai_conversations.ROUTES,
 )
 
 
