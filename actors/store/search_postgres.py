@@ -47,14 +47,14 @@ async def search_sessions(fetch: _Fetch, query: SearchQuery) -> list[SearchHit]:
         where.append(f"s.end_user_id = {param(f.end_user_id)}")
     for key, value in f.metadata.items():
         where.append(f"s.body->'metadata'->>{param(key)} = {param(value)}")
-    for sql, value in (
+    for sql, bound in (
         ("s.body->>'created_at' >= {}", query.created_after),
         ("s.body->>'created_at' < {}", query.created_before),
         ("s.last_active_at >= {}", query.active_after),
         ("s.last_active_at < {}", query.active_before),
     ):
-        if value is not None:
-            where.append(sql.format(param(value)))
+        if bound is not None:
+            where.append(sql.format(param(bound)))
     cond = "".join(f" AND {w}" for w in where)
     limit = param(MAX_MATCHES)
     # Ranking reads the rows' tsvectors only; headlines are made for the page alone, below.

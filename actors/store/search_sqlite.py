@@ -102,7 +102,7 @@ async def search_sessions(fetch: _Fetch, query: SearchQuery) -> list[SearchHit]:
     messages = await _ranked(fetch, "message_fts", "messages m", "m", match, cond, params)
     titles = await _ranked(fetch, "title_fts", "session_titles t", "t", match, cond, params)
     matches = [Match(*row) for row in (*messages, *titles)]
-    order = None
+    order: dict[str, tuple[str, str]] | None = None
     if query.sort != "relevance":
         ids = list({m.session_id for m in matches})
         order = {}
