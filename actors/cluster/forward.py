@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from actors.cluster.streams import EventStreams, RemoteSubscription, data_of
 from actors.core.commands import AnyCommand, Command, GetMessages, Subscribe, TaskCommand
 from actors.core.errors import ActorStoppedError, SessiondError, UnavailableError
-from actors.core.events import MessageCompleted, TaskFailed, decode_event
+from actors.core.events import MessageCompleted, TaskFailed, TaskInterrupted, TaskStarted, decode_event
 from actors.core.records import SessionRecord
 from actors.core.replies import TaskHandle, TurnOutcome
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
@@ -262,11 +262,16 @@ class RemoteSession:
         """Follow a forwarded task to its end and build the result a local ask would give."""
         completed: MessageCompleted | None = None
         error: str | None = None
+        reply_id: str | None = None
+        interrupted = False
         try:
             while True:
                 batch = await sub.next(30)
-                if batch is CLOSED or batch is RESET:
+                if batch is CLOSED:
                     break
+                if batch is RESET:
+                    sub.skip_to(sub.reset_cursor())  # past a hole: its end is still to come
+                    continue
                 if batch is HEARTBEAT:
                     continue
                 assert isinstance(batch, list)
@@ -274,8 +279,17 @@ class RemoteSession:
                     event = decode_event(data)
                     if isinstance(event, MessageCompleted) and event.task_id == task.task_id:
                         completed = event
+                    elif isinstance(event, TaskStarted) and event.task_id == task.task_id:
+                        reply_id = event.reply_id
                     elif isinstance(event, TaskFailed) and event.task_id == task.task_id:
                         error = event.error
+                    elif isinstance(event, TaskInterrupted) and event.task_id == task.task_id:
+                        interrupted, error = True, event.error
+            if completed is None and interrupted:
+                # Its node stopped mid-answer (or before it began): the answer as stored, with
+                # what was folded of its text, is the reply, like a local ask's.
+                done.set_result(await self._interrupted(task, reply_id, error))
+                return
             if completed is None:
                 raise ActorStoppedError("the task ended without its answer")
             page = await self.ask(GetMessages(limit=1 << 30))
@@ -293,3 +307,15 @@ class RemoteSession:
                 done.set_exception(exc)
         finally:
             sub.close()
+
+    async def _interrupted(self, task: RemoteTask, reply_id: str | None, error: str | None) -> TurnOutcome:
+        page = await self.ask(GetMessages(limit=1 << 30))
+        nodes = {n.id: (n, i, c) for n, i, c in page.items}
+        found = nodes.get(reply_id) if reply_id is not None else None
+        if found is None:
+            # Interrupted before its answer began: the user's message is what there is.
+            found = nodes.get(task.message_id)
+        if found is None:
+            raise ActorStoppedError("the task ended without its answer")
+        msg, index, count = found
+        return TurnOutcome(task.task_id, "interrupted", msg, Usage(), None, error, index, count)

@@ -39,6 +39,7 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     forward_timeout_seconds: float = 5.0
     stream_maxlen: int = 10000
     stream_ttl_seconds: int = 86400
+    outbox_events: int = 100_000
     prefix: str = "sessiond"
 
 
@@ -56,7 +57,12 @@ class Cluster:
         p = settings.prefix
         self.leases = Leases(self.redis, p, self.node_id, settings.lease_ms)
         self.streams = EventStreams(
-            self.redis, p, maxlen=settings.stream_maxlen, ttl_seconds=settings.stream_ttl_seconds, frame=frame
+            self.redis,
+            p,
+            maxlen=settings.stream_maxlen,
+            ttl_seconds=settings.stream_ttl_seconds,
+            frame=frame,
+            outbox_events=settings.outbox_events,
         )
         self._tasks = Spawner()
         self.forwarder = Forwarder(

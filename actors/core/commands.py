@@ -26,6 +26,7 @@ __all__ = [
     "DeleteSession",
     "EditMessage",
     "ExportSession",
+    "FoldReply",
     "GetMessages",
     "GetSession",
     "GetTree",
@@ -204,6 +205,12 @@ class ReserveSeqs(Command[None], frozen=True, tag="reserve_seqs"):
     task_id: str
 
 
+class FoldReply(Command[None], frozen=True, tag="fold_reply"):
+    """The running turn streamed for ``fold_seconds``: store its answer's text so far."""
+
+    task_id: str
+
+
 class TurnEnded(Command[None], frozen=True, tag="turn_ended"):
     """Sent by the actor's own turn task when the model is done (or failed)."""
 
@@ -211,7 +218,7 @@ class TurnEnded(Command[None], frozen=True, tag="turn_ended"):
     error: str | None = None
 
 
-TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | TurnEnded
+TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | FoldReply | TurnEnded
 """What a session's running turn sends its actor; never forwarded across nodes."""
 
 MailboxCommand = AnyCommand | TurnCommand

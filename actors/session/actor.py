@@ -25,6 +25,7 @@ from actors.core.commands import (
     DeleteSession,
     EditMessage,
     ExportSession,
+    FoldReply,
     GetMessages,
     GetSession,
     GetTree,
@@ -277,6 +278,8 @@ class SessionActor(SessionState):
                 await self._tool_returned(cmd)
             case ReserveSeqs():
                 await self._reserve_seqs(cmd)
+            case FoldReply():
+                await self._fold_reply(cmd)
             case TurnEnded():
                 await self._turn_ended(cmd)
             case _:
@@ -446,6 +449,19 @@ class SessionActor(SessionState):
         self.record.seq_reserved = self._next_seq + self._settings.seq_block
         await self._store.commit([PutSession.of(self.record)])
 
+    def _fold(self, turn: Turn) -> None:
+        self._mailbox.tell_internal(FoldReply(turn.task_id))
+
+    async def _fold_reply(self, cmd: FoldReply) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return  # it ended meanwhile, with its whole text
+        # A copy: the live reply keeps its content empty until the end, as readers know it.
+        reply = msgspec.structs.replace(self.tree.nodes[turn.reply_id], content=turn.text())
+        await self._store.commit([PutMessage.of(self.id, reply)])
+        if self._current(cmd.task_id) is turn:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds
+
     async def _start_turn(self, turn: Turn, ops: list[Op]) -> None:
         user = self.tree.nodes[turn.user_id]
         if turn.queued and self.tree.active_leaf_id not in (None, user.parent_id):
@@ -463,6 +479,8 @@ class SessionActor(SessionState):
         self.record.seq_reserved = max(self.record.seq_reserved, self._next_seq + self._settings.seq_block)
         self._touch()
         self._turn = turn
+        if self._settings.fold_seconds > 0:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
