@@ -176,6 +176,8 @@ class Registry:
             frame=self.frame,
             sink=self.cluster.streams.publish if self.cluster is not None else None,
         )
+        if self.cluster is not None:
+            await self.cluster.streams.catch_up(session_id, loaded.events)
         await actor.start()
         self._actors[session_id] = actor
         self.stats.activations += 1

@@ -11,6 +11,7 @@ local one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import cast
 
@@ -20,7 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from actors.batch import BatchQueue, QueueClosedError
-from actors.core.events import FrameEncoder
+from actors.core.events import TERMINAL_EVENTS, FrameEncoder, decode_event
+from actors.core.records import StoredEvent
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch
 
 __all__ = ["EventStreams", "RemoteSubscription", "data_of"]
@@ -65,6 +67,9 @@ class EventStreams:
         # tells every reader of that session that it missed something: stream.reset.
         self._outbox: BatchQueue[_Outgoing] = BatchQueue(outbox_events)
         self.dropped = 0  # events dropped since the outage began (0 while Redis takes them)
+        # Of the dropped events, per session, each terminal one and the newest: queued first when
+        # there is room again, so readers past the hole still get every task's end.
+        self._overflow: dict[str, list[_Outgoing]] = {}
         self.failing_since: float | None = None  # loop time of the first refused batch of an outage
 
     def key(self, session_id: str) -> str:
@@ -72,8 +77,13 @@ class EventStreams:
 
     def publish(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None, prev: int) -> None:
         """Queue an event for its Redis stream (an EventSink); one publisher keeps the order."""
+        ev = _Outgoing(session_id, seq, type_, data, end_task, prev)
         try:
-            self._outbox.put_nowait(_Outgoing(session_id, seq, type_, data, end_task, prev))
+            if self._overflow:
+                self._requeue_overflow()
+            if self._overflow:
+                raise asyncio.QueueFull  # older events of some session wait before this one
+            self._outbox.put_nowait(ev)
         except asyncio.QueueFull:
             if not self.dropped:
                 log.error(
@@ -82,8 +92,32 @@ class EventStreams:
                     len(self._outbox),
                 )
             self.dropped += 1
+            kept = self._overflow.setdefault(session_id, [])
+            if kept and kept[-1].end_task is None:
+                kept.pop()  # only the newest of the others is worth keeping
+            kept.append(ev)
         except QueueClosedError:
             log.error("cluster outbox closed: event %s of %s not fanned out", seq, session_id)
+
+    def _requeue_overflow(self) -> None:
+        """Queue the kept dropped events while there is room (their ``prev`` marks the hole)."""
+        for sid in list(self._overflow):
+            kept = self._overflow[sid]
+            while kept:
+                self._outbox.put_nowait(kept[0])  # QueueFull: the rest waits for more room
+                kept.pop(0)
+            del self._overflow[sid]
+
+    async def catch_up(self, session_id: str, events: list[StoredEvent]) -> None:
+        """Before a node's actor for ``session_id`` starts: the durable events its Redis stream
+        lacks (the node that showed them was lost with them queued), each after a hole, so a
+        reader resets and then still sees them, and every task's end."""
+        last = cast(list[_Entry], await self.redis.xrevrange(self.key(session_id), count=1))
+        top = _seq(last[0][0]) if last else 0
+        for ev in events:
+            if ev.seq > top:
+                end = _task_of(ev.data) if ev.type in TERMINAL_EVENTS else None
+                self.publish(session_id, ev.seq, ev.type, ev.data, end, ev.seq - 1)
 
     @property
     def backlog(self) -> int:
@@ -130,6 +164,9 @@ class EventStreams:
                 )
                 self.failing_since = None
                 self.dropped = 0
+            if self._overflow:
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._requeue_overflow()
             return
 
     async def _write(self, batch: list[_Outgoing]) -> None:
@@ -154,6 +191,11 @@ class EventStreams:
         self, session_id: str, cursor: int, task_id: str | None = None, *, frame: FrameEncoder | None = None
     ) -> RemoteSubscription:
         return RemoteSubscription(self, session_id, cursor, task_id, frame or self.frame)
+
+
+def _task_of(data: bytes) -> str | None:
+    task_id = getattr(decode_event(data), "task_id", None)
+    return task_id if isinstance(task_id, str) else None
 
 
 def data_of(seq: int, type_: str, data: bytes) -> bytes:

@@ -1,0 +1,80 @@
+"""Faults for cluster tests: a private redis-server the test starts, stops and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+__all__ = ["PrivateRedis", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """``redis-server`` on a port of its own, its dump file (if any) in ``dir``."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.dir), "--dbfilename", "dump.rdb",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # A process must come up: poll, bounded.
+        deadline = time.monotonic() + 10
+        conn = aioredis.from_url(self.url)
+        try:
+            while True:
+                try:
+                    await conn.ping()
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.02)
+        finally:
+            await conn.aclose()
+
+    def kill(self) -> None:
+        """SIGKILL: what it held is gone (nothing is saved)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    async def shutdown_saving(self) -> None:
+        """Stop after writing every key to the dump file, so the next start has them back."""
+        conn = aioredis.from_url(self.url)
+        try:
+            await conn.shutdown(save=True)
+        except Exception:
+            pass  # the connection dies with the server, as it should
+        finally:
+            await conn.aclose()
+        assert self.proc is not None
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,283 @@
+"""Cluster mode under faults: real server processes, real PostgreSQL, and a private redis-server
+each test starts, stops and restarts (never the shared one).
+
+The promise checked throughout: never a silent gap. A reader either gets every event after its
+id, in order, once, or it is told ``stream.reset`` where it cannot; and every task's stream
+ends with that task's own terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import HEADERS, ServerProcess
+from tests.faults import PrivateRedis
+from tests.pg import create_database, drop_database
+from tests.sse import SseEvent, events, read_until
+
+pytestmark = pytest.mark.slow
+TERMINAL = {"task.completed", "task.failed", "task.cancelled", "task.interrupted"}
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    # Requested before server_process: the database is dropped after the servers stopped.
+    dsn = await create_database()
+    try:
+        yield dsn
+    finally:
+        await drop_database(dsn)
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path / "redis")
+    await redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+def _env(dsn: str, redis: PrivateRedis, **extra: str) -> dict[str, str]:
+    return {
+        "SESSIOND_STORE_KIND": "postgres",
+        "SESSIOND_STORE_POSTGRES_DSN": dsn,
+        "SESSIOND_FANOUT_KIND": "redis",
+        "SESSIOND_REDIS_URL": redis.url,
+        "SESSIOND_CLUSTER_PREFIX": f"t{secrets.token_hex(4)}",
+        "SESSIOND_TOKENS_SECRET": secrets.token_urlsafe(48),
+        "SESSIOND_CLUSTER_LEASE_MS": "2000",
+        "SESSIOND_CLUSTER_FORWARD_TIMEOUT_SECONDS": "1",
+        **extra,
+    }
+
+
+def _nodes(server_process: Callable[..., ServerProcess], env: dict[str, str], n: int, tmp: Path) -> list[ServerProcess]:
+    return [
+        server_process(env={**env, "SESSIOND_CLUSTER_NODE_ID": f"n{i}"}, data_dir=tmp / f"node{i}") for i in range(n)
+    ]
+
+
+async def _owned_by(http: aiohttp.ClientSession, url: str) -> str:
+    """A new session whose actor lives on the node at ``url``."""
+    async with http.post(f"{url}/v1/sessions", json={}) as r:
+        assert r.status == 201
+        sid: str = (await r.json())["id"]
+    async with http.get(f"{url}/v1/sessions/{sid}") as r:
+        assert r.status == 200  # activated here: this node holds its lease
+    return sid
+
+
+async def _take(resp: aiohttp.ClientResponse, n: int, out: list[SseEvent]) -> None:
+    """Read ``n`` more events of ``resp`` into ``out``."""
+    got = 0
+    async for ev in events(resp):
+        out.append(ev)
+        got += 1
+        if got == n:
+            return
+    raise AssertionError("the stream ended early")
+
+
+async def _resume(http: aiohttp.ClientSession, url: str, sid: str, last: int, deadline: float = 20) -> list[SseEvent]:
+    """Resume ``sid`` on ``url`` after ``last`` until a task's end; 503 with Retry-After (the only
+    other answer allowed while a node or Redis is coming back) is retried, bounded."""
+    until = time.monotonic() + deadline
+    got: list[SseEvent] = []
+    while time.monotonic() < until:
+        cursor = got[-1].id if got and got[-1].id is not None else last
+        async with http.get(f"{url}/v1/sessions/{sid}/stream", headers={"Last-Event-ID": str(cursor)}) as r:
+            if r.status != 200:
+                assert r.status == 503 and r.headers.get("Retry-After"), (r.status, await r.text())
+                continue
+            got += await asyncio.wait_for(read_until(r, TERMINAL), 15)
+            if got and got[-1].event in TERMINAL:
+                return got
+    raise AssertionError(f"no end of the task on {url} in {deadline}s: {[e.event for e in got]}")
+
+
+def _assert_no_silent_gap(reference: list[int], after: int, got: list[SseEvent]) -> None:
+    """Each event ``got`` (resumed after id ``after``) is the next one of ``reference`` (the ids
+    the owner showed), unless a stream.reset came just before it: no skip without saying so."""
+    order = {seq: i for i, seq in enumerate(reference)}
+    ids = [e.id for e in got if e.event != "stream.reset"]
+    assert len(ids) == len(set(ids)), "no event twice"
+    prev, reset = after, False
+    for ev in got:
+        if ev.event == "stream.reset":
+            reset = True
+            continue
+        assert ev.id is not None and ev.id > prev, "in order, nothing from before the resume point"
+        if not reset:
+            want = next((s for s in reference if s > prev), None)
+            assert ev.id == want, f"silent gap: {ev.id} ({ev.event}) follows {prev}, not {want}"
+        elif ev.id in order:
+            pass  # past a reset the stream goes on wherever the server says
+        prev, reset = ev.id, False
+
+
+async def test_events_published_while_redis_is_down_are_retried_in_order(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """Redis stops mid-answer (saving its keys) and comes back: the owner kept every event it
+    could not publish and publishes them in order, so a client resuming through another node
+    gets exactly what the owner's own stream had, with no reset."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="80",
+        SESSIOND_CLUSTER_LEASE_MS="15000",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        own: list[SseEvent] = []
+        async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}) as r:
+            assert r.status == 200
+            await _take(r, 5, own)
+            await private_redis.shutdown_saving()
+            await _take(r, 15, own)  # shown while Redis is away: kept for it
+            await private_redis.start()
+            own += await asyncio.wait_for(read_until(r, TERMINAL), 20)
+        assert own[-1].event == "task.completed"
+        start = own[0].id
+        assert start is not None
+        got = await _resume(http, url_b, sid, start - 1)
+    assert [e.id for e in got] == [e.id for e in own], "through Redis, every event the owner showed, in order"
+    assert not any(e.event == "stream.reset" for e in got)
+    deltas = "".join(e.data["delta"] for e in got if e.event == "message.delta")
+    completed = next(e for e in got if e.event == "message.completed")
+    assert deltas == completed.data["message"]["content"]
+    assert any("publishing events to Redis failed" in line for line in a.output)
+
+
+async def test_events_past_the_outbox_bound_reset_readers_who_missed_them(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """With room for only a few events while Redis is away, the owner drops the rest and says
+    so; a client resuming through another node is told stream.reset at the hole (never a
+    silent skip) and still gets the task's end."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="60",
+        SESSIOND_CLUSTER_LEASE_MS="15000",
+        SESSIOND_CLUSTER_OUTBOX_EVENTS="3",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        own: list[SseEvent] = []
+        async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}) as r:
+            assert r.status == 200
+            await _take(r, 5, own)
+            await private_redis.shutdown_saving()  # its keys (the lease) come back with it
+            await _take(r, 15, own)
+            await private_redis.start()
+            own += await asyncio.wait_for(read_until(r, TERMINAL), 20)
+        assert own[-1].event == "task.completed"
+        reference = [e.id for e in own if e.id is not None]
+        last_seen = reference[4]  # what a client had read before the outage
+        got = await _resume(http, url_b, sid, last_seen)
+    assert got[-1].event == "task.completed" and got[-1].id == reference[-1]
+    assert any(e.event == "stream.reset" for e in got), ("the hole is said, not skipped", got)
+    _assert_no_silent_gap(reference, last_seen, got)
+    assert any("cluster outbox full" in line for line in a.output)
+
+
+async def test_sigkill_mid_answer_keeps_the_folded_text_and_resets_across_the_hole(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """The owner dies mid-answer. On every surviving node, the new owner included, a client
+    that resumes from the last delta it saw gets no duplicate and no silent gap: stream.reset
+    where the lost node's tail may be missing, then the task's own task.interrupted. The reply
+    is stored interrupted with the text folded before the crash."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="400",
+        SESSIOND_SESSIONS_FOLD_SECONDS="0.2",
+    )
+    a, b, c = _nodes(server_process, env, 3, tmp_path)
+    url_a, url_b, url_c = a.start(), b.start(), c.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        own: list[SseEvent] = []
+        async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}) as r:
+            assert r.status == 200
+            began = time.monotonic()
+            async for ev in events(r):
+                own.append(ev)
+                if ev.event == "message.delta" and time.monotonic() - began > 0.8:
+                    break  # streamed for four folds
+            a.kill()
+        seen = "".join(e.data["delta"] for e in own if e.event == "message.delta")
+        task_id = own[0].data["task_id"]
+        last = own[-1].id
+        assert last is not None
+        tails = await asyncio.gather(_resume(http, url_b, sid, last), _resume(http, url_c, sid, last))
+        for tail in tails:
+            ids = [e.id for e in tail if e.event != "stream.reset"]
+            assert all(i is not None and i > last for i in ids) and len(ids) == len(set(ids)), "no duplicate"
+            assert tail[-1].event == "task.interrupted" and tail[-1].data["task_id"] == task_id
+            assert "stream.reset" in [e.event for e in tail], "the lost node's tail is said to be missing"
+            after = [e for e in tail if e.event == "message.delta"]
+            # Whatever came before the reset is the owner's tail as Redis kept it, in order.
+            assert [e.id for e in after] == sorted(e.id for e in after if e.id is not None)
+        async with http.get(f"{url_b}/v1/sessions/{sid}/messages") as r:
+            assert r.status == 200
+            reply = (await r.json())["items"][-1]
+    assert reply["role"] == "assistant" and reply["status"] == "interrupted"
+    assert reply["content"], "the text folded before the crash is kept"
+    assert seen.startswith(reply["content"]) or reply["content"].startswith(seen)
+    assert reply["content"].startswith("Simulated")
+
+
+async def test_sigkill_mid_answer_on_one_node_keeps_the_folded_text(server_process: Any, tmp_path: Path) -> None:
+    """One node, SQLite: SIGKILL mid-answer and restart: the reply is interrupted with the text
+    streamed up to the last fold, not empty."""
+    env = {
+        "SESSIOND_SIMULATED_TOKENS_PER_SECOND": "40",
+        "SESSIOND_SIMULATED_REPLY_TOKENS": "400",
+        "SESSIOND_SESSIONS_FOLD_SECONDS": "0.2",
+    }
+    node = server_process(env=env, data_dir=tmp_path / "data")
+    url = node.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        async with http.post(f"{url}/v1/sessions", json={}) as r:
+            sid = (await r.json())["id"]
+        own: list[SseEvent] = []
+        async with http.post(f"{url}/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}) as r:
+            assert r.status == 200
+            began = time.monotonic()
+            async for ev in events(r):
+                own.append(ev)
+                if ev.event == "message.delta" and time.monotonic() - began > 0.8:
+                    break
+            node.kill()
+        seen = "".join(e.data["delta"] for e in own if e.event == "message.delta")
+        again = server_process(env=env, data_dir=tmp_path / "data")
+        url = again.start()
+        async with http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+            assert r.status == 200
+            reply = (await r.json())["items"][-1]
+        async with http.get(f"{url}/v1/sessions/{sid}/stream", headers={"Last-Event-ID": str(own[-1].id)}) as r:
+            tail = await asyncio.wait_for(read_until(r, TERMINAL), 10)
+    assert reply["status"] == "interrupted"
+    assert len(reply["content"]) >= len(seen) // 2 and reply["content"], "up to the last fold, not empty"
+    assert seen.startswith(reply["content"]) or reply["content"].startswith(seen)
+    assert [e.event for e in tail] == ["stream.reset", "task.interrupted"], "said, then the task's end"
