@@ -281,3 +281,119 @@ async def test_sigkill_mid_answer_on_one_node_keeps_the_folded_text(server_proce
     assert len(reply["content"]) >= len(seen) // 2 and reply["content"], "up to the last fold, not empty"
     assert seen.startswith(reply["content"]) or reply["content"].startswith(seen)
     assert [e.event for e in tail] == ["stream.reset", "task.interrupted"], "said, then the task's end"
+
+
+async def _to_the_end(resp: aiohttp.ClientResponse) -> list[SseEvent]:
+    """Every event until the server ends the stream (a task's stream ends after its own end)."""
+    return [ev async for ev in events(resp)]
+
+
+async def _queue_behind(
+    http: aiohttp.ClientSession, url_owner: str, url_other: str, sid: str
+) -> tuple[aiohttp.ClientResponse, aiohttp.ClientResponse, list[SseEvent], asyncio.Task[Any]]:
+    """A running streamed task on the owner; behind it, through the other node, a queued streamed
+    send (its response, read to its first event) and a queued non-streamed one (a task awaiting
+    its JSON answer)."""
+    running = await http.post(f"{url_owner}/v1/sessions/{sid}/messages", json={"content": "one", "stream": True})
+    assert running.status == 200
+    head: list[SseEvent] = []
+    await _take(running, 3, head)
+    queued = await http.post(
+        f"{url_other}/v1/sessions/{sid}/messages?queue=true", json={"content": "two", "stream": True}
+    )
+    assert queued.status == 200, await queued.text()
+
+    async def plain() -> tuple[int, Any]:
+        async with http.post(
+            f"{url_other}/v1/sessions/{sid}/messages?queue=true", json={"content": "three", "stream": False}
+        ) as r:
+            return r.status, await r.json()
+
+    answer = asyncio.create_task(plain())
+    # Both are queued once the session's tree holds their user turns (bounded: a request in flight).
+    until = time.monotonic() + 5
+    while True:
+        async with http.get(f"{url_owner}/v1/sessions/{sid}/tree") as r:
+            users = {n["content"] for n in (await r.json())["nodes"] if n["role"] == "user"}
+        if {"two", "three"} <= users:
+            break
+        assert time.monotonic() < until, "the queued sends never reached the session"
+    return running, queued, head, answer
+
+
+@pytest.mark.parametrize("how", ["cancel", "drain"])
+async def test_every_queued_task_stream_ends_after_a_cancel_or_a_drain(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path, how: str
+) -> None:
+    """A cancel (through the other node) or a drain (SIGTERM of the owner) with two tasks queued
+    behind a running one: the running stream, on the owner, ends with its task's end; the
+    queued streamed send, through the other node, ends with its own task's terminal event;
+    the queued non-streamed send through the other node is answered 200 with its status."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="400",
+        SESSIOND_CLUSTER_LEASE_MS="15000",
+        SESSIOND_CLUSTER_FORWARD_TIMEOUT_SECONDS="5",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        running, queued, head, answer = await _queue_behind(http, url_a, url_b, sid)
+        want = "task.cancelled" if how == "cancel" else "task.interrupted"
+        if how == "cancel":
+            async with http.post(f"{url_b}/v1/sessions/{sid}/cancel") as r:
+                assert r.status == 200, await r.text()
+        else:
+            assert a.terminate() == 0
+        own = await asyncio.wait_for(read_until(running, TERMINAL), 10)
+        theirs = await asyncio.wait_for(_to_the_end(queued), 10)
+        status, body = await asyncio.wait_for(answer, 10)
+        running.release()
+        queued.release()
+    assert own[-1].event == want and own[-1].data["task_id"] == head[0].data["task_id"]
+    assert theirs, "the queued stream said something"
+    assert theirs[-1].event == want, [e.event for e in theirs]
+    assert theirs[-1].data["task_id"] != head[0].data["task_id"], "its own task's end, not the running one's"
+    assert status == 200, body
+    assert body["status"] == want.removeprefix("task.") and body["task_id"] not in (
+        head[0].data["task_id"],
+        theirs[-1].data["task_id"],
+    )
+
+
+async def test_every_queued_task_stream_ends_after_a_failover(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """SIGKILL of the owner with two tasks queued behind a running one: once another node has
+    the session, the queued streamed send (through a survivor) ends with its own
+    task.interrupted, and the queued non-streamed one is answered 200 ``interrupted``."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="400",
+        SESSIOND_CLUSTER_FORWARD_TIMEOUT_SECONDS="3",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        running, queued, head, answer = await _queue_behind(http, url_a, url_b, sid)
+        a.kill()
+        running.release()
+        last = head[-1].id
+        assert last is not None
+        # A client resuming through the survivor: it becomes the owner once the lease expires.
+        tail = await _resume(http, url_b, sid, last)
+        theirs = await asyncio.wait_for(_to_the_end(queued), 10)
+        status, body = await asyncio.wait_for(answer, 10)
+        queued.release()
+    assert tail[-1].event == "task.interrupted" and tail[-1].data["task_id"] == head[0].data["task_id"]
+    assert theirs[-1].event == "task.interrupted", [e.event for e in theirs]
+    assert theirs[-1].data["task_id"] != head[0].data["task_id"]
+    assert "stream.reset" in [e.event for e in theirs], "the lost node's tail is said to be missing"
+    assert status == 200, body
+    assert body["status"] == "interrupted"

@@ -21,17 +21,24 @@ import secrets
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
 
 from actors.cluster.streams import EventStreams, RemoteSubscription, data_of
-from actors.core.commands import AnyCommand, Command, GetMessages, Subscribe, TaskCommand
+from actors.core.commands import AnyCommand, Command, GetMessages, GetTree, Subscribe, TaskCommand
 from actors.core.errors import ActorStoppedError, SessiondError, UnavailableError
-from actors.core.events import MessageCompleted, TaskFailed, TaskInterrupted, TaskStarted, decode_event
+from actors.core.events import (
+    MessageCompleted,
+    TaskCancelled,
+    TaskFailed,
+    TaskInterrupted,
+    TaskStarted,
+    decode_event,
+)
 from actors.core.records import SessionRecord
-from actors.core.replies import TaskHandle, TurnOutcome
+from actors.core.replies import TaskHandle, TreeView, TurnOutcome
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
 from actors.core.tree import Usage
 from actors.tasks import Spawner
@@ -142,6 +149,11 @@ class Forwarder:
         self._timeout = timeout
         self.streams = streams
         self._spawner = spawner
+
+    async def owner(self, session_id: str) -> str | None:
+        """The node holding ``session_id``'s lease now, if any."""
+        value = await self._redis.get(f"{self._p}:lease:{session_id}")
+        return value.decode() if isinstance(value, bytes) else value
 
     def _inbox_key(self, node_id: str) -> str:
         return f"{self._p}:inbox:{node_id}"
@@ -263,7 +275,7 @@ class RemoteSession:
         completed: MessageCompleted | None = None
         error: str | None = None
         reply_id: str | None = None
-        interrupted = False
+        ended: Literal["cancelled", "interrupted"] | None = None
         try:
             while True:
                 batch = await sub.next(30)
@@ -284,11 +296,13 @@ class RemoteSession:
                     elif isinstance(event, TaskFailed) and event.task_id == task.task_id:
                         error = event.error
                     elif isinstance(event, TaskInterrupted) and event.task_id == task.task_id:
-                        interrupted, error = True, event.error
-            if completed is None and interrupted:
-                # Its node stopped mid-answer (or before it began): the answer as stored, with
-                # what was folded of its text, is the reply, like a local ask's.
-                done.set_result(await self._interrupted(task, reply_id, error))
+                        ended, error = "interrupted", event.error
+                    elif isinstance(event, TaskCancelled) and event.task_id == task.task_id:
+                        ended = "cancelled"
+            if completed is None and ended is not None:
+                # Its node stopped mid-answer, or it was cancelled or dropped while queued: the
+                # answer as stored (with what was folded of its text) is the reply, as locally.
+                done.set_result(await self._ended(task, reply_id, error, ended))
                 return
             if completed is None:
                 raise ActorStoppedError("the task ended without its answer")
@@ -308,14 +322,26 @@ class RemoteSession:
         finally:
             sub.close()
 
-    async def _interrupted(self, task: RemoteTask, reply_id: str | None, error: str | None) -> TurnOutcome:
-        page = await self.ask(GetMessages(limit=1 << 30))
-        nodes = {n.id: (n, i, c) for n, i, c in page.items}
-        found = nodes.get(reply_id) if reply_id is not None else None
-        if found is None:
-            # Interrupted before its answer began: the user's message is what there is.
-            found = nodes.get(task.message_id)
-        if found is None:
+    async def _ended(
+        self, task: RemoteTask, reply_id: str | None, error: str | None, status: Literal["cancelled", "interrupted"]
+    ) -> TurnOutcome:
+        # The whole tree: a queued task's user turn is not on the active path.
+        query = GetTree()
+        try:
+            tree = await self.ask(query)
+        except (ActorStoppedError, UnavailableError):
+            # The task ended because its node was lost: the session lives on whichever node
+            # published that end, or on none (it drained): this node's own inbox then
+            # activates it here.
+            owner = await self._forwarder.owner(self.id)
+            target = owner if owner is not None and owner != self.owner else self._forwarder.node_id
+            tree = cast(TreeView, await self._forwarder.ask(target, self.id, query))
+        nodes = {n.id: n for n in tree.nodes}
+        # Its answer as stored (with what was folded of its text), or, interrupted before its
+        # answer began, the user's message, as a local ask answers.
+        msg = nodes.get(reply_id) if reply_id is not None else None
+        msg = msg or nodes.get(task.message_id)
+        if msg is None:
             raise ActorStoppedError("the task ended without its answer")
-        msg, index, count = found
-        return TurnOutcome(task.task_id, "interrupted", msg, Usage(), None, error, index, count)
+        siblings = [n.id for n in tree.nodes if n.parent_id == msg.parent_id]
+        return TurnOutcome(task.task_id, status, msg, Usage(), None, error, siblings.index(msg.id), len(siblings))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Literal, TypeVar, assert_never
+from typing import Literal, TypeVar, assert_never, cast
 
 import msgspec
 
@@ -417,10 +417,11 @@ class SessionActor(SessionState):
         return True
 
     async def _shutdown(self) -> None:
-        self._queued_interrupt(cancelled=False)
+        queued = self._queued_interrupt(cancelled=False)
         turn = await self._stop_turn()
         if turn is not None:
             await self._finish(turn, "interrupted", "the server is shutting down")
+        await self._end_queued(queued)
         self.record.seq_reserved = self._next_seq - 1
         await self._store.commit([PutSession.of(self.record)])
         self._stop("shutdown")
@@ -570,23 +571,34 @@ class SessionActor(SessionState):
     async def _cancel(self) -> str:
         if self._turn is None:
             raise ConflictError("no task is running in this session")
-        self._queued_interrupt(cancelled=True)
+        queued = self._queued_interrupt(cancelled=True)
         turn = await self._stop_turn()
         assert turn is not None
         await self._finish(turn, "cancelled", None)
+        await self._end_queued(queued)
         return turn.task_id
 
-    def _queued_interrupt(self, *, cancelled: bool) -> None:
-        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree."""
+    def _queued_interrupt(self, *, cancelled: bool) -> list[Event]:
+        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree.
+        Returns the terminal event of each, which ``_end_queued`` publishes."""
         queued = list(self._queued)
         self._queued.clear()
         ids = {t.task_id for t in queued}
         self.record.running = [r for r in self.record.running if r.task_id not in ids]
+        ends: list[Event] = []
         for turn in queued:
+            ends.append(TaskCancelled(turn.task_id) if cancelled else TaskInterrupted(turn.task_id))
             if not turn.done.done():
                 reason: TurnStatus = "cancelled" if cancelled else "interrupted"
                 node = self.tree.nodes[turn.user_id]
                 turn.done.set_result(TurnOutcome(turn.task_id, reason, node, Usage(), None))
+        return ends
+
+    async def _end_queued(self, ends: list[Event]) -> None:
+        """Every queued task's stream ends with its own terminal event, here and on other nodes."""
+        if ends:
+            self._touch()
+            await self._publish(ends, ends=[cast(str, getattr(e, "task_id")) for e in ends])  # noqa: B009
 
 
 class _ActorJournal:
