@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import HEADERS, ServerProcess
-from tests.faults import PrivateRedis
+from tests.faults import CuttingProxy, PrivateRedis
 from tests.pg import create_database, drop_database
 from tests.sse import SseEvent, events, read_until
 
@@ -397,3 +397,69 @@ async def test_every_queued_task_stream_ends_after_a_failover(
     assert "stream.reset" in [e.event for e in theirs], "the lost node's tail is said to be missing"
     assert status == 200, body
     assert body["status"] == "interrupted"
+
+
+async def test_outages_answer_503_with_retry_after_and_readyz_says_so(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """Redis away: a send and a stream resume through a node that does not own the session, and
+    an activation, answer 503 with Retry-After (never 500), and /readyz is not ready; once Redis
+    is back the very first request is answered (stale connections reconnect). PostgreSQL away
+    (its connections cut by a proxy): create and send answer 503 with Retry-After; once it is
+    back the session answers again. sessiond logs no traceback for any of it, one line each."""
+    proxy = CuttingProxy("127.0.0.1", 5432)
+    await proxy.start()
+    try:
+        dsn = pg_dsn.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        env = _env(dsn, private_redis, SESSIOND_CLUSTER_LEASE_MS="15000")
+        a, b = _nodes(server_process, env, 2, tmp_path)
+        # In threads: the proxy they connect through runs on this loop.
+        url_a, url_b = await asyncio.to_thread(a.start), await asyncio.to_thread(b.start)
+        async with aiohttp.ClientSession(headers=HEADERS) as http:
+            sid = await _owned_by(http, url_a)
+            async with http.post(f"{url_a}/v1/sessions", json={}) as r:
+                dormant = (await r.json())["id"]  # stored, active nowhere
+
+            await private_redis.shutdown_saving()
+            for method, url, body in [
+                ("POST", f"{url_b}/v1/sessions/{sid}/messages", {"content": "hi"}),
+                ("GET", f"{url_b}/v1/sessions/{sid}/stream", None),
+                ("GET", f"{url_a}/v1/sessions/{dormant}", None),
+            ]:
+                async with http.request(method, url, json=body) as r:
+                    assert r.status == 503 and r.headers.get("Retry-After"), (url, r.status, await r.text())
+                    assert r.content_type == "application/problem+json"
+            async with http.get(f"{url_a}/readyz") as r:
+                ready = await r.json()
+                assert r.status == 503 and ready["status"] == "not_ready" and ready["checks"]["redis"] != "ok"
+            await private_redis.start()
+            async with http.get(f"{url_a}/readyz") as r:
+                assert r.status == 200, await r.text()
+            async with http.post(f"{url_b}/v1/sessions/{sid}/messages", json={"content": "back"}) as r:
+                assert r.status == 200, await r.text()  # the first request after the restart
+                assert (await r.json())["status"] == "completed"
+
+            await proxy.cut()
+            async with http.post(f"{url_a}/v1/sessions", json={}) as r:
+                assert r.status == 503 and r.headers.get("Retry-After"), await r.text()
+            async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "down"}) as r:
+                assert r.status == 503 and r.headers.get("Retry-After"), await r.text()
+            async with http.get(f"{url_a}/readyz") as r:
+                assert r.status == 503 and (await r.json())["checks"]["store"] != "ok"
+            await proxy.restore()
+            until = time.monotonic() + 10
+            while True:  # the pool reconnects; until then 503 with Retry-After is the only answer
+                async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "again"}) as r:
+                    if r.status == 200:
+                        break
+                    assert r.status == 503 and r.headers.get("Retry-After"), await r.text()
+                assert time.monotonic() < until, "the session never answered again"
+            async with http.get(f"{url_b}/v1/sessions/{sid}/messages") as r:
+                users = [m["content"] for m in (await r.json())["items"] if m["role"] == "user"]
+        assert users[0] == "back" and users[-1] == "again" and "hi" not in users
+        for node in (a, b):
+            ours = [line for line in node.output if '"logger":"sessiond.' in line]
+            assert not [line for line in ours if "Traceback" in line], "\n".join(ours)
+            assert any("Redis unreachable" in line for line in ours), "the outage is said, in one line"
+    finally:
+        await proxy.aclose()

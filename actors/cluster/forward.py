@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from actors.cluster.streams import EventStreams, RemoteSubscription, data_of
 from actors.core.commands import AnyCommand, Command, GetMessages, GetTree, Subscribe, TaskCommand
@@ -177,15 +178,21 @@ class Forwarder:
     async def serve(self, handler: Handler) -> None:
         """Run every command sent to this node's inbox, each in a task of its own."""
         key = self._inbox_key(self.node_id)
+        failing = False
         while True:
             try:
                 got = await self._redis.brpop([key], timeout=5)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reading the cluster inbox failed")
+            except Exception as exc:
+                if not failing:  # one line per outage
+                    failing = True
+                    log.error("reading the cluster inbox failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1)  # back off before asking a failing Redis again
                 continue
+            if failing:
+                failing = False
+                log.warning("reading the cluster inbox again")
             if got is not None:
                 raw = got[1]
                 if isinstance(raw, str):  # only with decode_responses, which this client does not use
@@ -206,6 +213,12 @@ class Forwarder:
                 ok=False, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail,
                 retry_after=exc.retry_after,
             )
+        except (RedisError, OSError) as exc:
+            # Redis or the database is away on this node: the asker answers 503, not 500.
+            log.warning("forwarded command failed: %s: %s", type(exc).__name__, exc)
+            err = UnavailableError(f"the owner of session {request.session_id} cannot reach a service ({exc})")
+            reply = _Reply(ok=False, status=err.status, code=err.code, title=err.title, detail=err.detail,
+                           retry_after=err.retry_after)
         except Exception as exc:
             log.exception("forwarded command failed")
             reply = _Reply(ok=False, status=500, code="internal_error", title="Internal server error", detail=str(exc))
