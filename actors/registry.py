@@ -175,6 +175,7 @@ class Registry:
             on_stop=self._stopped,
             frame=self.frame,
             sink=self.cluster.streams.publish if self.cluster is not None else None,
+            guard=self.cluster.leases.holds if self.cluster is not None else None,
         )
         if self.cluster is not None:
             await self.cluster.streams.catch_up(session_id, loaded.events)

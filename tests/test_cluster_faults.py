@@ -463,3 +463,63 @@ async def test_outages_answer_503_with_retry_after_and_readyz_says_so(
             assert any("Redis unreachable" in line for line in ours), "the outage is said, in one line"
     finally:
         await proxy.aclose()
+
+
+async def test_redis_restarted_empty_mid_answer_leaves_one_actor(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """Redis comes back empty (its leases gone) while the owner streams an answer; sends then
+    arrive through both nodes. The old owner cannot prove its lease, so it takes none: exactly
+    one actor runs the session, the user turns form one line (no siblings), and no reply is
+    left ``running`` while the session is idle."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="400",
+        SESSIOND_SESSIONS_FOLD_SECONDS="0.2",
+        SESSIOND_CLUSTER_LEASE_MS="3000",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        own: list[SseEvent] = []
+        async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "busy", "stream": True}) as r:
+            assert r.status == 200
+            await _take(r, 5, own)
+            private_redis.kill()
+            await private_redis.start()  # empty: no lease, no stream
+
+            async def send(url: str, content: str) -> tuple[int, Any]:
+                until = time.monotonic() + 15
+                while True:
+                    async with http.post(f"{url}/v1/sessions/{sid}/messages?queue=true", json={"content": content}) as s:
+                        if s.status == 200:
+                            return s.status, await s.json()
+                        assert s.status == 503 and s.headers.get("Retry-After"), (s.status, await s.text())
+                    assert time.monotonic() < until, "never answered"
+
+            answers = await asyncio.gather(send(url_a, "via a"), send(url_b, "via b"))
+            tail = await asyncio.wait_for(_to_the_end(r), 15)
+        seen = [*own, *tail]
+        if seen[-1].event not in TERMINAL:
+            # The old owner stopped, writing and showing nothing more; the client resumes by
+            # its id, where the session lives now, and gets its task's end.
+            last = seen[-1].id
+            assert last is not None
+            seen += await _resume(http, url_a, sid, last)
+        assert seen[-1].event == "task.interrupted" and seen[-1].data["task_id"] == own[0].data["task_id"]
+        async with http.get(f"{url_b}/v1/sessions/{sid}/tree") as r:
+            tree = await r.json()
+        async with http.get(f"{url_a}/v1/sessions/{sid}") as r:
+            session = await r.json()
+    assert all(status == 200 for status, _ in answers)
+    nodes = {n["id"]: n for n in tree["nodes"]}
+    users = [n for n in tree["nodes"] if n["role"] == "user"]
+    assert sorted(u["content"] for u in users) == ["busy", "via a", "via b"]
+    for u in users:
+        siblings = [n for n in tree["nodes"] if n["parent_id"] == u["parent_id"] and n["role"] == "user"]
+        assert len(siblings) == 1, f"user turns became siblings: {[s['content'] for s in siblings]}"
+    assert session["status"] == "idle"
+    assert not [n for n in nodes.values() if n["status"] == "running"], "a reply left running while idle"

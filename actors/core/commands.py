@@ -20,6 +20,7 @@ from actors.core.stream import EventStream
 from actors.core.tree import Node
 
 __all__ = [
+    "READS",
     "AnyCommand",
     "CancelTask",
     "Command",
@@ -222,3 +223,8 @@ TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | FoldReply | TurnEnded
 """What a session's running turn sends its actor; never forwarded across nodes."""
 
 MailboxCommand = AnyCommand | TurnCommand
+
+
+# Commands that only read: every other one changes the session, and in cluster mode is taken
+# only by a node that can prove it holds the session's lease.
+READS = (GetSession, GetMessages, GetTree, ListCheckpoints, Subscribe, ExportSession)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar, assert_never, cast
 
 import msgspec
 
 from actors.core.commands import (
+    READS,
     CancelTask,
     Command,
     DeleteSession,
@@ -52,6 +53,7 @@ from actors.core.errors import (
     NotFoundError,
     SessiondError,
     StoreClosedError,
+    UnavailableError,
 )
 from actors.core.events import (
     CheckpointCreated,
@@ -117,8 +119,12 @@ class SessionActor(SessionState):
         on_stop: Callable[[SessionActor, BaseException | None], None],
         frame: FrameEncoder,
         sink: EventSink | None = None,
+        guard: Callable[[str], Awaitable[bool | None]] | None = None,
     ) -> None:
         super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
+        # Cluster mode: whether this node still holds the session's lease, asked before a
+        # change is accepted (a node that cannot prove it must not serve one).
+        self._guard = guard
         self._provider = provider
         self._on_stop = on_stop
         self._mailbox = Mailbox(settings.mailbox_size)
@@ -224,6 +230,15 @@ class SessionActor(SessionState):
     async def ask(self, command: Command[R]) -> R:
         if self._stopping:
             raise ActorStoppedError()
+        if self._guard is not None and not isinstance(command, READS):
+            held = await self._guard(self.id)
+            if held is None:
+                raise UnavailableError("the lease of this session cannot be checked (Redis is unreachable)")
+            if not held:
+                # Another node may run this session now (Redis lost the lease): stop here,
+                # writing nothing more; the caller looks the session up again.
+                self.abort("lease lost")
+                raise ActorStoppedError(f"this node no longer holds the lease of session {self.id}")
         fut: asyncio.Future[R] = self._loop.create_future()
         self._mailbox.tell(command, fut)
         return await fut
@@ -457,6 +472,15 @@ class SessionActor(SessionState):
         turn = self._current(cmd.task_id)
         if turn is None:
             return  # it ended meanwhile, with its whole text
+        if self._guard is not None:
+            held = await self._guard(self.id)
+            if held is None:
+                # Redis cannot say: the next fold (or the end) writes the text.
+                turn.fold_at = self._loop.time() + self._settings.fold_seconds
+                return
+            if not held:
+                self.abort("lease lost")  # a fold must never overwrite what the new owner wrote
+                return
         # A copy: the live reply keeps its content empty until the end, as readers know it.
         reply = msgspec.structs.replace(self.tree.nodes[turn.reply_id], content=turn.text())
         await self._store.commit([PutMessage.of(self.id, reply)])
