@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -494,7 +495,8 @@ async def test_redis_restarted_empty_mid_answer_leaves_one_actor(
             async def send(url: str, content: str) -> tuple[int, Any]:
                 until = time.monotonic() + 15
                 while True:
-                    async with http.post(f"{url}/v1/sessions/{sid}/messages?queue=true", json={"content": content}) as s:
+                    path = f"{url}/v1/sessions/{sid}/messages?queue=true"
+                    async with http.post(path, json={"content": content}) as s:
                         if s.status == 200:
                             return s.status, await s.json()
                         assert s.status == 503 and s.headers.get("Retry-After"), (s.status, await s.text())
@@ -523,3 +525,93 @@ async def test_redis_restarted_empty_mid_answer_leaves_one_actor(
         assert len(siblings) == 1, f"user turns became siblings: {[s['content'] for s in siblings]}"
     assert session["status"] == "idle"
     assert not [n for n in nodes.values() if n["status"] == "running"], "a reply left running while idle"
+
+
+async def test_stream_maxlen_trims_across_nodes_with_a_reset_never_a_gap(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """With ``stream_maxlen = 20``: a resume through another node from an id still in the
+    Redis stream gets exactly the owner's events after it; from an id trimmed away, it gets
+    stream.reset first (never a silent jump)."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_REPLY_TOKENS="60",
+        SESSIOND_CLUSTER_STREAM_MAXLEN="20",
+        SESSIOND_CLUSTER_LEASE_MS="15000",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}) as r:
+            own = await asyncio.wait_for(read_until(r, TERMINAL), 20)
+        ids = [e.id for e in own if e.id is not None]
+        assert len(ids) > 40
+        kept_from = ids[-15]  # within the last 20
+        recent = await _resume(http, url_b, sid, kept_from)
+        async with http.get(f"{url_b}/v1/sessions/{sid}/stream", headers={"Last-Event-ID": str(ids[2])}) as r:
+            assert r.status == 200
+            first = await asyncio.wait_for(anext(aiter(events(r))), 10)
+    assert [e.id for e in recent] == ids[-14:] and recent[-1].event == "task.completed"
+    assert first.event == "stream.reset", first
+    assert first.id is not None and first.id >= ids[-20], "it goes on from what Redis still holds"
+
+
+async def test_a_stalled_owner_gives_way_and_takes_nothing_after(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """The owner stalls (SIGSTOP) past lease_ms mid-answer: the other node takes the session;
+    when the stalled node resumes (SIGCONT) it finds its lease gone and stops its actor, and a
+    send through it reaches the new owner. One line of user turns, no reply left running."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="400",
+        SESSIOND_SESSIONS_FOLD_SECONDS="0.2",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        own: list[SseEvent] = []
+        async with http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "busy", "stream": True}) as r:
+            assert r.status == 200
+            await _take(r, 5, own)
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                last = own[-1].id
+                assert last is not None
+                tail = await _resume(http, url_b, sid, last)  # b takes the session once the lease expires
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+        # Through the node that stalled: it may not take the send itself any more.
+        until = time.monotonic() + 20
+        while True:
+            after = await http.post(f"{url_a}/v1/sessions/{sid}/messages", json={"content": "after", "stream": True})
+            if after.status == 200:
+                break
+            assert after.status == 503 and after.headers.get("Retry-After"), (after.status, await after.text())
+            after.release()
+            assert time.monotonic() < until, "the send through the resumed node was never answered"
+        first: list[SseEvent] = []
+        await _take(after, 2, first)
+        async with http.post(f"{url_b}/v1/sessions/{sid}/cancel") as c:
+            assert c.status == 200, await c.text()
+        ended = await asyncio.wait_for(read_until(after, TERMINAL), 10)
+        after.release()
+        async with http.get(f"{url_b}/v1/sessions/{sid}/tree") as r:
+            tree = await r.json()
+        async with http.get(f"{url_b}/v1/sessions/{sid}") as r:
+            session = await r.json()
+    assert tail[-1].event == "task.interrupted" and tail[-1].data["task_id"] == own[0].data["task_id"]
+    users = [n for n in tree["nodes"] if n["role"] == "user"]
+    assert [u["content"] for u in users].count("busy") == 1 and "after" in [u["content"] for u in users]
+    for u in users:
+        siblings = [n for n in tree["nodes"] if n["parent_id"] == u["parent_id"] and n["role"] == "user"]
+        assert len(siblings) == 1, f"user turns became siblings: {[s['content'] for s in siblings]}"
+    assert session["status"] == "idle"
+    assert not [n for n in tree["nodes"] if n["status"] == "running"], "a reply left running while idle"
+    assert ended[-1].event == "task.cancelled"
