@@ -141,7 +141,10 @@ ROUTES: tuple[Route, ...] = (
               Param("queue", {"type": "boolean"}, "Wait behind a running task instead of answering 409."),
               _IF_MATCH)),
     Route("GET", f"{_S}/messages", messages.list_messages, "The active path, oldest first",
-          reply=MessageList, token=True, query=(integer("limit", 100, 1, 1000), integer("offset", 0, 0, 10_000_000))),
+          reply=MessageList, token=True, query=(
+              integer("limit", 100, 1, 1000), integer("offset", 0, 0, 10_000_000),
+              Param("format", {"type": "string", "enum": ["text", "html"], "default": "text"},
+                    "html adds content_html: the content as sanitized HTML (Markdown rendered)."))),
     Route("GET", f"{_S}/tree", messages.get_tree, "Every message, with parents and children", reply=TreeOut,
           token=True),
     Route("POST", f"{_S}/messages/{{message_id}}/edit", messages.edit_message, "Edit a user message (a new sibling)",

@@ -22,7 +22,11 @@ from server.auth.principal import PRINCIPAL, SESSION, Principal, authorize_sessi
 from server.auth.tokens import REFRESH_PREFIX
 from server.routing import Route, route_of
 
-__all__ = ["REFRESH_ROUTE", "auth_middleware"]
+__all__ = [
+    "REFRESH_ROUTE",
+    "BadHeaderError",
+    "auth_middleware",
+]
 
 REFRESH_ROUTE = "/v1/tokens/refresh"
 
