@@ -345,10 +345,18 @@ class RemoteSession:
         except (ActorStoppedError, UnavailableError):
             # The task ended because its node was lost: the session lives on whichever node
             # published that end, or on none (it drained): this node's own inbox then
-            # activates it here.
-            owner = await self._forwarder.owner(self.id)
-            target = owner if owner is not None and owner != self.owner else self._forwarder.node_id
-            tree = cast(TreeView, await self._forwarder.ask(target, self.id, query))
+            # activates it here. A draining node releases its leases only once its actors
+            # stopped: ask again, a bounded number of times, until the lease has moved.
+            for attempt in range(10):
+                owner = await self._forwarder.owner(self.id)
+                target = owner if owner is not None and owner != self.owner else self._forwarder.node_id
+                try:
+                    tree = cast(TreeView, await self._forwarder.ask(target, self.id, query))
+                    break
+                except ActorStoppedError:
+                    if attempt == 9:
+                        raise
+                    await asyncio.sleep(0.2)
         nodes = {n.id: n for n in tree.nodes}
         # Its answer as stored (with what was folded of its text), or, interrupted before its
         # answer began, the user's message, as a local ask answers.
