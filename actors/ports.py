@@ -69,8 +69,10 @@ class SessionRef(Protocol):
 class EventSink(Protocol):
     """Told of every event a session emits, in order (the cluster's Redis fan-out is one)."""
 
-    def __call__(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None) -> None:
-        """``end_task``: the task a terminal event ends, else None."""
+    def __call__(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None, prev: int) -> None:
+        """``end_task``: the task a terminal event ends, else None. ``prev``: the id of the event
+        this session emitted just before this one (readers that hold less than ``prev`` have a
+        hole before this event, and are told ``stream.reset``)."""
 
 
 class SessionStore(Protocol):

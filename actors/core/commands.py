@@ -21,12 +21,14 @@ from actors.core.stream import EventStream
 from actors.core.tree import Node
 
 __all__ = [
+    "READS",
     "AnyCommand",
     "CancelTask",
     "Command",
     "DeleteSession",
     "EditMessage",
     "ExportSession",
+    "FoldReply",
     "GetMessages",
     "GetSession",
     "GetTree",
@@ -227,6 +229,12 @@ class ReserveSeqs(Command[None], frozen=True, tag="reserve_seqs"):
     task_id: str
 
 
+class FoldReply(Command[None], frozen=True, tag="fold_reply"):
+    """The running turn streamed for ``fold_seconds``: store its answer's text so far."""
+
+    task_id: str
+
+
 class TurnEnded(Command[None], frozen=True, tag="turn_ended"):
     """Sent by the actor's own turn task when the model is done (or failed)."""
 
@@ -234,7 +242,12 @@ class TurnEnded(Command[None], frozen=True, tag="turn_ended"):
     error: str | None = None
 
 
-TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | TurnEnded
+TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | FoldReply | TurnEnded
 """What a session's running turn sends its actor; never forwarded across nodes."""
 
 MailboxCommand = AnyCommand | TurnCommand
+
+
+# Commands that only read: every other one changes the session, and in cluster mode is taken
+# only by a node that can prove it holds the session's lease.
+READS = (GetSession, GetMessages, GetTree, ListCheckpoints, Subscribe, ExportSession)

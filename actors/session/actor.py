@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Literal, TypeVar, assert_never
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar, assert_never, cast
 
 import msgspec
 
 from actors.core.commands import (
+    READS,
     CancelTask,
     Command,
     DeleteSession,
     EditMessage,
     ExportSession,
+    FoldReply,
     GetMessages,
     GetSession,
     GetTree,
@@ -52,6 +54,7 @@ from actors.core.errors import (
     NotFoundError,
     SessiondError,
     StoreClosedError,
+    UnavailableError,
 )
 from actors.core.events import (
     CheckpointCreated,
@@ -118,8 +121,12 @@ class SessionActor(SessionState):
         on_stop: Callable[[SessionActor, BaseException | None], None],
         frame: FrameEncoder,
         sink: EventSink | None = None,
+        guard: Callable[[str], Awaitable[bool | None]] | None = None,
     ) -> None:
         super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
+        # Cluster mode: whether this node still holds the session's lease, asked before a
+        # change is accepted (a node that cannot prove it must not serve one).
+        self._guard = guard
         self._provider = provider
         self._on_stop = on_stop
         self._mailbox = Mailbox(settings.mailbox_size)
@@ -225,6 +232,15 @@ class SessionActor(SessionState):
     async def ask(self, command: Command[R]) -> R:
         if self._stopping:
             raise ActorStoppedError()
+        if self._guard is not None and not isinstance(command, READS):
+            held = await self._guard(self.id)
+            if held is None:
+                raise UnavailableError("the lease of this session cannot be checked (Redis is unreachable)")
+            if not held:
+                # Another node may run this session now (Redis lost the lease): stop here,
+                # writing nothing more; the caller looks the session up again.
+                self.abort("lease lost")
+                raise ActorStoppedError(f"this node no longer holds the lease of session {self.id}")
         fut: asyncio.Future[R] = self._loop.create_future()
         self._mailbox.tell(command, fut)
         return await fut
@@ -279,6 +295,8 @@ class SessionActor(SessionState):
                 await self._tool_returned(cmd)
             case ReserveSeqs():
                 await self._reserve_seqs(cmd)
+            case FoldReply():
+                await self._fold_reply(cmd)
             case TurnEnded():
                 await self._turn_ended(cmd)
             case _:
@@ -453,10 +471,11 @@ class SessionActor(SessionState):
         return True
 
     async def _shutdown(self) -> None:
-        self._queued_interrupt(cancelled=False)
+        queued = self._queued_interrupt(cancelled=False)
         turn = await self._stop_turn()
         if turn is not None:
             await self._finish(turn, "interrupted", "the server is shutting down")
+        await self._end_queued(queued)
         self.record.seq_reserved = self._next_seq - 1
         await self._store.commit([PutSession.of(self.record)])
         self._stop("shutdown")
@@ -485,6 +504,28 @@ class SessionActor(SessionState):
         self.record.seq_reserved = self._next_seq + self._settings.seq_block
         await self._store.commit([PutSession.of(self.record)])
 
+    def _fold(self, turn: Turn) -> None:
+        self._mailbox.tell_internal(FoldReply(turn.task_id))
+
+    async def _fold_reply(self, cmd: FoldReply) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return  # it ended meanwhile, with its whole text
+        if self._guard is not None:
+            held = await self._guard(self.id)
+            if held is None:
+                # Redis cannot say: the next fold (or the end) writes the text.
+                turn.fold_at = self._loop.time() + self._settings.fold_seconds
+                return
+            if not held:
+                self.abort("lease lost")  # a fold must never overwrite what the new owner wrote
+                return
+        # A copy: the live reply keeps its content empty until the end, as readers know it.
+        reply = msgspec.structs.replace(self.tree.nodes[turn.reply_id], content=turn.text())
+        await self._store.commit([PutMessage.of(self.id, reply)])
+        if self._current(cmd.task_id) is turn:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds
+
     async def _start_turn(self, turn: Turn, ops: list[Op]) -> None:
         user = self.tree.nodes[turn.user_id]
         if turn.queued and self.tree.active_leaf_id not in (None, user.parent_id):
@@ -502,6 +543,8 @@ class SessionActor(SessionState):
         self.record.seq_reserved = max(self.record.seq_reserved, self._next_seq + self._settings.seq_block)
         self._touch()
         self._turn = turn
+        if self._settings.fold_seconds > 0:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
@@ -595,23 +638,34 @@ class SessionActor(SessionState):
     async def _cancel(self) -> str:
         if self._turn is None:
             raise ConflictError("no task is running in this session")
-        self._queued_interrupt(cancelled=True)
+        queued = self._queued_interrupt(cancelled=True)
         turn = await self._stop_turn()
         assert turn is not None
         await self._finish(turn, "cancelled", None)
+        await self._end_queued(queued)
         return turn.task_id
 
-    def _queued_interrupt(self, *, cancelled: bool) -> None:
-        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree."""
+    def _queued_interrupt(self, *, cancelled: bool) -> list[Event]:
+        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree.
+        Returns the terminal event of each, which ``_end_queued`` publishes."""
         queued = list(self._queued)
         self._queued.clear()
         ids = {t.task_id for t in queued}
         self.record.running = [r for r in self.record.running if r.task_id not in ids]
+        ends: list[Event] = []
         for turn in queued:
+            ends.append(TaskCancelled(turn.task_id) if cancelled else TaskInterrupted(turn.task_id))
             if not turn.done.done():
                 reason: TurnStatus = "cancelled" if cancelled else "interrupted"
                 node = self.tree.nodes[turn.user_id]
                 turn.done.set_result(TurnOutcome(turn.task_id, reason, node, Usage(), None))
+        return ends
+
+    async def _end_queued(self, ends: list[Event]) -> None:
+        """Every queued task's stream ends with its own terminal event, here and on other nodes."""
+        if ends:
+            self._touch()
+            await self._publish(ends, ends=[cast(str, getattr(e, "task_id")) for e in ends])  # noqa: B009
 
 
 class _ActorJournal:

@@ -49,7 +49,9 @@ class Journal(Protocol):
 class Turn:
     """A task of the session: queued, or running (``task``) until its outcome is known."""
 
-    __slots__ = ("delta_head", "done", "model", "parts", "queued", "reply_id", "task", "task_id", "usage", "user_id")
+    __slots__ = (
+        "delta_head", "done", "fold_at", "model", "parts", "queued", "reply_id", "task", "task_id", "usage", "user_id",
+    )
 
     def __init__(self, task_id: str, user_id: str, done: asyncio.Future[TurnOutcome], *, queued: bool) -> None:
         self.task_id = task_id
@@ -57,6 +59,7 @@ class Turn:
         self.reply_id = ""  # the answer's node, made when the turn starts
         self.delta_head = b""  # the data of this reply's deltas up to their text (set with reply_id)
         self.parts: list[str] = []
+        self.fold_at = 0.0  # loop time of the next fold of the text into the store (0: none due)
         self.usage = Usage()
         self.model: str | None = None
         self.task: asyncio.Task[None] | None = None
