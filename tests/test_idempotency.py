@@ -167,8 +167,10 @@ async def test_a_send_repeated_after_sigkill_between_commit_and_reply_answers_th
         assert result["message"]["id"] == started.data["reply_id"]
         async with http.post(path, json=body, headers=_key("crash-1")) as r:
             replay = await read_until(r, TERMINAL)
-        assert replay[0].id == started.id and replay[0].event == "task.started"
-        assert replay[-1].event == "task.interrupted"
+        # The deltas streamed before the crash were never durable: the replay says so with a
+        # stream.reset (never a silent gap, issue 13) and ends with the task's own end.
+        assert replay[0].event == "stream.reset" and replay[0].id > started.id
+        assert replay[-1].event == "task.interrupted" and replay[-1].data["task_id"] == started.data["task_id"]
         async with http.get(f"/v1/sessions/{sid}/tree") as r:
             nodes = (await _ok(r))["nodes"]
         assert [n["role"] for n in nodes] == ["user", "assistant"], "the repeat started a second answer"
