@@ -65,6 +65,13 @@ def make_app(config: Config) -> web.Application:
         # Outermost first. Admission is no middleware: it needs the decoded body (server/tasks.py).
         middlewares=[request_id_middleware, metrics_middleware, problem_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
+        handler_args={
+            # aiohttp closes a connection idle this long, from its start too: one that never
+            # finishes its headers (slowloris) is closed at this deadline however it trickles.
+            "keepalive_timeout": config.server.header_timeout_seconds,
+            # After an early answer (408, 413), the rest of a body is read for at most this long.
+            "lingering_time": 2.0,
+        },
     )
     app[CONFIG] = config
     prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there

@@ -28,6 +28,12 @@ class ServerSection(_Section):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     data_dir: str = "./data"
     max_body_bytes: int = 1_048_576
+    # Slow clients: a connection must finish its request line and headers within this (and an
+    # idle kept-alive connection closes after it), and a body must arrive within
+    # body_timeout_seconds plus its length at min_body_bytes_per_second.
+    header_timeout_seconds: float = 30.0
+    body_timeout_seconds: float = 30.0
+    min_body_bytes_per_second: int = 8192
     backlog: int = 2048
     shutdown_timeout_seconds: float = 10.0
     cors_origins: list[str] = msgspec.field(default_factory=list)
@@ -85,7 +91,8 @@ class RedisSection(_Section):
 
 class MetricsSection(_Section):
     enabled: bool = True
-    require_api_key: bool = False
+    # Metrics name sessions' load and the server's shape: an API key is asked for unless opened.
+    public: bool = False
 
 
 class LogSection(_Section):

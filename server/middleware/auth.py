@@ -16,7 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from actors.core.errors import ForbiddenError, NotFoundError, SessiondError, UnauthorizedError
+from actors.core.errors import BadHeaderError, ForbiddenError, NotFoundError, UnauthorizedError
 from server.appkeys import KEYRING, REGISTRY, TOKENS
 from server.auth.principal import PRINCIPAL, SESSION, Principal, authorize_session
 from server.auth.tokens import REFRESH_PREFIX
@@ -25,10 +25,6 @@ from server.routing import Route, route_of
 __all__ = ["REFRESH_ROUTE", "auth_middleware"]
 
 REFRESH_ROUTE = "/v1/tokens/refresh"
-
-
-class BadHeaderError(SessiondError):
-    status, code, title = 400, "bad_header", "A request header is not valid"
 
 
 def _end_user_header(request: web.Request) -> str | None:

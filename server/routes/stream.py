@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.core.commands import Subscribe
-from actors.core.errors import InvalidRequestError
+from actors.core.errors import BadHeaderError, InvalidRequestError
 from server.appkeys import CONFIG
 from server.routes.common import ask
 from server.sse import stream_events
@@ -17,6 +17,8 @@ def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if raw is None or raw == "":
         return None
+    if len(raw) > 18:  # bounded before int(): an event id is a count, never this long
+        raise BadHeaderError("Last-Event-ID must be an event id this server sent")
     try:
         value = int(raw)
     except ValueError:
