@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __all__ = [
     "ActorCrashedError",
-    "BadHeaderError",
     "ActorStoppedError",
+    "BadHeaderError",
     "ConflictError",
     "ForbiddenError",
     "InvalidRequestError",

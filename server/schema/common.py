@@ -45,11 +45,12 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 async def decode_body(request: web.Request, type_: type[T], *, empty_ok: bool = True) -> T:
     """The one place that turns a request body into a typed value (or a 400/413/422)."""
+    deadline = body_deadline(request, request.client_max_size)
     try:
-        async with asyncio.timeout(body_deadline(request, request.client_max_size)):
+        async with asyncio.timeout(deadline):
             raw = await request.read()
     except TimeoutError:
-        raise BodyTimeoutError(f"the body did not arrive within {body_deadline(request, request.client_max_size):.0f} s") from None
+        raise BodyTimeoutError(f"the body did not arrive within {deadline:.0f} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"the body is larger than {request.client_max_size} bytes") from None
     if not raw.strip():
