@@ -18,6 +18,7 @@ from aiohttp import web
 from actors.core.commands import TaskCommand
 from actors.core.replies import TaskHandle
 from server.appkeys import ADMISSION, CONFIG, REGISTRY
+from server.middleware.auth import stream_recheck
 from server.quota import turn_quota
 from server.routing import route_of
 from server.schema.common import json_response
@@ -51,7 +52,9 @@ async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamR
     """The SSE stream of the task (``stream: true``) or, once it ends, its result."""
     if handle.subscription is not None:
         sub = handle.subscription
-        return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)
+        return await stream_events(
+            request, sub, request.app[CONFIG].streams, sub.reset_cursor, stream_recheck(request)
+        )
     # Shielded: a client that leaves must not cancel the future other code may await.
     outcome = await asyncio.shield(handle.done)
     return json_response(

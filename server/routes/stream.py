@@ -7,6 +7,7 @@ from aiohttp import web
 from actors.core.commands import Subscribe
 from actors.core.errors import BadHeaderError, InvalidRequestError
 from server.appkeys import CONFIG
+from server.middleware.auth import stream_recheck
 from server.routes.common import ask
 from server.sse import stream_events
 from server.tasks import admitted
@@ -32,4 +33,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
     last_id = _last_event_id(request)
     with admitted(request, starts_task=False, opens_stream=True):
         sub = await ask(request, Subscribe(last_event_id=last_id))
-        return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)
+        return await stream_events(
+            request, sub, request.app[CONFIG].streams, sub.reset_cursor, stream_recheck(request)
+        )
