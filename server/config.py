@@ -68,6 +68,11 @@ class AdmissionSection(_Section):
     # Measured on the 2-core machine with `python -m bench` (config.toml says how).
     max_running_tasks: int = 300
     max_open_streams: int = 10000
+    # Per holder (0 = no cap): one caller cannot take every slot of max_open_streams.
+    max_streams_per_token: int = 8
+    max_streams_per_guest: int = 8
+    max_streams_per_end_user: int = 32
+    max_streams_per_session: int = 256
     retry_after_seconds: int = 1
 
 

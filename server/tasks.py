@@ -17,7 +17,9 @@ from aiohttp import web
 
 from actors.core.commands import TaskCommand
 from actors.core.replies import TaskHandle
+from server.admission import Holder
 from server.appkeys import ADMISSION, CONFIG, REGISTRY
+from server.auth.principal import principal_of
 from server.middleware.auth import stream_recheck
 from server.quota import turn_quota
 from server.routing import route_of
@@ -28,10 +30,30 @@ from server.sse import stream_events
 __all__ = ["admitted", "start_task", "task_response"]
 
 
+def _holders(request: web.Request) -> list[Holder]:
+    """Who a stream of this request counts against (server/admission.py)."""
+    principal = principal_of(request)
+    holders: list[Holder] = []
+    if principal.family_id is not None:
+        holders.append(("token", principal.family_id))
+    if principal.guest_id is not None:
+        holders.append(("guest", principal.guest_id))
+    if principal.end_user_id is not None:
+        holders.append(("end_user", principal.end_user_id))
+    session_id = request.match_info.get("session_id")
+    if session_id is not None:
+        holders.append(("session", session_id))
+    return holders
+
+
 def admitted(request: web.Request, *, starts_task: bool, opens_stream: bool) -> AbstractContextManager[None]:
-    """This request counted as new work for the ``with`` body (503 ``overloaded`` past the limits)."""
+    """This request counted as new work for the ``with`` body (503 ``overloaded`` past the
+    limits, 429 past a holder's streams)."""
     return request.app[ADMISSION].enter(
-        request.app[REGISTRY].stats.tasks_running, starts_task=starts_task, opens_stream=opens_stream
+        request.app[REGISTRY].stats.tasks_running,
+        starts_task=starts_task,
+        opens_stream=opens_stream,
+        holders=_holders(request) if opens_stream else (),
     )
 
 

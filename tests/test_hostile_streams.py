@@ -111,3 +111,79 @@ async def test_a_stream_ends_when_the_key_behind_it_is_revoked(fast: Client, bro
     for stream in (by_token, by_key):
         got = await _closed(stream)
         assert got[-1].data["reason"] == "credential_revoked"
+
+
+async def test_one_token_cannot_take_every_stream_slot(make_client: ClientFactory) -> None:
+    client = await make_client(
+        admission={"max_streams_per_token": 2, "max_open_streams": 100},
+        simulated={"tokens_per_second": 20, "reply_tokens": 40},  # the streamed send lasts 2 s
+    )
+    s = await new_session(client, with_token=True)
+    path = f"/v1/sessions/{s['id']}/stream"
+    async with aiohttp.ClientSession(base_url=str(client.make_url(""))) as browser:
+        held = [
+            await browser.get(path, headers=bearer(s["access_token"])),
+            await browser.post(
+                f"/v1/sessions/{s['id']}/messages", json={"content": "hi", "stream": True},
+                headers=bearer(s["access_token"]),
+            ),
+        ]
+        assert [r.status for r in held] == [200, 200]
+        third = await browser.get(path, headers=bearer(s["access_token"]))
+        assert third.status == 429, await third.text()
+        assert third.headers["Retry-After"] == "1"
+        assert "streams" in (await third.json())["detail"]
+        # Refreshing gives a new access token of the same grant: no new slot.
+        pair = await (await browser.post("/v1/tokens/refresh", headers=bearer(s["refresh_token"]))).json()
+        assert (await browser.get(path, headers=bearer(pair["access_token"]))).status == 429
+        # Another caller still gets in: the cap is per holder, not the global one.
+        other = await client.get(path)
+        assert other.status == 200
+        # A slot is given back when its stream ends (the streamed send, with its task).
+        async with asyncio.timeout(10):
+            await read_until(held[1], "task.completed")
+            assert [ev async for ev in events(held[1])] == []
+        again = await browser.get(path, headers=bearer(pair["access_token"]))
+        assert again.status == 200
+        for r in (other, again, held[0]):
+            r.close()
+
+
+async def test_one_guest_or_end_user_cannot_take_every_stream_slot(make_client: ClientFactory) -> None:
+    client = await make_client(
+        admission={"max_streams_per_guest": 2, "max_streams_per_end_user": 2, "max_open_streams": 100}
+    )
+    # A guest with many sessions (many tokens) holds at most its cap, over all of them.
+    guest = [await (await client.post("/v1/guests/sessions", json={"ip": "198.51.100.7"})).json() for _ in range(3)]
+    assert len({g["guest"]["id"] for g in guest}) == 1
+    async with aiohttp.ClientSession(base_url=str(client.make_url(""))) as browser:
+        opened = [
+            await browser.get(f"/v1/sessions/{g['id']}/stream", headers=bearer(g["access_token"])) for g in guest
+        ]
+        assert [r.status for r in opened] == [200, 200, 429]
+        # Another guest is not locked out by the first.
+        newcomer = await (await client.post("/v1/guests/sessions", json={"ip": "203.0.113.9"})).json()
+        fresh = await browser.get(f"/v1/sessions/{newcomer['id']}/stream", headers=bearer(newcomer["access_token"]))
+        assert fresh.status == 200
+        for r in (*opened, fresh):
+            r.close()
+    # An end user, over the sessions and keys acting for them.
+    u1 = {"X-End-User-ID": "u1"}
+    mine = [await (await client.post("/v1/sessions", json={}, headers=u1)).json() for _ in range(3)]
+    streams = [await client.get(f"/v1/sessions/{m['id']}/stream", headers=u1) for m in mine]
+    assert [r.status for r in streams] == [200, 200, 429]
+    sent = await client.post(
+        f"/v1/sessions/{mine[2]['id']}/messages", json={"content": "x", "stream": True}, headers=u1
+    )
+    assert sent.status == 429  # a streamed send opens a stream too
+    assert (await client.get(f"/v1/sessions/{mine[2]['id']}/stream", headers={"X-End-User-ID": "u2"})).status == 404
+    for r in streams:
+        r.close()
+
+
+async def test_one_session_holds_at_most_its_streams(make_client: ClientFactory) -> None:
+    client = await make_client(admission={"max_streams_per_session": 3})
+    s = await new_session(client)
+    streams = [await client.get(f"/v1/sessions/{s['id']}/stream") for _ in range(4)]
+    assert [r.status for r in streams] == [200, 200, 200, 429]
+    assert (await client.get(f"/v1/sessions/{(await new_session(client))['id']}/stream")).status == 200
