@@ -186,6 +186,8 @@ class LimitsSection(_Section):
     guest_messages_per_hour: int = 20
     guest_messages_per_day: int = 50
     guest_tokens_per_day: int = 100_000
+    # Model tokens reserved for an answer when its message is admitted (with the prompt's estimate).
+    reserve_reply_tokens: int = 1024
     keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
 

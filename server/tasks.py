@@ -63,7 +63,8 @@ async def start_task(request: web.Request, command: TaskCommand[TaskHandle | str
     assert route is not None
     starts = route.starts_task(command)
     with admitted(request, starts_task=starts, opens_stream=command.stream):
-        quota = await turn_quota(request, charge=starts)  # 429 before the session sees it
+        content = getattr(command, "content", "")  # a send or an edit: the prompt's new text
+        quota = await turn_quota(request, charge=starts, content=content if isinstance(content, str) else "")
         result = await quota.ask(command)
         if isinstance(result, TaskHandle):
             return await task_response(request, result)
