@@ -171,6 +171,8 @@ class TokensSection(_Section):
 
 class GuestsSection(_Section):
     ttl_seconds: int = 86_400
+    # Shared with the site's backend, which signs its own long-lived visitor ids with it ("" = off).
+    id_secret: str = ""
 
 
 class LimitSet(_Section):

@@ -1,10 +1,14 @@
 """Hostile guests: messages sent together cannot overshoot a daily token limit (tokens are
-reserved at admission and settled at the end, in memory and in Redis), and a message the
-session refuses gives its slot back."""
+reserved at admission and settled at the end, in memory and in Redis); a message the session
+refuses gives its slot back; a signed guest id is trusted first; an IP is never re-linked to
+whichever fingerprint came last; IPv6 counts per /64 and IPv4-mapped addresses as IPv4."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 from typing import Any
 
 import aiohttp
@@ -88,3 +92,61 @@ async def test_a_message_refused_by_a_full_queue_gives_back_its_hourly_slot(
     assert usage["messages_this_hour"] == 2, usage
     running.close()
     queued.close()
+
+
+# -- identity --------------------------------------------------------------------------------
+
+ID_SECRET = "a-secret-shared-with-the-site-backend-0123456789"
+
+
+def sign(visitor: str, secret: str = ID_SECRET) -> str:
+    mac = hmac.new(secret.encode(), visitor.encode(), hashlib.sha256).digest()
+    return f"{visitor}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+async def _guest_id(client: Client, **body: Any) -> str:
+    resp = await client.post("/v1/guests/sessions", json=body)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["guest"]["id"]  # type: ignore[no-any-return]
+
+
+async def test_a_signed_guest_id_is_trusted_first_and_cannot_be_taken_by_ip_or_fingerprint(
+    backend: dict[str, Any], make_client: ClientFactory
+) -> None:
+    client = await make_client(**{**backend, "guests": {"id_secret": ID_SECRET}})
+    mine = await _guest_id(client, ip="198.51.100.1", fingerprint="fp-victim", signed_id=sign("visitor-42"))
+    # The same signed id from another network, another browser: the same guest.
+    assert await _guest_id(client, ip="203.0.113.50", fingerprint="fp-new", signed_id=sign("visitor-42")) == mine
+    # Someone with the victim's IP and fingerprint, but not the signed id, is someone else.
+    assert await _guest_id(client, ip="198.51.100.1", fingerprint="fp-victim") != mine
+    # A forged or foreign signature is refused, and so is a signed id with no secret configured.
+    for bad in ("visitor-42.AAAA", "visitor-42", sign("visitor-42", "another-secret-of-enough-length-0123456")):
+        resp = await client.post("/v1/guests/sessions", json={"ip": "198.51.100.1", "signed_id": bad})
+        assert resp.status == 422, await resp.text()
+    plain = await make_client(**backend)
+    resp = await plain.post("/v1/guests/sessions", json={"ip": "198.51.100.1", "signed_id": sign("visitor-42")})
+    assert resp.status == 422 and "id_secret" in (await resp.json())["detail"]
+
+
+async def test_an_ip_is_never_relinked_to_the_fingerprint_that_came_last(
+    backend: dict[str, Any], make_client: ClientFactory
+) -> None:
+    client = await make_client(**backend)
+    victim = await _guest_id(client, ip="192.0.2.10", fingerprint="fp-victim")
+    attacker = await _guest_id(client, ip="192.0.2.99", fingerprint="fp-attacker")
+    # The attacker visits from the victim's IP: still the attacker (fingerprint first)...
+    assert await _guest_id(client, ip="192.0.2.10", fingerprint="fp-attacker") == attacker
+    # ...and the victim's IP still belongs to the victim: a new browser there is the victim.
+    assert await _guest_id(client, ip="192.0.2.10", fingerprint="fp-victim-phone") == victim
+    assert await _guest_id(client, ip="192.0.2.10") == victim
+
+
+async def test_ipv6_is_one_guest_per_64_and_ipv4_mapped_is_ipv4(
+    backend: dict[str, Any], make_client: ClientFactory
+) -> None:
+    client = await make_client(**backend)
+    v4 = await _guest_id(client, ip="192.0.2.200")
+    assert await _guest_id(client, ip="::ffff:192.0.2.200") == v4
+    v6 = await _guest_id(client, ip="2001:db8:1:2::1")
+    assert await _guest_id(client, ip="2001:db8:1:2:ffff:ffff:ffff:fffe") == v6  # the same /64
+    assert await _guest_id(client, ip="2001:db8:1:3::1") != v6  # another /64
