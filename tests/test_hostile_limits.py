@@ -143,3 +143,52 @@ async def test_half_sent_headers_and_trickled_bodies_are_cut_at_their_deadline(m
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert (await (await client.get("/v1/sessions")).json())["items"] == []
     assert (await client.get("/healthz")).status == 200
+
+
+def _multipart_head(boundary: bytes) -> bytes:
+    return (
+        b"--%s\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\n"
+        b"Content-Type: text/plain\r\n\r\n" % boundary
+    )
+
+
+async def test_a_chunked_upload_past_the_document_cap_is_a_413_and_leaves_nothing(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()  # [documents] max_bytes: 10 MiB
+    s = await new_session(client)
+    boundary = b"b0undary"
+
+    async def twenty_megabytes() -> Any:
+        yield _multipart_head(boundary)
+        block = b"word " * 13_107  # 64 KiB
+        for _ in range(320):  # 20 MiB
+            yield block
+        yield b"\r\n--%s--\r\n" % boundary
+
+    resp = await client.post(
+        f"/v1/sessions/{s['id']}/upload", data=twenty_megabytes(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary.decode()}"},
+    )
+    assert resp.status == 413, await resp.text()
+    listed = await client.get("/v1/documents")
+    assert (await listed.json())["items"] == []
+
+
+async def test_a_trickled_upload_is_cut_at_its_deadline(make_client: ClientFactory) -> None:
+    client = await make_client(server={"body_timeout_seconds": 1.0, "min_body_bytes_per_second": 1_000_000})
+    s = await new_session(client)
+    boundary = b"b0undary"
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    head = _multipart_head(boundary)
+    writer.write(
+        b"POST /v1/sessions/%s/upload HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n"
+        b"Content-Type: multipart/form-data; boundary=%s\r\nContent-Length: 100000\r\n\r\n%s"
+        % (s["id"].encode(), TEST_KEY.encode(), boundary, head)
+    )
+    await writer.drain()
+    async with asyncio.timeout(15):
+        answer = await reader.read()
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"408", answer[:200]
+    assert (await (await client.get("/v1/documents")).json())["items"] == []
