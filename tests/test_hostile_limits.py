@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import TEST_KEY, ClientFactory, new_session
+from tests.fake_models import converse
 
 
 def _nested(depth: int) -> dict[str, Any]:
@@ -192,3 +193,17 @@ async def test_a_trickled_upload_is_cut_at_its_deadline(make_client: ClientFacto
     writer.close()
     assert answer.split(b" ", 2)[1] == b"408", answer[:200]
     assert (await (await client.get("/v1/documents")).json())["items"] == []
+
+
+async def test_deep_or_huge_tool_arguments_from_a_model_are_an_error_result(client: TestClient[Any, Any]) -> None:
+    s = await new_session(client, tools=["calculator"])
+    for args in ('{"a":' * 40 + "1" + "}" * 40, "[" * 3000 + "]" * 3000, '{"expression": "' + "1+" * 40_000 + '1"}'):
+        events = await converse(client, s["id"], f"/tool calculator {args}")
+        assert events[-1].event == "task.completed", [e.event for e in events][-3:]
+        result = next(e.data for e in events if e.event == "tool.result")
+        assert result["is_error"] is True
+        call = next(e.data for e in events if e.event == "tool.call")
+        assert set(call["arguments"]) == {"raw"}  # kept as text, never as a deep object
+    # The session still reads and lists.
+    assert (await client.get(f"/v1/sessions/{s['id']}/messages")).status == 200
+    assert (await client.get(f"/v1/sessions/{s['id']}/export")).status == 200
