@@ -34,4 +34,6 @@ def model_request(record: SessionRecord, tree: MessageTree, user_id: str) -> Mod
         agent_id=record.agent_id,
         documents=list(record.documents),
         end_user_id=record.end_user_id,
+        # The answer being written is already a child of the user turn: the others came before.
+        attempt=max(sum(1 for c in tree.nodes[user_id].children if tree.nodes[c].role == "assistant") - 1, 0),
     )
