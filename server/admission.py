@@ -13,6 +13,10 @@ What counts as new work:
 * a request that opens a stream (``GET .../stream``, or one of the above with
   ``"stream": true``) while ``max_open_streams`` streams are open.
 
+A stream is also counted against whoever opens it: its token's grant, its guest, its end user
+and its session each hold at most ``max_streams_per_*`` streams (429 past that), so one caller
+cannot take every slot of the global cap, which stays the last line.
+
 Everything else (reads, cancel, create, delete) is always admitted: it is cheap, and cancel
 is how load goes down.
 
@@ -25,19 +29,28 @@ opens a stream depends on it (``stream``, a restore's ``hint``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 from actors.core.errors import OverloadedError
+from server.auth.ratelimit import LimitReachedError
 from server.config import AdmissionSection
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "Holder", "HolderKind"]
+
+HolderKind = Literal["token", "guest", "end_user", "session"]
+Holder = tuple[HolderKind, str]
+"""Who a stream counts against: a token's grant (its family: refreshing does not free a slot),
+a guest, an end user or a session, with its id."""
+
+_NAMES: dict[HolderKind, str] = {"token": "token", "guest": "guest", "end_user": "end user", "session": "session"}
 
 
 class Admission:
     """The limits, and what the server carries: open streams and admitted task requests."""
 
-    __slots__ = ("open_streams", "refused", "settings", "task_requests")
+    __slots__ = ("_held", "open_streams", "refused", "settings", "task_requests")
 
     def __init__(self, settings: AdmissionSection) -> None:
         self.settings = settings
@@ -47,6 +60,13 @@ class Admission:
         # the HTTP API started, but moves at admission, before the actor has started the task.
         self.task_requests = 0
         self.refused = 0
+        self._held: dict[Holder, int] = {}  # open streams per holder; a holder with none is dropped
+
+    def _cap(self, kind: HolderKind) -> int:
+        return getattr(self.settings, f"max_streams_per_{kind}")  # type: ignore[no-any-return]
+
+    def streams_of(self, holder: Holder) -> int:
+        return self._held.get(holder, 0)
 
     def task_load(self, tasks_running: int) -> int:
         """Running tasks as admission sees them: the registry's count can lag a burst of
@@ -54,7 +74,9 @@ class Admission:
         return max(tasks_running, self.task_requests)
 
     @contextmanager
-    def enter(self, tasks_running: int, *, starts_task: bool, opens_stream: bool) -> Iterator[None]:
+    def enter(
+        self, tasks_running: int, *, starts_task: bool, opens_stream: bool, holders: Sequence[Holder] = ()
+    ) -> Iterator[None]:
         """Admit one request (503 ``overloaded`` if it would go past a limit) for the ``with`` body.
 
         Not async, on purpose: the check and the increment happen with no await between them,
@@ -73,11 +95,29 @@ class Admission:
                 f"{limits.max_open_streams} streams are open, the most this server holds at once",
                 retry_after=limits.retry_after_seconds,
             )
+        held = holders if opens_stream else ()
+        for holder in held:
+            cap = self._cap(holder[0])
+            if cap > 0 and self._held.get(holder, 0) >= cap:
+                self.refused += 1
+                raise LimitReachedError(
+                    f"this {_NAMES[holder[0]]} has {cap} streams open, the most it may hold at once",
+                    limit=f"max_streams_per_{holder[0]}",
+                    retry_after=limits.retry_after_seconds,
+                )
         # Counted from admission to the end of the response.
         self.task_requests += starts_task
         self.open_streams += opens_stream
+        for holder in held:
+            self._held[holder] = self._held.get(holder, 0) + 1
         try:
             yield
         finally:
             self.task_requests -= starts_task
             self.open_streams -= opens_stream
+            for holder in held:
+                left = self._held[holder] - 1
+                if left:
+                    self._held[holder] = left
+                else:
+                    del self._held[holder]

@@ -20,6 +20,7 @@ from server.agents import setup_agents
 from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
+from server.logs import redact_parser_errors
 from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
 from server.middleware.cors import setup_cors
@@ -60,13 +61,27 @@ def make_cluster(config: Config) -> Cluster | None:
     return Cluster(config.redis.url, config.cluster, frame=sse.frame)
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would send "Python/3.x aiohttp/3.y": versions tell an attacker what to try.
+    response.headers["Server"] = "sessiond"
+
+
 def make_app(config: Config) -> web.Application:
     app = web.Application(
         # Outermost first. Admission is no middleware: it needs the decoded body (server/tasks.py).
         middlewares=[request_id_middleware, metrics_middleware, problem_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
+        handler_args={
+            # aiohttp closes a connection idle this long, from its start too: one that never
+            # finishes its headers (slowloris) is closed at this deadline however it trickles.
+            "keepalive_timeout": config.server.header_timeout_seconds,
+            # After an early answer (408, 413), the rest of a body is read for at most this long.
+            "lingering_time": 2.0,
+        },
     )
     app[CONFIG] = config
+    app.on_response_prepare.append(_server_header)
+    redact_parser_errors()  # an over-long header line would put a key into the error log
     prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
     metrics = Metrics() if config.metrics.enabled else None

@@ -54,6 +54,12 @@ class ServerSection(_Section):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     data_dir: str = "./data"
     max_body_bytes: int = 1_048_576
+    # Slow clients: a connection must finish its request line and headers within this (and an
+    # idle kept-alive connection closes after it), and a body must arrive within
+    # body_timeout_seconds plus its length at min_body_bytes_per_second.
+    header_timeout_seconds: float = 30.0
+    body_timeout_seconds: float = 30.0
+    min_body_bytes_per_second: int = 8192
     backlog: int = 2048
     shutdown_timeout_seconds: float = 10.0
     cors_origins: list[str] = msgspec.field(default_factory=list)
@@ -89,6 +95,11 @@ class AdmissionSection(_Section):
     # Measured on the 2-core machine with `python -m bench` (config.toml says how).
     max_running_tasks: int = 300
     max_open_streams: int = 10000
+    # Per holder (0 = no cap): one caller cannot take every slot of max_open_streams.
+    max_streams_per_token: int = 8
+    max_streams_per_guest: int = 8
+    max_streams_per_end_user: int = 32
+    max_streams_per_session: int = 256
     retry_after_seconds: int = 1
 
 
@@ -112,7 +123,8 @@ class RedisSection(_Section):
 
 class MetricsSection(_Section):
     enabled: bool = True
-    require_api_key: bool = False
+    # Metrics name sessions' load and the server's shape: an API key is asked for unless opened.
+    public: bool = False
 
 
 class LogSection(_Section):
@@ -186,6 +198,8 @@ class TokensSection(_Section):
 
 class GuestsSection(_Section):
     ttl_seconds: int = 86_400
+    # Shared with the site's backend, which signs its own long-lived visitor ids with it ("" = off).
+    id_secret: str = ""
 
 
 class LimitSet(_Section):
@@ -201,6 +215,8 @@ class LimitsSection(_Section):
     guest_messages_per_hour: int = 20
     guest_messages_per_day: int = 50
     guest_tokens_per_day: int = 100_000
+    # Model tokens reserved for an answer when its message is admitted (with the prompt's estimate).
+    reserve_reply_tokens: int = 1024
     keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
 

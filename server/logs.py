@@ -10,10 +10,11 @@ import time
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server.middleware.request_id import REQUEST_ID
 
-__all__ = ["AccessLogger", "redact", "setup_logging"]
+__all__ = ["AccessLogger", "redact", "redact_parser_errors", "setup_logging"]
 
 _enc = msgspec.json.Encoder()
 _SECRET_QUERY = re.compile(r"(?i)((?:token|access_token|refresh_token|api_key|key|secret)=)[^&]*")
@@ -22,6 +23,30 @@ _SECRET_QUERY = re.compile(r"(?i)((?:token|access_token|refresh_token|api_key|ke
 def redact(query: str) -> str:
     """A query string with token and key values blanked."""
     return _SECRET_QUERY.sub(r"\1[redacted]", query)
+
+
+class _ParserErrorFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse with the exception, whose message quotes the start
+    of the offending line: for an over-long header line, that is the sender's API key or token.
+    The record keeps what happened and from where, and drops the quoted bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg}: {type(exc).__name__} (status {exc.code}; the request's bytes are not logged)"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_PARSER_FILTER = _ParserErrorFilter()
+
+
+def redact_parser_errors() -> None:
+    """Install the filter on aiohttp's server logger (once, however many apps are made)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _PARSER_FILTER not in logger.filters:
+        logger.addFilter(_PARSER_FILTER)
 
 
 class _JsonFormatter(logging.Formatter):

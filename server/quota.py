@@ -3,7 +3,8 @@
 Every request that starts a model turn (send, edit, regenerate, restore with a hint) asks its
 session through ``turn_quota`` (server/tasks.py): the message is checked and counted before the
 session sees it, taken back if the session refuses it, and the turn's model tokens are counted
-when it ends, however the client leaves.
+when it ends, however the client leaves: they are reserved at admission (the message's
+estimate plus ``[limits] reserve_reply_tokens``) and settled to the real usage at the end.
 """
 
 from __future__ import annotations
@@ -102,14 +103,20 @@ class TurnQuota:
 
     def _ended(self, fut: asyncio.Future[TurnOutcome]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            return
+            return  # what it used is unknown: the reservation stands
         tokens = fut.result().usage.total
-        if tokens > 0:
+        if self._admission is not None:
+            self._limiter.settle(self._admission, tokens)
+        elif tokens > 0:
             self._limiter.record_tokens(self._subjects, tokens, time.time())
 
 
-async def turn_quota(request: web.Request, *, charge: bool = True) -> TurnQuota:
-    """Check and count one message for the caller's session (429 when over a limit).
+_CHARS_PER_TOKEN = 4
+
+
+async def turn_quota(request: web.Request, *, charge: bool = True, content: str = "") -> TurnQuota:
+    """Check and count one message for the caller's session (429 when over a limit), reserving
+    the tokens of ``content`` and of the longest answer expected.
 
     ``charge=False``: this request starts no turn (a restore without a hint); nothing is counted.
     """
@@ -117,6 +124,8 @@ async def turn_quota(request: web.Request, *, charge: bool = True) -> TurnQuota:
         return TurnQuota(request, [], None)
     # The session was authorized before (auth middleware): no 429 for a session one may not see.
     record = session_of(request).record
-    subjects = subjects_for(request.app[CONFIG].limits, principal_of(request).key_id, record)
-    admission = await request.app[LIMITER].admit(subjects, time.time()) if subjects else None
+    settings = request.app[CONFIG].limits
+    subjects = subjects_for(settings, principal_of(request).key_id, record)
+    reserve = len(content) // _CHARS_PER_TOKEN + settings.reserve_reply_tokens
+    admission = await request.app[LIMITER].admit(subjects, time.time(), reserve) if subjects else None
     return TurnQuota(request, subjects, admission)

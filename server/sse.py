@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from actors.core.events import AnyEvent, StreamReset, encode_event
+from actors.core.events import AnyEvent, StreamClosed, StreamReset, encode_event
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
 from server.config import StreamsSection
 
 _log = logging.getLogger("sessiond.sse")
 
-__all__ = ["SSE_HEADERS", "frame", "stream_events", "unframe"]
+__all__ = ["SSE_HEADERS", "Recheck", "frame", "stream_events", "unframe"]
+
+Recheck = Callable[[], Awaitable[StreamClosed | None]]
+"""Whether the stream's credential still holds: None, or the event that ends the stream."""
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -78,9 +81,18 @@ async def stream_events(
     sub: EventStream,
     settings: StreamsSection,
     reset_cursor: Callable[[], int],
+    recheck: Recheck | None = None,
 ) -> web.StreamResponse:
-    """Write ``sub`` to the client until it closes, the client leaves, or a write stalls."""
+    """Write ``sub`` to the client until it closes, the client leaves, a write stalls, or
+    ``recheck`` says the credential that opened it no longer holds.
+
+    The credential is checked again at each heartbeat, and at least every heartbeat interval
+    while events flow (a stream busy with deltas sends no heartbeat): a revoked or expired
+    token stops receiving within one interval, with a ``stream.closed`` event saying why.
+    """
     resp = _SseResponse(status=200, headers=SSE_HEADERS)
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + settings.heartbeat_seconds
     try:
         await resp.prepare(request)
         retry = b"retry: %d\n\n" % settings.retry_ms
@@ -90,13 +102,23 @@ async def stream_events(
             retry = b""
         # Otherwise the first next() returns at once and the retry line goes with its batch.
         transport = request.transport
+        idle = False
         while True:
+            if recheck is not None and (idle or loop.time() >= next_check):
+                # Checked before taking a batch, so the id below is the last event this client got.
+                next_check = loop.time() + settings.heartbeat_seconds
+                closed = await recheck()
+                if closed is not None:
+                    # The id is where the stream stood: a client with a fresh token resumes there.
+                    await resp.write(retry + frame(sub.cursor, "stream.closed", encode_event(closed)))
+                    break
             batch = await sub.next(settings.heartbeat_seconds, settings.max_batch_bytes)
             if batch is CLOSED:
                 if retry:
                     await resp.write(retry)
                 break
-            if batch is HEARTBEAT:
+            idle = batch is HEARTBEAT
+            if idle:
                 data = _PING
             elif batch is RESET:
                 # The id carried by the reset is where the stream goes on from: a client that

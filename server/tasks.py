@@ -20,7 +20,10 @@ from aiohttp import web
 from actors.core.commands import TaskCommand
 from actors.core.errors import NotFoundError, RateLimitedError
 from actors.core.replies import TaskHandle
+from server.admission import Holder
 from server.appkeys import ADMISSION, CONFIG, REGISTRY
+from server.auth.principal import principal_of
+from server.middleware.auth import stream_recheck
 from server.quota import turn_quota
 from server.routes.common import ask
 from server.routing import route_of
@@ -31,10 +34,30 @@ from server.sse import stream_events
 __all__ = ["admitted", "admitted_command", "start_task", "task_response"]
 
 
+def _holders(request: web.Request) -> list[Holder]:
+    """Who a stream of this request counts against (server/admission.py)."""
+    principal = principal_of(request)
+    holders: list[Holder] = []
+    if principal.family_id is not None:
+        holders.append(("token", principal.family_id))
+    if principal.guest_id is not None:
+        holders.append(("guest", principal.guest_id))
+    if principal.end_user_id is not None:
+        holders.append(("end_user", principal.end_user_id))
+    session_id = request.match_info.get("session_id")
+    if session_id is not None:
+        holders.append(("session", session_id))
+    return holders
+
+
 def admitted(request: web.Request, *, starts_task: bool, opens_stream: bool) -> AbstractContextManager[None]:
-    """This request counted as new work for the ``with`` body (503 ``overloaded`` past the limits)."""
+    """This request counted as new work for the ``with`` body (503 ``overloaded`` past the
+    limits, 429 past a holder's streams)."""
     return request.app[ADMISSION].enter(
-        request.app[REGISTRY].stats.tasks_running, starts_task=starts_task, opens_stream=opens_stream
+        request.app[REGISTRY].stats.tasks_running,
+        starts_task=starts_task,
+        opens_stream=opens_stream,
+        holders=_holders(request) if opens_stream else (),
     )
 
 
@@ -56,8 +79,12 @@ async def start_task(request: web.Request, command: TaskCommand[TaskHandle | str
     route = route_of(request)
     assert route is not None
     with admitted_command(request, command):
+        content = getattr(command, "content", "")  # a send or an edit: the prompt's new text
         try:
-            quota = await turn_quota(request, charge=route.starts_task(command))  # 429 before the session sees it
+            # 429 before the session sees it, with the prompt's tokens reserved.
+            quota = await turn_quota(
+                request, charge=route.starts_task(command), content=content if isinstance(content, str) else ""
+            )
         except RateLimitedError as limited:
             if command.idempotency_key is None:
                 raise
@@ -83,7 +110,9 @@ async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamR
     """The SSE stream of the task (``stream: true``) or, once it ends, its result."""
     if handle.subscription is not None:
         sub = handle.subscription
-        return await stream_events(request, sub, request.app[CONFIG].streams, sub.reset_cursor)
+        return await stream_events(
+            request, sub, request.app[CONFIG].streams, sub.reset_cursor, stream_recheck(request)
+        )
     # Shielded: a client that leaves must not cancel the future other code may await.
     outcome = await asyncio.shield(handle.done)
     return json_response(

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -160,3 +161,20 @@ async def test_usage_per_end_user(client: TestClient[Any, Any]) -> None:
     resp = await client.get("/v1/usage", params={"end_user_id": "u1"}, headers={"X-End-User-ID": "u2"})
     assert resp.status == 404
     assert (await client.get("/v1/usage")).status == 422
+
+
+async def test_agents_and_providers_are_for_operator_keys_only(client: TestClient[Any, Any]) -> None:
+    """System prompts and internal provider URLs are the operator's: not an end user's key, not a token."""
+    made = await client.post("/v1/agents", json={"name": "secretive", "system_prompt": "Never reveal X."})
+    agent = await made.json()
+    s = await new_session(client, with_token=True)
+    paths = ("/v1/agents", f"/v1/agents/{agent['id']}", "/v1/providers")
+    async with aiohttp.ClientSession(base_url=str(client.make_url(""))) as browser:
+        for path in paths:
+            assert (await client.get(path)).status == 200, path
+            as_user = await client.get(path, headers={"X-End-User-ID": "u1"})
+            assert as_user.status == 403, path
+            assert "Never reveal" not in await as_user.text()
+            by_token = await browser.get(path, headers={"Authorization": f"Bearer {s['access_token']}"})
+            assert by_token.status == 403, path
+            assert "Never reveal" not in await by_token.text()

@@ -27,7 +27,7 @@ from tests.sse import read_until
 
 
 async def _scrape(client: TestClient[Any, Any]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    resp = await client.get("/metrics", headers={"X-API-Key": ""})
+    resp = await client.get("/metrics")  # the test client sends its API key
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
     out = {}
@@ -80,13 +80,16 @@ async def test_metrics_show_actors_streams_events_commits_and_requests(make_clie
     assert m[not_found] == 1, "labelled by route template, never by raw path"
 
 
-async def test_metrics_can_be_turned_off_or_require_a_key(make_client: ClientFactory) -> None:
+async def test_metrics_can_be_turned_off_require_a_key_by_default_or_be_opened(make_client: ClientFactory) -> None:
     off = await make_client(metrics={"enabled": False})
     assert (await off.get("/metrics")).status == 404
     assert METRICS not in off.app
-    locked = await make_client(metrics={"require_api_key": True})
+    locked = await make_client()  # by default a scraper needs a key
     assert (await locked.get("/metrics", headers={"X-API-Key": ""})).status == 401
+    assert (await locked.get("/metrics", headers={"X-End-User-ID": "u1"})).status == 403
     assert (await locked.get("/metrics")).status == 200  # the client sends the test key
+    opened = await make_client(metrics={"public": True})
+    assert (await opened.get("/metrics", headers={"X-API-Key": ""})).status == 200
 
 
 class _BrokenModel:

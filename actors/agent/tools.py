@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from actors.agent.backends.base import ToolSpec
+from actors.core.errors import InvalidRequestError
+from actors.core.export import MAX_JSON_BYTES, check_json
 
 if TYPE_CHECKING:
     from actors.agent.documents.library import DocumentLibrary
@@ -91,12 +93,20 @@ class ToolBox:
         tool = self._tools.get(name)
         if tool is None or name not in active:
             return f"error: the tool {name!r} is not available in this session", True
+        if len(arguments) > MAX_JSON_BYTES:
+            return f"error: the arguments are larger than {MAX_JSON_BYTES} bytes", True
         try:
             args = msgspec.json.decode(arguments or "{}")
         except msgspec.DecodeError as exc:
             return f"error: the arguments are not valid JSON: {exc}", True
+        except RecursionError:
+            return "error: the arguments nest too deeply", True
         if not isinstance(args, dict):
             return "error: the arguments must be a JSON object", True
+        try:
+            check_json("the arguments", args)
+        except InvalidRequestError as exc:
+            return f"error: {exc}", True
         try:
             async with asyncio.timeout(self.timeout):
                 output = await tool.fn(args, ctx)
@@ -114,12 +124,18 @@ class ToolBox:
 
 
 def parse_arguments(text: str) -> dict[str, Any]:
-    """Arguments for the ``tool.call`` event: the object, or ``{"raw": text}`` if it is not one."""
+    """Arguments for the ``tool.call`` event: the object, or ``{"raw": text}`` if it is not one
+    (or is deeper or larger than any JSON a session keeps: the event is stored and replayed)."""
+    if len(text) > MAX_JSON_BYTES:
+        return {"raw": text[:MAX_JSON_BYTES]}
     try:
         value = msgspec.json.decode(text or "{}")
-    except msgspec.DecodeError:
-        return {"raw": text}
-    return value if isinstance(value, dict) else {"raw": text}
+        if isinstance(value, dict):
+            check_json("the arguments", value)
+            return value
+    except (msgspec.DecodeError, RecursionError, InvalidRequestError):
+        pass
+    return {"raw": text}
 
 
 # -- calculator: arithmetic by walking the syntax tree, never eval ---------------------------

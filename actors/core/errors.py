@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ActorCrashedError",
     "ActorStoppedError",
+    "BadHeaderError",
     "ConflictError",
     "DependencyUnavailableError",
     "ForbiddenError",
@@ -43,6 +44,10 @@ class SessiondError(Exception):
 
 class InvalidRequestError(SessiondError):
     status, code, title = 422, "invalid_request", "The request is not valid"
+
+
+class BadHeaderError(SessiondError):
+    status, code, title = 400, "bad_header", "A request header is not valid"
 
 
 class NotFoundError(SessiondError):

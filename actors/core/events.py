@@ -26,6 +26,7 @@ __all__ = [
     "FrameEncoder",
     "MessageCompleted",
     "MessageDelta",
+    "StreamClosed",
     "StreamReset",
     "TaskCancelled",
     "TaskCompleted",
@@ -107,6 +108,14 @@ class StreamReset(Event, frozen=True, tag="stream.reset"):
     last_event_id: int
 
 
+class StreamClosed(Event, frozen=True, tag="stream.closed"):
+    """The last event of a stream the server ends while the session goes on: its credential
+    expired or was revoked (``reason``). Not in the session's log: one stream's business."""
+
+    reason: str
+    detail: str
+
+
 AnyEvent = (
     TaskStarted
     | MessageDelta
@@ -119,6 +128,7 @@ AnyEvent = (
     | TaskCancelled
     | TaskInterrupted
     | StreamReset
+    | StreamClosed
 )
 
 TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled", "task.interrupted"})

@@ -16,7 +16,7 @@ from typing import cast
 import msgspec
 
 from actors.core.commands import GetMessages
-from actors.core.errors import NotFoundError, PreconditionFailedError, TaskRunningError
+from actors.core.errors import BadHeaderError, NotFoundError, PreconditionFailedError, TaskRunningError
 from actors.core.events import TERMINAL_EVENTS, Event, EventLog, FrameEncoder, delta_data, encode_event, event_type
 from actors.core.ids import utcnow
 from actors.core.records import LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
@@ -123,6 +123,12 @@ class SessionState:
         if last_event_id is None:
             start = self._last_task_start
             last_event_id = start - 1 if start is not None else self.log.last_seq
+        elif last_event_id > self.log.last_seq:
+            # Ids are never reused, so no stream of this session ever sent it: waiting for it
+            # would deliver nothing, ever. Said at once instead (400, before the stream starts).
+            raise BadHeaderError(
+                f"Last-Event-ID {last_event_id} is past the last event of this session ({self.log.last_seq})"
+            )
         return self.hub.subscribe(last_event_id, on_reset=self.reset_cursor)
 
     def reset_cursor(self) -> int:

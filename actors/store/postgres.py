@@ -100,10 +100,13 @@ _GUEST_BY_LINK = (
     " JOIN guests g ON g.id = l.guest_id"
     " WHERE l.namespace = $1 AND l.kind = $2 AND l.digest = $3 AND g.expires_at > $4"
 )
+# A link keeps its guest while that guest lives: a visit never moves an IP (or a fingerprint)
+# to whichever guest came last with it, which would let anyone take a guest over.
 _UPSERT_GUEST_LINK = (
     "INSERT INTO guest_links (namespace, kind, digest, guest_id, expires_at) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT (namespace, kind, digest) DO UPDATE SET guest_id = excluded.guest_id,"
     " expires_at = excluded.expires_at"
+    " WHERE guest_links.guest_id = excluded.guest_id OR guest_links.expires_at <= $6"
 )
 # SKIP LOCKED: a sweep never waits for a row another transaction holds, so it cannot deadlock.
 _SWEEP_GUESTS = (
@@ -583,7 +586,7 @@ class PostgresStore:
                 )
             await conn.executemany(
                 _UPSERT_GUEST_LINK,
-                [(_text(namespace), kind, digest, guest.id, guest.expires_at) for kind, digest in links],
+                [(_text(namespace), kind, digest, guest.id, guest.expires_at, now) for kind, digest in links],
             )
             return guest, created
 

@@ -469,11 +469,14 @@ class SqliteStore:
                     (guest.id, guest.namespace, guest.created_at, guest.expires_at),
                 )
             links = [("ip", ip)] + ([("fingerprint", fingerprint)] if fingerprint is not None else [])
+            # A link keeps its guest while that guest lives: a visit never moves an IP (or a
+            # fingerprint) to whichever guest came last with it, which would let anyone take one over.
             await db.executemany(
                 "INSERT INTO guest_links (namespace, kind, digest, guest_id, expires_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (namespace, kind, digest) DO UPDATE SET guest_id = excluded.guest_id,"
-                " expires_at = excluded.expires_at",
-                [(namespace, kind, digest, guest.id, guest.expires_at) for kind, digest in links],
+                " expires_at = excluded.expires_at"
+                " WHERE guest_links.guest_id = excluded.guest_id OR guest_links.expires_at <= ?",
+                [(namespace, kind, digest, guest.id, guest.expires_at, now) for kind, digest in links],
             )
             return guest, created
 

@@ -11,10 +11,12 @@ process, one atomic script per find-or-create).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,7 +31,16 @@ from actors.store.tables import GuestRecord
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["GuestOut", "Guests", "RedisGuests", "StoreGuests", "Witnesses", "guest_out", "normalize_ip"]
+__all__ = [
+    "GuestOut",
+    "Guests",
+    "RedisGuests",
+    "StoreGuests",
+    "Witnesses",
+    "guest_out",
+    "normalize_ip",
+    "verify_signed_id",
+]
 
 log = logging.getLogger("sessiond.guests")
 
@@ -47,10 +58,38 @@ def guest_out(g: GuestRecord) -> GuestOut:
 
 
 def normalize_ip(raw: str) -> str:
+    """The IP as a guest witness: an IPv4 address (an IPv4-mapped IPv6 one is the same), or the
+    /64 network of an IPv6 one (one subscriber holds a whole /64: each of its addresses is not a
+    new visitor)."""
     try:
-        return str(ipaddress.ip_address(raw.strip()))
+        ip = ipaddress.ip_address(raw.strip())
     except ValueError:
         raise InvalidRequestError(f"ip {raw!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+_SIGNED_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_MIN_ID_SECRET = 32
+
+
+def verify_signed_id(secret: str, signed: str) -> str:
+    """The visitor id in ``ID.SIGNATURE`` signed by the site's backend with ``[guests] id_secret``
+    (SIGNATURE: base64url, unpadded, of HMAC-SHA256(secret, ID)); 422 for anything else."""
+    if not secret:
+        raise InvalidRequestError("signed_id needs [guests] id_secret, shared with the site's backend")
+    if len(secret) < _MIN_ID_SECRET:
+        raise InvalidRequestError(f"[guests] id_secret must be at least {_MIN_ID_SECRET} characters")
+    visitor, _, signature = signed.partition(".")
+    if not _SIGNED_ID.fullmatch(visitor):
+        raise InvalidRequestError("signed_id must be ID.SIGNATURE, ID of 1 to 128 letters, digits, _ or -")
+    expected = base64.urlsafe_b64encode(hmac.new(secret.encode(), visitor.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(expected.rstrip(b"=").decode(), signature):
+        raise InvalidRequestError("signed_id is not signed with [guests] id_secret")
+    return visitor
 
 
 class Witnesses:
@@ -68,12 +107,29 @@ class Witnesses:
 
 class Guests(Protocol):
     async def find_or_create(
-        self, namespace: str, ip: str, fingerprint: str | None
-    ) -> tuple[GuestRecord, bool]: ...
+        self, namespace: str, ip: str, fingerprint: str | None, *, signed: str | None = None
+    ) -> tuple[GuestRecord, bool]:
+        """The guest of ``signed`` (a visitor id the site's backend signed) alone, if given:
+        the IP and fingerprint then neither find it nor are linked to it. Else by fingerprint,
+        then IP (the fallback, with its risk: docs/auth.md)."""
 
     async def find(self, namespace: str, ip: str | None, fingerprint: str | None) -> GuestRecord | None: ...
 
     async def get(self, guest_id: str) -> GuestRecord | None: ...
+
+
+def _witnesses(
+    w: Witnesses, namespace: str, ip: str, fingerprint: str | None, signed: str | None
+) -> tuple[str, str | None]:
+    """The digests a guest is found and linked by: a signed visitor id alone (kept in the IP's
+    place, in a digest domain of its own, so no IP can ever match it), else IP and fingerprint."""
+    if signed is not None:
+        digest = w.digest("signed", namespace, signed)
+        assert digest is not None
+        return digest, None
+    ip_d = w.digest("ip", namespace, ip)
+    assert ip_d is not None
+    return ip_d, w.digest("fingerprint", namespace, fingerprint)
 
 
 def _new_guest(namespace: str, ttl: int) -> GuestRecord:
@@ -88,10 +144,10 @@ class StoreGuests:
         self._w = witnesses
         self._ttl = ttl_seconds
 
-    async def find_or_create(self, namespace: str, ip: str, fingerprint: str | None) -> tuple[GuestRecord, bool]:
-        ip_d = self._w.digest("ip", namespace, ip)
-        assert ip_d is not None
-        fp_d = self._w.digest("fingerprint", namespace, fingerprint)
+    async def find_or_create(
+        self, namespace: str, ip: str, fingerprint: str | None, *, signed: str | None = None
+    ) -> tuple[GuestRecord, bool]:
+        ip_d, fp_d = _witnesses(self._w, namespace, ip, fingerprint, signed)
         return await self._store.find_or_create_guest(
             namespace, ip_d, fp_d, _new_guest(namespace, self._ttl), time.time()
         )
@@ -128,8 +184,14 @@ else
   created = 1
   redis.call('SET', KEYS[3], guest, 'PXAT', expires)
 end
-redis.call('SET', KEYS[2], guest, 'PXAT', expires)
-if ARGV[3] == '1' then redis.call('SET', KEYS[1], guest, 'PXAT', expires) end
+-- A link keeps its guest while that guest lives (a link expires with it): never moved to
+-- whichever guest came last with that IP or fingerprint.
+local function link(key)
+  local current = redis.call('GET', key)
+  if not current or current == guest then redis.call('SET', key, guest, 'PXAT', expires) end
+end
+link(KEYS[2])
+if ARGV[3] == '1' then link(KEYS[1]) end
 return {guest, created}
 """
 
@@ -152,10 +214,10 @@ class RedisGuests:
     def _link(self, kind: str, digest: str) -> str:
         return f"{self._prefix}{kind}:{digest}"
 
-    async def find_or_create(self, namespace: str, ip: str, fingerprint: str | None) -> tuple[GuestRecord, bool]:
-        ip_d = self._w.digest("ip", namespace, ip)
-        assert ip_d is not None
-        fp_d = self._w.digest("fingerprint", namespace, fingerprint)
+    async def find_or_create(
+        self, namespace: str, ip: str, fingerprint: str | None, *, signed: str | None = None
+    ) -> tuple[GuestRecord, bool]:
+        ip_d, fp_d = _witnesses(self._w, namespace, ip, fingerprint, signed)
         new = _new_guest(namespace, self._ttl)
         keys = [
             self._link("fp", fp_d or "none"),

@@ -3,7 +3,10 @@
 Windows are the UTC hour and the UTC day. A message is checked and counted in one step, for all
 the subjects it concerns at once (a guest, the API key, the end user): either every subject has
 room and every counter goes up, or nothing is counted and the caller gets 429 with Retry-After.
-Model tokens are counted when the answer ends, and checked at the next message.
+Model tokens are reserved with the message (its prompt's estimate and the most its answer may
+take, at most the room left under the lowest token limit) and settled when the answer ends (the
+difference, either way), so messages sent together cannot all pass a daily token limit that
+only the first of them had room for: a message is admitted while there is room at all.
 
 Two backends behind one interface: in this process's memory (the default), and Redis, where the
 check-and-count is one Lua script, so any number of server processes never admit more than the
@@ -60,11 +63,13 @@ class Subject(msgspec.Struct, frozen=True):
 
 
 class Admission(msgspec.Struct, frozen=True):
-    """A counted message, with the windows it was counted in (a refund uses the same ones)."""
+    """A counted message, with the windows it was counted in (a refund uses the same ones) and
+    the model tokens reserved for it."""
 
     subjects: tuple[Subject, ...]
     hour: int
     day: int
+    tokens: int = 0
 
 
 class Counts(msgspec.Struct, frozen=True):
@@ -106,11 +111,15 @@ class Limiter(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def admit(self, subjects: Sequence[Subject], now: float) -> Admission:
-        """Count one message for every subject, or raise LimitReachedError and count nothing."""
+    async def admit(self, subjects: Sequence[Subject], now: float, tokens: int = 0) -> Admission:
+        """Count one message and reserve ``tokens`` for every subject, or raise
+        LimitReachedError and count nothing."""
 
     async def refund(self, admission: Admission) -> None:
-        """Take back a message that was counted but not accepted."""
+        """Take back a message that was counted but not accepted, and its reserved tokens."""
+
+    def settle(self, admission: Admission, tokens: int) -> None:
+        """The answer ended having used ``tokens``: count the difference from the reservation."""
 
     def record_tokens(self, subjects: Sequence[Subject], tokens: int, now: float) -> None:
         """Count model tokens (without waiting; never refused: the next message is)."""
@@ -159,7 +168,7 @@ class MemoryLimiter:
             tally = self._tallies[name] = _Tally(hour, day)
         return tally.roll(hour, day)
 
-    async def admit(self, subjects: Sequence[Subject], now: float) -> Admission:
+    async def admit(self, subjects: Sequence[Subject], now: float, tokens: int = 0) -> Admission:
         hour, day = windows(now)
         tallies = [self._tally(s.name, hour, day) for s in subjects]
         for s, t in zip(subjects, tallies, strict=True):
@@ -169,10 +178,14 @@ class MemoryLimiter:
             ):
                 if limit > 0 and used >= limit:
                     raise _refused(s, which, now)
+        for s, t in zip(subjects, tallies, strict=True):
+            if s.tokens_per_day > 0:
+                tokens = min(tokens, s.tokens_per_day - t.day_tokens)  # never past the room left
         for t in tallies:
             t.hour_messages += 1
             t.day_messages += 1
-        return Admission(tuple(subjects), hour, day)
+            t.day_tokens += tokens
+        return Admission(tuple(subjects), hour, day, tokens)
 
     async def refund(self, admission: Admission) -> None:
         for s in admission.subjects:
@@ -183,6 +196,14 @@ class MemoryLimiter:
                 t.hour_messages -= 1
             if t.day == admission.day and t.day_messages > 0:
                 t.day_messages -= 1
+            if t.day == admission.day:
+                t.day_tokens = max(0, t.day_tokens - admission.tokens)
+
+    def settle(self, admission: Admission, tokens: int) -> None:
+        for s in admission.subjects:
+            t = self._tallies.get(s.name)
+            if t is not None and t.day == admission.day:  # the reservation was counted in that day
+                t.day_tokens = max(0, t.day_tokens + tokens - admission.tokens)
 
     def record_tokens(self, subjects: Sequence[Subject], tokens: int, now: float) -> None:
         hour, day = windows(now)
@@ -203,29 +224,39 @@ class MemoryLimiter:
 
 # KEYS: three per subject: messages this hour, messages today, tokens today.
 # ARGV[1]: the number of subjects; then three limits per subject (0 = none); then the TTLs of
-# the hour and the day keys. Returns -1 when counted, else 3 * subject index + which limit.
+# the hour and the day keys, then the tokens to reserve. Returns {-1, tokens reserved} when
+# counted, else {3 * subject index + which limit, 0}.
 _ADMIT = """
 local n = tonumber(ARGV[1])
+local reserve = tonumber(ARGV[4 + n * 3])
 for i = 0, n - 1 do
   for j = 1, 3 do
     local limit = tonumber(ARGV[1 + i * 3 + j])
-    if limit > 0 and tonumber(redis.call('GET', KEYS[i * 3 + j]) or '0') >= limit then
-      return i * 3 + j - 1
+    local used = tonumber(redis.call('GET', KEYS[i * 3 + j]) or '0')
+    if limit > 0 and used >= limit then
+      return {i * 3 + j - 1, 0}
     end
+    if limit > 0 and j == 3 then reserve = math.min(reserve, limit - used) end
   end
 end
 local hour_ttl, day_ttl = ARGV[2 + n * 3], ARGV[3 + n * 3]
 for i = 0, n - 1 do
   if redis.call('INCR', KEYS[i * 3 + 1]) == 1 then redis.call('EXPIRE', KEYS[i * 3 + 1], hour_ttl) end
   if redis.call('INCR', KEYS[i * 3 + 2]) == 1 then redis.call('EXPIRE', KEYS[i * 3 + 2], day_ttl) end
+  if reserve > 0 then
+    redis.call('INCRBY', KEYS[i * 3 + 3], reserve)
+    redis.call('EXPIRE', KEYS[i * 3 + 3], day_ttl)
+  end
 end
-return -1
+return {-1, reserve}
 """
 
-# KEYS: counters to take one back from (never below zero).
+# KEYS: counters to take back from (never below zero); ARGV[i]: how much from KEYS[i].
 _REFUND = """
 for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local back = math.min(used, tonumber(ARGV[i]))
+  if back > 0 then redis.call('DECRBY', KEYS[i], back) end
 end
 return 0
 """
@@ -257,31 +288,43 @@ class RedisLimiter:
             await self._writer
             self._writer = None
 
-    async def admit(self, subjects: Sequence[Subject], now: float) -> Admission:
+    async def admit(self, subjects: Sequence[Subject], now: float, tokens: int = 0) -> Admission:
         hour, day = windows(now)
         keys: list[str] = []
         args: list[int] = [len(subjects)]
         for s in subjects:
             keys += self._keys(s.name, hour, day)
             args += [s.messages_per_hour, s.messages_per_day, s.tokens_per_day]
-        args += [_HOUR + 60, _DAY + 60]
+        args += [_HOUR + 60, _DAY + 60, tokens]
         try:
-            refused = int(await self._admit(keys=keys, args=args))
+            refused, reserved = (int(v) for v in await self._admit(keys=keys, args=args))
         except RedisError as exc:  # Redis down: refuse rather than let everyone through
             log.warning("rate limit check failed: %s", exc)
             raise UnavailableError("rate limits cannot be checked right now") from None
         if refused >= 0:
             raise _refused(subjects[refused // 3], refused % 3, now)
-        return Admission(tuple(subjects), hour, day)
+        return Admission(tuple(subjects), hour, day, reserved)
 
     async def refund(self, admission: Admission) -> None:
         keys: list[str] = []
+        amounts: list[int] = []
         for s in admission.subjects:
-            keys += self._keys(s.name, admission.hour, admission.day)[:2]
+            keys += self._keys(s.name, admission.hour, admission.day)
+            amounts += [1, 1, admission.tokens]
         try:
-            await self._refund(keys=keys)
+            await self._refund(keys=keys, args=amounts)
         except RedisError as exc:
             log.warning("rate limit refund failed: %s", exc)
+
+    def settle(self, admission: Admission, tokens: int) -> None:
+        delta = tokens - admission.tokens
+        if delta == 0:
+            return
+        keys = [self._keys(s.name, admission.hour, admission.day)[2] for s in admission.subjects]
+        try:
+            self._tokens.put_nowait((keys, delta))  # INCRBY with a negative delta gives back
+        except (asyncio.QueueFull, QueueClosedError):
+            log.warning("token usage dropped: %d tokens for %s", delta, [s.name for s in admission.subjects])
 
     def record_tokens(self, subjects: Sequence[Subject], tokens: int, now: float) -> None:
         hour, day = windows(now)

@@ -28,7 +28,7 @@ from actors.store.tables import RefreshTokenRecord, TokenFamilyRecord
 from server.auth.principal import Principal
 from server.config import ConfigError, TokensSection
 
-__all__ = ["REFRESH_PREFIX", "TokenPair", "TokenService", "load_secret"]
+__all__ = ["REFRESH_PREFIX", "TokenExpiredError", "TokenPair", "TokenService", "load_secret"]
 
 log = logging.getLogger("sessiond.auth")
 
@@ -42,6 +42,10 @@ _LEEWAY = 5  # seconds: clocks of several servers may differ a little
 # Revocations made by this process take effect at once; those made by another, within this.
 _VERIFIED_MAX = 10_000
 _FAMILY_RECHECK_SECONDS = 2.0
+
+
+class TokenExpiredError(UnauthorizedError):
+    """An access token past its ``exp``: the client refreshes it (a stream says so as it ends)."""
 
 
 class TokenPair(msgspec.Struct):
@@ -160,7 +164,7 @@ class TokenService:
                 options={"require": _REQUIRED},
             )
         except jwt.ExpiredSignatureError:
-            raise UnauthorizedError("the access token has expired; refresh it") from None
+            raise TokenExpiredError("the access token has expired; refresh it") from None
         except jwt.InvalidTokenError:
             raise UnauthorizedError("the access token is not valid") from None
         return claims
@@ -186,7 +190,8 @@ class TokenService:
         if cached is not None and cached[0] > now:
             return cached[1]
         family = await self._store.get_token_family(family_id)
-        if family is None or family.revoked_at is not None:
+        # A grant lives no longer than the API key that minted it (revoked by any process).
+        if family is None or family.revoked_at is not None or await self._key_revoked(family.key_id):
             self._families.pop(family_id, None)
             return None
         if len(self._families) >= _VERIFIED_MAX:

@@ -17,23 +17,17 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from actors.core.errors import ForbiddenError, NotFoundError, SessiondError, UnauthorizedError
+from actors.core.errors import BadHeaderError, ForbiddenError, NotFoundError, UnauthorizedError
+from actors.core.events import StreamClosed
 from server.appkeys import KEYRING, REGISTRY, TOKENS
 from server.auth.principal import PRINCIPAL, SESSION, Principal, authorize_session
-from server.auth.tokens import REFRESH_PREFIX
+from server.auth.tokens import REFRESH_PREFIX, TokenExpiredError
 from server.routing import Route, route_of
+from server.sse import Recheck
 
-__all__ = [
-    "REFRESH_ROUTE",
-    "BadHeaderError",
-    "auth_middleware",
-]
+__all__ = ["REFRESH_ROUTE", "auth_middleware", "stream_recheck"]
 
 REFRESH_ROUTE = "/v1/tokens/refresh"
-
-
-class BadHeaderError(SessiondError):
-    status, code, title = 400, "bad_header", "A request header is not valid"
 
 
 def _end_user_header(request: web.Request) -> str | None:
@@ -113,3 +107,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[SESSION] = ref
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+def stream_recheck(request: web.Request) -> Recheck:
+    """How a stream checks, while it runs, that the credential which opened it still holds: the
+    request is authenticated again from its own headers (or ``?token=``), as a new request would
+    be. A token's grant is re-read at most every 2 s (server/auth/tokens.py), so a revocation by
+    this process ends the stream at its next check, one by another process within 2 s more."""
+    route = route_of(request)
+
+    async def recheck() -> StreamClosed | None:
+        try:
+            await _authenticate(request, route)
+        except TokenExpiredError as exc:
+            return StreamClosed("credential_expired", exc.detail)
+        except UnauthorizedError as exc:
+            return StreamClosed("credential_revoked", exc.detail)
+        return None
+
+    return recheck

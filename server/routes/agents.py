@@ -34,12 +34,14 @@ async def agent_for_session(request: web.Request, agent_id: str | None) -> Agent
 
 
 def _require_operator(request: web.Request) -> None:
-    """Changing agents is the operator's business, not an end user's."""
+    """Agents (their system prompts) and providers (their internal URLs) are the operator's
+    business, not an end user's: a session token never gets here (403 at the edge)."""
     if principal_of(request).end_user_id is not None:
-        raise ForbiddenError("agents are changed with an API key that does not act for an end user")
+        raise ForbiddenError("agents and providers are for an API key that does not act for an end user")
 
 
 async def list_agents(request: web.Request) -> web.Response:
+    _require_operator(request)
     return json_response(AgentList(await request.app[AGENTS].list()))
 
 
@@ -57,6 +59,7 @@ async def create_agent(request: web.Request) -> web.Response:
 
 
 async def get_agent(request: web.Request) -> web.Response:
+    _require_operator(request)
     return json_response(await request.app[AGENTS].get(request.match_info["agent_id"]))
 
 
@@ -80,4 +83,5 @@ async def delete_agent(request: web.Request) -> web.Response:
 
 
 async def list_providers(request: web.Request) -> web.Response:
+    _require_operator(request)
     return json_response(ProviderList(request.app[ROUTER].health()))

@@ -7,7 +7,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from actors.core.commands import Command
-from actors.core.errors import ActorStoppedError, InvalidRequestError
+from actors.core.errors import ActorStoppedError, BadHeaderError, InvalidRequestError
 from actors.ports import SessionRef
 from server.appkeys import REGISTRY
 from server.auth.principal import SESSION, authorize_session, principal_of
@@ -52,13 +52,20 @@ async def ask(request: web.Request, command: Command[R], session_id: str | None 
         return await ref.ask(command)
 
 
+# A version is a count of changes: 18 digits are far more than any session reaches, and a
+# longer header is refused before int() (which refuses past 4 300 digits with an error of its own).
+_MAX_VERSION_DIGITS = 18
+
+
 def if_match(request: web.Request) -> int | None:
     """The session version in ``If-Match: "<version>"``; one that cannot match never will."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
     value = raw.strip().removeprefix("W/").strip('"')
-    return int(value) if value.isdigit() else -1
+    if len(value) > _MAX_VERSION_DIGITS:
+        raise BadHeaderError(f'If-Match must be a session version: "<version>", at most {_MAX_VERSION_DIGITS} digits')
+    return int(value) if value.isdigit() and value.isascii() else -1
 
 
 def idempotency_key(request: web.Request, client_message_id: str | None) -> str | None:
@@ -77,6 +84,8 @@ def last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if raw is None or raw == "":
         return None
+    if len(raw) > 18:  # bounded before int(): an event id is a count, never this long
+        raise BadHeaderError("Last-Event-ID must be an event id this server sent")
     try:
         value = int(raw)
     except ValueError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 from aiohttp import web
@@ -34,27 +36,44 @@ _PAGE = """<!doctype html>
 <body>
   <div id="swagger-ui"></div>
   <script src="docs/assets/swagger-ui-bundle.js"></script>
-  <script>
+  <script>%SCRIPT%</script>
+</body>
+</html>
+"""
+_SCRIPT = """
     window.ui = SwaggerUIBundle({
       url: "openapi.json",
       dom_id: "#swagger-ui",
       deepLinking: true,
-      persistAuthorization: true,
+      persistAuthorization: false,
       presets: [SwaggerUIBundle.presets.apis],
       layout: "BaseLayout"
     });
-  </script>
-</body>
-</html>
 """
+_PAGE = _PAGE.replace("%SCRIPT%", _SCRIPT)
+# The one inline script the page has, allowed by its hash: no other inline script can run.
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
 
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
+# The page holds an API key once one is typed in: it is kept in memory only (persistAuthorization
+# false: never in localStorage), runs this server's scripts only and cannot be framed.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src 'self' 'sha256-{_SCRIPT_HASH}'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 async def docs_page(request: web.Request) -> web.Response:
-    return web.Response(text=_PAGE, content_type="text/html")
+    return web.Response(text=_PAGE, content_type="text/html", headers=_PAGE_HEADERS)
 
 
 async def docs_asset(request: web.Request) -> web.StreamResponse:

@@ -18,6 +18,7 @@ go round the limits a conversation has.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,7 @@ from server.appkeys import CONFIG, LIBRARY, LIMITER, STORE
 from server.auth.principal import principal_of
 from server.quota import subjects_of
 from server.routes.common import ask, int_query, session_of
-from server.schema.common import decode_body, json_response
+from server.schema.common import BodyTimeoutError, body_deadline, decode_body, json_response
 from server.schema.documents import DocumentList, LinkDocumentsBody
 
 __all__ = [
@@ -116,24 +117,30 @@ async def _receive(request: web.Request, *, owner: dict[str, Any], allow_owner_f
     name: str | None = None
     content_type: str | None = None
     owner_field: str | None = None
+    # The form must arrive within the body deadline for its size ([server] body_timeout_seconds,
+    # min_body_bytes_per_second): a trickled upload holds a socket and a handler otherwise.
+    deadline = body_deadline(request, library.max_bytes + _FRAMING)
     try:
         try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    raise InvalidRequestError("nested multipart bodies are not supported")
-                if part.name == "file":
-                    if upload is not None:
-                        raise InvalidRequestError("send one file per request")
-                    upload = library.begin()
-                    name, content_type = part.filename, part.headers.get("Content-Type")
-                    while chunk := await part.read_chunk(_CHUNK):
-                        upload.write(chunk)
-                elif part.name == "end_user_id" and allow_owner_field:
-                    owner_field = await _field(part) or None
-                else:
-                    allowed = "file, end_user_id" if allow_owner_field else "file"
-                    raise InvalidRequestError(f"unknown form field {part.name!r} (expected {allowed})")
+            async with asyncio.timeout(deadline):
+                reader = await request.multipart()
+                while (part := await reader.next()) is not None:
+                    if not isinstance(part, BodyPartReader):
+                        raise InvalidRequestError("nested multipart bodies are not supported")
+                    if part.name == "file":
+                        if upload is not None:
+                            raise InvalidRequestError("send one file per request")
+                        upload = library.begin()
+                        name, content_type = part.filename, part.headers.get("Content-Type")
+                        while chunk := await part.read_chunk(_CHUNK):
+                            upload.write(chunk)
+                    elif part.name == "end_user_id" and allow_owner_field:
+                        owner_field = await _field(part) or None
+                    else:
+                        allowed = "file, end_user_id" if allow_owner_field else "file"
+                        raise InvalidRequestError(f"unknown form field {part.name!r} (expected {allowed})")
+        except TimeoutError:
+            raise BodyTimeoutError(f"the upload did not arrive within {deadline:.0f} s") from None
         except (ValueError, AssertionError, HttpProcessingError) as exc:  # aiohttp on a malformed body
             raise InvalidRequestError(f"the multipart body is malformed: {exc}") from None
         if upload is None:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from actors.core.errors import InvalidRequestError, NotFoundError
 from server.appkeys import CONFIG, GUESTS, LIMITER, REGISTRY, TOKENS
-from server.auth.guests import guest_out, normalize_ip
+from server.auth.guests import guest_out, normalize_ip, verify_signed_id
 from server.auth.principal import principal_of, require_key
 from server.quota import guest_subject
 from server.schema.common import decode_body, json_response
@@ -25,7 +25,9 @@ async def create_guest_session(request: web.Request) -> web.Response:
     require_key(principal, for_end_user=False)
     body = await decode_body(request, GuestSessionBody, empty_ok=False)
     ip = normalize_ip(body.ip)
-    guest, _ = await request.app[GUESTS].find_or_create(body.namespace, ip, body.fingerprint or None)
+    settings = request.app[CONFIG].guests
+    signed = verify_signed_id(settings.id_secret, body.signed_id) if body.signed_id is not None else None
+    guest, _ = await request.app[GUESTS].find_or_create(body.namespace, ip, body.fingerprint or None, signed=signed)
     registry = request.app[REGISTRY]
     record = registry.new_record(
         namespace=guest.namespace, agent_id=body.agent_id, is_guest=True, guest_id=guest.id

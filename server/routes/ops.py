@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from actors.core.errors import NotFoundError, UnauthorizedError
+from actors.core.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from server.appkeys import CONFIG, KEYRING, METRICS, REGISTRY, STORE
 from server.metrics import CONTENT_TYPE
 from server.schema.common import json_response
@@ -44,9 +44,11 @@ async def metrics(request: web.Request) -> web.Response:
     registry = request.app.get(METRICS)
     if registry is None:
         raise NotFoundError("metrics are turned off ([metrics] enabled = false)")
-    if request.app[CONFIG].metrics.require_api_key:
+    if not request.app[CONFIG].metrics.public:
         h = request.headers
         key = await request.app[KEYRING].verify(h.get("X-Client-ID"), h.get("X-Client-Secret"), h.get("X-API-Key"))
         if key is None:
-            raise UnauthorizedError("GET /metrics needs X-API-Key here ([metrics] require_api_key = true)")
+            raise UnauthorizedError("GET /metrics needs X-API-Key (or set [metrics] public = true)")
+        if "X-End-User-ID" in h:
+            raise ForbiddenError("GET /metrics is for the operator: drop X-End-User-ID")
     return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})

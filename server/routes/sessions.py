@@ -10,6 +10,7 @@ from aiohttp import web
 
 from actors.core.commands import DeleteSession, GetSession, PatchSession
 from actors.core.errors import InvalidRequestError
+from actors.core.export import check_json
 from actors.core.records import SessionQuery
 from server.appkeys import REGISTRY, STORE, TOKENS
 from server.auth.principal import principal_of
@@ -36,6 +37,8 @@ _META_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 async def create_session(request: web.Request) -> web.Response:
     body = await decode_body(request, CreateSessionBody)
+    check_json("metadata", body.metadata)  # 422 at write time: every later read must stay cheap
+    check_json("context", body.context)
     principal = principal_of(request)
     end_user = body.end_user_id
     if principal.end_user_id is not None:
@@ -121,6 +124,10 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def patch_session(request: web.Request) -> web.Response:
     body = await decode_body(request, PatchSessionBody)
+    if not isinstance(body.metadata, msgspec.UnsetType):
+        check_json("metadata", body.metadata)
+    if not isinstance(body.context, msgspec.UnsetType):
+        check_json("context", body.context)
     record = await ask(
         request,
         PatchSession(

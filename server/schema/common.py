@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from actors.core.errors import InvalidRequestError, PayloadTooLargeError, SessiondError
+from server.appkeys import CONFIG
 
-__all__ = ["BadJsonError", "RequestBody", "decode_body", "json_response"]
+__all__ = ["BadJsonError", "BodyTimeoutError", "RequestBody", "body_deadline", "decode_body", "json_response"]
 
 T = TypeVar("T")
 
@@ -22,6 +24,20 @@ class BadJsonError(SessiondError):
     status, code, title = 400, "bad_json", "The body is not valid JSON"
 
 
+class BodyTimeoutError(SessiondError):
+    status, code, title = 408, "body_timeout", "The request body did not arrive in time"
+
+
+def body_deadline(request: web.Request, limit: int) -> float:
+    """Seconds the body of ``request`` may take: [server] body_timeout_seconds, plus its length
+    (or ``limit`` when it is chunked) at min_body_bytes_per_second. A client trickling its body
+    would otherwise hold a socket, and a handler, for as long as it likes."""
+    server = request.app[CONFIG].server
+    length = request.content_length if request.content_length is not None else limit
+    rate = server.min_body_bytes_per_second
+    return server.body_timeout_seconds + (min(length, limit) / rate if rate > 0 else 0.0)
+
+
 _encoder = msgspec.json.Encoder()
 # One decoder per body type, made at first use (msgspec's advice: reuse them).
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
@@ -29,8 +45,12 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 async def decode_body(request: web.Request, type_: type[T], *, empty_ok: bool = True) -> T:
     """The one place that turns a request body into a typed value (or a 400/413/422)."""
+    deadline = body_deadline(request, request.client_max_size)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(deadline):
+            raw = await request.read()
+    except TimeoutError:
+        raise BodyTimeoutError(f"the body did not arrive within {deadline:.0f} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"the body is larger than {request.client_max_size} bytes") from None
     if not raw.strip():
@@ -46,6 +66,9 @@ async def decode_body(request: web.Request, type_: type[T], *, empty_ok: bool = 
         raise InvalidRequestError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadJsonError(str(exc)) from None
+    except RecursionError:
+        # JSON nested past the decoder's depth (~1 000 levels): the client's mistake, not ours.
+        raise BadJsonError("the JSON nests too deeply") from None
 
 
 def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

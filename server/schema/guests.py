@@ -16,6 +16,8 @@ __all__ = ["GuestLimits", "GuestSessionBody", "GuestSessionOut", "GuestUsage", "
 class GuestSessionBody(RequestBody):
     ip: str
     fingerprint: str | None = None
+    # "ID.SIGNATURE" from the site's backend ([guests] id_secret): trusted before ip and fingerprint.
+    signed_id: str | None = None
     agent_id: str | None = None
     namespace: str = "default"
 
