@@ -94,7 +94,7 @@ def setup_agents(
             memory_bytes=docs.extract_memory_bytes, wall_seconds=docs.extract_seconds,
         ),
     )
-    toolbox = ToolBox(timeout=config.tools.timeout_seconds)
+    toolbox = ToolBox(timeout=config.tools.timeout_seconds, approval=dict(config.tools.approval))
     for tool in builtin_tools(library):
         toolbox.register(tool)
     backends = build_backends(config, counter)
@@ -105,7 +105,7 @@ def setup_agents(
     configured = [
         AgentRecord(
             id=agent_id, name=a.name or agent_id, system_prompt=a.system_prompt, model=parse_route(a.model),
-            tools=list(a.tools), temperature=a.temperature, source="config",
+            tools=list(a.tools), temperature=a.temperature, approval=a.approval, source="config",
         )
         for agent_id, a in config.agents.items()
     ]

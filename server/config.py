@@ -129,6 +129,7 @@ class AgentSection(_Section):
     model: list[str | RouteEntry] = msgspec.field(default_factory=lambda: ["simulated"])
     tools: list[str] = msgspec.field(default_factory=list)
     temperature: float | None = None
+    approval: Literal["always", "never"] = "never"  # "always": every tool call waits for a person
 
 
 class DocumentsSection(_Section):
@@ -146,6 +147,9 @@ class DocumentsSection(_Section):
 class ToolsSection(_Section):
     timeout_seconds: float = 10.0
     max_rounds: int = 8
+    # How long a call may wait for a person's approval or a frontend's result; then the task fails.
+    approval_timeout_seconds: float = 3600.0
+    approval: dict[str, Literal["always", "never"]] = msgspec.field(default_factory=dict)  # per tool name
 
 
 class TokensSection(_Section):

@@ -23,7 +23,7 @@ from actors.agent.backends.base import ToolSpec
 if TYPE_CHECKING:
     from actors.agent.documents.library import DocumentLibrary
 
-__all__ = ["Tool", "ToolBox", "ToolContext", "ToolError", "builtin_tools", "calculate"]
+__all__ = ["Tool", "ToolBox", "ToolContext", "ToolError", "builtin_tools", "calculate", "cap_output"]
 
 _MAX_OUTPUT_CHARS = 16_000
 
@@ -57,9 +57,14 @@ class Tool(msgspec.Struct, frozen=True):
 class ToolBox:
     """The tools this server has, by name, and how one call of them runs."""
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, approval: dict[str, str] | None = None) -> None:
         self.timeout = timeout
+        self.approval = dict(approval or {})  # tool name -> "always" | "never"
         self._tools: dict[str, Tool] = {}
+
+    def needs_approval(self, name: str, agent_approval: str = "never") -> bool:
+        """A call of ``name`` waits for a person: the tool's own setting, else the agent's."""
+        return self.approval.get(name, agent_approval) == "always"
 
     def register(self, tool: Tool) -> None:
         self._tools[tool.name] = tool
@@ -99,9 +104,14 @@ class ToolBox:
             return f"error: {exc}", True
         except Exception as exc:
             return f"error: the tool {name} failed: {type(exc).__name__}: {exc}", True
-        if len(output) > _MAX_OUTPUT_CHARS:
-            output = output[:_MAX_OUTPUT_CHARS] + " [cut: the output was longer]"
-        return output, False
+        return cap_output(output), False
+
+
+def cap_output(output: str) -> str:
+    """A tool's output as the model gets it: cut at a size a context can take."""
+    if len(output) > _MAX_OUTPUT_CHARS:
+        return output[:_MAX_OUTPUT_CHARS] + " [cut: the output was longer]"
+    return output
 
 
 def parse_arguments(text: str) -> dict[str, Any]:

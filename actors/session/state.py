@@ -38,6 +38,7 @@ class ActorSettings(msgspec.Struct, frozen=True):
     seq_block: int = 4096
     max_queued: int = 16
     replay_events: int = 1000
+    wait_timeout: float = 3600.0  # how long a tool call may wait for approval or a client result
 
 
 class SessionState:

@@ -18,6 +18,7 @@ from actors.core.commands import (
 )
 from actors.core.replies import MessagePage, TreeView
 from server.routes.common import ask, bool_query, if_match, int_query
+from server.routes.tools import check_client_tools
 from server.schema.common import decode_body, json_response
 from server.schema.messages import (
     CancelOut,
@@ -56,6 +57,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         stream=body.stream,
         queue=bool_query(request, "queue"),
         if_match=if_match(request),
+        client_tools=check_client_tools(body.client_tools),
     )
     return await start_task(request, command)
 
