@@ -123,7 +123,8 @@ async def test_only_the_sessions_own_user_or_token_may_decide(make_client: Clien
         own = (await (await client.post(f"/v1/sessions/{s['id']}/tokens")).json())["access_token"]
         # A session token cannot switch on tools for its session.
         tools_url = str(client.make_url(f"/v1/sessions/{s['id']}/tools"))
-        async with plain.put(tools_url, json={"tools": ["current_time"]}, headers={"Authorization": f"Bearer {own}"}) as r:
+        own_h = {"Authorization": f"Bearer {own}"}
+        async with plain.put(tools_url, json={"tools": ["current_time"]}, headers=own_h) as r:
             assert r.status == 403
         async with plain.post(url, headers={"Authorization": f"Bearer {own}"}) as r:
             assert r.status == 200, await r.text()
