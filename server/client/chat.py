@@ -1,5 +1,6 @@
 """``sessiond chat``: a terminal chat with one session, answers streamed as they are made.
 
+A tool call that waits for approval is asked about (y/n) while the answer streams.
 Ctrl-C while an answer streams stops that answer (the server keeps the part already
 written, marked cancelled); at the prompt it only clears the line. Ctrl-D or /quit leaves.
 """
@@ -25,6 +26,7 @@ from actors.core.events import (
     TaskCompleted,
     TaskFailed,
     TaskInterrupted,
+    ToolApprovalRequested,
     ToolCall,
     ToolResult,
 )
@@ -46,6 +48,7 @@ Type a message and press Enter. Commands:
   /restore N [HINT]  go back to checkpoint N; with a hint, answer again from there
   /export FILE       write the whole session (every branch) to FILE as JSON
   /session           the session id
+  /tool NAME {JSON}  sent as a message: the simulated model calls that tool
   /help              this text
   /quit              leave (Ctrl-D too)
 Ctrl-C stops an answer while it streams."""
@@ -126,7 +129,7 @@ class Chat:
                 self.say(f"! cannot reach {self.client.url}: {exc}")
 
     def handle(self, line: str) -> str | None:
-        if not line.startswith("/"):
+        if not line.startswith("/") or line.startswith("/tool "):  # /tool lines: for the simulated model
             self.answer(self.client.send_stream(line))
             return None
         cmd, _, rest = line.partition(" ")
@@ -174,7 +177,7 @@ class Chat:
                 stopping.append(self._loop.create_task(_quiet(self.client.cancel())))
 
         self.say("assistant> ", end="")
-        end = self.run(_print_answer(events, self.out), on_interrupt=stop)
+        end = self.run(_print_answer(events, self.out, self.client), on_interrupt=stop)
         if stopping:
             self.run(stopping[0])
         self.say("\n" + end if end else "")
@@ -299,14 +302,17 @@ async def _quiet(coro: Awaitable[Any]) -> None:
         await coro
 
 
-async def _print_answer(events: EventStream, out: TextIO) -> str:
-    """Write the deltas of one task; what ended it, as a short note ("" for a normal end)."""
+async def _print_answer(events: EventStream, out: TextIO, client: Client) -> str:
+    """Write the deltas of one task, asking about tool calls that wait for approval; what ended
+    it, as a short note ("" for a normal end)."""
     async with events:
         async for ev in events:
             e = ev.event
             if isinstance(e, MessageDelta):
                 out.write(e.delta)
                 out.flush()
+            elif isinstance(e, ToolApprovalRequested):
+                await _ask_approval(e, out, client)
             elif isinstance(e, ToolCall):
                 out.write(f"\n  [tool {e.name}]\n")
             elif isinstance(e, ToolResult):
@@ -322,6 +328,20 @@ async def _print_answer(events: EventStream, out: TextIO) -> str:
             elif isinstance(e, StreamReset):
                 return "[the stream was reset; /history shows the answer]"
     return ""
+
+
+async def _ask_approval(e: ToolApprovalRequested, out: TextIO, client: Client) -> None:
+    """y: approve the call; anything else: deny it (what was typed after "n" is the reason)."""
+    args = msgspec.json.encode(e.arguments).decode()
+    out.write(f"  allow {e.name} {_short(args)}? [y/n] ")
+    out.flush()
+    # input() blocks: read it off the loop, so the stream's connection stays served.
+    line = (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)).strip()
+    if line.lower() in ("y", "yes"):
+        await client.approve(e.call_id)
+        return
+    reason = line[1:].strip() if line[:1].lower() == "n" else ""
+    await client.deny(e.call_id, reason=reason or None)
 
 
 def _short(text: str, width: int = 60) -> str:
