@@ -27,6 +27,7 @@ from actors.store.tables import AgentRecord
 from server.appkeys import AGENTS, LIBRARY, ROUTER, TOOLBOX
 from server.config import Config, ConfigError, ProviderSection
 from server.preflight import missing_key
+from server.toolsetup import setup_tools
 
 __all__ = ["build_backends", "setup_agents"]
 
@@ -97,6 +98,7 @@ def setup_agents(
     toolbox = ToolBox(timeout=config.tools.timeout_seconds, approval=dict(config.tools.approval))
     for tool in builtin_tools(library):
         toolbox.register(tool)
+    setup_tools(app, config, toolbox)  # MCP servers and HTTP tools
     backends = build_backends(config, counter)
     router = Router(
         backends, cooldown=config.routing.cooldown_seconds, probe_interval=config.routing.probe_interval_seconds,

@@ -61,6 +61,15 @@ class ToolBox:
         self.timeout = timeout
         self.approval = dict(approval or {})  # tool name -> "always" | "never"
         self._tools: dict[str, Tool] = {}
+        # MCP servers whose tools are named SERVER.TOOL: until a server's tools are listed (at
+        # start), names in its namespace are taken on trust, so configured agents may name them.
+        self._pending: set[str] = set()
+
+    def expect_namespace(self, name: str) -> None:
+        self._pending.add(name)
+
+    def listed_namespace(self, name: str) -> None:
+        self._pending.discard(name)
 
     def needs_approval(self, name: str, agent_approval: str = "never") -> bool:
         """A call of ``name`` waits for a person: the tool's own setting, else the agent's."""
@@ -76,7 +85,7 @@ class ToolBox:
         return sorted(self._tools.values(), key=lambda t: t.name)
 
     def unknown(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if n not in self._tools]
+        return [n for n in names if n not in self._tools and n.partition(".")[0] not in self._pending]
 
     def specs(self, names: Iterable[str]) -> list[ToolSpec]:
         """The specs of ``names`` this server has (unknown names are left out)."""
