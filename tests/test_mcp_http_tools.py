@@ -14,13 +14,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import ROOT, ClientFactory, new_session
-from tests.fake_models import closed_port_url, converse
+from tests.fake_models import FakeOllama, FakeOpenAI, closed_port_url, converse
 
 MCP_SERVER = str(ROOT / "tests" / "fixtures" / "mcp_server.py")
 STDIO = {
     "command": sys.executable, "args": [MCP_SERVER, "stdio"], "env": {"MCP_TEST_SECRET": "SESSIOND_TEST_MCP_SECRET"},
 }
 ADD = '/tool calc.add {"a": %d, "b": %d}'
+PLAIN = {"command": sys.executable, "args": [MCP_SERVER, "stdio"]}
 TIMEOUT = 4.0  # [tools] timeout_seconds: long enough to start the MCP server again after a crash
 
 
@@ -243,3 +244,27 @@ async def test_a_session_token_cannot_add_tools(make_client: ClientFactory) -> N
             async with plain.request(method, str(client.make_url(path)), json=body, headers=bearer) as r:
                 assert r.status == 403, (method, path, r.status)
     assert (await (await client.get(f"/v1/sessions/{s['id']}/tools")).json())["tools"] == []
+
+
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+async def test_a_real_model_protocol_calls_an_mcp_tool_by_its_wire_name(make_client: ClientFactory, kind: str) -> None:
+    model = FakeOpenAI("tooly") if kind == "openai" else FakeOllama("tooly")
+    await model.start()
+    try:
+        # Function names are letters, digits, _ and -: calc.add is offered as calc__add.
+        model.tool_call = ("calc__add", '{"a": 19, "b": 23}')
+        provider = {"kind": kind, "base_url": model.url + ("/v1" if kind == "openai" else ""), "model": "m"}
+        client = await make_client(
+            tools={"timeout_seconds": TIMEOUT, "mcp": {"calc": PLAIN}},
+            providers={"main": provider}, agents={"default": {"model": ["main"]}},
+        )
+        s = await new_session(client, tools=["calc.add"])
+        events = await converse(client, s["id"], "what is 19 + 23?")
+        call = next(e.data for e in events if e.event == "tool.call")
+        assert call["name"] == "calc.add" and call["arguments"] == {"a": 19, "b": 23}
+        assert _results(events)[0]["output"] == "42"
+        assert _answer(events) == "tooly read the tool result: 42"
+        offered = model.requests[0]["tools"][0]["function"]
+        assert offered["name"] == "calc__add" and offered["parameters"]["required"] == ["a", "b"]
+    finally:
+        await model.stop()
