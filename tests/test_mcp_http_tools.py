@@ -22,7 +22,7 @@ STDIO = {
 }
 ADD = '/tool calc.add {"a": %d, "b": %d}'
 PLAIN = {"command": sys.executable, "args": [MCP_SERVER, "stdio"]}
-TIMEOUT = 4.0  # [tools] timeout_seconds: long enough to start the MCP server again after a crash
+TIMEOUT = 4.0  # [tools] timeout_seconds: how long a hung call waits
 
 
 def _results(events: list[Any]) -> list[dict[str, Any]]:
@@ -67,9 +67,9 @@ async def test_stdio_mcp_tools_are_listed_offered_and_called(make_client: Client
         assert secret not in await (await client.get(path)).text()
 
 
-async def test_a_failing_hanging_or_crashing_mcp_server_gives_error_results(make_client: ClientFactory) -> None:
-    client = await _mcp_client(make_client, {"command": sys.executable, "args": [MCP_SERVER, "stdio"]})
-    s = await new_session(client, tools=["calc.add", "calc.boom", "calc.hang", "calc.crash"])
+async def test_a_failing_or_hanging_mcp_server_gives_error_results(make_client: ClientFactory) -> None:
+    client = await _mcp_client(make_client, PLAIN)
+    s = await new_session(client, tools=["calc.add", "calc.boom", "calc.hang"])
 
     events = await converse(client, s["id"], "/tool calc.boom\n" + ADD % (1, 1))
     boom, ok = _results(events)
@@ -82,7 +82,12 @@ async def test_a_failing_hanging_or_crashing_mcp_server_gives_error_results(make
     assert ok["output"] == "4", "the connection serves the next call"
     assert events[-1].event == "task.completed"
 
-    events = await asyncio.wait_for(converse(client, s["id"], "/tool calc.crash\n" + ADD % (3, 3)), 30)
+
+async def test_a_crashed_mcp_server_is_started_again(make_client: ClientFactory) -> None:
+    # Starting the server again (a Python process and its imports) must fit in the call's time.
+    client = await make_client(tools={"timeout_seconds": 20.0, "mcp": {"calc": PLAIN}})
+    s = await new_session(client, tools=["calc.add", "calc.crash"])
+    events = await asyncio.wait_for(converse(client, s["id"], "/tool calc.crash\n" + ADD % (3, 3)), 60)
     crash, ok = _results(events)
     assert crash["is_error"] is True and "calc" in crash["output"]
     assert ok == {**ok, "is_error": False, "output": "6"}, "the server was started again"
