@@ -16,7 +16,33 @@ import msgspec
 from actors.cluster.node import ClusterSettings
 from actors.store.tables import RouteEntry
 
-__all__ = ["AdmissionSection", "Config", "ConfigError", "env_settings", "load_config", "unknown_env"]
+__all__ = [
+    "AdmissionSection",
+    "AgentSection",
+    "AuthSection",
+    "Config",
+    "ConfigError",
+    "DocumentsSection",
+    "FanoutSection",
+    "GuestsSection",
+    "LimitSet",
+    "LimitsSection",
+    "LogSection",
+    "MetricsSection",
+    "ProviderSection",
+    "RedisSection",
+    "RoutingSection",
+    "ServerSection",
+    "SessionsSection",
+    "SimulatedSection",
+    "StoreSection",
+    "StreamsSection",
+    "TokensSection",
+    "ToolsSection",
+    "env_settings",
+    "load_config",
+    "unknown_env",
+]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,7 +15,7 @@ import msgspec
 
 from actors.core.events import AnyEvent
 from server.errors import Problem
-from server.routing import ANY, HTML, JSON, SSE, TEXT, Form, Route
+from server.routing import ANY, HTML, JSON, PROBLEM, SSE, TEXT, Form, Route
 from server.table import ROUTES
 
 __all__ = ["SECURITY", "SECURITY_SCHEMES", "build_spec", "spec_bytes"]
@@ -33,6 +33,10 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "description": "A session access token: only its own session (`?token=` also works on GET .../stream).",
     },
     "RefreshToken": {"type": "http", "scheme": "bearer", "description": "A refresh token (`rt_...`)."},
+    "BearerApiKey": {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key as a bearer token, on the routes of clients that send it so (/openai/v1).",
+    },
 }
 # Each entry is one way to authenticate (all schemes of an entry together).
 SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}, {"ClientId": [], "ClientSecret": []}, {"SessionToken": []}]
@@ -111,6 +115,8 @@ def _security(route: Route) -> list[dict[str, list[str]]]:
         return []
     if route.refresh:
         return [{"RefreshToken": []}]
+    if route.bearer_key:
+        return [*SECURITY, {"BearerApiKey": []}]
     return SECURITY
 
 
@@ -128,17 +134,23 @@ def _operation(route: Route, named: Mapping[Any, dict[str, Any]]) -> dict[str, A
     ok: dict[str, Any] = {"description": "No content" if route.reply is None and not route.sse else "OK"}
     content = _content(route.reply, named)
     if route.sse:
-        content = {**(content or {}), **(_content(SSE, named) or {})}
+        # A protocol's own event stream (route.events), or sessiond's events.
+        events = {SSE: {"schema": dict(route.events)}} if route.events is not None else _content(SSE, named)
+        content = {**(content or {}), **(events or {})}
         if route.reply is not None:
             ok["description"] = "The task's result (`stream: false`) or its event stream (`stream: true`)"
     if content:
         ok["content"] = content
     responses: dict[str, Any] = {str(route.status): ok}
     for status, value in route.responses.items():
-        responses[status] = {"description": "See the body", "content": _content(value, named)}
-    problem = {"description": "A problem (RFC 9457)", "content": {"application/problem+json": {
-        "schema": named[Problem]}}}
-    responses["4XX"] = problem
+        responses[status] = {"description": "No content" if value is None else "See the body"}
+        if value is not None:
+            responses[status]["content"] = _content(value, named)
+    problem = {"description": "A problem (RFC 9457)", "content": {PROBLEM: {"schema": named[Problem]}}}
+    responses["4XX"] = problem if route.errors is None else {
+        "description": "An error in the protocol's own shape",
+        "content": {route.errors.media: {"schema": dict(route.errors.schema)}},
+    }
     if not route.public:
         responses["503"] = problem
     out: dict[str, Any] = {

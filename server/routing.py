@@ -15,15 +15,18 @@ from typing import Any, Literal
 from aiohttp import web
 
 from actors.core.commands import TaskCommand
+from actors.core.errors import SessiondError
 
 __all__ = [
     "ANY",
     "HTML",
     "JSON",
     "MULTIPART",
+    "PROBLEM",
     "ROUTE_OF",
     "SSE",
     "TEXT",
+    "ErrorShape",
     "Form",
     "Handler",
     "Param",
@@ -42,6 +45,7 @@ TEXT = "text/plain"
 HTML = "text/html"
 ANY = "application/octet-stream"
 MULTIPART = "multipart/form-data"
+PROBLEM = "application/problem+json"
 
 # Whether a request of the route starts a model task: never, always (send, edit, regenerate),
 # or only when its body carries a non-blank hint (restore).
@@ -74,6 +78,16 @@ class Form:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorShape:
+    """How a route answers 4XX when not as problem+json: a protocol's own error body (the
+    OpenAI API's ``{"error": {...}}``). 5XX (overloaded, unavailable) stay problem+json."""
+
+    media: str
+    schema: Mapping[str, Any]
+    render: Callable[[SessiondError], web.Response]
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One route: ``Route("GET", "/v1/x/{x_id}", handler, "Summary", reply=XOut)``.
 
@@ -83,6 +97,10 @@ class Route:
     ``token``: a session access token of the route's own session may call it. ``public``: no
     credentials at all. ``refresh``: authenticated by its refresh token, in the handler.
     ``token_in_query``: the token may come as ``?token=`` (an EventSource sets no headers).
+    ``bearer_key``: an API key may come as ``Authorization: Bearer`` (a client that has only
+    that, the OpenAI SDK's ``api_key``). ``events``: with ``sse``, the schema of the stream when
+    it is a protocol's own rather than sessiond's events. ``errors``: 4XX in a protocol's own
+    shape (None: problem+json).
     """
 
     method: str
@@ -97,6 +115,7 @@ class Route:
     public: bool = False
     refresh: bool = False
     token_in_query: bool = False
+    bearer_key: bool = False
     body_required: bool = False
     status: int = 200
     query: tuple[Param, ...] = ()
@@ -104,6 +123,8 @@ class Route:
     description: str = ""
     responses: Mapping[str, Any] = field(default_factory=dict)  # other statuses: their reply
     path_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # narrower than "string"
+    events: Mapping[str, Any] | None = None
+    errors: ErrorShape | None = None
 
     def starts_task(self, command: TaskCommand[Any]) -> bool:
         """Whether this request starts a model task: the route may, and the command says it does

@@ -21,7 +21,7 @@ from server.config import StreamsSection
 
 _log = logging.getLogger("sessiond.sse")
 
-__all__ = ["SSE_HEADERS", "frame", "stream_events"]
+__all__ = ["SSE_HEADERS", "frame", "stream_events", "unframe"]
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -50,6 +50,18 @@ def frame(seq: int, type_: str, data: bytes) -> bytes:
     if head is None:
         head = b"\nevent: %s\ndata: " % type_.encode()
     return b"id: %d%s%s\n\n" % (seq, head, data)
+
+
+def unframe(frame_: bytes) -> tuple[int, bytes]:
+    """The (seq, data) of one frame ``frame`` made, for an edge that speaks another protocol
+    and translates events out of the frames a subscription yields (server/protocols)."""
+    seq, data = 0, b""
+    for line in frame_.split(b"\n"):
+        if line.startswith(b"id: "):
+            seq = int(line[4:])
+        elif line.startswith(b"data: "):
+            data = line[6:]
+    return seq, data
 
 
 class _SseResponse(web.StreamResponse):

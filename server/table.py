@@ -2,6 +2,8 @@
 
 A new route is one line here. The router (``add_routes``), the OpenAPI document, the token scope
 (``token=True``), admission (``task`` and ``sse``) and the metrics labels all read this table.
+The protocol adapters (server/protocols) keep their routes beside their handlers; they join the
+table at its end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from actors.store.tables import AgentRecord, DocumentRecord
 from server.auth.guests import GuestOut
 from server.auth.tokens import TokenPair
 from server.middleware.auth import REFRESH_ROUTE
+from server.protocols import ag_ui, ai_sdk, openai_conversations, openai_responses
 from server.routes import (
     agents,
     docs,
@@ -141,7 +144,10 @@ ROUTES: tuple[Route, ...] = (
               Param("queue", {"type": "boolean"}, "Wait behind a running task instead of answering 409."),
               _IF_MATCH)),
     Route("GET", f"{_S}/messages", messages.list_messages, "The active path, oldest first",
-          reply=MessageList, token=True, query=(integer("limit", 100, 1, 1000), integer("offset", 0, 0, 10_000_000))),
+          reply=MessageList, token=True, query=(
+              integer("limit", 100, 1, 1000), integer("offset", 0, 0, 10_000_000),
+              Param("format", {"type": "string", "enum": ["text", "html"], "default": "text"},
+                    "html adds content_html: the content as sanitized HTML (Markdown rendered)."))),
     Route("GET", f"{_S}/tree", messages.get_tree, "Every message, with parents and children", reply=TreeOut,
           token=True),
     Route("POST", f"{_S}/messages/{{message_id}}/edit", messages.edit_message, "Edit a user message (a new sibling)",
@@ -189,6 +195,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/", webpage.chat_page, "The chat page", reply=HTML, tag="operations", public=True),
     Route("GET", "/web/{name}", webpage.web_file, "A file of the chat page (script, style, icon)", reply=ANY,
           tag="operations", public=True),
+    # the protocol adapters: AI SDK, AG-UI, OpenAI Responses and Conversations
+    *ai_sdk.ROUTES,
+    *ag_ui.ROUTES,
+    *openai_responses.ROUTES,
+    *openai_conversations.ROUTES,
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractContextManager
+from typing import Any
 
 from aiohttp import web
 
@@ -24,7 +25,7 @@ from server.schema.common import json_response
 from server.schema.messages import RestoreOut, SendResult, message_out
 from server.sse import stream_events
 
-__all__ = ["admitted", "start_task", "task_response"]
+__all__ = ["admitted", "admitted_command", "start_task", "task_response"]
 
 
 def admitted(request: web.Request, *, starts_task: bool, opens_stream: bool) -> AbstractContextManager[None]:
@@ -34,13 +35,25 @@ def admitted(request: web.Request, *, starts_task: bool, opens_stream: bool) -> 
     )
 
 
+def admitted_command(
+    request: web.Request, command: TaskCommand[Any], *, opens_stream: bool | None = None
+) -> AbstractContextManager[None]:
+    """``admitted`` for ``command`` on this request's route: it starts a task when the route may
+    and the command does (``Route.starts_task``); it opens a stream when it asks for its events,
+    unless ``opens_stream`` says otherwise (a protocol adapter asks for the events of every task
+    it starts, and streams them only when its client asked)."""
+    route = route_of(request)
+    assert route is not None
+    streams = command.stream if opens_stream is None else opens_stream
+    return admitted(request, starts_task=route.starts_task(command), opens_stream=streams)
+
+
 async def start_task(request: web.Request, command: TaskCommand[TaskHandle | str]) -> web.StreamResponse:
     """Admit, count against the quota and ask ``command``; answer the task's stream or result."""
     route = route_of(request)
     assert route is not None
-    starts = route.starts_task(command)
-    with admitted(request, starts_task=starts, opens_stream=command.stream):
-        quota = await turn_quota(request, charge=starts)  # 429 before the session sees it
+    with admitted_command(request, command):
+        quota = await turn_quota(request, charge=route.starts_task(command))  # 429 before the session sees it
         result = await quota.ask(command)
         if isinstance(result, TaskHandle):
             return await task_response(request, result)

@@ -44,9 +44,23 @@ def _path(canonical: str, session_id: str) -> str:
     return _PARAM.sub(lambda m: session_id if m.group(1) == "session_id" else f"x_{m.group(1)}_missing", canonical)
 
 
+# Routes that name their session in the body, not the path (the protocol adapters): they are
+# held to what a session route is held to.
+_BODY_SESSION = {
+    "/v1/ai-sdk/chat": lambda sid: {
+        "id": sid, "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+    },
+    "/v1/ag-ui": lambda sid: {
+        "threadId": sid, "runId": "r1", "messages": [{"id": "m1", "role": "user", "content": "hi"}],
+    },
+}
+
+
 def _body(canonical: str, victim: str, other: str) -> Any:
     if canonical == "/v1/sessions/merge":
         return {"session_ids": [victim, other]}  # a body naming someone else's session
+    if canonical in _BODY_SESSION:
+        return _BODY_SESSION[canonical](victim)
     return {}
 
 
@@ -95,7 +109,7 @@ async def test_every_route_against_every_credential(make_client: ClientFactory) 
     async with aiohttp.ClientSession(base_url=str(client.make_url(""))) as http:
         for method, canonical in routes:
             shape = _shape(canonical)
-            is_session = "{session_id}" in canonical
+            is_session = "{session_id}" in canonical or canonical in _BODY_SESSION
             is_refresh = shape == REFRESH_ROUTE
             for kind, headers in hostile.items():
                 path = _path(canonical, a["id"])

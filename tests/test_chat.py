@@ -43,10 +43,12 @@ def _chat(url: str, cwd: Path, *args: str) -> pexpect.spawn:
 
 
 def _answer(child: pexpect.spawn) -> str:
-    """The text of the answer being streamed, up to the next prompt."""
+    """The text of the answer being streamed, up to its model-and-usage line (or the prompt)."""
     child.expect_exact("assistant> ")
     child.expect_exact("\r\n" + PROMPT)
-    return str(child.before).strip()
+    text = str(child.before)
+    answer, usage_line, _ = text.rpartition("\r\n— ")
+    return (answer if usage_line else text).strip()
 
 
 def test_a_conversation_with_branches_checkpoints_and_export(
@@ -66,7 +68,8 @@ def test_a_conversation_with_branches_checkpoints_and_export(
 
     child.sendline("/regen")
     second = _answer(child)
-    assert second == first  # the simulated model answers the same prompt the same way
+    # A regeneration is another attempt: the simulated model answers it with other words.
+    assert second != first and second.startswith("Simulated")
     assert len(_get(f"{url}/v1/sessions/{sid}/tree")["nodes"]) == 3, "a second version of the answer"
     child.sendline("/branches")
     child.expect_exact("message 2 (assistant), 2 versions:")

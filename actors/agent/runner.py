@@ -97,7 +97,9 @@ class AgentRunner:
         for round_no in range(self.max_rounds + 1):
             text: list[str] = []
             calls: list[ModelToolCall] = []
-            call = ModelCall(messages=messages, model="", tools=specs, temperature=agent.temperature)
+            call = ModelCall(
+                messages=messages, model="", tools=specs, temperature=agent.temperature, attempt=request.attempt
+            )
             async for item in self.router.stream(agent.model, call):
                 if isinstance(item, ModelToolCall):
                     calls.append(item)

@@ -23,7 +23,17 @@ from actors.agent.backends.base import ToolSpec
 if TYPE_CHECKING:
     from actors.agent.documents.library import DocumentLibrary
 
-__all__ = ["Tool", "ToolBox", "ToolContext", "ToolError", "builtin_tools", "calculate", "cap_output"]
+__all__ = [
+    "Tool",
+    "ToolBox",
+    "ToolContext",
+    "ToolError",
+    "ToolFn",
+    "builtin_tools",
+    "calculate",
+    "cap_output",
+    "parse_arguments",
+]
 
 _MAX_OUTPUT_CHARS = 16_000
 

@@ -44,6 +44,8 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str | None = None
     documents: list[str] = msgspec.field(default_factory=list)
     end_user_id: str | None = None
+    # Earlier answers to the same user turn (0 for the first): regenerating asks again.
+    attempt: int = 0
     client_tools: list[ClientTool] = msgspec.field(default_factory=list)
     resume: Resume | None = None
 

@@ -44,6 +44,8 @@ def model_request(
         agent_id=record.agent_id,
         documents=list(record.documents),
         end_user_id=record.end_user_id,
+        # The answer being written is already a child of the user turn: the others came before.
+        attempt=max(sum(1 for c in tree.nodes[user_id].children if tree.nodes[c].role == "assistant") - 1, 0),
         client_tools=list(declared.values()),
         resume=resume,
     )

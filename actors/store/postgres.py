@@ -235,14 +235,15 @@ class PostgresStore:
         deletes = [(_text(sid),) for (sid,) in rows.deletes]
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            for sql, rows in (
+            tables: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...] = (
                 (_UPSERT_SESSION, sessions),
                 (_UPSERT_MESSAGE, messages),
                 (_UPSERT_CHECKPOINT, checkpoints),
                 (_INSERT_EVENT, events),
-            ):
-                if rows:
-                    await conn.executemany(sql, rows)
+            )
+            for sql, table in tables:
+                if table:
+                    await conn.executemany(sql, table)
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)

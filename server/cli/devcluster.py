@@ -118,10 +118,10 @@ def make_proxy(upstreams: list[str], *, cooldown_seconds: float = 5.0) -> web.Ap
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from server.auth.tokens import load_secret
-    from server.cli.main import _config_from
+    from server.cli.common import config_from
     from server.preflight import bind_socket
 
-    config = _config_from(args)
+    config = config_from(args)
     dsn = args.postgres_dsn or config.store.postgres_dsn
     redis_url = args.redis_url or config.redis.url
     # The proxy's port first: if it is taken, say so before starting any node.
@@ -174,7 +174,7 @@ async def _run(
                 if line.startswith("listening on "):
                     urls.append(line.removeprefix("listening on ").strip())
                     break
-        from server.cli.main import serve_until_signalled
+        from server.cli.common import serve_until_signalled
 
         runner = web.AppRunner(make_proxy(urls), access_log=None)
         await runner.setup()

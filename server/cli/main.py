@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,25 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from server.config import Config, ConfigError, load_config, unknown_env
+from server.cli.common import config_from, serve_until_signalled, with_store
+from server.config import Config, ConfigError
 from server.preflight import StartupError
 
-__all__ = ["build_parser", "main", "port_number", "serve_until_signalled"]
-
-
-def _config_from(args: argparse.Namespace) -> Config:
-    for name, close in unknown_env():
-        hint = f" (did you mean {close}?)" if close else ""
-        print(f"sessiond: warning: {name} is not a setting and is ignored{hint}", file=sys.stderr)
-    path = args.config
-    if path is None and Path("config.toml").is_file():
-        path = "config.toml"
-    overrides: dict[str, dict[str, Any]] = {"server": {}}
-    for name in ("host", "port", "data_dir"):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides["server"][name] = value
-    return load_config(path, overrides=overrides)
+__all__ = ["build_parser", "main", "port_number"]
 
 
 def _version() -> str:
@@ -98,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     from server.client.chat import register as register_chat
 
     register_chat(sub)
-    register_doctor(sub, _common, _config_from)
+    register_doctor(sub, _common, config_from)
     return parser
 
 
@@ -121,7 +105,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from server.logs import setup_logging
 
-    config = _config_from(args)
+    config = config_from(args)
     setup_logging(config.log.level, config.log.format)
     return uvloop.run(_serve(config))
 
@@ -181,7 +165,7 @@ async def _serve(config: Config) -> int:
             _, key = await create_key(store, "first")
             print(
                 "No API key existed, so one was created. It is shown only this once; only its hash is kept,"
-                f" in {store.path}.\nAPI key: {key}",
+                f" in {_where(config)}.\nAPI key: {key}",
                 flush=True,
             )
         await serve_until_signalled(runner, sock)
@@ -190,46 +174,28 @@ async def _serve(config: Config) -> int:
     return 0
 
 
-async def serve_until_signalled(runner: web.AppRunner, sock: socket.socket, *, note: str = "") -> None:
-    """Serve on ``sock`` (from :func:`server.preflight.bind_socket`), say ``listening on
-    http://H:P`` once connections are accepted, and on SIGTERM or SIGINT say so and clean up
-    (aiohttp's order: stop listening, on_shutdown, wait for handlers, cleanup)."""
-    received: list[signal.Signals] = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig)
-        stop.set()
-
-    # Before the announcement: a supervisor may signal as soon as it reads it.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    await web.SockSite(runner, sock).start()
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"listening on http://{shown}:{port}{note}", flush=True)
-    await stop.wait()
-    print(f"sessiond: stopping ({received[0].name})", flush=True)
-    await runner.cleanup()
-
-
 # -- keys ---------------------------------------------------------------------------------
+
+
+def _where(config: Config) -> str:
+    """Where the configured store keeps its data: the SQLite file, or the PostgreSQL DSN without its password."""
+    from server.preflight import without_password
+
+    if config.store.kind == "postgres":
+        return without_password(config.store.postgres_dsn)
+    return str((config.data_dir / config.store.sqlite_file).resolve())
 
 
 def _store_for(args: argparse.Namespace) -> tuple[Config, str]:
     """The configuration and where its database is, said first: a key made in the wrong
     directory's database is a key nobody's server knows. Without ``--create``, refuses to
     make a new (empty) SQLite database."""
-    from server.preflight import StartupError, prepare_data_dir, without_password
+    from server.preflight import StartupError, prepare_data_dir
 
-    config = _config_from(args)
-    if config.store.kind == "postgres":
-        where = without_password(config.store.postgres_dsn)
-    else:
-        path = (config.data_dir / config.store.sqlite_file).resolve()
-        where = str(path)
-        if not path.exists():
+    config = config_from(args)
+    where = _where(config)
+    if config.store.kind == "sqlite":
+        if not Path(where).exists():
             if not getattr(args, "create", False):
                 raise StartupError(
                     f"no database at {where}: run this where the server runs (or pass --data-dir or --config),"
@@ -240,22 +206,11 @@ def _store_for(args: argparse.Namespace) -> tuple[Config, str]:
     return config, where
 
 
-async def _with_store(config: Config, fn: Any) -> Any:
-    from server.app import make_store
-
-    store = make_store(config)
-    await store.open()
-    try:
-        return await fn(store)
-    finally:
-        await store.aclose()
-
-
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     from server.auth.keys import create_key
 
     config, _ = _store_for(args)
-    record, key = asyncio.run(_with_store(config, lambda s: create_key(s, args.name)))
+    record, key = asyncio.run(with_store(config, lambda s: create_key(s, args.name)))
     print(f"created {record.id} ({record.name}); the key is shown only this once:")
     print(key)
     return 0
@@ -263,7 +218,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
     config, _ = _store_for(args)
-    keys = asyncio.run(_with_store(config, lambda s: s.list_api_keys()))
+    keys = asyncio.run(with_store(config, lambda s: s.list_api_keys()))
     for k in keys:
         state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
         print(f"{k.id}\t{k.name}\t{k.created_at}\t{state}")
@@ -274,7 +229,7 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from actors.core.ids import utcnow
 
     config, _ = _store_for(args)
-    done = asyncio.run(_with_store(config, lambda s: s.revoke_api_key(args.key_id, utcnow())))
+    done = asyncio.run(with_store(config, lambda s: s.revoke_api_key(args.key_id, utcnow())))
     if not done:
         print(f"sessiond: no active key {args.key_id}", file=sys.stderr)
         return 1

@@ -39,9 +39,9 @@ def register(sub: Any, common: Any) -> None:
 
 def _store_of(args: argparse.Namespace) -> Any:
     from server.app import make_store
-    from server.cli.main import _config_from
+    from server.cli.common import config_from
 
-    return make_store(_config_from(args))
+    return make_store(config_from(args))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 A tool call that waits for approval is asked about (y/n) while the answer streams.
 Ctrl-C while an answer streams stops that answer (the server keeps the part already
 written, marked cancelled); at the prompt it only clears the line. Ctrl-D or /quit leaves.
+Answers wrap at word boundaries; what is typed while one streams waits for the next prompt
+instead of landing in the middle of it; each answer ends with its model and token usage.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, TextIO, TypeVar
 import msgspec
 
 from actors.core.events import (
+    MessageCompleted,
     MessageDelta,
     StreamReset,
     TaskCancelled,
@@ -30,7 +33,10 @@ from actors.core.events import (
     ToolCall,
     ToolResult,
 )
+from actors.core.tree import Usage
 from server.client.client import ApiError, Client, EventStream
+from server.client.terminal import WordWrapper, human_time, quiet_keys, terminal_width, wrap
+from server.schema.agents import AgentList
 from server.schema.messages import MessageOut, TreeNodeOut
 
 __all__ = ["HELP", "Chat", "default_url", "register", "run_chat"]
@@ -38,7 +44,8 @@ __all__ = ["HELP", "Chat", "default_url", "register", "run_chat"]
 T = TypeVar("T")
 
 HELP = """\
-Type a message and press Enter. Commands:
+Type a message and press Enter; end a line with \\ to go on on the next one, or put \"\"\" on a
+line of its own to start and end a message of many lines. Commands:
   /edit [N] TEXT     new version of your message N (default: your last one), answered again
   /regen             a new answer in place of the last one
   /branches          the messages that have other versions, and their keys
@@ -47,6 +54,10 @@ Type a message and press Enter. Commands:
   /checkpoints       the checkpoints, numbered
   /restore N [HINT]  go back to checkpoint N; with a hint, answer again from there
   /export FILE       write the whole session (every branch) to FILE as JSON
+  /title [TEXT]      the session's title, or give it a new one
+  /usage             the tokens this session has used
+  /model             the model of the last answer, and the models the agent may use
+  /agent             the session's agent, and the agents on this server
   /session           the session id
   /tool NAME {JSON}  sent as a message: the simulated model calls that tool
   /help              this text
@@ -54,6 +65,8 @@ Type a message and press Enter. Commands:
 Ctrl-C stops an answer while it streams."""
 
 _PROMPT = "you> "
+_MORE = "...> "
+_BLOCK = '"""'
 
 
 class Chat:
@@ -105,10 +118,24 @@ class Chat:
             self.say(f"session {s.id}: {s.message_count} messages  (/help for commands)")
             self.show_history(last=6)
 
+    def read_message(self) -> str:
+        """One message: a line, lines joined by a trailing backslash, or a triple-quote block."""
+        line = input(_PROMPT)
+        if line.strip() == _BLOCK:
+            lines: list[str] = []
+            while (more := input(_MORE)).strip() != _BLOCK:
+                lines.append(more)
+            return "\n".join(lines)
+        lines = [line]
+        while lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1]
+            lines.append(input(_MORE))
+        return "\n".join(lines)
+
     def repl(self) -> int:
         while True:
             try:
-                line = input(_PROMPT)
+                line = self.read_message()
             except EOFError:
                 self.say()
                 return 0
@@ -161,6 +188,14 @@ class Chat:
                 self.restore(rest)
             case "/export":
                 self.export(rest)
+            case "/title":
+                self.title(rest)
+            case "/usage":
+                self.usage()
+            case "/model":
+                self.model()
+            case "/agent":
+                self.agent()
             case _:
                 self.say(f"! unknown command {cmd} (/help lists them)")
         return None
@@ -177,10 +212,15 @@ class Chat:
                 stopping.append(self._loop.create_task(_quiet(self.client.cancel())))
 
         self.say("assistant> ", end="")
-        end = self.run(_print_answer(events, self.out, self.client), on_interrupt=stop)
-        if stopping:
-            self.run(stopping[0])
+        writer = WordWrapper(self.out, terminal_width(self.out), column=len("assistant> "))
+        result = _Result()
+        with quiet_keys():
+            end = self.run(_print_answer(events, writer, result, self.client), on_interrupt=stop)
+            if stopping:
+                self.run(stopping[0])
         self.say("\n" + end if end else "")
+        if result.usage is not None and not end:
+            self.say(_usage_line(result.model, result.usage))
 
     # -- commands --------------------------------------------------------------------------
 
@@ -202,7 +242,7 @@ class Chat:
                 who = "    assistant"
             versions = f" <{m.sibling_index + 1}/{m.sibling_count}>" if m.sibling_count > 1 else ""
             state = "" if m.status == "completed" else f" ({m.status})"
-            lines.append(f"{who}{versions}{state}: {m.content}")
+            lines.append(wrap(m.content, terminal_width(self.out), f"{who}{versions}{state}: "))
         for text in lines[-last:] if last else lines:
             self.say(text)
 
@@ -267,7 +307,7 @@ class Chat:
         nodes = {n.id: n for n in self.run(self.client.tree()).nodes}
         for i, cp in enumerate(items, start=1):
             text = _short(nodes[cp.message_id].content) if cp.message_id in nodes else ""
-            self.say(f"[{i}] {cp.created_at} {cp.label}: {text}")
+            self.say(f"[{i}] {human_time(cp.created_at)} {cp.label}: {text}")
 
     def restore(self, rest: str) -> None:
         number, _, hint = rest.partition(" ")
@@ -293,6 +333,66 @@ class Chat:
         self.say(f"exported {len(doc.get('messages', []))} messages to {path}")
 
 
+    def title(self, text: str) -> None:
+        if text:
+            s = self.run(self.client.patch_session(title=text))
+            self.say(f"title: {s.title}")
+        else:
+            s = self.run(self.client.get_session())
+            self.say(f"title: {s.title}" if s.title else "no title yet (/title TEXT gives it one)")
+
+    def usage(self) -> None:
+        s = self.run(self.client.get_session())
+        u = s.usage
+        self.say(f"this session: {u.total:,} tokens ({u.prompt:,} prompt + {u.completion:,} completion)"
+                 f" in {s.message_count} messages")
+
+    def model(self) -> None:
+        last = self._last("assistant")
+        self.say(f"last answer by: {last.model}" if last and last.model else "no answer yet")
+        agent = self._agent()
+        if agent is not None:
+            self.say(f"agent {agent.id} may use: {', '.join(_route(agent.model))}")
+
+    def agent(self) -> None:
+        agents = self.run(self.client.request("GET", "/v1/agents", AgentList)).items
+        mine = self._agent(agents)
+        for a in agents:
+            mark = "*" if mine is not None and a.id == mine.id else " "
+            prompt = f" — {_short(a.system_prompt, 40)}" if a.system_prompt else ""
+            self.say(f"{mark} {a.id} ({a.name or 'unnamed'}): {', '.join(_route(a.model))}{prompt}")
+        self.say("the agent is chosen when a session is made (POST /v1/sessions with agent_id)")
+
+    def _agent(self, agents: list[Any] | None = None) -> Any:
+        s = self.run(self.client.get_session())
+        if agents is None:
+            agents = self.run(self.client.request("GET", "/v1/agents", AgentList)).items
+        wanted = s.agent_id or "default"
+        return next((a for a in agents if a.id == wanted), None)
+
+
+class _Result:
+    """What the end of an answer said: its usage and model (from message.completed)."""
+
+    usage: Usage | None = None
+    model: str | None = None
+
+
+def _route(entries: list[Any]) -> list[str]:
+    names = []
+    for e in entries:
+        if isinstance(e, str):
+            names.append(e)
+        else:
+            names.append(f"{e.provider}/{e.model}" if getattr(e, "model", None) else str(e.provider))
+    return names
+
+
+def _usage_line(model: str | None, usage: Usage) -> str:
+    who = model or "unknown model"
+    return f"— {who} · {usage.total:,} tokens ({usage.prompt:,} prompt + {usage.completion:,} completion)"
+
+
 async def _awaited(coro: Awaitable[T]) -> T:
     return await coro
 
@@ -302,21 +402,29 @@ async def _quiet(coro: Awaitable[Any]) -> None:
         await coro
 
 
-async def _print_answer(events: EventStream, out: TextIO, client: Client) -> str:
+async def _print_answer(events: EventStream, out: WordWrapper, result: _Result, client: Client) -> str:
     """Write the deltas of one task, asking about tool calls that wait for approval; what ended
     it, as a short note ("" for a normal end)."""
+    try:
+        return await _follow(events, out, result, client)
+    finally:
+        out.finish()
+
+
+async def _follow(events: EventStream, out: WordWrapper, result: _Result, client: Client) -> str:
     async with events:
         async for ev in events:
             e = ev.event
             if isinstance(e, MessageDelta):
                 out.write(e.delta)
-                out.flush()
             elif isinstance(e, ToolApprovalRequested):
                 await _ask_approval(e, out, client)
             elif isinstance(e, ToolCall):
                 out.write(f"\n  [tool {e.name}]\n")
             elif isinstance(e, ToolResult):
                 out.write("  [tool result]\n" if not e.is_error else "  [tool failed]\n")
+            elif isinstance(e, MessageCompleted):
+                result.usage, result.model = e.usage, e.model or e.message.model
             elif isinstance(e, TaskCompleted):
                 return ""
             elif isinstance(e, TaskCancelled):
@@ -330,13 +438,18 @@ async def _print_answer(events: EventStream, out: TextIO, client: Client) -> str
     return ""
 
 
-async def _ask_approval(e: ToolApprovalRequested, out: TextIO, client: Client) -> None:
+async def _ask_approval(e: ToolApprovalRequested, out: WordWrapper, client: Client) -> None:
     """y: approve the call; anything else: deny it (what was typed after "n" is the reason)."""
     args = msgspec.json.encode(e.arguments).decode()
-    out.write(f"  allow {e.name} {_short(args)}? [y/n] ")
-    out.flush()
-    # input() blocks: read it off the loop, so the stream's connection stays served.
+    out.finish()
+    # Straight to the terminal: the question is not wrapped, and it ends with its space.
+    out.out.write(f"\n  allow {e.name} {_short(args)}? [y/n] ")
+    out.out.flush()
+    # Reading blocks: off the loop, so the stream's connection stays served. Keys are not
+    # echoed while an answer streams, so the answer is written back once read.
     line = (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)).strip()
+    out.out.write(line + "\n")
+    out.column = 0
     if line.lower() in ("y", "yes"):
         await client.approve(e.call_id)
         return

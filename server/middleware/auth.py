@@ -4,7 +4,8 @@ An API key (``X-API-Key``, or ``X-Client-ID`` + ``X-Client-Secret``) may do ever
 ``X-End-User-ID`` it acts for that end user only. A session access token
 (``Authorization: Bearer eyJ...``, or ``?token=`` on the stream route only, since browsers cannot
 set headers on an EventSource) grants its own session's conversation routes (``token=True`` in
-server/table.py) and nothing else: another session answers 404, any other route 403. A refresh
+server/table.py) and nothing else: another session answers 404, any other route 403. On a route
+marked ``bearer_key`` an API key may also come as ``Authorization: Bearer``. A refresh
 token is accepted by ``POST /v1/tokens/refresh`` alone, which authenticates it itself.
 
 A route with ``{session_id}`` has its session looked up and authorized here, once, for every kind
@@ -22,7 +23,11 @@ from server.auth.principal import PRINCIPAL, SESSION, Principal, authorize_sessi
 from server.auth.tokens import REFRESH_PREFIX
 from server.routing import Route, route_of
 
-__all__ = ["REFRESH_ROUTE", "auth_middleware"]
+__all__ = [
+    "REFRESH_ROUTE",
+    "BadHeaderError",
+    "auth_middleware",
+]
 
 REFRESH_ROUTE = "/v1/tokens/refresh"
 
@@ -44,13 +49,17 @@ def _end_user_header(request: web.Request) -> str | None:
     return values[0]
 
 
+async def _key(request: web.Request, client_id: str | None, secret: str | None, key: str | None) -> Principal:
+    key_id = await request.app[KEYRING].verify(client_id, secret, key)
+    if key_id is None:
+        raise UnauthorizedError("the API key is not valid")
+    return Principal(kind="key", key_id=key_id, end_user_id=_end_user_header(request))
+
+
 async def _authenticate(request: web.Request, route: Route | None) -> Principal:
     h = request.headers
     if "X-API-Key" in h or "X-Client-ID" in h or "X-Client-Secret" in h:
-        key_id = await request.app[KEYRING].verify(h.get("X-Client-ID"), h.get("X-Client-Secret"), h.get("X-API-Key"))
-        if key_id is None:
-            raise UnauthorizedError("the API key is not valid")
-        return Principal(kind="key", key_id=key_id, end_user_id=_end_user_header(request))
+        return await _key(request, h.get("X-Client-ID"), h.get("X-Client-Secret"), h.get("X-API-Key"))
     token: str | None = None
     auth = h.get("Authorization")
     if auth is not None:
@@ -64,6 +73,10 @@ async def _authenticate(request: web.Request, route: Route | None) -> Principal:
         raise UnauthorizedError(
             "send X-API-Key, or X-Client-ID with X-Client-Secret, or Authorization: Bearer <access token>"
         )
+    if route is not None and route.bearer_key and token.count(".") != 2 and not token.startswith(REFRESH_PREFIX):
+        # A client that can send its credential only so (the OpenAI SDK's api_key): what is not
+        # a JWT is an API key.
+        return await _key(request, None, None, token)
     if token.startswith(("sk_", "sk-")):  # an API key where an access token goes
         raise UnauthorizedError("an API key goes in the X-API-Key header, not in Authorization: Bearer")
     if token.startswith(REFRESH_PREFIX):

@@ -14,10 +14,18 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
 from server.config import ConfigError
 
-__all__ = ["ALLOWED_HEADERS", "EXPOSED_HEADERS", "setup_cors"]
+__all__ = [
+    "ALLOWED_HEADERS",
+    "ALLOWED_METHODS",
+    "EXPOSED_HEADERS",
+    "MAX_AGE_SECONDS",
+    "cors_middleware",
+    "setup_cors",
+]
 
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE"
 # What a frontend sends: a session token, JSON, a version to match, a stream position, a retry
@@ -54,7 +62,7 @@ def _allowed(request: web.Request) -> str | None:
 
 
 @web.middleware
-async def cors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
         origin = _allowed(request)
         if origin is not None:

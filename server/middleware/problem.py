@@ -1,4 +1,5 @@
-"""Every failure a handler meets becomes application/problem+json (RFC 9457)."""
+"""Every failure a handler meets becomes application/problem+json (RFC 9457), or a 4XX in the
+protocol's own shape on a route that speaks another protocol (``Route.errors``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from actors.core.errors import SessiondError
 from server.errors import http_code, problem_response
+from server.routing import route_of
 
 __all__ = ["FAILURE", "problem_middleware"]
 
@@ -24,6 +26,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except SessiondError as exc:
         request[FAILURE] = exc
+        route = route_of(request)
+        if route is not None and route.errors is not None and exc.status < 500:
+            return route.errors.render(exc)
         return problem_response(
             exc.status, exc.code, exc.title, exc.detail, retry_after=exc.retry_after, instance=request.path
         )

@@ -16,7 +16,9 @@ from actors.core.commands import (
     RestoreCheckpoint,
     SendMessage,
 )
+from actors.core.errors import InvalidRequestError
 from actors.core.replies import MessagePage, TreeView
+from server.markup import markdown_html
 from server.routes.common import ask, bool_query, if_match, int_query
 from server.routes.tools import check_client_tools
 from server.schema.common import decode_body, json_response
@@ -70,9 +72,16 @@ async def list_messages(request: web.Request) -> web.Response:
             offset=int_query(request, "offset"),
         ),
     )
-    return json_response(
-        MessageList([message_out(*item) for item in page.items], page.usage, page.has_more, page.total)
-    )
+    fmt = request.query.get("format", "text")
+    if fmt not in ("text", "html"):
+        raise InvalidRequestError("format must be text or html")
+    items = [message_out(*item) for item in page.items]
+    if fmt == "html":
+        # Rendered where it is asked for, never stored: the content stays the source of truth.
+        for item in items:
+            if item.status != "running" and item.role != "system":
+                item.content_html = markdown_html(item.content)
+    return json_response(MessageList(items, page.usage, page.has_more, page.total))
 
 
 async def get_tree(request: web.Request) -> web.Response:

@@ -72,6 +72,10 @@ class MessageOut(msgspec.Struct):
     task_id: str | None = None
     model: str | None = None
     usage: Usage | None = None
+    # A user turn made from a restore hint (an instruction), not a message the user wrote.
+    hint: bool = False
+    # Only with GET messages?format=html: the content rendered as Markdown and sanitized.
+    content_html: str | None = None
 
 
 class MessageList(msgspec.Struct):
@@ -150,6 +154,7 @@ def message_out(node: Node, sibling_index: int = 0, sibling_count: int = 1) -> M
         task_id=node.task_id,
         model=node.model,
         usage=node.usage,
+        hint=node.hint is not None,
     )
 
 

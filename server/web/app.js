@@ -1,8 +1,9 @@
 // sessiond's chat page. Plain JavaScript, no build step, no network beyond this server.
 //
 // How it authenticates is the point of it, since a real frontend does the same:
-//   * The API key (asked once, kept in this tab's sessionStorage) is used only to list sessions,
-//     create one and mint a session token (POST v1/sessions/{id}/tokens).
+//   * The API key (asked once, kept in this tab's sessionStorage) is used only to manage sessions
+//     (list, create, rename, delete, export) and to mint a session token
+//     (POST v1/sessions/{id}/tokens). Nothing calls the API before there is a key.
 //   * Everything inside the conversation is sent with that session's access token
 //     (Authorization: Bearer ...), and the event stream is an EventSource on
 //     v1/sessions/{id}/stream?token=...&last_event_id=N (EventSource cannot send headers).
@@ -86,6 +87,28 @@ class ApiError extends Error {
   }
 }
 
+function mebibytes(bytes) {
+  const mib = bytes / 1024 / 1024;
+  return mib >= 1 ? `${Number.isInteger(mib) ? mib : mib.toFixed(1)} MiB` : size(bytes);
+}
+
+// What went wrong, in words for the person at the keyboard rather than for a developer.
+function humanError(err) {
+  if (err instanceof TypeError) {
+    return "The server cannot be reached right now (it may be restarting). Nothing typed is lost: try again in a moment.";
+  }
+  if (!(err instanceof ApiError)) return String(err);
+  if (err.status === 413) {
+    const limit = /larger than (\d+) bytes/.exec(err.message);
+    return limit ? `This message is too long (max ${mebibytes(Number(limit[1]))}).` : "This message is too long.";
+  }
+  if (err.status === 429) return "Too many requests just now: wait a moment and try again.";
+  if (err.status === 409 && err.code === "task_running") return "An answer is still being written: wait for it or stop it.";
+  if (err.status === 503) return "The server is busy or restarting: try again in a moment.";
+  if (err.status >= 500) return "The server could not do that (an internal error). Try again in a moment.";
+  return err.message;
+}
+
 async function parse(resp) {
   if (resp.status === 204) return null;
   const type = resp.headers.get("Content-Type") || "";
@@ -95,7 +118,7 @@ async function parse(resp) {
 }
 
 function reportError(err) {
-  if (err instanceof ApiError || err instanceof TypeError) toast(err.message);
+  if (err instanceof ApiError || err instanceof TypeError) toast(humanError(err));
   else throw err;
 }
 
@@ -106,6 +129,8 @@ function apiKey() {
 }
 
 async function keyFetch(path, { method = "GET", json } = {}) {
+  // Nothing is asked of the server before there is a key to ask with.
+  if (!apiKey()) throw new ApiError(401, "No API key: connect first.");
   const headers = { "X-API-Key": apiKey() };
   if (json !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(path, { method, headers, body: json === undefined ? undefined : JSON.stringify(json) });
@@ -275,6 +300,8 @@ class Chat {
     this.tasksStarted = 0; // task.started events seen
     this.checkpoints = [];
     this.nodes = new Map();
+    this.failures = new Map(); // task id -> why it failed (task.failed / task.interrupted)
+    this.draft = null; // the text of a send not yet started: cleared from the box at task.started
     this.closed = false;
   }
 
@@ -297,6 +324,11 @@ class Chat {
     return `v1/sessions/${encodeURIComponent(this.id)}${suffix}`;
   }
 
+  // The model of the first answer: a later answer by another one (a fallback) is marked.
+  firstModel() {
+    return this.messages.find((m) => m.role === "assistant" && m.model)?.model ?? null;
+  }
+
   isRunning() {
     return this.running !== null || this.messages.some((m) => m.status === "running");
   }
@@ -314,7 +346,7 @@ class Chat {
     const items = [];
     let usage;
     for (;;) {
-      const page = await this.auth.fetch(this.path(`/messages?limit=1000&offset=${items.length}`));
+      const page = await this.auth.fetch(this.path(`/messages?limit=1000&offset=${items.length}&format=html`));
       items.push(...page.items);
       usage = page.usage;
       if (!page.has_more || page.items.length === 0) break;
@@ -363,6 +395,15 @@ class Chat {
         this.live.set(data.reply_id, "");
         this.tools.delete(data.reply_id);
         this.approvals.clear();
+        if (this.draft !== null) {
+          // The send went through: only now may the box forget what was typed.
+          const input = $("#composer-input");
+          if (input.value.trim() === this.draft) {
+            input.value = "";
+            autoGrow(input);
+          }
+          this.draft = null;
+        }
         if (!this.find(data.message_id) || !this.find(data.reply_id)) this.refreshHistory();
         render();
         break;
@@ -406,6 +447,8 @@ class Chat {
           });
           render();
         }
+        // The rendered Markdown comes with history: one swap from the streamed text to it.
+        this.refreshHistory();
         break;
       }
       case "checkpoint.created":
@@ -420,11 +463,13 @@ class Chat {
         if (TERMINAL.has(type)) {
           if (this.running?.task_id === data.task_id) this.running = null;
           this.approvals.clear();
+          if (data.error) this.failures.set(data.task_id, data.error);
           if (type === "task.completed") announce("The answer is complete.");
           else if (type === "task.cancelled") announce("The answer was stopped.");
           else announce(`The answer ${type === "task.failed" ? "failed" : "was interrupted"}.`);
           this.refreshHistory();
           render();
+          loadSessions().catch(() => {}); // its message count changed
         }
     }
   }
@@ -443,7 +488,10 @@ class Chat {
     } catch (err) {
       // The connection of a request held open for a whole answer may drop while the answer goes
       // on; once the stream has shown the task starting, there is nothing to report.
-      if (!(startsTask && err instanceof TypeError && this.tasksStarted > started)) reportError(err);
+      if (!(startsTask && err instanceof TypeError && this.tasksStarted > started)) {
+        this.draft = null; // not sent: the text stays in the box
+        reportError(err);
+      }
     } finally {
       this.busy = false;
       if (!this.closed) render();
@@ -451,6 +499,7 @@ class Chat {
   }
 
   send(content) {
+    this.draft = content;
     return this.act(
       () => this.auth.fetch(this.path("/messages"), { method: "POST", json: { content, stream: false } }),
       { startsTask: true },
@@ -520,6 +569,7 @@ class Chat {
       announce("Checkpoint restored.");
       await this.loadHistory();
       await this.loadCheckpoints();
+      loadSessions().catch(() => {});
     }, { startsTask: Boolean(hint) });
   }
 
@@ -581,6 +631,42 @@ function renderTokenInfo(c) {
   el.dataset.refreshes = String(c.auth.refreshes);
 }
 
+// Server-rendered, sanitized Markdown (GET messages?format=html), with a copy button per code block.
+function markdownContent(html) {
+  const div = h("div", { class: "content markdown" });
+  div.innerHTML = html;
+  for (const pre of div.querySelectorAll("pre")) {
+    const code = pre.querySelector("code") ?? pre;
+    const button = h("button", { type: "button", class: "copy ghost small", "aria-label": "Copy the code" }, "Copy");
+    button.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(code.textContent);
+        button.textContent = "Copied";
+      } catch {
+        button.textContent = "Copy failed";
+      }
+      setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    });
+    pre.before(h("div", { class: "code-bar" }, button));
+  }
+  return div;
+}
+
+function contentOf(c, m) {
+  if (m.role === "assistant" && m.status !== "running" && typeof m.content_html === "string") {
+    return markdownContent(m.content_html);
+  }
+  return h("div", { class: "content" }, c.textOf(m));
+}
+
+function failureNote(c, m) {
+  if (m.status !== "failed" && m.status !== "interrupted") return null;
+  const reason = c.failures.get(m.task_id);
+  const text = reason ? `This answer ${m.status === "failed" ? "failed" : "was interrupted"}: ${reason}`
+    : m.status === "failed" ? "This answer failed before it was finished." : "This answer was interrupted (the server stopped).";
+  return h("p", { class: "failure", role: "note" }, text);
+}
+
 function updateContent(c, message) {
   const li = document.querySelector(`#messages li[data-id="${CSS.escape(message.id)}"]`);
   if (!li) return;
@@ -633,10 +719,11 @@ function messageItem(c, m) {
   const running = c.isRunning();
   const disabled = running || c.busy;
   const isUser = m.role === "user";
+  const isHint = isUser && m.hint;
   const editing = c.editing?.id === m.id;
   const status = m.status !== "completed" ? STATUS_TEXT[m.status] ?? m.status : null;
   const actions = [];
-  if (isUser && !editing) {
+  if (isUser && !isHint && !editing) {
     actions.push(h("button", {
       type: "button", class: "ghost small", disabled, dataset: { key: `edit-${m.id}` },
       onclick: () => { c.editing = { id: m.id, draft: m.content }; render(); },
@@ -660,19 +747,26 @@ function messageItem(c, m) {
         "Approve"),
       h("button", { type: "button", class: "ghost small", disabled: c.busy, onclick: () => c.decide(a.call_id, false) },
         "Deny")));
+  // Which model wrote it, always: a route that fell back to another model must show it.
+  const model = m.role === "assistant" && m.model
+    ? h("span", { class: `model${m.model !== c.firstModel() ? " model-other" : ""}`, title: "The model that answered" }, m.model)
+    : null;
   return h("li", {
-    class: `message ${m.role}`, dataset: { id: m.id, role: m.role, status: m.status },
+    class: `message ${m.role}${isHint ? " hint" : ""}`,
+    dataset: isHint ? { id: m.id, role: m.role, status: m.status, hint: "true" } : { id: m.id, role: m.role, status: m.status },
     "aria-busy": m.status === "running" ? "true" : null,
   },
-  h("div", { class: "avatar", "aria-hidden": "true" }, isUser ? "You" : "AI"),
-  h("article", { class: "bubble", "aria-label": isUser ? "You said" : "Answer" },
+  h("div", { class: "avatar", "aria-hidden": "true" }, isHint ? "Hint" : isUser ? "You" : "AI"),
+  h("article", { class: "bubble", "aria-label": isHint ? "Hint for the answer" : isUser ? "You said" : "Answer" },
     h("header", { class: "msg-head" },
-      h("span", { class: "who" }, isUser ? "You" : m.role === "assistant" ? "Assistant" : m.role),
+      h("span", { class: "who" }, isHint ? "Hint (from a restore)" : isUser ? "You" : m.role === "assistant" ? "Assistant" : m.role),
+      model,
       status ? h("span", { class: `status status-${m.status}` }, status) : null,
       h("time", { datetime: m.created_at, class: "muted" }, shortTime.format(new Date(m.created_at)))),
     tools.length ? h("ul", { class: "tool-lines" }, tools) : null,
     ...waiting,
-    editing ? editForm(c, m) : h("div", { class: "content" }, c.textOf(m)),
+    editing ? editForm(c, m) : contentOf(c, m),
+    failureNote(c, m),
     h("footer", { class: "msg-foot" }, versionSwitch(c, m, disabled), usage, h("span", { class: "spacer" }), actions)));
 }
 
@@ -705,16 +799,18 @@ function renderCheckpoints(c) {
   const disabled = c.isRunning() || c.busy;
   const items = c.checkpoints.map((cp, i) => {
     const node = c.nodes.get(cp.message_id);
-    const snippet = node ? node.content.slice(0, 90) : "";
+    // Named by what it keeps (the start of that answer, its Markdown marks left out), not by
+    // its position; the style sheet clamps it to two lines.
+    const plain = node ? node.content.replace(/[*_`#>|]+/g, "").replace(/\s+/g, " ").trim() : "";
     const current = cp.message_id === active;
-    const name = `#${i + 1} ${cp.label || "checkpoint"}`;
+    const name = plain ? (plain.length > 80 ? `${plain.slice(0, 79)}…` : plain) : cp.label || `Checkpoint ${i + 1}`;
     return h("li", { class: `checkpoint${current ? " current" : ""}`, dataset: { id: cp.id } },
       h("div", { class: "cp-text" },
         h("span", { class: "cp-title" },
           h("span", { class: "cp-label" }, name),
           current ? h("span", { class: "badge" }, "current") : null),
         h("time", { datetime: cp.created_at, class: "muted" }, when(cp.created_at)),
-        snippet ? h("span", { class: "cp-snippet" }, snippet) : null),
+      ),
       h("button", {
         type: "button", class: "small", disabled, dataset: { key: `restore-${cp.id}` },
         "aria-label": `Restore checkpoint ${name}`, onclick: () => c.restore(cp, $("#hint").value.trim()),
@@ -742,6 +838,7 @@ function renderSessions() {
     h("span", { class: "session-name" }, s.title || "Untitled session"),
     h("span", { class: "muted session-sub" }, `${fmt(s.message_count)} messages · ${when(s.last_active_at)}`)))));
   if (!sessions.length) list.append(h("li", { class: "muted empty-note" }, "No sessions yet."));
+  $("#more-sessions").hidden = !sessionsCursor;
 }
 
 function renderHeader() {
@@ -749,6 +846,9 @@ function renderHeader() {
   $("#session-title").textContent = chat ? info?.title || "Untitled session" : "No session open";
   $("#session-meta").textContent = chat ? chat.id : "";
   const open = chat !== null;
+  $("#session-actions").hidden = !open;
+  $("#rename-form").hidden = true;
+  $("#session-title").hidden = false;
   $("#empty").hidden = open;
   $("#messages").hidden = !open;
   $("#composer").hidden = !open;
@@ -759,23 +859,80 @@ function renderHeader() {
 
 // -- wiring ----------------------------------------------------------------------------------
 
+const SESSION_PAGE = 100;
+let sessionsCursor = null; // the next page of the session list, if there is one
+
 async function loadSessions() {
-  const page = await keyFetch("v1/sessions?limit=100");
-  sessions = page.items;
+  const page = await keyFetch(`v1/sessions?limit=${SESSION_PAGE}`);
+  // Pages already shown past the first stay: only the first page is asked again.
+  const firstIds = new Set(page.items.map((s) => s.id));
+  const older = sessions.slice(SESSION_PAGE).filter((s) => !firstIds.has(s.id));
+  sessions = [...page.items, ...older];
+  if (!older.length) sessionsCursor = page.next_cursor;
   renderSessions();
+}
+
+async function moreSessions() {
+  if (!sessionsCursor) return;
+  const page = await keyFetch(`v1/sessions?limit=${SESSION_PAGE}&cursor=${encodeURIComponent(sessionsCursor)}`);
+  const known = new Set(sessions.map((s) => s.id));
+  sessions.push(...page.items.filter((s) => !known.has(s.id)));
+  sessionsCursor = page.next_cursor;
+  renderSessions();
+}
+
+// The entry of a session not on the list yet (a link to an older one): its title, with the key.
+function refreshSessionEntry(id) {
+  if (!apiKey()) return;
+  keyFetch(`v1/sessions/${encodeURIComponent(id)}`).then((fresh) => {
+    const at = sessions.findIndex((s) => s.id === id);
+    if (at >= 0) sessions[at] = fresh;
+    else sessions.unshift(fresh);
+    if (chat?.id === id) {
+      chat.info = fresh;
+      $("#session-title").textContent = fresh.title || "Untitled session";
+    }
+    renderSessions();
+  }).catch(() => {});
+}
+
+async function loadAgents() {
+  const list = await keyFetch("v1/agents");
+  const select = $("#new-agent");
+  select.replaceChildren(h("option", { value: "" }, "The default agent"),
+    ...list.items.map((a) => h("option", { value: a.id }, a.name || a.id)));
+}
+
+function download(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+  const a = h("a", { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+function clearSessionView() {
+  // Nothing of the session before may stay on screen under another one's title.
+  $("#messages").replaceChildren();
+  $("#checkpoints").replaceChildren();
+  $("#documents").replaceChildren();
+  $("#usage").hidden = true;
 }
 
 async function openSession(id) {
   if (chat?.id === id) return;
   if (chat) chat.close();
   chat = null;
+  clearSessionView();
   if (!id) {
     renderHeader();
     renderTokenInfo(null);
     return;
   }
-  let info = sessions.find((s) => s.id === id);
+  const info = sessions.find((s) => s.id === id);
   chat = new Chat(id, info);
+  if (!info) refreshSessionEntry(id); // a link to a session not on the list's first page
   renderHeader();
   renderSessions();
   const opened = chat;
@@ -819,6 +976,7 @@ async function connect() {
   $("#connect").hidden = true;
   $("#app").hidden = false;
   renderHeader();
+  loadAgents().catch(() => {}); // a key that may not list agents still chats
   await openSession(sessionFromHash());
 }
 
@@ -844,23 +1002,97 @@ function wire() {
     if (chat) chat.close();
     chat = null;
     for (const k of Object.keys(sessionStorage)) if (k.startsWith("sessiond.")) sessionStorage.removeItem(k);
+    sessions = [];
+    sessionsCursor = null;
+    clearSessionView();
+    renderSessions();
+    renderHeader();
+    $("#composer-input").value = "";
     showConnect();
   });
 
   $("#new-session-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const title = $("#new-title").value.trim();
+    const body = title ? { title } : {};
+    const agent = $("#new-agent").value;
+    const systemPrompt = $("#new-system").value.trim();
+    if (agent) body.agent_id = agent;
+    if (systemPrompt) body.system_prompt = systemPrompt;
     try {
-      const created = await keyFetch("v1/sessions", { method: "POST", json: title ? { title } : {} });
+      const created = await keyFetch("v1/sessions", { method: "POST", json: body });
       $("#new-title").value = "";
+      $("#new-system").value = "";
       sessions.unshift(created);
+      document.body.classList.remove("drawer-open");
       location.hash = encodeURIComponent(created.id);
     } catch (err) {
       reportError(err);
     }
   });
 
+  $("#more-sessions").addEventListener("click", () => moreSessions().catch(reportError));
+  $("#drawer-toggle").addEventListener("click", () => document.body.classList.toggle("drawer-open"));
+  $("#session-list").addEventListener("click", (e) => {
+    if (e.target.closest("a")) document.body.classList.remove("drawer-open");
+  });
+
+  $("#rename").addEventListener("click", () => {
+    if (!chat) return;
+    $("#rename-input").value = chat.info?.title || "";
+    $("#session-title").hidden = true;
+    $("#rename-form").hidden = false;
+    $("#rename-input").focus();
+  });
+  $("#rename-cancel").addEventListener("click", () => renderHeader());
+  $("#rename-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!chat) return;
+    const id = chat.id;
+    try {
+      const fresh = await keyFetch(`v1/sessions/${encodeURIComponent(id)}`, {
+        method: "PATCH", json: { title: $("#rename-input").value.trim() || null },
+      });
+      if (chat?.id === id) chat.info = fresh;
+      const at = sessions.findIndex((s) => s.id === id);
+      if (at >= 0) sessions[at] = fresh;
+      renderHeader();
+      renderSessions();
+      announce("Session renamed.");
+    } catch (err) {
+      reportError(err);
+    }
+  });
+  $("#delete-session").addEventListener("click", async () => {
+    if (!chat) return;
+    const id = chat.id;
+    const title = chat.info?.title || "Untitled session";
+    if (!window.confirm(`Delete “${title}” and all its messages? This cannot be undone.`)) return;
+    try {
+      await keyFetch(`v1/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
+      sessions = sessions.filter((s) => s.id !== id);
+      sessionStorage.removeItem(TOKEN_STORE(id));
+      renderSessions();
+      location.hash = "";
+      announce("Session deleted.");
+    } catch (err) {
+      reportError(err);
+    }
+  });
+  $("#export").addEventListener("click", async () => {
+    if (!chat) return;
+    const id = chat.id;
+    try {
+      const doc = await keyFetch(`v1/sessions/${encodeURIComponent(id)}/export`);
+      download(`${id}.json`, JSON.stringify(doc, null, 2));
+    } catch (err) {
+      reportError(err);
+    }
+  });
+
   window.addEventListener("hashchange", () => {
+    // Without a key the link waits: connect() opens whatever the address names then.
+    if (!apiKey()) return;
     openSession(sessionFromHash()).then(() => loadSessions()).catch(reportError);
   });
 
@@ -876,8 +1108,7 @@ function wire() {
     e.preventDefault();
     const content = input.value.trim();
     if (!chat || !content || chat.isRunning() || chat.busy) return;
-    input.value = "";
-    autoGrow(input);
+    // The box keeps the text until the answer has started: a refused send loses nothing.
     chat.send(content).then(() => {
       if (chat) loadSessions().catch(() => {});
     });

@@ -83,6 +83,8 @@ class ModelCall(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
     temperature: float | None = None
+    # Which answer to the same user turn this is (0 first): only the simulated model uses it.
+    attempt: int = 0
 
 
 ModelItem = Chunk | ModelToolCall

@@ -1,7 +1,10 @@
 """The simulated model: a deterministic reply derived from the prompt, honestly named.
 
-Tests and load tests need no real model: the same prompt always gives the same reply,
-``reply_tokens`` tokens long, paced at ``tokens_per_second`` (0 = as fast as possible).
+Tests and load tests need no real model: the same prompt always gives the same first reply,
+``reply_tokens`` tokens long, paced at ``tokens_per_second`` (0 = as fast as possible). Each
+regeneration of an answer is another attempt and gets other words (the attempt number is part
+of the seed, so the sequence is still the same every run). When documents are linked, the reply
+opens by quoting the most relevant passage the library chose, so a demo shows them being read.
 
 It can also drive tools, deterministically: a user message with lines of the form
 ``/tool NAME {"json": "arguments"}`` makes it call each of those tools (if the session has it
@@ -44,18 +47,40 @@ class _Message(Protocol):
     def content(self) -> str: ...
 
 
-def _reply_tokens(messages: Sequence[_Message], tokens: int) -> list[str]:
-    digest = hashlib.blake2b(
-        "\x1e".join(f"{m.role}:{m.content}" for m in messages).encode(), digest_size=8
-    ).digest()
+# The runner's block of document passages (actors/agent/documents/library.py), best first.
+_PASSAGES = "Passages from the documents linked to this conversation"
+_BLOCK = re.compile(r"^\[(?P<name>[^\]\n]*)\]\n(?P<text>.+?)(?=\n\n\[|\Z)", re.S | re.M)
+_QUOTE_WORDS = 40
+
+
+def _quote(messages: Sequence[_Message]) -> str:
+    """``From NAME: "..."``: the first (most relevant) passage of the documents block, if any."""
+    for m in messages:
+        if m.role == "system" and m.content.startswith(_PASSAGES):
+            block = _BLOCK.search(m.content)
+            if block:
+                words = block.group("text").split()
+                text = " ".join(words[:_QUOTE_WORDS]) + (" …" if len(words) > _QUOTE_WORDS else "")
+                # One line break, not a paragraph: rendered as Markdown it reads as the same text.
+                return f'From {block.group("name")}: "{text}"\n'
+    return ""
+
+
+def _reply_tokens(messages: Sequence[_Message], tokens: int, attempt: int = 0) -> list[str]:
+    prompt = "\x1e".join(f"{m.role}:{m.content}" for m in messages)
+    # The first attempt keeps the seed it always had: replies recorded before stay the same.
+    seed = prompt if attempt == 0 else f"{prompt}\x1fattempt:{attempt}"
+    digest = hashlib.blake2b(seed.encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
     words = [rng.choice(_WORDS) for _ in range(max(tokens - 1, 0))]
-    return (["Simulated"] + [" " + w for w in words])[:tokens] if tokens > 0 else []
+    reply = (["Simulated"] + [" " + w for w in words])[:tokens] if tokens > 0 else []
+    quote = _quote(messages)
+    return [*_words(quote.rstrip(" ")), *reply] if quote and reply else reply
 
 
 def simulated_reply(request: ModelRequest, tokens: int) -> list[str]:
-    """The reply tokens for ``request``: a pure function of its messages."""
-    return _reply_tokens(request.messages, tokens)
+    """The reply tokens for ``request``: a pure function of its messages and attempt number."""
+    return _reply_tokens(request.messages, tokens, request.attempt)
 
 
 def tool_requests(text: str) -> list[tuple[str, str]]:
@@ -115,7 +140,9 @@ class SimulatedBackend:
         self.tokens_per_second = tokens_per_second
         self.reply_tokens = reply_tokens
 
-    def _answer(self, messages: list[ModelMessage], offered: set[str]) -> tuple[list[str], list[ModelToolCall]]:
+    def _answer(
+        self, messages: list[ModelMessage], offered: set[str], attempt: int
+    ) -> tuple[list[str], list[ModelToolCall]]:
         last = messages[-1] if messages else None
         if last is not None and last.role == "tool":
             results: list[str] = []
@@ -131,10 +158,10 @@ class SimulatedBackend:
                 if missing:
                     return _words(f"The tool {missing[0]} is not available in this session."), []
                 return [], [ModelToolCall(new_id("call"), name, args) for name, args in wanted]
-        return _reply_tokens(messages, self.reply_tokens), []
+        return _reply_tokens(messages, self.reply_tokens, attempt), []
 
     async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
-        tokens, calls = self._answer(call.messages, {t.name for t in call.tools})
+        tokens, calls = self._answer(call.messages, {t.name for t in call.tools}, call.attempt)
         async for token in _paced(tokens, self.tokens_per_second):
             yield Chunk(delta=token)
         for tool_call in calls:

@@ -24,7 +24,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExtractLimits", "ExtractionFailed", "TextTooLarge", "TooManyPages", "extract_bounded", "extract_text"]
+__all__ = [
+    "ExtractLimits",
+    "ExtractionFailed",
+    "TextTooLarge",
+    "TooManyPages",
+    "extract_bounded",
+    "extract_text",
+    "main",
+]
 
 _TOO_MANY_PAGES, _TOO_MUCH_TEXT, _OUT_OF_MEMORY = 3, 4, 5
 _POLL_SECONDS = 0.2  # how often the parent looks whether the request it serves has ended

@@ -38,6 +38,7 @@ from actors.store.base import Store
 from actors.store.tables import DocumentRecord
 
 __all__ = [
+    "CONTENT_TYPES",
     "KINDS",
     "ChunkIndex",
     "DocumentLibrary",
