@@ -22,6 +22,7 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.search import SearchHit, SearchQuery
 from actors.core.stream import EventStream
 
 __all__ = ["EventSink", "EventStream", "Provider", "SessionRef", "SessionStore"]
@@ -68,8 +69,10 @@ class SessionRef(Protocol):
 class EventSink(Protocol):
     """Told of every event a session emits, in order (the cluster's Redis fan-out is one)."""
 
-    def __call__(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None) -> None:
-        """``end_task``: the task a terminal event ends, else None."""
+    def __call__(self, session_id: str, seq: int, type_: str, data: bytes, end_task: str | None, prev: int) -> None:
+        """``end_task``: the task a terminal event ends, else None. ``prev``: the id of the event
+        this session emitted just before this one (readers that hold less than ``prev`` have a
+        hole before this event, and are told ``stream.reset``)."""
 
 
 class SessionStore(Protocol):
@@ -96,6 +99,10 @@ class SessionStore(Protocol):
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
     async def list_sessions(self, query: SessionQuery) -> list[SessionRecord]: ...
+
+    async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
+        """Sessions whose title or any message (any branch) holds every word of ``query``,
+        sorted as asked, a page from ``query.offset`` (one more than ``limit`` if more follow)."""
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]: ...
 

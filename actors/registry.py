@@ -175,7 +175,10 @@ class Registry:
             on_stop=self._stopped,
             frame=self.frame,
             sink=self.cluster.streams.publish if self.cluster is not None else None,
+            guard=self.cluster.leases.holds if self.cluster is not None else None,
         )
+        if self.cluster is not None:
+            await self.cluster.streams.catch_up(session_id, loaded.events)
         await actor.start()
         self._actors[session_id] = actor
         self.stats.activations += 1
@@ -233,13 +236,20 @@ class Registry:
         cluster = self.cluster
         assert cluster is not None
         interval = cluster.settings.lease_ms / 3000
+        failing_since: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             try:
                 lost = await cluster.leases.renew(list(self._actors))
-            except Exception:
-                log.exception("renewing session leases failed")
+            except Exception as exc:
+                if failing_since is None:  # one line per outage, not one per renewal
+                    failing_since = loop.time()
+                    log.error("renewing session leases failed (%s: %s); retrying", type(exc).__name__, exc)
                 continue
+            if failing_since is not None:
+                log.warning("session leases renewed again after %.1f s", loop.time() - failing_since)
+                failing_since = None
             for session_id in lost:
                 actor = self._actors.get(session_id)
                 if actor is not None:

@@ -19,6 +19,7 @@ _HELP = {
     "crash": "SIGKILL under load, restart: acknowledged messages lost, recovery time",
     "soak": "a fixed message rate for a bounded time: RSS and latency drift",
     "overload": "twice the capacity with admission control: admitted latency, refusal speed",
+    "search": "full-text search over many imported messages: latency of GET /v1/sessions/search",
     "cluster": "the same load on 1 node and on N nodes in cluster mode (PostgreSQL + Redis): events/s, lag",
 }
 

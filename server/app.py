@@ -87,6 +87,7 @@ def make_app(config: Config) -> web.Application:
             max_queued=s.max_queued,
             replay_events=s.replay_events,
             wait_timeout=config.tools.approval_timeout_seconds,
+            fold_seconds=s.fold_seconds,
         ),
         idle_seconds=s.idle_seconds,
         frame=sse.frame,  # events go out as SSE, framed once each in the session's log

@@ -77,6 +77,7 @@ class SessionsSection(_Section):
     seq_block: int = 4096
     max_queued: int = 16
     replay_events: int = 1000
+    fold_seconds: float = 1.0
 
 
 class StreamsSection(_Section):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-__all__ = ["Problem", "http_code", "problem_response"]
+__all__ = ["Problem", "http_code", "outage", "problem_response"]
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -48,3 +48,19 @@ def problem_response(
 def http_code(status: int) -> str:
     """The problem code of an HTTP error the router raised itself (404, 405, 413...)."""
     return _HTTP_CODES.get(status, "http_error")
+
+
+def outage(exc: BaseException) -> str | None:
+    """What could not be reached, if ``exc`` says Redis or the database is unreachable."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return "Redis"
+    if type(exc).__module__.startswith("asyncpg"):
+        from actors.store.postgres import pg_outage
+
+        return "PostgreSQL" if pg_outage(exc) else None
+    if isinstance(exc, OSError | TimeoutError):
+        return "the database or Redis"
+    return None

@@ -91,6 +91,11 @@ class TurnQuota:
             if self._admission is not None:
                 await self._limiter.refund(self._admission)
             raise
+        if isinstance(result, TaskHandle) and result.repeated:
+            # A repeat of an idempotent request starts nothing: the first one was counted.
+            if self._admission is not None:
+                await self._limiter.refund(self._admission)
+            return result
         if self._subjects and isinstance(result, TaskHandle):
             result.done.add_done_callback(self._ended)
         return result

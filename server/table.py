@@ -23,6 +23,7 @@ from server.routes import (
     guests,
     messages,
     ops,
+    search,
     sessions,
     stream,
     tokens,
@@ -50,7 +51,16 @@ from server.schema.messages import (
     TreeOut,
 )
 from server.schema.ops import ReadyOut, StatusOut
-from server.schema.sessions import CopyBody, CreateSessionBody, MergeBody, PatchSessionBody, SessionList, SessionOut
+from server.schema.search import SearchList
+from server.schema.sessions import (
+    CopyBody,
+    CreateSessionBody,
+    ForkBody,
+    MergeBody,
+    PatchSessionBody,
+    SessionList,
+    SessionOut,
+)
 from server.schema.tools import DenyBody, SessionTools, SessionToolsBody, ToolCallOut, ToolList, ToolResultBody
 from server.schema.usage import EndUserUsage
 
@@ -62,6 +72,16 @@ _IF_MATCH = Param(
     'The session version as `"<version>"`: a mismatch answers 412 and changes nothing.',
     where="header",
 )
+_IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "A repeat with this key within 24 hours answers the task the first request started (its stream "
+    "from the start, or after Last-Event-ID), never a second answer; the same key with a different "
+    "body is a 422. Per session; `client_message_id` in the body is the same.",
+    where="header",
+)
+_RESUME = Param("Last-Event-ID", {"type": "integer", "minimum": 0},
+                "With a repeated Idempotency-Key and `stream: true`: resume after this event id.", "header")
 _UPLOAD = Form(MULTIPART, UPLOAD_FORM)
 _S = "/v1/sessions/{session_id}"
 
@@ -77,6 +97,24 @@ ROUTES: tuple[Route, ...] = (
               integer("offset", 0, 0, 1_000_000),
               Param("cursor", {"type": "string"}, "The `next_cursor` of the previous page."),
           ), description="Filter by metadata with `metadata.KEY=VALUE` (repeatable; all must match)."),
+    # Before the {session_id} routes: "search" is not a session id.
+    Route("GET", "/v1/sessions/search", search.search_sessions,
+          "Full-text search over titles and messages (every branch), ranked, with snippets",
+          reply=SearchList, query=(
+              Param("q", {"type": "string", "minLength": 1}, "The words to find (all of them).", required=True),
+              Param("sort", {"type": "string", "enum": ["relevance", "last_active", "created"],
+                             "default": "relevance"}),
+              Param("namespace", {"type": "string"}),
+              Param("end_user_id", {"type": "string"}),
+              Param("created_after", {"type": "string", "format": "date-time"}),
+              Param("created_before", {"type": "string", "format": "date-time"}),
+              Param("active_after", {"type": "string", "format": "date-time"}),
+              Param("active_before", {"type": "string", "format": "date-time"}),
+              integer("limit", 20, 1, 100, "Page size."),
+              integer("offset", 0, 0, 1000),
+          ), description="Filter by metadata with `metadata.KEY=VALUE`, as the list does. An end user "
+          "(X-End-User-ID) finds only their own sessions. Snippets mark the matching words with "
+          "`<mark>...</mark>`; the rest is the message's text as is (escape it before showing it as HTML)."),
     Route("GET", _S, sessions.get_session, "Get a session", reply=SessionOut),
     Route("PATCH", _S, sessions.patch_session, "Change title, metadata, context or tools",
           body=PatchSessionBody, reply=SessionOut, query=(_IF_MATCH,)),
@@ -89,6 +127,11 @@ ROUTES: tuple[Route, ...] = (
           body=SessionExport, body_required=True, reply=SessionOut, status=201,
           query=(Param("new_id", {"type": "boolean"}, "Give it (and its messages) fresh ids."),)),
     Route("POST", f"{_S}/copy", transfer.copy_session, "Copy a session", body=CopyBody, reply=SessionOut, status=201),
+    Route("POST", f"{_S}/fork", transfer.fork_session,
+          "A new session whose history is the path from the root to a message (any branch)",
+          body=ForkBody, body_required=True, reply=SessionOut, status=201,
+          description="Metadata, context, tools and linked documents are copied; `forked_from` on the new "
+          "session and `forks` on the source record the fork."),
     Route("POST", "/v1/sessions/merge", transfer.merge_sessions,
           "A new session from the active paths of others, in order",
           body=MergeBody, body_required=True, reply=SessionOut, status=201),
@@ -142,7 +185,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{_S}/messages", messages.send_message, "Send a message: starts a task",
           body=SendMessageBody, body_required=True, reply=SendResult, task="always", sse=True, token=True, query=(
               Param("queue", {"type": "boolean"}, "Wait behind a running task instead of answering 409."),
-              _IF_MATCH)),
+              _IF_MATCH, _IDEMPOTENCY_KEY, _RESUME)),
     Route("GET", f"{_S}/messages", messages.list_messages, "The active path, oldest first",
           reply=MessageList, token=True, query=(
               integer("limit", 100, 1, 1000), integer("offset", 0, 0, 10_000_000),
@@ -152,10 +195,11 @@ ROUTES: tuple[Route, ...] = (
           token=True),
     Route("POST", f"{_S}/messages/{{message_id}}/edit", messages.edit_message, "Edit a user message (a new sibling)",
           body=EditBody, body_required=True, reply=SendResult, task="always", sse=True, token=True,
-          query=(_IF_MATCH,)),
+          query=(_IF_MATCH, _IDEMPOTENCY_KEY, _RESUME)),
     Route("POST", f"{_S}/messages/{{message_id}}/regenerate", messages.regenerate_message,
           "A new answer (a new sibling)",
-          body=RegenerateBody, reply=SendResult, task="always", sse=True, token=True, query=(_IF_MATCH,)),
+          body=RegenerateBody, reply=SendResult, task="always", sse=True, token=True,
+          query=(_IF_MATCH, _IDEMPOTENCY_KEY, _RESUME)),
     Route("POST", f"{_S}/navigate", messages.navigate, "Switch branch: make a message's newest leaf active",
           body=NavigateBody, body_required=True, reply=NavigateOut, token=True, query=(_IF_MATCH,)),
     Route("POST", f"{_S}/cancel", messages.cancel, "Stop the running task (the partial answer is kept)",
@@ -174,7 +218,7 @@ ROUTES: tuple[Route, ...] = (
           reply=CheckpointList, token=True),
     Route("POST", f"{_S}/checkpoints/{{checkpoint_id}}/restore", messages.restore_checkpoint, "Restore a checkpoint",
           body=RestoreBody, reply=(SendResult, RestoreOut), task="with_hint", sse=True, token=True,
-          query=(_IF_MATCH,),
+          query=(_IF_MATCH, _IDEMPOTENCY_KEY, _RESUME),
           description="Without a hint only the active leaf moves; with one, a task answers from there."),
     # streaming
     Route("GET", f"{_S}/stream", stream.stream, "The session's events: replay after an id, then live",

@@ -14,12 +14,15 @@ import asyncio
 from contextlib import AbstractContextManager
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from actors.core.commands import TaskCommand
+from actors.core.errors import NotFoundError, RateLimitedError
 from actors.core.replies import TaskHandle
 from server.appkeys import ADMISSION, CONFIG, REGISTRY
 from server.quota import turn_quota
+from server.routes.common import ask
 from server.routing import route_of
 from server.schema.common import json_response
 from server.schema.messages import RestoreOut, SendResult, message_out
@@ -53,11 +56,27 @@ async def start_task(request: web.Request, command: TaskCommand[TaskHandle | str
     route = route_of(request)
     assert route is not None
     with admitted_command(request, command):
-        quota = await turn_quota(request, charge=route.starts_task(command))  # 429 before the session sees it
-        result = await quota.ask(command)
+        try:
+            quota = await turn_quota(request, charge=route.starts_task(command))  # 429 before the session sees it
+        except RateLimitedError as limited:
+            if command.idempotency_key is None:
+                raise
+            result = await _repeat_only(request, command, limited)  # a repeat starts nothing: no 429
+        else:
+            result = await quota.ask(command)
         if isinstance(result, TaskHandle):
             return await task_response(request, result)
     return json_response(RestoreOut(result))  # a restore without a hint: only the active leaf moved
+
+
+async def _repeat_only(
+    request: web.Request, command: TaskCommand[TaskHandle | str], limited: RateLimitedError
+) -> TaskHandle | str:
+    """The task an over-the-limit request repeats, or the 429 it was given."""
+    try:
+        return await ask(request, msgspec.structs.replace(command, repeat_only=True))
+    except NotFoundError:
+        raise limited from None
 
 
 async def task_response(request: web.Request, handle: TaskHandle) -> web.StreamResponse:

@@ -224,6 +224,28 @@ async def test_redis_backend_counts_and_refuses_in_one_process(make_client: Clie
     assert usage["messages_this_hour"] == 2
 
 
+async def test_redis_backend_keys_live_under_the_cluster_prefix(make_client: ClientFactory, redis_url: str) -> None:
+    """Two deployments sharing a Redis are told apart (and cleaned) by [cluster] prefix."""
+    import redis.asyncio as aioredis
+
+    client = await make_client(
+        limits={"backend": "redis", "guest_messages_per_hour": 5},
+        redis={"url": redis_url},
+        cluster={"prefix": "deploy-a"},
+        **FAST,
+    )
+    s = await (await client.post("/v1/guests/sessions", json={"ip": "192.0.2.60"})).json()
+    assert (await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "one"})).status == 200
+    conn = aioredis.from_url(redis_url)
+    try:
+        keys = [k.decode() for k in await conn.keys("*")]
+    finally:
+        await conn.aclose()
+    assert any(k.startswith("deploy-a:limits:") for k in keys), keys
+    assert any(k.startswith("deploy-a:guest:") for k in keys), keys
+    assert not [k for k in keys if not k.startswith("deploy-a:")], keys
+
+
 async def test_an_unreachable_redis_stops_the_start(tmp_path: Path, server_process: Any) -> None:
     proc = server_process(env={"SESSIOND_LIMITS_BACKEND": "redis", "SESSIOND_REDIS_URL": "redis://:pw@127.0.0.1:1/0"})
     with pytest.raises(RuntimeError) as err:

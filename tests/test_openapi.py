@@ -122,8 +122,10 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     s = await _call(client, spec, "POST", "/v1/sessions", json={"title": "t", "metadata": {"k": "v"}})
     sid = s["id"]
     base = f"/v1/sessions/{sid}"
-    sent = await _call(client, spec, "POST", f"{base}/messages", json={"content": "hello"})
+    sent = await _call(client, spec, "POST", f"{base}/messages", json={"content": "hello"},
+                       headers={"Idempotency-Key": "openapi-1"})
     await _call(client, spec, "GET", "/v1/sessions?limit=5")
+    await _call(client, spec, "GET", "/v1/sessions/search?q=hello")
     await _call(client, spec, "GET", base)
     await _call(client, spec, "PATCH", base, json={"title": "t2"})
     await _call(client, spec, "GET", f"{base}/metadata")
@@ -142,6 +144,7 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     exported = await _call(client, spec, "GET", f"{base}/export")
     await _call(client, spec, "POST", "/v1/sessions/import?new_id=true", json=exported)
     copy = await _call(client, spec, "POST", f"{base}/copy", json={"title": "copy"})
+    await _call(client, spec, "POST", f"{base}/fork", json={"message_id": user_id})
     await _call(client, spec, "POST", "/v1/sessions/merge", json={"session_ids": [sid, copy["id"]]})
     # Tokens, guests, usage.
     pair = await _call(client, spec, "POST", f"{base}/tokens")

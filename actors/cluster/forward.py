@@ -21,17 +21,25 @@ import secrets
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from actors.cluster.streams import EventStreams, RemoteSubscription, data_of
-from actors.core.commands import AnyCommand, Command, GetMessages, Subscribe, TaskCommand
+from actors.core.commands import AnyCommand, Command, GetMessages, GetTree, Subscribe, TaskCommand
 from actors.core.errors import ActorStoppedError, SessiondError, UnavailableError
-from actors.core.events import MessageCompleted, TaskFailed, decode_event
+from actors.core.events import (
+    MessageCompleted,
+    TaskCancelled,
+    TaskFailed,
+    TaskInterrupted,
+    TaskStarted,
+    decode_event,
+)
 from actors.core.records import SessionRecord
-from actors.core.replies import TaskHandle, TurnOutcome
+from actors.core.replies import TaskHandle, TreeView, TurnOutcome
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
 from actors.core.tree import Usage
 from actors.tasks import Spawner
@@ -52,6 +60,7 @@ class RemoteTask(msgspec.Struct, frozen=True):
     task_id: str
     message_id: str
     cursor: int
+    repeated: bool = False  # a repeat of an idempotent request (actors/session/requests.py)
 
 
 class _Forward(msgspec.Struct, frozen=True):
@@ -143,6 +152,11 @@ class Forwarder:
         self.streams = streams
         self._spawner = spawner
 
+    async def owner(self, session_id: str) -> str | None:
+        """The node holding ``session_id``'s lease now, if any."""
+        value = await self._redis.get(f"{self._p}:lease:{session_id}")
+        return value.decode() if isinstance(value, bytes) else value
+
     def _inbox_key(self, node_id: str) -> str:
         return f"{self._p}:inbox:{node_id}"
 
@@ -165,15 +179,21 @@ class Forwarder:
     async def serve(self, handler: Handler) -> None:
         """Run every command sent to this node's inbox, each in a task of its own."""
         key = self._inbox_key(self.node_id)
+        failing = False
         while True:
             try:
                 got = await self._redis.brpop([key], timeout=5)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reading the cluster inbox failed")
+            except Exception as exc:
+                if not failing:  # one line per outage
+                    failing = True
+                    log.error("reading the cluster inbox failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1)  # back off before asking a failing Redis again
                 continue
+            if failing:
+                failing = False
+                log.warning("reading the cluster inbox again")
             if got is not None:
                 raw = got[1]
                 if isinstance(raw, str):  # only with decode_responses, which this client does not use
@@ -194,6 +214,12 @@ class Forwarder:
                 ok=False, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail,
                 retry_after=exc.retry_after,
             )
+        except (RedisError, OSError) as exc:
+            # Redis or the database is away on this node: the asker answers 503, not 500.
+            log.warning("forwarded command failed: %s: %s", type(exc).__name__, exc)
+            err = UnavailableError(f"the owner of session {request.session_id} cannot reach a service ({exc})")
+            reply = _Reply(ok=False, status=err.status, code=err.code, title=err.title, detail=err.detail,
+                           retry_after=err.retry_after)
         except Exception as exc:
             log.exception("forwarded command failed")
             reply = _Reply(ok=False, status=500, code="internal_error", title="Internal server error", detail=str(exc))
@@ -208,7 +234,7 @@ def _wire_value(command: AnyCommand, value: object) -> object:
     if isinstance(value, TaskHandle):
         if value.subscription is not None:
             value.subscription.close()
-        return RemoteTask(value.task_id, value.message_id, value.cursor)
+        return RemoteTask(value.task_id, value.message_id, value.cursor, value.repeated)
     if isinstance(command, Subscribe):
         stream = cast(EventStream, value)  # Subscribe's R: its position is the answer
         stream.close()
@@ -240,33 +266,41 @@ class RemoteSession:
             # The owner answers with the task's position; this node streams it from Redis.
             value = await self._forwarder.ask(self.owner, self.id, msgspec.structs.replace(cmd, stream=False))
             if isinstance(value, RemoteTask):
-                return cast(R, self._task_handle(value, stream=cmd.stream))
+                return cast(R, self._task_handle(value, stream=cmd.stream, resume=cmd.last_event_id))
             return cast(R, value)
         if isinstance(cmd, Subscribe):
             cursor = cast(int, await self._forwarder.ask(self.owner, self.id, cmd))
             return cast(R, streams.subscribe(self.id, cursor))
         return cast(R, await self._forwarder.ask(self.owner, self.id, cmd))
 
-    def _task_handle(self, task: RemoteTask, *, stream: bool) -> TaskHandle:
+    def _task_handle(self, task: RemoteTask, *, stream: bool, resume: int | None = None) -> TaskHandle:
         done: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
         streams = self._forwarder.streams
+        repeated = task.repeated
         if stream:
-            sub = streams.subscribe(self.id, task.cursor, task.task_id)
-            return TaskHandle(task.task_id, task.message_id, sub, done, task.cursor)
+            # A repeat resumes after the client's Last-Event-ID, never before the task's start.
+            cursor = task.cursor if resume is None or not repeated else max(task.cursor, resume)
+            sub = streams.subscribe(self.id, cursor, task.task_id)
+            return TaskHandle(task.task_id, task.message_id, sub, done, task.cursor, repeated=repeated)
         # Watched, not sent: its batches are the events' data, to decode.
         sub = streams.subscribe(self.id, task.cursor, task.task_id, frame=data_of)
         self._forwarder._spawner.spawn(self._watch(sub, task, done), name=f"cluster-watch:{task.task_id}")
-        return TaskHandle(task.task_id, task.message_id, None, done, task.cursor)
+        return TaskHandle(task.task_id, task.message_id, None, done, task.cursor, repeated=repeated)
 
     async def _watch(self, sub: RemoteSubscription, task: RemoteTask, done: asyncio.Future[TurnOutcome]) -> None:
         """Follow a forwarded task to its end and build the result a local ask would give."""
         completed: MessageCompleted | None = None
         error: str | None = None
+        reply_id: str | None = None
+        ended: Literal["cancelled", "interrupted"] | None = None
         try:
             while True:
                 batch = await sub.next(30)
-                if batch is CLOSED or batch is RESET:
+                if batch is CLOSED:
                     break
+                if batch is RESET:
+                    sub.skip_to(sub.reset_cursor())  # past a hole: its end is still to come
+                    continue
                 if batch is HEARTBEAT:
                     continue
                 assert isinstance(batch, list)
@@ -274,8 +308,19 @@ class RemoteSession:
                     event = decode_event(data)
                     if isinstance(event, MessageCompleted) and event.task_id == task.task_id:
                         completed = event
+                    elif isinstance(event, TaskStarted) and event.task_id == task.task_id:
+                        reply_id = event.reply_id
                     elif isinstance(event, TaskFailed) and event.task_id == task.task_id:
                         error = event.error
+                    elif isinstance(event, TaskInterrupted) and event.task_id == task.task_id:
+                        ended, error = "interrupted", event.error
+                    elif isinstance(event, TaskCancelled) and event.task_id == task.task_id:
+                        ended = "cancelled"
+            if completed is None and ended is not None:
+                # Its node stopped mid-answer, or it was cancelled or dropped while queued: the
+                # answer as stored (with what was folded of its text) is the reply, as locally.
+                done.set_result(await self._ended(task, reply_id, error, ended))
+                return
             if completed is None:
                 raise ActorStoppedError("the task ended without its answer")
             page = await self.ask(GetMessages(limit=1 << 30))
@@ -293,3 +338,35 @@ class RemoteSession:
                 done.set_exception(exc)
         finally:
             sub.close()
+
+    async def _ended(
+        self, task: RemoteTask, reply_id: str | None, error: str | None, status: Literal["cancelled", "interrupted"]
+    ) -> TurnOutcome:
+        # The whole tree: a queued task's user turn is not on the active path.
+        query = GetTree()
+        try:
+            tree = await self.ask(query)
+        except (ActorStoppedError, UnavailableError):
+            # The task ended because its node was lost: the session lives on whichever node
+            # published that end, or on none (it drained): this node's own inbox then
+            # activates it here. A draining node releases its leases only once its actors
+            # stopped: ask again, a bounded number of times, until the lease has moved.
+            for attempt in range(10):
+                owner = await self._forwarder.owner(self.id)
+                target = owner if owner is not None and owner != self.owner else self._forwarder.node_id
+                try:
+                    tree = cast(TreeView, await self._forwarder.ask(target, self.id, query))
+                    break
+                except ActorStoppedError:
+                    if attempt == 9:
+                        raise
+                    await asyncio.sleep(0.2)
+        nodes = {n.id: n for n in tree.nodes}
+        # Its answer as stored (with what was folded of its text), or, interrupted before its
+        # answer began, the user's message, as a local ask answers.
+        msg = nodes.get(reply_id) if reply_id is not None else None
+        msg = msg or nodes.get(task.message_id)
+        if msg is None:
+            raise ActorStoppedError("the task ended without its answer")
+        siblings = [n.id for n in tree.nodes if n.parent_id == msg.parent_id]
+        return TurnOutcome(task.task_id, status, msg, Usage(), None, error, siblings.index(msg.id), len(siblings))

@@ -8,6 +8,7 @@ owner's.
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 __all__ = ["Leases"]
 
@@ -41,6 +42,13 @@ class Leases:
     async def owner(self, session_id: str) -> str | None:
         value = await self._redis.get(self.key(session_id))
         return value.decode() if isinstance(value, bytes) else value
+
+    async def holds(self, session_id: str) -> bool | None:
+        """Whether this node holds ``session_id``'s lease now (None: Redis cannot say)."""
+        try:
+            return await self.owner(session_id) == self.node_id
+        except RedisError:
+            return None
 
     async def release(self, session_id: str) -> None:
         await self._release(keys=[self.key(session_id)], args=[self.node_id])

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cluster.forward import Forwarder, Handler, RemoteSession
 from actors.cluster.leases import Leases
@@ -28,7 +33,14 @@ from actors.core.events import FrameEncoder
 from actors.core.records import SessionRecord
 from actors.tasks import Spawner
 
-__all__ = ["Cluster", "ClusterSettings"]
+__all__ = ["Cluster", "ClusterSettings", "retry_once"]
+
+
+def retry_once() -> dict[str, Any]:
+    """redis-py options: a command that meets a broken connection (one left over from before a
+    Redis restart) reconnects and is tried once more, instead of failing for every stale
+    connection in the pool in turn."""
+    return {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError, RedisTimeoutError]}
 
 
 class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,6 +51,7 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     forward_timeout_seconds: float = 5.0
     stream_maxlen: int = 10000
     stream_ttl_seconds: int = 86400
+    outbox_events: int = 100_000
     prefix: str = "sessiond"
 
 
@@ -51,12 +64,22 @@ class Cluster:
         # No client-side read timeout: XREAD BLOCK and BRPOP wait up to their own server-side
         # timeouts (redis-py's default of 5 s would cut every longer wait short).
         self.redis: aioredis.Redis = aioredis.from_url(
-            url, max_connections=2000, socket_timeout=None, socket_keepalive=True, health_check_interval=30
+            url,
+            max_connections=2000,
+            socket_timeout=None,
+            socket_keepalive=True,
+            health_check_interval=30,
+            **retry_once(),
         )
         p = settings.prefix
         self.leases = Leases(self.redis, p, self.node_id, settings.lease_ms)
         self.streams = EventStreams(
-            self.redis, p, maxlen=settings.stream_maxlen, ttl_seconds=settings.stream_ttl_seconds, frame=frame
+            self.redis,
+            p,
+            maxlen=settings.stream_maxlen,
+            ttl_seconds=settings.stream_ttl_seconds,
+            frame=frame,
+            outbox_events=settings.outbox_events,
         )
         self._tasks = Spawner()
         self.forwarder = Forwarder(

@@ -9,17 +9,19 @@ before the session sees it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from actors.core.export import SessionExport
-from actors.core.records import Checkpoint, ClientTool, SessionRecord
+from actors.core.records import Checkpoint, ClientTool, ForkRef, SessionRecord
 from actors.core.replies import MessagePage, TaskHandle, TreeView
 from actors.core.stream import EventStream
 from actors.core.tree import Node, ToolWait
 
 __all__ = [
+    "READS",
     "AnyCommand",
     "CancelTask",
     "Command",
@@ -27,6 +29,7 @@ __all__ = [
     "DeleteSession",
     "EditMessage",
     "ExportSession",
+    "FoldReply",
     "GetMessages",
     "GetSession",
     "GetTree",
@@ -54,19 +57,40 @@ __all__ = [
 # TaskCommand[TaskHandle | str]).
 R = TypeVar("R", covariant=True)
 
+_encode = msgspec.json.Encoder(order="deterministic").encode
+
 
 class Command(msgspec.Struct, Generic[R], frozen=True, forbid_unknown_fields=True, tag_field="op"):
     """Base of every command; ``R`` is the type of its reply."""
 
 
 class TaskCommand(Command[R], frozen=True, kw_only=True):
-    """A command that starts (or queues) a model task; ``stream`` asks for its events."""
+    """A command that starts (or queues) a model task; ``stream`` asks for its events.
+
+    With ``idempotency_key`` a repeat of the same request answers the task the first one
+    started; ``last_event_id`` is where a repeat's stream resumes (the task's start if None).
+    """
 
     stream: bool = False
+    idempotency_key: str | None = None
+    last_event_id: int | None = None
+    # Answer only a repeat (404 if the key is new): the edge asks so when the caller is over
+    # its message limit, since a repeat starts nothing and is never refused for that.
+    repeat_only: bool = False
 
     @property
     def starts_task(self) -> bool:
         return True
+
+    def fingerprint(self) -> str:
+        """What is asked, without how it is delivered or guarded: two requests with one key
+        and one fingerprint are one request (a retry may switch to streaming, or resume)."""
+        asked = msgspec.structs.replace(
+            self, stream=False, idempotency_key=None, last_event_id=None, repeat_only=False,
+            **{name: None for name in ("if_match",) if hasattr(self, name)},
+            **{name: False for name in ("queue",) if hasattr(self, name)},
+        )
+        return hashlib.sha256(_encode(asked)).hexdigest()
 
 
 class GetSession(Command[SessionRecord], frozen=True, tag="get_session"):
@@ -81,6 +105,7 @@ class PatchSession(Command[SessionRecord], frozen=True, tag="patch_session"):
     client_tools: list[ClientTool] | msgspec.UnsetType = msgspec.UNSET
     link_documents: tuple[str, ...] = ()
     unlink_documents: tuple[str, ...] = ()
+    add_fork: ForkRef | None = None  # a session was forked from this one
     if_match: int | None = None
 
 
@@ -228,6 +253,12 @@ class ReserveSeqs(Command[None], frozen=True, tag="reserve_seqs"):
     task_id: str
 
 
+class FoldReply(Command[None], frozen=True, tag="fold_reply"):
+    """The running turn streamed for ``fold_seconds``: store its answer's text so far."""
+
+    task_id: str
+
+
 class TurnEnded(Command[None], frozen=True, tag="turn_ended"):
     """Sent by the actor's own turn task when the model is done (or failed), or when it
     stopped to wait on tool calls (``waiting``: the task is not over)."""
@@ -243,7 +274,12 @@ class WaitExpired(Command[None], frozen=True, tag="wait_expired"):
     task_id: str
 
 
-TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | TurnEnded | WaitExpired
+TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | FoldReply | TurnEnded | WaitExpired
 """What a session's running turn sends its actor; never forwarded across nodes."""
 
 MailboxCommand = AnyCommand | TurnCommand
+
+
+# Commands that only read: every other one changes the session, and in cluster mode is taken
+# only by a node that can prove it holds the session's lease.
+READS = (GetSession, GetMessages, GetTree, ListCheckpoints, Subscribe, ExportSession)

@@ -6,6 +6,7 @@ __all__ = [
     "ActorCrashedError",
     "ActorStoppedError",
     "ConflictError",
+    "DependencyUnavailableError",
     "ForbiddenError",
     "InvalidRequestError",
     "MailboxFullError",
@@ -17,6 +18,7 @@ __all__ = [
     "RateLimitedError",
     "SessiondError",
     "StoreClosedError",
+    "StoreUnavailableError",
     "TaskRunningError",
     "UnauthorizedError",
     "UnavailableError",
@@ -87,6 +89,22 @@ class StoreClosedError(ActorStoppedError):
     """
 
     code, title = "store_closed", "The server is shutting down; retry shortly"
+
+
+class StoreUnavailableError(StoreClosedError):
+    """The database could not be reached for this change (an outage): nothing of it is durable.
+
+    Like a closed store: the actor stops (what it changed in memory is not durable) and its
+    next activation starts from the store; the caller gets a 503 with Retry-After.
+    """
+
+    code, title = "store_unavailable", "The database is unreachable; retry shortly"
+
+
+class DependencyUnavailableError(UnavailableError):
+    """Redis or the database could not be reached while answering (an outage)."""
+
+    code, title = "dependency_unavailable", "A service this server depends on is unreachable; retry shortly"
 
 
 class ActorCrashedError(SessiondError):

@@ -37,6 +37,7 @@ __all__ = [
     "SessionExport",
     "build_export",
     "check_json",
+    "fork_export",
     "from_export",
     "merge_paths",
     "remap_ids",
@@ -334,6 +335,30 @@ def remap_ids(doc: SessionExport) -> SessionExport:
             for c in doc.checkpoints
         ],
     )
+
+
+def fork_export(doc: SessionExport, message_id: str) -> SessionExport | None:
+    """A new session's document holding the path from the root to ``message_id`` (any branch),
+    that message active, with the source's settings, metadata and documents; fresh ids.
+    None if the session has no such message."""
+    by_id = {m.id: m for m in doc.messages}
+    if message_id not in by_id:
+        return None
+    path: list[ExportedMessage] = []
+    at: str | None = message_id
+    while at is not None:
+        m = by_id[at]
+        path.append(m)
+        at = m.parent_id
+    path.reverse()
+    kept = {m.id for m in path}
+    forked = msgspec.structs.replace(
+        doc,
+        messages=path,
+        active_leaf_id=message_id,
+        checkpoints=[c for c in doc.checkpoints if c.message_id in kept],
+    )
+    return remap_ids(forked)
 
 
 def merge_paths(paths: list[list[Node]]) -> list[Node]:

@@ -15,8 +15,12 @@ from actors.core.tree import Node, Usage
 _enc = msgspec.json.Encoder()
 
 __all__ = [
+    "IDEMPOTENCY_WINDOW_SECONDS",
+    "MAX_IDEMPOTENT_REQUESTS",
     "Checkpoint",
     "ClientTool",
+    "ForkRef",
+    "IdempotentRequest",
     "LoadedSession",
     "Op",
     "PutCheckpoint",
@@ -50,6 +54,36 @@ class RunningTask(msgspec.Struct):
     client_tools: list[ClientTool] = msgspec.field(default_factory=list)  # declared with its message
 
 
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+"""How long an ``Idempotency-Key`` names its task: a repeat within this answers that task."""
+MAX_IDEMPOTENT_REQUESTS = 64
+"""Keys a session remembers at most (the oldest go first): the record is rewritten on every
+commit, so this list must stay small; a client retries its last few requests, not its 65th."""
+
+
+class IdempotentRequest(msgspec.Struct):
+    """A request sent with an idempotency key, and the task it started.
+
+    Kept in the session row, so it is durable in the same commit as the user message it added.
+    """
+
+    key: str
+    fingerprint: str  # what was asked (the command without how it is delivered)
+    task_id: str
+    message_id: str  # the message the task answers
+    cursor: int  # the event id just before the task's events
+    created_at: float  # unix time
+    end_seq: int | None = None  # the task's terminal event, once it ended
+    error: str | None = None  # why it failed, if it did
+
+
+class ForkRef(msgspec.Struct, frozen=True):
+    """One end of a fork: the other session, and the message of the source it was forked at."""
+
+    session_id: str
+    message_id: str
+
+
 class SessionRecord(msgspec.Struct):
     """One session row: everything but its messages, checkpoints and events."""
 
@@ -76,6 +110,9 @@ class SessionRecord(msgspec.Struct):
     message_count: int = 0
     running: list[RunningTask] = msgspec.field(default_factory=list)
     documents: list[str] = msgspec.field(default_factory=list)  # linked document ids
+    requests: list[IdempotentRequest] = msgspec.field(default_factory=list)  # newest last
+    forked_from: ForkRef | None = None  # the session (and its message) this one was forked from
+    forks: list[ForkRef] = msgspec.field(default_factory=list)  # sessions forked from this one
 
 
 class Checkpoint(msgspec.Struct):

@@ -46,7 +46,7 @@ class TaskHandle:
     """The reply to a command that starts (or queues) a task: its stream if asked for, and
     a future of its outcome. Live objects: a handle never crosses nodes as it is."""
 
-    __slots__ = ("cursor", "done", "message_id", "subscription", "task_id")
+    __slots__ = ("cursor", "done", "message_id", "repeated", "subscription", "task_id")
 
     def __init__(
         self,
@@ -55,9 +55,12 @@ class TaskHandle:
         subscription: EventStream | None,
         done: Future[TurnOutcome],
         cursor: int = 0,
+        *,
+        repeated: bool = False,
     ) -> None:
         self.task_id = task_id
         self.message_id = message_id
         self.subscription = subscription
         self.done = done
         self.cursor = cursor  # the event id just before this task's events
+        self.repeated = repeated  # a repeat of an idempotent request: no new task was started

@@ -15,18 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Literal, TypeVar, assert_never
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar, assert_never, cast
 
 import msgspec
 
 from actors.core.commands import (
+    READS,
     CancelTask,
     Command,
     DecideToolCall,
     DeleteSession,
     EditMessage,
     ExportSession,
+    FoldReply,
     GetMessages,
     GetSession,
     GetTree,
@@ -42,6 +44,7 @@ from actors.core.commands import (
     Shutdown,
     SubmitToolResult,
     Subscribe,
+    TaskCommand,
     ToolCalled,
     ToolReturned,
     TurnEnded,
@@ -55,6 +58,7 @@ from actors.core.errors import (
     NotFoundError,
     SessiondError,
     StoreClosedError,
+    UnavailableError,
 )
 from actors.core.events import (
     CheckpointCreated,
@@ -77,7 +81,6 @@ from actors.core.ids import new_id, utcnow
 from actors.core.model import Resume
 from actors.core.records import (
     Checkpoint,
-    ClientTool,
     LoadedSession,
     Op,
     PutCheckpoint,
@@ -91,6 +94,7 @@ from actors.core.records import (
 from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
 from actors.core.tree import Node, ToolUse, ToolWait, Usage
 from actors.ports import EventSink, Provider, SessionStore
+from actors.session import requests
 from actors.session.context import model_request
 from actors.session.mailbox import Mailbox
 from actors.session.state import ActorSettings, SessionState
@@ -124,8 +128,12 @@ class SessionActor(SessionState):
         on_stop: Callable[[SessionActor, BaseException | None], None],
         frame: FrameEncoder,
         sink: EventSink | None = None,
+        guard: Callable[[str], Awaitable[bool | None]] | None = None,
     ) -> None:
         super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
+        # Cluster mode: whether this node still holds the session's lease, asked before a
+        # change is accepted (a node that cannot prove it must not serve one).
+        self._guard = guard
         self._provider = provider
         self._on_stop = on_stop
         self._mailbox = Mailbox(settings.mailbox_size)
@@ -284,6 +292,15 @@ class SessionActor(SessionState):
     async def ask(self, command: Command[R]) -> R:
         if self._stopping:
             raise ActorStoppedError()
+        if self._guard is not None and not isinstance(command, READS):
+            held = await self._guard(self.id)
+            if held is None:
+                raise UnavailableError("the lease of this session cannot be checked (Redis is unreachable)")
+            if not held:
+                # Another node may run this session now (Redis lost the lease): stop here,
+                # writing nothing more; the caller looks the session up again.
+                self.abort("lease lost")
+                raise ActorStoppedError(f"this node no longer holds the lease of session {self.id}")
         fut: asyncio.Future[R] = self._loop.create_future()
         self._mailbox.tell(command, fut)
         return await fut
@@ -342,6 +359,8 @@ class SessionActor(SessionState):
                 await self._tool_returned(cmd)
             case ReserveSeqs():
                 await self._reserve_seqs(cmd)
+            case FoldReply():
+                await self._fold_reply(cmd)
             case TurnEnded():
                 await self._turn_ended(cmd)
             case WaitExpired():
@@ -375,11 +394,15 @@ class SessionActor(SessionState):
             r.documents = [*r.documents, *(d for d in cmd.link_documents if d not in r.documents)]
         if cmd.unlink_documents:
             r.documents = [d for d in r.documents if d not in cmd.unlink_documents]
+        if cmd.add_fork is not None:
+            r.forks = [*r.forks, cmd.add_fork]
         self._touch()
         await self._store.commit([PutSession.of(r)])
         return self._snapshot()
 
     async def _send(self, cmd: SendMessage) -> TaskHandle:
+        if (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         if not cmd.content.strip():
             raise InvalidRequestError("content must not be empty")
@@ -397,9 +420,11 @@ class SessionActor(SessionState):
             # just before it, so queued messages chain in the order they were sent.
             parent_id = self._turn.reply_id
         user = Node(new_id("msg"), parent_id, "user", cmd.content, utcnow())
-        return await self._begin(user, stream=cmd.stream, client_tools=cmd.client_tools)
+        return await self._begin(user, cmd)
 
     async def _edit(self, cmd: EditMessage) -> TaskHandle:
+        if (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         self._require_idle()
         node = self._node(cmd.message_id)
@@ -408,15 +433,17 @@ class SessionActor(SessionState):
         if not cmd.content.strip():
             raise InvalidRequestError("content must not be empty")
         user = Node(new_id("msg"), node.parent_id, "user", cmd.content, utcnow())
-        return await self._begin(user, stream=cmd.stream)
+        return await self._begin(user, cmd)
 
     async def _regenerate(self, cmd: RegenerateMessage) -> TaskHandle:
+        if (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         self._require_idle()
         node = self._node(cmd.message_id)
         if node.role != "assistant" or node.parent_id is None:
             raise InvalidRequestError("only an assistant message can be regenerated")
-        return await self._begin(None, stream=cmd.stream, answer_to=node.parent_id)
+        return await self._begin(None, cmd, answer_to=node.parent_id)
 
     async def _navigate(self, cmd: Navigate) -> list[tuple[Node, int, int]]:
         self._check_version(cmd.if_match)
@@ -429,6 +456,8 @@ class SessionActor(SessionState):
         return self._messages(GetMessages(limit=1 << 30)).items
 
     async def _restore(self, cmd: RestoreCheckpoint) -> TaskHandle | str:
+        if cmd.starts_task and (repeat := self._repeat(cmd)) is not None:
+            return repeat
         self._check_version(cmd.if_match)
         self._require_idle()
         cp = next((c for c in self.checkpoints if c.id == cmd.checkpoint_id), None)
@@ -443,17 +472,35 @@ class SessionActor(SessionState):
         # The hint becomes a user turn after the checkpoint, sent to the model as an
         # instruction: the steps before the checkpoint stand as they are, nothing is re-run.
         user = Node(new_id("msg"), cp.message_id, "user", cmd.hint, utcnow(), hint=cmd.hint)
-        return await self._begin(user, stream=cmd.stream)
+        return await self._begin(user, cmd)
 
-    async def _begin(
-        self,
-        user: Node | None,
-        *,
-        stream: bool,
-        answer_to: str | None = None,
-        client_tools: list[ClientTool] | None = None,
-    ) -> TaskHandle:
+    def _repeat(self, cmd: TaskCommand[object]) -> TaskHandle | None:
+        """The task a repeat of an idempotent request answers with (None: not a repeat)."""
+        request = requests.find(self.record, cmd)
+        if request is None:
+            if cmd.repeat_only:
+                raise NotFoundError("no earlier request in this session has this idempotency key")
+            return None
+        turn = next((t for t in (self._turn, *self._queued) if t is not None and t.task_id == request.task_id), None)
+        if turn is not None:
+            done = turn.done
+        else:
+            done = self._loop.create_future()
+            done.set_result(requests.outcome(self.tree, request))
+        sub = None
+        if cmd.stream:
+            cursor = request.cursor if cmd.last_event_id is None else max(request.cursor, cmd.last_event_id)
+            if turn is None:
+                # Ended: the stream replays what the log still holds and closes at its end.
+                end = request.end_seq if request.end_seq is not None else self.log.last_seq
+                self.hub.task_end_seq.setdefault(request.task_id, end)
+                cursor = min(cursor, end)
+            sub = self.hub.subscribe(cursor, task_id=request.task_id, on_reset=self.reset_cursor)
+        return TaskHandle(request.task_id, request.message_id, sub, done, request.cursor, repeated=True)
+
+    async def _begin(self, user: Node | None, cmd: TaskCommand[object], *, answer_to: str | None = None) -> TaskHandle:
         """Add ``user`` (or answer ``answer_to`` again), persist, and start or queue its task."""
+        stream = cmd.stream
         ops: list[Op] = []
         queued = self._turn is not None
         if user is not None:
@@ -461,7 +508,11 @@ class SessionActor(SessionState):
             ops.append(PutMessage.of(self.id, user))
             answer_to = user.id
         assert answer_to is not None
+        # Only a message declares tools for its own task (edit, regenerate and restore do not).
+        client_tools = cmd.client_tools if isinstance(cmd, SendMessage) else None
         turn = Turn(new_id("tsk"), answer_to, self._loop.create_future(), queued=queued, client_tools=client_tools)
+        # Remembered in the record, which commits with the user message below.
+        requests.remember(self.record, cmd, turn.task_id, answer_to, self.log.last_seq)
         if queued:
             self._queued.append(turn)
             self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to, None, turn.client_tools)]
@@ -493,10 +544,11 @@ class SessionActor(SessionState):
         # A task waiting on tool calls stays as it is in the store: it waits on after a restart,
         # and so do the tasks queued behind it.
         if not (self._turn is not None and self._parked_or_none()):
-            self._queued_interrupt(cancelled=False)
+            queued = self._queued_interrupt(cancelled=False)
             turn = await self._stop_turn()
             if turn is not None:
                 await self._finish(turn, "interrupted", "the server is shutting down")
+            await self._end_queued(queued)
         self.record.seq_reserved = self._next_seq - 1
         await self._store.commit([PutSession.of(self.record)])
         self._stop("shutdown")
@@ -525,6 +577,28 @@ class SessionActor(SessionState):
         self.record.seq_reserved = self._next_seq + self._settings.seq_block
         await self._store.commit([PutSession.of(self.record)])
 
+    def _fold(self, turn: Turn) -> None:
+        self._mailbox.tell_internal(FoldReply(turn.task_id))
+
+    async def _fold_reply(self, cmd: FoldReply) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None:
+            return  # it ended meanwhile, with its whole text
+        if self._guard is not None:
+            held = await self._guard(self.id)
+            if held is None:
+                # Redis cannot say: the next fold (or the end) writes the text.
+                turn.fold_at = self._loop.time() + self._settings.fold_seconds
+                return
+            if not held:
+                self.abort("lease lost")  # a fold must never overwrite what the new owner wrote
+                return
+        # A copy: the live reply keeps its content empty until the end, as readers know it.
+        reply = msgspec.structs.replace(self.tree.nodes[turn.reply_id], content=turn.text())
+        await self._store.commit([PutMessage.of(self.id, reply)])
+        if self._current(cmd.task_id) is turn:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds
+
     async def _start_turn(self, turn: Turn, ops: list[Op]) -> None:
         user = self.tree.nodes[turn.user_id]
         if turn.queued and self.tree.active_leaf_id not in (None, user.parent_id):
@@ -542,6 +616,8 @@ class SessionActor(SessionState):
         self.record.seq_reserved = max(self.record.seq_reserved, self._next_seq + self._settings.seq_block)
         self._touch()
         self._turn = turn
+        if self._settings.fold_seconds > 0:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
@@ -566,6 +642,9 @@ class SessionActor(SessionState):
         if cmd.wait == "approval":
             events.append(ToolApprovalRequested(turn.task_id, cmd.call_id, cmd.name, cmd.arguments, expires))
         reply.content = turn.text()
+        # Give back the unused ids with this commit: the turn may stop here to wait, and a
+        # restart must not take them for lost deltas (a later delta reserves a block again).
+        self.record.seq_reserved = self._next_seq - 1
         await self._publish(events, [PutMessage.of(self.id, reply)])
 
     async def _tool_returned(self, cmd: ToolReturned) -> None:
@@ -604,6 +683,9 @@ class SessionActor(SessionState):
         reply.content = turn.text()
         reply.usage = turn.usage
         reply.model = turn.model
+        # Nothing streams while it waits: no id above the last one shown is handed out, so a
+        # restart (even after a kill) finds no hole of lost deltas to reset readers across.
+        self.record.seq_reserved = self._next_seq - 1
         self._touch()
         await self._store.commit([PutMessage.of(self.id, reply), PutSession.of(self.record)])
         await self._after_decision(turn)
@@ -664,6 +746,8 @@ class SessionActor(SessionState):
             return
         turn.waiting = False
         turn.usage_base = turn.usage
+        if self._settings.fold_seconds > 0:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds  # it streams again
         resume = Resume(reply.content, [msgspec.structs.replace(u) for u in reply.tool_calls or []])
         request = model_request(self.record, self.tree, turn.user_id, client_tools=turn.client_tools, resume=resume)
         turn.task = self._loop.create_task(
@@ -705,6 +789,10 @@ class SessionActor(SessionState):
         reply.model = turn.model
         self.record.usage = self.record.usage + turn.usage
         self.record.running = [r for r in self.record.running if r.task_id != turn.task_id]
+        if error is not None:
+            for request in self.record.requests:
+                if request.task_id == turn.task_id:
+                    request.error = error
         self._touch()
         ops: list[Op] = [PutMessage.of(self.id, reply)]
         events: list[Event] = [MessageCompleted(turn.task_id, reply, turn.usage, turn.model)]
@@ -746,23 +834,34 @@ class SessionActor(SessionState):
     async def _cancel(self) -> str:
         if self._turn is None:
             raise ConflictError("no task is running in this session")
-        self._queued_interrupt(cancelled=True)
+        queued = self._queued_interrupt(cancelled=True)
         turn = await self._stop_turn()
         assert turn is not None
         await self._finish(turn, "cancelled", None)
+        await self._end_queued(queued)
         return turn.task_id
 
-    def _queued_interrupt(self, *, cancelled: bool) -> None:
-        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree."""
+    def _queued_interrupt(self, *, cancelled: bool) -> list[Event]:
+        """Queued turns die with a cancel or a shutdown; their user turns stay in the tree.
+        Returns the terminal event of each, which ``_end_queued`` publishes."""
         queued = list(self._queued)
         self._queued.clear()
         ids = {t.task_id for t in queued}
         self.record.running = [r for r in self.record.running if r.task_id not in ids]
+        ends: list[Event] = []
         for turn in queued:
+            ends.append(TaskCancelled(turn.task_id) if cancelled else TaskInterrupted(turn.task_id))
             if not turn.done.done():
                 reason: TurnStatus = "cancelled" if cancelled else "interrupted"
                 node = self.tree.nodes[turn.user_id]
                 turn.done.set_result(TurnOutcome(turn.task_id, reason, node, Usage(), None))
+        return ends
+
+    async def _end_queued(self, ends: list[Event]) -> None:
+        """Every queued task's stream ends with its own terminal event, here and on other nodes."""
+        if ends:
+            self._touch()
+            await self._publish(ends, ends=[cast(str, getattr(e, "task_id")) for e in ends])  # noqa: B009
 
 
 class _ActorJournal:

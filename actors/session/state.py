@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 
 import msgspec
 
@@ -39,6 +40,7 @@ class ActorSettings(msgspec.Struct, frozen=True):
     max_queued: int = 16
     replay_events: int = 1000
     wait_timeout: float = 3600.0  # how long a tool call may wait for approval or a client result
+    fold_seconds: float = 1.0  # how often a streaming answer's text is stored (0: only at its end)
 
 
 class SessionState:
@@ -69,6 +71,19 @@ class SessionState:
                 self._last_task_start = ev.seq
         # Ids handed out before a crash may be above every durable one: continue above both.
         self._next_seq = max(record.seq_reserved, loaded.max_seq) + 1
+        # The id of the last event this session showed: the next event names it as its ``prev``
+        # in the Redis stream, so a reader holding less knows it missed something. A clean stop
+        # showed its durable events last; after a crash (a task still running), anything up to
+        # the reservation may have been shown and lost with the node: a reader that saw less
+        # than that is told stream.reset, here and through Redis, never a silent gap.
+        # (A task that waits on tool calls stays running across a clean stop; it reserved
+        # nothing beyond what is durable, so it leaves no hole.)
+        crashed = bool(record.running) and record.seq_reserved > loaded.max_seq
+        self._shown = self._next_seq - 1 if crashed else loaded.max_seq
+        self._hole_end: int | None = None
+        if crashed:
+            self._hole_end = self._shown
+            self.log.floor = max(self.log.floor, self._shown)
         self.hub = Hub(self.log)
         self._store = store
         self._settings = settings
@@ -118,6 +133,9 @@ class SessionState:
         start = self._last_task_start
         if self._turn is not None and start is not None and self.log.covers(start - 1):
             return start - 1
+        hole = self._hole_end
+        if hole is not None and self.log.covers(hole) and hole < self.log.last_seq:
+            return hole  # past a crash's hole: on with what followed it (the tasks' ends)
         return self.log.last_seq
 
     # -- events ----------------------------------------------------------------------------
@@ -137,17 +155,34 @@ class SessionState:
             stored.append(StoredEvent(seq, event_type(event), encode_event(event)))
         if self._next_seq - 1 > self.record.seq_reserved:
             self.record.seq_reserved = self._next_seq - 1
+        if ends and self.record.requests:
+            # Where an ended task's stream stops, durable with its end: a repeat of its
+            # request after a restart replays it and closes there.
+            for request in self.record.requests:
+                if request.task_id in ends:
+                    request.end_seq = seqs[-1]
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
         await self._store.commit(all_ops)
-        end_task = ends[0] if ends else None
-        for ev in stored:
+        for event, ev in zip(events, stored, strict=True):
             self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
+            if ev.type in TERMINAL_EVENTS:
+                # Each terminal event ends its own task (several end at once on a drain or a
+                # failover): its stream, here and through Redis, stops there.
+                task_id = cast(str, getattr(event, "task_id"))  # noqa: B009 - every terminal event has one
+                self.hub.task_end_seq[task_id] = ev.seq
+                end_task: str | None = task_id
+            else:
+                end_task = None
             if self._sink is not None:
-                self._sink(self.id, ev.seq, ev.type, ev.data, end_task if ev.type in TERMINAL_EVENTS else None)
+                self._sink(self.id, ev.seq, ev.type, ev.data, end_task, self._shown)
+            self._shown = ev.seq
+        ended = self.hub.task_end_seq
         for task_id in ends:
-            self.hub.task_end_seq[task_id] = seqs[-1]
+            ended.setdefault(task_id, seqs[-1])
+        while len(ended) > _TASK_END_MEMORY:
+            del ended[next(iter(ended))]
             if len(self.hub.task_end_seq) > _TASK_END_MEMORY:
                 del self.hub.task_end_seq[next(iter(self.hub.task_end_seq))]
         self._stats.events += len(stored)
@@ -178,10 +213,19 @@ class SessionState:
         self._next_seq = seq + 1
         data = delta_data(turn.delta_head, delta)
         self.log.append(seq, "message.delta", data)
+        if turn.fold_at and self._loop.time() >= turn.fold_at:
+            # Once per fold_seconds of streaming, the text so far goes to the store (in the
+            # group commit of the moment), so a crash keeps what the user saw up to then.
+            turn.fold_at = 0.0  # set again once this fold is done
+            self._fold(turn)
         if self._sink is not None:
-            self._sink(self.id, seq, "message.delta", data, None)
+            self._sink(self.id, seq, "message.delta", data, None, self._shown)
+        self._shown = seq
         self._stats.events += 1
         self.hub.notify()
+
+    def _fold(self, turn: Turn) -> None:
+        """Ask for ``turn``'s text to be stored (the actor's mailbox does it)."""
 
     def _has_ids(self) -> bool:
         """Whether the next event id is reserved durably already."""

@@ -59,6 +59,7 @@ class Turn:
         "client_tools",
         "delta_head",
         "done",
+        "fold_at",
         "model",
         "parts",
         "queued",
@@ -86,6 +87,7 @@ class Turn:
         self.reply_id = ""  # the answer's node, made when the turn starts
         self.delta_head = b""  # the data of this reply's deltas up to their text (set with reply_id)
         self.parts: list[str] = []
+        self.fold_at = 0.0  # loop time of the next fold of the text into the store (0: none due)
         self.usage = Usage()
         self.model: str | None = None
         self.task: asyncio.Task[None] | None = None

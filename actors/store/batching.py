@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from actors.batch import BatchQueue, QueueClosedError
-from actors.core.errors import StoreClosedError
+from actors.core.errors import StoreClosedError, StoreUnavailableError
 from actors.core.records import Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession
 
 __all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
@@ -40,8 +40,13 @@ class GroupCommitter:
         max_batch: int,
         queue_size: int,
         on_commit: Callable[[float, int], None] | None = None,
+        outage: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self._write = write
+        # Which failures mean the database is unreachable: answered 503, logged once per outage.
+        self._outage = outage or (lambda exc: isinstance(exc, OSError))
+        self._failing_since: float | None = None
+        self._failed_batches = 0
         self._max_batch = max_batch
         self._queue: BatchQueue[_Pending] = BatchQueue(queue_size)
         self.on_commit = on_commit
@@ -77,11 +82,26 @@ class GroupCommitter:
             try:
                 await self._write([op for p in batch for op in p.ops])
             except Exception as exc:
-                log.exception("store commit failed")
+                error: BaseException = exc
+                if self._outage(exc):
+                    # One line when the outage begins and a summary when it ends, not a
+                    # traceback per batch.
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
+                        log.error("store unreachable (%s: %s): writes answer 503 until it is back",
+                                  type(exc).__name__, exc)
+                    self._failed_batches += 1
+                    error = StoreUnavailableError(f"the database is unreachable ({type(exc).__name__})")
+                else:
+                    log.exception("store commit failed")
                 for p in batch:
                     if not p.fut.done():
-                        p.fut.set_exception(exc)
+                        p.fut.set_exception(error)
             else:
+                if self._failing_since is not None:
+                    log.warning("store reachable again after %.1f s (%d batches refused meanwhile)",
+                                time.monotonic() - self._failing_since, self._failed_batches)
+                    self._failing_since, self._failed_batches = None, 0
                 if self.on_commit is not None:
                     self.on_commit(time.perf_counter() - started, count)
                 for p in batch:

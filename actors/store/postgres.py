@@ -33,9 +33,11 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows
 from actors.store.migrations.postgres import PG_MIGRATIONS
+from actors.store.search_postgres import search_sessions
 from actors.store.tables import (
     AgentRecord,
     ApiKeyRecord,
@@ -46,7 +48,7 @@ from actors.store.tables import (
     TokenFamilyRecord,
 )
 
-__all__ = ["PG_MIGRATIONS", "PostgresStore"]
+__all__ = ["PG_MIGRATIONS", "PostgresStore", "pg_outage"]
 
 log = logging.getLogger("sessiond.store")
 
@@ -167,6 +169,20 @@ def _without_password(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=userinfo.partition(":")[0] + "@" + hostport))
 
 
+def pg_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means PostgreSQL could not be reached (not that it refused the write)."""
+    # OperatorIntervention: "the database is starting up", "terminating connection due to
+    # administrator command" (a restart).
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.OperatorInterventionError,
+    )
+
+
 class PostgresStore:
     """The shared Store of a cluster: one PostgreSQL database."""
 
@@ -182,7 +198,9 @@ class PostgresStore:
         self.dsn = dsn
         # What `sessiond serve` names when it says where a key is kept: never with the password.
         self.path = _without_password(dsn)
-        self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
+        self._committer = GroupCommitter(
+            self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit, outage=pg_outage
+        )
         self.commit = self._committer.commit
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
@@ -328,6 +346,9 @@ class PostgresStore:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY last_active_at DESC, id DESC LIMIT {param(query.limit)} OFFSET {param(query.offset)}"
         return [_dec_record.decode(r[0]) for r in await self._fetch(sql, *params)]
+
+    async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
+        return await search_sessions(self._fetch, query)
 
     # -- API keys ------------------------------------------------------------------------------
 

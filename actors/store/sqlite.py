@@ -27,9 +27,11 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
 from actors.store.migrations.sqlite import MIGRATIONS
+from actors.store.search_sqlite import search_sessions, session_filters
 from actors.store.tables import (
     AgentRecord,
     ApiKeyRecord,
@@ -218,22 +220,7 @@ class SqliteStore:
         return [StoredEvent(seq, type_, bytes(data)) for seq, type_, data in rows]
 
     async def list_sessions(self, query: SessionQuery) -> list[SessionRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if query.namespace is not None:
-            where.append("namespace = ?")
-            params.append(query.namespace)
-        if query.end_user_id is not None:
-            where.append("end_user_id = ?")
-            params.append(query.end_user_id)
-        for key, value in query.metadata.items():
-            path = '$.metadata."' + key + '"'
-            # Booleans compare as "true"/"false"; strings and numbers by their text.
-            where.append(
-                "(CASE json_type(body, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'"
-                " ELSE CAST(json_extract(body, ?) AS TEXT) END) = ?"
-            )
-            params += [path, path, value]
+        where, params = session_filters(query)
         if query.after is not None:
             where.append("(last_active_at, id) < (?, ?)")
             params += list(query.after)
@@ -243,6 +230,9 @@ class SqliteStore:
         sql += " ORDER BY last_active_at DESC, id DESC LIMIT ? OFFSET ?"
         params += [query.limit, query.offset]
         return [_dec_record.decode(r[0]) for r in await self._all(sql, params)]
+
+    async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
+        return await search_sessions(self._all, query)
 
     # -- API keys: rare writes, on a connection of their own so they never join (or roll back
     # with) a group-commit transaction that the writer holds open.

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 __all__ = ["NAMES"]
 
-NAMES = ("stream", "fanout", "idle", "reconnect", "crash", "soak", "overload", "cluster")
+NAMES = ("stream", "fanout", "idle", "reconnect", "crash", "soak", "overload", "cluster", "search")

@@ -34,9 +34,13 @@ def setup_auth(app: web.Application, config: Config, store: Store) -> None:
     elif backend == "redis":
         import redis.asyncio as aioredis
 
-        redis = aioredis.from_url(config.redis.url)
-        limiter = RedisLimiter(redis)
-        guests = RedisGuests(redis, witnesses, config.guests.ttl_seconds)
+        from actors.cluster.node import retry_once
+
+        redis = aioredis.from_url(config.redis.url, **retry_once())
+        # Under [cluster] prefix, like every other key: deployments sharing a Redis stay apart.
+        prefix = config.cluster.prefix
+        limiter = RedisLimiter(redis, prefix=f"{prefix}:limits:")
+        guests = RedisGuests(redis, witnesses, config.guests.ttl_seconds, prefix=f"{prefix}:guest:")
     else:
         raise ConfigError(f'limits.backend {backend!r} is not supported (use "memory" or "redis")')
     app[LIMITER] = limiter

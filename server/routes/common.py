@@ -13,7 +13,16 @@ from server.appkeys import REGISTRY
 from server.auth.principal import SESSION, authorize_session, principal_of
 from server.routing import route_of
 
-__all__ = ["ask", "bool_query", "if_match", "int_query", "look_up", "session_of"]
+__all__ = [
+    "ask",
+    "bool_query",
+    "idempotency_key",
+    "if_match",
+    "int_query",
+    "last_event_id",
+    "look_up",
+    "session_of",
+]
 
 R = TypeVar("R")
 
@@ -50,6 +59,31 @@ def if_match(request: web.Request) -> int | None:
         return None
     value = raw.strip().removeprefix("W/").strip('"')
     return int(value) if value.isdigit() else -1
+
+
+def idempotency_key(request: web.Request, client_message_id: str | None) -> str | None:
+    """The request's ``Idempotency-Key`` header or the body's ``client_message_id`` (one, or both equal)."""
+    header = request.headers.get("Idempotency-Key")
+    if header is not None and client_message_id is not None and header != client_message_id:
+        raise InvalidRequestError("Idempotency-Key and client_message_id differ")
+    key = header if header is not None else client_message_id
+    if key is not None and not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
+        raise InvalidRequestError("an idempotency key is 1 to 255 printable ASCII characters")
+    return key
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """The ``Last-Event-ID`` header or ``last_event_id`` query value: where a stream resumes."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequestError("Last-Event-ID must be an event id this server sent") from None
+    if value < 0:
+        raise InvalidRequestError("Last-Event-ID must not be negative")
+    return value
 
 
 def int_query(request: web.Request, name: str) -> int:

@@ -19,7 +19,7 @@ from actors.core.commands import (
 from actors.core.errors import InvalidRequestError
 from actors.core.replies import MessagePage, TreeView
 from server.markup import markdown_html
-from server.routes.common import ask, bool_query, if_match, int_query
+from server.routes.common import ask, bool_query, idempotency_key, if_match, int_query, last_event_id
 from server.routes.tools import check_client_tools
 from server.schema.common import decode_body, json_response
 from server.schema.messages import (
@@ -60,6 +60,8 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         queue=bool_query(request, "queue"),
         if_match=if_match(request),
         client_tools=check_client_tools(body.client_tools),
+        idempotency_key=idempotency_key(request, body.client_message_id),
+        last_event_id=last_event_id(request),
     )
     return await start_task(request, command)
 
@@ -93,7 +95,8 @@ async def edit_message(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, EditBody, empty_ok=False)
     command = EditMessage(
         message_id=request.match_info["message_id"], content=body.content, stream=body.stream,
-        if_match=if_match(request),
+        if_match=if_match(request), idempotency_key=idempotency_key(request, body.client_message_id),
+        last_event_id=last_event_id(request),
     )
     return await start_task(request, command)
 
@@ -101,7 +104,8 @@ async def edit_message(request: web.Request) -> web.StreamResponse:
 async def regenerate_message(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, RegenerateBody)
     command = RegenerateMessage(
-        message_id=request.match_info["message_id"], stream=body.stream, if_match=if_match(request)
+        message_id=request.match_info["message_id"], stream=body.stream, if_match=if_match(request),
+        idempotency_key=idempotency_key(request, body.client_message_id), last_event_id=last_event_id(request),
     )
     return await start_task(request, command)
 
@@ -126,6 +130,7 @@ async def restore_checkpoint(request: web.Request) -> web.StreamResponse:
     body = await decode_body(request, RestoreBody)
     command = RestoreCheckpoint(
         checkpoint_id=request.match_info["checkpoint_id"], hint=body.hint, stream=body.stream,
-        if_match=if_match(request),
+        if_match=if_match(request), idempotency_key=idempotency_key(request, body.client_message_id),
+        last_event_id=last_event_id(request),
     )
     return await start_task(request, command)

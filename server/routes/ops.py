@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from actors.core.errors import NotFoundError, UnauthorizedError
@@ -25,6 +27,16 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["store"] = f"error: {exc}"
         ok = False
+    cluster = request.app[REGISTRY].cluster
+    if cluster is not None:
+        # API.md: ready means the store and Redis are reachable; without Redis this node can
+        # neither prove a lease nor fan out an event.
+        try:
+            await asyncio.wait_for(cluster.redis.ping(), 2)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {exc or type(exc).__name__}"
+            ok = False
     return json_response(ReadyOut("ready" if ok else "not_ready", checks), status=200 if ok else 503)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "list_sessions",
     "patch_session",
     "prepare_session",
+    "session_query",
 ]
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -73,7 +74,9 @@ def _cursor_decode(cursor: str) -> tuple[str, str]:
     return a, b
 
 
-async def list_sessions(request: web.Request) -> web.Response:
+def session_query(request: web.Request, *, limit: int, offset: int) -> SessionQuery:
+    """The listing's filters from the query string (namespace, end user, ``metadata.KEY``),
+    narrowed to what the caller may see: its namespace, the end user it acts for."""
     principal = principal_of(request)
     q = request.query
     metadata: dict[str, str] = {}
@@ -86,16 +89,21 @@ async def list_sessions(request: web.Request) -> web.Response:
     end_user = q.get("end_user_id")
     if principal.end_user_id is not None:
         end_user = principal.end_user_id  # acting for a user: only that user's sessions
-    limit = int_query(request, "limit")
-    cursor = q.get("cursor")
-    query = SessionQuery(
+    return SessionQuery(
         namespace=principal.namespace or q.get("namespace"),
         end_user_id=end_user,
         metadata=metadata,
-        limit=limit + 1,
-        offset=int_query(request, "offset"),
-        after=_cursor_decode(cursor) if cursor else None,
+        limit=limit,
+        offset=offset,
     )
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    limit = int_query(request, "limit")
+    cursor = request.query.get("cursor")
+    query = session_query(request, limit=limit + 1, offset=int_query(request, "offset"))
+    query.after = _cursor_decode(cursor) if cursor else None
     if principal.session_id is not None:
         records = [r for r in await request.app[STORE].list_sessions(query) if r.id == principal.session_id]
     else:

@@ -6,9 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.core.commands import ExportSession, GetMessages
-from actors.core.errors import InvalidRequestError
-from actors.core.export import SessionExport, merge_paths, remap_ids
+from actors.core.commands import ExportSession, GetMessages, PatchSession
+from actors.core.errors import InvalidRequestError, NotFoundError
+from actors.core.export import SessionExport, fork_export, merge_paths, remap_ids
+from actors.core.records import ForkRef
 from actors.core.replies import MessagePage
 from server.appkeys import REGISTRY, STORE
 from server.auth.principal import principal_of
@@ -16,9 +17,9 @@ from server.routes.agents import agent_for_session
 from server.routes.common import ask, bool_query
 from server.routes.tools import check_tools
 from server.schema.common import decode_body, json_response
-from server.schema.sessions import CopyBody, MergeBody, session_out
+from server.schema.sessions import CopyBody, ForkBody, MergeBody, session_out
 
-__all__ = ["copy_session", "export_session", "import_session", "merge_sessions"]
+__all__ = ["copy_session", "export_session", "fork_session", "import_session", "merge_sessions"]
 
 def _owner_fields(request: web.Request) -> dict[str, Any]:
     """A caller acting for an end user imports into that user's sessions only."""
@@ -64,6 +65,24 @@ async def copy_session(request: web.Request) -> web.Response:
     if body.title is not None:
         doc.session.title = body.title
     record = await request.app[REGISTRY].import_session(doc)
+    return json_response(session_out(record), status=201)
+
+
+async def fork_session(request: web.Request) -> web.Response:
+    body = await decode_body(request, ForkBody, empty_ok=False)
+    source_id = request.match_info["session_id"]
+    doc: SessionExport = await ask(request, ExportSession())
+    forked = fork_export(doc, body.message_id)
+    if forked is None:
+        raise NotFoundError(f"no message {body.message_id} in this session")
+    if body.title is not None:
+        forked.session.title = body.title
+    # The source's owner, namespace, agent, tools, metadata, context and linked documents, as
+    # the export carries them; the caller is authorized for the source, hence for its copy.
+    record = await request.app[REGISTRY].import_session(
+        forked, forked_from=ForkRef(source_id, body.message_id)
+    )
+    await ask(request, PatchSession(add_fork=ForkRef(record.id, body.message_id)))
     return json_response(session_out(record), status=201)
 
 

@@ -40,15 +40,24 @@ class SendMessageBody(RequestBody):
     parent_id: str | None = None
     # The frontend's own tools for this task (the session's are PATCHed as ``client_tools``).
     client_tools: Annotated[list[ClientToolBody], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class EditBody(RequestBody):
     content: str
     stream: bool = False
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class RegenerateBody(RequestBody):
     stream: bool = False
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class NavigateBody(RequestBody):
@@ -58,6 +67,9 @@ class NavigateBody(RequestBody):
 class RestoreBody(RequestBody):
     hint: str | None = None
     stream: bool = False
+    # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
+    # 24 hours answers the task the first request started.
+    client_message_id: str | None = None
 
 
 class MessageOut(msgspec.Struct):

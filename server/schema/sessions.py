@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from actors.core.records import SessionRecord
+from actors.core.records import ForkRef, SessionRecord
 from actors.core.tree import Usage
 from server.auth.tokens import TokenPair
 from server.schema.common import RequestBody
@@ -15,6 +15,7 @@ from server.schema.tools import ClientToolBody
 __all__ = [
     "CopyBody",
     "CreateSessionBody",
+    "ForkBody",
     "MergeBody",
     "PatchSessionBody",
     "SessionList",
@@ -50,6 +51,11 @@ class CopyBody(RequestBody):
     title: str | None = None
 
 
+class ForkBody(RequestBody):
+    message_id: str  # the last message of the fork's history: any message, on any branch
+    title: str | None = None  # None: the source's title
+
+
 class MergeBody(RequestBody):
     session_ids: list[str]
     title: str | None = None
@@ -72,6 +78,8 @@ class SessionOut(msgspec.Struct):
     usage: Usage
     version: int
     system_prompt: str | None = None
+    forked_from: ForkRef | None = None  # the session and message this one was forked from
+    forks: list[ForkRef] = msgspec.field(default_factory=list)  # the sessions forked from this one
 
 
 class SessionTokensOut(SessionOut, kw_only=True):
@@ -106,6 +114,8 @@ def _fields(r: SessionRecord) -> dict[str, Any]:
         "usage": r.usage,
         "version": r.version,
         "system_prompt": r.system_prompt,
+        "forked_from": r.forked_from,
+        "forks": r.forks,
     }
 
 

@@ -123,4 +123,12 @@ PG_MIGRATIONS: list[str] = [
     UPDATE documents SET body = (body::jsonb || jsonb_build_object('shared', shared))::text;
     CREATE INDEX IF NOT EXISTS documents_shared ON documents (shared, created_at);
     """,
+    # 6: as SQLite's step 6, full-text search: GIN indexes on the tsvector of message content
+    # and session titles, the expressions actors/store/search_postgres.py queries.
+    """
+    CREATE INDEX IF NOT EXISTS messages_text_search
+        ON messages USING GIN (to_tsvector('simple'::regconfig, (body::jsonb)->>'content'));
+    CREATE INDEX IF NOT EXISTS sessions_title_search
+        ON sessions USING GIN (to_tsvector('simple'::regconfig, COALESCE(body->>'title', '')));
+    """,
 ]

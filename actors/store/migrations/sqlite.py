@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS"]
+__all__ = ["MIGRATIONS", "SEARCH_TABLES"]
+
+SEARCH_TABLES = ("message_fts", "title_fts", "session_titles")
+"""The full-text index of step 6 (FTS5 tables, their shadow tables ``<name>_*``, and the titles
+they index): SQLite's counterpart of PostgreSQL's GIN indexes, so no PostgreSQL table matches."""
 
 MIGRATIONS: list[str] = [
     # 1: sessions, messages, checkpoints, durable events, API keys
@@ -144,5 +148,58 @@ MIGRATIONS: list[str] = [
     );
     UPDATE documents SET body = json_set(body, '$.shared', json(CASE shared WHEN 1 THEN 'true' ELSE 'false' END));
     CREATE INDEX documents_shared ON documents (shared, created_at);
+    """,
+    # 6: full-text search. Message content and session titles are indexed by FTS5 tables with
+    # external content (no second copy of the text), kept by triggers, so every write changes the
+    # index in its own transaction. Titles go through session_titles: an FTS5 row needs a stable
+    # integer key, and the sessions table's rowid may change on VACUUM.
+    """
+    CREATE VIEW message_text AS SELECT pos, json_extract(body, '$.content') AS content FROM messages;
+    CREATE VIRTUAL TABLE message_fts USING fts5(
+        content, content='message_text', content_rowid='pos', tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER message_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO message_fts (rowid, content) VALUES (new.pos, json_extract(new.body, '$.content'));
+    END;
+    CREATE TRIGGER message_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO message_fts (message_fts, rowid, content)
+            VALUES ('delete', old.pos, json_extract(old.body, '$.content'));
+    END;
+    CREATE TRIGGER message_fts_update AFTER UPDATE OF body ON messages
+        WHEN json_extract(old.body, '$.content') IS NOT json_extract(new.body, '$.content') BEGIN
+        INSERT INTO message_fts (message_fts, rowid, content)
+            VALUES ('delete', old.pos, json_extract(old.body, '$.content'));
+        INSERT INTO message_fts (rowid, content) VALUES (new.pos, json_extract(new.body, '$.content'));
+    END;
+    INSERT INTO message_fts (message_fts) VALUES ('rebuild');
+    CREATE TABLE session_titles (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL UNIQUE,
+        title TEXT NOT NULL
+    );
+    CREATE VIRTUAL TABLE title_fts USING fts5(
+        title, content='session_titles', content_rowid='pos', tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER session_titles_insert AFTER INSERT ON session_titles BEGIN
+        INSERT INTO title_fts (rowid, title) VALUES (new.pos, new.title);
+    END;
+    CREATE TRIGGER session_titles_delete AFTER DELETE ON session_titles BEGIN
+        INSERT INTO title_fts (title_fts, rowid, title) VALUES ('delete', old.pos, old.title);
+    END;
+    CREATE TRIGGER sessions_title_insert AFTER INSERT ON sessions
+        WHEN json_extract(new.body, '$.title') IS NOT NULL BEGIN
+        INSERT INTO session_titles (session_id, title) VALUES (new.id, json_extract(new.body, '$.title'));
+    END;
+    CREATE TRIGGER sessions_title_update AFTER UPDATE OF body ON sessions
+        WHEN json_extract(old.body, '$.title') IS NOT json_extract(new.body, '$.title') BEGIN
+        DELETE FROM session_titles WHERE session_id = new.id;
+        INSERT INTO session_titles (session_id, title)
+            SELECT new.id, json_extract(new.body, '$.title') WHERE json_extract(new.body, '$.title') IS NOT NULL;
+    END;
+    CREATE TRIGGER sessions_title_delete AFTER DELETE ON sessions BEGIN
+        DELETE FROM session_titles WHERE session_id = old.id;
+    END;
+    INSERT INTO session_titles (session_id, title)
+        SELECT id, json_extract(body, '$.title') FROM sessions WHERE json_extract(body, '$.title') IS NOT NULL;
     """,
 ]
