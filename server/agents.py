@@ -27,6 +27,7 @@ from actors.store.tables import AgentRecord
 from server.appkeys import AGENTS, LIBRARY, ROUTER, TOOLBOX
 from server.config import Config, ConfigError, ProviderSection
 from server.preflight import missing_key
+from server.toolsetup import setup_tools
 
 __all__ = ["build_backends", "setup_agents"]
 
@@ -94,9 +95,10 @@ def setup_agents(
             memory_bytes=docs.extract_memory_bytes, wall_seconds=docs.extract_seconds,
         ),
     )
-    toolbox = ToolBox(timeout=config.tools.timeout_seconds)
+    toolbox = ToolBox(timeout=config.tools.timeout_seconds, approval=dict(config.tools.approval))
     for tool in builtin_tools(library):
         toolbox.register(tool)
+    setup_tools(app, config, toolbox)  # MCP servers and HTTP tools
     backends = build_backends(config, counter)
     router = Router(
         backends, cooldown=config.routing.cooldown_seconds, probe_interval=config.routing.probe_interval_seconds,
@@ -105,7 +107,7 @@ def setup_agents(
     configured = [
         AgentRecord(
             id=agent_id, name=a.name or agent_id, system_prompt=a.system_prompt, model=parse_route(a.model),
-            tools=list(a.tools), temperature=a.temperature, source="config",
+            tools=list(a.tools), temperature=a.temperature, approval=a.approval, source="config",
         )
         for agent_id, a in config.agents.items()
     ]

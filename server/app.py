@@ -101,6 +101,7 @@ def make_app(config: Config) -> web.Application:
             seq_block=s.seq_block,
             max_queued=s.max_queued,
             replay_events=s.replay_events,
+            wait_timeout=config.tools.approval_timeout_seconds,
             fold_seconds=s.fold_seconds,
         ),
         idle_seconds=s.idle_seconds,

@@ -25,9 +25,11 @@ __all__ = [
     "DocumentsSection",
     "FanoutSection",
     "GuestsSection",
+    "HttpToolSection",
     "LimitSet",
     "LimitsSection",
     "LogSection",
+    "McpServerSection",
     "MetricsSection",
     "ProviderSection",
     "RedisSection",
@@ -168,6 +170,7 @@ class AgentSection(_Section):
     model: list[str | RouteEntry] = msgspec.field(default_factory=lambda: ["simulated"])
     tools: list[str] = msgspec.field(default_factory=list)
     temperature: float | None = None
+    approval: Literal["always", "never"] = "never"  # "always": every tool call waits for a person
 
 
 class DocumentsSection(_Section):
@@ -182,9 +185,35 @@ class DocumentsSection(_Section):
     extract_memory_bytes: int = 1_073_741_824
 
 
+class McpServerSection(_Section):
+    """``[tools.mcp.NAME]``: an MCP server whose tools are NAME.TOOL: ``command`` (stdio) or ``url``."""
+
+    command: str = ""
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)  # child variable -> OUR variable holding it
+    url: str = ""  # streamable HTTP endpoint
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # header -> variable holding its value
+
+
+class HttpToolSection(_Section):
+    """``[tools.http.NAME]``: a tool that is an HTTP endpoint (its host must be in allow_hosts)."""
+
+    url: str
+    method: str = "POST"
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object"})
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # header -> variable holding its value
+
+
 class ToolsSection(_Section):
     timeout_seconds: float = 10.0
     max_rounds: int = 8
+    # How long a call may wait for a person's approval or a frontend's result; then the task fails.
+    approval_timeout_seconds: float = 3600.0
+    approval: dict[str, Literal["always", "never"]] = msgspec.field(default_factory=dict)  # per tool name
+    allow_hosts: list[str] = msgspec.field(default_factory=list)  # hosts (or host:port) HTTP tools may call
+    mcp: dict[str, McpServerSection] = msgspec.field(default_factory=dict)
+    http: dict[str, HttpToolSection] = msgspec.field(default_factory=dict)
 
 
 class TokensSection(_Section):

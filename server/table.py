@@ -61,7 +61,7 @@ from server.schema.sessions import (
     SessionList,
     SessionOut,
 )
-from server.schema.tools import SessionTools, SessionToolsBody, ToolList
+from server.schema.tools import DenyBody, SessionTools, SessionToolsBody, ToolCallOut, ToolList, ToolResultBody
 from server.schema.usage import EndUserUsage
 
 __all__ = ["ROUTES", "add_routes"]
@@ -204,6 +204,16 @@ ROUTES: tuple[Route, ...] = (
           body=NavigateBody, body_required=True, reply=NavigateOut, token=True, query=(_IF_MATCH,)),
     Route("POST", f"{_S}/cancel", messages.cancel, "Stop the running task (the partial answer is kept)",
           reply=CancelOut, token=True),
+    # tool calls that wait: for a person's approval, or for the frontend's result
+    Route("POST", f"{_S}/tool-calls/{{call_id}}/approve", tools.approve_tool_call,
+          "Approve a tool call that waits for approval: the task goes on", reply=ToolCallOut, token=True,
+          tag="messages"),
+    Route("POST", f"{_S}/tool-calls/{{call_id}}/deny", tools.deny_tool_call,
+          "Deny a tool call that waits for approval (the reason goes to the model)",
+          body=DenyBody, reply=ToolCallOut, token=True, tag="messages"),
+    Route("POST", f"{_S}/tool-calls/{{call_id}}/result", tools.submit_tool_result,
+          "The result of a client tool call: the task goes on",
+          body=ToolResultBody, body_required=True, reply=ToolCallOut, token=True, tag="messages"),
     Route("GET", f"{_S}/checkpoints", messages.list_checkpoints, "Checkpoints, oldest first",
           reply=CheckpointList, token=True),
     Route("POST", f"{_S}/checkpoints/{{checkpoint_id}}/restore", messages.restore_checkpoint, "Restore a checkpoint",

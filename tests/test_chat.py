@@ -150,6 +150,34 @@ def test_ctrl_c_stops_the_answer_not_the_program(server_process: Callable[..., S
     assert child.exitstatus == 0
 
 
+def test_a_tool_call_that_waits_is_asked_about(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    srv = server_process(env={"SESSIOND_TOOLS_APPROVAL": '{ calculator = "always" }'})
+    url = srv.start()
+    req = urllib.request.Request(
+        f"{url}/v1/sessions", data=json.dumps({"tools": ["calculator"]}).encode(),
+        headers={"X-API-Key": TEST_KEY, "Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        sid = json.load(resp)["id"]
+    child = _chat(url, tmp_path, "--session", sid)
+    child.expect_exact(PROMPT)
+    child.sendline('/tool calculator {"expression": "40 + 2"}')
+    child.expect_exact('allow calculator {"expression":"40 + 2"}? [y/n] ')
+    child.sendline("y")
+    child.expect_exact("[tool result]")
+    child.expect_exact("calculator: 42\r\n")
+    child.expect_exact(PROMPT)
+    child.sendline('/tool calculator {"expression": "1 + 1"}')
+    child.expect_exact("? [y/n] ")
+    child.sendline("n not now")
+    child.expect_exact("[tool failed]")
+    child.expect_exact("\r\n" + PROMPT)
+    answer = str(child.before)
+    assert "denied" in answer and "not now" in answer
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+
 def test_continuing_a_session_and_a_bad_key(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
     url = server_process().start()
     child = _chat(url, tmp_path)

@@ -11,11 +11,19 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from actors.core.events import MessageCompleted, MessageDelta, TaskCompleted, TaskStarted
+from actors.core.events import (
+    MessageCompleted,
+    MessageDelta,
+    TaskCompleted,
+    TaskStarted,
+    ToolApprovalRequested,
+    ToolCall,
+)
 from server.app import make_app
 from server.client import ApiError, ApiKeyAuth, BearerAuth, Client, ServerEvent, StreamProtocolError
 from server.schema.messages import RestoreOut, SendResult
 from server.schema.sessions import SessionOut
+from server.schema.tools import ClientToolBody
 from tests.conftest import TEST_KEY, make_config
 
 ClientMaker = Callable[..., Awaitable[Client]]
@@ -141,6 +149,27 @@ async def test_execute_and_stream_use_the_current_session(api: ClientMaker) -> N
     assert len(history.items) == 4
     with pytest.raises(ValueError, match="use_session"):
         await Client(c.url, api_key=TEST_KEY).execute("no session")
+
+
+async def test_approve_deny_and_client_tool_results(api: ClientMaker) -> None:
+    c = await api(tools={"approval": {"calculator": "always"}})
+    c.use_session((await c.create_session(tools=["calculator"])).id)
+    decided: list[str] = []
+    async for ev in c.send_stream('/tool calculator {"expression": "3 * 3"}'):
+        if isinstance(ev.event, ToolApprovalRequested):
+            decided.append((await c.approve(ev.event.call_id)).status)
+    assert decided == ["approved"] and (await c.messages()).items[-1].content == "calculator: 9"
+
+    async for ev in c.send_stream('/tool calculator {"expression": "1"}'):
+        if isinstance(ev.event, ToolApprovalRequested):
+            decided.append((await c.deny(ev.event.call_id, reason="no maths")).status)
+    assert decided[-1] == "denied" and "no maths" in (await c.messages()).items[-1].content
+
+    tool = ClientToolBody(name="ask_user", description="Ask the user a question")
+    async for ev in c.send_stream("/tool ask_user {}", client_tools=[tool]):
+        if isinstance(ev.event, ToolCall) and ev.event.client:
+            decided.append((await c.submit_tool_result(ev.event.call_id, "yes")).status)
+    assert decided[-1] == "submitted" and (await c.messages()).items[-1].content == "ask_user: yes"
 
 
 async def test_wrong_key_is_a_clear_error(api: ClientMaker) -> None:

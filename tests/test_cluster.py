@@ -302,3 +302,50 @@ async def test_a_remote_stream_is_byte_for_byte_the_local_one(
         there = await Frames(remote).until("task.completed")
     assert b"event: tool.result" in b"".join(here) and b"event: message.delta" in b"".join(here)
     assert there == here
+
+
+async def test_a_waiting_tool_call_is_approved_on_another_node_and_survives_its_owner(
+    server_process: Any, cluster_env: dict[str, str], tmp_path: Any
+) -> None:
+    a, b = _nodes(server_process, cluster_env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        body = {"name": "careful", "tools": ["calculator"], "approval": "always"}
+        async with http.post(f"{url_a}/v1/agents", json=body) as r:
+            agent = (await r.json())["id"]
+
+        async def ask(url: str, sid: str, expression: str) -> tuple[aiohttp.ClientResponse, str]:
+            content = f'/tool calculator {{"expression": "{expression}"}}'
+            r = await http.post(f"{url}/v1/sessions/{sid}/messages", json={"content": content, "stream": True})
+            asked = (await asyncio.wait_for(read_until(r, "tool.approval_requested"), 10))[-1]
+            return r, asked.data["call_id"]
+
+        async with http.post(f"{url_a}/v1/sessions", json={"agent_id": agent}) as r:
+            sid = (await r.json())["id"]
+        # Owned by a, approved through b: the decision is forwarded, the task goes on on a.
+        stream, call_id = await ask(url_a, sid, "6 * 7")
+        async with http.post(f"{url_b}/v1/sessions/{sid}/tool-calls/{call_id}/approve") as r:
+            assert r.status == 200, await r.text()
+        done = await asyncio.wait_for(read_until(stream, TERMINAL), 10)
+        stream.close()
+        assert done[-1].event == "task.completed"
+        assert next(e.data for e in done if e.event == "tool.result")["output"] == "42"
+
+        # The owner dies while the next call waits: b takes the session over, still waiting.
+        stream, call_id = await ask(url_a, sid, "2 ** 5")
+        stream.close()
+        a.kill()
+        for _ in range(100):  # bounded: each failed try waits out one forward timeout (1 s)
+            async with http.post(f"{url_b}/v1/sessions/{sid}/tool-calls/{call_id}/approve") as r:
+                if r.status == 200:
+                    break
+                assert r.status == 503 and r.headers.get("Retry-After"), await r.text()
+        else:
+            raise AssertionError("the surviving node never took the approval")
+        async with http.get(f"{url_b}/v1/sessions/{sid}/stream") as r:
+            tail = await asyncio.wait_for(read_until(r, TERMINAL), 10)
+        assert tail[-1].event == "task.completed"
+        assert next(e.data for e in tail if e.event == "tool.result")["output"] == "32"
+        async with http.get(f"{url_b}/v1/sessions/{sid}/messages") as r:
+            answer = (await r.json())["items"][-1]
+        assert answer["content"] == "calculator: 32" and answer["status"] == "completed"

@@ -184,6 +184,18 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     await _call(client, spec, "GET", "/openapi.json")
     assert len(tree["nodes"]) == 2
 
+    # Tool calls that wait: a client tool's result (its events are StreamEvents of the spec), and
+    # approve / deny of a call that does not wait (404 problems).
+    resp = await client.post(
+        f"{base}/messages", json={"content": "/tool pick", "stream": True, "client_tools": [{"name": "pick"}]}
+    )
+    waiting = await read_until(resp, "tool.call")
+    await _call(client, spec, "POST", f"{base}/tool-calls/{waiting[-1].data['call_id']}/result", json={"output": "red"})
+    spec.validate_events([*waiting, *await read_until(resp, "task.completed")])
+    resp.close()
+    await _call(client, spec, "POST", f"{base}/tool-calls/call_nope/approve")
+    await _call(client, spec, "POST", f"{base}/tool-calls/call_nope/deny", json={"reason": "no"})
+
     # Streams: every event's data is a StreamEvent of the spec, named by its SSE event type.
     resp = await client.post(f"{base}/messages", json={"content": "stream it", "stream": True})
     assert resp.content_type in spec.spec["paths"]["/v1/sessions/{session_id}/messages"]["post"]["responses"][

@@ -258,6 +258,34 @@ async def test_reload_mid_answer_resumes_it_with_nothing_lost_or_doubled(
 
 
 
+async def test_a_tool_call_waits_for_approve_or_deny_on_the_page(make_client: ServerFactory, tabs: Tabs) -> None:
+    client = await make_client(tools={"approval": {"calculator": "always"}})
+    session = await new_session(client, tools=["calculator"])
+    page = await tabs.open()
+    await open_chat(page, client, session["id"])
+
+    await send(page, '/tool calculator {"expression": "6 * 7"}')
+    approve = page.get_by_role("button", name="Approve")
+    await expect(approve).to_be_visible()
+    await expect(page.get_by_role("group", name="Approve calculator?")).to_contain_text('"6 * 7"')
+    await expect(answer(page)).to_have_attribute("data-status", "running")
+    # A reload while it waits shows the pending call again (the stream replays it).
+    await page.reload()
+    await expect(page.locator("#connection")).to_have_text("Live")
+    await approve.click()
+    await wait_done(page, 1)
+    await expect(approve).to_have_count(0)
+    await expect(answer(page).locator(".content")).to_have_text("calculator: 42")
+    await expect(answer(page).locator(".tool-lines")).to_contain_text("Tool result: 42")
+
+    await send(page, '/tool calculator {"expression": "1 + 1"}')
+    await page.get_by_role("button", name="Deny").click()
+    await wait_done(page, 2)
+    await expect(answer(page).locator(".content")).to_contain_text("denied")
+    assert await shown(page) == await server_path(client, session["id"])
+    tabs.assert_no_js_errors()
+
+
 async def test_a_dropped_stream_resumes_by_last_event_id(make_client: ServerFactory, tabs: Tabs) -> None:
     client = await make_client(simulated=SLOW, streams={"retry_ms": 100})
     assert client.port is not None

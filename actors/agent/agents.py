@@ -6,6 +6,7 @@ without a ``[agents.default]`` table it is the simulated model with no tools and
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Literal
 
 import msgspec
 
@@ -97,6 +98,7 @@ class Agents:
         model: Sequence[RouteEntry] | None = None,
         tools: Sequence[str] = (),
         temperature: float | None = None,
+        approval: Literal["always", "never"] = "never",
     ) -> AgentRecord:
         route = list(model) if model is not None else list(self.default.model)
         self._check_name(name)
@@ -104,7 +106,7 @@ class Agents:
         now = utcnow()
         agent = AgentRecord(
             id=new_id("agt"), name=name, system_prompt=system_prompt, model=route, tools=list(dict.fromkeys(tools)),
-            temperature=temperature, source="api", created_at=now, updated_at=now,
+            temperature=temperature, approval=approval, source="api", created_at=now, updated_at=now,
         )
         await self.store.put_agent(agent)
         self._cache[agent.id] = agent

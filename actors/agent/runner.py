@@ -5,19 +5,28 @@ documents' most relevant passages before the conversation, and sends it through 
 model route. When the model calls tools it runs them (each call and result goes to the actor,
 which records them as events and a checkpoint), hands the results back and asks again, until
 the model answers with text.
+
+A call that needs a person's approval (``[tools.approval]``, or the agent's ``approval``) or
+that names one of the frontend's own tools (``client_tools``) is not run: it is reported with
+its ``wait``, the other calls of the round run, and the turn ends with ``ToolWaitChunk``. The
+actor runs it again once every call is decided, with ``request.resume``: the approved calls
+run then, and the model goes on from their results.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
 
 from actors.agent.agents import Agents
-from actors.agent.backends.base import ModelCall, ModelMessage, ModelToolCall, ProviderError
+from actors.agent.backends.base import ModelCall, ModelMessage, ModelToolCall, ProviderError, ToolSpec
 from actors.agent.documents.library import DocumentLibrary
 from actors.agent.router import Router
 from actors.agent.tools import ToolBox, ToolContext, parse_arguments
-from actors.core.model import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, TurnItem
-from actors.core.tree import Usage
+from actors.core.model import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, ToolWaitChunk, TurnItem
+from actors.core.tree import ToolWait, Usage
 
 __all__ = ["AgentRunner"]
 
@@ -53,13 +62,38 @@ class AgentRunner:
                 messages.insert(at, ModelMessage(role="system", content=passages))
         return messages
 
+    def _wait(self, name: str, agent_approval: str, request: ModelRequest, client: set[str]) -> ToolWait | None:
+        """Whether a call of ``name`` waits, and for what (None: it runs now)."""
+        if name in request.tools and name in self.tools:
+            return "approval" if self.tools.needs_approval(name, agent_approval) else None
+        return "client" if name in client else None
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[TurnItem]:
         agent = await self.agents.resolve(request.agent_id)
         messages = await self._messages(request, agent.system_prompt)
         specs = self.tools.specs(request.tools)
+        # The frontend's tools, unless the server has one of that name active (it wins).
+        own = {s.name for s in specs}
+        client_specs = [
+            ToolSpec(t.name, t.description, t.parameters) for t in request.client_tools if t.name not in own
+        ]
+        specs = [*specs, *client_specs]
+        client = {s.name for s in client_specs}
         ctx = ToolContext(session_id=request.session_id, end_user_id=request.end_user_id, documents=request.documents)
         usage = Usage()
         model: str | None = None
+        if request.resume is not None:
+            messages = [*messages, ModelMessage(role="assistant", content=request.resume.text, tool_calls=[])]
+            resumed = messages[-1]
+            for use in request.resume.calls:
+                arguments = _arguments_text(use.arguments)
+                assert resumed.tool_calls is not None
+                resumed.tool_calls.append(ModelToolCall(use.call_id, use.name, arguments))
+                output, is_error = use.output, use.is_error
+                if output is None:  # approved: it runs now
+                    output, is_error = await self.tools.run(use.name, arguments, ctx, request.tools)
+                    yield ToolResultChunk(use.call_id, use.name, output, is_error)
+                messages.append(ModelMessage(role="tool", content=output, tool_call_id=use.call_id, name=use.name))
         for round_no in range(self.max_rounds + 1):
             text: list[str] = []
             calls: list[ModelToolCall] = []
@@ -83,11 +117,27 @@ class AgentRunner:
             if round_no == self.max_rounds:
                 raise ProviderError(f"the model still asked for tools after {self.max_rounds} rounds of them")
             messages = [*messages, ModelMessage(role="assistant", content="".join(text), tool_calls=calls)]
+            waiting = False
             for tool_call in calls:
-                yield ToolCallChunk(tool_call.call_id, tool_call.name, parse_arguments(tool_call.arguments))
+                wait = self._wait(tool_call.name, agent.approval, request, client)
+                yield ToolCallChunk(tool_call.call_id, tool_call.name, parse_arguments(tool_call.arguments), wait)
+                if wait is not None:
+                    waiting = True
+                    continue
                 output, is_error = await self.tools.run(tool_call.name, tool_call.arguments, ctx, request.tools)
                 yield ToolResultChunk(tool_call.call_id, tool_call.name, output, is_error)
                 messages.append(
                     ModelMessage(role="tool", content=output, tool_call_id=tool_call.call_id, name=tool_call.name)
                 )
+            if waiting:
+                yield Chunk(usage=usage, model=model)
+                yield ToolWaitChunk()
+                return
         yield Chunk(usage=usage, model=model)
+
+
+def _arguments_text(arguments: dict[str, Any]) -> str:
+    """The JSON text of a stored call's arguments (what the model wrote, if it was not an object)."""
+    if set(arguments) == {"raw"} and isinstance(arguments["raw"], str):
+        return arguments["raw"]
+    return msgspec.json.encode(arguments).decode()

@@ -33,6 +33,7 @@ __all__ = [
     "ToolFn",
     "builtin_tools",
     "calculate",
+    "cap_output",
     "parse_arguments",
 ]
 
@@ -68,9 +69,23 @@ class Tool(msgspec.Struct, frozen=True):
 class ToolBox:
     """The tools this server has, by name, and how one call of them runs."""
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, approval: dict[str, str] | None = None) -> None:
         self.timeout = timeout
+        self.approval = dict(approval or {})  # tool name -> "always" | "never"
         self._tools: dict[str, Tool] = {}
+        # MCP servers whose tools are named SERVER.TOOL: until a server's tools are listed (at
+        # start), names in its namespace are taken on trust, so configured agents may name them.
+        self._pending: set[str] = set()
+
+    def expect_namespace(self, name: str) -> None:
+        self._pending.add(name)
+
+    def listed_namespace(self, name: str) -> None:
+        self._pending.discard(name)
+
+    def needs_approval(self, name: str, agent_approval: str = "never") -> bool:
+        """A call of ``name`` waits for a person: the tool's own setting, else the agent's."""
+        return self.approval.get(name, agent_approval) == "always"
 
     def register(self, tool: Tool) -> None:
         self._tools[tool.name] = tool
@@ -82,7 +97,7 @@ class ToolBox:
         return sorted(self._tools.values(), key=lambda t: t.name)
 
     def unknown(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if n not in self._tools]
+        return [n for n in names if n not in self._tools and n.partition(".")[0] not in self._pending]
 
     def specs(self, names: Iterable[str]) -> list[ToolSpec]:
         """The specs of ``names`` this server has (unknown names are left out)."""
@@ -118,9 +133,14 @@ class ToolBox:
             return f"error: {exc}", True
         except Exception as exc:
             return f"error: the tool {name} failed: {type(exc).__name__}: {exc}", True
-        if len(output) > _MAX_OUTPUT_CHARS:
-            output = output[:_MAX_OUTPUT_CHARS] + " [cut: the output was longer]"
-        return output, False
+        return cap_output(output), False
+
+
+def cap_output(output: str) -> str:
+    """A tool's output as the model gets it: cut at a size a context can take."""
+    if len(output) > _MAX_OUTPUT_CHARS:
+        return output[:_MAX_OUTPUT_CHARS] + " [cut: the output was longer]"
+    return output
 
 
 def parse_arguments(text: str) -> dict[str, Any]:

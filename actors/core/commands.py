@@ -15,16 +15,17 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from actors.core.export import SessionExport
-from actors.core.records import Checkpoint, ForkRef, SessionRecord
+from actors.core.records import Checkpoint, ClientTool, ForkRef, SessionRecord
 from actors.core.replies import MessagePage, TaskHandle, TreeView
 from actors.core.stream import EventStream
-from actors.core.tree import Node
+from actors.core.tree import Node, ToolWait
 
 __all__ = [
     "READS",
     "AnyCommand",
     "CancelTask",
     "Command",
+    "DecideToolCall",
     "DeleteSession",
     "EditMessage",
     "ExportSession",
@@ -42,12 +43,14 @@ __all__ = [
     "RestoreCheckpoint",
     "SendMessage",
     "Shutdown",
+    "SubmitToolResult",
     "Subscribe",
     "TaskCommand",
     "ToolCalled",
     "ToolReturned",
     "TurnCommand",
     "TurnEnded",
+    "WaitExpired",
 ]
 
 # Covariant: a command is only ever a producer of its reply (a TaskCommand[TaskHandle] is a
@@ -99,6 +102,7 @@ class PatchSession(Command[SessionRecord], frozen=True, tag="patch_session"):
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     context: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET
+    client_tools: list[ClientTool] | msgspec.UnsetType = msgspec.UNSET
     link_documents: tuple[str, ...] = ()
     unlink_documents: tuple[str, ...] = ()
     add_fork: ForkRef | None = None  # a session was forked from this one
@@ -119,6 +123,7 @@ class SendMessage(TaskCommand[TaskHandle], frozen=True, tag="send_message"):
     parent_id: str | None = None
     queue: bool = False
     if_match: int | None = None
+    client_tools: list[ClientTool] = msgspec.field(default_factory=list)  # for this task only
 
 
 class EditMessage(TaskCommand[TaskHandle], frozen=True, tag="edit_message"):
@@ -180,6 +185,22 @@ class Shutdown(Command[None], frozen=True, tag="shutdown"):
     """Interrupt any running task, flush and stop (server drain)."""
 
 
+class DecideToolCall(Command[str], frozen=True, tag="decide_tool_call"):
+    """Approve or deny a call that waits for approval; answered with its task's id."""
+
+    call_id: str
+    approve: bool
+    reason: str | None = None
+
+
+class SubmitToolResult(Command[str], frozen=True, tag="submit_tool_result"):
+    """The frontend's result of a client tool call; answered with its task's id."""
+
+    call_id: str
+    output: str
+    is_error: bool = False
+
+
 AnyCommand = (
     GetSession
     | PatchSession
@@ -197,6 +218,8 @@ AnyCommand = (
     | DeleteSession
     | Passivate
     | Shutdown
+    | DecideToolCall
+    | SubmitToolResult
 )
 """Every command another part of sessiond (or another node) may send a session."""
 
@@ -205,12 +228,13 @@ AnyCommand = (
 
 
 class ToolCalled(Command[None], frozen=True, tag="tool_called"):
-    """The model of task ``task_id`` called a tool."""
+    """The model of task ``task_id`` called a tool (``wait``: one it must wait for)."""
 
     task_id: str
     call_id: str
     name: str
     arguments: dict[str, Any]
+    wait: ToolWait | None = None
 
 
 class ToolReturned(Command[None], frozen=True, tag="tool_returned"):
@@ -236,13 +260,21 @@ class FoldReply(Command[None], frozen=True, tag="fold_reply"):
 
 
 class TurnEnded(Command[None], frozen=True, tag="turn_ended"):
-    """Sent by the actor's own turn task when the model is done (or failed)."""
+    """Sent by the actor's own turn task when the model is done (or failed), or when it
+    stopped to wait on tool calls (``waiting``: the task is not over)."""
 
     task_id: str
     error: str | None = None
+    waiting: bool = False
 
 
-TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | FoldReply | TurnEnded
+class WaitExpired(Command[None], frozen=True, tag="wait_expired"):
+    """The actor's own timer: a waiting task's tool call may have waited too long."""
+
+    task_id: str
+
+
+TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | FoldReply | TurnEnded | WaitExpired
 """What a session's running turn sends its actor; never forwarded across nodes."""
 
 MailboxCommand = AnyCommand | TurnCommand

@@ -33,6 +33,8 @@ __all__ = [
     "TaskFailed",
     "TaskInterrupted",
     "TaskStarted",
+    "ToolApprovalDecided",
+    "ToolApprovalRequested",
     "ToolCall",
     "ToolResult",
     "decode_event",
@@ -64,6 +66,24 @@ class ToolCall(Event, frozen=True, tag="tool.call"):
     call_id: str
     name: str
     arguments: dict[str, Any]
+    client: bool = False  # the frontend runs it: the task waits for POST .../tool-calls/{id}/result
+
+
+class ToolApprovalRequested(Event, frozen=True, tag="tool.approval_requested"):
+    """The task waits until the call is approved or denied (POST .../tool-calls/{id}/approve|deny)."""
+
+    task_id: str
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    expires_at: float | None = None
+
+
+class ToolApprovalDecided(Event, frozen=True, tag="tool.approval_decided"):
+    task_id: str
+    call_id: str
+    approved: bool
+    reason: str | None = None
 
 
 class ToolResult(Event, frozen=True, tag="tool.result"):
@@ -120,6 +140,8 @@ AnyEvent = (
     TaskStarted
     | MessageDelta
     | ToolCall
+    | ToolApprovalRequested
+    | ToolApprovalDecided
     | ToolResult
     | MessageCompleted
     | CheckpointCreated

@@ -6,14 +6,32 @@ from typing import Any
 
 import msgspec
 
-from actors.core.tree import Usage
+from actors.core.records import ClientTool
+from actors.core.tree import ToolUse, ToolWait, Usage
 
-__all__ = ["ChatMessage", "Chunk", "ModelRequest", "ToolCallChunk", "ToolResultChunk", "TurnItem"]
+__all__ = [
+    "ChatMessage",
+    "Chunk",
+    "ModelRequest",
+    "Resume",
+    "ToolCallChunk",
+    "ToolResultChunk",
+    "ToolWaitChunk",
+    "TurnItem",
+]
 
 
 class ChatMessage(msgspec.Struct, frozen=True):
     role: str  # system | user | assistant
     content: str
+
+
+class Resume(msgspec.Struct, frozen=True):
+    """Where a turn that waited on tool calls goes on: the answer's text so far and its calls,
+    every one decided (an output, or ``wait="approved"``: run it now)."""
+
+    text: str
+    calls: list[ToolUse]
 
 
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +46,8 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     end_user_id: str | None = None
     # Earlier answers to the same user turn (0 for the first): regenerating asks again.
     attempt: int = 0
+    client_tools: list[ClientTool] = msgspec.field(default_factory=list)
+    resume: Resume | None = None
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -44,6 +64,7 @@ class ToolCallChunk(msgspec.Struct, frozen=True):
     call_id: str
     name: str
     arguments: dict[str, Any]
+    wait: ToolWait | None = None  # "approval" or "client": the turn stops after this round
 
 
 class ToolResultChunk(msgspec.Struct, frozen=True):
@@ -55,4 +76,8 @@ class ToolResultChunk(msgspec.Struct, frozen=True):
     is_error: bool = False
 
 
-TurnItem = Chunk | ToolCallChunk | ToolResultChunk
+class ToolWaitChunk(msgspec.Struct, frozen=True):
+    """The last item of a turn that waits on tool calls: it goes on once they are decided."""
+
+
+TurnItem = Chunk | ToolCallChunk | ToolResultChunk | ToolWaitChunk

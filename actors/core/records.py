@@ -18,6 +18,7 @@ __all__ = [
     "IDEMPOTENCY_WINDOW_SECONDS",
     "MAX_IDEMPOTENT_REQUESTS",
     "Checkpoint",
+    "ClientTool",
     "ForkRef",
     "IdempotentRequest",
     "LoadedSession",
@@ -35,12 +36,22 @@ __all__ = [
 ]
 
 
+class ClientTool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A tool the frontend runs: the model may call it, and the task waits for its result."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object"})  # JSON Schema
+
+
 class RunningTask(msgspec.Struct):
-    """A task the store believes is running: found at activation, it was interrupted."""
+    """A task the store believes is running: found at activation, it was interrupted, unless
+    it waits for a tool call's approval or result (then it goes on waiting)."""
 
     task_id: str
     message_id: str
     reply_id: str | None = None  # None while queued behind another task
+    client_tools: list[ClientTool] = msgspec.field(default_factory=list)  # declared with its message
 
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
@@ -87,6 +98,7 @@ class SessionRecord(msgspec.Struct):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     context: dict[str, Any] = msgspec.field(default_factory=dict)
     tools: list[str] = msgspec.field(default_factory=list)
+    client_tools: list[ClientTool] = msgspec.field(default_factory=list)
     is_guest: bool = False
     guest_id: str | None = None
     active_leaf_id: str | None = None

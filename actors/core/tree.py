@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["MessageTree", "Node", "NodeStatus", "Role", "ToolUse", "Usage"]
+__all__ = ["MessageTree", "Node", "NodeStatus", "Role", "ToolUse", "ToolWait", "Usage"]
 
 Role = Literal["user", "assistant"]
 NodeStatus = Literal["completed", "running", "cancelled", "failed", "interrupted"]
@@ -32,12 +32,20 @@ class Usage(msgspec.Struct, frozen=True, omit_defaults=False):
         )
 
 
+ToolWait = Literal["approval", "client", "approved"]
+"""Why a call has no output yet: it waits for a person's approval, for the frontend's result,
+or it was approved and runs when the turn goes on."""
+
+
 class ToolUse(msgspec.Struct):
     call_id: str
     name: str
     arguments: dict[str, Any]
     output: str | None = None
     is_error: bool = False
+    # Set while the call waits; kept with the message, so a restart finds it waiting.
+    wait: ToolWait | None = None
+    expires_at: float | None = None  # wall clock (epoch seconds) when the wait fails the task
 
 
 class Node(msgspec.Struct):

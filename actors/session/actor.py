@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar, assert_never, cast
 
@@ -23,6 +24,7 @@ from actors.core.commands import (
     READS,
     CancelTask,
     Command,
+    DecideToolCall,
     DeleteSession,
     EditMessage,
     ExportSession,
@@ -40,11 +42,13 @@ from actors.core.commands import (
     RestoreCheckpoint,
     SendMessage,
     Shutdown,
+    SubmitToolResult,
     Subscribe,
     TaskCommand,
     ToolCalled,
     ToolReturned,
     TurnEnded,
+    WaitExpired,
 )
 from actors.core.errors import (
     ActorCrashedError,
@@ -66,12 +70,15 @@ from actors.core.events import (
     TaskFailed,
     TaskInterrupted,
     TaskStarted,
+    ToolApprovalDecided,
+    ToolApprovalRequested,
     ToolCall,
     ToolResult,
     delta_head,
 )
 from actors.core.export import build_export
 from actors.core.ids import new_id, utcnow
+from actors.core.model import Resume
 from actors.core.records import (
     Checkpoint,
     LoadedSession,
@@ -85,7 +92,7 @@ from actors.core.records import (
     Stats,
 )
 from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
-from actors.core.tree import Node, ToolUse, Usage
+from actors.core.tree import Node, ToolUse, ToolWait, Usage
 from actors.ports import EventSink, Provider, SessionStore
 from actors.session import requests
 from actors.session.context import model_request
@@ -144,12 +151,18 @@ class SessionActor(SessionState):
 
     def is_idle(self, now: float, idle_seconds: float) -> bool:
         return (
-            self._turn is None
+            self._parked_or_none()
             and not self._queued
             and self.hub.subscribers == 0
             and len(self._mailbox) == 0
             and now - self.last_activity >= idle_seconds
         )
+
+    def _parked_or_none(self) -> bool:
+        """No turn runs: none at all, or one that waits in the store on tool calls (such a
+        session may passivate; the next activation finds it waiting)."""
+        turn = self._turn
+        return turn is None or (turn.waiting and turn.task is None)
 
     @property
     def mailbox_depth(self) -> int:
@@ -163,19 +176,64 @@ class SessionActor(SessionState):
             await self._recover_interrupted()
         self._task = self._loop.create_task(self._run(), name=f"actor:{self.id}")
 
+    def _recover_waiting(self) -> list[RunningTask]:
+        """Take back a task that waits on tool calls, and the tasks queued behind it; answer
+        the rest (those that really were interrupted)."""
+        rest: list[RunningTask] = []
+        for running in self.record.running:
+            reply = self.tree.nodes.get(running.reply_id) if running.reply_id is not None else None
+            if (
+                self._turn is None
+                and reply is not None
+                and reply.status == "running"
+                and any(u.wait is not None for u in reply.tool_calls or [])
+            ):
+                turn = Turn(
+                    running.task_id,
+                    running.message_id,
+                    self._loop.create_future(),
+                    queued=False,
+                    client_tools=running.client_tools,
+                )
+                turn.reply_id = reply.id
+                turn.delta_head = delta_head(turn.task_id, reply.id)
+                turn.parts = [reply.content] if reply.content else []
+                turn.usage = turn.usage_base = reply.usage or Usage()
+                turn.model = reply.model
+                turn.waiting = True
+                self._turn = turn
+                self._stats.tasks_running += 1
+            elif self._turn is not None and running.reply_id is None:
+                self._queued.append(
+                    Turn(
+                        running.task_id,
+                        running.message_id,
+                        self._loop.create_future(),
+                        queued=True,
+                        client_tools=running.client_tools,
+                    )
+                )
+            else:
+                rest.append(running)
+        return rest
+
     async def _recover_interrupted(self) -> None:
         events: list[Event] = []
         ops: list[Op] = []
-        for running in self.record.running:
+        interrupted = self._recover_waiting()
+        for running in interrupted:
             if running.reply_id is not None and running.reply_id in self.tree:
                 reply = self.tree.nodes[running.reply_id]
                 reply.status = "interrupted"
                 ops.append(PutMessage.of(self.id, reply))
             events.append(TaskInterrupted(running.task_id))
-        ended = [r.task_id for r in self.record.running]
-        self.record.running = []
-        self._touch()
-        await self._publish(events, ops, ends=ended)
+        ended = [r.task_id for r in interrupted]
+        self.record.running = [r for r in self.record.running if r.task_id not in ended]
+        if ended:
+            self._touch()
+            await self._publish(events, ops, ends=ended)
+        if self._turn is not None:
+            await self._after_decision(self._turn)
 
     async def _run(self) -> None:
         crash: BaseException | None = None
@@ -216,6 +274,8 @@ class SessionActor(SessionState):
         self._stopping = True
         for turn in (self._turn, *self._queued):
             if turn is not None:
+                if turn.timer is not None:
+                    turn.timer.cancel()
                 if turn.task is not None and not turn.task.done():
                     turn.task.cancel()
                 if not turn.done.done():
@@ -282,6 +342,10 @@ class SessionActor(SessionState):
                 return _answer(cmd, await self._restore(cmd))
             case CancelTask():
                 return _answer(cmd, await self._cancel())
+            case DecideToolCall():
+                return _answer(cmd, await self._decide(cmd))
+            case SubmitToolResult():
+                return _answer(cmd, await self._submit_result(cmd))
             case Passivate():
                 return _answer(cmd, await self._passivate(cmd.idle_seconds))
             # The rest answer None: their effect is the answer.
@@ -299,6 +363,8 @@ class SessionActor(SessionState):
                 await self._fold_reply(cmd)
             case TurnEnded():
                 await self._turn_ended(cmd)
+            case WaitExpired():
+                await self._wait_expired(cmd)
             case _:
                 assert_never(cmd)
         return None
@@ -322,6 +388,8 @@ class SessionActor(SessionState):
             r.context = cmd.context
         if cmd.tools is not msgspec.UNSET:
             r.tools = list(cmd.tools)
+        if cmd.client_tools is not msgspec.UNSET:
+            r.client_tools = list(cmd.client_tools)
         if cmd.link_documents:
             r.documents = [*r.documents, *(d for d in cmd.link_documents if d not in r.documents)]
         if cmd.unlink_documents:
@@ -440,12 +508,14 @@ class SessionActor(SessionState):
             ops.append(PutMessage.of(self.id, user))
             answer_to = user.id
         assert answer_to is not None
-        turn = Turn(new_id("tsk"), answer_to, self._loop.create_future(), queued=queued)
+        # Only a message declares tools for its own task (edit, regenerate and restore do not).
+        client_tools = cmd.client_tools if isinstance(cmd, SendMessage) else None
+        turn = Turn(new_id("tsk"), answer_to, self._loop.create_future(), queued=queued, client_tools=client_tools)
         # Remembered in the record, which commits with the user message below.
         requests.remember(self.record, cmd, turn.task_id, answer_to, self.log.last_seq)
         if queued:
             self._queued.append(turn)
-            self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to)]
+            self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to, None, turn.client_tools)]
             self._touch()
             await self._store.commit([*ops, PutSession.of(self.record)])
             cursor = self.log.last_seq
@@ -463,7 +533,7 @@ class SessionActor(SessionState):
 
     async def _passivate(self, idle_seconds: float) -> bool:
         # The sweeper saw an idle actor; something may have arrived since.
-        if self._turn is not None or self._queued or self.hub.subscribers or len(self._mailbox):
+        if not self._parked_or_none() or self._queued or self.hub.subscribers or len(self._mailbox):
             return False
         self.record.seq_reserved = self._next_seq - 1
         await self._store.commit([PutSession.of(self.record)])
@@ -471,11 +541,14 @@ class SessionActor(SessionState):
         return True
 
     async def _shutdown(self) -> None:
-        queued = self._queued_interrupt(cancelled=False)
-        turn = await self._stop_turn()
-        if turn is not None:
-            await self._finish(turn, "interrupted", "the server is shutting down")
-        await self._end_queued(queued)
+        # A task waiting on tool calls stays as it is in the store: it waits on after a restart,
+        # and so do the tasks queued behind it.
+        if not (self._turn is not None and self._parked_or_none()):
+            queued = self._queued_interrupt(cancelled=False)
+            turn = await self._stop_turn()
+            if turn is not None:
+                await self._finish(turn, "interrupted", "the server is shutting down")
+            await self._end_queued(queued)
         self.record.seq_reserved = self._next_seq - 1
         await self._store.commit([PutSession.of(self.record)])
         self._stop("shutdown")
@@ -538,7 +611,7 @@ class SessionActor(SessionState):
         self.tree.add(reply)
         self.record.active_leaf_id = reply.id
         running = [r for r in self.record.running if r.task_id != turn.task_id]
-        self.record.running = [RunningTask(turn.task_id, turn.user_id, reply.id), *running]
+        self.record.running = [RunningTask(turn.task_id, turn.user_id, reply.id, turn.client_tools), *running]
         # Reserve ids for this turn's deltas in the same commit that makes it durable.
         self.record.seq_reserved = max(self.record.seq_reserved, self._next_seq + self._settings.seq_block)
         self._touch()
@@ -548,7 +621,7 @@ class SessionActor(SessionState):
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
-        request = model_request(self.record, self.tree, turn.user_id)
+        request = model_request(self.record, self.tree, turn.user_id, client_tools=turn.client_tools)
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
         )
@@ -558,8 +631,21 @@ class SessionActor(SessionState):
         if turn is None:
             return
         reply = self.tree.nodes[turn.reply_id]
-        reply.tool_calls = [*(reply.tool_calls or []), ToolUse(cmd.call_id, cmd.name, cmd.arguments)]
-        await self._publish([ToolCall(turn.task_id, cmd.call_id, cmd.name, cmd.arguments)])
+        expires = time.time() + self._settings.wait_timeout if cmd.wait is not None else None
+        use = ToolUse(cmd.call_id, cmd.name, cmd.arguments, wait=cmd.wait, expires_at=expires)
+        reply.tool_calls = [*(reply.tool_calls or []), use]
+        events: list[Event] = [ToolCall(turn.task_id, cmd.call_id, cmd.name, cmd.arguments, cmd.wait == "client")]
+        if cmd.wait is None:
+            await self._publish(events)
+            return
+        # A call that waits is durable with its message before anyone is told of it.
+        if cmd.wait == "approval":
+            events.append(ToolApprovalRequested(turn.task_id, cmd.call_id, cmd.name, cmd.arguments, expires))
+        reply.content = turn.text()
+        # Give back the unused ids with this commit: the turn may stop here to wait, and a
+        # restart must not take them for lost deltas (a later delta reserves a block again).
+        self.record.seq_reserved = self._next_seq - 1
+        await self._publish(events, [PutMessage.of(self.id, reply)])
 
     async def _tool_returned(self, cmd: ToolReturned) -> None:
         """A tool result is durable at once, with a checkpoint on the answer being written."""
@@ -569,7 +655,7 @@ class SessionActor(SessionState):
         reply = self.tree.nodes[turn.reply_id]
         for use in reply.tool_calls or []:
             if use.call_id == cmd.call_id:
-                use.output, use.is_error = cmd.output, cmd.is_error
+                use.output, use.is_error, use.wait = cmd.output, cmd.is_error, None
         reply.content = turn.text()
         cp = Checkpoint(new_id("ckp"), reply.id, utcnow(), f"tool:{cmd.name}")
         self.checkpoints.append(cp)
@@ -582,11 +668,121 @@ class SessionActor(SessionState):
         turn = self._current(cmd.task_id)
         if turn is None:
             return  # already ended by a cancel
+        if cmd.waiting:
+            await self._park(turn)
+            return
         await self._finish(turn, "failed" if cmd.error else "completed", cmd.error)
+
+    # -- tool calls that wait for a person or the frontend --------------------------------
+
+    async def _park(self, turn: Turn) -> None:
+        """The turn stopped on calls that wait: keep what it wrote, durably, and wait."""
+        turn.task = None
+        turn.waiting = True
+        reply = self.tree.nodes[turn.reply_id]
+        reply.content = turn.text()
+        reply.usage = turn.usage
+        reply.model = turn.model
+        # Nothing streams while it waits: no id above the last one shown is handed out, so a
+        # restart (even after a kill) finds no hole of lost deltas to reset readers across.
+        self.record.seq_reserved = self._next_seq - 1
+        self._touch()
+        await self._store.commit([PutMessage.of(self.id, reply), PutSession.of(self.record)])
+        await self._after_decision(turn)
+
+    def _waiting_call(self, call_id: str, kind: ToolWait) -> tuple[Turn, Node, ToolUse]:
+        turn = self._turn
+        reply = self.tree.nodes.get(turn.reply_id) if turn is not None else None
+        use = next((u for u in (reply.tool_calls or []) if u.call_id == call_id), None) if reply else None
+        if turn is None or reply is None or use is None:
+            raise NotFoundError(f"no tool call {call_id} waits in this session")
+        if use.wait != kind:
+            if use.wait is None or use.wait == "approved":
+                raise ConflictError(f"the tool call {call_id} was decided already")
+            wanted = "approval" if use.wait == "approval" else "the frontend's result"
+            raise ConflictError(f"the tool call {call_id} waits for {wanted}")
+        return turn, reply, use
+
+    async def _decide(self, cmd: DecideToolCall) -> str:
+        turn, reply, use = self._waiting_call(cmd.call_id, "approval")
+        events: list[Event] = [ToolApprovalDecided(turn.task_id, use.call_id, cmd.approve, cmd.reason)]
+        if cmd.approve:
+            use.wait = "approved"  # it runs when the turn goes on (after a restart too)
+        else:
+            use.wait = None
+            use.output = "The user denied this tool call." + (f" Reason: {cmd.reason}" if cmd.reason else "")
+            use.is_error = True
+            events.append(ToolResult(turn.task_id, use.call_id, use.output, True))
+        self._touch()
+        await self._publish(events, [PutMessage.of(self.id, reply)])
+        await self._after_decision(turn)
+        return turn.task_id
+
+    async def _submit_result(self, cmd: SubmitToolResult) -> str:
+        turn, reply, use = self._waiting_call(cmd.call_id, "client")
+        use.wait, use.output, use.is_error = None, cmd.output, cmd.is_error
+        self._touch()
+        await self._publish(
+            [ToolResult(turn.task_id, use.call_id, cmd.output, cmd.is_error)], [PutMessage.of(self.id, reply)]
+        )
+        await self._after_decision(turn)
+        return turn.task_id
+
+    async def _after_decision(self, turn: Turn) -> None:
+        """Once a stopped turn has every call decided, run it on from the stored state; until
+        then, (re)arm the timer of its earliest wait."""
+        if not turn.waiting or turn.task is not None:
+            return  # still running its round: it stops (and comes back here) when that ends
+        if turn.timer is not None:
+            turn.timer.cancel()
+            turn.timer = None
+        reply = self.tree.nodes[turn.reply_id]
+        open_ = [u for u in reply.tool_calls or [] if u.wait in ("approval", "client")]
+        if open_:
+            deadline = min(u.expires_at or time.time() + self._settings.wait_timeout for u in open_)
+            turn.timer = self._loop.call_later(
+                max(0.0, deadline - time.time()), self._mailbox.tell_internal, WaitExpired(turn.task_id)
+            )
+            return
+        turn.waiting = False
+        turn.usage_base = turn.usage
+        if self._settings.fold_seconds > 0:
+            turn.fold_at = self._loop.time() + self._settings.fold_seconds  # it streams again
+        resume = Resume(reply.content, [msgspec.structs.replace(u) for u in reply.tool_calls or []])
+        request = model_request(self.record, self.tree, turn.user_id, client_tools=turn.client_tools, resume=resume)
+        turn.task = self._loop.create_task(
+            turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
+        )
+
+    async def _wait_expired(self, cmd: WaitExpired) -> None:
+        turn = self._current(cmd.task_id)
+        if turn is None or not turn.waiting:
+            return
+        turn.timer = None
+        reply = self.tree.nodes[turn.reply_id]
+        now = time.time()
+        expired = [u for u in reply.tool_calls or [] if u.wait in ("approval", "client") and (u.expires_at or 0) <= now]
+        if not expired:
+            await self._after_decision(turn)  # decided meanwhile, or not yet due
+            return
+        use = expired[0]
+        waited = "approval" if use.wait == "approval" else "its result from the frontend"
+        await self._finish(
+            turn,
+            "failed",
+            f"the tool call {use.name} ({use.call_id}) waited for {waited} longer than"
+            f" {self._settings.wait_timeout:g}s",
+        )
 
     async def _finish(self, turn: Turn, status: TurnStatus, error: str | None) -> None:
         """End the running turn: fold its deltas into the reply, record, announce, go on."""
+        if turn.timer is not None:
+            turn.timer.cancel()
+            turn.timer = None
+        turn.waiting = False
         reply = self.tree.nodes[turn.reply_id]
+        for use in reply.tool_calls or []:
+            use.wait = None  # an undecided call stays without an output
         reply.content = turn.text()
         reply.status = status
         reply.usage = turn.usage

@@ -5,16 +5,26 @@ Read by the actor when the turn starts (the tree may change while the model writ
 
 from __future__ import annotations
 
-from actors.core.model import ChatMessage, ModelRequest
-from actors.core.records import SessionRecord
+from actors.core.model import ChatMessage, ModelRequest, Resume
+from actors.core.records import ClientTool, SessionRecord
 from actors.core.tree import MessageTree
 
 __all__ = ["model_request"]
 
 
-def model_request(record: SessionRecord, tree: MessageTree, user_id: str) -> ModelRequest:
+def model_request(
+    record: SessionRecord,
+    tree: MessageTree,
+    user_id: str,
+    *,
+    client_tools: list[ClientTool] | None = None,
+    resume: Resume | None = None,
+) -> ModelRequest:
     """The request answering ``user_id``: system prompt, then the path, with restore hints and
-    earlier tool results as system text (so a restore never re-runs a tool)."""
+    earlier tool results as system text (so a restore never re-runs a tool). ``client_tools``
+    are the task's own, after the session's (same name: the task's wins); ``resume`` is where a
+    turn that waited on tool calls goes on."""
+    declared = {t.name: t for t in [*record.client_tools, *(client_tools or [])]}
     messages: list[ChatMessage] = []
     if record.system_prompt:
         messages.append(ChatMessage("system", record.system_prompt))
@@ -36,4 +46,6 @@ def model_request(record: SessionRecord, tree: MessageTree, user_id: str) -> Mod
         end_user_id=record.end_user_id,
         # The answer being written is already a child of the user turn: the others came before.
         attempt=max(sum(1 for c in tree.nodes[user_id].children if tree.nodes[c].role == "assistant") - 1, 0),
+        client_tools=list(declared.values()),
+        resume=resume,
     )

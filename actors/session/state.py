@@ -39,6 +39,7 @@ class ActorSettings(msgspec.Struct, frozen=True):
     seq_block: int = 4096
     max_queued: int = 16
     replay_events: int = 1000
+    wait_timeout: float = 3600.0  # how long a tool call may wait for approval or a client result
     fold_seconds: float = 1.0  # how often a streaming answer's text is stored (0: only at its end)
 
 
@@ -75,7 +76,9 @@ class SessionState:
         # showed its durable events last; after a crash (a task still running), anything up to
         # the reservation may have been shown and lost with the node: a reader that saw less
         # than that is told stream.reset, here and through Redis, never a silent gap.
-        crashed = bool(record.running)
+        # (A task that waits on tool calls stays running across a clean stop; it reserved
+        # nothing beyond what is durable, so it leaves no hole.)
+        crashed = bool(record.running) and record.seq_reserved > loaded.max_seq
         self._shown = self._next_seq - 1 if crashed else loaded.max_seq
         self._hole_end: int | None = None
         if crashed:

@@ -11,6 +11,11 @@ checkpoints stay the actor's. The two meet only at ``Journal``, which the actor 
   a new block of event ids) goes through the actor's mailbox (``await journal.record``), and
   the turn waits until the actor applied it, so its later deltas are numbered after it;
 - the turn's end is a message in the mailbox too (``journal.end``).
+
+A turn whose model called a tool that needs a person's approval, or a frontend's result,
+stops after that round (``TurnEnded(waiting=True)``): the calls are in the store, the task
+goes on counting as running, and once every call is decided the actor runs the turn again
+from the stored state (``ModelRequest.resume``), in this process or after a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import logging
 from typing import Protocol
 
 from actors.core.commands import ReserveSeqs, ToolCalled, ToolReturned, TurnEnded
-from actors.core.model import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk
+from actors.core.model import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, ToolWaitChunk
+from actors.core.records import ClientTool
 from actors.core.replies import TurnOutcome
 from actors.core.tree import Usage
 from actors.ports import Provider
@@ -50,10 +56,32 @@ class Turn:
     """A task of the session: queued, or running (``task``) until its outcome is known."""
 
     __slots__ = (
-        "delta_head", "done", "fold_at", "model", "parts", "queued", "reply_id", "task", "task_id", "usage", "user_id",
+        "client_tools",
+        "delta_head",
+        "done",
+        "fold_at",
+        "model",
+        "parts",
+        "queued",
+        "reply_id",
+        "task",
+        "task_id",
+        "timer",
+        "usage",
+        "usage_base",
+        "user_id",
+        "waiting",
     )
 
-    def __init__(self, task_id: str, user_id: str, done: asyncio.Future[TurnOutcome], *, queued: bool) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        user_id: str,
+        done: asyncio.Future[TurnOutcome],
+        *,
+        queued: bool,
+        client_tools: list[ClientTool] | None = None,
+    ) -> None:
         self.task_id = task_id
         self.user_id = user_id
         self.reply_id = ""  # the answer's node, made when the turn starts
@@ -65,6 +93,10 @@ class Turn:
         self.task: asyncio.Task[None] | None = None
         self.done = done
         self.queued = queued
+        self.client_tools = client_tools or []
+        self.waiting = False  # stopped on tool calls that wait for a decision
+        self.usage_base = Usage()  # what the model used before the turn last waited
+        self.timer: asyncio.TimerHandle | None = None  # fails the task when a wait expires
 
     def text(self) -> str:
         """The answer written so far."""
@@ -73,6 +105,7 @@ class Turn:
     async def run(self, provider: Provider, request: ModelRequest, journal: Journal) -> None:
         """Stream the model's answer into the journal; report the end through it."""
         error: str | None = None
+        waiting = False
         try:
             async for item in provider.stream(request):
                 match item:
@@ -83,18 +116,22 @@ class Turn:
                             self.parts.append(item.delta)
                             journal.delta(self, item.delta)
                         if item.usage is not None:
-                            self.usage = item.usage
+                            self.usage = self.usage_base + item.usage
                         if item.model is not None:
                             self.model = item.model
                     case ToolCallChunk():
-                        await journal.record(ToolCalled(self.task_id, item.call_id, item.name, item.arguments))
+                        await journal.record(
+                            ToolCalled(self.task_id, item.call_id, item.name, item.arguments, item.wait)
+                        )
                     case ToolResultChunk():
                         await journal.record(
                             ToolReturned(self.task_id, item.call_id, item.name, item.output, item.is_error)
                         )
+                    case ToolWaitChunk():
+                        waiting = True
         except asyncio.CancelledError:
             raise  # cancel or shutdown: the actor ends the turn itself
         except Exception as exc:
             log.warning("turn %s failed: %s", self.task_id, exc)
             error = f"{type(exc).__name__}: {exc}"
-        journal.end(TurnEnded(self.task_id, error))
+        journal.end(TurnEnded(self.task_id, error, waiting and error is None))

@@ -53,6 +53,7 @@ class AgentRecord(msgspec.Struct, kw_only=True):
     model: list[RouteEntry] = msgspec.field(default_factory=list)
     tools: list[str] = msgspec.field(default_factory=list)
     temperature: float | None = None
+    approval: Literal["always", "never"] = "never"  # "always": every tool call waits for a person
     source: str = "api"  # "config" (config.toml, read-only) | "api"
     created_at: str = ""
     updated_at: str = ""

@@ -1,5 +1,6 @@
 """``sessiond chat``: a terminal chat with one session, answers streamed as they are made.
 
+A tool call that waits for approval is asked about (y/n) while the answer streams.
 Ctrl-C while an answer streams stops that answer (the server keeps the part already
 written, marked cancelled); at the prompt it only clears the line. Ctrl-D or /quit leaves.
 Answers wrap at word boundaries; what is typed while one streams waits for the next prompt
@@ -28,6 +29,7 @@ from actors.core.events import (
     TaskCompleted,
     TaskFailed,
     TaskInterrupted,
+    ToolApprovalRequested,
     ToolCall,
     ToolResult,
 )
@@ -57,6 +59,7 @@ line of its own to start and end a message of many lines. Commands:
   /model             the model of the last answer, and the models the agent may use
   /agent             the session's agent, and the agents on this server
   /session           the session id
+  /tool NAME {JSON}  sent as a message: the simulated model calls that tool
   /help              this text
   /quit              leave (Ctrl-D too)
 Ctrl-C stops an answer while it streams."""
@@ -153,7 +156,7 @@ class Chat:
                 self.say(f"! cannot reach {self.client.url}: {exc}")
 
     def handle(self, line: str) -> str | None:
-        if not line.startswith("/"):
+        if not line.startswith("/") or line.startswith("/tool "):  # /tool lines: for the simulated model
             self.answer(self.client.send_stream(line))
             return None
         cmd, _, rest = line.partition(" ")
@@ -212,7 +215,7 @@ class Chat:
         writer = WordWrapper(self.out, terminal_width(self.out), column=len("assistant> "))
         result = _Result()
         with quiet_keys():
-            end = self.run(_print_answer(events, writer, result), on_interrupt=stop)
+            end = self.run(_print_answer(events, writer, result, self.client), on_interrupt=stop)
             if stopping:
                 self.run(stopping[0])
         self.say("\n" + end if end else "")
@@ -399,20 +402,23 @@ async def _quiet(coro: Awaitable[Any]) -> None:
         await coro
 
 
-async def _print_answer(events: EventStream, out: WordWrapper, result: _Result) -> str:
-    """Write the deltas of one task; what ended it, as a short note ("" for a normal end)."""
+async def _print_answer(events: EventStream, out: WordWrapper, result: _Result, client: Client) -> str:
+    """Write the deltas of one task, asking about tool calls that wait for approval; what ended
+    it, as a short note ("" for a normal end)."""
     try:
-        return await _follow(events, out, result)
+        return await _follow(events, out, result, client)
     finally:
         out.finish()
 
 
-async def _follow(events: EventStream, out: WordWrapper, result: _Result) -> str:
+async def _follow(events: EventStream, out: WordWrapper, result: _Result, client: Client) -> str:
     async with events:
         async for ev in events:
             e = ev.event
             if isinstance(e, MessageDelta):
                 out.write(e.delta)
+            elif isinstance(e, ToolApprovalRequested):
+                await _ask_approval(e, out, client)
             elif isinstance(e, ToolCall):
                 out.write(f"\n  [tool {e.name}]\n")
             elif isinstance(e, ToolResult):
@@ -430,6 +436,25 @@ async def _follow(events: EventStream, out: WordWrapper, result: _Result) -> str
             elif isinstance(e, StreamReset):
                 return "[the stream was reset; /history shows the answer]"
     return ""
+
+
+async def _ask_approval(e: ToolApprovalRequested, out: WordWrapper, client: Client) -> None:
+    """y: approve the call; anything else: deny it (what was typed after "n" is the reason)."""
+    args = msgspec.json.encode(e.arguments).decode()
+    out.finish()
+    # Straight to the terminal: the question is not wrapped, and it ends with its space.
+    out.out.write(f"\n  allow {e.name} {_short(args)}? [y/n] ")
+    out.out.flush()
+    # Reading blocks: off the loop, so the stream's connection stays served. Keys are not
+    # echoed while an answer streams, so the answer is written back once read.
+    line = (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)).strip()
+    out.out.write(line + "\n")
+    out.column = 0
+    if line.lower() in ("y", "yes"):
+        await client.approve(e.call_id)
+        return
+    reason = line[1:].strip() if line[:1].lower() == "n" else ""
+    await client.deny(e.call_id, reason=reason or None)
 
 
 def _short(text: str, width: int = 60) -> str:

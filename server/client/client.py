@@ -40,6 +40,7 @@ from server.schema.messages import (
 )
 from server.schema.ops import ReadyOut, StatusOut
 from server.schema.sessions import CreateSessionBody, PatchSessionBody, SessionList, SessionOut
+from server.schema.tools import ClientToolBody, DenyBody, ToolCallOut, ToolResultBody
 
 __all__ = [
     "UNSET",
@@ -306,13 +307,14 @@ class Client:
 
     def send_stream(
         self, content: str, *, session: str | None = None, parent_id: str | None = None,
-        queue: bool = False, if_version: int | None = None,
+        queue: bool = False, if_version: int | None = None, client_tools: list[ClientToolBody] | None = None,
     ) -> EventStream:
-        """Send a message; iterate over its task's events until the task ends."""
+        """Send a message; iterate over its task's events until the task ends. ``client_tools``:
+        tools this frontend runs for the task (their calls wait for ``submit_tool_result``)."""
         sid = self._sid(session)
         return self._task_stream(
             sid, f"/v1/sessions/{sid}/messages",
-            SendMessageBody(content=content, stream=True, parent_id=parent_id),
+            SendMessageBody(content=content, stream=True, parent_id=parent_id, client_tools=client_tools or []),
             params={"queue": "true"} if queue else None, if_version=if_version,
         )
 
@@ -375,6 +377,23 @@ class Client:
     async def cancel(self, *, session: str | None = None) -> CancelOut:
         """Stop the running task; its partial answer is kept, marked ``cancelled``."""
         return await self.request("POST", f"/v1/sessions/{self._sid(session)}/cancel", CancelOut)
+
+    async def approve(self, call_id: str, *, session: str | None = None) -> ToolCallOut:
+        """Approve a tool call that waits for approval (``tool.approval_requested``)."""
+        path = f"/v1/sessions/{self._sid(session)}/tool-calls/{call_id}/approve"
+        return await self.request("POST", path, ToolCallOut)
+
+    async def deny(self, call_id: str, *, reason: str | None = None, session: str | None = None) -> ToolCallOut:
+        """Deny a tool call that waits for approval; ``reason`` is given to the model."""
+        path = f"/v1/sessions/{self._sid(session)}/tool-calls/{call_id}/deny"
+        return await self.request("POST", path, ToolCallOut, body=DenyBody(reason))
+
+    async def submit_tool_result(
+        self, call_id: str, output: str, *, is_error: bool = False, session: str | None = None
+    ) -> ToolCallOut:
+        """The result of a client tool call (``tool.call`` with ``client: true``)."""
+        path = f"/v1/sessions/{self._sid(session)}/tool-calls/{call_id}/result"
+        return await self.request("POST", path, ToolCallOut, body=ToolResultBody(output, is_error))
 
     async def checkpoints(self, *, session: str | None = None) -> CheckpointList:
         return await self.request("GET", f"/v1/sessions/{self._sid(session)}/checkpoints", CheckpointList)

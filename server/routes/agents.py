@@ -54,6 +54,7 @@ async def create_agent(request: web.Request) -> web.Response:
         model=parse_route(body.model) if body.model is not None else None,
         tools=body.tools,
         temperature=body.temperature,
+        approval=body.approval,
     )
     return json_response(agent, status=201)
 
@@ -67,7 +68,7 @@ async def patch_agent(request: web.Request) -> web.Response:
     _require_operator(request)
     body = await decode_body(request, AgentPatchBody)
     changes: dict[str, Any] = {
-        f: getattr(body, f) for f in ("name", "system_prompt", "tools", "temperature")
+        f: getattr(body, f) for f in ("name", "system_prompt", "tools", "temperature", "approval")
         if getattr(body, f) is not msgspec.UNSET
     }
     if body.model is not msgspec.UNSET:

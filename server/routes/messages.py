@@ -20,6 +20,7 @@ from actors.core.errors import InvalidRequestError
 from actors.core.replies import MessagePage, TreeView
 from server.markup import markdown_html
 from server.routes.common import ask, bool_query, idempotency_key, if_match, int_query, last_event_id
+from server.routes.tools import check_client_tools
 from server.schema.common import decode_body, json_response
 from server.schema.messages import (
     CancelOut,
@@ -58,6 +59,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         stream=body.stream,
         queue=bool_query(request, "queue"),
         if_match=if_match(request),
+        client_tools=check_client_tools(body.client_tools),
         idempotency_key=idempotency_key(request, body.client_message_id),
         last_event_id=last_event_id(request),
     )

@@ -16,7 +16,7 @@ from server.appkeys import REGISTRY, STORE, TOKENS
 from server.auth.principal import principal_of
 from server.routes.agents import agent_for_session
 from server.routes.common import ask, if_match, int_query
-from server.routes.tools import check_tools
+from server.routes.tools import check_client_tools, check_tools
 from server.schema.common import decode_body, json_response
 from server.schema.ops import StatusOut
 from server.schema.sessions import CreateSessionBody, PatchSessionBody, SessionList, session_out, session_tokens_out
@@ -133,6 +133,9 @@ async def patch_session(request: web.Request) -> web.Response:
         PatchSession(
             title=body.title, metadata=body.metadata, context=body.context,
             tools=body.tools if body.tools is msgspec.UNSET else check_tools(request, body.tools),
+            client_tools=(
+                body.client_tools if body.client_tools is msgspec.UNSET else check_client_tools(body.client_tools)
+            ),
             if_match=if_match(request),
         ),
     )

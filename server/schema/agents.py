@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from actors.agent.router import ProviderHealth
@@ -17,6 +19,7 @@ class AgentBody(RequestBody):
     model: list[str | RouteEntry] | None = None  # None: the default agent's route
     tools: list[str] = msgspec.field(default_factory=list)
     temperature: float | None = None
+    approval: Literal["always", "never"] = "never"  # "always": every tool call waits for a person
 
 
 class AgentPatchBody(RequestBody):
@@ -25,6 +28,7 @@ class AgentPatchBody(RequestBody):
     model: list[str | RouteEntry] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET
     temperature: float | msgspec.UnsetType | None = msgspec.UNSET
+    approval: Literal["always", "never"] | msgspec.UnsetType = msgspec.UNSET
 
 
 class AgentList(msgspec.Struct):

@@ -3,11 +3,14 @@ the answers (a message, a page of them, the tree, checkpoints, a task's result).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from actors.core.records import Checkpoint
 from actors.core.tree import Node, Usage
 from server.schema.common import RequestBody
+from server.schema.tools import ClientToolBody
 
 __all__ = [
     "CancelOut",
@@ -35,6 +38,8 @@ class SendMessageBody(RequestBody):
     content: str
     stream: bool = False
     parent_id: str | None = None
+    # The frontend's own tools for this task (the session's are PATCHed as ``client_tools``).
+    client_tools: Annotated[list[ClientToolBody], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
     # An idempotency key in the body (the Idempotency-Key header's equal): a repeat within
     # 24 hours answers the task the first request started.
     client_message_id: str | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -10,6 +10,7 @@ from actors.core.records import ForkRef, SessionRecord
 from actors.core.tree import Usage
 from server.auth.tokens import TokenPair
 from server.schema.common import RequestBody
+from server.schema.tools import ClientToolBody
 
 __all__ = [
     "CopyBody",
@@ -43,6 +44,7 @@ class PatchSessionBody(RequestBody):
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     context: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET
+    client_tools: Annotated[list[ClientToolBody], msgspec.Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
 
 
 class CopyBody(RequestBody):

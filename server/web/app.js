@@ -19,7 +19,8 @@
 const KEY_STORE = "sessiond.apiKey";
 const TOKEN_STORE = (sid) => `sessiond.tokens.${sid}`;
 const EVENT_TYPES = [
-  "task.started", "message.delta", "tool.call", "tool.result", "message.completed",
+  "task.started", "message.delta", "tool.call", "tool.approval_requested", "tool.approval_decided",
+  "tool.result", "message.completed",
   "checkpoint.created", "task.completed", "task.failed", "task.cancelled", "task.interrupted",
   "stream.reset",
 ];
@@ -289,6 +290,7 @@ class Chat {
     this.usage = { prompt: 0, completion: 0, total: 0 };
     this.live = new Map(); // reply id -> text rebuilt from message.delta
     this.tools = new Map(); // reply id -> [lines] from tool.call / tool.result
+    this.approvals = new Map(); // call id -> {call_id, name, arguments, reply} waiting for a decision
     this.running = null; // {task_id, message_id, reply_id} while a task runs
     this.lastEventId = null;
     this.historySeq = 0;
@@ -392,6 +394,7 @@ class Chat {
         this.busy = false; // the request that started it stays open until the end; the stream leads
         this.live.set(data.reply_id, "");
         this.tools.delete(data.reply_id);
+        this.approvals.clear();
         if (this.draft !== null) {
           // The send went through: only now may the box forget what was typed.
           const input = $("#composer-input");
@@ -423,6 +426,18 @@ class Chat {
         render();
         break;
       }
+      case "tool.approval_requested": {
+        const reply = this.running?.reply_id;
+        if (!reply) break;
+        this.approvals.set(data.call_id, { ...data, reply });
+        announce(`The assistant asks to use ${data.name}.`);
+        render();
+        break;
+      }
+      case "tool.approval_decided":
+        this.approvals.delete(data.call_id);
+        render();
+        break;
       case "message.completed": {
         const message = this.find(data.message.id);
         if (message) {
@@ -447,6 +462,7 @@ class Chat {
       default:
         if (TERMINAL.has(type)) {
           if (this.running?.task_id === data.task_id) this.running = null;
+          this.approvals.clear();
           if (data.error) this.failures.set(data.task_id, data.error);
           if (type === "task.completed") announce("The answer is complete.");
           else if (type === "task.cancelled") announce("The answer was stopped.");
@@ -488,6 +504,11 @@ class Chat {
       () => this.auth.fetch(this.path("/messages"), { method: "POST", json: { content, stream: false } }),
       { startsTask: true },
     );
+  }
+
+  decide(callId, approve) {
+    const path = this.path(`/tool-calls/${encodeURIComponent(callId)}/${approve ? "approve" : "deny"}`);
+    return this.act(() => this.auth.fetch(path, { method: "POST", json: approve ? undefined : {} }));
   }
 
   cancel() {
@@ -719,6 +740,13 @@ function messageItem(c, m) {
       `${fmt(m.usage.total)} tokens · ${fmt(m.usage.prompt)} prompt + ${fmt(m.usage.completion)} completion`)
     : null;
   const tools = (c.tools.get(m.id) ?? []).map((line) => h("li", {}, line));
+  const waiting = [...c.approvals.values()].filter((a) => a.reply === m.id).map((a) =>
+    h("div", { class: "approval", role: "group", "aria-label": `Approve ${a.name}?`, dataset: { call: a.call_id } },
+      h("span", {}, `Use ${a.name} ${JSON.stringify(a.arguments).slice(0, 200)}?`),
+      h("button", { type: "button", class: "small", disabled: c.busy, onclick: () => c.decide(a.call_id, true) },
+        "Approve"),
+      h("button", { type: "button", class: "ghost small", disabled: c.busy, onclick: () => c.decide(a.call_id, false) },
+        "Deny")));
   // Which model wrote it, always: a route that fell back to another model must show it.
   const model = m.role === "assistant" && m.model
     ? h("span", { class: `model${m.model !== c.firstModel() ? " model-other" : ""}`, title: "The model that answered" }, m.model)
@@ -736,6 +764,7 @@ function messageItem(c, m) {
       status ? h("span", { class: `status status-${m.status}` }, status) : null,
       h("time", { datetime: m.created_at, class: "muted" }, shortTime.format(new Date(m.created_at)))),
     tools.length ? h("ul", { class: "tool-lines" }, tools) : null,
+    ...waiting,
     editing ? editForm(c, m) : contentOf(c, m),
     failureNote(c, m),
     h("footer", { class: "msg-foot" }, versionSwitch(c, m, disabled), usage, h("span", { class: "spacer" }), actions)));

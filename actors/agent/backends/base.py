@@ -8,7 +8,7 @@ ends with one ``Chunk`` carrying usage and the model name.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -24,6 +24,8 @@ __all__ = [
     "ProviderError",
     "ProviderUnavailableError",
     "ToolSpec",
+    "tool_call_named",
+    "wire_name",
 ]
 
 
@@ -38,8 +40,22 @@ class ToolSpec(msgspec.Struct, frozen=True):
         """The tool in the function-calling form OpenAI and Ollama share."""
         return {
             "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+            "function": {"name": wire_name(self.name), "description": self.description, "parameters": self.parameters},
         }
+
+
+def wire_name(name: str) -> str:
+    """A tool's name as function-calling APIs take it (letters, digits, ``_`` and ``-``): an MCP
+    tool's ``SERVER.TOOL`` goes as ``SERVER__TOOL``."""
+    return name.replace(".", "__")
+
+
+def tool_call_named(call: ModelToolCall, tools: Sequence[ToolSpec]) -> ModelToolCall:
+    """``call`` with the name of the offered tool its wire name stands for."""
+    for t in tools:
+        if t.name != call.name and wire_name(t.name) == call.name:
+            return msgspec.structs.replace(call, name=t.name)
+    return call
 
 
 class ModelToolCall(msgspec.Struct, frozen=True):

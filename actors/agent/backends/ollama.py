@@ -19,6 +19,8 @@ from actors.agent.backends.base import (
     ModelMessage,
     ModelToolCall,
     ProviderError,
+    tool_call_named,
+    wire_name,
 )
 from actors.agent.backends.upstream import HttpUpstream, UpstreamSettings
 from actors.agent.tokens import TokenCounter
@@ -40,14 +42,15 @@ def _wire(messages: list[ModelMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in messages:
         if m.role == "tool":
-            out.append({"role": "tool", "content": m.content, "tool_name": m.name})
+            out.append({"role": "tool", "content": m.content, "tool_name": wire_name(m.name or "")})
         elif m.tool_calls:
             out.append(
                 {
                     "role": "assistant",
                     "content": m.content,
                     "tool_calls": [
-                        {"function": {"name": c.name, "arguments": _arguments(c.arguments)}} for c in m.tool_calls
+                        {"function": {"name": wire_name(c.name), "arguments": _arguments(c.arguments)}}
+                        for c in m.tool_calls
                     ],
                 }
             )
@@ -139,7 +142,7 @@ class OllamaBackend:
         async for delta in deltas:
             yield Chunk(delta=delta)
         for tool_call in answer.calls:
-            yield tool_call
+            yield tool_call_named(tool_call, call.tools)
         usage = answer.usage
         if usage is None:
             await self._counter.load()

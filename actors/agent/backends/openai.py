@@ -22,6 +22,8 @@ from actors.agent.backends.base import (
     ModelMessage,
     ModelToolCall,
     ProviderError,
+    tool_call_named,
+    wire_name,
 )
 from actors.agent.backends.upstream import HttpUpstream, UpstreamSettings
 from actors.agent.tokens import TokenCounter
@@ -44,7 +46,11 @@ def wire_messages(messages: list[ModelMessage]) -> list[dict[str, Any]]:
                     "role": "assistant",
                     "content": m.content or None,
                     "tool_calls": [
-                        {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        {
+                            "id": c.call_id,
+                            "type": "function",
+                            "function": {"name": wire_name(c.name), "arguments": c.arguments},
+                        }
                         for c in m.tool_calls
                     ],
                 }
@@ -164,7 +170,7 @@ class OpenAIBackend:
         )
         async for delta in deltas:
             yield Chunk(delta=delta)
-        calls = answer.tool_calls()
+        calls = [tool_call_named(c, call.tools) for c in answer.tool_calls()]
         for tool_call in calls:
             yield tool_call
         usage = answer.usage

@@ -36,7 +36,7 @@ _WORDS = (
 # How many tokens to produce before yielding to the event loop when unpaced.
 _UNPACED_SLICE = 32
 
-_TOOL_LINE = re.compile(r"^\s*/tool\s+([A-Za-z0-9_\-]+)\s*(.*)$")
+_TOOL_LINE = re.compile(r"^\s*/tool\s+([A-Za-z0-9_.\-]+)\s*(.*)$")  # "." for MCP's SERVER.TOOL
 
 
 class _Message(Protocol):
