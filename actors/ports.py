@@ -2,7 +2,8 @@
 
 Adapters implement them: the stores (actors/store), the agent runner and the simulated model
 (actors/agent), the cluster's remote sessions and Redis streams (actors/cluster). The edge
-(server/) talks to sessions only through ``SessionRef`` and writes ``EventStream``s.
+(server/) talks to sessions only through ``SessionRef`` and writes ``EventStream``s, handing a
+caught-up one a ``FrameSink`` (its transport) for the producer to write into directly.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from actors.core.records import (
     StoredEvent,
 )
 from actors.core.search import SearchHit, SearchQuery
-from actors.core.stream import EventStream
+from actors.core.stream import EventStream, FrameSink
 
-__all__ = ["EventSink", "EventStream", "Provider", "SessionRef", "SessionStore"]
+__all__ = ["EventSink", "EventStream", "FrameSink", "Provider", "SessionRef", "SessionStore"]
 
 R = TypeVar("R")
 

@@ -91,6 +91,7 @@ class StreamsSection(_Section):
     retry_ms: int = 3000
     write_timeout_seconds: float = 30.0
     max_batch_bytes: int = 262_144
+    direct_write_bytes: int = 65_536
 
 
 class AdmissionSection(_Section):

@@ -64,6 +64,11 @@ class _ActorCollector(Collector):
             ("actors_active", "Session actors live in memory.", len(actors)),
             ("tasks_running", "Model tasks running now.", stats.tasks_running),
             ("streams_open", "Event streams (SSE) open now.", sum(a.hub.subscribers for a in actors)),
+            (
+                "streams_direct",
+                "Open event streams caught up and written by their session directly (not behind or congested).",
+                sum(a.hub.followers for a in actors),
+            ),
             ("mailbox_depth_sum", "Commands waiting in all session mailboxes.", sum(depths)),
             ("mailbox_depth_max", "Commands waiting in the fullest session mailbox.", max(depths, default=0)),
         ):

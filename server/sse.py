@@ -3,7 +3,9 @@
 The core keeps each event as (seq, type, data), data being the event's JSON; ``frame`` is how
 such an event goes on the wire, and the session's EventLog is given it so that an event is
 framed once, however many subscribers and replays send it. A stream writes one batch of
-queued frames per write, with heartbeats when there is nothing to send.
+queued frames per write, with heartbeats when there is nothing to send; once it is caught up,
+the producer writes its frames into the transport itself (server/sse_sink.py) until the stream
+falls behind, its transport congests, or a heartbeat or credential check is due.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from actors.core.events import AnyEvent, StreamClosed, StreamReset, encode_event
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
 from server.config import StreamsSection
+from server.sse_sink import TransportSink
 
 _log = logging.getLogger("sessiond.sse")
 
@@ -74,6 +77,8 @@ class _SseResponse(web.StreamResponse):
 
 # Past this much unsent data the client is behind: bound the wait for it to drain.
 _CONGESTED = 64 * 1024
+# A timer may fire this much before its time.
+_EARLY = 0.002
 
 
 async def stream_events(
@@ -91,6 +96,11 @@ async def stream_events(
     token stops receiving within one interval, with a ``stream.closed`` event saying why.
     """
     resp = _SseResponse(status=200, headers=SSE_HEADERS)
+    chunked = request.version >= HttpVersion11
+    if chunked:
+        # Said up front (aiohttp would choose it too), so that the direct writes below know
+        # their framing from the response itself.
+        resp.enable_chunked_encoding()
     loop = asyncio.get_running_loop()
     next_check = loop.time() + settings.heartbeat_seconds
     try:
@@ -102,7 +112,13 @@ async def stream_events(
             retry = b""
         # Otherwise the first next() returns at once and the retry line goes with its batch.
         transport = request.transport
+        sink = (
+            TransportSink(transport, chunked=resp.chunked, bound=settings.direct_write_bytes)
+            if transport is not None and settings.direct_write_bytes > 0 and request.method == "GET"
+            else None
+        )
         idle = False
+        last_sent = loop.time()  # when this stream last wrote: a heartbeat is due a period later
         while True:
             if recheck is not None and (idle or loop.time() >= next_check):
                 # Checked before taking a batch, so the id below is the last event this client got.
@@ -112,6 +128,21 @@ async def stream_events(
                     # The id is where the stream stood: a client with a fresh token resumes there.
                     await resp.write(retry + frame(sub.cursor, "stream.closed", encode_event(closed)))
                     break
+            if sink is not None and not retry and sink.writable():
+                # Caught up (or else None at once): the producer writes into the transport
+                # until this stream must write by itself again, or a heartbeat or check is due.
+                due = last_sent + settings.heartbeat_seconds
+                if recheck is not None:
+                    due = min(due, next_check)
+                handed = await sub.follow(sink, max(0.0, due - loop.time()))
+                if handed is not None:
+                    if handed:
+                        last_sent = sink.last_write
+                    idle = not sub.ready() and loop.time() >= last_sent + settings.heartbeat_seconds - _EARLY
+                    if idle:
+                        await resp.write(_PING)
+                        last_sent = loop.time()
+                    continue
             batch = await sub.next(settings.heartbeat_seconds, settings.max_batch_bytes)
             if batch is CLOSED:
                 if retry:
@@ -137,6 +168,7 @@ async def stream_events(
                     await resp.write(data)
             else:
                 await resp.write(data)
+            last_sent = loop.time()
     except (ConnectionResetError, TimeoutError):
         pass  # the client left or stopped reading; it resumes by Last-Event-ID
     except Exception:

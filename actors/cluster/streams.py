@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from actors.batch import BatchQueue, QueueClosedError
 from actors.core.events import TERMINAL_EVENTS, FrameEncoder, decode_event
 from actors.core.records import StoredEvent
-from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch
+from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch, FrameSink
 
 __all__ = ["EventStreams", "RemoteSubscription", "data_of"]
 
@@ -236,6 +236,9 @@ class RemoteSubscription:
 
     def ready(self) -> bool:
         return self._done  # what Redis holds is only known by asking it
+
+    async def follow(self, sink: FrameSink, timeout: float) -> int | None:  # noqa: ASYNC109
+        return None  # events come by reading Redis: there is no producer here to write them
 
     async def next(self, timeout: float | None, max_bytes: int = 1 << 20) -> Batch:  # noqa: ASYNC109
         if self._done:

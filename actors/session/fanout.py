@@ -13,6 +13,14 @@ busy stream moves its deadline forward on every batch and never sees the timer f
 one gets its heartbeat up to that rounding late.
 (A per-wait ``asyncio.timeout`` costs a timer start and cancel on every wake-up: with
 thousands of subscribers that was most of the cost of a delivery.)
+
+Direct writes. A subscriber that is caught up can ``follow`` with a FrameSink (its transport):
+it leaves the waiters and joins the hub's followers, and each ``notify()`` hands every follower
+the frames after its cursor, in the producer's own call, with no task woken per event. The
+follower's task sleeps until the sink refuses (a congested or closing transport), its task's
+stream ends, the log no longer covers it, the hub closes or its heartbeat is due; it then reads
+by its cursor again, which stands exactly after the last frame the sink took, and follows again
+once it has caught up. Order, loss and duplicates are the cursor's business in both modes.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import math
 from collections.abc import Callable
 
 from actors.core.events import EventLog
-from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch
+from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch, FrameSink
 
 __all__ = ["CLOSED", "HEARTBEAT", "RESET", "Batch", "Hub", "Subscription"]
 
@@ -30,7 +38,17 @@ __all__ = ["CLOSED", "HEARTBEAT", "RESET", "Batch", "Hub", "Subscription"]
 class Hub:
     """The per-session meeting point of one EventLog and its subscribers."""
 
-    __slots__ = ("_beat", "_beat_at", "_purge_at", "_waiters", "closed", "log", "subscribers", "task_end_seq")
+    __slots__ = (
+        "_beat",
+        "_beat_at",
+        "_followers",
+        "_purge_at",
+        "_waiters",
+        "closed",
+        "log",
+        "subscribers",
+        "task_end_seq",
+    )
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
@@ -44,9 +62,29 @@ class Hub:
         self.task_end_seq: dict[str, int] = {}
         self._beat: asyncio.TimerHandle | None = None
         self._beat_at = 0.0
+        # Subscriptions whose frames the producer writes (a dict: ordered, O(1) removal).
+        self._followers: dict[Subscription, None] = {}
+
+    @property
+    def followers(self) -> int:
+        """Subscribers the producer writes to directly now."""
+        return len(self._followers)
 
     def notify(self) -> None:
-        """Wake every current waiter; later waiters wait for the next notify."""
+        """Hand new frames to every follower; wake every current waiter (later waiters wait
+        for the next notify)."""
+        followers = self._followers
+        if followers:
+            last = self.log.last_seq
+            refused: list[Subscription] | None = None
+            for sub in followers:
+                if sub.cursor < last and not sub._push():
+                    if refused is None:
+                        refused = []
+                    refused.append(sub)
+            if refused is not None:
+                for sub in refused:
+                    sub._unfollow()
         waiters = self._waiters
         if waiters:
             self._waiters = []
@@ -77,6 +115,13 @@ class Hub:
 
     def _on_beat(self) -> None:
         self._beat = None
+        if self._followers:
+            now = asyncio.get_running_loop().time()
+            due = [sub for sub in self._followers if sub._until <= now + _EARLY]
+            for sub in due:
+                sub._unfollow()
+            if self._followers:
+                self.wake_at(min(sub._wake_at for sub in self._followers))
         self.notify()
 
     def close(self) -> None:
@@ -84,6 +129,8 @@ class Hub:
         if self._beat is not None:
             self._beat.cancel()
             self._beat = None
+        for sub in list(self._followers):
+            sub._unfollow()
         self.notify()
 
     def subscribe(
@@ -95,7 +142,19 @@ class Hub:
 class Subscription:
     """One reader of a Hub (an EventStream): ``await next()`` gives frames, HEARTBEAT, RESET or CLOSED."""
 
-    __slots__ = ("_done", "_on_reset", "_open", "cursor", "hub", "task_id")
+    __slots__ = (
+        "_done",
+        "_handed",
+        "_on_reset",
+        "_open",
+        "_sink",
+        "_until",
+        "_wake",
+        "_wake_at",
+        "cursor",
+        "hub",
+        "task_id",
+    )
 
     def __init__(self, hub: Hub, cursor: int, task_id: str | None, on_reset: Callable[[], int] | None = None) -> None:
         self.hub = hub
@@ -104,6 +163,13 @@ class Subscription:
         self._done = False
         self._open = True
         self._on_reset = on_reset
+        # While following: the sink, the future its task sleeps on, the deadline of the sleep
+        # (and the timer tick it is rounded up to), and how many events the sink took.
+        self._sink: FrameSink | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._until = 0.0
+        self._wake_at = 0.0
+        self._handed = 0
         hub.subscribers += 1
 
     def ready(self) -> bool:
@@ -116,9 +182,69 @@ class Subscription:
         return self._on_reset() if self._on_reset is not None else self.hub.log.last_seq
 
     def close(self) -> None:
+        if self._sink is not None:
+            self._unfollow()
         if self._open:
             self._open = False
             self.hub.subscribers -= 1
+
+    async def follow(self, sink: FrameSink, timeout: float) -> int | None:  # noqa: ASYNC109
+        """Have ``notify()`` write new frames into ``sink`` until it refuses, the stream ends or
+        resets, or ``timeout`` passes; the number of events the sink took, or None at once if
+        this subscriber is not caught up (``next()`` has something to say)."""
+        hub = self.hub
+        if self.ready() or self._sink is not None or (self.task_id is not None and self.task_id in hub.task_end_seq):
+            return None
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        grain = min(1.0, timeout / 4) if timeout > 0 else 1.0
+        self._sink = sink
+        self._wake = fut
+        self._handed = 0
+        self._until = loop.time() + timeout
+        self._wake_at = math.ceil(self._until / grain) * grain
+        hub._followers[self] = None
+        hub.wake_at(self._wake_at)
+        try:
+            await fut
+        finally:
+            if self._wake is fut:  # cancelled while following
+                self._unfollow()
+        return self._handed
+
+    def _push(self) -> bool:
+        """Hand the sink the frames after the cursor; False if this follower must stop."""
+        log = self.hub.log
+        if not log.covers(self.cursor):
+            return False  # next() says RESET
+        seqs, frames = log.since(self.cursor)
+        done = False
+        if self.task_id is not None:
+            end = self.hub.task_end_seq.get(self.task_id)
+            if end is not None and seqs[-1] >= end:
+                cut = next(i for i, s in enumerate(seqs) if s >= end) + 1
+                seqs, frames = seqs[:cut], frames[:cut]
+                done = True
+        sink = self._sink
+        assert sink is not None
+        if not sink.offer(frames):
+            return False  # next() takes them by the cursor
+        self.cursor = seqs[-1]
+        self._handed += len(frames)
+        if done:
+            self._done = True
+            return False
+        return True
+
+    def _unfollow(self) -> None:
+        """Stop following: write what the sink holds and wake the task."""
+        self.hub._followers.pop(self, None)
+        sink, fut = self._sink, self._wake
+        self._sink = self._wake = None
+        if sink is not None:
+            sink.flush()
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def skip_to(self, cursor: int) -> None:
         self.cursor = cursor
@@ -153,6 +279,10 @@ class Subscription:
                     return HEARTBEAT
                 hub.wake_at(math.ceil(deadline / grain) * grain)
             await hub.wait()
+
+
+# A timer may fire this much before its time (the loop's clock resolution).
+_EARLY = 0.002
 
 
 def _cap(frames: list[bytes], max_bytes: int) -> list[bytes]:
