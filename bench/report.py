@@ -48,6 +48,9 @@ class Report:
         self.checks: list[tuple[str, bool, str]] = []  # (target, met, measured)
         self.hard: set[str] = set()  # correctness targets: missing one fails the run
         self.started = time.strftime("%Y%m%d-%H%M%S")
+        # Paced sweeps: server -> C -> the rows of that step's runs, and the lag target.
+        self.capacity: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        self.capacity_target_ms = 0.0
 
     def column(self, key: str, heading: str) -> None:
         self.columns.append((key, heading))
@@ -97,6 +100,11 @@ class Report:
         json_path = stem.with_suffix(".json")
         json_path.write_text(json.dumps(data, indent=1, default=str))
         png = plot(self.timelines, stem.with_suffix(".png"), f"sessiond bench: {self.scenario}")
+        if self.capacity:
+            done = plot_capacity(self.capacity, self.capacity_target_ms, Path(f"{stem}-capacity.png"),
+                                 f"sessiond bench: {self.scenario}, paced: p99 lag and TTFT by C")
+            if done is not None:
+                console.print(f"capacity plot: {done}")
         return json_path, png
 
 
@@ -161,6 +169,39 @@ def plot(timelines: Sequence[Timeline], path: Path, title: str) -> Path | None:
     handles, _ = axes[0][0].get_legend_handles_labels()
     if handles:
         axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return path
+
+
+def plot_capacity(
+    capacity: dict[str, dict[int, list[dict[str, Any]]]], target_ms: float, path: Path, title: str
+) -> Path | None:
+    """p99 delivery lag and TTFT p99 against C, one line per server, the lag target drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    import statistics
+
+    fig, (ax_lag, ax_ttft) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, by_c in capacity.items():
+        cs = sorted(by_c)
+        for ax, key in ((ax_lag, "lag_p99_ms"), (ax_ttft, "ttft_p99_ms")):
+            pts = [(c, statistics.median(v)) for c in cs if (v := [r[key] for r in by_c[c] if r[key] is not None])]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+    ax_lag.axhline(target_ms, color="grey", linestyle="--", label=f"target {target_ms:g} ms")
+    for ax, label in ((ax_lag, "p99 delivery lag, ms"), (ax_ttft, "TTFT p99, ms")):
+        ax.set_xlabel("C (concurrent streams)")
+        ax.set_ylabel(label)
+        ax.set_yscale("symlog", linthresh=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=72)

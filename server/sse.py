@@ -19,6 +19,7 @@ from aiohttp import HttpVersion11, web
 
 from actors.core.events import AnyEvent, StreamClosed, StreamReset, encode_event
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
+from server.appkeys import WRITES
 from server.config import StreamsSection
 from server.sse_sink import TransportSink
 
@@ -113,7 +114,9 @@ async def stream_events(
         # Otherwise the first next() returns at once and the retry line goes with its batch.
         transport = request.transport
         sink = (
-            TransportSink(transport, chunked=resp.chunked, bound=settings.direct_write_bytes)
+            TransportSink(
+                transport, request.config_dict[WRITES], chunked=resp.chunked, bound=settings.direct_write_bytes
+            )
             if transport is not None and settings.direct_write_bytes > 0 and request.method == "GET"
             else None
         )

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", default="sessiond,reference", help="servers to drive: sessiond, reference")
     p.add_argument("--repeat", type=int, default=1, help="run each step this many times (servers alternate)")
     p.add_argument("--keep-admission", action="store_true", help="keep config.toml's [admission] limits")
+    p.add_argument("--lag-target-ms", type=float, default=50.0,
+                   help="paced runs: a step holds if its p99 delivery lag is below this, with no errors")
+    p.add_argument("--until-miss", action="store_true",
+                   help="paced runs: stop raising C once every target has missed the lag target at a step")
 
 
 async def run_load(
@@ -118,8 +122,13 @@ async def run(args: argparse.Namespace, report: Report) -> None:
             stack.push_async_callback(child.stop)
             stack.callback(remove_data, child)
         ratios: dict[int, list[float]] = {}
+        held: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in children}
         with progress() as prog:
             for c in levels:
+                if args.tps > 0 and args.until_miss and all(
+                    by_c and _missed(by_c[max(by_c)], args.lag_target_ms) for by_c in held.values()
+                ):
+                    break  # every server missed at the last step: higher C only takes longer
                 for rep in range(args.repeat):
                     spec = LoadSpec(
                         clients=c, messages=args.messages, duration=args.duration, ramp=args.ramp if c > 1 else 0,
@@ -131,6 +140,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
                         rows[name] = await run_load(child, tag, spec, report, prog, group=f"C={c}",
                                                     series=tag.split(" ")[0] + tag[len(f"{name} C={c}"):],
                                                     target=name, clients=c)
+                        held[name].setdefault(c, []).append(rows[name])
                     if "sessiond" in rows and "reference" in rows and rows["reference"]["events_per_s"]:
                         ratio = rows["sessiond"]["events_per_s"] / rows["reference"]["events_per_s"]
                         rows["sessiond"]["ratio"] = f"{ratio:.0%}"
@@ -140,9 +150,43 @@ async def run(args: argparse.Namespace, report: Report) -> None:
                         ok = lag is not None and lag < 50 and rows["sessiond"]["errors"] == 0
                         report.check(f"C={c} at 50 tok/s: p99 lag < 50 ms, no errors", ok,
                                      f"p99 {lag} ms, {rows['sessiond']['errors']} errors")
+        if args.tps > 0:
+            _capacity(args, report, held)
         for c, values in ratios.items():
             mid = statistics.median(values)
             runs = ", ".join(f"{v:.0%}" for v in values)
             report.notes.append(f"C={c}: sessiond/reference events/s, median of {len(values)}: {mid:.0%} ({runs})")
             if c == 100 and args.tps == 0:
                 report.check("C=100 unpaced >= 80% of the reference's events/s", mid >= 0.8, f"median {mid:.0%}")
+
+
+def _missed(rows: list[dict[str, Any]], target_ms: float) -> bool:
+    """Whether the runs of one step missed the lag target: median p99 lag, or any error."""
+    lags = [r["lag_p99_ms"] for r in rows]
+    if any(lag is None for lag in lags) or any(r["errors"] for r in rows):
+        return True
+    return bool(statistics.median(lags) >= target_ms)
+
+
+def _capacity(args: argparse.Namespace, report: Report, held: dict[str, dict[int, list[dict[str, Any]]]]) -> None:
+    """The largest C each server held (every step up to it below the lag target), side by side."""
+    best: dict[str, int] = {}
+    for name, by_c in held.items():
+        top = 0
+        for c in sorted(by_c):
+            if _missed(by_c[c], args.lag_target_ms):
+                break
+            top = c
+        best[name] = top
+        ttft = [r["ttft_p99_ms"] for r in by_c.get(top, []) if r["ttft_p99_ms"] is not None]
+        at = f", TTFT p99 there {statistics.median(ttft):.0f} ms" if ttft else ""
+        report.notes.append(
+            f"{name}: largest C with p99 lag < {args.lag_target_ms:g} ms and no errors at {args.tps:g} tokens/s, "
+            f"{args.reply_tokens}-token replies: {top or 'none of the steps'}{at}"
+        )
+    report.capacity = held
+    report.capacity_target_ms = args.lag_target_ms
+    if "sessiond" in best and "reference" in best and best["reference"]:
+        ratio = best["sessiond"] / best["reference"]
+        report.check("paced capacity, sessiond/reference >= 1.0", ratio >= 1.0,
+                     f"{best['sessiond']} / {best['reference']} = {ratio:.2f}")
