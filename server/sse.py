@@ -117,7 +117,7 @@ async def stream_events(
             TransportSink(
                 transport, request.config_dict[WRITES], chunked=resp.chunked, bound=settings.direct_write_bytes
             )
-            if transport is not None and settings.direct_write_bytes > 0 and request.method == "GET"
+            if transport is not None and settings.direct_write_bytes > 0 and request.method != "HEAD"
             else None
         )
         idle = False

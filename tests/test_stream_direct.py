@@ -171,11 +171,13 @@ async def test_a_reader_that_stops_reading_falls_back_and_comes_back(make_client
 async def test_a_task_stream_stops_at_its_own_end_when_the_next_task_follows_at_once(
     make_client: ClientFactory,
 ) -> None:
-    client = await make_client(simulated={"tokens_per_second": 300, "reply_tokens": 30})
+    client = await make_client(simulated={"tokens_per_second": 100, "reply_tokens": 30})
     s = await new_session(client)
     sid = s["id"]
     first = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "one", "stream": True})
     head = await read_until(first, "message.delta")
+    hub = _hub(client)
+    await _until(lambda: hub.followers == 1, "the task's own stream follows while the task runs")
     queued = asyncio.create_task(client.post(f"/v1/sessions/{sid}/messages?queue=true", json={"content": "two"}))
     rest = await read_until(first, "task.completed")
     # Nothing after the task's end, though the queued task's events come right behind it.
