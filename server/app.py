@@ -17,7 +17,7 @@ from actors.store.sqlite import SqliteStore
 from server import sse
 from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE, WRITES
+from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
 from server.logs import redact_parser_errors
@@ -29,7 +29,6 @@ from server.middleware.problem import problem_middleware
 from server.middleware.request_id import request_id_middleware
 from server.openapi import spec_bytes
 from server.preflight import prepare_data_dir
-from server.sse_sink import Flusher
 from server.table import ROUTES, add_routes
 
 __all__ = ["make_app", "make_cluster", "make_store"]
@@ -85,7 +84,6 @@ def make_app(config: Config) -> web.Application:
     redact_parser_errors()  # an over-long header line would put a key into the error log
     prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
-    app[WRITES] = Flusher()
     metrics = Metrics() if config.metrics.enabled else None
     if metrics is not None:
         app[METRICS] = metrics

@@ -22,7 +22,6 @@ from server.auth.ratelimit import Limiter
 from server.auth.tokens import TokenService
 from server.config import Config
 from server.metrics import Metrics
-from server.sse_sink import Flusher
 
 __all__ = [
     "ADMISSION",
@@ -39,7 +38,6 @@ __all__ = [
     "STORE",
     "TOKENS",
     "TOOLBOX",
-    "WRITES",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -58,7 +56,5 @@ ROUTER = web.AppKey("router", Router)
 # Load and observation.
 ADMISSION = web.AppKey("admission", Admission)
 METRICS = web.AppKey("metrics", Metrics)
-# The direct writes of caught-up streams, flushed once per loop iteration (server/sse_sink.py).
-WRITES = web.AppKey("writes", Flusher)
 # GET /openapi.json, encoded once from ROUTES when the app is made.
 OPENAPI = web.AppKey("openapi", bytes)

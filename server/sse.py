@@ -4,7 +4,7 @@ The core keeps each event as (seq, type, data), data being the event's JSON; ``f
 such an event goes on the wire, and the session's EventLog is given it so that an event is
 framed once, however many subscribers and replays send it. A stream writes one batch of
 queued frames per write, with heartbeats when there is nothing to send; once it is caught up,
-the producer writes its frames into the transport itself (server/sse_sink.py) until the stream
+the session writes its frames into the transport itself (server/sse_sink.py) until the stream
 falls behind, its transport congests, or a heartbeat or credential check is due.
 """
 
@@ -19,7 +19,6 @@ from aiohttp import HttpVersion11, web
 
 from actors.core.events import AnyEvent, StreamClosed, StreamReset, encode_event
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, EventStream
-from server.appkeys import WRITES
 from server.config import StreamsSection
 from server.sse_sink import TransportSink
 
@@ -114,9 +113,7 @@ async def stream_events(
         # Otherwise the first next() returns at once and the retry line goes with its batch.
         transport = request.transport
         sink = (
-            TransportSink(
-                transport, request.config_dict[WRITES], chunked=resp.chunked, bound=settings.direct_write_bytes
-            )
+            TransportSink(transport, chunked=resp.chunked, bound=settings.direct_write_bytes)
             if transport is not None and settings.direct_write_bytes > 0 and request.method != "HEAD"
             else None
         )

@@ -4,8 +4,9 @@ Both the in-process Subscription (actors/session/fanout.py) and the cluster's Re
 (actors/cluster/streams.py) implement ``EventStream``; the edge writes either the same way.
 
 A reader that is caught up may also hand its subscription a ``FrameSink`` (``follow``): the
-producer then writes each new event into the sink itself, in the loop iteration that emitted
-it, and the reader's task sleeps until the sink refuses, the stream ends or a heartbeat is due.
+session then writes new events into the sink itself, at the end of the loop iteration that
+emitted them, and the reader's task sleeps until the sink refuses, the stream ends or a
+heartbeat is due.
 """
 
 from __future__ import annotations
@@ -37,11 +38,8 @@ class FrameSink(Protocol):
     """Where a caught-up subscriber's frames go when the producer writes them (a transport)."""
 
     def offer(self, frames: list[bytes]) -> bool:
-        """Take ``frames`` to write after everything taken before, or refuse them all (the
-        transport is congested or closing): the subscriber then reads them by its cursor."""
-
-    def flush(self) -> None:
-        """Write whatever was taken and is not written yet, now."""
+        """Write ``frames`` now, or refuse them all (the transport is congested or closing):
+        the subscriber then reads them by its cursor."""
 
 
 class EventStream(Protocol):
@@ -66,5 +64,5 @@ class EventStream(Protocol):
     async def follow(self, sink: FrameSink, timeout: float) -> int | None:  # noqa: ASYNC109
         """If caught up, have the producer write new events into ``sink`` until the sink refuses,
         the stream ends or must reset, or ``timeout`` passes; then return how many events went
-        to the sink, everything taken flushed. None at once if not caught up (read ``next()``),
+        to the sink. None at once if not caught up (read ``next()``),
         or if this stream cannot be followed."""

@@ -15,8 +15,10 @@ one gets its heartbeat up to that rounding late.
 thousands of subscribers that was most of the cost of a delivery.)
 
 Direct writes. A subscriber that is caught up can ``follow`` with a FrameSink (its transport):
-it leaves the waiters and joins the hub's followers, and each ``notify()`` hands every follower
-the frames after its cursor, in the producer's own call, with no task woken per event. The
+it leaves the waiters and joins the hub's followers. The first ``notify()`` of a loop iteration
+schedules one call, at the end of that iteration, that hands every follower all the frames
+after its cursor: one write per follower per iteration however many events the producer
+emitted in it, a flag test per event, and no task woken per event. The
 follower's task sleeps until the sink refuses (a congested or closing transport), its task's
 stream ends, the log no longer covers it, the hub closes or its heartbeat is due; it then reads
 by its cursor again, which stands exactly after the last frame the sink took, and follows again
@@ -43,6 +45,7 @@ class Hub:
         "_beat_at",
         "_followers",
         "_purge_at",
+        "_pushing",
         "_waiters",
         "closed",
         "log",
@@ -64,6 +67,8 @@ class Hub:
         self._beat_at = 0.0
         # Subscriptions whose frames the producer writes (a dict: ordered, O(1) removal).
         self._followers: dict[Subscription, None] = {}
+        # The call that hands followers their frames, at most one pending per loop iteration.
+        self._pushing: asyncio.Handle | None = None
 
     @property
     def followers(self) -> int:
@@ -73,18 +78,8 @@ class Hub:
     def notify(self) -> None:
         """Hand new frames to every follower; wake every current waiter (later waiters wait
         for the next notify)."""
-        followers = self._followers
-        if followers:
-            last = self.log.last_seq
-            refused: list[Subscription] | None = None
-            for sub in followers:
-                if sub.cursor < last and not sub._push():
-                    if refused is None:
-                        refused = []
-                    refused.append(sub)
-            if refused is not None:
-                for sub in refused:
-                    sub._unfollow()
+        if self._followers and self._pushing is None:
+            self._pushing = asyncio.get_running_loop().call_soon(self._push_all)
         waiters = self._waiters
         if waiters:
             self._waiters = []
@@ -113,6 +108,20 @@ class Hub:
         self._beat_at = when
         self._beat = asyncio.get_running_loop().call_at(when, self._on_beat)
 
+    def _push_all(self) -> None:
+        """Hand each follower what was appended since its cursor, once per loop iteration."""
+        self._pushing = None
+        last = self.log.last_seq
+        refused: list[Subscription] | None = None
+        for sub in self._followers:
+            if sub.cursor < last and not sub._push():
+                if refused is None:
+                    refused = []
+                refused.append(sub)
+        if refused is not None:
+            for sub in refused:
+                sub._unfollow()
+
     def _on_beat(self) -> None:
         self._beat = None
         if self._followers:
@@ -131,6 +140,9 @@ class Hub:
             self._beat = None
         for sub in list(self._followers):
             sub._unfollow()
+        if self._pushing is not None:
+            self._pushing.cancel()
+            self._pushing = None
         self.notify()
 
     def subscribe(
@@ -237,12 +249,10 @@ class Subscription:
         return True
 
     def _unfollow(self) -> None:
-        """Stop following: write what the sink holds and wake the task."""
+        """Stop following: wake the task, which reads by its cursor again."""
         self.hub._followers.pop(self, None)
-        sink, fut = self._sink, self._wake
+        fut = self._wake
         self._sink = self._wake = None
-        if sink is not None:
-            sink.flush()
         if fut is not None and not fut.done():
             fut.set_result(None)
 
