@@ -36,6 +36,7 @@ __all__ = [
     "RoutingSection",
     "ServerSection",
     "SessionsSection",
+    "SharesSection",
     "SimulatedSection",
     "StoreSection",
     "StreamsSection",
@@ -246,8 +247,16 @@ class LimitsSection(_Section):
     guest_tokens_per_day: int = 100_000
     # Model tokens reserved for an answer when its message is admitted (with the prompt's estimate).
     reserve_reply_tokens: int = 1024
+    # Share links are opened without a credential: counted per client address (0 = no limit).
+    share_views_per_hour: int = 600
+    share_views_per_day: int = 5000
     keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
+
+
+class SharesSection(_Section):
+    max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 20
+    link_base: str = ""  # "" = the scheme and Host of the request that made the link
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -271,6 +280,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     agents: dict[str, AgentSection] = msgspec.field(default_factory=dict)
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    shares: SharesSection = msgspec.field(default_factory=SharesSection)
 
     @property
     def data_dir(self) -> Path:

@@ -35,6 +35,7 @@ from actors.core.records import (
 )
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
+from actors.store import shares_postgres
 from actors.store.batching import GroupCommitter, Rows
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.search_postgres import search_sessions
@@ -45,6 +46,7 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
@@ -89,6 +91,7 @@ _DELETES = [
     "DELETE FROM messages WHERE session_id = $1",
     "DELETE FROM checkpoints WHERE session_id = $1",
     "DELETE FROM events WHERE session_id = $1",
+    shares_postgres.DELETE_SHARES,
     "DELETE FROM sessions WHERE id = $1",
 ]
 _MIGRATION_LOCK = 0x5E55_10D  # advisory lock id: one node migrates at a time
@@ -378,6 +381,20 @@ class PostgresStore:
             "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", when, key_id
         )
         return changed > 0
+
+    # -- share links: made in a transaction of their own (the bound per session is checked in it)
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        return await self._transaction(lambda conn: shares_postgres.put_share(conn, share, limit, now))
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        return await shares_postgres.share_by_hash(self._fetch, token_hash, now)
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        return await shares_postgres.list_shares(self._fetch, session_id, now)
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        return await shares_postgres.delete_share(self._execute, session_id, share_id)
 
     # -- agents, documents and usage per end user ----------------------------------------------
 

@@ -29,6 +29,7 @@ from actors.core.records import (
 )
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
+from actors.store import shares_sqlite
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
@@ -39,6 +40,7 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
@@ -79,6 +81,7 @@ _DELETES = [
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
     "DELETE FROM events WHERE session_id = ?",
+    shares_sqlite.DELETE_SHARES,
     "DELETE FROM sessions WHERE id = ?",
 ]
 
@@ -266,6 +269,21 @@ class SqliteStore:
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id)
         )
         return changed > 0
+
+    # -- share links: made in a transaction of their own (the bound per session is checked in
+    # it), revoked on a connection of their own, like the API keys.
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        return await self._transaction(lambda db: shares_sqlite.put_share(db, share, limit, now))
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        return await shares_sqlite.share_by_hash(self._all, token_hash, now)
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        return await shares_sqlite.list_shares(self._all, session_id, now)
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        return await shares_sqlite.delete_share(self._write_one, session_id, share_id)
 
     # -- agents, documents and usage per end user: rare writes, each on a connection of its own
     # (like the API keys), so they never join a group-commit batch.

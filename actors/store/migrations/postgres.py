@@ -131,4 +131,16 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS sessions_title_search
         ON sessions USING GIN (to_tsvector('simple'::regconfig, COALESCE(body->>'title', '')));
     """,
+    # share links, as SQLite's step of the same name.
+    """
+    CREATE TABLE IF NOT EXISTS shares (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT COLLATE "C" NOT NULL,
+        expires_at DOUBLE PRECISION,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
+    """,
 ]

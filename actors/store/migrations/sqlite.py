@@ -202,4 +202,17 @@ MIGRATIONS: list[str] = [
     INSERT INTO session_titles (session_id, title)
         SELECT id, json_extract(body, '$.title') FROM sessions WHERE json_extract(body, '$.title') IS NOT NULL;
     """,
+    # share links: read-only links to a session's conversation, each known only by the hash of
+    # its token; they go with their session (in the same transaction as its delete).
+    """
+    CREATE TABLE IF NOT EXISTS shares (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        expires_at REAL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
+    """,
 ]
