@@ -118,10 +118,11 @@ async def test_every_route_against_every_credential(make_client: ClientFactory) 
             for kind, headers in hostile.items():
                 path = _path(canonical, a["id"])
                 status, ctype, text = await _call(http, method, path, headers, _body(canonical, a["id"], b["id"]))
+                want: set[int] | None
                 if by_path:
-                    want: set[int] | None = {404}
+                    want = {404}
                 elif kind in ("none", "bad key", "bad client secret", "expired token"):
-                    want: set[int] | None = {401}
+                    want = {401}
                 elif kind == "refresh token as access token":
                     want = {200} if is_refresh else {401}  # the one place it belongs
                 elif kind == "token of another session":
