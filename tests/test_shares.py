@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -209,6 +210,15 @@ async def test_only_the_sessions_writers_make_list_and_revoke_links(make: Maker)
     await _ok(await client.post(f"/v1/sessions/{sid}/shares", headers=alice), 201)
 
 
+async def test_the_bound_holds_when_links_are_made_at_once(make: Maker) -> None:
+    client = await make(shares={"max_per_session": 2})
+    s = await new_session(client)
+    answers = await asyncio.gather(*(client.post(f"/v1/sessions/{s['id']}/shares") for _ in range(8)))
+    assert sorted(r.status for r in answers) == [201, 201] + [409] * 6
+    listed = await _ok(await client.get(f"/v1/sessions/{s['id']}/shares"))
+    assert len(listed["items"]) == 2
+
+
 async def test_continue_a_shared_conversation_as_a_copy(make: Maker) -> None:
     client = await make()
     alice = {"X-End-User-ID": "alice"}
@@ -238,7 +248,21 @@ async def test_continue_a_shared_conversation_as_a_copy(make: Maker) -> None:
 
 
 async def test_share_views_are_counted_per_address(make_client: ClientFactory) -> None:
-    client = await make_client(limits={"share_views_per_hour": 3})
+    await _views_are_counted(await make_client(limits={"share_views_per_hour": 3}))
+
+
+async def test_share_views_are_counted_in_redis_across_servers(
+    make_client: ClientFactory, redis_url: str, tmp_path: Path
+) -> None:
+    sections: dict[str, Any] = {"limits": {"share_views_per_hour": 3, "backend": "redis"}, "redis": {"url": redis_url}}
+    first = await make_client(**sections)
+    await _views_are_counted(first)
+    # Another server on the same Redis (and its own database): the address is as full there.
+    other = await make_client(tmp_path / "other", **sections)
+    assert (await _view(other, "sh_" + "D" * 43)).status == 429
+
+
+async def _views_are_counted(client: Client) -> None:
     s = await new_session(client)
     link = await _ok(await client.post(f"/v1/sessions/{s['id']}/shares"), 201)
     assert (await _view(client, link["token"])).status == 200
