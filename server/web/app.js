@@ -1032,7 +1032,7 @@ function wire() {
     openSession(sessionFromHash()).then(() => loadSessions()).catch(reportError);
   });
 
-  search = wireSearch({ keyFetch, current: () => chat?.id ?? null });
+  search = wireSearch({ keyFetch, current: () => chat?.id ?? null, onClear: renderSessions });
 
   $("#share").addEventListener("click", async () => {
     if (!chat) return;

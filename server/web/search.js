@@ -30,8 +30,9 @@ function hitItem(hit, current) {
       marked(snippet.text)))));
 }
 
-// keyFetch: the page's fetch with the API key; current(): the session open now.
-export function wireSearch({ keyFetch, current }) {
+// keyFetch: the page's fetch with the API key; current(): the session open now; onClear(): the
+// session list is shown again.
+export function wireSearch({ keyFetch, current, onClear }) {
   const input = $("#search-input");
   let asked = 0;
   let timer = null;
@@ -42,8 +43,11 @@ export function wireSearch({ keyFetch, current }) {
     results.hidden = !searching;
     $("#session-list").hidden = searching;
     $("#sessions-heading").textContent = searching ? "Search results" : "Sessions";
-    if (searching) $("#more-sessions").hidden = true;
-    if (!searching) return;
+    if (!searching) {
+      onClear();
+      return;
+    }
+    $("#more-sessions").hidden = true;
     results.replaceChildren(...items.map((hit) => hitItem(hit, current())));
     if (!items.length) results.append(h("li", { class: "muted empty-note" }, `No session holds “${q}”.`));
   }
