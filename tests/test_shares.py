@@ -272,6 +272,8 @@ async def _views_are_counted(client: Client) -> None:
     assert over.status == 429 and int(over.headers["Retry-After"]) >= 1
     problem = await over.json()
     assert problem["code"] == "rate_limited" and "share_views_per_hour" in problem["detail"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'sessiond_rate_limit_rejections_total{limit="share_views_per_hour"} 1.0' in metrics
 
 
 def test_access_logs_never_carry_a_share_token() -> None:
