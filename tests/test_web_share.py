@@ -17,7 +17,18 @@ from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, Request, expect
 
 from tests.conftest import TEST_KEY, new_session
-from tests.test_web import BRISK, Tabs, make_client, messages, open_chat, send, shared_chromium, tabs, wait_done
+from tests.test_web import (
+    BRISK,
+    Tabs,
+    make_client,
+    messages,
+    open_chat,
+    screenshot,
+    send,
+    shared_chromium,
+    tabs,
+    wait_done,
+)
 from tests.web_browser import ServerFactory
 
 __all__ = ["make_client", "shared_chromium", "tabs"]  # the fixtures, shared with test_web
@@ -72,6 +83,7 @@ async def test_a_share_link_reads_only_and_continues_as_a_copy(make_client: Serv
     assert await stranger.evaluate("window.__pwned") is None
     page_text = await stranger.locator("#shared").inner_text()
     assert "SYSPROMPT-zebra" not in page_text and "META-walrus" not in page_text and sid not in page_text
+    await screenshot(stranger, "shared-conversation.png")
     api_calls = [r for r in sent if "/v1/" in r.url]
     assert [r.url.split("?")[0].rsplit("/", 1)[0] for r in api_calls] == [str(client.make_url("/v1/shares"))]
     assert not any("x-api-key" in r.headers or "authorization" in r.headers for r in api_calls)
