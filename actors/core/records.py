@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 
 _enc = msgspec.json.Encoder()
@@ -27,6 +28,7 @@ __all__ = [
     "PutEvent",
     "PutMessage",
     "PutSession",
+    "PutSummary",
     "RemoveSession",
     "RunningTask",
     "SessionQuery",
@@ -136,6 +138,7 @@ class LoadedSession(msgspec.Struct):
     checkpoints: list[Checkpoint]
     events: list[StoredEvent]  # the newest durable events, oldest first
     max_seq: int  # the highest durable event id
+    summaries: list[ContextSummary] = msgspec.field(default_factory=list)  # hidden nodes, oldest first
 
 
 class PutSession(msgspec.Struct):
@@ -177,13 +180,26 @@ class PutEvent(msgspec.Struct):
     event: StoredEvent
 
 
+class PutSummary(msgspec.Struct):
+    """Upsert of a hidden summary node, and removal of those of the session it replaces."""
+
+    session_id: str
+    id: str
+    body: bytes
+    drop: list[str] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def of(cls, session_id: str, summary: ContextSummary, drop: list[str] | None = None) -> PutSummary:
+        return cls(session_id, summary.id, _enc.encode(summary), drop or [])
+
+
 class RemoveSession(msgspec.Struct):
     """Removal of a session with everything it holds."""
 
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession
 
 
 class SessionQuery(msgspec.Struct):
