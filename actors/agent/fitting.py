@@ -27,7 +27,7 @@ from actors.agent.tokens import TokenCounter
 from actors.agent.windows import RouteLimits
 from actors.core.summary import ContextSummary, path_digest
 
-__all__ = ["ContextOverflowError", "Fitter", "SummaryPlan", "summary_message", "summary_prompt"]
+__all__ = ["SUMMARY_PREFIX", "ContextOverflowError", "Fitter", "SummaryPlan", "summary_message", "summary_prompt"]
 
 SUMMARY_PREFIX = "Summary of the earlier conversation"
 
