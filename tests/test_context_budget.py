@@ -20,6 +20,7 @@ from actors.agent.tokens import ENCODING_SOURCES, TokenCounter, Tokenizers, cach
 from actors.agent.windows import ProviderLimits, RouteLimits, Windows
 from actors.core.summary import ContextSummary
 from actors.store.tables import RouteEntry
+from server.appkeys import STORE
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import PROMPT_TOKENS_PER_MESSAGE, FakeOpenAI, converse
 from tests.pg import database
@@ -189,10 +190,34 @@ async def test_summarize_asks_once_reuses_the_hidden_summary_and_keeps_it_across
     # After a restart the stored summary is used again.
     await client.close()
     client = await make_client(tmp_path / "data", **sections)
-    await _send(client, sid, "third new question")
+    third_out = await _send(client, sid, "third new question")
     assert sum(_is_summary_call(b) for b in model.requests) == 1
     third = _answer_calls(model)[-1]["messages"]
     assert third[0]["content"] == summary_text and third[-1]["content"] == "third new question"
+
+    # An edit of the newest question is a branch through the same older turns: same summary.
+    question = third_out["message"]["parent_id"]
+    edited = await _ok(await client.post(f"/v1/sessions/{sid}/messages/{question}/edit",
+                                         json={"content": "third question, edited"}))
+    assert edited["status"] == "completed"
+    assert sum(_is_summary_call(b) for b in model.requests) == 1
+    branch = _answer_calls(model)[-1]["messages"]
+    assert branch[0]["content"] == summary_text and branch[-1]["content"] == "third question, edited"
+    # An edit of an old question leaves that path: the summary is not its own (and the short
+    # branch fits whole).
+    await _ok(await client.post(f"/v1/sessions/{sid}/messages/msg_u5/edit", json={"content": "question five?"}))
+    assert sum(_is_summary_call(b) for b in model.requests) == 1
+    old = [m["content"] for m in _answer_calls(model)[-1]["messages"]]
+    assert old == [*_path_texts(5), "question five?"]
+
+    # The summary is kept with its session, and goes with it.
+    store = client.app[STORE]
+    loaded = await store.load_session(sid, events=10)
+    assert loaded is not None and [s.content for s in loaded.summaries] == [summary_text.split(": ", 1)[1]]
+    assert (await client.delete(f"/v1/sessions/{sid}")).status == 204
+    await _long_session(client, sid)  # the same id again: a new session, with nothing hidden
+    again = await store.load_session(sid, events=10)
+    assert again is not None and again.summaries == []
     await client.close()
 
 
@@ -232,7 +257,7 @@ def test_models_are_counted_with_their_own_encoding_or_estimated() -> None:
 def test_the_o200k_source_is_the_one_tiktoken_itself_would_fetch() -> None:
     """Our cache file name and hash must match the installed tiktoken's, or a cached file
     would not be found (and tiktoken would try to download)."""
-    from tiktoken_ext import openai_public
+    from tiktoken_ext import openai_public  # type: ignore[import-untyped]
 
     consts = {i.argval for i in dis.get_instructions(openai_public.o200k_base) if isinstance(i.argval, str)}
     url, digest = ENCODING_SOURCES["o200k_base"]
@@ -275,12 +300,31 @@ def test_a_summary_is_valid_for_its_own_path_prefix_only() -> None:
     again = Fitter([], _path(40), limits=limits, counter=counter)
     assert again.summarize([summary], 60) is None and again.summary == summary
     sent = again.messages()
-    assert sent[0].content.startswith("Summary of the earlier conversation") and sent[-1].content == "the newest question"
+    assert sent[0].content.startswith("Summary of the earlier conversation")
+    assert sent[-1].content == "the newest question"
     # The same ids with an older message changed (another prefix): it is not used.
     changed = _path(40)
     changed[2] = ("u1", ModelMessage(role="user", content="an edited question"))
     other = Fitter([], changed, limits=limits, counter=counter)
     assert other.summarize([summary], 60) is not None and other.summary is None
+
+
+def test_a_new_summary_builds_on_the_previous_one_once_the_newer_turns_outgrow_it() -> None:
+    limits = RouteLimits(window=400, reserve=50, model="x")
+    counter = TokenCounter()
+    fitter = Fitter([], _path(40), limits=limits, counter=counter)
+    plan = fitter.summarize([], 60)
+    assert plan is not None
+    first = ContextSummary(id="sum_1", through_id=plan.through_id, digest=plan.digest, content="the first part",
+                           created_at="2026-01-01T00:00:00Z", covered=plan.covered)
+    # Twenty turns later the messages after it no longer fit beside it.
+    longer = Fitter([], _path(60), limits=limits, counter=counter)
+    again = longer.summarize([first], 60)
+    assert again is not None and again.previous == "the first part"
+    assert again.covered > first.covered and again.through_id != first.through_id
+    # It covers the turns after the first summary, not those the first one stands for.
+    texts = [m.content for m in again.messages]
+    assert texts and all(not t.startswith(("question 0 ", "answer 0 ")) for t in texts)
 
 
 def test_the_newest_turn_alone_too_big_is_refused() -> None:

@@ -41,7 +41,7 @@ class _Group(msgspec.Struct):
 
     node_id: str | None
     messages: list[ModelMessage]
-    tokens: int
+    tokens: int = -1  # counted when first needed: a long history is counted only as far back as fits
 
     @property
     def is_answer(self) -> bool:
@@ -102,12 +102,10 @@ class Fitter:
         self._tools = sum(counter.count(msgspec.json.encode(t.as_function()).decode()) for t in tools)
         self.groups: list[_Group] = []
         for node_id, message in path:
-            tokens = self.tokens(message)
             if self.groups and node_id is not None and self.groups[-1].node_id == node_id:
                 self.groups[-1].messages.append(message)
-                self.groups[-1].tokens += tokens
             else:
-                self.groups.append(_Group(node_id, [message], tokens))
+                self.groups.append(_Group(node_id, [message]))
         self.start = 0  # the first group sent
         self.summary: ContextSummary | None = None
         self.dropped = 0  # messages of the path left out
@@ -118,6 +116,12 @@ class Fitter:
             n += self.counter.count(call.name) + self.counter.count(call.arguments)
         return n
 
+    def _count(self, i: int) -> int:
+        group = self.groups[i]
+        if group.tokens < 0:
+            group.tokens = sum(self.tokens(m) for m in group.messages)
+        return group.tokens
+
     def room(self, tail: Sequence[ModelMessage] = ()) -> int:
         """Tokens the path may take beside the head, the tail, the tools and the answer."""
         fixed = sum(self.tokens(m) for m in [*self.head, *tail]) + self._tools + TokenCounter.message_overhead()
@@ -126,24 +130,33 @@ class Fitter:
     def _suffix_start(self, room: int, floor: int) -> int:
         """The first group of the longest suffix (from ``floor`` on) that fits ``room``, never
         starting at an answer; ``len(groups) - 1`` (the newest turn) at the least."""
+        if not self.groups:
+            return 0
         total, start = 0, len(self.groups)
         for i in range(len(self.groups) - 1, floor - 1, -1):
-            if total + self.groups[i].tokens > room:
+            if total + self._count(i) > room:
                 break
-            total += self.groups[i].tokens
+            total += self._count(i)
             start = i
         last = len(self.groups) - 1
         while start < last and self.groups[start].is_answer:
             start += 1
         return min(start, last)
 
-    def _path_tokens(self, start: int) -> int:
-        return sum(g.tokens for g in self.groups[start:])
+    def _fits(self, start: int, room: int) -> bool:
+        """Whether the path from group ``start`` on fits ``room`` (counted newest first, only
+        as far as needed)."""
+        total = 0
+        for i in range(len(self.groups) - 1, start - 1, -1):
+            total += self._count(i)
+            if total > room:
+                return False
+        return True
 
     def _check_newest(self, room: int) -> None:
         if not self.groups:
             return
-        need = self.groups[-1].tokens
+        need = self._count(len(self.groups) - 1)
         if need > room:
             raise ContextOverflowError(
                 f"the newest message needs {need} tokens, more than the {max(room, 0)} the model's context"
@@ -154,7 +167,7 @@ class Fitter:
         room = self.room(tail)
         self._check_newest(room)
         if self.summary is not None:
-            if self._path_tokens(self.start) + self.tokens(summary_message(self.summary)) <= room:
+            if self._fits(self.start, room - self.tokens(summary_message(self.summary))):
                 return
         self.summary = None
         self.start = max(self.start, self._suffix_start(room, 0))
@@ -174,7 +187,7 @@ class Fitter:
         that fits, else the summary to write (then call ``use``)."""
         room = self.room()
         self._check_newest(room)
-        if self._path_tokens(0) <= room:
+        if self._fits(0, room):
             return None
         best: tuple[int, ContextSummary] | None = None
         for s in known:
@@ -184,7 +197,7 @@ class Fitter:
                     best = (i, s)
         if best is not None:
             i, s = best
-            if self.tokens(summary_message(s)) + self._path_tokens(i + 1) <= room:
+            if self._fits(i + 1, room - self.tokens(summary_message(s))):
                 self.use(s, i + 1)
                 return None
         # Room for the summary itself, then half of what is left for the newest messages.
@@ -198,9 +211,9 @@ class Fitter:
         # What one call to the model can take: its window less the answer and the instruction.
         call_room = self.limits.window - summary_tokens - 200 - self.counter.count(previous)
         first, total = start, 0
-        while first > floor and total + self.groups[first - 1].tokens <= call_room:
+        while first > floor and total + self._count(first - 1) <= call_room:
             first -= 1
-            total += self.groups[first].tokens
+            total += self._count(first)
         if first == start:
             self.truncate()
             return None
