@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -85,7 +84,7 @@ def setup_agents(
     ``measure`` wraps each provider so its calls are timed and counted (the metrics hook).
     """
     ctx = config.context
-    tokenizers = Tokenizers(Path(ctx.tokenizer_dir) if ctx.tokenizer_dir else config.data_dir / "tiktoken")
+    tokenizers = Tokenizers(config.tokenizer_dir)
     counter = tokenizers.default
     docs = config.documents
     unknown = [t for t in docs.allowed_types if t not in KINDS]

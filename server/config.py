@@ -290,6 +290,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def data_dir(self) -> Path:
         return Path(self.server.data_dir)
 
+    @property
+    def tokenizer_dir(self) -> Path:
+        """Where tiktoken encodings that do not ship with sessiond are read from."""
+        return Path(self.context.tokenizer_dir) if self.context.tokenizer_dir else self.data_dir / "tiktoken"
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which setting and why."""
