@@ -105,27 +105,53 @@ def _sent_tokens(messages: list[dict[str, Any]]) -> int:
 async def test_truncate_keeps_the_newest_turns_and_drops_the_oldest(make_client: ClientFactory,
                                                                      model: FakeOpenAI) -> None:
     client = await make_client(**_sections(model, "truncate"))
-    sid = await _long_session(client, "ses_long")
+    doc = _export("ses_long", TURNS)
+    doc["session"]["system_prompt"] = "You answer in one short sentence."
+    sid = (await _ok(await client.post("/v1/sessions/import", json=doc), 201))["id"]
     out = await _send(client, sid, "the newest question")
 
     sent = model.requests[-1]["messages"]
-    texts = [m["content"] for m in sent]
+    # The system prompt always stays, first.
+    assert sent[0] == {"role": "system", "content": "You answer in one short sentence."}
+    texts = [m["content"] for m in sent[1:]]
     path = [*_path_texts(TURNS), "the newest question"]
     # A suffix of the conversation, in order and intact, ending with the newest message...
     assert texts[-1] == "the newest question"
     assert texts == path[-len(texts):]
     # ...that starts with a question, not an answer without its question...
-    assert sent[0]["role"] == "user" and texts[0].startswith("question ")
+    assert sent[1]["role"] == "user" and texts[0].startswith("question ")
     # ...and the oldest turns are gone, all that fits is there.
     assert 20 < len(texts) < len(path)
     assert "question 0: what about item 0 of the list?" not in texts
     assert _sent_tokens(sent) <= WINDOW - RESERVE
-    assert _sent_tokens([{"content": path[-len(texts) - 1]}, *sent]) > WINDOW - RESERVE - 40
+    assert _sent_tokens([{"content": path[-len(texts) - 1]}, *sent]) > WINDOW - RESERVE - 40  # no room was wasted
     # usage reports what was sent: the fitted prompt, as the model counted it.
     assert out["usage"]["prompt"] == PROMPT_TOKENS_PER_MESSAGE * len(sent)
     # Nothing was deleted: the session still holds every message.
     page = await _ok(await client.get(f"/v1/sessions/{sid}/messages", params={"limit": "500"}))
     assert len(page["items"]) == 2 * TURNS + 2
+
+
+async def test_tool_calls_and_results_of_the_answer_are_kept_within_the_window(
+    make_client: ClientFactory, model: FakeOpenAI
+) -> None:
+    client = await make_client(**_sections(model, "truncate"))
+    doc = _export("ses_tools", TURNS)
+    doc["session"]["tools"] = ["calculator"]
+    await _ok(await client.post("/v1/sessions/import", json=doc), 201)
+    model.tool_call = ("calculator", '{"expression": "6*7"}')
+    out = await _send(client, "ses_tools", "what is six times seven?")
+    assert "42" in out["message"]["content"]
+
+    first, second = model.requests[-2]["messages"], model.requests[-1]["messages"]
+    # The second round sends what the answer added (the call and its result) after the newest
+    # question, and fewer older turns to make room for them.
+    assert [m["role"] for m in second[-3:]] == ["user", "assistant", "tool"]
+    assert second[-3]["content"] == "what is six times seven?" and second[-1]["content"] == "42"
+    assert second[0]["role"] == "user" and len(second) - 2 <= len(first)
+    assert [m["content"] for m in second[:-2]] == [m["content"] for m in first][-(len(second) - 2):]
+    tools = TokenCounter().count(str(model.requests[-1]["tools"]))
+    assert _sent_tokens(second) + tools <= WINDOW - RESERVE + 20
 
 
 async def test_a_newest_message_too_big_for_the_window_fails_the_task_with_the_reason(

@@ -153,19 +153,21 @@ class Fitter:
                 return False
         return True
 
-    def _check_newest(self, room: int) -> None:
+    def _check_newest(self, room: int, tail: Sequence[ModelMessage] = ()) -> None:
         if not self.groups:
             return
         need = self._count(len(self.groups) - 1)
         if need > room:
+            added = sum(self.tokens(m) for m in tail)
+            besides = f", beside the {added} of the answer's tool calls and results so far" if tail else ""
             raise ContextOverflowError(
                 f"the newest message needs {need} tokens, more than the {max(room, 0)} the model's context"
-                f" window of {self.limits.window} leaves for it (with {self.reserve} kept for the answer)"
+                f" window of {self.limits.window} leaves for it (with {self.reserve} kept for the answer{besides})"
             )
 
     def truncate(self, tail: Sequence[ModelMessage] = ()) -> None:
         room = self.room(tail)
-        self._check_newest(room)
+        self._check_newest(room, tail)
         if self.summary is not None:
             if self._fits(self.start, room - self.tokens(summary_message(self.summary))):
                 return
