@@ -163,6 +163,11 @@ class AgentRunner:
                     usage = usage + summary.usage
                     yield SummaryChunk(summary)
                     fitter.use(summary, fitter.start)
+        if fitter.dropped:
+            log.debug(
+                "session %s: %d older messages %s to fit the context window of %d tokens",
+                request.session_id, fitter.dropped, "summarised" if fitter.summary else "left out", limits.window,
+            )
         # What the turn itself adds (a resumed answer, tool calls and results) is never dropped.
         messages: list[ModelMessage] = []
         if request.resume is not None:
