@@ -27,6 +27,7 @@ from server.webhooks import endpoints_of
 from tests.conftest import HEADERS, ClientFactory, make_config, new_session
 from tests.pg import database
 from tests.sse import read_until
+from tests.test_openapi import _Spec
 
 Client = TestClient[Any, Any]
 
@@ -191,6 +192,11 @@ async def test_the_deliveries_route_shows_failures_with_their_last_error(
     # The redirect was not followed: /elsewhere (the same receiver) never heard of it.
     assert len(rx.got) == 2 and all(g.headers["webhook-id"] == broken["id"] for g in rx.got)
     assert broken["event_type"] == "task.completed" and broken["session_id"] == s["id"]
+
+    # The answer is what the OpenAPI document says it is.
+    spec = _Spec(await (await client.get("/openapi.json")).json())
+    resp = await client.get("/v1/webhooks/deliveries")
+    spec.validate("GET", "/v1/webhooks/deliveries", resp.status, resp.headers["Content-Type"], await resp.json())
 
     # Filters and pages.
     assert [d["endpoint"] for d in (await deliveries(client, endpoint="moved"))["items"]] == ["moved"]
