@@ -365,3 +365,30 @@ def test_endpoints_are_checked_when_the_server_starts(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=words):
             load(**bad)
+
+
+def test_namespaces_and_agents_choose_the_sessions_an_endpoint_hears_of() -> None:
+    from actors.core.events import MessageCompleted, TaskCompleted, TaskFailed
+    from actors.core.records import SessionRecord
+    from actors.core.tree import Node, Usage
+    from actors.core.webhooks import Outbox, WebhookEndpoint
+
+    outbox = Outbox([
+        WebhookEndpoint("support", "http://x/", KEY, namespaces=frozenset({"support"})),
+        WebhookEndpoint("triage", "http://x/", KEY, agents=frozenset({"triage"}), events=frozenset({"task.failed"})),
+        WebhookEndpoint("default-agent", "http://x/", KEY, agents=frozenset({"default"})),
+    ])
+
+    def heard(record: SessionRecord, *events: Any) -> list[str]:
+        return sorted(r.endpoint for r in outbox.for_events(record, events, range(1, len(events) + 1)))
+
+    reply = Node("msg_r", "msg_u", "assistant", "hi", "2026-12-01T00:00:00Z")
+    done = (MessageCompleted("tsk_1", reply, Usage(1, 2, 3), "sim"), TaskCompleted("tsk_1"))
+    plain = SessionRecord("ses_a", "default", "t", "t")
+    assert heard(plain, *done) == ["default-agent"]
+    assert heard(SessionRecord("ses_b", "support", "t", "t", agent_id="triage"), *done) == ["support"]
+    assert heard(SessionRecord("ses_c", "other", "t", "t", agent_id="triage"), TaskFailed("tsk_2", "x")) == ["triage"]
+    row = outbox.for_events(plain, done, [7, 8])[0]
+    body = msgspec.json.decode(row.body)
+    assert body["type"] == "task.completed" and body["data"]["event_id"] == 8
+    assert body["data"]["message_id"] == "msg_r" and body["data"]["usage"] == {"prompt": 1, "completion": 2, "total": 3}

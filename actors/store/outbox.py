@@ -19,6 +19,7 @@ from actors.core.webhooks import Delivery, DeliveryQuery, EndpointHealth
 __all__ = [
     "CLAIM",
     "CLAIM_PG",
+    "DUE_ANY",
     "FINISH",
     "HEALTH",
     "INSERT_DELIVERY",
@@ -47,6 +48,10 @@ _CLAIM = (
     "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({due})"
     f" RETURNING {_COLUMNS}, body"
 )
+DUE_ANY = (
+    "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND lease_until <= ? LIMIT 1"
+)
+"""Whether any row is due (parameters: now, now): a read, before a claim takes the write lock."""
 CLAIM = _CLAIM.format(due=_DUE)
 """Parameters: owner, lease_until, now, now, limit."""
 CLAIM_PG = _CLAIM.format(due=_DUE + " FOR UPDATE SKIP LOCKED")

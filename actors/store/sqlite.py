@@ -497,6 +497,11 @@ class SqliteStore:
     # transaction of their own (BEGIN IMMEDIATE), like the token writes above.
 
     async def claim_deliveries(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        # Polled every [webhooks] poll_seconds: a read on the reader first, so an outbox with
+        # nothing due never takes the write lock.
+        if not await self._all(outbox.DUE_ANY, (now, now)):
+            return []
+
         async def claim(db: aiosqlite.Connection) -> list[Delivery]:
             rows = await self._rows(db, outbox.CLAIM, (owner, now + lease_seconds, now, now, limit))
             return [outbox.delivery_of(r) for r in rows]
