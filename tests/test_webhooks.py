@@ -25,8 +25,9 @@ from actors.store.sqlite import SqliteStore
 from server.config import ConfigError
 from server.webhooks import endpoints_of
 from tests.conftest import HEADERS, ClientFactory, make_config, new_session
-from tests.pg import database
+from tests.pg import create_database, database, drop_database
 from tests.sse import read_until
+from tests.test_cluster import _nodes
 from tests.test_openapi import _Spec
 
 Client = TestClient[Any, Any]
@@ -392,3 +393,69 @@ def test_namespaces_and_agents_choose_the_sessions_an_endpoint_hears_of() -> Non
     body = msgspec.json.decode(row.body)
     assert body["type"] == "task.completed" and body["data"]["event_id"] == 8
     assert body["data"]["message_id"] == "msg_r" and body["data"]["usage"] == {"prompt": 1, "completion": 2, "total": 3}
+
+
+@pytest.fixture
+async def cluster(redis_url: str) -> AsyncIterator[dict[str, str]]:
+    """Cluster mode for server processes: a fresh PostgreSQL database, our Redis database."""
+    dsn = await create_database()
+    try:
+        yield {
+            "SESSIOND_STORE_KIND": "postgres",
+            "SESSIOND_STORE_POSTGRES_DSN": dsn,
+            "SESSIOND_FANOUT_KIND": "redis",
+            "SESSIOND_REDIS_URL": redis_url,
+            "SESSIOND_CLUSTER_PREFIX": f"t{os.urandom(4).hex()}",
+            "SESSIOND_TOKENS_SECRET": base64.urlsafe_b64encode(os.urandom(48)).decode(),
+        }
+    finally:
+        await drop_database(dsn)
+
+
+@pytest.mark.slow
+async def test_in_a_cluster_each_delivery_is_made_by_one_node_at_a_time(
+    server_process: Any, cluster: dict[str, str], tmp_path: Path, aiohttp_server: Any
+) -> None:
+    seen: dict[str, int] = {}
+    done = asyncio.Event()
+    sessions = 30
+
+    async def once_failing(request: web.Request) -> web.Response:
+        await request.read()
+        wid = request.headers["webhook-id"]
+        seen[wid] = seen.get(wid, 0) + 1
+        if sum(1 for n in seen.values() if n >= 2) >= sessions:
+            done.set()
+        return web.Response(status=503 if seen[wid] == 1 else 200)  # each one fails once
+
+    app = web.Application()
+    app.router.add_post("/hook", once_failing)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/hook"))
+    hooks = {
+        "SESSIOND_WEBHOOKS_ENDPOINTS": f'{{ rx = {{ url = "{url}", secret = "{SECRET}" }} }}',
+        "SESSIOND_WEBHOOKS_POLL_SECONDS": "0.02",
+        "SESSIOND_WEBHOOKS_BACKOFF_SECONDS": "0.01",
+        "SESSIOND_WEBHOOKS_MAX_BACKOFF_SECONDS": "0.02",
+    }
+    nodes = _nodes(server_process, {**cluster, **hooks}, 2, tmp_path)
+    urls = [n.start() for n in nodes]
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+
+        async def converse(i: int) -> None:
+            async with http.post(f"{urls[i % 2]}/v1/sessions", json={}) as r:
+                sid = (await r.json())["id"]
+            async with http.post(f"{urls[(i + 1) % 2]}/v1/sessions/{sid}/messages", json={"content": "hi"}) as r:
+                assert r.status == 200, await r.text()
+
+        await asyncio.gather(*(converse(i) for i in range(sessions)))
+        await asyncio.wait_for(done.wait(), 30)
+        async with asyncio.timeout(15):
+            while True:
+                async with http.get(f"{urls[0]}/v1/webhooks/deliveries", params={"limit": 200}) as r:
+                    items = (await r.json())["items"]
+                if len(items) == sessions and all(d["status"] == "delivered" for d in items):
+                    break
+                await asyncio.sleep(0.02)
+    assert len(seen) == sessions and set(seen.values()) == {2}, "a delivery was made twice after it was accepted"
+    assert all(d["attempts"] == 2 for d in items)
