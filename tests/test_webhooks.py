@@ -90,6 +90,12 @@ async def receive(aiohttp_server: Any) -> Callable[..., Any]:
             raise web.HTTPFound("/elsewhere")
 
         app.router.add_post("/moved", moved)
+
+        async def stall(request: web.Request) -> web.Response:
+            await asyncio.Event().wait()  # never answers (until the test ends)
+            raise AssertionError("unreachable")
+
+        app.router.add_post("/stall", stall)
         server: TestServer = await aiohttp_server(app)
         rx.url = str(server.make_url("/hook"))
         return rx
@@ -169,25 +175,31 @@ async def test_a_receiver_that_fails_three_times_gets_it_once_more_under_the_sam
 async def test_the_deliveries_route_shows_failures_with_their_last_error(
     make_client: ClientFactory, receive: Any, store_kind: dict[str, Any]
 ) -> None:
-    rx = await receive([500] * 10, body=b"receiver exploded")
-    moved = rx.url.replace("/hook", "/moved")
+    rx = await receive([500] * 10, body=b"receiver exploded" + b"!" * 2_000_000)  # read 4 KiB of it at most
+    moved, stalled = rx.url.replace("/hook", "/moved"), rx.url.replace("/hook", "/stall")
     config = {
         "endpoints": {
             "broken": {"url": rx.url, "secret": SECRET, "events": ["task.completed"]},
             "moved": {"url": moved, "secret": SECRET, "events": ["task.completed"]},
+            "stalled": {"url": stalled, "secret": SECRET, "events": ["task.completed"]},
         },
         "max_attempts": 2,
+        "timeout_seconds": 0.5,
         **FAST,
     }
     client = await make_client(webhooks=config, store=store_kind)
     s = await new_session(client)
     assert (await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "hi"})).status == 200
 
-    items = await until_settled(client, 2)
+    items = await until_settled(client, 3)
     by_endpoint = {d["endpoint"]: d for d in items}
     broken, redirected = by_endpoint["broken"], by_endpoint["moved"]
     assert broken["status"] == "failed" and broken["attempts"] == 2 and broken["last_status"] == 500
     assert "HTTP 500" in broken["last_error"] and "receiver exploded" in broken["last_error"]
+    assert len(broken["last_error"]) <= 500
+    slow = by_endpoint["stalled"]
+    assert slow["status"] == "failed" and slow["last_status"] is None
+    assert slow["last_error"] == "no answer within 0.5s"
     assert redirected["status"] == "failed" and redirected["last_status"] == 302
     assert "redirects are not followed" in redirected["last_error"]
     # The redirect was not followed: /elsewhere (the same receiver) never heard of it.
@@ -201,12 +213,12 @@ async def test_the_deliveries_route_shows_failures_with_their_last_error(
 
     # Filters and pages.
     assert [d["endpoint"] for d in (await deliveries(client, endpoint="moved"))["items"]] == ["moved"]
-    assert len((await deliveries(client, status="failed"))["items"]) == 2
+    assert len((await deliveries(client, status="failed"))["items"]) == 3
     assert (await deliveries(client, status="delivered"))["items"] == []
-    first = await deliveries(client, limit=1)
-    second = await deliveries(client, limit=1, cursor=first["next_cursor"])
-    assert first["next_cursor"] and second["next_cursor"] is None
-    assert {first["items"][0]["id"], second["items"][0]["id"]} == {broken["id"], redirected["id"]}
+    pages = [await deliveries(client, limit=2)]
+    pages.append(await deliveries(client, limit=2, cursor=pages[0]["next_cursor"]))
+    assert pages[0]["next_cursor"] and pages[1]["next_cursor"] is None
+    assert [d["id"] for p in pages for d in p["items"]] == [d["id"] for d in items]
     assert (await client.get("/v1/webhooks/deliveries", params={"status": "lost"})).status == 422
     assert (await client.get("/v1/webhooks/deliveries", params={"cursor": "garbage"})).status == 422
 
