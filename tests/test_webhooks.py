@@ -170,6 +170,9 @@ async def test_a_receiver_that_fails_three_times_gets_it_once_more_under_the_sam
     assert items[0]["status"] == "delivered" and items[0]["attempts"] == 4
     assert items[0]["last_status"] == 204 and items[0]["last_error"] is None
     assert items[0]["delivered_at"] is not None and items[0]["next_attempt_at"] is None
+    metrics = await (await client.get("/metrics")).text()
+    assert 'sessiond_webhook_attempts_total{endpoint="rx",outcome="retry"} 3.0' in metrics
+    assert 'sessiond_webhook_attempts_total{endpoint="rx",outcome="delivered"} 1.0' in metrics
 
 
 async def test_the_deliveries_route_shows_failures_with_their_last_error(
