@@ -172,11 +172,12 @@ class SessionState:
                 if request.task_id in ends:
                     request.end_seq = seqs[-1]
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
-        deliveries = self._outbox.for_events(self.record, events, seqs) if self._outbox is not None else []
+        outbox = self._outbox
+        # Webhooks: an event's deliveries are durable in its own commit, or neither is.
+        deliveries = outbox.for_events(self.record, events, seqs) if outbox is not None else []
         await self._store.commit([*all_ops, *deliveries] if deliveries else all_ops)
-        if deliveries:
-            assert self._outbox is not None
-            self._outbox.wake()
+        if deliveries and outbox is not None:
+            outbox.wake()
         for event, ev in zip(events, stored, strict=True):
             self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
