@@ -25,6 +25,7 @@ __all__ = [
     "LoadedSession",
     "Op",
     "PutCheckpoint",
+    "PutDelivery",
     "PutEvent",
     "PutMessage",
     "PutSession",
@@ -199,7 +200,19 @@ class RemoveSession(msgspec.Struct):
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession
+class PutDelivery(msgspec.Struct):
+    """A new webhook outbox row (actors/core/webhooks.py): committed with the event it announces,
+    so the event and its delivery are durable together or not at all."""
+
+    id: str  # the webhook-id every attempt sends
+    endpoint: str
+    session_id: str
+    event_type: str
+    body: bytes  # the JSON payload, as every attempt sends it
+    created_at: float  # unix time
+
+
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession | PutDelivery
 
 
 class SessionQuery(msgspec.Struct):

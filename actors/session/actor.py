@@ -94,6 +94,7 @@ from actors.core.records import (
 )
 from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
 from actors.core.tree import Node, ToolUse, ToolWait, Usage
+from actors.core.webhooks import Outbox
 from actors.ports import EventSink, Provider, SessionStore
 from actors.session import requests
 from actors.session.context import model_request
@@ -130,8 +131,9 @@ class SessionActor(SessionState):
         frame: FrameEncoder,
         sink: EventSink | None = None,
         guard: Callable[[str], Awaitable[bool | None]] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
+        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox)
         # Cluster mode: whether this node still holds the session's lease, asked before a
         # change is accepted (a node that cannot prove it must not serve one).
         self._guard = guard
@@ -531,7 +533,11 @@ class SessionActor(SessionState):
 
     async def _delete(self) -> None:
         await self._stop_turn()
-        await self._store.commit([RemoveSession(self.id)])
+        # A session.deleted webhook is durable with the delete itself, or neither is.
+        deliveries = self._outbox.for_deletion(self.record) if self._outbox is not None else []
+        await self._store.commit([RemoveSession(self.id), *deliveries])
+        if deliveries and self._outbox is not None:
+            self._outbox.wake()
         self._stop("deleted")
 
     async def _passivate(self, idle_seconds: float) -> bool:
