@@ -16,6 +16,7 @@ exact for jitter, which is what overload adds.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -143,8 +144,14 @@ async def drive(
                         await asyncio.sleep(min(retry, max(deadline - now(), 0)))
                         continue
                     if resp.status != 200:
-                        res.errors[str(resp.status)] += 1
-                        await resp.read()
+                        # The problem's code says which 4xx/5xx it was (the reference has none).
+                        body = await resp.read()
+                        try:
+                            problem = json.loads(body)
+                        except ValueError:
+                            problem = None
+                        code = problem.get("code", "") if isinstance(problem, dict) else ""
+                        res.errors[f"{resp.status} {code}".strip()] += 1
                         n += 1
                         continue
                     admitted = True
