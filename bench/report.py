@@ -200,6 +200,7 @@ def plot_capacity(
         ax.set_xlabel("C (concurrent streams)")
         ax.set_ylabel(label)
         ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
