@@ -26,7 +26,7 @@ test: $(DEV)
 
 # The core again under asyncio's debug mode (CI runs it after `make test`).
 test-debug: $(DEV)
-	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_stream.py tests/test_stream_direct.py tests/test_durability.py \
+	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_stream.py tests/test_stream_direct.py tests/test_fanout_follow.py tests/test_durability.py \
 		tests/test_errors.py tests/test_branches.py tests/test_tree_property.py tests/test_store.py
 
 # ruff, and mypy --strict (configured in pyproject.toml) over the core and the edge (CI runs it).

@@ -28,6 +28,7 @@ once it has caught up. Order, loss and duplicates are the cursor's business in b
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable
 
@@ -35,6 +36,8 @@ from actors.core.events import EventLog
 from actors.core.stream import CLOSED, HEARTBEAT, RESET, Batch, FrameSink
 
 __all__ = ["CLOSED", "HEARTBEAT", "RESET", "Batch", "Hub", "Subscription"]
+
+_log = logging.getLogger("sessiond.fanout")
 
 
 class Hub:
@@ -114,10 +117,18 @@ class Hub:
         last = self.log.last_seq
         refused: list[Subscription] | None = None
         for sub in self._followers:
-            if sub.cursor < last and not sub._push():
-                if refused is None:
-                    refused = []
-                refused.append(sub)
+            if sub.cursor < last:
+                try:
+                    ok = sub._push()
+                except Exception:
+                    # A sink that fails must not keep the others from their frames: this one
+                    # reads by its cursor again and meets the error in its own write.
+                    _log.exception("a stream's direct write failed")
+                    ok = False
+                if not ok:
+                    if refused is None:
+                        refused = []
+                    refused.append(sub)
         if refused is not None:
             for sub in refused:
                 sub._unfollow()
