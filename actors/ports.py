@@ -22,6 +22,7 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.stream import EventStream
 
@@ -103,6 +104,10 @@ class SessionStore(Protocol):
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         """Sessions whose title or any message (any branch) holds every word of ``query``,
         sorted as asked, a page from ``query.offset`` (one more than ``limit`` if more follow)."""
+
+    async def expired_sessions(self, query: ExpiryQuery) -> list[ExpiredRow]:
+        """Sessions whose retention rule is due at ``query.now``, at most ``query.limit``, each
+        found by an index (the retention sweeper's question)."""
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from actors.cluster.forward import RemoteSession
@@ -56,6 +57,8 @@ class Registry:
         self._tasks = Spawner()
         self.cluster = cluster
         self.accepting = True
+        # Loops that run while the registry does, among its tasks (the retention sweeper).
+        self._background: list[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = []
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -68,8 +71,14 @@ class Registry:
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def supervise(self, run: Callable[[], Coroutine[Any, Any, None]], *, name: str) -> None:
+        """Run ``run()`` from ``start()`` until ``drain()``, as one of the registry's own tasks."""
+        self._background.append((run, name))
+
     async def start(self) -> None:
         self._tasks.spawn(self._sweep(), name="registry-sweeper")
+        for run, name in self._background:
+            self._tasks.spawn(run(), name=name)
         if self.cluster is not None:
             await self.cluster.start(self._serve_forwarded)
             self._tasks.spawn(self._renew_leases(), name="registry-leases")

@@ -9,17 +9,21 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from actors.cluster.node import Cluster
+from actors.core.records import SessionRecord
+from actors.core.retention import RetentionRules
 from actors.ports import Provider
 from actors.registry import Registry
 from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
+from actors.sweeper import Sweeper, SweeperSettings
 from server import sse
 from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
+from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE, SWEEPER
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
+from server.deletion import forget_session
 from server.logs import redact_parser_errors
 from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
@@ -31,7 +35,7 @@ from server.openapi import spec_bytes
 from server.preflight import prepare_data_dir
 from server.table import ROUTES, add_routes
 
-__all__ = ["make_app", "make_cluster", "make_store"]
+__all__ = ["make_app", "make_cluster", "make_store", "make_sweeper"]
 
 
 def make_store(config: Config, on_commit: Callable[[float, int], None] | None = None) -> SqliteStore | PostgresStore:
@@ -59,6 +63,26 @@ def make_cluster(config: Config) -> Cluster | None:
     if config.fanout.kind != "redis":
         raise ConfigError(f"fanout.kind {config.fanout.kind!r} is not supported (use \"local\" or \"redis\")")
     return Cluster(config.redis.url, config.cluster, frame=sse.frame)
+
+
+def make_sweeper(app: web.Application, config: Config, registry: Registry) -> Sweeper:
+    """The retention sweeper ([retention]), run by the registry; in a cluster, one node at a time."""
+    r = config.retention
+    rules = RetentionRules(namespaces=r.namespaces, agents=r.agents, temporary_ttl_seconds=r.temporary_ttl_seconds)
+    lock = None
+    if registry.cluster is not None:
+        # Held while this node lives and sweeps: it lapses three sweeps (at least one lease)
+        # after the last, so a dead sweeper's role passes on.
+        ttl_ms = max(int(r.sweep_seconds * 3000), registry.cluster.settings.lease_ms)
+        lock = registry.cluster.lock("retention", ttl_ms)
+
+    async def on_deleted(record: SessionRecord) -> None:
+        await forget_session(app, record)
+
+    return Sweeper(
+        registry.get, registry.store, SweeperSettings(interval=r.sweep_seconds, batch=r.batch, rules=rules),
+        on_deleted=on_deleted, lock=lock,
+    )
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -109,8 +133,11 @@ def make_app(config: Config) -> web.Application:
         cluster=make_cluster(config),
     )
     app[REGISTRY] = registry
+    app[SWEEPER] = sweeper = make_sweeper(app, config, registry)
+    registry.supervise(sweeper.run, name="retention-sweeper")
     if metrics is not None:
         metrics.watch(registry)
+        metrics.watch_retention(sweeper.stats)
     setup_auth(app, config, store)  # API keys, session tokens, guests, rate limits
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from actors.agent.router import Router
 from actors.agent.tools import ToolBox
 from actors.registry import Registry
 from actors.store.base import Store
+from actors.sweeper import Sweeper
 from server.admission import Admission
 from server.auth.guests import Guests
 from server.auth.keys import KeyRing
@@ -36,6 +37,7 @@ __all__ = [
     "REGISTRY",
     "ROUTER",
     "STORE",
+    "SWEEPER",
     "TOKENS",
     "TOOLBOX",
 ]
@@ -43,6 +45,7 @@ __all__ = [
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 REGISTRY = web.AppKey("registry", Registry)
+SWEEPER = web.AppKey("sweeper", Sweeper)  # retention (actors/sweeper.py)
 # Authentication and rate limits (server/auth/setup.py).
 KEYRING = web.AppKey("keyring", KeyRing)
 TOKENS = web.AppKey("tokens", TokenService)

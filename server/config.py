@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from actors.cluster.node import ClusterSettings
+from actors.core.retention import Retention
 from actors.store.tables import RouteEntry
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "MetricsSection",
     "ProviderSection",
     "RedisSection",
+    "RetentionSection",
     "RoutingSection",
     "ServerSection",
     "SessionsSection",
@@ -250,6 +252,14 @@ class LimitsSection(_Section):
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
 
 
+class RetentionSection(_Section):
+    sweep_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    batch: Annotated[int, msgspec.Meta(ge=1)] = 100
+    temporary_ttl_seconds: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    namespaces: dict[str, Retention] = msgspec.field(default_factory=dict)
+    agents: dict[str, Retention] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -271,6 +281,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     agents: dict[str, AgentSection] = msgspec.field(default_factory=dict)
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
 
     @property
     def data_dir(self) -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from actors.core.retention import Retention, epoch_of
 from actors.core.tree import Node, Usage
 
 _enc = msgspec.json.Encoder()
@@ -33,6 +34,7 @@ __all__ = [
     "SessionRecord",
     "Stats",
     "StoredEvent",
+    "TrimSession",
 ]
 
 
@@ -113,6 +115,13 @@ class SessionRecord(msgspec.Struct):
     requests: list[IdempotentRequest] = msgspec.field(default_factory=list)  # newest last
     forked_from: ForkRef | None = None  # the session (and its message) this one was forked from
     forks: list[ForkRef] = msgspec.field(default_factory=list)  # sessions forked from this one
+    # Retention of its own (actors/core/retention.py); a temporary session has none: it is
+    # deleted once idle for the configured temporary TTL.
+    retention: Retention | None = None
+    temporary: bool = False
+    # No event up to this id can be replayed any more (keep_latest removed them with the
+    # messages they told of): a stream resuming below it is told stream.reset.
+    event_floor: int = 0
 
 
 class Checkpoint(msgspec.Struct):
@@ -146,10 +155,13 @@ class PutSession(msgspec.Struct):
     end_user_id: str | None
     last_active_at: str
     body: bytes
+    # When the session's own retention is due (epoch seconds), indexed for the sweeper.
+    due_at: float | None = None
 
     @classmethod
     def of(cls, r: SessionRecord) -> PutSession:
-        return cls(r.id, r.namespace, r.end_user_id, r.last_active_at, _enc.encode(r))
+        due = epoch_of(r.last_active_at) + r.retention.ttl_seconds if r.retention is not None else None
+        return cls(r.id, r.namespace, r.end_user_id, r.last_active_at, _enc.encode(r), due)
 
 
 class PutMessage(msgspec.Struct):
@@ -183,7 +195,17 @@ class RemoveSession(msgspec.Struct):
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession
+class TrimSession(msgspec.Struct):
+    """Removal of some of a session's messages and checkpoints, and of its durable events up to
+    ``events_through`` (what keep_latest retention drops; the session row is written beside)."""
+
+    session_id: str
+    message_ids: list[str]
+    checkpoint_ids: list[str]
+    events_through: int
+
+
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | TrimSession | RemoveSession
 
 
 class SessionQuery(msgspec.Struct):

@@ -27,6 +27,7 @@ from actors.core.commands import (
     DecideToolCall,
     DeleteSession,
     EditMessage,
+    ExpireSession,
     ExportSession,
     FoldReply,
     GetMessages,
@@ -91,13 +92,15 @@ from actors.core.records import (
     SessionRecord,
     Stats,
 )
-from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
+from actors.core.replies import Expiry, TaskHandle, TreeView, TurnOutcome, TurnStatus
+from actors.core.retention import effective, is_due
 from actors.core.tree import Node, ToolUse, ToolWait, Usage
 from actors.ports import EventSink, Provider, SessionStore
 from actors.session import requests
 from actors.session.context import model_request
 from actors.session.mailbox import Mailbox
 from actors.session.state import ActorSettings, SessionState
+from actors.session.trim import trim
 from actors.session.turn import Turn
 
 __all__ = ["ActorSettings", "SessionActor", "StopReason"]
@@ -348,6 +351,8 @@ class SessionActor(SessionState):
                 return _answer(cmd, await self._submit_result(cmd))
             case Passivate():
                 return _answer(cmd, await self._passivate(cmd.idle_seconds))
+            case ExpireSession():
+                return _answer(cmd, await self._expire(cmd))
             # The rest answer None: their effect is the answer.
             case DeleteSession():
                 await self._delete()
@@ -396,6 +401,11 @@ class SessionActor(SessionState):
             r.documents = [d for d in r.documents if d not in cmd.unlink_documents]
         if cmd.add_fork is not None:
             r.forks = [*r.forks, cmd.add_fork]
+        retention = r.retention if cmd.retention is msgspec.UNSET else cmd.retention
+        temporary = r.temporary if cmd.temporary is msgspec.UNSET else cmd.temporary
+        if temporary and retention is not None:
+            raise InvalidRequestError("a temporary session has no retention of its own; set one of the two")
+        r.retention, r.temporary = retention, temporary
         self._touch()
         await self._store.commit([PutSession.of(r)])
         return self._snapshot()
@@ -539,6 +549,22 @@ class SessionActor(SessionState):
         await self._store.commit([PutSession.of(self.record)])
         self._stop("passivated")
         return True
+
+    async def _expire(self, cmd: ExpireSession) -> Expiry:
+        """Retention, if still due: never while a task runs or waits, a stream is open or a
+        command waits behind this one (the sweeper retries at its next pass)."""
+        if self._turn is not None or self._queued or self.hub.subscribers or len(self._mailbox):
+            return Expiry("busy")
+        r = self.record
+        rule = effective(temporary=r.temporary, own=r.retention, configured=cmd.configured,
+                         temporary_ttl=cmd.temporary_ttl)
+        if rule is None or not is_due(rule, r.last_active_at, len(self.tree), time.time()):
+            return Expiry("kept")
+        if rule.action == "delete":
+            await self._store.commit([RemoveSession(self.id)])
+            self._stop("deleted")
+            return Expiry("deleted", r)
+        return Expiry("trimmed", removed=await trim(self, rule.keep_latest or 0))
 
     async def _shutdown(self) -> None:
         # A task waiting on tool calls stays as it is in the store: it waits on after a restart,

@@ -63,14 +63,20 @@ class SessionState:
         self.checkpoints = loaded.checkpoints
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
-        self.log = EventLog(frame=frame, retention=settings.event_retention, floor=floor)
+        # Retention may have removed every event up to record.event_floor (keep_latest): the
+        # log starts above it, and a stream resuming below it is told stream.reset.
+        max_seq = max(loaded.max_seq, record.event_floor)
+        self.log = EventLog(
+            frame=frame, retention=settings.event_retention, floor=max(floor, record.event_floor),
+            last_seq=record.event_floor,
+        )
         self._last_task_start: int | None = None
         for ev in events:
             self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
         # Ids handed out before a crash may be above every durable one: continue above both.
-        self._next_seq = max(record.seq_reserved, loaded.max_seq) + 1
+        self._next_seq = max(record.seq_reserved, max_seq) + 1
         # The id of the last event this session showed: the next event names it as its ``prev``
         # in the Redis stream, so a reader holding less knows it missed something. A clean stop
         # showed its durable events last; after a crash (a task still running), anything up to
@@ -78,8 +84,8 @@ class SessionState:
         # than that is told stream.reset, here and through Redis, never a silent gap.
         # (A task that waits on tool calls stays running across a clean stop; it reserved
         # nothing beyond what is durable, so it leaves no hole.)
-        crashed = bool(record.running) and record.seq_reserved > loaded.max_seq
-        self._shown = self._next_seq - 1 if crashed else loaded.max_seq
+        crashed = bool(record.running) and record.seq_reserved > max_seq
+        self._shown = self._next_seq - 1 if crashed else max_seq
         self._hole_end: int | None = None
         if crashed:
             self._hole_end = self._shown

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from actors.batch import BatchQueue, QueueClosedError
 from actors.core.errors import StoreClosedError, StoreUnavailableError
-from actors.core.records import Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession
+from actors.core.records import Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession, TrimSession
 
 __all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
 
@@ -111,26 +111,37 @@ class GroupCommitter:
 
 class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
-    sessions, messages, checkpoints and events, then deletes (so a late write racing a delete
-    can never resurrect the session)."""
+    sessions, messages, checkpoints and events, then what retention trims, then deletes (so a
+    late write racing a delete can never resurrect the session)."""
 
-    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions")
+    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions", "trim_checkpoints", "trim_events",
+                 "trim_messages")
 
     def __init__(self, ops: Sequence[Op]) -> None:
-        self.sessions: list[tuple[str, str, str | None, str, str]] = []
+        # id, namespace, end_user_id, last_active_at, body, due_at
+        self.sessions: list[tuple[str, str, str | None, str, str, float | None]] = []
         self.messages: list[tuple[str, str, str]] = []
         self.checkpoints: list[tuple[str, str, str]] = []
         self.events: list[tuple[str, int, str, bytes]] = []
+        self.trim_messages: list[tuple[str, str]] = []  # (session_id, id)
+        self.trim_checkpoints: list[tuple[str, str]] = []
+        self.trim_events: list[tuple[str, int]] = []  # (session_id, through seq)
         self.deletes: list[tuple[str]] = []
         for op in ops:
             match op:
                 case PutSession():
-                    self.sessions.append((op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode()))
+                    self.sessions.append(
+                        (op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode(), op.due_at)
+                    )
                 case PutMessage():
                     self.messages.append((op.id, op.session_id, op.body.decode()))
                 case PutCheckpoint():
                     self.checkpoints.append((op.id, op.session_id, op.body.decode()))
                 case PutEvent(session_id=sid, event=ev):
                     self.events.append((sid, ev.seq, ev.type, ev.data))
+                case TrimSession(session_id=sid):
+                    self.trim_messages += [(sid, m) for m in op.message_ids]
+                    self.trim_checkpoints += [(sid, c) for c in op.checkpoint_ids]
+                    self.trim_events.append((sid, op.events_through))
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))

@@ -33,9 +33,11 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows
+from actors.store.expiry import POSTGRES, expired_sessions
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.search_postgres import search_sessions
 from actors.store.tables import (
@@ -63,9 +65,10 @@ _enc = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
 _UPSERT_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at)"
+    " VALUES ($1, $2, $3, $4, $5::jsonb, $6)"
     " ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, end_user_id = excluded.end_user_id,"
-    " last_active_at = excluded.last_active_at, body = excluded.body"
+    " last_active_at = excluded.last_active_at, body = excluded.body, due_at = excluded.due_at"
 )
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
@@ -76,7 +79,8 @@ _UPSERT_CHECKPOINT = (
     " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
 )
 _INSERT_NEW_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at)"
+    " VALUES ($1, $2, $3, $4, $5::jsonb, $6)"
     " ON CONFLICT (id) DO NOTHING"
 )
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
@@ -84,6 +88,11 @@ _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES ($1,
 _INSERT_EVENT = (
     "INSERT INTO events (session_id, seq, type, data) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data"
+)
+_TRIMS = (
+    "DELETE FROM messages WHERE session_id = $1 AND id = $2",
+    "DELETE FROM checkpoints WHERE session_id = $1 AND id = $2",
+    "DELETE FROM events WHERE session_id = $1 AND seq <= $2",
 )
 _DELETES = [
     "DELETE FROM messages WHERE session_id = $1",
@@ -239,8 +248,8 @@ class PostgresStore:
     @staticmethod
     def _sessions(rows: Rows) -> list[tuple[Any, ...]]:
         return [
-            (_text(a), _text(ns), _param(eu), at, _jsonb(body.encode()) if "\\u0000" in body else body)
-            for a, ns, eu, at, body in rows.sessions
+            (_text(a), _text(ns), _param(eu), at, _jsonb(body.encode()) if "\\u0000" in body else body, due)
+            for a, ns, eu, at, body, due in rows.sessions
         ]
 
     @staticmethod
@@ -265,6 +274,14 @@ class PostgresStore:
             for sql, table in tables:
                 if table:
                     await conn.executemany(sql, table)
+            trims: tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, int]]] = (
+                [(_text(a), _text(b)) for a, b in rows.trim_messages],
+                [(_text(a), _text(b)) for a, b in rows.trim_checkpoints],
+                [(_text(a), n) for a, n in rows.trim_events],
+            )
+            for sql, trim in zip(_TRIMS, trims, strict=True):
+                if trim:
+                    await conn.executemany(sql, trim)
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)
@@ -352,6 +369,18 @@ class PostgresStore:
 
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         return await search_sessions(self._fetch, query)
+
+    async def expired_sessions(self, query: ExpiryQuery) -> list[ExpiredRow]:
+        async def fetch(sql: str, params: list[Any]) -> list[Any]:
+            return await self._fetch(sql, *params)
+
+        return await expired_sessions(fetch, POSTGRES, query)
+
+    async def document_linked_elsewhere(self, document_id: str, session_id: str) -> bool:
+        rows = await self._fetch(
+            "SELECT 1 FROM sessions WHERE body->'documents' ? $1 AND id <> $2 LIMIT 1", document_id, session_id
+        )
+        return bool(rows)
 
     # -- API keys ------------------------------------------------------------------------------
 

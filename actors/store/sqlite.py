@@ -27,9 +27,11 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
+from actors.store.expiry import SQLITE, expired_sessions
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
 from actors.store.tables import (
@@ -55,10 +57,10 @@ _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
 
 _UPSERT_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO UPDATE SET namespace = excluded.namespace,"
     " end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,"
-    " body = excluded.body"
+    " body = excluded.body, due_at = excluded.due_at"
 )
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
@@ -69,12 +71,17 @@ _UPSERT_CHECKPOINT = (
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
 )
 _INSERT_NEW_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO NOTHING"
 )
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)"
+_TRIMS = (
+    "DELETE FROM messages WHERE session_id = ? AND id = ?",
+    "DELETE FROM checkpoints WHERE session_id = ? AND id = ?",
+    "DELETE FROM events WHERE session_id = ? AND seq <= ?",
+)
 _DELETES = [
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
@@ -150,6 +157,9 @@ class SqliteStore:
             ):
                 if table:
                     await db.executemany(sql, table)
+            for sql, trims in zip(_TRIMS, (rows.trim_messages, rows.trim_checkpoints, rows.trim_events), strict=True):
+                if trims:
+                    await db.executemany(sql, trims)
             for sql in _DELETES if rows.deletes else ():
                 await db.executemany(sql, rows.deletes)
             await db.execute("COMMIT")
@@ -233,6 +243,17 @@ class SqliteStore:
 
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         return await search_sessions(self._all, query)
+
+    async def expired_sessions(self, query: ExpiryQuery) -> list[ExpiredRow]:
+        return await expired_sessions(self._all, SQLITE, query)
+
+    async def document_linked_elsewhere(self, document_id: str, session_id: str) -> bool:
+        rows = await self._all(
+            "SELECT 1 FROM sessions, json_each(sessions.body, '$.documents') j"
+            " WHERE j.value = ? AND sessions.id != ? LIMIT 1",
+            (document_id, session_id),
+        )
+        return bool(rows)
 
     # -- API keys: rare writes, on a connection of their own so they never join (or roll back
     # with) a group-commit transaction that the writer holds open.

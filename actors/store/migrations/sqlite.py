@@ -202,4 +202,16 @@ MIGRATIONS: list[str] = [
     INSERT INTO session_titles (session_id, title)
         SELECT id, json_extract(body, '$.title') FROM sessions WHERE json_extract(body, '$.title') IS NOT NULL;
     """,
+    # retention: due_at is when a session's own retention is due (epoch seconds, written with the
+    # row from its body; NULL without one). The indexes are the sweeper's (actors/store/expiry.py):
+    # their expressions are written exactly as its queries write them.
+    """
+    ALTER TABLE sessions ADD COLUMN due_at REAL;
+    CREATE INDEX IF NOT EXISTS sessions_due ON sessions (due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS sessions_temporary ON sessions (last_active_at)
+        WHERE json_extract(body, '$.temporary') = 1;
+    CREATE INDEX IF NOT EXISTS sessions_by_namespace_activity ON sessions (namespace, last_active_at);
+    CREATE INDEX IF NOT EXISTS sessions_by_agent_activity
+        ON sessions (json_extract(body, '$.agent_id'), last_active_at);
+    """,
 ]

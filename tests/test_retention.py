@@ -1,0 +1,243 @@
+"""Retention: sessions past their rule are deleted or trimmed by the sweeper, through their actor,
+exactly those and never one with a running task; temporary sessions go when idle. On SQLite and
+on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ClientFactory, new_session
+from tests.pg import database
+from tests.sse import events, read_until
+
+Client = TestClient[Any, Any]
+Factory = Callable[..., Awaitable[Client]]
+T = TypeVar("T")
+
+FAST = {"sweep_seconds": 0.05, "batch": 100}
+AGENTS = {"tutor": {"name": "Tutor"}, "quick": {"name": "Quick"}}
+TERMINAL = {"task.completed", "task.failed", "task.cancelled", "task.interrupted"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def factory(request: Any, make_client: ClientFactory, tmp_path: Path) -> AsyncIterator[Factory]:
+    """Makes a server on the store of the parameter, with the retention settings given."""
+    made: list[Client] = []
+
+    def sections(simulated: dict[str, Any] | None, retention: dict[str, Any]) -> dict[str, Any]:
+        return {"retention": {**FAST, **retention}, "agents": AGENTS, **({"simulated": simulated} if simulated else {})}
+
+    if request.param == "sqlite":
+        async def sqlite(simulated: dict[str, Any] | None = None, **retention: Any) -> Client:
+            return await make_client(**sections(simulated, retention))
+
+        yield sqlite
+        return
+    async with database() as dsn:
+        async def postgres(simulated: dict[str, Any] | None = None, **retention: Any) -> Client:
+            c = await make_client(store={"kind": "postgres", "postgres_dsn": dsn}, **sections(simulated, retention))
+            made.append(c)
+            return c
+
+        yield postgres
+        for c in made:
+            await c.close()  # before the database is dropped
+
+
+async def _eventually(check: Callable[[], Awaitable[T | None]], what: str, within: float = 15.0) -> T:
+    """Poll ``check`` until it answers something true (there is no event to await)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _metric(client: Client, name: str) -> float:
+    text = await (await client.get("/metrics")).text()
+    found = re.search(rf"^sessiond_retention_{name}_total (\S+)$", text, re.M)
+    assert found, f"no sessiond_retention_{name}_total in /metrics"
+    return float(found.group(1))
+
+
+async def _sweeps_after(client: Client, n: int = 2) -> None:
+    """Wait for ``n`` more full sweeps: whatever was due before has been acted on."""
+    start = await _metric(client, "sweeps")
+
+    async def swept() -> bool:
+        return await _metric(client, "sweeps") >= start + n
+
+    await _eventually(swept, f"{n} more sweeps")
+
+
+async def _status(client: Client, sid: str) -> int:
+    return (await client.get(f"/v1/sessions/{sid}")).status
+
+
+async def _gone(client: Client, sid: str) -> None:
+    async def gone() -> bool:
+        return await _status(client, sid) == 404
+
+    await _eventually(gone, f"session {sid} deleted")
+
+
+async def _send(client: Client, sid: str, content: str) -> dict[str, Any]:
+    resp = await client.post(f"/v1/sessions/{sid}/messages", json={"content": content})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()  # type: ignore[no-any-return]
+
+
+async def _search(client: Client, q: str) -> set[str]:
+    body = await (await client.get("/v1/sessions/search", params={"q": q})).json()
+    return {h["session"]["id"] for h in body["items"]}
+
+
+async def test_retention_deletes_exactly_what_its_rules_say(factory: Factory) -> None:
+    client = await factory(
+        namespaces={"old": {"ttl_seconds": 0.3}},
+        agents={"quick": {"ttl_seconds": 0.3}, "tutor": {"ttl_seconds": 3600}},
+    )
+    doomed = await new_session(client, namespace="old", with_token=True)  # the namespace's rule
+    await _send(client, doomed["id"], "the periwinkle invoice")
+    form = aiohttp.FormData()
+    form.add_field("file", b"notes about the periwinkle invoice", filename="notes.txt", content_type="text/plain")
+    upload = await client.post(f"/v1/sessions/{doomed['id']}/upload", data=form)
+    assert upload.status == 201, await upload.text()
+    document_id = (await upload.json())["id"]
+    own_short = await new_session(client, retention={"ttl_seconds": 0.3})  # its own rule, no configured one
+    agent_short = await new_session(client, namespace="fresh", agent_id="quick")  # the agent's rule
+    kept = {
+        # The agent's long rule beats the namespace's short one...
+        "agent": await new_session(client, namespace="old", agent_id="tutor"),
+        # ...and the session's own long rule beats both.
+        "own": await new_session(client, namespace="old", agent_id="quick", retention={"ttl_seconds": 3600}),
+        "no rule": await new_session(client, namespace="fresh"),
+    }
+    assert kept["own"]["retention"] == {"ttl_seconds": 3600.0, "action": "delete", "keep_latest": None}
+    assert await _search(client, "periwinkle") == {doomed["id"]}
+
+    for s in (doomed, own_short, agent_short):
+        await _gone(client, s["id"])
+    await _sweeps_after(client)  # every kept session has been due under a rule it does not follow
+    for why, s in kept.items():
+        assert await _status(client, s["id"]) == 200, why
+    assert await _metric(client, "deleted") == 3
+    # What went with the deleted session: its search entries, its own document, its tokens.
+    assert await _search(client, "periwinkle") == set()
+    assert (await client.get(f"/v1/documents/{document_id}")).status == 404
+    refreshed = await client.post(
+        "/v1/tokens/refresh", headers={"Authorization": f"Bearer {doomed['refresh_token']}", "X-API-Key": ""}
+    )
+    assert refreshed.status == 401
+
+
+async def test_keep_latest_keeps_the_newest_messages_intact(factory: Factory) -> None:
+    client = await factory(namespaces={"trim": {"ttl_seconds": 0.5, "action": "keep_latest", "keep_latest": 3}})
+    s = await new_session(client, namespace="trim")
+    sid = s["id"]
+    first = await _send(client, sid, "aardvark opening question")
+    # An edit of the first question: a side branch the trim must remove too.
+    edit = await client.post(
+        f"/v1/sessions/{sid}/messages/{first['message']['parent_id']}/edit", json={"content": "kingfisher instead"}
+    )
+    assert edit.status == 200
+    for word in ("badger", "capybara", "dormouse"):
+        await _send(client, sid, f"{word} question")
+    before = (await (await client.get(f"/v1/sessions/{sid}/messages")).json())["items"]
+    assert len(before) == 8
+    newest = before[-3:]
+
+    async def trimmed() -> dict[str, Any] | None:
+        body = await (await client.get(f"/v1/sessions/{sid}")).json()
+        return body if body["message_count"] == 3 else None
+
+    await _eventually(trimmed, "the trim")
+    after = (await (await client.get(f"/v1/sessions/{sid}/messages")).json())["items"]
+    assert [(m["id"], m["role"], m["content"]) for m in after] == [
+        (m["id"], m["role"], m["content"]) for m in newest
+    ]
+    tree = await (await client.get(f"/v1/sessions/{sid}/tree")).json()
+    assert {n["id"] for n in tree["nodes"]} == {m["id"] for m in newest}
+    assert after[0]["parent_id"] is None and tree["active_leaf_id"] == newest[-1]["id"]
+    checkpoints = (await (await client.get(f"/v1/sessions/{sid}/checkpoints")).json())["items"]
+    assert checkpoints and {c["message_id"] for c in checkpoints} <= {m["id"] for m in newest}
+    assert await _search(client, "aardvark") == set() and await _search(client, "kingfisher") == set()
+    assert await _search(client, "dormouse") == {sid}
+    assert await _metric(client, "messages_trimmed") == 10 - 3
+    # A stream resuming from before the trim is told to refetch, not replayed deleted messages.
+    async with client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "1"}) as stream:
+        first_event = await asyncio.wait_for(anext(events(stream)), 10)
+    assert first_event.event == "stream.reset"
+    # The trimmed tree goes on as any other, and is not trimmed again until it grows.
+    await _sweeps_after(client)
+    assert await _metric(client, "trimmed") == 1
+    reply = await _send(client, sid, "echidna follow-up")
+    assert reply["message"]["content"]
+
+
+async def test_a_session_with_a_running_task_is_never_cut(factory: Factory) -> None:
+    # 20 tokens at 10 a second: the answer runs about 2 s, far past the session's 0.2 s rule.
+    client = await factory(simulated={"tokens_per_second": 10, "reply_tokens": 20})
+    s = await new_session(client, retention={"ttl_seconds": 0.2})
+    sid = s["id"]
+    async with client.post(f"/v1/sessions/{sid}/messages", json={"content": "tell me", "stream": True}) as resp:
+        assert resp.status == 200
+        got = await asyncio.wait_for(read_until(resp, TERMINAL), 30)
+    # The sweeper found it due while it answered, and left it alone.
+    assert await _metric(client, "busy") > 0
+    assert got[-1].event == "task.completed"
+    done = next(e for e in got if e.event == "message.completed")
+    deltas = [e for e in got if e.event == "message.delta"]
+    assert len(deltas) == 20 and done.data["message"]["content"] == "".join(e.data["delta"] for e in deltas)
+    # Once idle past its rule, it goes.
+    await _gone(client, sid)
+
+
+async def test_temporary_sessions_go_when_idle(factory: Factory) -> None:
+    client = await factory(temporary_ttl_seconds=0.5)
+    temporary = await new_session(client, temporary=True)
+    assert temporary["temporary"] is True and temporary["retention"] is None
+    await _send(client, temporary["id"], "a throwaway question")
+    saved = await new_session(client, temporary=True)
+    patched = await client.patch(f"/v1/sessions/{saved['id']}", json={"temporary": False})
+    assert patched.status == 200 and (await patched.json())["temporary"] is False
+    regular = await new_session(client)
+    await _gone(client, temporary["id"])
+    await _sweeps_after(client)
+    assert await _status(client, saved["id"]) == 200
+    assert await _status(client, regular["id"]) == 200
+
+
+async def test_retention_bodies_are_checked(factory: Factory) -> None:
+    client = await factory()
+    for body in (
+        {"temporary": True, "retention": {"ttl_seconds": 60}},
+        {"retention": {"ttl_seconds": 0}},
+        {"retention": {"ttl_seconds": 60, "action": "keep_latest"}},
+        {"retention": {"ttl_seconds": 60, "keep_latest": 3}},
+        {"retention": {"ttl_seconds": 60, "action": "archive"}},
+        {"retention": {"ttl_seconds": 60, "extra": 1}},
+    ):
+        resp = await client.post("/v1/sessions", json=body)
+        assert resp.status == 422, body
+        assert resp.content_type == "application/problem+json"
+    s = await new_session(client, retention={"ttl_seconds": 60, "action": "keep_latest", "keep_latest": 5})
+    assert s["retention"] == {"ttl_seconds": 60.0, "action": "keep_latest", "keep_latest": 5}
+    conflict = await client.patch(f"/v1/sessions/{s['id']}", json={"temporary": True})
+    assert conflict.status == 422
+    cleared = await client.patch(f"/v1/sessions/{s['id']}", json={"retention": None, "temporary": True})
+    assert cleared.status == 200
+    body = await cleared.json()
+    assert body["retention"] is None and body["temporary"] is True
