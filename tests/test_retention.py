@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.appkeys import REGISTRY
 from tests.conftest import ClientFactory, new_session
 from tests.pg import database
 from tests.sse import events, read_until
@@ -241,3 +243,53 @@ async def test_retention_bodies_are_checked(factory: Factory) -> None:
     assert cleared.status == 200
     body = await cleared.json()
     assert body["retention"] is None and body["temporary"] is True
+
+
+# -- cluster mode -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    async with database() as url:
+        yield url
+
+
+@pytest.mark.slow
+async def test_one_node_sweeps_and_deletes_through_the_owner(
+    dsn: str, redis_url: str, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    # dsn comes first: the database is dropped only after the servers using it have stopped.
+    sections: dict[str, Any] = {
+        "store": {"kind": "postgres", "postgres_dsn": dsn},
+        "fanout": {"kind": "redis"},
+        "redis": {"url": redis_url},
+        "retention": {**FAST, "namespaces": {"old": {"ttl_seconds": 0.5}}},
+    }
+    prefix = f"t{secrets.token_hex(4)}"
+    nodes = {
+        name: await make_client(tmp_path / name, cluster={"node_id": name, "prefix": prefix}, **sections)
+        for name in ("a", "b")
+    }
+    owned: dict[str, str] = {}  # node -> a session whose actor lives there
+    actors = {}
+    for name, node in nodes.items():
+        s = await new_session(node, namespace="old")
+        await _send(node, s["id"], f"hello from {name}")
+        (actor,) = [a for a in node.app[REGISTRY].actors() if a.id == s["id"]]
+        owned[name], actors[name] = s["id"], actor
+
+    for sid in owned.values():
+        await _gone(nodes["a"], sid)
+    sweeps = {name: await _metric(node, "sweeps") for name, node in nodes.items()}
+    (sweeper,) = [name for name, n in sweeps.items() if n > 0]  # one node only ever swept
+    other = "b" if sweeper == "a" else "a"
+    assert await _metric(nodes[other], "sweeps_skipped") > 0
+    assert await _metric(nodes[sweeper], "deleted") == 2
+    # The session that lived on the other node was deleted there, by its own actor.
+    assert actors[other].stop_reason == "deleted" and owned[other] not in nodes[other].app[REGISTRY]
+
+    # The sweeper drains: it gives the role back, and the other node sweeps from then on.
+    await nodes[sweeper].close()
+    late = await new_session(nodes[other], namespace="old")
+    await _gone(nodes[other], late["id"])
+    assert await _metric(nodes[other], "deleted") == 1
