@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +16,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.appkeys import REGISTRY
+from actors.core.retention import ExpiryQuery
+from server.appkeys import REGISTRY, STORE, SWEEPER
 from tests.conftest import ClientFactory, new_session
 from tests.pg import database
 from tests.sse import events, read_until
@@ -111,15 +113,14 @@ async def test_retention_deletes_exactly_what_its_rules_say(factory: Factory) ->
         namespaces={"old": {"ttl_seconds": 0.3}},
         agents={"quick": {"ttl_seconds": 0.3}, "tutor": {"ttl_seconds": 3600}},
     )
-    doomed = await new_session(client, namespace="old", with_token=True)  # the namespace's rule
+    # Each session to go holds a long rule of its own while it is set up; then a PATCH starts
+    # its clock (0.3 s), whatever the machine's load.
+    hold = {"ttl_seconds": 3600}
+    doomed = await new_session(client, namespace="old", with_token=True, retention=hold)  # the namespace's rule
     await _send(client, doomed["id"], "the periwinkle invoice")
-    form = aiohttp.FormData()
-    form.add_field("file", b"notes about the periwinkle invoice", filename="notes.txt", content_type="text/plain")
-    upload = await client.post(f"/v1/sessions/{doomed['id']}/upload", data=form)
-    assert upload.status == 201, await upload.text()
-    document_id = (await upload.json())["id"]
-    own_short = await new_session(client, retention={"ttl_seconds": 0.3})  # its own rule, no configured one
-    agent_short = await new_session(client, namespace="fresh", agent_id="quick")  # the agent's rule
+    document_id = await _upload(client, doomed["id"], b"notes about the periwinkle invoice")
+    own_short = await new_session(client, retention=hold)  # its own rule, and no configured one
+    agent_short = await new_session(client, namespace="fresh", agent_id="quick", retention=hold)  # the agent's
     kept = {
         # The agent's long rule beats the namespace's short one...
         "agent": await new_session(client, namespace="old", agent_id="tutor"),
@@ -129,6 +130,9 @@ async def test_retention_deletes_exactly_what_its_rules_say(factory: Factory) ->
     }
     assert kept["own"]["retention"] == {"ttl_seconds": 3600.0, "action": "delete", "keep_latest": None}
     assert await _search(client, "periwinkle") == {doomed["id"]}
+    for sid, rule in ((doomed["id"], None), (own_short["id"], {"ttl_seconds": 0.3}), (agent_short["id"], None)):
+        patched = await client.patch(f"/v1/sessions/{sid}", json={"retention": rule})
+        assert patched.status == 200, await patched.text()
 
     for s in (doomed, own_short, agent_short):
         await _gone(client, s["id"])
@@ -147,7 +151,7 @@ async def test_retention_deletes_exactly_what_its_rules_say(factory: Factory) ->
 
 async def test_keep_latest_keeps_the_newest_messages_intact(factory: Factory) -> None:
     client = await factory(namespaces={"trim": {"ttl_seconds": 0.5, "action": "keep_latest", "keep_latest": 3}})
-    s = await new_session(client, namespace="trim")
+    s = await new_session(client, namespace="trim", retention={"ttl_seconds": 3600})  # held while it is built
     sid = s["id"]
     first = await _send(client, sid, "aardvark opening question")
     # An edit of the first question: a side branch the trim must remove too.
@@ -160,6 +164,8 @@ async def test_keep_latest_keeps_the_newest_messages_intact(factory: Factory) ->
     before = (await (await client.get(f"/v1/sessions/{sid}/messages")).json())["items"]
     assert len(before) == 8
     newest = before[-3:]
+    released = await client.patch(f"/v1/sessions/{sid}", json={"retention": None})  # the namespace's rule now
+    assert released.status == 200
 
     async def trimmed() -> dict[str, Any] | None:
         body = await (await client.get(f"/v1/sessions/{sid}")).json()
@@ -185,14 +191,23 @@ async def test_keep_latest_keeps_the_newest_messages_intact(factory: Factory) ->
     # The trimmed tree goes on as any other, and is not trimmed again until it grows.
     await _sweeps_after(client)
     assert await _metric(client, "trimmed") == 1
-    reply = await _send(client, sid, "echidna follow-up")
-    assert reply["message"]["content"]
+    # After a restart too: the stream still resets, at the same place, and new ids go on above.
+    reset_at = first_event.id
+    assert reset_at is not None and reset_at > 1
+    await client.close()
+    client = await factory()
+    async with client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "1"}) as stream:
+        again = await asyncio.wait_for(anext(events(stream)), 10)
+    assert (again.event, again.id) == ("stream.reset", reset_at)
+    async with client.post(f"/v1/sessions/{sid}/messages", json={"content": "echidna", "stream": True}) as resp:
+        got = await asyncio.wait_for(read_until(resp, TERMINAL), 30)
+    assert got[-1].event == "task.completed" and got[0].id is not None and got[0].id > reset_at
 
 
 async def test_a_session_with_a_running_task_is_never_cut(factory: Factory) -> None:
-    # 20 tokens at 10 a second: the answer runs about 2 s, far past the session's 0.2 s rule.
-    client = await factory(simulated={"tokens_per_second": 10, "reply_tokens": 20})
-    s = await new_session(client, retention={"ttl_seconds": 0.2})
+    # 30 tokens at 10 a second: the answer runs about 3 s, far past the session's 1 s rule.
+    client = await factory(simulated={"tokens_per_second": 10, "reply_tokens": 30})
+    s = await new_session(client, retention={"ttl_seconds": 1})
     sid = s["id"]
     async with client.post(f"/v1/sessions/{sid}/messages", json={"content": "tell me", "stream": True}) as resp:
         assert resp.status == 200
@@ -202,13 +217,13 @@ async def test_a_session_with_a_running_task_is_never_cut(factory: Factory) -> N
     assert got[-1].event == "task.completed"
     done = next(e for e in got if e.event == "message.completed")
     deltas = [e for e in got if e.event == "message.delta"]
-    assert len(deltas) == 20 and done.data["message"]["content"] == "".join(e.data["delta"] for e in deltas)
+    assert len(deltas) == 30 and done.data["message"]["content"] == "".join(e.data["delta"] for e in deltas)
     # Once idle past its rule, it goes.
     await _gone(client, sid)
 
 
 async def test_temporary_sessions_go_when_idle(factory: Factory) -> None:
-    client = await factory(temporary_ttl_seconds=0.5)
+    client = await factory(temporary_ttl_seconds=1.0)
     temporary = await new_session(client, temporary=True)
     assert temporary["temporary"] is True and temporary["retention"] is None
     await _send(client, temporary["id"], "a throwaway question")
@@ -245,6 +260,54 @@ async def test_retention_bodies_are_checked(factory: Factory) -> None:
     assert body["retention"] is None and body["temporary"] is True
 
 
+async def test_a_sweep_acts_on_at_most_its_batch(factory: Factory) -> None:
+    client = await factory(sweep_seconds=0, batch=2)  # no sweeps of its own: this test makes them
+    sweeper = client.app[SWEEPER]
+    ids = [(await new_session(client, retention={"ttl_seconds": 0.05}))["id"] for _ in range(5)]
+    store = client.app[STORE]
+
+    async def all_due() -> bool:
+        query = ExpiryQuery(now=time.time(), rules=sweeper.settings.rules, limit=100)
+        return len(await store.expired_sessions(query)) == 5
+
+    await _eventually(all_due, "five due sessions")
+    assert [await sweeper.sweep() for _ in range(4)] == [2, 2, 1, 0]
+    for sid in ids:
+        assert await _status(client, sid) == 404
+
+
+async def _upload(client: Client, sid: str, text: bytes, user: str | None = None) -> str:
+    form = aiohttp.FormData()
+    form.add_field("file", text, filename="notes.txt", content_type="text/plain")
+    headers = {"X-End-User-ID": user} if user else {}
+    resp = await client.post(f"/v1/sessions/{sid}/upload", data=form, headers=headers)
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
+async def test_a_deleted_session_takes_only_the_documents_that_were_its_alone(factory: Factory) -> None:
+    client = await factory()
+    source = await new_session(client)
+    sent = await _send(client, source["id"], "hello")
+    own = await _upload(client, source["id"], b"the source's own notes")
+    fork = await client.post(f"/v1/sessions/{source['id']}/fork", json={"message_id": sent["message"]["id"]})
+    assert fork.status == 201
+    fork_id = (await fork.json())["id"]
+    users = await new_session(client, end_user_id="u1")
+    theirs = await _upload(client, users["id"], b"an end user's notes", user="u1")
+
+    async def doc(document_id: str) -> int:
+        return (await client.get(f"/v1/documents/{document_id}")).status
+
+    assert (await client.delete(f"/v1/sessions/{source['id']}")).status == 204
+    assert await doc(own) == 200  # the fork links it still
+    assert (await client.delete(f"/v1/sessions/{fork_id}")).status == 204
+    assert await doc(own) == 404
+    headers = {"X-End-User-ID": "u1"}
+    assert (await client.delete(f"/v1/sessions/{users['id']}", headers=headers)).status == 204
+    assert await doc(theirs) == 200  # in that user's library
+
+
 # -- cluster mode -------------------------------------------------------------------------
 
 
@@ -273,10 +336,12 @@ async def test_one_node_sweeps_and_deletes_through_the_owner(
     owned: dict[str, str] = {}  # node -> a session whose actor lives there
     actors = {}
     for name, node in nodes.items():
-        s = await new_session(node, namespace="old")
+        s = await new_session(node, namespace="old", retention={"ttl_seconds": 3600})  # held while set up
         await _send(node, s["id"], f"hello from {name}")
         (actor,) = [a for a in node.app[REGISTRY].actors() if a.id == s["id"]]
         owned[name], actors[name] = s["id"], actor
+    for name, node in nodes.items():
+        assert (await node.patch(f"/v1/sessions/{owned[name]}", json={"retention": None})).status == 200
 
     for sid in owned.values():
         await _gone(nodes["a"], sid)
