@@ -80,6 +80,9 @@ class Sweeper:
         self._lock = lock
         self.stats = RetentionStats()
         self._failing = False
+        # Sessions found in use (or not due after all), left out of the query until the time
+        # given, so that they cannot fill every batch; at most `batch` of them.
+        self._postponed: dict[str, float] = {}
 
     async def run(self) -> None:
         if self.settings.interval <= 0:
@@ -110,8 +113,10 @@ class Sweeper:
             self.stats.skipped += 1
             return 0
         rules = self.settings.rules
+        now = time.time()
+        self._postponed = {sid: until for sid, until in self._postponed.items() if until > now}
         rows = await self._store.expired_sessions(
-            ExpiryQuery(now=time.time(), rules=rules, limit=self.settings.batch)
+            ExpiryQuery(now=now, rules=rules, limit=self.settings.batch, skip=tuple(self._postponed))
         )
         done = 0
         for row in rows:
@@ -122,8 +127,9 @@ class Sweeper:
             except NotFoundError:
                 continue  # deleted meanwhile
             except SessiondError as exc:
-                # Stopping, changing hands, its mailbox full: the next sweep asks again.
+                # Stopping, changing hands, its mailbox full: a later sweep asks again.
                 self.stats.busy += 1
+                self._postpone(row.id, now)
                 log.debug("retention of session %s postponed: %s", row.id, exc)
                 continue
             match result.outcome:
@@ -142,7 +148,14 @@ class Sweeper:
                     done += 1
                 case "busy":
                     self.stats.busy += 1
+                    self._postpone(row.id, now)
                 case "kept":
-                    pass
+                    self._postpone(row.id, now)
         self.stats.sweeps += 1
         return done
+
+    def _postpone(self, session_id: str, now: float) -> None:
+        """Leave ``session_id`` out of the next sweeps' query for a few intervals (at least 1 s)."""
+        if len(self._postponed) >= self.settings.batch:
+            del self._postponed[min(self._postponed, key=self._postponed.__getitem__)]
+        self._postponed[session_id] = now + max(5 * self.settings.interval, 1.0)

@@ -222,6 +222,27 @@ async def test_a_session_with_a_running_task_is_never_cut(factory: Factory) -> N
     await _gone(client, sid)
 
 
+async def test_a_busy_session_does_not_hold_back_the_others(factory: Factory) -> None:
+    # One session a sweep: the busy one, due first, would take every batch if not set aside.
+    client = await factory(batch=1, simulated={"tokens_per_second": 10, "reply_tokens": 40})
+    hold = {"ttl_seconds": 3600}
+    busy = (await new_session(client, retention=hold))["id"]
+    idle = (await new_session(client, retention=hold))["id"]
+    async with client.post(f"/v1/sessions/{busy}/messages", json={"content": "go on", "stream": True}) as resp:
+        assert resp.status == 200
+        stream = events(resp)
+        assert (await asyncio.wait_for(anext(stream), 10)).event == "task.started"
+        for sid in (busy, idle):
+            patched = await client.patch(f"/v1/sessions/{sid}", json={"retention": {"ttl_seconds": 0.1}})
+            assert patched.status == 200
+        await _gone(client, idle)
+        # ...while the other still answers (a task's end makes it fresh, and due last).
+        assert (await (await client.get(f"/v1/sessions/{busy}")).json())["status"] == "running"
+        rest = [ev async for ev in stream]
+    assert rest[-1].event == "task.completed"
+    assert await _metric(client, "busy") > 0
+
+
 async def test_temporary_sessions_go_when_idle(factory: Factory) -> None:
     client = await factory(temporary_ttl_seconds=1.0)
     temporary = await new_session(client, temporary=True)

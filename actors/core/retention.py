@@ -115,6 +115,7 @@ class ExpiryQuery(msgspec.Struct, frozen=True, kw_only=True):
     now: float
     rules: RetentionRules
     limit: int
+    skip: tuple[str, ...] = ()  # sessions the sweeper postponed (in use at its last look)
 
     def before(self, ttl_seconds: float) -> str:
         return datetime.fromtimestamp(self.now - ttl_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

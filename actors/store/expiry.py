@@ -8,7 +8,9 @@ One query per kind of rule, each an index range read oldest first (schema step "
   ``(namespace, last_active_at)``, leaving out the sessions an agent rule or their own covers.
 
 A keep_latest rule only finds sessions with more messages than it keeps, so a session it
-trimmed is not found again until it grows. The actor settles the rule again before acting.
+trimmed is not found again until it grows. The actor settles the rule again before acting;
+the sessions the sweeper postponed (in use) are left out for a while, so that a batch full of
+busy sessions cannot hold back the others.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def _select(d: Dialect) -> str:
     return f"SELECT id, namespace, {d.agent} FROM sessions WHERE "
 
 
+def _skip(s: _Sql, q: ExpiryQuery) -> str:
+    if not q.skip:
+        return ""
+    return f" AND id NOT IN ({', '.join(s.p(sid) for sid in q.skip)})"
+
+
 def _rule_sql(d: Dialect, q: ExpiryQuery, rule: Retention, scope: str, value: str, limit: int) -> _Sql:
     s = _Sql(d)
     column = d.agent if scope == "agent" else "namespace"
@@ -85,7 +93,7 @@ def _rule_sql(d: Dialect, q: ExpiryQuery, rule: Retention, scope: str, value: st
         # A session whose agent has a rule follows that rule, not its namespace's.
         marks = ", ".join(s.p(a) for a in q.rules.agents)
         where.append(f"({d.agent} IS NULL OR {d.agent} NOT IN ({marks}))")
-    s.sql = _select(d) + " AND ".join(where) + f" ORDER BY last_active_at LIMIT {s.p(limit)}"
+    s.sql = _select(d) + " AND ".join(where) + _skip(s, q) + f" ORDER BY last_active_at LIMIT {s.p(limit)}"
     return s
 
 
@@ -93,12 +101,12 @@ def _statements(d: Dialect, q: ExpiryQuery, limit: int) -> list[_Sql]:
     own = _Sql(d)
     own.sql = (
         _select(d) + f"due_at <= {own.p(q.now)} AND ({d.own_action} = 'delete' OR {d.count} > {d.own_keep})"
-        f" ORDER BY due_at LIMIT {own.p(limit)}"
+        + _skip(own, q) + f" ORDER BY due_at LIMIT {own.p(limit)}"
     )
     temp = _Sql(d)
     temp.sql = (
         _select(d) + f"{d.temporary} AND last_active_at < {temp.p(q.before(q.rules.temporary_ttl_seconds))}"
-        f" ORDER BY last_active_at LIMIT {temp.p(limit)}"
+        + _skip(temp, q) + f" ORDER BY last_active_at LIMIT {temp.p(limit)}"
     )
     out = [own, temp]
     out += [_rule_sql(d, q, rule, "agent", agent, limit) for agent, rule in q.rules.agents.items()]
