@@ -379,6 +379,10 @@ class SessionActor(SessionState):
     async def _patch(self, cmd: PatchSession) -> SessionRecord:
         self._check_version(cmd.if_match)
         r = self.record
+        retention = r.retention if cmd.retention is msgspec.UNSET else cmd.retention
+        temporary = r.temporary if cmd.temporary is msgspec.UNSET else cmd.temporary
+        if temporary and retention is not None:
+            raise InvalidRequestError("a temporary session has no retention of its own; set one of the two")
         if cmd.title is not msgspec.UNSET:
             r.title = cmd.title
         if cmd.metadata is not msgspec.UNSET:
@@ -401,10 +405,6 @@ class SessionActor(SessionState):
             r.documents = [d for d in r.documents if d not in cmd.unlink_documents]
         if cmd.add_fork is not None:
             r.forks = [*r.forks, cmd.add_fork]
-        retention = r.retention if cmd.retention is msgspec.UNSET else cmd.retention
-        temporary = r.temporary if cmd.temporary is msgspec.UNSET else cmd.temporary
-        if temporary and retention is not None:
-            raise InvalidRequestError("a temporary session has no retention of its own; set one of the two")
         r.retention, r.temporary = retention, temporary
         self._touch()
         await self._store.commit([PutSession.of(r)])
