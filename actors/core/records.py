@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from actors.core.retention import Retention, epoch_of
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 
 _enc = msgspec.json.Encoder()
@@ -28,6 +29,7 @@ __all__ = [
     "PutEvent",
     "PutMessage",
     "PutSession",
+    "PutSummary",
     "RemoveSession",
     "RunningTask",
     "SessionQuery",
@@ -145,6 +147,7 @@ class LoadedSession(msgspec.Struct):
     checkpoints: list[Checkpoint]
     events: list[StoredEvent]  # the newest durable events, oldest first
     max_seq: int  # the highest durable event id
+    summaries: list[ContextSummary] = msgspec.field(default_factory=list)  # hidden nodes, oldest first
 
 
 class PutSession(msgspec.Struct):
@@ -189,6 +192,19 @@ class PutEvent(msgspec.Struct):
     event: StoredEvent
 
 
+class PutSummary(msgspec.Struct):
+    """Upsert of a hidden summary node, and removal of those of the session it replaces."""
+
+    session_id: str
+    id: str
+    body: bytes
+    drop: list[str] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def of(cls, session_id: str, summary: ContextSummary, drop: list[str] | None = None) -> PutSummary:
+        return cls(session_id, summary.id, _enc.encode(summary), drop or [])
+
+
 class RemoveSession(msgspec.Struct):
     """Removal of a session with everything it holds."""
 
@@ -196,16 +212,18 @@ class RemoveSession(msgspec.Struct):
 
 
 class TrimSession(msgspec.Struct):
-    """Removal of some of a session's messages and checkpoints, and of its durable events up to
-    ``events_through`` (what keep_latest retention drops; the session row is written beside)."""
+    """Removal of some of a session's messages, checkpoints and context summaries, and of its
+    durable events up to ``events_through`` (what keep_latest retention drops; the session row
+    is written beside)."""
 
     session_id: str
     message_ids: list[str]
     checkpoint_ids: list[str]
     events_through: int
+    summary_ids: list[str] = msgspec.field(default_factory=list)
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | TrimSession | RemoveSession
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | RemoveSession
 
 
 class SessionQuery(msgspec.Struct):

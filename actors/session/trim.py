@@ -7,6 +7,8 @@ anything below the active leaf), and with them, in one commit:
 - the checkpoints of messages that went (those of kept messages stay, and restore as before);
 - their search index entries (SQLite's FTS triggers and PostgreSQL's expression indexes follow
   the message rows);
+- every hidden context summary (actors/core/summary.py): each tells of a path from the old
+  root, which no longer exists, and holds what the removed messages said;
 - every durable event so far: events tell of messages (a completed message carries its whole
   text), so none is kept. ``event_floor`` records where the log starts again: a stream
   resuming from an earlier id is told ``stream.reset`` and refetches the (trimmed) history;
@@ -24,6 +26,7 @@ from actors.core.records import PutMessage, PutSession, TrimSession
 from actors.core.retention import kept_ids
 from actors.core.tree import MessageTree
 from actors.session.state import SessionState
+from actors.session.summaries import Summaries
 
 __all__ = ["trim"]
 
@@ -54,10 +57,11 @@ async def trim(state: SessionState, keep: int) -> int:
         seq_reserved=max(state.record.seq_reserved, through),
     )
     dropped = [c.id for c in state.checkpoints if c.message_id not in keep_set]
-    ops += [TrimSession(state.id, gone, dropped, through), PutSession.of(record)]
+    ops += [TrimSession(state.id, gone, dropped, through, state.summaries.ids()), PutSession.of(record)]
     await state._store.commit(ops)
     state.tree = MessageTree.from_nodes(nodes, record.active_leaf_id)
     state.checkpoints = checkpoints
+    state.summaries = Summaries()
     state.record = record
     state.log.forget_through(through)
     state._last_task_start = None

@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from actors.batch import BatchQueue, QueueClosedError
 from actors.core.errors import StoreClosedError, StoreUnavailableError
-from actors.core.records import Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession, TrimSession
+from actors.core.records import (
+    Op,
+    PutCheckpoint,
+    PutEvent,
+    PutMessage,
+    PutSession,
+    PutSummary,
+    RemoveSession,
+    TrimSession,
+)
 
 __all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
 
@@ -111,11 +120,12 @@ class GroupCommitter:
 
 class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
-    sessions, messages, checkpoints and events, then what retention trims, then deletes (so a
-    late write racing a delete can never resurrect the session)."""
+    sessions, messages, checkpoints, events and summaries, then the summaries replaced, then what
+    retention trims, then deletes (so a late write racing a delete can never resurrect the
+    session)."""
 
-    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions", "trim_checkpoints", "trim_events",
-                 "trim_messages")
+    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions", "summaries", "summary_drops",
+                 "trim_checkpoints", "trim_events", "trim_messages")
 
     def __init__(self, ops: Sequence[Op]) -> None:
         # id, namespace, end_user_id, last_active_at, body, due_at
@@ -123,6 +133,8 @@ class Rows:
         self.messages: list[tuple[str, str, str]] = []
         self.checkpoints: list[tuple[str, str, str]] = []
         self.events: list[tuple[str, int, str, bytes]] = []
+        self.summaries: list[tuple[str, str, str]] = []
+        self.summary_drops: list[tuple[str, str]] = []
         self.trim_messages: list[tuple[str, str]] = []  # (session_id, id)
         self.trim_checkpoints: list[tuple[str, str]] = []
         self.trim_events: list[tuple[str, int]] = []  # (session_id, through seq)
@@ -139,9 +151,13 @@ class Rows:
                     self.checkpoints.append((op.id, op.session_id, op.body.decode()))
                 case PutEvent(session_id=sid, event=ev):
                     self.events.append((sid, ev.seq, ev.type, ev.data))
+                case PutSummary():
+                    self.summaries.append((op.id, op.session_id, op.body.decode()))
+                    self.summary_drops += [(op.session_id, d) for d in op.drop]
                 case TrimSession(session_id=sid):
                     self.trim_messages += [(sid, m) for m in op.message_ids]
                     self.trim_checkpoints += [(sid, c) for c in op.checkpoint_ids]
                     self.trim_events.append((sid, op.events_through))
+                    self.summary_drops += [(sid, d) for d in op.summary_ids]
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
