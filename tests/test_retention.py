@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from actors.core.retention import ExpiryQuery
 from server.appkeys import REGISTRY, STORE, SWEEPER
 from tests.conftest import ClientFactory, new_session
+from tests.fake_models import FakeOpenAI
 from tests.pg import database
 from tests.sse import events, read_until
 
@@ -36,18 +37,18 @@ async def factory(request: Any, make_client: ClientFactory, tmp_path: Path) -> A
     """Makes a server on the store of the parameter, with the retention settings given."""
     made: list[Client] = []
 
-    def sections(simulated: dict[str, Any] | None, retention: dict[str, Any]) -> dict[str, Any]:
-        return {"retention": {**FAST, **retention}, "agents": AGENTS, **({"simulated": simulated} if simulated else {})}
+    def sections(extra: dict[str, Any] | None, retention: dict[str, Any]) -> dict[str, Any]:
+        return {"retention": {**FAST, **retention}, "agents": AGENTS, **(extra or {})}
 
     if request.param == "sqlite":
-        async def sqlite(simulated: dict[str, Any] | None = None, **retention: Any) -> Client:
-            return await make_client(**sections(simulated, retention))
+        async def sqlite(extra: dict[str, Any] | None = None, **retention: Any) -> Client:
+            return await make_client(**sections(extra, retention))
 
         yield sqlite
         return
     async with database() as dsn:
-        async def postgres(simulated: dict[str, Any] | None = None, **retention: Any) -> Client:
-            c = await make_client(store={"kind": "postgres", "postgres_dsn": dsn}, **sections(simulated, retention))
+        async def postgres(extra: dict[str, Any] | None = None, **retention: Any) -> Client:
+            c = await make_client(store={"kind": "postgres", "postgres_dsn": dsn}, **sections(extra, retention))
             made.append(c)
             return c
 
@@ -204,9 +205,45 @@ async def test_keep_latest_keeps_the_newest_messages_intact(factory: Factory) ->
     assert got[-1].event == "task.completed" and got[0].id is not None and got[0].id > reset_at
 
 
+async def test_keep_latest_drops_the_hidden_context_summaries(factory: Factory) -> None:
+    model = FakeOpenAI("ctx-model")
+    await model.start()
+    try:
+        client = await factory({
+            "providers": {"fake": {"kind": "openai", "base_url": f"{model.url}/v1", "model": "ctx-model"}},
+            "agents": {"default": {"model": ["fake"]}},
+            "context": {"strategy": "summarize", "windows": {"ctx-model": 1200}, "reserve_tokens": 200,
+                        "summary_tokens": 100},
+        })
+        messages: list[dict[str, Any]] = []
+        for i in range(60):  # far more than the window holds: the answer needs a summary
+            for role, text in (("user", f"question {i} about item {i}"), ("assistant", f"answer {i} is fine")):
+                messages.append({"id": f"msg_{role[0]}{i}", "parent_id": messages[-1]["id"] if messages else None,
+                                 "role": role, "content": text, "created_at": "2026-01-01T00:00:00Z"})
+        doc = {"format": "sessiond.session", "version": 1, "active_leaf_id": messages[-1]["id"],
+               "messages": messages, "session": {"id": "ses_summarised", "created_at": "2026-01-01T00:00:00Z"}}
+        assert (await client.post("/v1/sessions/import", json=doc)).status == 201
+        sid = "ses_summarised"
+        await _send(client, sid, "one more question")
+        store = client.app[STORE]
+        loaded = await store.load_session(sid, events=10)
+        assert loaded is not None and len(loaded.summaries) == 1
+        rule = {"ttl_seconds": 0.1, "action": "keep_latest", "keep_latest": 4}
+        assert (await client.patch(f"/v1/sessions/{sid}", json={"retention": rule})).status == 200
+
+        async def trimmed() -> bool:
+            return (await (await client.get(f"/v1/sessions/{sid}")).json())["message_count"] == 4
+
+        await _eventually(trimmed, "the trim")
+        loaded = await store.load_session(sid, events=10)
+        assert loaded is not None and loaded.summaries == [] and len(loaded.nodes) == 4
+    finally:
+        await model.stop()
+
+
 async def test_a_session_with_a_running_task_is_never_cut(factory: Factory) -> None:
     # 30 tokens at 10 a second: the answer runs about 3 s, far past the session's 1 s rule.
-    client = await factory(simulated={"tokens_per_second": 10, "reply_tokens": 30})
+    client = await factory({"simulated": {"tokens_per_second": 10, "reply_tokens": 30}})
     s = await new_session(client, retention={"ttl_seconds": 1})
     sid = s["id"]
     async with client.post(f"/v1/sessions/{sid}/messages", json={"content": "tell me", "stream": True}) as resp:
@@ -224,7 +261,7 @@ async def test_a_session_with_a_running_task_is_never_cut(factory: Factory) -> N
 
 async def test_a_busy_session_does_not_hold_back_the_others(factory: Factory) -> None:
     # One session a sweep: the busy one, due first, would take every batch if not set aside.
-    client = await factory(batch=1, simulated={"tokens_per_second": 10, "reply_tokens": 40})
+    client = await factory({"simulated": {"tokens_per_second": 10, "reply_tokens": 40}}, batch=1)
     hold = {"ttl_seconds": 3600}
     busy = (await new_session(client, retention=hold))["id"]
     idle = (await new_session(client, retention=hold))["id"]
