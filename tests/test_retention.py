@@ -232,7 +232,7 @@ async def test_keep_latest_drops_the_hidden_context_summaries(factory: Factory) 
         assert (await client.patch(f"/v1/sessions/{sid}", json={"retention": rule})).status == 200
 
         async def trimmed() -> bool:
-            return (await (await client.get(f"/v1/sessions/{sid}")).json())["message_count"] == 4
+            return bool((await (await client.get(f"/v1/sessions/{sid}")).json())["message_count"] == 4)
 
         await _eventually(trimmed, "the trim")
         loaded = await store.load_session(sid, events=10)
