@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from actors.cluster.node import ClusterSettings
-from actors.core.retention import Retention
+from actors.core.retention import MAX_TTL_SECONDS, Retention
 from actors.store.tables import RouteEntry
 
 __all__ = [
@@ -268,7 +268,7 @@ class LimitsSection(_Section):
 class RetentionSection(_Section):
     sweep_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     batch: Annotated[int, msgspec.Meta(ge=1)] = 100
-    temporary_ttl_seconds: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    temporary_ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_TTL_SECONDS)] = 900.0
     namespaces: dict[str, Retention] = msgspec.field(default_factory=dict)
     agents: dict[str, Retention] = msgspec.field(default_factory=dict)
 

@@ -24,6 +24,7 @@ import msgspec
 from actors.core.tree import MessageTree
 
 __all__ = [
+    "MAX_TTL_SECONDS",
     "ExpiredRow",
     "ExpiryOutcome",
     "ExpiryQuery",
@@ -41,14 +42,14 @@ ExpiryOutcome = Literal["deleted", "trimmed", "busy", "kept"]
 """What a session did with the sweeper's ``ExpireSession``: ``busy`` (a task runs or waits, or
 a stream is open: retried at the next sweep) and ``kept`` (not due any more) change nothing."""
 
-_MAX_TTL = 100 * 365 * 86400.0  # a century: anything longer is "for ever", said otherwise
+MAX_TTL_SECONDS = 100 * 365 * 86400.0  # a century: anything longer is "for ever", said otherwise
 _MAX_KEEP = 1_000_000
 
 
 class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One rule: ``ttl_seconds`` after the last activity, ``action`` (``keep_latest`` N messages)."""
 
-    ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=_MAX_TTL)]
+    ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_TTL_SECONDS)]
     action: RetentionAction = "delete"
     keep_latest: Annotated[int, msgspec.Meta(ge=1, le=_MAX_KEEP)] | None = None
 
