@@ -47,7 +47,9 @@ _MAX_KEEP = 1_000_000
 
 
 class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One rule: ``ttl_seconds`` after the last activity, ``action`` (``keep_latest`` N messages)."""
+    """A retention rule: ``ttl_seconds`` after the last activity, ``action`` is done: ``delete``
+    the session, or ``keep_latest`` (only the newest ``keep_latest`` messages of its active path
+    stay)."""
 
     ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_TTL_SECONDS)]
     action: RetentionAction = "delete"
