@@ -5,7 +5,7 @@ query per rule: actors/store/expiry.py) and sends each an ``ExpireSession`` thro
 registry, so the session's own actor deletes or trims it, on whichever node owns it (a
 session live on another node gets the command forwarded there). A session with a task
 running or waiting, an open stream or a command waiting answers ``busy`` and is left for the
-next sweep; no answer is ever cut short. The registry runs it among its own tasks.
+later sweep; no answer is ever cut short. The registry runs it among its own tasks.
 
 In cluster mode only the node holding the ``retention`` lock sweeps; it holds the lock while it
 lives (renewed at every sweep) and gives it back when it drains.
@@ -57,7 +57,7 @@ class RetentionStats:
         self.deleted = 0
         self.trimmed = 0
         self.messages_trimmed = 0
-        self.busy = 0  # due, but in use: retried at the next sweep
+        self.busy = 0  # due, but in use: asked again at a later sweep
         self.errors = 0
 
 

@@ -40,9 +40,9 @@ __all__ = [
 RetentionAction = Literal["delete", "keep_latest"]
 ExpiryOutcome = Literal["deleted", "trimmed", "busy", "kept"]
 """What a session did with the sweeper's ``ExpireSession``: ``busy`` (a task runs or waits, or
-a stream is open: retried at the next sweep) and ``kept`` (not due any more) change nothing."""
+a stream is open: asked again at a later sweep) and ``kept`` (not due after all) change nothing."""
 
-MAX_TTL_SECONDS = 100 * 365 * 86400.0  # a century: anything longer is "for ever", said otherwise
+MAX_TTL_SECONDS = 100 * 365 * 86400.0  # a century; to keep a session for ever, give it no rule
 _MAX_KEEP = 1_000_000
 
 
