@@ -4,7 +4,7 @@ Every ``interval`` seconds it asks the store for at most ``batch`` due sessions 
 query per rule: actors/store/expiry.py) and sends each an ``ExpireSession`` through the
 registry, so the session's own actor deletes or trims it, on whichever node owns it (a
 session live on another node gets the command forwarded there). A session with a task
-running or waiting, an open stream or a command waiting answers ``busy`` and is left for the
+running or waiting, an open stream or a command waiting answers ``busy`` and is left for a
 later sweep; no answer is ever cut short. The registry runs it among its own tasks.
 
 In cluster mode only the node holding the ``retention`` lock sweeps; it holds the lock while it
