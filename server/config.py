@@ -44,6 +44,8 @@ __all__ = [
     "StreamsSection",
     "TokensSection",
     "ToolsSection",
+    "WebhookEndpointSection",
+    "WebhooksSection",
     "env_settings",
     "load_config",
     "unknown_env",
@@ -273,6 +275,37 @@ class RetentionSection(_Section):
     agents: dict[str, Retention] = msgspec.field(default_factory=dict)
 
 
+_WEBHOOK_EVENTS = ["task.completed", "task.failed", "task.cancelled", "tool.approval_requested", "session.deleted"]
+
+
+class WebhookEndpointSection(_Section):
+    """``[webhooks.endpoints.NAME]``: a receiver of signed event POSTs (server/webhooks.py checks it)."""
+
+    url: str
+    secret: str = ""  # "whsec_<base64>"
+    secret_env: str = ""  # or the environment variable holding it
+    events: list[str] = msgspec.field(default_factory=lambda: list(_WEBHOOK_EVENTS))
+    namespaces: list[str] = msgspec.field(default_factory=list)  # empty: every namespace
+    agents: list[str] = msgspec.field(default_factory=list)  # empty: every agent
+
+
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class WebhooksSection(_Section):
+    timeout_seconds: _Positive = 10.0
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 8
+    max_age_seconds: _Positive = 86_400.0
+    backoff_seconds: _Positive = 1.0
+    max_backoff_seconds: _Positive = 3600.0
+    poll_seconds: _Positive = 1.0
+    lease_seconds: _Positive = 60.0
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 4096
+    retention_seconds: _Positive = 604_800.0
+    endpoints: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -296,6 +329,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     context: ContextSection = msgspec.field(default_factory=ContextSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
+    webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
 
     @property
     def data_dir(self) -> Path:

@@ -30,6 +30,7 @@ from server.routes import (
     tools,
     transfer,
     usage,
+    webhooks,
     webpage,
 )
 from server.routing import ANY, HTML, MULTIPART, ROUTE_OF, TEXT, Form, Param, Route, integer
@@ -63,6 +64,7 @@ from server.schema.sessions import (
 )
 from server.schema.tools import DenyBody, SessionTools, SessionToolsBody, ToolCallOut, ToolList, ToolResultBody
 from server.schema.usage import EndUserUsage
+from server.schema.webhooks import DeliveryList
 
 __all__ = ["ROUTES", "add_routes"]
 
@@ -227,6 +229,16 @@ ROUTES: tuple[Route, ...] = (
               Param("last_event_id", {"type": "integer", "minimum": 0}, "Resume after this event id."),
               Param("Last-Event-ID", {"type": "integer", "minimum": 0}, "Resume after this event id.", "header"),
           )),
+    # webhooks
+    Route("GET", "/v1/webhooks/deliveries", webhooks.list_deliveries,
+          "Webhook deliveries, newest first: pending, delivered or failed, with attempts and last error",
+          reply=DeliveryList, query=(
+              Param("status", {"type": "string", "enum": ["pending", "delivered", "failed"]}),
+              Param("endpoint", {"type": "string"}, "An endpoint's name ([webhooks.endpoints.NAME])."),
+              integer("limit", 50, 1, 200, "Page size."),
+              Param("cursor", {"type": "string"}, "The `next_cursor` of the previous page."),
+          ), description="For an API key that does not act for an end user (the operator). Delivered and "
+          "failed deliveries are kept for `[webhooks] retention_seconds`."),
     # operations
     Route("GET", "/healthz", ops.healthz, "Alive", reply=StatusOut, tag="operations", public=True),
     Route("GET", "/readyz", ops.readyz, "Ready: the store answers and the server accepts work", reply=ReadyOut,

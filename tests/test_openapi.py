@@ -182,6 +182,7 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     await _call(client, spec, "GET", "/healthz")
     await _call(client, spec, "GET", "/readyz")
     await _call(client, spec, "GET", "/openapi.json")
+    await _call(client, spec, "GET", "/v1/webhooks/deliveries", params={"status": "failed"})
     assert len(tree["nodes"]) == 2
 
     # Tool calls that wait: a client tool's result (its events are StreamEvents of the spec), and

@@ -5,6 +5,7 @@ on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import secrets
 import time
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from actors.core.retention import ExpiryQuery
@@ -239,6 +241,27 @@ async def test_keep_latest_drops_the_hidden_context_summaries(factory: Factory) 
         assert loaded is not None and loaded.summaries == [] and len(loaded.nodes) == 4
     finally:
         await model.stop()
+
+
+async def test_a_deletion_by_retention_sends_the_session_deleted_webhook(
+    factory: Factory, aiohttp_server: Any
+) -> None:
+    got: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await got.put(await request.json())
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    server = await aiohttp_server(receiver)
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    endpoint = {"url": str(server.make_url("/hook")), "secret": secret, "events": ["session.deleted"]}
+    client = await factory({"webhooks": {"endpoints": {"rx": endpoint}, "poll_seconds": 0.05}})
+    s = await new_session(client, retention={"ttl_seconds": 0.1})
+    delivered = await asyncio.wait_for(got.get(), 15)
+    assert delivered["type"] == "session.deleted" and delivered["data"]["session_id"] == s["id"]
+    assert await _status(client, s["id"]) == 404
 
 
 async def test_a_session_with_a_running_task_is_never_cut(factory: Factory) -> None:

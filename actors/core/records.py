@@ -26,6 +26,7 @@ __all__ = [
     "LoadedSession",
     "Op",
     "PutCheckpoint",
+    "PutDelivery",
     "PutEvent",
     "PutMessage",
     "PutSession",
@@ -223,7 +224,19 @@ class TrimSession(msgspec.Struct):
     summary_ids: list[str] = msgspec.field(default_factory=list)
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | RemoveSession
+class PutDelivery(msgspec.Struct):
+    """A new webhook outbox row (actors/core/webhooks.py): committed with the event it announces,
+    so the event and its delivery are durable together or not at all."""
+
+    id: str  # the webhook-id every attempt sends
+    endpoint: str
+    session_id: str
+    event_type: str
+    body: bytes  # the JSON payload, as every attempt sends it
+    created_at: float  # unix time
+
+
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | RemoveSession | PutDelivery
 
 
 class SessionQuery(msgspec.Struct):

@@ -96,6 +96,7 @@ from actors.core.records import (
 from actors.core.replies import Expiry, TaskHandle, TreeView, TurnOutcome, TurnStatus
 from actors.core.retention import effective, is_due
 from actors.core.tree import Node, ToolUse, ToolWait, Usage
+from actors.core.webhooks import Outbox
 from actors.ports import EventSink, Provider, SessionStore
 from actors.session import requests
 from actors.session.context import model_request
@@ -133,8 +134,9 @@ class SessionActor(SessionState):
         frame: FrameEncoder,
         sink: EventSink | None = None,
         guard: Callable[[str], Awaitable[bool | None]] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
+        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox)
         # Cluster mode: whether this node still holds the session's lease, asked before a
         # change is accepted (a node that cannot prove it must not serve one).
         self._guard = guard
@@ -541,7 +543,15 @@ class SessionActor(SessionState):
 
     async def _delete(self) -> None:
         await self._stop_turn()
-        await self._store.commit([RemoveSession(self.id)])
+        await self._remove()
+
+    async def _remove(self) -> None:
+        """Delete the session from the store and stop (DELETE, and retention's delete alike)."""
+        # A session.deleted webhook is durable with the delete itself, or neither is.
+        deliveries = self._outbox.for_deletion(self.record) if self._outbox is not None else []
+        await self._store.commit([RemoveSession(self.id), *deliveries])
+        if deliveries and self._outbox is not None:
+            self._outbox.wake()
         self._stop("deleted")
 
     async def _passivate(self, idle_seconds: float) -> bool:
@@ -555,7 +565,7 @@ class SessionActor(SessionState):
 
     async def _expire(self, cmd: ExpireSession) -> Expiry:
         """Retention, if still due: never while a task runs or waits, a stream is open or a
-        command waits behind this one (the sweeper retries at its next pass)."""
+        command waits behind this one (the sweeper asks again at a later pass)."""
         if self._turn is not None or self._queued or self.hub.subscribers or len(self._mailbox):
             return Expiry("busy")
         r = self.record
@@ -564,8 +574,7 @@ class SessionActor(SessionState):
         if rule is None or not is_due(rule, r.last_active_at, len(self.tree), time.time()):
             return Expiry("kept")
         if rule.action == "delete":
-            await self._store.commit([RemoveSession(self.id)])
-            self._stop("deleted")
+            await self._remove()
             return Expiry("deleted", r)
         return Expiry("trimmed", removed=await trim(self, rule.keep_latest or 0))
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from actors.core.tree import Usage
+from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.ports import SessionStore
 from actors.store.tables import (
     AgentRecord,
@@ -21,7 +22,7 @@ from actors.store.tables import (
     TokenFamilyRecord,
 )
 
-__all__ = ["AuthStore", "CatalogStore", "SessionStore", "Store"]
+__all__ = ["AuthStore", "CatalogStore", "OutboxStore", "SessionStore", "Store"]
 
 
 class AuthStore(Protocol):
@@ -97,5 +98,39 @@ class CatalogStore(Protocol):
         """(sessions, summed token usage) over the end user's existing sessions."""
 
 
-class Store(SessionStore, AuthStore, CatalogStore, Protocol):
+class OutboxStore(Protocol):
+    """The webhook outbox (actors/store/outbox.py): rows are added by the group commit
+    (``PutDelivery``), claimed by a deliverer under a lease, and given their outcome."""
+
+    async def claim_deliveries(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` pending rows due at ``now`` to ``owner`` (none another holds)."""
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: float | None,
+        last_error: str | None,
+        last_status: int | None,
+        delivered_at: float | None,
+    ) -> bool:
+        """Record an attempt's outcome and end the lease; False if ``owner`` lost the lease."""
+
+    async def release_deliveries(self, owner: str | None) -> int:
+        """End the leases of ``owner`` (None: every lease), so those rows are due again now."""
+
+    async def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        """Newest first, without their bodies; one more than ``query.limit`` if more follow."""
+
+    async def prune_deliveries(self, before: float) -> int:
+        """Forget delivered and failed rows created before ``before``."""
+
+    async def delivery_health(self, since: float) -> list[EndpointHealth]:
+        """Per endpoint, the deliveries created since ``since`` that failed or are retrying."""
+
+
+class Store(SessionStore, AuthStore, CatalogStore, OutboxStore, Protocol):
     """One database behind everything: what the server composes and the CLI opens."""

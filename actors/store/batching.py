@@ -18,6 +18,7 @@ from actors.core.errors import StoreClosedError, StoreUnavailableError
 from actors.core.records import (
     Op,
     PutCheckpoint,
+    PutDelivery,
     PutEvent,
     PutMessage,
     PutSession,
@@ -122,10 +123,13 @@ class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
     sessions, messages, checkpoints, events and summaries, then the summaries replaced, then what
     retention trims, then deletes (so a late write racing a delete can never resurrect the
-    session)."""
+    session). Webhook outbox rows are a table of their own, which a session's delete leaves
+    alone (its ``session.deleted`` delivery is one of them)."""
 
-    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions", "summaries", "summary_drops",
-                 "trim_checkpoints", "trim_events", "trim_messages")
+    __slots__ = (
+        "checkpoints", "deletes", "deliveries", "events", "messages", "sessions", "summaries", "summary_drops",
+        "trim_checkpoints", "trim_events", "trim_messages",
+    )
 
     def __init__(self, ops: Sequence[Op]) -> None:
         # id, namespace, end_user_id, last_active_at, body, due_at
@@ -139,6 +143,8 @@ class Rows:
         self.trim_checkpoints: list[tuple[str, str]] = []
         self.trim_events: list[tuple[str, int]] = []  # (session_id, through seq)
         self.deletes: list[tuple[str]] = []
+        # id, endpoint, session_id, event_type, body, created_at (also its first next_attempt_at)
+        self.deliveries: list[tuple[str, str, str, str, bytes, float]] = []
         for op in ops:
             match op:
                 case PutSession():
@@ -161,3 +167,5 @@ class Rows:
                     self.summary_drops += [(sid, d) for d in op.summary_ids]
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
+                case PutDelivery():
+                    self.deliveries.append((op.id, op.endpoint, op.session_id, op.event_type, op.body, op.created_at))

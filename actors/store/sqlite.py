@@ -31,6 +31,8 @@ from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
+from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
+from actors.store import outbox
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
 from actors.store.expiry import SQLITE, expired_sessions
 from actors.store.migrations.sqlite import MIGRATIONS
@@ -172,6 +174,8 @@ class SqliteStore:
                     await db.executemany(sql, trims)
             for sql in _DELETES if rows.deletes else ():
                 await db.executemany(sql, rows.deletes)
+            if rows.deliveries:
+                await db.executemany(outbox.INSERT_DELIVERY, [(*d, d[5]) for d in rows.deliveries])
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -523,3 +527,61 @@ class SqliteStore:
             (guest_id, now),
         )
         return GuestRecord(*rows[0]) if rows else None
+
+    # -- the webhook outbox: rows come with the group commit; claims and outcomes are each a
+    # transaction of their own (BEGIN IMMEDIATE), like the token writes above.
+
+    async def claim_deliveries(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        # Polled every [webhooks] poll_seconds: a read on the reader first, so an outbox with
+        # nothing due never takes the write lock.
+        if not await self._all(outbox.DUE_ANY, (now, now)):
+            return []
+
+        async def claim(db: aiosqlite.Connection) -> list[Delivery]:
+            rows = await self._rows(db, outbox.CLAIM, (owner, now + lease_seconds, now, now, limit))
+            return [outbox.delivery_of(r) for r in rows]
+
+        return await self._transaction(claim)
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: float | None,
+        last_error: str | None,
+        last_status: int | None,
+        delivered_at: float | None,
+    ) -> bool:
+        params = (status, attempts, next_attempt_at, last_error, last_status, delivered_at, delivery_id, owner)
+
+        async def finish(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(outbox.FINISH, params)
+            return cur.rowcount > 0
+
+        return await self._transaction(finish)
+
+    async def release_deliveries(self, owner: str | None) -> int:
+        async def release(db: aiosqlite.Connection) -> int:
+            if owner is None:
+                cur = await db.execute(outbox.RELEASE_ALL)
+            else:
+                cur = await db.execute(outbox.RELEASE_OWNER, (owner,))
+            return cur.rowcount
+
+        return await self._transaction(release)
+
+    async def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        sql, params = outbox.list_sql(query)
+        return [outbox.delivery_of(r) for r in await self._all(sql, params)]
+
+    async def prune_deliveries(self, before: float) -> int:
+        async def prune(db: aiosqlite.Connection) -> int:
+            return (await db.execute(outbox.PRUNE, (before,))).rowcount
+
+        return await self._transaction(prune)
+
+    async def delivery_health(self, since: float) -> list[EndpointHealth]:
+        return outbox.health_of(await self._all(outbox.HEALTH, (since,)))
