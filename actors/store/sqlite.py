@@ -157,7 +157,11 @@ class SqliteStore:
         rows = Rows(ops)
         db = self._db
         assert db is not None
-        await db.execute("BEGIN")
+        # IMMEDIATE: the write lock is taken (waiting out busy_timeout) before anything is read.
+        # A deferred BEGIN reads first, and if another connection (a token, guest or webhook
+        # write) commits before its first write, SQLite refuses that write at once with
+        # SQLITE_BUSY ("database is locked"), never waiting.
+        await db.execute("BEGIN IMMEDIATE")
         try:
             for sql, table in (
                 (_UPSERT_SESSION, rows.sessions),
