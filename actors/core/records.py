@@ -19,6 +19,7 @@ __all__ = [
     "MAX_IDEMPOTENT_REQUESTS",
     "Checkpoint",
     "ClientTool",
+    "Fence",
     "ForkRef",
     "IdempotentRequest",
     "LoadedSession",
@@ -33,6 +34,7 @@ __all__ = [
     "SessionRecord",
     "Stats",
     "StoredEvent",
+    "op_session",
 ]
 
 
@@ -183,7 +185,20 @@ class RemoveSession(msgspec.Struct):
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession
+class Fence(msgspec.Struct):
+    """The writer's lease epoch for ``session_id``: the store refuses the ops of this commit if
+    the session's stored epoch is higher (another node has taken the session since)."""
+
+    session_id: str
+    epoch: int
+
+
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession | Fence
+
+
+def op_session(op: Op) -> str:
+    """The session an op writes to."""
+    return op.id if isinstance(op, PutSession) else op.session_id
 
 
 class SessionQuery(msgspec.Struct):

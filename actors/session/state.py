@@ -19,7 +19,7 @@ from actors.core.commands import GetMessages
 from actors.core.errors import BadHeaderError, NotFoundError, PreconditionFailedError, TaskRunningError
 from actors.core.events import TERMINAL_EVENTS, Event, EventLog, FrameEncoder, delta_data, encode_event, event_type
 from actors.core.ids import utcnow
-from actors.core.records import LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
+from actors.core.records import Fence, LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
 from actors.core.replies import MessagePage
 from actors.core.tree import MessageTree, Node
 from actors.ports import EventSink, SessionStore
@@ -55,6 +55,7 @@ class SessionState:
         stats: Stats,
         frame: FrameEncoder,
         sink: EventSink | None = None,
+        epoch: int = 0,
     ) -> None:
         record = loaded.record
         self.id = record.id
@@ -86,6 +87,9 @@ class SessionState:
             self.log.floor = max(self.log.floor, self._shown)
         self.hub = Hub(self.log)
         self._store = store
+        # The lease epoch this activation claimed: every commit carries it, and the store
+        # refuses one once another activation (on another node) has claimed a higher one.
+        self.epoch = epoch
         self._settings = settings
         self._stats = stats
         self._sink = sink
@@ -146,6 +150,10 @@ class SessionState:
 
     # -- events ----------------------------------------------------------------------------
 
+    async def _commit(self, ops: Sequence[Op]) -> None:
+        """Write ``ops`` under this activation's lease epoch (FencedError: nothing written)."""
+        await self._store.commit([Fence(self.id, self.epoch), *ops])
+
     async def _publish(self, events: Sequence[Event], ops: Sequence[Op] = (), *, ends: Sequence[str] = ()) -> list[int]:
         """Number ``events``, commit them with ``ops``, and only then show them to subscribers.
 
@@ -168,7 +176,7 @@ class SessionState:
                 if request.task_id in ends:
                     request.end_seq = seqs[-1]
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
-        await self._store.commit(all_ops)
+        await self._commit(all_ops)
         for event, ev in zip(events, stored, strict=True):
             self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":

@@ -14,12 +14,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from actors.batch import BatchQueue, QueueClosedError
-from actors.core.errors import StoreClosedError, StoreUnavailableError
-from actors.core.records import Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession
+from actors.core.errors import FencedError, StoreClosedError, StoreUnavailableError
+from actors.core.records import Fence, Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession
 
-__all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
+__all__ = ["GroupCommitter", "Rows", "StoreClosedError", "fences"]
 
 log = logging.getLogger("sessiond.store")
+
+
+def fences(ops: Sequence[Op]) -> dict[str, int]:
+    """The lowest epoch each fenced session's ops in ``ops`` were written under."""
+    out: dict[str, int] = {}
+    for op in ops:
+        if isinstance(op, Fence):
+            out[op.session_id] = min(op.epoch, out.get(op.session_id, op.epoch))
+    return out
 
 
 class _Pending:
@@ -31,11 +40,16 @@ class _Pending:
 
 
 class GroupCommitter:
-    """The single writer of one store."""
+    """The single writer of one store.
+
+    ``write`` commits a batch in one transaction, leaving out every op of a session whose
+    ``Fence`` is stale, and returns those sessions with their stored epochs: each caller that
+    wrote to one of them gets a ``FencedError`` (nothing of its commit was written).
+    """
 
     def __init__(
         self,
-        write: Callable[[list[Op]], Awaitable[None]],
+        write: Callable[[list[Op]], Awaitable[dict[str, int]]],
         *,
         max_batch: int,
         queue_size: int,
@@ -80,7 +94,7 @@ class GroupCommitter:
             count = sum(len(p.ops) for p in batch)
             started = time.perf_counter()
             try:
-                await self._write([op for p in batch for op in p.ops])
+                refused = await self._write([op for p in batch for op in p.ops])
             except Exception as exc:
                 error: BaseException = exc
                 if self._outage(exc):
@@ -104,8 +118,17 @@ class GroupCommitter:
                     self._failing_since, self._failed_batches = None, 0
                 if self.on_commit is not None:
                     self.on_commit(time.perf_counter() - started, count)
+                for sid, epoch in refused.items():
+                    log.warning("write refused for session %s: another node owns it now (its lease epoch is %d)",
+                                sid, epoch)
                 for p in batch:
-                    if not p.fut.done():
+                    if p.fut.done():
+                        continue
+                    stale = [sid for sid in fences(p.ops) if sid in refused]
+                    if stale:
+                        detail = f"session {stale[0]} moved to another node; nothing was written"
+                        p.fut.set_exception(FencedError(detail))
+                    else:
                         p.fut.set_result(None)
 
 
@@ -134,3 +157,5 @@ class Rows:
                     self.events.append((sid, ev.seq, ev.type, ev.data))
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
+                case Fence():
+                    pass  # checked by the store before the rows are written

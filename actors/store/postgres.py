@@ -32,10 +32,11 @@ from actors.core.records import (
     SessionQuery,
     SessionRecord,
     StoredEvent,
+    op_session,
 )
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
-from actors.store.batching import GroupCommitter, Rows
+from actors.store.batching import GroupCommitter, Rows, fences
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.search_postgres import search_sessions
 from actors.store.tables import (
@@ -67,6 +68,8 @@ _UPSERT_SESSION = (
     " ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, end_user_id = excluded.end_user_id,"
     " last_active_at = excluded.last_active_at, body = excluded.body"
 )
+_LOCK_EPOCHS = "SELECT id, lease_epoch FROM sessions WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+_CLAIM = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = $1 RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
     " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
@@ -247,15 +250,23 @@ class PostgresStore:
     def _children(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         return [(_text(a), _text(b), body) for a, b, body in table]
 
-    async def _write(self, ops: list[Op]) -> None:
-        rows = Rows(ops)
-        sessions = self._sessions(rows)
-        messages = self._children(rows.messages)
-        checkpoints = self._children(rows.checkpoints)
-        events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
-        deletes = [(_text(sid),) for (sid,) in rows.deletes]
+    async def _write(self, ops: list[Op]) -> dict[str, int]:
+        fenced = fences(ops)
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
+            refused: dict[str, int] = {}
+            if fenced:
+                # The rows stay locked to the end: a node taking one of these sessions now
+                # (``claim``) waits for this transaction, then loads what it wrote.
+                stored = await conn.fetch(_LOCK_EPOCHS, [_text(sid) for sid in sorted(fenced)])
+                by_text = {_text(sid): sid for sid in fenced}
+                refused = {by_text[r[0]]: r[1] for r in stored if r[1] > fenced[by_text[r[0]]]}
+            rows = Rows([op for op in ops if op_session(op) not in refused] if refused else ops)
+            sessions = self._sessions(rows)
+            messages = self._children(rows.messages)
+            checkpoints = self._children(rows.checkpoints)
+            events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
+            deletes = [(_text(sid),) for (sid,) in rows.deletes]
             tables: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...] = (
                 (_UPSERT_SESSION, sessions),
                 (_UPSERT_MESSAGE, messages),
@@ -268,6 +279,12 @@ class PostgresStore:
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)
+        return refused
+
+    async def claim(self, session_id: str) -> int | None:
+        """Advance the session's lease epoch and return it (None: no such session)."""
+        rows = await self._fetch(_CLAIM, session_id)
+        return int(rows[0][0]) if rows else None
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""

@@ -26,10 +26,11 @@ from actors.core.records import (
     SessionQuery,
     SessionRecord,
     StoredEvent,
+    op_session,
 )
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
-from actors.store.batching import GroupCommitter, Rows, StoreClosedError
+from actors.store.batching import GroupCommitter, Rows, StoreClosedError, fences
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
 from actors.store.tables import (
@@ -60,6 +61,7 @@ _UPSERT_SESSION = (
     " end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,"
     " body = excluded.body"
 )
+_CLAIM = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
@@ -136,12 +138,21 @@ class SqliteStore:
 
     # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
-    async def _write(self, ops: list[Op]) -> None:
-        rows = Rows(ops)
+    async def _write(self, ops: list[Op]) -> dict[str, int]:
+        fenced = fences(ops)
         db = self._db
         assert db is not None
         await db.execute("BEGIN")
         try:
+            refused: dict[str, int] = {}
+            if fenced:
+                # One writer per file, so this single-node store never meets a stale epoch;
+                # the check keeps one code path with the shared store.
+                marks = ", ".join("?" * len(fenced))
+                sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({marks})"
+                async with db.execute(sql, list(fenced)) as cur:
+                    refused = {sid: epoch for sid, epoch in await cur.fetchall() if epoch > fenced[sid]}
+            rows = Rows([op for op in ops if op_session(op) not in refused] if refused else ops)
             for sql, table in (
                 (_UPSERT_SESSION, rows.sessions),
                 (_UPSERT_MESSAGE, rows.messages),
@@ -156,6 +167,17 @@ class SqliteStore:
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        return refused
+
+    async def claim(self, session_id: str) -> int | None:
+        """Advance the session's lease epoch and return it (None: no such session)."""
+
+        async def advance(db: aiosqlite.Connection) -> int | None:
+            async with db.execute(_CLAIM, (session_id,)) as cur:
+                row = await cur.fetchone()
+            return int(row[0]) if row else None
+
+        return await self._transaction(advance)
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""

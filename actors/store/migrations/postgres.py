@@ -131,4 +131,9 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS sessions_title_search
         ON sessions USING GIN (to_tsvector('simple'::regconfig, COALESCE(body->>'title', '')));
     """,
+    # Lease epochs, as in SQLite: each activation of a session advances its epoch, and a
+    # commit written under a lower one is refused.
+    """
+    ALTER TABLE sessions ADD COLUMN IF NOT EXISTS lease_epoch BIGINT NOT NULL DEFAULT 0;
+    """,
 ]

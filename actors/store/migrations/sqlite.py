@@ -202,4 +202,10 @@ MIGRATIONS: list[str] = [
     INSERT INTO session_titles (session_id, title)
         SELECT id, json_extract(body, '$.title') FROM sessions WHERE json_extract(body, '$.title') IS NOT NULL;
     """,
+    # Lease epochs: each activation of a session advances its epoch (``claim``), and a
+    # commit written under a lower one is refused (``Fence``), so a node that lost a session
+    # can never write to it again.
+    """
+    ALTER TABLE sessions ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
