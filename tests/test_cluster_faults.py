@@ -9,6 +9,7 @@ ends with that task's own terminal event.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import signal
 import time
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import HEADERS, ServerProcess
 from tests.faults import CuttingProxy, PrivateRedis
@@ -615,3 +618,69 @@ async def test_a_stalled_owner_gives_way_and_takes_nothing_after(
     assert session["status"] == "idle"
     assert not [n for n in tree["nodes"] if n["status"] == "running"], "a reply left running while idle"
     assert ended[-1].event == "task.cancelled"
+
+
+async def test_a_stalled_owners_commit_after_sigcont_is_refused_and_writes_nothing(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """The owner accepts a send (its lease checks out), and then its commit is stuck on the way
+    to PostgreSQL while the node stalls (SIGSTOP) past lease_ms; the other node takes the
+    session. On SIGCONT the commit arrives under the old lease epoch and the store refuses it:
+    the owner logs the refusal, the send is answered (by the new owner, or 503 with
+    Retry-After), and nothing of the stale write is in the store."""
+    proxy = CuttingProxy("127.0.0.1", 5432)
+    await proxy.start()
+    try:
+        env = _env(pg_dsn, private_redis)
+        through_proxy = pg_dsn.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        a = server_process(
+            env={**env, "SESSIOND_CLUSTER_NODE_ID": "n0", "SESSIOND_STORE_POSTGRES_DSN": through_proxy},
+            data_dir=tmp_path / "node0",
+        )
+        b = server_process(env={**env, "SESSIOND_CLUSTER_NODE_ID": "n1"}, data_dir=tmp_path / "node1")
+        url_a, url_b = await asyncio.to_thread(a.start), await asyncio.to_thread(b.start)
+        lease_key = f"{env['SESSIOND_CLUSTER_PREFIX']}:lease:"
+        redis = aioredis.from_url(private_redis.url)
+        async with aiohttp.ClientSession(headers=HEADERS) as http:
+            sid = await _owned_by(http, url_a)
+            proxy.hold()
+            send = asyncio.ensure_future(_post(http, f"{url_a}/v1/sessions/{sid}/messages", {"content": "stale"}))
+            await asyncio.wait_for(proxy.held.wait(), 10)  # its commit is on the way, held back
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                until = time.monotonic() + 10
+                while await redis.get(lease_key + sid) is not None:  # no event to await: poll, bounded
+                    assert time.monotonic() < until, "the stalled owner's lease never expired"
+                    await asyncio.sleep(0.05)
+                async with http.get(f"{url_b}/v1/sessions/{sid}") as r:
+                    assert r.status == 200, await r.text()  # b activates the session: a higher epoch
+                assert await redis.get(lease_key + sid) == b"n1"
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+                proxy.release()
+            status, body, retry_after = await asyncio.wait_for(send, 20)
+            async with http.get(f"{url_b}/v1/sessions/{sid}/messages") as r:
+                shown = [m["content"] for m in (await r.json())["items"] if m["role"] == "user"]
+        await redis.aclose()
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            stored = [
+                json.loads(row[0])["content"]
+                for row in await conn.fetch(
+                    "SELECT body FROM messages WHERE session_id = $1 AND body::jsonb->>'role' = 'user' ORDER BY pos", sid
+                )
+            ]
+        finally:
+            await conn.close()
+        assert status == 200 or (status == 503 and retry_after), (status, body)
+        assert stored == shown, "what the owner serves is what the store holds: nothing stale beside it"
+        assert stored.count("stale") == (1 if status == 200 else 0), stored
+        assert any(f"write refused for session {sid}" in line for line in a.output), "\n".join(a.output[-30:])
+    finally:
+        await proxy.aclose()
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any, str | None]:
+    async with http.post(url, json=body) as r:
+        return r.status, await r.json(content_type=None), r.headers.get("Retry-After")

@@ -239,8 +239,10 @@ class SessionActor(SessionState):
 
     async def _run(self) -> None:
         crash: BaseException | None = None
+        env = None
         try:
             while not self._stopping:
+                env = None
                 env = await self._mailbox.get()
                 self.last_activity = self._loop.time()
                 reply = env.reply
@@ -275,6 +277,9 @@ class SessionActor(SessionState):
             self.stop_reason = "crashed"
             log.exception("session actor %s crashed", self.id)
         finally:
+            if env is not None and env.reply is not None and not env.reply.done():
+                # Aborted while handling it (the lease was lost): its caller must not wait forever.
+                env.reply.set_exception(ActorStoppedError(f"session {self.id} stopped here ({self.stop_reason})"))
             self._teardown()
             self._on_stop(self, crash)
 
