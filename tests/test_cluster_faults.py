@@ -668,7 +668,9 @@ async def test_a_stalled_owners_commit_after_sigcont_is_refused_and_writes_nothi
             stored = [
                 json.loads(row[0])["content"]
                 for row in await conn.fetch(
-                    "SELECT body FROM messages WHERE session_id = $1 AND body::jsonb->>'role' = 'user' ORDER BY pos", sid
+                    "SELECT body FROM messages WHERE session_id = $1 AND body::jsonb->>'role' = 'user'"
+                    " ORDER BY pos",
+                    sid,
                 )
             ]
         finally:
