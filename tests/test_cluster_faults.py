@@ -686,3 +686,36 @@ async def test_a_stalled_owners_commit_after_sigcont_is_refused_and_writes_nothi
 async def _post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any, str | None]:
     async with http.post(url, json=body) as r:
         return r.status, await r.json(content_type=None), r.headers.get("Retry-After")
+
+
+async def test_a_waiting_send_through_a_survivor_is_answered_after_the_owner_is_killed(
+    pg_dsn: str, private_redis: PrivateRedis, server_process: Any, tmp_path: Path
+) -> None:
+    """A non-streamed send through node b waits for its task on the owner a; a is SIGKILLed mid
+    answer and nothing else asks for the session. Once a's lease has expired the send is
+    answered (200 ``interrupted``, or 503 with Retry-After), not left waiting for some later
+    request to bring the session back."""
+    env = _env(
+        pg_dsn,
+        private_redis,
+        SESSIOND_SIMULATED_TOKENS_PER_SECOND="40",
+        SESSIOND_SIMULATED_REPLY_TOKENS="400",
+        SESSIOND_SESSIONS_FOLD_SECONDS="0.2",
+    )
+    a, b = _nodes(server_process, env, 2, tmp_path)
+    url_a, url_b = a.start(), b.start()
+    async with aiohttp.ClientSession(headers=HEADERS) as http:
+        sid = await _owned_by(http, url_a)
+        async with http.get(f"{url_a}/v1/sessions/{sid}/stream") as watch:
+            send = asyncio.ensure_future(_post(http, f"{url_b}/v1/sessions/{sid}/messages", {"content": "hi"}))
+            seen = await asyncio.wait_for(read_until(watch, "message.delta"), 10)
+            a.kill()
+        killed = time.monotonic()
+        # Lease 2 s, then one watch interval and the activation: well within 10 s.
+        status, body, retry_after = await asyncio.wait_for(send, 10)
+        took = time.monotonic() - killed
+    assert status == 200 or (status == 503 and retry_after), (status, body)
+    if status == 200:
+        started = next(e for e in seen if e.event == "task.started")
+        assert body["status"] == "interrupted" and body["task_id"] == started.data["task_id"], body
+    assert took < 10
