@@ -17,9 +17,10 @@ from actors.store.sqlite import SqliteStore
 from server import sse
 from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
+from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, OUTAGES, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
+from server.errors import OutageLog
 from server.logs import redact_parser_errors
 from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
@@ -84,6 +85,7 @@ def make_app(config: Config) -> web.Application:
     redact_parser_errors()  # an over-long header line would put a key into the error log
     prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
+    app[OUTAGES] = OutageLog()
     metrics = Metrics() if config.metrics.enabled else None
     if metrics is not None:
         app[METRICS] = metrics
