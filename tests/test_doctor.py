@@ -245,3 +245,13 @@ def test_a_data_dir_open_to_other_users_is_a_warning(tmp_path: Path) -> None:
     data.chmod(0o700)
     _, out = _doctor(tmp_path, "--data-dir", str(data))
     assert _line(out, "data").startswith("ok")
+
+
+def test_postgres_in_use_but_unreachable(tmp_path: Path) -> None:
+    dsn = f"postgresql://app:hunter2@127.0.0.1:{_closed_port()}/sessiond"
+    env = {"SESSIOND_STORE_KIND": "postgres", "SESSIOND_STORE_POSTGRES_DSN": dsn}
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env=env)
+    assert code == 1
+    line = _line(out, "postgres")
+    assert line.startswith("FAIL") and "cannot reach PostgreSQL at postgresql://app:***@127.0.0.1:" in line, out
+    assert "hunter2" not in out, "a password in the DSN is never printed"
