@@ -18,6 +18,7 @@ __all__ = [
     "IDEMPOTENCY_WINDOW_SECONDS",
     "MAX_IDEMPOTENT_REQUESTS",
     "Checkpoint",
+    "Claim",
     "ClientTool",
     "Fence",
     "ForkRef",
@@ -193,7 +194,14 @@ class Fence(msgspec.Struct):
     epoch: int
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession | Fence
+class Claim(msgspec.Struct):
+    """Advance ``session_id``'s lease epoch (an activation takes the session): the commit
+    holding it answers the new epoch, and writes fenced with an older one are refused."""
+
+    session_id: str
+
+
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession | Fence | Claim
 
 
 def op_session(op: Op) -> str:

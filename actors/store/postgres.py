@@ -32,11 +32,10 @@ from actors.core.records import (
     SessionQuery,
     SessionRecord,
     StoredEvent,
-    op_session,
 )
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
-from actors.store.batching import GroupCommitter, Rows, fences
+from actors.store.batching import GroupCommitter, Rows, admitted, claims, fences
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.search_postgres import search_sessions
 from actors.store.tables import (
@@ -208,6 +207,7 @@ class PostgresStore:
             self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit, outage=pg_outage
         )
         self.commit = self._committer.commit
+        self.claim = self._committer.claim
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
 
@@ -251,17 +251,21 @@ class PostgresStore:
         return [(_text(a), _text(b), body) for a, b, body in table]
 
     async def _write(self, ops: list[Op]) -> dict[str, int]:
-        fenced = fences(ops)
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            refused: dict[str, int] = {}
+            epochs: dict[str, int] = {}
+            for sid in claims(ops):
+                epoch = await conn.fetchval(_CLAIM, _text(sid))
+                if epoch is not None:
+                    epochs[sid] = int(epoch)
+            fenced = fences(ops)
             if fenced:
                 # The rows stay locked to the end: a node taking one of these sessions now
-                # (``claim``) waits for this transaction, then loads what it wrote.
-                stored = await conn.fetch(_LOCK_EPOCHS, [_text(sid) for sid in sorted(fenced)])
+                # (a Claim) waits for this transaction, then loads what it wrote.
                 by_text = {_text(sid): sid for sid in fenced}
-                refused = {by_text[r[0]]: r[1] for r in stored if r[1] > fenced[by_text[r[0]]]}
-            rows = Rows([op for op in ops if op_session(op) not in refused] if refused else ops)
+                for row in await conn.fetch(_LOCK_EPOCHS, sorted(by_text)):
+                    epochs[by_text[row[0]]] = int(row[1])
+            rows = Rows(admitted(ops, epochs))
             sessions = self._sessions(rows)
             messages = self._children(rows.messages)
             checkpoints = self._children(rows.checkpoints)
@@ -279,12 +283,7 @@ class PostgresStore:
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)
-        return refused
-
-    async def claim(self, session_id: str) -> int | None:
-        """Advance the session's lease epoch and return it (None: no such session)."""
-        rows = await self._fetch(_CLAIM, session_id)
-        return int(rows[0][0]) if rows else None
+        return epochs
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""

@@ -26,11 +26,10 @@ from actors.core.records import (
     SessionQuery,
     SessionRecord,
     StoredEvent,
-    op_session,
 )
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.tree import Node, Usage
-from actors.store.batching import GroupCommitter, Rows, StoreClosedError, fences
+from actors.store.batching import GroupCommitter, Rows, StoreClosedError, admitted, claims, fences
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
 from actors.store.tables import (
@@ -101,6 +100,7 @@ class SqliteStore:
         self._synchronous = synchronous
         self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
         self.commit = self._committer.commit
+        self.claim = self._committer.claim
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -139,20 +139,25 @@ class SqliteStore:
     # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
     async def _write(self, ops: list[Op]) -> dict[str, int]:
-        fenced = fences(ops)
         db = self._db
         assert db is not None
         await db.execute("BEGIN")
         try:
-            refused: dict[str, int] = {}
+            epochs: dict[str, int] = {}
+            for sid in claims(ops):
+                async with db.execute(_CLAIM, (sid,)) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    epochs[sid] = int(row[0])
+            fenced = fences(ops)
             if fenced:
-                # One writer per file, so this single-node store never meets a stale epoch;
-                # the check keeps one code path with the shared store.
-                marks = ", ".join("?" * len(fenced))
-                sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({marks})"
+                # Cluster mode needs PostgreSQL, so only a second process on this file could
+                # have claimed since; the check keeps one code path with the shared store.
+                # (Its claim would make this deferred transaction fail to write, not go stale.)
+                sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({', '.join('?' * len(fenced))})"
                 async with db.execute(sql, list(fenced)) as cur:
-                    refused = {sid: epoch for sid, epoch in await cur.fetchall() if epoch > fenced[sid]}
-            rows = Rows([op for op in ops if op_session(op) not in refused] if refused else ops)
+                    epochs.update({sid: int(epoch) for sid, epoch in await cur.fetchall()})
+            rows = Rows(admitted(ops, epochs))
             for sql, table in (
                 (_UPSERT_SESSION, rows.sessions),
                 (_UPSERT_MESSAGE, rows.messages),
@@ -167,17 +172,7 @@ class SqliteStore:
         except BaseException:
             await db.execute("ROLLBACK")
             raise
-        return refused
-
-    async def claim(self, session_id: str) -> int | None:
-        """Advance the session's lease epoch and return it (None: no such session)."""
-
-        async def advance(db: aiosqlite.Connection) -> int | None:
-            async with db.execute(_CLAIM, (session_id,)) as cur:
-                row = await cur.fetchone()
-            return int(row[0]) if row else None
-
-        return await self._transaction(advance)
+        return epochs
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""
