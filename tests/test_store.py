@@ -588,6 +588,14 @@ async def test_a_commit_under_a_stale_lease_epoch_is_refused_whole(store: Any) -
         await store.commit([Fence(rec.id, second), RemoveSession(rec.id)])
     assert await store.get_session(rec.id) is not None, "a stale delete removes nothing"
 
+    # A claim made with a write under the epoch it replaces (queued together): the claim first.
+    current = second + 1
+    claimed, late = await asyncio.gather(
+        store.claim(rec.id), store.commit([Fence(rec.id, current), RemoveSession(rec.id)]), return_exceptions=True
+    )
+    assert claimed == current + 1 and isinstance(late, FencedError)
+    assert await store.get_session(rec.id) is not None
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
