@@ -22,6 +22,7 @@ __all__ = [
     "AuthSection",
     "Config",
     "ConfigError",
+    "ContextSection",
     "DocumentsSection",
     "FanoutSection",
     "GuestsSection",
@@ -153,6 +154,7 @@ class ProviderSection(_Section):
     read_timeout_seconds: float = 60.0
     stream_usage: bool = True  # openai: ask for usage in the stream (stream_options)
     max_tokens: int = 0  # openai: cap on the answer (0 = the server's default)
+    context_window: int = 0  # tokens the model takes, prompt and answer (0: by its name, [context])
     keep_alive: str = ""  # ollama: how long the model stays loaded ("" = Ollama's default)
 
 
@@ -183,6 +185,17 @@ class DocumentsSection(_Section):
     extract_seconds: float = 30.0
     extract_cpu_seconds: int = 20
     extract_memory_bytes: int = 1_073_741_824
+
+
+class ContextSection(_Section):
+    """How a conversation is fitted into its model's context window (docs/agents.md)."""
+
+    strategy: Literal["truncate", "summarize"] = "truncate"
+    default_window: Annotated[int, msgspec.Meta(ge=256)] = 8192
+    reserve_tokens: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    summary_tokens: Annotated[int, msgspec.Meta(ge=16)] = 512
+    windows: dict[str, Annotated[int, msgspec.Meta(ge=256)]] = msgspec.field(default_factory=dict)
+    tokenizer_dir: str = ""
 
 
 class McpServerSection(_Section):
@@ -270,11 +283,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
     agents: dict[str, AgentSection] = msgspec.field(default_factory=dict)
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
+    context: ContextSection = msgspec.field(default_factory=ContextSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.server.data_dir)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """Where tiktoken encodings that do not ship with sessiond are read from."""
+        return Path(self.context.tokenizer_dir) if self.context.tokenizer_dir else self.data_dir / "tiktoken"
 
 
 class ConfigError(Exception):

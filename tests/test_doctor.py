@@ -247,6 +247,17 @@ def test_a_data_dir_open_to_other_users_is_a_warning(tmp_path: Path) -> None:
     assert _line(out, "data").startswith("ok")
 
 
+def test_a_model_whose_tokenizer_is_not_on_disk_is_named(tmp_path: Path) -> None:
+    from tests.fake_models import closed_port_url
+
+    config = tmp_path / "gpt.toml"
+    config.write_text(f'[providers.openai]\nkind = "openai"\nbase_url = "{closed_port_url()}/v1"\nmodel = "gpt-4o"\n')
+    _, out = _doctor(tmp_path, "--config", str(config), "--data-dir", str(tmp_path / "data"))
+    line = _line(out, "tokenizer")
+    assert line.startswith("warn") and "gpt-4o: counted with cl100k_base, an estimate" in line, out
+    assert str(tmp_path / "data" / "tiktoken") in line and "is missing" in line
+
+
 def test_postgres_in_use_but_unreachable(tmp_path: Path) -> None:
     dsn = f"postgresql://app:hunter2@127.0.0.1:{_closed_port()}/sessiond"
     env = {"SESSIOND_STORE_KIND": "postgres", "SESSIOND_STORE_POSTGRES_DSN": dsn}

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 
 _enc = msgspec.json.Encoder()
@@ -29,6 +30,7 @@ __all__ = [
     "PutEvent",
     "PutMessage",
     "PutSession",
+    "PutSummary",
     "RemoveSession",
     "RunningTask",
     "SessionQuery",
@@ -139,6 +141,7 @@ class LoadedSession(msgspec.Struct):
     checkpoints: list[Checkpoint]
     events: list[StoredEvent]  # the newest durable events, oldest first
     max_seq: int  # the highest durable event id
+    summaries: list[ContextSummary] = msgspec.field(default_factory=list)  # hidden nodes, oldest first
 
 
 class PutSession(msgspec.Struct):
@@ -180,6 +183,19 @@ class PutEvent(msgspec.Struct):
     event: StoredEvent
 
 
+class PutSummary(msgspec.Struct):
+    """Upsert of a hidden summary node, and removal of those of the session it replaces."""
+
+    session_id: str
+    id: str
+    body: bytes
+    drop: list[str] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def of(cls, session_id: str, summary: ContextSummary, drop: list[str] | None = None) -> PutSummary:
+        return cls(session_id, summary.id, _enc.encode(summary), drop or [])
+
+
 class RemoveSession(msgspec.Struct):
     """Removal of a session with everything it holds."""
 
@@ -201,7 +217,7 @@ class Claim(msgspec.Struct):
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession | Fence | Claim
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession | Fence | Claim
 
 
 def op_session(op: Op) -> str:

@@ -40,6 +40,7 @@ from actors.core.commands import (
     RegenerateMessage,
     ReserveSeqs,
     RestoreCheckpoint,
+    SaveSummary,
     SendMessage,
     Shutdown,
     SubmitToolResult,
@@ -374,6 +375,8 @@ class SessionActor(SessionState):
                 await self._tool_returned(cmd)
             case ReserveSeqs():
                 await self._reserve_seqs(cmd)
+            case SaveSummary():
+                await self._save_summary(cmd)
             case FoldReply():
                 await self._fold_reply(cmd)
             case TurnEnded():
@@ -636,10 +639,17 @@ class SessionActor(SessionState):
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
-        request = model_request(self.record, self.tree, turn.user_id, client_tools=turn.client_tools)
+        request = model_request(
+            self.record, self.tree, turn.user_id, client_tools=turn.client_tools, summaries=self.summaries
+        )
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
         )
+
+    async def _save_summary(self, cmd: SaveSummary) -> None:
+        if self._current(cmd.task_id) is None:
+            return
+        await self._store.commit([self.summaries.save(self.id, cmd.summary, self.tree)])
 
     async def _tool_called(self, cmd: ToolCalled) -> None:
         turn = self._current(cmd.task_id)
@@ -764,7 +774,10 @@ class SessionActor(SessionState):
         if self._settings.fold_seconds > 0:
             turn.fold_at = self._loop.time() + self._settings.fold_seconds  # it streams again
         resume = Resume(reply.content, [msgspec.structs.replace(u) for u in reply.tool_calls or []])
-        request = model_request(self.record, self.tree, turn.user_id, client_tools=turn.client_tools, resume=resume)
+        request = model_request(
+            self.record, self.tree, turn.user_id, client_tools=turn.client_tools, resume=resume,
+            summaries=self.summaries,
+        )
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
         )
@@ -890,7 +903,7 @@ class _ActorJournal:
         self.has_ids: Callable[[], bool] = actor._has_ids
         self.delta: Callable[[Turn, str], None] = actor._emit_delta
 
-    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs) -> None:
+    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs | SaveSummary) -> None:
         fut: asyncio.Future[None] = self._actor._loop.create_future()
         self._actor._mailbox.tell_internal(command, fut)
         await fut

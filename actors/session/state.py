@@ -24,6 +24,7 @@ from actors.core.replies import MessagePage
 from actors.core.tree import MessageTree, Node
 from actors.ports import EventSink, SessionStore
 from actors.session.fanout import Hub, Subscription
+from actors.session.summaries import Summaries
 from actors.session.turn import Turn
 
 __all__ = ["ActorSettings", "SessionState"]
@@ -62,6 +63,7 @@ class SessionState:
         self.record = record
         self.tree = MessageTree.from_nodes(loaded.nodes, record.active_leaf_id)
         self.checkpoints = loaded.checkpoints
+        self.summaries = Summaries(loaded.summaries)  # hidden nodes: never listed with messages
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
         self.log = EventLog(frame=frame, retention=settings.event_retention, floor=floor)

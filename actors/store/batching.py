@@ -23,6 +23,7 @@ from actors.core.records import (
     PutEvent,
     PutMessage,
     PutSession,
+    PutSummary,
     RemoveSession,
     op_session,
 )
@@ -171,16 +172,18 @@ class GroupCommitter:
 
 class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
-    sessions, messages, checkpoints and events, then deletes (so a late write racing a delete
-    can never resurrect the session)."""
+    sessions, messages, checkpoints, events and summaries, then the summaries replaced, then
+    deletes (so a late write racing a delete can never resurrect the session)."""
 
-    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions")
+    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions", "summaries", "summary_drops")
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.sessions: list[tuple[str, str, str | None, str, str]] = []
         self.messages: list[tuple[str, str, str]] = []
         self.checkpoints: list[tuple[str, str, str]] = []
         self.events: list[tuple[str, int, str, bytes]] = []
+        self.summaries: list[tuple[str, str, str]] = []
+        self.summary_drops: list[tuple[str, str]] = []
         self.deletes: list[tuple[str]] = []
         for op in ops:
             match op:
@@ -192,6 +195,9 @@ class Rows:
                     self.checkpoints.append((op.id, op.session_id, op.body.decode()))
                 case PutEvent(session_id=sid, event=ev):
                     self.events.append((sid, ev.seq, ev.type, ev.data))
+                case PutSummary():
+                    self.summaries.append((op.id, op.session_id, op.body.decode()))
+                    self.summary_drops += [(op.session_id, d) for d in op.drop]
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
                 case Fence() | Claim():

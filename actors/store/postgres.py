@@ -34,6 +34,7 @@ from actors.core.records import (
     StoredEvent,
 )
 from actors.core.search import SearchHit, SearchQuery
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows, admitted, claims, fences
 from actors.store.migrations.postgres import PG_MIGRATIONS
@@ -55,6 +56,7 @@ log = logging.getLogger("sessiond.store")
 _dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_node = msgspec.json.Decoder(Node)
 _dec_checkpoint = msgspec.json.Decoder(Checkpoint)
+_dec_summary = msgspec.json.Decoder(ContextSummary)
 _dec_agent = msgspec.json.Decoder(AgentRecord)
 _dec_document = msgspec.json.Decoder(DocumentRecord)
 _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
@@ -81,6 +83,11 @@ _INSERT_NEW_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
     " ON CONFLICT (id) DO NOTHING"
 )
+_UPSERT_SUMMARY = (
+    "INSERT INTO context_summaries (id, session_id, body) VALUES ($1, $2, $3)"
+    " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
+)
+_DROP_SUMMARY = "DELETE FROM context_summaries WHERE session_id = $1 AND id = $2"
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES ($1, $2, $3)"
 _INSERT_EVENT = (
@@ -88,6 +95,7 @@ _INSERT_EVENT = (
     " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data"
 )
 _DELETES = [
+    "DELETE FROM context_summaries WHERE session_id = $1",
     "DELETE FROM messages WHERE session_id = $1",
     "DELETE FROM checkpoints WHERE session_id = $1",
     "DELETE FROM events WHERE session_id = $1",
@@ -270,12 +278,16 @@ class PostgresStore:
             messages = self._children(rows.messages)
             checkpoints = self._children(rows.checkpoints)
             events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
+            summaries = self._children(rows.summaries)
+            summary_drops = [(_text(sid), _text(i)) for sid, i in rows.summary_drops]
             deletes = [(_text(sid),) for (sid,) in rows.deletes]
             tables: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...] = (
                 (_UPSERT_SESSION, sessions),
                 (_UPSERT_MESSAGE, messages),
                 (_UPSERT_CHECKPOINT, checkpoints),
                 (_INSERT_EVENT, events),
+                (_UPSERT_SUMMARY, summaries),
+                (_DROP_SUMMARY, summary_drops),
             )
             for sql, table in tables:
                 if table:
@@ -294,7 +306,7 @@ class PostgresStore:
             if _count(await conn.execute(_INSERT_NEW_SESSION, *self._sessions(batch)[0])) == 0:
                 return False
             # Rows left under this id by a session that no longer exists belong to nobody.
-            for sql in _DELETES[:3]:
+            for sql in _DELETES[:-1]:
                 await conn.execute(sql, _text(session.id))
             for sql, table in ((_INSERT_MESSAGE, batch.messages), (_INSERT_CHECKPOINT, batch.checkpoints)):
                 if table:
@@ -327,12 +339,16 @@ class PostgresStore:
         )
         evs.reverse()
         max_seq = await self._fetch("SELECT max(seq) FROM events WHERE session_id = $1", session_id)
+        sums = await self._fetch(
+            "SELECT body FROM context_summaries WHERE session_id = $1 ORDER BY pos", session_id
+        )
         return LoadedSession(
             record=record,
             nodes=[_dec_node.decode(r[0]) for r in nodes],
             checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
             events=[StoredEvent(r[0], r[1], bytes(r[2])) for r in evs],
             max_seq=int(max_seq[0][0] or 0),
+            summaries=[_dec_summary.decode(r[0]) for r in sums],
         )
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:

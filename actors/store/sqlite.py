@@ -28,6 +28,7 @@ from actors.core.records import (
     StoredEvent,
 )
 from actors.core.search import SearchHit, SearchQuery
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError, admitted, claims, fences
 from actors.store.migrations.sqlite import MIGRATIONS
@@ -51,6 +52,7 @@ _T = TypeVar("_T")
 _dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_node = msgspec.json.Decoder(Node)
 _dec_checkpoint = msgspec.json.Decoder(Checkpoint)
+_dec_summary = msgspec.json.Decoder(ContextSummary)
 _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
 
@@ -73,10 +75,16 @@ _INSERT_NEW_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO NOTHING"
 )
+_UPSERT_SUMMARY = (
+    "INSERT INTO context_summaries (id, session_id, body) VALUES (?, ?, ?)"
+    " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
+)
+_DROP_SUMMARY = "DELETE FROM context_summaries WHERE session_id = ? AND id = ?"
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)"
 _DELETES = [
+    "DELETE FROM context_summaries WHERE session_id = ?",
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
     "DELETE FROM events WHERE session_id = ?",
@@ -163,6 +171,8 @@ class SqliteStore:
                 (_UPSERT_MESSAGE, rows.messages),
                 (_UPSERT_CHECKPOINT, rows.checkpoints),
                 (_INSERT_EVENT, rows.events),
+                (_UPSERT_SUMMARY, rows.summaries),
+                (_DROP_SUMMARY, rows.summary_drops),
             ):
                 if table:
                     await db.executemany(sql, table)
@@ -183,7 +193,7 @@ class SqliteStore:
             if cur.rowcount == 0:
                 return False
             # Rows left under this id by a session that no longer exists belong to nobody.
-            for sql in _DELETES[:3]:
+            for sql in _DELETES[:-1]:
                 await db.execute(sql, (session.id,))
             await db.executemany(_INSERT_MESSAGE, batch.messages)
             await db.executemany(_INSERT_CHECKPOINT, batch.checkpoints)
@@ -221,12 +231,16 @@ class SqliteStore:
         )
         evs.reverse()
         max_seq = evs[-1][0] if evs else 0
+        sums = await self._all(
+            "SELECT body FROM context_summaries WHERE session_id = ? ORDER BY pos", (session_id,)
+        )
         return LoadedSession(
             record=record,
             nodes=[_dec_node.decode(r[0]) for r in nodes],
             checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
             events=[StoredEvent(seq, type_, bytes(data)) for seq, type_, data in evs],
             max_seq=max_seq,
+            summaries=[_dec_summary.decode(r[0]) for r in sums],
         )
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:

@@ -131,6 +131,17 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS sessions_title_search
         ON sessions USING GIN (to_tsvector('simple'::regconfig, COALESCE(body->>'title', '')));
     """,
+    # As SQLite's step of the same name: hidden summary nodes, apart from messages.
+    """
+    CREATE TABLE IF NOT EXISTS context_summaries (
+        pos BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS context_summaries_by_session_id ON context_summaries (session_id, id);
+    CREATE INDEX IF NOT EXISTS context_summaries_by_session ON context_summaries (session_id, pos);
+    """,
     # Lease epochs, as in SQLite: each activation of a session advances its epoch, and a
     # commit written under a lower one is refused.
     """

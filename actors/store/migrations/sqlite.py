@@ -202,6 +202,19 @@ MIGRATIONS: list[str] = [
     INSERT INTO session_titles (session_id, title)
         SELECT id, json_extract(body, '$.title') FROM sessions WHERE json_extract(body, '$.title') IS NOT NULL;
     """,
+    # Hidden summary nodes (actors/core/summary.py): what a model was told of older turns that
+    # no longer fit its context window. Kept apart from messages, so no listing, export, share
+    # or search of messages can show them; removed with their session.
+    """
+    CREATE TABLE context_summaries (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (session_id, id)
+    );
+    CREATE INDEX context_summaries_by_session ON context_summaries (session_id, pos);
+    """,
     # Lease epochs: each activation of a session advances its epoch (``claim``), and a
     # commit written under a lower one is refused (``Fence``), so a node that lost a session
     # can never write to it again.
