@@ -50,6 +50,9 @@ log = logging.getLogger("sessiond.cluster")
 
 R = TypeVar("R")
 
+# How long the inbox reader waits before asking a Redis that failed it again.
+_INBOX_RETRY_SECONDS = 0.1
+
 Handler = Callable[[str, AnyCommand], Awaitable[object]]
 """Runs a forwarded command on this node: ``handler(session_id, command)``."""
 
@@ -205,7 +208,9 @@ class Forwarder:
                 if not failing:  # one line per outage
                     failing = True
                     log.error("reading the cluster inbox failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(1)  # back off before asking a failing Redis again
+                # Ask again soon, if not at once: a command forwarded here the moment Redis is
+                # back waits at most this long (much less than a forward's timeout).
+                await asyncio.sleep(_INBOX_RETRY_SECONDS)
                 continue
             if failing:
                 failing = False
