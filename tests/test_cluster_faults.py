@@ -325,7 +325,9 @@ async def test_sigkill_mid_answer_on_one_node_keeps_the_folded_text(server_proce
             began = time.monotonic()
             async for ev in events(r):
                 own.append(ev)
-                if ev.event == "message.delta" and time.monotonic() - began > 0.8:
+                # Ten folds' worth: a fold running late on a loaded machine still leaves most
+                # of what was seen durable.
+                if ev.event == "message.delta" and time.monotonic() - began > 2.0:
                     break
             node.kill()
         seen = "".join(e.data["delta"] for e in own if e.event == "message.delta")
