@@ -646,3 +646,44 @@ async def test_an_actor_activated_elsewhere_since_is_refused_and_stops(two_store
     finally:
         await a.drain()
         await b.drain()
+
+
+async def test_a_stale_actors_running_answer_ends_503_and_its_fold_is_refused(two_stores: tuple[Any, Any]) -> None:
+    """Node A streams an answer when node B takes the session. A's next fold of the answer's
+    text is refused: the send waiting on A's task gets 503, its stream ends, and the answer
+    stays as B stored it (interrupted), never overwritten by A."""
+    settings = ActorSettings(fold_seconds=0.05)
+    a, b = (
+        Registry(
+            s, SimulatedProvider(tokens_per_second=50, reply_tokens=500), settings=settings, idle_seconds=60,
+            frame=sse.frame,
+        )
+        for s in two_stores
+    )
+    await a.start()
+    await b.start()
+    try:
+        record = await a.create(Registry.new_record(namespace="default"))
+        stale = await a.get(record.id)
+        assert isinstance(stale, SessionActor)
+        handle = await stale.ask(SendMessage("long", stream=True))
+        assert handle.subscription is not None
+        first = await asyncio.wait_for(handle.subscription.next(None), 5)
+        assert isinstance(first, list), "the answer streams"
+        fresh = await b.get(record.id)  # takes the session; A's turn runs on
+        assert isinstance(fresh, SessionActor)
+        with pytest.raises(ActorStoppedError) as waiting:
+            await asyncio.wait_for(handle.done, 5)
+        assert waiting.value.status == 503
+        await asyncio.wait_for(stale.wait_stopped(), 5)
+        assert stale.stop_reason == "fenced"
+        while (batch := await asyncio.wait_for(handle.subscription.next(None), 5)) is not CLOSED:
+            assert isinstance(batch, list), "its stream ends, no reset, no heartbeat"
+        loaded = await two_stores[1].load_session(record.id, events=100)
+        assert loaded is not None
+        reply = loaded.nodes[-1]
+        assert reply.role == "assistant" and reply.status == "interrupted", "as B stored it"
+        assert not loaded.record.running
+    finally:
+        await a.drain()
+        await b.drain()
