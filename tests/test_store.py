@@ -590,7 +590,7 @@ async def test_a_commit_under_a_stale_lease_epoch_is_refused_whole(store: Any) -
 
     # A claim made with a write under the epoch it replaces (queued together): the claim first.
     current = second + 1
-    together: list[Any] = await asyncio.gather(
+    together: tuple[Any, ...] = await asyncio.gather(
         store.claim(rec.id), store.commit([Fence(rec.id, current), RemoveSession(rec.id)]), return_exceptions=True
     )
     claimed, late = together
