@@ -37,11 +37,14 @@ __all__ = [
     "RoutingSection",
     "ServerSection",
     "SessionsSection",
+    "SharesSection",
     "SimulatedSection",
     "StoreSection",
     "StreamsSection",
     "TokensSection",
     "ToolsSection",
+    "WebhookEndpointSection",
+    "WebhooksSection",
     "env_settings",
     "load_config",
     "unknown_env",
@@ -259,8 +262,47 @@ class LimitsSection(_Section):
     guest_tokens_per_day: int = 100_000
     # Model tokens reserved for an answer when its message is admitted (with the prompt's estimate).
     reserve_reply_tokens: int = 1024
+    # Share links are opened without a credential: counted per client address (0 = no limit).
+    share_views_per_hour: int = 600
+    share_views_per_day: int = 5000
     keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
+
+
+_WEBHOOK_EVENTS = ["task.completed", "task.failed", "task.cancelled", "tool.approval_requested", "session.deleted"]
+
+
+class WebhookEndpointSection(_Section):
+    """``[webhooks.endpoints.NAME]``: a receiver of signed event POSTs (server/webhooks.py checks it)."""
+
+    url: str
+    secret: str = ""  # "whsec_<base64>"
+    secret_env: str = ""  # or the environment variable holding it
+    events: list[str] = msgspec.field(default_factory=lambda: list(_WEBHOOK_EVENTS))
+    namespaces: list[str] = msgspec.field(default_factory=list)  # empty: every namespace
+    agents: list[str] = msgspec.field(default_factory=list)  # empty: every agent
+
+
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class WebhooksSection(_Section):
+    timeout_seconds: _Positive = 10.0
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 8
+    max_age_seconds: _Positive = 86_400.0
+    backoff_seconds: _Positive = 1.0
+    max_backoff_seconds: _Positive = 3600.0
+    poll_seconds: _Positive = 1.0
+    lease_seconds: _Positive = 60.0
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 4096
+    retention_seconds: _Positive = 604_800.0
+    endpoints: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
+
+
+class SharesSection(_Section):
+    max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 20
+    link_base: str = ""  # "" = the scheme and Host of the request that made the link
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -285,6 +327,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
     context: ContextSection = msgspec.field(default_factory=ContextSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
+    shares: SharesSection = msgspec.field(default_factory=SharesSection)
 
     @property
     def data_dir(self) -> Path:

@@ -27,6 +27,7 @@ __all__ = [
     "LoadedSession",
     "Op",
     "PutCheckpoint",
+    "PutDelivery",
     "PutEvent",
     "PutMessage",
     "PutSession",
@@ -202,6 +203,18 @@ class RemoveSession(msgspec.Struct):
     session_id: str
 
 
+class PutDelivery(msgspec.Struct):
+    """A new webhook outbox row (actors/core/webhooks.py): committed with the event it announces,
+    so the event and its delivery are durable together or not at all."""
+
+    id: str  # the webhook-id every attempt sends
+    endpoint: str
+    session_id: str
+    event_type: str
+    body: bytes  # the JSON payload, as every attempt sends it
+    created_at: float  # unix time
+
+
 class Fence(msgspec.Struct):
     """The writer's lease epoch for ``session_id``: the store refuses the ops of this commit if
     the session's stored epoch is higher (another node has taken the session since)."""
@@ -217,7 +230,7 @@ class Claim(msgspec.Struct):
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession | Fence | Claim
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession | PutDelivery | Fence | Claim
 
 
 def op_session(op: Op) -> str:

@@ -95,6 +95,7 @@ from actors.core.records import (
 )
 from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
 from actors.core.tree import Node, ToolUse, ToolWait, Usage
+from actors.core.webhooks import Outbox
 from actors.ports import EventSink, Provider, SessionStore
 from actors.session import requests
 from actors.session.context import model_request
@@ -131,9 +132,12 @@ class SessionActor(SessionState):
         frame: FrameEncoder,
         sink: EventSink | None = None,
         guard: Callable[[str], Awaitable[bool | None]] | None = None,
+        outbox: Outbox | None = None,
         epoch: int = 0,
     ) -> None:
-        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, epoch=epoch)
+        super().__init__(
+            loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox, epoch=epoch
+        )
         # Cluster mode: whether this node still holds the session's lease, asked before a
         # change is accepted (a node that cannot prove it must not serve one).
         self._guard = guard
@@ -546,7 +550,11 @@ class SessionActor(SessionState):
 
     async def _delete(self) -> None:
         await self._stop_turn()
-        await self._commit([RemoveSession(self.id)])
+        # A session.deleted webhook is durable with the delete itself, or neither is.
+        deliveries = self._outbox.for_deletion(self.record) if self._outbox is not None else []
+        await self._commit([RemoveSession(self.id), *deliveries])
+        if deliveries and self._outbox is not None:
+            self._outbox.wake()
         self._stop("deleted")
 
     async def _passivate(self, idle_seconds: float) -> bool:
@@ -649,7 +657,7 @@ class SessionActor(SessionState):
     async def _save_summary(self, cmd: SaveSummary) -> None:
         if self._current(cmd.task_id) is None:
             return
-        await self._store.commit([self.summaries.save(self.id, cmd.summary, self.tree)])
+        await self._commit([self.summaries.save(self.id, cmd.summary, self.tree)])
 
     async def _tool_called(self, cmd: ToolCalled) -> None:
         turn = self._current(cmd.task_id)

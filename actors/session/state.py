@@ -22,6 +22,7 @@ from actors.core.ids import utcnow
 from actors.core.records import Fence, LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
 from actors.core.replies import MessagePage
 from actors.core.tree import MessageTree, Node
+from actors.core.webhooks import Outbox
 from actors.ports import EventSink, SessionStore
 from actors.session.fanout import Hub, Subscription
 from actors.session.summaries import Summaries
@@ -56,6 +57,7 @@ class SessionState:
         stats: Stats,
         frame: FrameEncoder,
         sink: EventSink | None = None,
+        outbox: Outbox | None = None,
         epoch: int = 0,
     ) -> None:
         record = loaded.record
@@ -95,6 +97,8 @@ class SessionState:
         self._settings = settings
         self._stats = stats
         self._sink = sink
+        # Webhooks: the outbox rows of an event are committed with it (None: no endpoints).
+        self._outbox = outbox or None
         self._turn: Turn | None = None
         self._queued: deque[Turn] = deque()
         self._loop = asyncio.get_running_loop()
@@ -178,7 +182,12 @@ class SessionState:
                 if request.task_id in ends:
                     request.end_seq = seqs[-1]
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
-        await self._commit(all_ops)
+        outbox = self._outbox
+        # Webhooks: an event's deliveries are durable in its own commit, or neither is.
+        deliveries = outbox.for_events(self.record, events, seqs) if outbox is not None else []
+        await self._commit([*all_ops, *deliveries] if deliveries else all_ops)
+        if deliveries and outbox is not None:
+            outbox.wake()
         for event, ev in zip(events, stored, strict=True):
             self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":

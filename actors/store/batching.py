@@ -20,6 +20,7 @@ from actors.core.records import (
     Fence,
     Op,
     PutCheckpoint,
+    PutDelivery,
     PutEvent,
     PutMessage,
     PutSession,
@@ -173,9 +174,13 @@ class GroupCommitter:
 class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
     sessions, messages, checkpoints, events and summaries, then the summaries replaced, then
-    deletes (so a late write racing a delete can never resurrect the session)."""
+    deletes (so a late write racing a delete can never resurrect the session). Webhook outbox
+    rows are a table of their own, which a session's delete leaves alone (its
+    ``session.deleted`` delivery is one of them)."""
 
-    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions", "summaries", "summary_drops")
+    __slots__ = (
+        "checkpoints", "deletes", "deliveries", "events", "messages", "sessions", "summaries", "summary_drops",
+    )
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.sessions: list[tuple[str, str, str | None, str, str]] = []
@@ -185,6 +190,8 @@ class Rows:
         self.summaries: list[tuple[str, str, str]] = []
         self.summary_drops: list[tuple[str, str]] = []
         self.deletes: list[tuple[str]] = []
+        # id, endpoint, session_id, event_type, body, created_at (also its first next_attempt_at)
+        self.deliveries: list[tuple[str, str, str, str, bytes, float]] = []
         for op in ops:
             match op:
                 case PutSession():
@@ -200,5 +207,7 @@ class Rows:
                     self.summary_drops += [(op.session_id, d) for d in op.drop]
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
+                case PutDelivery():
+                    self.deliveries.append((op.id, op.endpoint, op.session_id, op.event_type, op.body, op.created_at))
                 case Fence() | Claim():
                     pass  # applied by the store before the rows are written

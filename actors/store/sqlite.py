@@ -30,6 +30,8 @@ from actors.core.records import (
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
+from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
+from actors.store import outbox, shares_sqlite
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError, admitted, claims, fences
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
@@ -40,6 +42,7 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
@@ -88,6 +91,7 @@ _DELETES = [
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
     "DELETE FROM events WHERE session_id = ?",
+    shares_sqlite.DELETE_SHARES,
     "DELETE FROM sessions WHERE id = ?",
 ]
 
@@ -178,6 +182,8 @@ class SqliteStore:
                     await db.executemany(sql, table)
             for sql in _DELETES if rows.deletes else ():
                 await db.executemany(sql, rows.deletes)
+            if rows.deliveries:
+                await db.executemany(outbox.INSERT_DELIVERY, [(*d, d[5]) for d in rows.deliveries])
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -297,6 +303,21 @@ class SqliteStore:
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id)
         )
         return changed > 0
+
+    # -- share links: made in a transaction of their own (the bound per session is checked in
+    # it), revoked on a connection of their own, like the API keys.
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        return await self._transaction(lambda db: shares_sqlite.put_share(db, share, limit, now))
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        return await shares_sqlite.share_by_hash(self._all, token_hash, now)
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        return await shares_sqlite.list_shares(self._all, session_id, now)
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        return await shares_sqlite.delete_share(self._write_one, session_id, share_id)
 
     # -- agents, documents and usage per end user: rare writes, each on a connection of its own
     # (like the API keys), so they never join a group-commit batch.
@@ -519,3 +540,61 @@ class SqliteStore:
             (guest_id, now),
         )
         return GuestRecord(*rows[0]) if rows else None
+
+    # -- the webhook outbox: rows come with the group commit; claims and outcomes are each a
+    # transaction of their own (BEGIN IMMEDIATE), like the token writes above.
+
+    async def claim_deliveries(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        # Polled every [webhooks] poll_seconds: a read on the reader first, so an outbox with
+        # nothing due never takes the write lock.
+        if not await self._all(outbox.DUE_ANY, (now, now)):
+            return []
+
+        async def claim(db: aiosqlite.Connection) -> list[Delivery]:
+            rows = await self._rows(db, outbox.CLAIM, (owner, now + lease_seconds, now, now, limit))
+            return [outbox.delivery_of(r) for r in rows]
+
+        return await self._transaction(claim)
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: float | None,
+        last_error: str | None,
+        last_status: int | None,
+        delivered_at: float | None,
+    ) -> bool:
+        params = (status, attempts, next_attempt_at, last_error, last_status, delivered_at, delivery_id, owner)
+
+        async def finish(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(outbox.FINISH, params)
+            return cur.rowcount > 0
+
+        return await self._transaction(finish)
+
+    async def release_deliveries(self, owner: str | None) -> int:
+        async def release(db: aiosqlite.Connection) -> int:
+            if owner is None:
+                cur = await db.execute(outbox.RELEASE_ALL)
+            else:
+                cur = await db.execute(outbox.RELEASE_OWNER, (owner,))
+            return cur.rowcount
+
+        return await self._transaction(release)
+
+    async def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        sql, params = outbox.list_sql(query)
+        return [outbox.delivery_of(r) for r in await self._all(sql, params)]
+
+    async def prune_deliveries(self, before: float) -> int:
+        async def prune(db: aiosqlite.Connection) -> int:
+            return (await db.execute(outbox.PRUNE, (before,))).rowcount
+
+        return await self._transaction(prune)
+
+    async def delivery_health(self, since: float) -> list[EndpointHealth]:
+        return outbox.health_of(await self._all(outbox.HEALTH, (since,)))

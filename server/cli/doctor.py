@@ -4,7 +4,9 @@ Checks, in order: the configuration parses; the data directory exists (or can be
 writable and private; cluster mode has what it needs; the port is free; the store opens with a
 schema this sessiond knows; API keys exist; PostgreSQL and Redis answer where they are used;
 each model provider lists the models asked of it (server.cli.modelcheck); the models whose
-tokenizer does not ship with sessiond (o200k_base) find it in the tokenizer directory. The sentences are
+tokenizer does not ship with sessiond (o200k_base) find it in the tokenizer directory; each webhook
+endpoint accepts connections and had no failed deliveries in the last day (server.cli.webhookcheck).
+The sentences are
 server.preflight's, the ones ``sessiond serve`` stops with. Nothing is changed: the database is
 opened read-only and never migrated, the port is bound and released at once.
 """
@@ -22,6 +24,7 @@ from typing import Any
 from actors.agent.agents import parse_route
 from actors.agent.tokens import Tokenizers, encoding_for
 from server.cli.modelcheck import check_providers
+from server.cli.webhookcheck import check_webhooks
 from server.config import Config, ConfigError
 from server.preflight import (
     FAIL,
@@ -100,7 +103,12 @@ def _tokenizers(config: Config) -> Iterator[Check]:
 
 
 async def _async_checks(config: Config) -> list[Check]:
-    return [await check_postgres(config), await check_redis(config), *await check_providers(config)]
+    return [
+        await check_postgres(config),
+        await check_redis(config),
+        *await check_providers(config),
+        *await check_webhooks(config),
+    ]
 
 
 def run_checks(load: Callable[[], Config], source: str = "the configuration parses") -> list[Check]:
@@ -121,7 +129,7 @@ def run_checks(load: Callable[[], Config], source: str = "the configuration pars
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None], config_from: Any) -> None:
-    p = sub.add_parser("doctor", help="check config, data dir, store, Redis and providers")
+    p = sub.add_parser("doctor", help="check config, data dir, store, Redis, providers and webhooks")
     common(p)
     p.set_defaults(func=lambda args: _cmd_doctor(args, config_from))
 
