@@ -169,7 +169,7 @@ class Registry:
         # Claim first, load second: whatever an earlier activation (on another node, say one
         # that stalled past its lease) commits from now on is refused, and what it committed
         # before is in what we load.
-        epoch = await self.store.claim(session_id)
+        epoch = await self.store.claim_epoch(session_id)
         loaded = await self.store.load_session(session_id, events=self.settings.replay_events) if epoch else None
         if loaded is None or epoch is None:
             raise NotFoundError(f"no session {session_id}")

@@ -557,9 +557,9 @@ async def test_a_commit_under_a_stale_lease_epoch_is_refused_whole(store: Any) -
     rec = _record(title="before")
     other = _record()
     await store.commit([PutSession.of(rec), PutSession.of(other)])
-    assert await store.claim("ses_missing") is None
-    first = await store.claim(rec.id)
-    second = await store.claim(rec.id)
+    assert await store.claim_epoch("ses_missing") is None
+    first = await store.claim_epoch(rec.id)
+    second = await store.claim_epoch(rec.id)
     assert first is not None and second == first + 1
 
     stale_node = Node(new_id("msg"), None, "user", "stale", utcnow())
@@ -583,7 +583,7 @@ async def test_a_commit_under_a_stale_lease_epoch_is_refused_whole(store: Any) -
     rec.title = "current"
     await store.commit([Fence(rec.id, second), PutSession.of(rec)])
     assert (await store.get_session(rec.id)).title == "current"
-    await store.claim(rec.id)
+    await store.claim_epoch(rec.id)
     with pytest.raises(FencedError):
         await store.commit([Fence(rec.id, second), RemoveSession(rec.id)])
     assert await store.get_session(rec.id) is not None, "a stale delete removes nothing"
@@ -591,7 +591,7 @@ async def test_a_commit_under_a_stale_lease_epoch_is_refused_whole(store: Any) -
     # A claim made with a write under the epoch it replaces (queued together): the claim first.
     current = second + 1
     together: tuple[Any, ...] = await asyncio.gather(
-        store.claim(rec.id), store.commit([Fence(rec.id, current), RemoveSession(rec.id)]), return_exceptions=True
+        store.claim_epoch(rec.id), store.commit([Fence(rec.id, current), RemoveSession(rec.id)]), return_exceptions=True
     )
     claimed, late = together
     assert claimed == current + 1 and isinstance(late, FencedError)

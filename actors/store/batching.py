@@ -103,7 +103,7 @@ class GroupCommitter:
     async def commit(self, ops: Sequence[Op]) -> None:
         await self._commit(ops)
 
-    async def claim(self, session_id: str) -> int | None:
+    async def claim_epoch(self, session_id: str) -> int | None:
         """Advance the session's lease epoch, in the next group commit; None: no such session."""
         return (await self._commit([Claim(session_id)])).get(session_id)
 

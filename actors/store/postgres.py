@@ -73,7 +73,7 @@ _UPSERT_SESSION = (
     " last_active_at = excluded.last_active_at, body = excluded.body"
 )
 _LOCK_EPOCHS = "SELECT id, lease_epoch FROM sessions WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
-_CLAIM = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = $1 RETURNING lease_epoch"
+_CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = $1 RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
     " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
@@ -225,7 +225,7 @@ class PostgresStore:
             self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit, outage=pg_outage
         )
         self.commit = self._committer.commit
-        self.claim = self._committer.claim
+        self.claim_epoch = self._committer.claim_epoch
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
 
@@ -273,7 +273,7 @@ class PostgresStore:
         async with self._pool.acquire() as conn, conn.transaction():
             epochs: dict[str, int] = {}
             for sid in claims(ops):
-                epoch = await conn.fetchval(_CLAIM, _text(sid))
+                epoch = await conn.fetchval(_CLAIM_EPOCH, _text(sid))
                 if epoch is not None:
                     epochs[sid] = int(epoch)
             fenced = fences(ops)

@@ -65,7 +65,7 @@ _UPSERT_SESSION = (
     " end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,"
     " body = excluded.body"
 )
-_CLAIM = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING lease_epoch"
+_CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
@@ -112,7 +112,7 @@ class SqliteStore:
         self._synchronous = synchronous
         self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
         self.commit = self._committer.commit
-        self.claim = self._committer.claim
+        self.claim_epoch = self._committer.claim_epoch
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -153,11 +153,15 @@ class SqliteStore:
     async def _write(self, ops: list[Op]) -> dict[str, int]:
         db = self._db
         assert db is not None
-        await db.execute("BEGIN")
+        # IMMEDIATE: the write lock from the start (waiting for it up to busy_timeout), so the
+        # fence check below reads what no other connection can change before the rows are
+        # written; a deferred transaction that read first could not take the lock after
+        # another connection's commit (SQLITE_BUSY at once, not after a wait).
+        await db.execute("BEGIN IMMEDIATE")
         try:
             epochs: dict[str, int] = {}
             for sid in claims(ops):
-                async with db.execute(_CLAIM, (sid,)) as cur:
+                async with db.execute(_CLAIM_EPOCH, (sid,)) as cur:
                     row = await cur.fetchone()
                 if row is not None:
                     epochs[sid] = int(row[0])
@@ -165,7 +169,6 @@ class SqliteStore:
             if fenced:
                 # Cluster mode needs PostgreSQL, so only a second process on this file could
                 # have claimed since; the check keeps one code path with the shared store.
-                # (Its claim would make this deferred transaction fail to write, not go stale.)
                 sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({', '.join('?' * len(fenced))})"
                 async with db.execute(sql, list(fenced)) as cur:
                     epochs.update({sid: int(epoch) for sid, epoch in await cur.fetchall()})

@@ -252,7 +252,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
     """,
-    # Lease epochs: each activation of a session advances its epoch (``claim``), and a
+    # Lease epochs: each activation of a session advances its epoch (``claim_epoch``), and a
     # commit written under a lower one is refused (``Fence``), so a node that lost a session
     # can never write to it again.
     """
