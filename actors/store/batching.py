@@ -29,7 +29,7 @@ from actors.core.records import (
     op_session,
 )
 
-__all__ = ["GroupCommitter", "Rows", "StoreClosedError", "admitted", "claims", "fences"]
+__all__ = ["GroupCommitter", "Rows", "StoreClosedError", "admitted", "claims", "fences", "stale"]
 
 log = logging.getLogger("sessiond.store")
 
