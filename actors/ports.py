@@ -95,6 +95,11 @@ class SessionStore(Protocol):
         """Write a new session and its rows in one insert-only transaction of its own (outside
         group commit); False, writing nothing, if a session has that id already."""
 
+    async def claim_epoch(self, session_id: str) -> int | None:
+        """Advance the session's lease epoch and return it (None: no such session). An actor
+        activated after this writes under the new epoch; the store refuses what an actor
+        activated before it commits from then on (``Fence``)."""
+
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None: ...
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...

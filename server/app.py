@@ -20,10 +20,11 @@ from actors.sweeper import Sweeper, SweeperSettings
 from server import sse
 from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import ADMISSION, CONFIG, DELIVERER, METRICS, OPENAPI, REGISTRY, STORE, SWEEPER
+from server.appkeys import ADMISSION, CONFIG, DELIVERER, METRICS, OPENAPI, OUTAGES, REGISTRY, STORE, SWEEPER
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
 from server.deletion import forget_session
+from server.errors import OutageLog
 from server.logs import redact_parser_errors
 from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
@@ -109,6 +110,7 @@ def make_app(config: Config) -> web.Application:
     redact_parser_errors()  # an over-long header line would put a key into the error log
     prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
+    app[OUTAGES] = OutageLog()
     metrics = Metrics() if config.metrics.enabled else None
     if metrics is not None:
         app[METRICS] = metrics

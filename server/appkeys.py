@@ -23,6 +23,7 @@ from server.auth.keys import KeyRing
 from server.auth.ratelimit import Limiter
 from server.auth.tokens import TokenService
 from server.config import Config
+from server.errors import OutageLog
 from server.metrics import Metrics
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "LIMITER",
     "METRICS",
     "OPENAPI",
+    "OUTAGES",
     "REGISTRY",
     "ROUTER",
     "STORE",
@@ -63,5 +65,7 @@ DELIVERER = web.AppKey("deliverer", Deliverer)
 # Load and observation.
 ADMISSION = web.AppKey("admission", Admission)
 METRICS = web.AppKey("metrics", Metrics)
+# When each unreachable dependency was last logged (server/middleware/problem.py).
+OUTAGES = web.AppKey("outages", OutageLog)
 # GET /openapi.json, encoded once from ROUTES when the app is made.
 OPENAPI = web.AppKey("openapi", bytes)

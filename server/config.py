@@ -39,6 +39,7 @@ __all__ = [
     "RoutingSection",
     "ServerSection",
     "SessionsSection",
+    "SharesSection",
     "SimulatedSection",
     "StoreSection",
     "StreamsSection",
@@ -263,6 +264,9 @@ class LimitsSection(_Section):
     guest_tokens_per_day: int = 100_000
     # Model tokens reserved for an answer when its message is admitted (with the prompt's estimate).
     reserve_reply_tokens: int = 1024
+    # Share links are opened without a credential: counted per client address (0 = no limit).
+    share_views_per_hour: int = 600
+    share_views_per_day: int = 5000
     keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
 
@@ -306,6 +310,11 @@ class WebhooksSection(_Section):
     endpoints: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
 
 
+class SharesSection(_Section):
+    max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 20
+    link_base: str = ""  # "" = the scheme and Host of the request that made the link
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -330,6 +339,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
     retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
     webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
+    shares: SharesSection = msgspec.field(default_factory=SharesSection)
 
     @property
     def data_dir(self) -> Path:

@@ -89,6 +89,7 @@ class Cluster:
             timeout=settings.forward_timeout_seconds,
             streams=self.streams,
             spawner=self._tasks,
+            lease_seconds=settings.lease_ms / 1000,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._inbox: asyncio.Task[None] | None = None

@@ -20,7 +20,9 @@ __all__ = [
     "IDEMPOTENCY_WINDOW_SECONDS",
     "MAX_IDEMPOTENT_REQUESTS",
     "Checkpoint",
+    "Claim",
     "ClientTool",
+    "Fence",
     "ForkRef",
     "IdempotentRequest",
     "LoadedSession",
@@ -38,6 +40,7 @@ __all__ = [
     "Stats",
     "StoredEvent",
     "TrimSession",
+    "op_session",
 ]
 
 
@@ -236,7 +239,30 @@ class PutDelivery(msgspec.Struct):
     created_at: float  # unix time
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | RemoveSession | PutDelivery
+class Fence(msgspec.Struct):
+    """The writer's lease epoch for ``session_id``: the store refuses the ops of this commit if
+    the session's stored epoch is higher (another node has taken the session since)."""
+
+    session_id: str
+    epoch: int
+
+
+class Claim(msgspec.Struct):
+    """Advance ``session_id``'s lease epoch (an activation takes the session): the commit
+    holding it answers the new epoch, and writes fenced with an older one are refused."""
+
+    session_id: str
+
+
+Op = (
+    PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | RemoveSession | PutDelivery
+    | Fence | Claim
+)
+
+
+def op_session(op: Op) -> str:
+    """The session an op writes to."""
+    return op.id if isinstance(op, PutSession) else op.session_id
 
 
 class SessionQuery(msgspec.Struct):

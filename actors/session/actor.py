@@ -56,6 +56,7 @@ from actors.core.errors import (
     ActorCrashedError,
     ActorStoppedError,
     ConflictError,
+    FencedError,
     InvalidRequestError,
     NotFoundError,
     SessiondError,
@@ -111,7 +112,7 @@ log = logging.getLogger("sessiond.actor")
 
 R = TypeVar("R")
 
-StopReason = Literal["", "crashed", "passivated", "deleted", "shutdown", "lease lost", "store closed"]
+StopReason = Literal["", "crashed", "passivated", "deleted", "shutdown", "lease lost", "fenced", "store closed"]
 
 
 def _answer(command: Command[R], value: R) -> R:
@@ -135,8 +136,11 @@ class SessionActor(SessionState):
         sink: EventSink | None = None,
         guard: Callable[[str], Awaitable[bool | None]] | None = None,
         outbox: Outbox | None = None,
+        epoch: int = 0,
     ) -> None:
-        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox)
+        super().__init__(
+            loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox, epoch=epoch
+        )
         # Cluster mode: whether this node still holds the session's lease, asked before a
         # change is accepted (a node that cannot prove it must not serve one).
         self._guard = guard
@@ -243,8 +247,10 @@ class SessionActor(SessionState):
 
     async def _run(self) -> None:
         crash: BaseException | None = None
+        env = None
         try:
             while not self._stopping:
+                env = None
                 env = await self._mailbox.get()
                 self.last_activity = self._loop.time()
                 reply = env.reply
@@ -253,7 +259,13 @@ class SessionActor(SessionState):
                 except SessiondError as exc:
                     if reply is not None and not reply.done():
                         reply.set_exception(exc)
-                    if isinstance(exc, StoreClosedError):
+                    if isinstance(exc, FencedError):
+                        # Another node took the session: what this actor holds in memory is
+                        # stale, and the store will take nothing more from it.
+                        log.error("session %s moved to another node (lease epoch %d is stale); "
+                                  "stopping its actor here", self.id, self.epoch)
+                        self._stop("fenced")
+                    elif isinstance(exc, StoreClosedError):
                         # What this command changed may not be durable: stop; the next
                         # activation (on a live server) starts from the store.
                         self._stop("store closed")
@@ -273,6 +285,9 @@ class SessionActor(SessionState):
             self.stop_reason = "crashed"
             log.exception("session actor %s crashed", self.id)
         finally:
+            if env is not None and env.reply is not None and not env.reply.done():
+                # Aborted while handling it (the lease was lost): its caller must not wait forever.
+                env.reply.set_exception(ActorStoppedError(f"session {self.id} stopped here ({self.stop_reason})"))
             self._teardown()
             self._on_stop(self, crash)
 
@@ -286,6 +301,8 @@ class SessionActor(SessionState):
                     turn.task.cancel()
                 if not turn.done.done():
                     turn.done.set_exception(ActorStoppedError())
+                    # Retrieved here: a turn whose first commit failed has no waiter.
+                    turn.done.exception()
         if self._turn is not None:
             self._stats.tasks_running -= 1
         self._turn = None
@@ -412,7 +429,7 @@ class SessionActor(SessionState):
             r.forks = [*r.forks, cmd.add_fork]
         r.retention, r.temporary = retention, temporary
         self._touch()
-        await self._store.commit([PutSession.of(r)])
+        await self._commit([PutSession.of(r)])
         return self._snapshot()
 
     async def _send(self, cmd: SendMessage) -> TaskHandle:
@@ -467,7 +484,7 @@ class SessionActor(SessionState):
         self.tree.active_leaf_id = self.tree.newest_leaf_under(cmd.message_id)
         self.record.active_leaf_id = self.tree.active_leaf_id
         self._touch()
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
         return self._messages(GetMessages(limit=1 << 30)).items
 
     async def _restore(self, cmd: RestoreCheckpoint) -> TaskHandle | str:
@@ -482,7 +499,7 @@ class SessionActor(SessionState):
             self.tree.active_leaf_id = cp.message_id
             self.record.active_leaf_id = cp.message_id
             self._touch()
-            await self._store.commit([PutSession.of(self.record)])
+            await self._commit([PutSession.of(self.record)])
             return cp.message_id
         # The hint becomes a user turn after the checkpoint, sent to the model as an
         # instruction: the steps before the checkpoint stand as they are, nothing is re-run.
@@ -532,7 +549,7 @@ class SessionActor(SessionState):
             self._queued.append(turn)
             self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to, None, turn.client_tools)]
             self._touch()
-            await self._store.commit([*ops, PutSession.of(self.record)])
+            await self._commit([*ops, PutSession.of(self.record)])
             cursor = self.log.last_seq
             sub = self.hub.subscribe(cursor, task_id=turn.task_id, on_reset=self.reset_cursor) if stream else None
             return TaskHandle(turn.task_id, answer_to, sub, turn.done, cursor)
@@ -549,7 +566,7 @@ class SessionActor(SessionState):
         """Delete the session from the store and stop (DELETE, and retention's delete alike)."""
         # A session.deleted webhook is durable with the delete itself, or neither is.
         deliveries = self._outbox.for_deletion(self.record) if self._outbox is not None else []
-        await self._store.commit([RemoveSession(self.id), *deliveries])
+        await self._commit([RemoveSession(self.id), *deliveries])
         if deliveries and self._outbox is not None:
             self._outbox.wake()
         self._stop("deleted")
@@ -559,7 +576,7 @@ class SessionActor(SessionState):
         if not self._parked_or_none() or self._queued or self.hub.subscribers or len(self._mailbox):
             return False
         self.record.seq_reserved = self._next_seq - 1
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
         self._stop("passivated")
         return True
 
@@ -588,7 +605,7 @@ class SessionActor(SessionState):
                 await self._finish(turn, "interrupted", "the server is shutting down")
             await self._end_queued(queued)
         self.record.seq_reserved = self._next_seq - 1
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
         self._stop("shutdown")
 
     def abort(self, reason: StopReason) -> None:
@@ -613,7 +630,7 @@ class SessionActor(SessionState):
         if self._current(cmd.task_id) is None or self._next_seq <= self.record.seq_reserved:
             return
         self.record.seq_reserved = self._next_seq + self._settings.seq_block
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
 
     def _fold(self, turn: Turn) -> None:
         self._mailbox.tell_internal(FoldReply(turn.task_id))
@@ -633,7 +650,7 @@ class SessionActor(SessionState):
                 return
         # A copy: the live reply keeps its content empty until the end, as readers know it.
         reply = msgspec.structs.replace(self.tree.nodes[turn.reply_id], content=turn.text())
-        await self._store.commit([PutMessage.of(self.id, reply)])
+        await self._commit([PutMessage.of(self.id, reply)])
         if self._current(cmd.task_id) is turn:
             turn.fold_at = self._loop.time() + self._settings.fold_seconds
 
@@ -669,7 +686,7 @@ class SessionActor(SessionState):
     async def _save_summary(self, cmd: SaveSummary) -> None:
         if self._current(cmd.task_id) is None:
             return
-        await self._store.commit([self.summaries.save(self.id, cmd.summary, self.tree)])
+        await self._commit([self.summaries.save(self.id, cmd.summary, self.tree)])
 
     async def _tool_called(self, cmd: ToolCalled) -> None:
         turn = self._current(cmd.task_id)
@@ -732,7 +749,7 @@ class SessionActor(SessionState):
         # restart (even after a kill) finds no hole of lost deltas to reset readers across.
         self.record.seq_reserved = self._next_seq - 1
         self._touch()
-        await self._store.commit([PutMessage.of(self.id, reply), PutSession.of(self.record)])
+        await self._commit([PutMessage.of(self.id, reply), PutSession.of(self.record)])
         await self._after_decision(turn)
 
     def _waiting_call(self, call_id: str, kind: ToolWait) -> tuple[Turn, Node, ToolUse]:

@@ -19,7 +19,7 @@ from actors.core.commands import GetMessages
 from actors.core.errors import BadHeaderError, NotFoundError, PreconditionFailedError, TaskRunningError
 from actors.core.events import TERMINAL_EVENTS, Event, EventLog, FrameEncoder, delta_data, encode_event, event_type
 from actors.core.ids import utcnow
-from actors.core.records import LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
+from actors.core.records import Fence, LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
 from actors.core.replies import MessagePage
 from actors.core.tree import MessageTree, Node
 from actors.core.webhooks import Outbox
@@ -58,6 +58,7 @@ class SessionState:
         frame: FrameEncoder,
         sink: EventSink | None = None,
         outbox: Outbox | None = None,
+        epoch: int = 0,
     ) -> None:
         record = loaded.record
         self.id = record.id
@@ -96,6 +97,9 @@ class SessionState:
             self.log.floor = max(self.log.floor, self._shown)
         self.hub = Hub(self.log)
         self._store = store
+        # The lease epoch this activation claimed: every commit carries it, and the store
+        # refuses one once another activation (on another node) has claimed a higher one.
+        self.epoch = epoch
         self._settings = settings
         self._stats = stats
         self._sink = sink
@@ -158,6 +162,10 @@ class SessionState:
 
     # -- events ----------------------------------------------------------------------------
 
+    async def _commit(self, ops: Sequence[Op]) -> None:
+        """Write ``ops`` under this activation's lease epoch (FencedError: nothing written)."""
+        await self._store.commit([Fence(self.id, self.epoch), *ops])
+
     async def _publish(self, events: Sequence[Event], ops: Sequence[Op] = (), *, ends: Sequence[str] = ()) -> list[int]:
         """Number ``events``, commit them with ``ops``, and only then show them to subscribers.
 
@@ -183,7 +191,7 @@ class SessionState:
         outbox = self._outbox
         # Webhooks: an event's deliveries are durable in its own commit, or neither is.
         deliveries = outbox.for_events(self.record, events, seqs) if outbox is not None else []
-        await self._store.commit([*all_ops, *deliveries] if deliveries else all_ops)
+        await self._commit([*all_ops, *deliveries] if deliveries else all_ops)
         if deliveries and outbox is not None:
             outbox.wake()
         for event, ev in zip(events, stored, strict=True):

@@ -58,7 +58,7 @@ async def trim(state: SessionState, keep: int) -> int:
     )
     dropped = [c.id for c in state.checkpoints if c.message_id not in keep_set]
     ops += [TrimSession(state.id, gone, dropped, through, state.summaries.ids()), PutSession.of(record)]
-    await state._store.commit(ops)
+    await state._commit(ops)
     state.tree = MessageTree.from_nodes(nodes, record.active_leaf_id)
     state.checkpoints = checkpoints
     state.summaries = Summaries()

@@ -1,7 +1,7 @@
 """The store protocols beside the sessions': the edge's and the agent side's tables.
 
 The session part (``SessionStore``) is a port of the core, in actors/ports.py. Both stores
-(SQLite and PostgreSQL) implement all three in one database; ``Store`` is that whole.
+(SQLite and PostgreSQL) implement all of them in one database; ``Store`` is that whole.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
-__all__ = ["AuthStore", "CatalogStore", "OutboxStore", "SessionStore", "Store"]
+__all__ = ["AuthStore", "CatalogStore", "OutboxStore", "SessionStore", "ShareStore", "Store"]
 
 
 class AuthStore(Protocol):
@@ -61,6 +62,22 @@ class AuthStore(Protocol):
         """Like ``find_guest``, linking the IP and fingerprint to it; ``new`` if none matched."""
 
     async def get_guest(self, guest_id: str, now: float) -> GuestRecord | None: ...
+
+
+class ShareStore(Protocol):
+    """Read-only share links of sessions, each known by the hash of its token."""
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        """Record ``share``; False (nothing written) if its session has ``limit`` live links."""
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        """The live (unexpired) link with that token hash."""
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        """The session's live links, oldest first."""
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        """Revoke one link of the session; False if it has no such link."""
 
 
 class CatalogStore(Protocol):
@@ -132,5 +149,5 @@ class OutboxStore(Protocol):
         """Per endpoint, the deliveries created since ``since`` that failed or are retrying."""
 
 
-class Store(SessionStore, AuthStore, CatalogStore, OutboxStore, Protocol):
+class Store(SessionStore, AuthStore, ShareStore, CatalogStore, OutboxStore, Protocol):
     """One database behind everything: what the server composes and the CLI opens."""

@@ -38,8 +38,8 @@ from actors.core.search import SearchHit, SearchQuery
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
-from actors.store import outbox
-from actors.store.batching import GroupCommitter, Rows
+from actors.store import outbox, shares_postgres
+from actors.store.batching import GroupCommitter, Rows, admitted, claims, fences
 from actors.store.expiry import POSTGRES, expired_sessions
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.search_postgres import search_sessions
@@ -50,6 +50,7 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
@@ -74,6 +75,8 @@ _UPSERT_SESSION = (
     " ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, end_user_id = excluded.end_user_id,"
     " last_active_at = excluded.last_active_at, body = excluded.body, due_at = excluded.due_at"
 )
+_LOCK_EPOCHS = "SELECT id, lease_epoch FROM sessions WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+_CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = $1 RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
     " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
@@ -108,6 +111,7 @@ _DELETES = [
     "DELETE FROM messages WHERE session_id = $1",
     "DELETE FROM checkpoints WHERE session_id = $1",
     "DELETE FROM events WHERE session_id = $1",
+    shares_postgres.DELETE_SHARES,
     "DELETE FROM sessions WHERE id = $1",
 ]
 _INSERT_DELIVERY = outbox.pg(outbox.INSERT_DELIVERY)
@@ -230,6 +234,7 @@ class PostgresStore:
             self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit, outage=pg_outage
         )
         self.commit = self._committer.commit
+        self.claim_epoch = self._committer.claim_epoch
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
 
@@ -272,17 +277,29 @@ class PostgresStore:
     def _children(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         return [(_text(a), _text(b), body) for a, b, body in table]
 
-    async def _write(self, ops: list[Op]) -> None:
-        rows = Rows(ops)
-        sessions = self._sessions(rows)
-        messages = self._children(rows.messages)
-        checkpoints = self._children(rows.checkpoints)
-        events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
-        summaries = self._children(rows.summaries)
-        summary_drops = [(_text(sid), _text(i)) for sid, i in rows.summary_drops]
-        deletes = [(_text(sid),) for (sid,) in rows.deletes]
+    async def _write(self, ops: list[Op]) -> dict[str, int]:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
+            epochs: dict[str, int] = {}
+            for sid in claims(ops):
+                epoch = await conn.fetchval(_CLAIM_EPOCH, _text(sid))
+                if epoch is not None:
+                    epochs[sid] = int(epoch)
+            fenced = fences(ops)
+            if fenced:
+                # The rows stay locked to the end: a node taking one of these sessions now
+                # (a Claim) waits for this transaction, then loads what it wrote.
+                by_text = {_text(sid): sid for sid in fenced}
+                for row in await conn.fetch(_LOCK_EPOCHS, sorted(by_text)):
+                    epochs[by_text[row[0]]] = int(row[1])
+            rows = Rows(admitted(ops, epochs))
+            sessions = self._sessions(rows)
+            messages = self._children(rows.messages)
+            checkpoints = self._children(rows.checkpoints)
+            events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
+            summaries = self._children(rows.summaries)
+            summary_drops = [(_text(sid), _text(i)) for sid, i in rows.summary_drops]
+            deletes = [(_text(sid),) for (sid,) in rows.deletes]
             tables: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...] = (
                 (_UPSERT_SESSION, sessions),
                 (_UPSERT_MESSAGE, messages),
@@ -310,6 +327,7 @@ class PostgresStore:
                     (d_id, endpoint, _text(sid), type_, body, at, at)
                     for d_id, endpoint, sid, type_, body, at in rows.deliveries
                 ])
+        return epochs
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""
@@ -436,6 +454,20 @@ class PostgresStore:
             "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", when, key_id
         )
         return changed > 0
+
+    # -- share links: made in a transaction of their own (the bound per session is checked in it)
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        return await self._transaction(lambda conn: shares_postgres.put_share(conn, share, limit, now))
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        return await shares_postgres.share_by_hash(self._fetch, token_hash, now)
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        return await shares_postgres.list_shares(self._fetch, session_id, now)
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        return await shares_postgres.delete_share(self._execute, session_id, share_id)
 
     # -- agents, documents and usage per end user ----------------------------------------------
 

@@ -32,8 +32,8 @@ from actors.core.search import SearchHit, SearchQuery
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
-from actors.store import outbox
-from actors.store.batching import GroupCommitter, Rows, StoreClosedError
+from actors.store import outbox, shares_sqlite
+from actors.store.batching import GroupCommitter, Rows, StoreClosedError, admitted, claims, fences
 from actors.store.expiry import SQLITE, expired_sessions
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
@@ -44,6 +44,7 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
@@ -66,6 +67,7 @@ _UPSERT_SESSION = (
     " end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,"
     " body = excluded.body, due_at = excluded.due_at"
 )
+_CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
@@ -96,6 +98,7 @@ _DELETES = [
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
     "DELETE FROM events WHERE session_id = ?",
+    shares_sqlite.DELETE_SHARES,
     "DELETE FROM sessions WHERE id = ?",
 ]
 
@@ -116,6 +119,7 @@ class SqliteStore:
         self._synchronous = synchronous
         self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
         self.commit = self._committer.commit
+        self.claim_epoch = self._committer.claim_epoch
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -153,16 +157,29 @@ class SqliteStore:
 
     # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
-    async def _write(self, ops: list[Op]) -> None:
-        rows = Rows(ops)
+    async def _write(self, ops: list[Op]) -> dict[str, int]:
         db = self._db
         assert db is not None
-        # IMMEDIATE: the write lock is taken (waiting out busy_timeout) before anything is read.
-        # A deferred BEGIN reads first, and if another connection (a token, guest or webhook
-        # write) commits before its first write, SQLite refuses that write at once with
-        # SQLITE_BUSY ("database is locked"), never waiting.
+        # IMMEDIATE: the write lock from the start (waiting for it up to busy_timeout), so the
+        # fence check below reads what no other connection can change before the rows are
+        # written; a deferred transaction that read first could not take the lock after
+        # another connection's commit (SQLITE_BUSY at once, not after a wait).
         await db.execute("BEGIN IMMEDIATE")
         try:
+            epochs: dict[str, int] = {}
+            for sid in claims(ops):
+                async with db.execute(_CLAIM_EPOCH, (sid,)) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    epochs[sid] = int(row[0])
+            fenced = fences(ops)
+            if fenced:
+                # Cluster mode needs PostgreSQL, so only a second process on this file could
+                # have claimed since; the check keeps one code path with the shared store.
+                sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({', '.join('?' * len(fenced))})"
+                async with db.execute(sql, list(fenced)) as cur:
+                    epochs.update({sid: int(epoch) for sid, epoch in await cur.fetchall()})
+            rows = Rows(admitted(ops, epochs))
             for sql, table in (
                 (_UPSERT_SESSION, rows.sessions),
                 (_UPSERT_MESSAGE, rows.messages),
@@ -184,6 +201,7 @@ class SqliteStore:
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        return epochs
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""
@@ -309,6 +327,21 @@ class SqliteStore:
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id)
         )
         return changed > 0
+
+    # -- share links: made in a transaction of their own (the bound per session is checked in
+    # it), revoked on a connection of their own, like the API keys.
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        return await self._transaction(lambda db: shares_sqlite.put_share(db, share, limit, now))
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        return await shares_sqlite.share_by_hash(self._all, token_hash, now)
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        return await shares_sqlite.list_shares(self._all, session_id, now)
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        return await shares_sqlite.delete_share(self._write_one, session_id, share_id)
 
     # -- agents, documents and usage per end user: rare writes, each on a connection of its own
     # (like the API keys), so they never join a group-commit batch.

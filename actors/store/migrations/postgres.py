@@ -164,6 +164,23 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS webhook_deliveries_by_time ON webhook_deliveries (created_at DESC, id DESC);
     CREATE INDEX IF NOT EXISTS webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint, created_at DESC);
     """,
+    # share links, as SQLite's step of the same name.
+    """
+    CREATE TABLE IF NOT EXISTS shares (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT COLLATE "C" NOT NULL,
+        expires_at DOUBLE PRECISION,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
+    """,
+    # Lease epochs, as in SQLite: each activation of a session advances its epoch, and a
+    # commit written under a lower one is refused.
+    """
+    ALTER TABLE sessions ADD COLUMN IF NOT EXISTS lease_epoch BIGINT NOT NULL DEFAULT 0;
+    """,
     # retention, as SQLite's step: due_at, and the sweeper's indexes (actors/store/expiry.py).
     """
     ALTER TABLE sessions ADD COLUMN IF NOT EXISTS due_at DOUBLE PRECISION;

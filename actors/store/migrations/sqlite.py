@@ -239,6 +239,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (created_at DESC, id DESC);
     CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint, created_at DESC);
     """,
+    # share links: read-only links to a session's conversation, each known only by the hash of
+    # its token; they go with their session (in the same transaction as its delete).
+    """
+    CREATE TABLE IF NOT EXISTS shares (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        expires_at REAL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
+    """,
+    # Lease epochs: each activation of a session advances its epoch (``claim_epoch``), and a
+    # commit written under a lower one is refused (``Fence``), so a node that lost a session
+    # can never write to it again.
+    """
+    ALTER TABLE sessions ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
     # retention: due_at is when a session's own retention is due (epoch seconds, written with the
     # row from its body; NULL without one). The indexes are the sweeper's (actors/store/expiry.py):
     # their expressions are written exactly as its queries write them.
