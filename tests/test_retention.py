@@ -167,6 +167,11 @@ async def test_keep_latest_keeps_the_newest_messages_intact(factory: Factory) ->
     before = (await (await client.get(f"/v1/sessions/{sid}/messages")).json())["items"]
     assert len(before) == 8
     newest = before[-3:]
+    shares = {}
+    for name, cut in (("whole", None), ("old", before[1]["id"])):
+        made = await client.post(f"/v1/sessions/{sid}/shares", json={"message_id": cut} if cut else {})
+        assert made.status == 201, await made.text()
+        shares[name] = (await made.json())["token"]
     released = await client.patch(f"/v1/sessions/{sid}", json={"retention": None})  # the namespace's rule now
     assert released.status == 200
 
@@ -186,6 +191,10 @@ async def test_keep_latest_keeps_the_newest_messages_intact(factory: Factory) ->
     assert checkpoints and {c["message_id"] for c in checkpoints} <= {m["id"] for m in newest}
     assert await _search(client, "aardvark") == set() and await _search(client, "kingfisher") == set()
     assert await _search(client, "dormouse") == {sid}
+    # A share link shows what is kept of its path: nothing, if its message went.
+    shown = {name: (await (await client.get(f"/v1/shares/{token}", headers={"X-API-Key": ""})).json())["messages"]
+             for name, token in shares.items()}
+    assert [m["id"] for m in shown["whole"]] == [m["id"] for m in newest] and shown["old"] == []
     assert await _metric(client, "messages_trimmed") == 10 - 3
     # A stream resuming from before the trim is told to refetch, not replayed deleted messages.
     async with client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "1"}) as stream:
