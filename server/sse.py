@@ -129,7 +129,7 @@ async def stream_events(
                     await resp.write(retry + frame(sub.cursor, "stream.closed", encode_event(closed)))
                     break
             if sink is not None and not retry and sink.writable():
-                # Caught up (or else None at once): the producer writes into the transport
+                # Caught up (or else None at once): the session writes into the transport
                 # until this stream must write by itself again, or a heartbeat or check is due.
                 due = last_sent + settings.heartbeat_seconds
                 if recheck is not None:

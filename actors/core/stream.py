@@ -35,7 +35,7 @@ Batch = list[bytes] | Signal
 
 
 class FrameSink(Protocol):
-    """Where a caught-up subscriber's frames go when the producer writes them (a transport)."""
+    """Where a caught-up subscriber's frames go when the session writes them itself (a transport)."""
 
     def offer(self, frames: list[bytes]) -> bool:
         """Write ``frames`` now, or refuse them all (the transport is congested or closing):
@@ -62,7 +62,7 @@ class EventStream(Protocol):
     def close(self) -> None: ...
 
     async def follow(self, sink: FrameSink, timeout: float) -> int | None:  # noqa: ASYNC109
-        """If caught up, have the producer write new events into ``sink`` until the sink refuses,
+        """If caught up, have the session write new events into ``sink`` until the sink refuses,
         the stream ends or must reset, or ``timeout`` passes; then return how many events went
         to the sink. None at once if not caught up (read ``next()``),
         or if this stream cannot be followed."""

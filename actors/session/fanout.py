@@ -68,19 +68,19 @@ class Hub:
         self.task_end_seq: dict[str, int] = {}
         self._beat: asyncio.TimerHandle | None = None
         self._beat_at = 0.0
-        # Subscriptions whose frames the producer writes (a dict: ordered, O(1) removal).
+        # Subscriptions whose frames the hub writes (a dict: ordered, O(1) removal).
         self._followers: dict[Subscription, None] = {}
         # The call that hands followers their frames, at most one pending per loop iteration.
         self._pushing: asyncio.Handle | None = None
 
     @property
     def followers(self) -> int:
-        """Subscribers the producer writes to directly now."""
+        """Subscribers the hub writes to directly now."""
         return len(self._followers)
 
     def notify(self) -> None:
-        """Hand new frames to every follower; wake every current waiter (later waiters wait
-        for the next notify)."""
+        """Have new frames handed to every follower at the end of this loop iteration; wake
+        every current waiter (later waiters wait for the next notify)."""
         if self._followers and self._pushing is None:
             self._pushing = asyncio.get_running_loop().call_soon(self._push_all)
         waiters = self._waiters
