@@ -14,6 +14,7 @@ active), and once the results are back it answers with them, one line per tool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import re
@@ -35,6 +36,12 @@ _WORDS = (
 
 # How many tokens an unpaced model makes before it yields to the event loop: they go as one batch.
 _UNPACED_SLICE = 32
+
+# The prompt is counted in words. A conversation's messages come back with every turn (the
+# same string objects, so a look-up costs no hashing and no comparing of text): their counts
+# are remembered, for messages up to _COUNTED_CHARS long, the _COUNTED most recent of them.
+_COUNTED = 8192
+_COUNTED_CHARS = 4096
 
 _TOOL_LINE = re.compile(r"^\s*/tool\s+([A-Za-z0-9_.\-]+)\s*(.*)$")  # "." for MCP's SERVER.TOOL
 
@@ -93,6 +100,19 @@ def tool_requests(text: str) -> list[tuple[str, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=_COUNTED)
+def _remembered_count(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt_words(messages: Sequence[_Message]) -> int:
+    """The prompt's size in words (what the simulated model reports as its prompt tokens)."""
+    return sum(
+        _remembered_count(m.content) if len(m.content) <= _COUNTED_CHARS else len(m.content.split())
+        for m in messages
+    )
+
+
 def _words(text: str) -> list[str]:
     parts = text.split(" ")
     return [parts[0], *(" " + p for p in parts[1:])] if text else []
@@ -134,7 +154,7 @@ class SimulatedProvider:
         tokens = simulated_reply(request, self.reply_tokens)
         async for batch in _batches(tokens, self.tokens_per_second):
             yield Chunk(batch)
-        prompt = sum(len(m.content.split()) for m in request.messages)
+        prompt = _prompt_words(request.messages)
         yield Chunk(usage=Usage(prompt, len(tokens), prompt + len(tokens)), model="simulated")
 
 
@@ -175,7 +195,7 @@ class SimulatedBackend:
             yield Chunk(batch)
         for tool_call in calls:
             yield tool_call
-        prompt = sum(len(m.content.split()) for m in call.messages)
+        prompt = _prompt_words(call.messages)
         completion = len(tokens) + sum(len(c.arguments.split()) + 1 for c in calls)
         yield Chunk(usage=Usage(prompt, completion, prompt + completion), model=call.model)
 
