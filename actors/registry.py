@@ -21,6 +21,7 @@ from actors.core.export import SessionExport, from_export, remap_ids
 from actors.core.ids import new_id, utcnow
 from actors.core.records import PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
 from actors.core.tree import Node
+from actors.core.webhooks import Outbox
 from actors.ports import Provider, SessionRef, SessionStore
 from actors.session.actor import ActorSettings, SessionActor
 from actors.tasks import Spawner
@@ -43,8 +44,10 @@ class Registry:
         frame: FrameEncoder,
         stats: Stats | None = None,
         cluster: Cluster | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.store = store
+        self.outbox = outbox  # webhooks: every actor writes its events' deliveries with them
         self.frame = frame  # the edge's wire format, for every actor's EventLog
         self.provider = provider
         self.settings = settings
@@ -176,6 +179,7 @@ class Registry:
             frame=self.frame,
             sink=self.cluster.streams.publish if self.cluster is not None else None,
             guard=self.cluster.leases.holds if self.cluster is not None else None,
+            outbox=self.outbox,
         )
         if self.cluster is not None:
             await self.cluster.streams.catch_up(session_id, loaded.events)

@@ -18,8 +18,9 @@ from actors.agent.documents.extract import ExtractLimits
 from actors.agent.documents.library import KINDS, DocumentLibrary
 from actors.agent.router import CallObserver, Router
 from actors.agent.runner import AgentRunner
-from actors.agent.tokens import TokenCounter
+from actors.agent.tokens import TokenCounter, Tokenizers
 from actors.agent.tools import ToolBox, builtin_tools
+from actors.agent.windows import ProviderLimits, Windows
 from actors.core.errors import InvalidRequestError
 from actors.store.base import Store
 from actors.store.tables import AgentRecord
@@ -81,7 +82,9 @@ def setup_agents(
 
     ``observer`` is told how long each model call took and how it ended (the metrics hook).
     """
-    counter = TokenCounter()
+    ctx = config.context
+    tokenizers = Tokenizers(config.tokenizer_dir)
+    counter = tokenizers.default
     docs = config.documents
     unknown = [t for t in docs.allowed_types if t not in KINDS]
     if unknown:
@@ -114,7 +117,21 @@ def setup_agents(
         agents = Agents(store, configured, providers=backends.keys(), tools=toolbox)
     except InvalidRequestError as exc:
         raise ConfigError(exc.detail) from None
-    runner = AgentRunner(agents, router, toolbox, library, max_rounds=config.tools.max_rounds)
+    windows = Windows(
+        {
+            name: ProviderLimits(
+                b.default_model,
+                config.providers[name].context_window if name in config.providers else 0,
+                config.providers[name].max_tokens if name in config.providers else 0,
+            )
+            for name, b in backends.items()
+        },
+        windows=ctx.windows, default_window=ctx.default_window, reserve_tokens=ctx.reserve_tokens,
+    )
+    runner = AgentRunner(
+        agents, router, toolbox, library, max_rounds=config.tools.max_rounds, windows=windows,
+        tokenizers=tokenizers, strategy=ctx.strategy, summary_tokens=ctx.summary_tokens,
+    )
     app[AGENTS] = agents
     app[TOOLBOX] = toolbox
     app[LIBRARY] = library

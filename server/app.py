@@ -17,7 +17,7 @@ from actors.store.sqlite import SqliteStore
 from server import sse
 from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import ADMISSION, CONFIG, METRICS, OPENAPI, REGISTRY, STORE
+from server.appkeys import ADMISSION, CONFIG, DELIVERER, METRICS, OPENAPI, REGISTRY, STORE
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
 from server.logs import redact_parser_errors
@@ -30,6 +30,7 @@ from server.middleware.request_id import request_id_middleware
 from server.openapi import spec_bytes
 from server.preflight import prepare_data_dir
 from server.table import ROUTES, add_routes
+from server.webhooks import make_deliverer
 
 __all__ = ["make_app", "make_cluster", "make_store"]
 
@@ -92,6 +93,11 @@ def make_app(config: Config) -> web.Application:
     # Agents, model routes, tools and documents.
     provider: Provider = setup_agents(app, config, store, observer=metrics)
     s = config.sessions
+    cluster = make_cluster(config)
+    # Webhooks: the actors write each event's deliveries in its commit; the deliverer sends them.
+    deliverer = make_deliverer(config, store, node_id=cluster.node_id if cluster else None, metrics=metrics)
+    if deliverer is not None:
+        app[DELIVERER] = deliverer
     registry = Registry(
         store,
         provider,
@@ -106,7 +112,8 @@ def make_app(config: Config) -> web.Application:
         ),
         idle_seconds=s.idle_seconds,
         frame=sse.frame,  # events go out as SSE, framed once each in the session's log
-        cluster=make_cluster(config),
+        cluster=cluster,
+        outbox=deliverer.outbox() if deliverer is not None else None,
     )
     app[REGISTRY] = registry
     if metrics is not None:
@@ -115,9 +122,13 @@ def make_app(config: Config) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
+        if deliverer is not None:
+            await deliverer.start()
         await registry.start()
         yield
         await registry.drain()  # normally done in on_shutdown already; harmless twice
+        if deliverer is not None:
+            await deliverer.aclose()
         await store.aclose()
 
     async def on_shutdown(app: web.Application) -> None:

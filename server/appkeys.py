@@ -15,6 +15,7 @@ from actors.agent.router import Router
 from actors.agent.tools import ToolBox
 from actors.registry import Registry
 from actors.store.base import Store
+from actors.webhooks.deliverer import Deliverer
 from server.admission import Admission
 from server.auth.guests import Guests
 from server.auth.keys import KeyRing
@@ -27,6 +28,7 @@ __all__ = [
     "ADMISSION",
     "AGENTS",
     "CONFIG",
+    "DELIVERER",
     "GUESTS",
     "KEYRING",
     "LIBRARY",
@@ -53,6 +55,8 @@ AGENTS = web.AppKey("agents", Agents)
 TOOLBOX = web.AppKey("toolbox", ToolBox)
 LIBRARY = web.AppKey("library", DocumentLibrary)
 ROUTER = web.AppKey("router", Router)
+# Webhooks (server/webhooks.py): only where endpoints are configured.
+DELIVERER = web.AppKey("deliverer", Deliverer)
 # Load and observation.
 ADMISSION = web.AppKey("admission", Admission)
 METRICS = web.AppKey("metrics", Metrics)

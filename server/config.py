@@ -22,6 +22,7 @@ __all__ = [
     "AuthSection",
     "Config",
     "ConfigError",
+    "ContextSection",
     "DocumentsSection",
     "FanoutSection",
     "GuestsSection",
@@ -36,11 +37,14 @@ __all__ = [
     "RoutingSection",
     "ServerSection",
     "SessionsSection",
+    "SharesSection",
     "SimulatedSection",
     "StoreSection",
     "StreamsSection",
     "TokensSection",
     "ToolsSection",
+    "WebhookEndpointSection",
+    "WebhooksSection",
     "env_settings",
     "load_config",
     "unknown_env",
@@ -154,6 +158,7 @@ class ProviderSection(_Section):
     read_timeout_seconds: float = 60.0
     stream_usage: bool = True  # openai: ask for usage in the stream (stream_options)
     max_tokens: int = 0  # openai: cap on the answer (0 = the server's default)
+    context_window: int = 0  # tokens the model takes, prompt and answer (0: by its name, [context])
     keep_alive: str = ""  # ollama: how long the model stays loaded ("" = Ollama's default)
 
 
@@ -184,6 +189,17 @@ class DocumentsSection(_Section):
     extract_seconds: float = 30.0
     extract_cpu_seconds: int = 20
     extract_memory_bytes: int = 1_073_741_824
+
+
+class ContextSection(_Section):
+    """How a conversation is fitted into its model's context window (docs/agents.md)."""
+
+    strategy: Literal["truncate", "summarize"] = "truncate"
+    default_window: Annotated[int, msgspec.Meta(ge=256)] = 8192
+    reserve_tokens: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    summary_tokens: Annotated[int, msgspec.Meta(ge=16)] = 512
+    windows: dict[str, Annotated[int, msgspec.Meta(ge=256)]] = msgspec.field(default_factory=dict)
+    tokenizer_dir: str = ""
 
 
 class McpServerSection(_Section):
@@ -247,8 +263,47 @@ class LimitsSection(_Section):
     guest_tokens_per_day: int = 100_000
     # Model tokens reserved for an answer when its message is admitted (with the prompt's estimate).
     reserve_reply_tokens: int = 1024
+    # Share links are opened without a credential: counted per client address (0 = no limit).
+    share_views_per_hour: int = 600
+    share_views_per_day: int = 5000
     keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
+
+
+_WEBHOOK_EVENTS = ["task.completed", "task.failed", "task.cancelled", "tool.approval_requested", "session.deleted"]
+
+
+class WebhookEndpointSection(_Section):
+    """``[webhooks.endpoints.NAME]``: a receiver of signed event POSTs (server/webhooks.py checks it)."""
+
+    url: str
+    secret: str = ""  # "whsec_<base64>"
+    secret_env: str = ""  # or the environment variable holding it
+    events: list[str] = msgspec.field(default_factory=lambda: list(_WEBHOOK_EVENTS))
+    namespaces: list[str] = msgspec.field(default_factory=list)  # empty: every namespace
+    agents: list[str] = msgspec.field(default_factory=list)  # empty: every agent
+
+
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class WebhooksSection(_Section):
+    timeout_seconds: _Positive = 10.0
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 8
+    max_age_seconds: _Positive = 86_400.0
+    backoff_seconds: _Positive = 1.0
+    max_backoff_seconds: _Positive = 3600.0
+    poll_seconds: _Positive = 1.0
+    lease_seconds: _Positive = 60.0
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 4096
+    retention_seconds: _Positive = 604_800.0
+    endpoints: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
+
+
+class SharesSection(_Section):
+    max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 20
+    link_base: str = ""  # "" = the scheme and Host of the request that made the link
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -271,11 +326,19 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
     agents: dict[str, AgentSection] = msgspec.field(default_factory=dict)
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
+    context: ContextSection = msgspec.field(default_factory=ContextSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
+    shares: SharesSection = msgspec.field(default_factory=SharesSection)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.server.data_dir)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """Where tiktoken encodings that do not ship with sessiond are read from."""
+        return Path(self.context.tokenizer_dir) if self.context.tokenizer_dir else self.data_dir / "tiktoken"
 
 
 class ConfigError(Exception):

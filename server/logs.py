@@ -14,15 +14,24 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from server.middleware.request_id import REQUEST_ID
 
-__all__ = ["AccessLogger", "redact", "redact_parser_errors", "setup_logging"]
+__all__ = ["AccessLogger", "redact", "redact_parser_errors", "redact_path", "setup_logging"]
 
 _enc = msgspec.json.Encoder()
 _SECRET_QUERY = re.compile(r"(?i)((?:token|access_token|refresh_token|api_key|key|secret)=)[^&]*")
 
 
+# A share link's token is its path's own segment (GET /v1/shares/{token}, .../fork).
+_SECRET_PATH = re.compile(r"^(/v1/shares/)[^/]+")
+
+
 def redact(query: str) -> str:
     """A query string with token and key values blanked."""
     return _SECRET_QUERY.sub(r"\1[redacted]", query)
+
+
+def redact_path(path: str) -> str:
+    """A request path with the secret it may carry (a share link's token) blanked."""
+    return _SECRET_PATH.sub(r"\1[redacted]", path)
 
 
 class _ParserErrorFilter(logging.Filter):
@@ -101,7 +110,7 @@ class AccessLogger(AbstractAccessLogger):
                 "fields": {
                     "request_id": request.get(REQUEST_ID),
                     "method": request.method,
-                    "path": request.path + ("?" + redact(query) if query else ""),
+                    "path": redact_path(request.path) + ("?" + redact(query) if query else ""),
                     "status": response.status,
                     "seconds": round(time, 6),
                     "remote": request.remote,

@@ -7,7 +7,8 @@ when scraped (``Metrics.watch(registry)``); the rest is recorded as it happens:
   (server/middleware/metrics.py);
 - model calls, timed and counted by the router it observes (``first_chunk``, ``call_ended``:
   actors/agent/router.py ``CallObserver``);
-- ``Metrics.observe_commit``: the store's group commits.
+- ``Metrics.observe_commit``: the store's group commits;
+- ``Metrics.observe_webhook``: each webhook delivery attempt, by endpoint and outcome.
 """
 
 from __future__ import annotations
@@ -101,6 +102,15 @@ class Metrics:
             "sessiond_provider_errors", "Model calls that failed, by provider and error type.",
             ["provider", "error"], registry=r,
         )
+        self.webhook_attempts = Counter(
+            "sessiond_webhook_attempts",
+            "Webhook delivery attempts, by endpoint and outcome (delivered | retry | failed: given up).",
+            ["endpoint", "outcome"], registry=r,
+        )
+        self.webhook_seconds = Histogram(
+            "sessiond_webhook_attempt_seconds", "Duration of one webhook delivery attempt, by endpoint.",
+            ["endpoint"], buckets=_SLOW, registry=r,
+        )
         self.rate_limit_rejections = Counter(
             "sessiond_rate_limit_rejections", "Requests refused by a rate limit (429), by limit.",
             ["limit"], registry=r,
@@ -120,6 +130,11 @@ class Metrics:
         self.provider_seconds.labels(provider, outcome).observe(seconds)
         if error:
             self.provider_errors.labels(provider, error).inc()
+
+    def observe_webhook(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """The webhook deliverer's ``on_attempt`` callback."""
+        self.webhook_attempts.labels(endpoint, outcome).inc()
+        self.webhook_seconds.labels(endpoint).observe(seconds)
 
     def watch(self, registry: Registry) -> None:
         """Read ``registry``'s counters and live actors at every scrape."""

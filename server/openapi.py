@@ -97,7 +97,7 @@ def _operation_id(route: Route) -> str:
 _SESSION_TAGS = {
     "messages": "messages", "tree": "messages", "navigate": "messages", "cancel": "messages",
     "checkpoints": "messages", "stream": "streaming", "tokens": "tokens", "documents": "documents",
-    "upload": "documents", "tools": "tools",
+    "upload": "documents", "tools": "tools", "shares": "shares",
 }
 
 

@@ -5,6 +5,9 @@ session through ``turn_quota`` (server/tasks.py): the message is checked and cou
 session sees it, taken back if the session refuses it, and the turn's model tokens are counted
 when it ends, however the client leaves: they are reserved at admission (the message's
 estimate plus ``[limits] reserve_reply_tokens``) and settled to the real usage at the end.
+
+A share link is opened with no credential at all, so each opening is counted against the
+client's address instead (``admit_share_view``), by the same limiter.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from actors.core.errors import SessiondError
 from actors.core.records import SessionRecord
 from actors.core.replies import TaskHandle, TurnOutcome
 from server.appkeys import CONFIG, LIMITER
+from server.auth.guests import normalize_ip
 from server.auth.principal import principal_of
-from server.auth.ratelimit import Admission, Limiter, Subject, SubjectKind
+from server.auth.ratelimit import Admission, Limiter, LimitReachedError, Subject, SubjectKind
 from server.config import LimitSet, LimitsSection
 from server.routes.common import ask, session_of
 
-__all__ = ["TurnQuota", "guest_subject", "subjects_for", "subjects_of", "turn_quota"]
+__all__ = ["TurnQuota", "admit_share_view", "guest_subject", "subjects_for", "subjects_of", "turn_quota"]
 
 R = TypeVar("R")
 
@@ -129,3 +133,29 @@ async def turn_quota(request: web.Request, *, charge: bool = True, content: str 
     reserve = len(content) // _CHARS_PER_TOKEN + settings.reserve_reply_tokens
     admission = await request.app[LIMITER].admit(subjects, time.time(), reserve) if subjects else None
     return TurnQuota(request, subjects, admission)
+
+
+async def admit_share_view(request: web.Request) -> None:
+    """Count one opening of a share link against the client's address (429 past
+    ``[limits] share_views_per_hour`` or ``share_views_per_day``); found or not, so that
+    guessing tokens is bounded as much as reading."""
+    settings = request.app[CONFIG].limits
+    if settings.share_views_per_hour <= 0 and settings.share_views_per_day <= 0:
+        return
+    remote = request.remote or "unknown"
+    try:
+        address = normalize_ip(remote)
+    except SessiondError:  # not an IP address (a Unix socket): one address for all of them
+        address = remote
+    subject = Subject(f"address:{address}", "address", settings.share_views_per_hour, settings.share_views_per_day)
+    try:
+        await request.app[LIMITER].admit([subject], time.time())
+    except LimitReachedError as exc:
+        per = "hour" if exc.limit.endswith("_per_hour") else "day"
+        limit = settings.share_views_per_hour if per == "hour" else settings.share_views_per_day
+        raise LimitReachedError(
+            f"this address opened share links {limit} times this {per} (UTC), the most"
+            f" [limits] share_views_per_{per} allows",
+            limit=f"share_views_per_{per}",
+            retry_after=exc.retry_after or 1,
+        ) from None

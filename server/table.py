@@ -25,11 +25,13 @@ from server.routes import (
     ops,
     search,
     sessions,
+    shares,
     stream,
     tokens,
     tools,
     transfer,
     usage,
+    webhooks,
     webpage,
 )
 from server.routing import ANY, HTML, MULTIPART, ROUTE_OF, TEXT, Form, Param, Route, integer
@@ -61,8 +63,10 @@ from server.schema.sessions import (
     SessionList,
     SessionOut,
 )
+from server.schema.shares import CreateShareBody, ShareCopyBody, ShareCreated, SharedConversation, ShareList
 from server.schema.tools import DenyBody, SessionTools, SessionToolsBody, ToolCallOut, ToolList, ToolResultBody
 from server.schema.usage import EndUserUsage
+from server.schema.webhooks import DeliveryList
 
 __all__ = ["ROUTES", "add_routes"]
 
@@ -135,6 +139,27 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/sessions/merge", transfer.merge_sessions,
           "A new session from the active paths of others, in order",
           body=MergeBody, body_required=True, reply=SessionOut, status=201),
+    # read-only share links
+    Route("POST", f"{_S}/shares", shares.create_share, "Make a read-only share link of the conversation",
+          body=CreateShareBody, reply=ShareCreated, status=201, token=True,
+          description="The link shows the title and the path from the root to `message_id` (default: the "
+          "active leaf now, so what is written later is not shared), and nothing else of the session. The "
+          "token is in this answer only. Past `[shares] max_per_session` live links, 409 `share_limit`."),
+    Route("GET", f"{_S}/shares", shares.list_shares, "The session's live share links (never their tokens)",
+          reply=ShareList, token=True),
+    Route("DELETE", f"{_S}/shares/{{share_id}}", shares.delete_share, "Revoke a share link at once", status=204,
+          token=True),
+    Route("GET", "/v1/shares/{token}", shares.get_share, "A shared conversation, read-only (no credential)",
+          reply=SharedConversation, public=True, tag="shares", query=(
+              Param("format", {"type": "string", "enum": ["text", "html"], "default": "text"},
+                    "html adds content_html: the content as sanitized HTML (Markdown rendered)."),),
+          description="Needs nothing but the token. An unknown, expired or revoked token is 404. Counted "
+          "per client address (`[limits] share_views_per_hour`, `share_views_per_day`): past that, 429."),
+    Route("POST", "/v1/shares/{token}/fork", shares.copy_share,
+          "Continue a shared conversation as a session of one's own", body=ShareCopyBody,
+          reply=SessionOut, status=201, tag="shares",
+          description="An API key (acting for an end user: a session of that user). The copy holds the "
+          "shared messages with fresh ids and the source's agent; nothing else of the source."),
     Route("POST", f"{_S}/tokens", tokens.mint_tokens, "A new access and refresh token for this session",
           reply=TokenPair),
     Route("POST", REFRESH_ROUTE, tokens.refresh_tokens, "Rotate a refresh token (the old one stops working)",
@@ -226,6 +251,16 @@ ROUTES: tuple[Route, ...] = (
               Param("last_event_id", {"type": "integer", "minimum": 0}, "Resume after this event id."),
               Param("Last-Event-ID", {"type": "integer", "minimum": 0}, "Resume after this event id.", "header"),
           )),
+    # webhooks
+    Route("GET", "/v1/webhooks/deliveries", webhooks.list_deliveries,
+          "Webhook deliveries, newest first: pending, delivered or failed, with attempts and last error",
+          reply=DeliveryList, query=(
+              Param("status", {"type": "string", "enum": ["pending", "delivered", "failed"]}),
+              Param("endpoint", {"type": "string"}, "An endpoint's name ([webhooks.endpoints.NAME])."),
+              integer("limit", 50, 1, 200, "Page size."),
+              Param("cursor", {"type": "string"}, "The `next_cursor` of the previous page."),
+          ), description="For an API key that does not act for an end user (the operator). Delivered and "
+          "failed deliveries are kept for `[webhooks] retention_seconds`."),
     # operations
     Route("GET", "/healthz", ops.healthz, "Alive", reply=StatusOut, tag="operations", public=True),
     Route("GET", "/readyz", ops.readyz, "Ready: the store answers and the server accepts work", reply=ReadyOut,

@@ -38,6 +38,9 @@ def _shape(canonical: str) -> str:
 
 # What a session token may do in its own session: the routes the table marks token=True.
 TOKEN_ROUTES = frozenset((r.method, _PARAM.sub("{}", r.path)) for r in ROUTES if r.token)
+# /v1 routes whose credential is the path itself (a share link's token): whoever calls them with
+# a token that names nothing gets 404, whatever else they send.
+PATH_CREDENTIAL = frozenset((r.method, _PARAM.sub("{}", r.path)) for r in ROUTES if r.public and "{" in r.path)
 
 
 def _path(canonical: str, session_id: str) -> str:
@@ -111,11 +114,15 @@ async def test_every_route_against_every_credential(make_client: ClientFactory) 
             shape = _shape(canonical)
             is_session = "{session_id}" in canonical or canonical in _BODY_SESSION
             is_refresh = shape == REFRESH_ROUTE
+            by_path = (method, shape) in PATH_CREDENTIAL
             for kind, headers in hostile.items():
                 path = _path(canonical, a["id"])
                 status, ctype, text = await _call(http, method, path, headers, _body(canonical, a["id"], b["id"]))
-                if kind in ("none", "bad key", "bad client secret", "expired token"):
-                    want: set[int] | None = {401}
+                want: set[int] | None
+                if by_path:
+                    want = {404}
+                elif kind in ("none", "bad key", "bad client secret", "expired token"):
+                    want = {401}
                 elif kind == "refresh token as access token":
                     want = {200} if is_refresh else {401}  # the one place it belongs
                 elif kind == "token of another session":
@@ -150,7 +157,10 @@ async def test_every_route_against_every_credential(make_client: ClientFactory) 
                 )
                 status, ctype, text = await _call(http, method, path, headers, _body(canonical, own["id"], b["id"]))
                 allowed = kind == "key" or (method, shape) in TOKEN_ROUTES
-                if is_refresh:
+                if by_path:
+                    if status != 404:  # x_token_missing names no share link, whoever asks
+                        failures.append(f"{kind}: {method} {canonical} -> {status}, want 404")
+                elif is_refresh:
                     if status != 401:  # neither a key nor an access token is a refresh token
                         failures.append(f"{kind}: {method} {canonical} -> {status}, want 401")
                 elif allowed and (status in (401, 403) or f"no session {own['id']}" in text):

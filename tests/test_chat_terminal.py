@@ -1,14 +1,17 @@
 """``sessiond chat`` as a person at a terminal sees it: keys typed during an answer stay out of
 it, lines wrap between words, the model and usage follow each answer, times read as times, and
-the /title, /usage, /model, /agent commands and multi-line messages work. Through a
+the /title, /usage, /model, /agent, /search and /open commands and multi-line messages work. Through a
 pseudo-terminal (pexpect), against a real server process."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pexpect  # type: ignore[import-untyped]
 import pytest
@@ -124,5 +127,55 @@ def test_title_usage_model_agent_multiline_and_human_times(
     child.sendline("/help")
     child.expect_exact("/title [TEXT]")
     child.expect_exact(PROMPT)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"X-API-Key": TEST_KEY, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def test_search_lists_the_sessions_that_hold_the_words_and_opens_one(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    url = server_process().start()
+    # Another session holds the words, in a message and in an escape sequence that must not
+    # reach the terminal as one.
+    other = _post(f"{url}/v1/sessions", {"title": "Garden \x1b]0;pwned\x07 notes"})
+    _post(f"{url}/v1/sessions/{other['id']}/messages", {"content": "which tomatoes grow in shade \x1b[2J"})
+    _post(f"{url}/v1/sessions", {"title": "unrelated"})
+    child = _spawn(url, tmp_path)
+    sid = _start(child)
+
+    child.sendline("/search tomatoes shade")
+    child.expect(r"\[1\] Garden (.*) notes \(2 messages, \d\d:\d\d\)")
+    assert "\x1b" not in child.match.group(1) and "\x07" not in child.match.group(1)
+    child.expect(r"which \*tomatoes\* grow in \*shade\*")
+    child.expect_exact("/open N continues one of them")
+    child.expect_exact(PROMPT)
+    assert "\x1b[2J" not in str(child.before)
+    child.sendline("/search nothing-like-this")
+    child.expect_exact("no session holds 'nothing-like-this'")
+    child.expect_exact(PROMPT)
+
+    child.sendline("/search tomatoes")
+    child.expect_exact("/open N continues one of them")
+    child.sendline("/open 1")
+    child.expect_exact(f"session {other['id']}: Garden")
+    child.expect(r"\[1\] you: which tomatoes grow in shade")
+    child.expect_exact(PROMPT)
+    child.sendline("and peppers?")
+    child.expect_exact("assistant> ")
+    child.expect_exact(PROMPT)
+    users = [m["content"] for m in _get(f"{url}/v1/sessions/{other['id']}/messages")["items"] if m["role"] == "user"]
+    assert users[-1] == "and peppers?"
+    assert _get(f"{url}/v1/sessions/{sid}")["message_count"] == 0
+    child.sendline("/open 7")
+    child.expect_exact("! /open N, N from the last /search")
     child.sendeof()
     child.expect(pexpect.EOF)

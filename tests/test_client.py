@@ -172,6 +172,37 @@ async def test_approve_deny_and_client_tool_results(api: ClientMaker) -> None:
     assert decided[-1] == "submitted" and (await c.messages()).items[-1].content == "ask_user: yes"
 
 
+async def test_search_and_share_links(api: ClientMaker) -> None:
+    c = await api()
+    mine = await c.create_session(title="garden")
+    c.use_session(mine.id)
+    await c.execute("which tomatoes grow best in shade")
+    await c.create_session(title="other")
+
+    found = await c.search("tomatoes shade")
+    assert [r.session.id for r in found.items] == [mine.id]
+    assert "<mark>tomatoes</mark>" in found.items[0].snippets[0].text
+    assert (await c.search("tomatoes", metadata={"team": "none"})).items == []
+
+    link = await c.create_share(expires_in=3600)
+    assert link.token.startswith("sh_") and link.url.endswith(link.token) and link.expires_at is not None
+    shown = await c.get_share(link.token, html=True)
+    assert shown.title == "garden" and [m.role for m in shown.messages] == ["user", "assistant"]
+    assert shown.messages[0].content == "which tomatoes grow best in shade" and shown.messages[1].content_html
+    # Anyone may open it: a client without any credential too.
+    async with Client(c.url) as stranger:
+        assert (await stranger.get_share(link.token)).messages == (await c.get_share(link.token)).messages
+    copy = await c.copy_share(link.token, title="my garden")
+    assert copy.title == "my garden" and copy.message_count == 2 and copy.id != mine.id
+
+    assert [s.id for s in (await c.list_shares()).items] == [link.id]
+    await c.delete_share(link.id)
+    assert (await c.list_shares()).items == []
+    with pytest.raises(ApiError) as gone:
+        await c.get_share(link.token)
+    assert gone.value.status == 404 and gone.value.code == "not_found"
+
+
 async def test_wrong_key_is_a_clear_error(api: ClientMaker) -> None:
     c = await api()
     bad = Client(c.url, auth=ApiKeyAuth("sk_nope_nope"))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +247,55 @@ def test_a_data_dir_open_to_other_users_is_a_warning(tmp_path: Path) -> None:
     data.chmod(0o700)
     _, out = _doctor(tmp_path, "--data-dir", str(data))
     assert _line(out, "data").startswith("ok")
+
+
+def test_a_model_whose_tokenizer_is_not_on_disk_is_named(tmp_path: Path) -> None:
+    from tests.fake_models import closed_port_url
+
+    config = tmp_path / "gpt.toml"
+    config.write_text(f'[providers.openai]\nkind = "openai"\nbase_url = "{closed_port_url()}/v1"\nmodel = "gpt-4o"\n')
+    _, out = _doctor(tmp_path, "--config", str(config), "--data-dir", str(tmp_path / "data"))
+    line = _line(out, "tokenizer")
+    assert line.startswith("warn") and "gpt-4o: counted with cl100k_base, an estimate" in line, out
+    assert str(tmp_path / "data" / "tiktoken") in line and "is missing" in line
+
+
+async def test_webhook_endpoints_that_fail_are_named(tmp_path: Path) -> None:
+    from actors.core.records import PutDelivery
+    from actors.store.sqlite import SqliteStore
+
+    data = tmp_path / "data"
+    store = SqliteStore(data / "sessiond.db")
+    await store.open()
+    now = time.time()
+    await store.commit([PutDelivery("whk_1", "flaky", "ses_x", "task.completed", b"{}", now)])
+    assert [d.id for d in await store.claim_deliveries("node", now, 60, 10)] == ["whk_1"]
+    assert await store.finish_delivery(
+        "whk_1", "node", status="failed", attempts=8, next_attempt_at=None,
+        last_error="HTTP 500: upstream down", last_status=500, delivered_at=None,
+    )
+    await store.aclose()
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        up = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        down = f"http://127.0.0.1:{_closed_port()}/hook"
+        endpoints = ", ".join(
+            f'{name} = {{ url = "{url}", secret = "{secret}" }}'
+            for name, url in (("flaky", up), ("down", down), ("fine", up))
+        )
+        env = {"SESSIOND_WEBHOOKS_ENDPOINTS": f"{{ {endpoints} }}"}
+        code, out = _doctor(tmp_path, "--data-dir", str(data), env=env)
+    assert code == 1, out
+    lines = {line.split("[webhooks.endpoints.")[1].split("]")[0]: line
+             for line in out.splitlines() if line.split()[1:2] == ["webhook"]}
+    assert lines["flaky"].startswith("FAIL") and "1 delivery(ies) failed" in lines["flaky"]
+    assert "HTTP 500: upstream down" in lines["flaky"]
+    assert lines["down"].startswith("FAIL") and "does not accept a connection" in lines["down"]
+    assert lines["fine"].startswith("ok")
+
+    bad = {"SESSIOND_WEBHOOKS_ENDPOINTS": '{ x = { url = "ftp://example.com/", secret = "whsec_AAAA" } }'}
+    code, out = _doctor(tmp_path, "--data-dir", str(data), env=bad)
+    assert code == 1
+    assert _line(out, "webhooks").startswith("FAIL") and "webhooks.endpoints.x.url" in out

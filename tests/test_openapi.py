@@ -177,11 +177,19 @@ async def test_live_answers_match_the_spec(client: TestClient[Any, Any]) -> None
     await _call(client, spec, "GET", f"{base}/documents")
     await _call(client, spec, "DELETE", f"{base}/documents/{doc['id']}")
     await _call(client, spec, "DELETE", f"/v1/documents/{doc['id']}")
+    # Share links: made, listed, opened, continued as a copy, revoked.
+    share = await _call(client, spec, "POST", f"{base}/shares", json={"expires_in": 3600})
+    await _call(client, spec, "GET", f"{base}/shares")
+    await _call(client, spec, "GET", f"/v1/shares/{share['token']}?format=html")
+    await _call(client, spec, "POST", f"/v1/shares/{share['token']}/fork", json={})
+    await _call(client, spec, "DELETE", f"{base}/shares/{share['id']}")
+    await _call(client, spec, "GET", f"/v1/shares/{share['token']}")  # 404 problem
     await _call(client, spec, "GET", "/v1/sessions/ses_nope")  # 404 problem
     await _call(client, spec, "POST", f"{base}/messages", json={"content": "x", "bogus": 1})  # 422 problem
     await _call(client, spec, "GET", "/healthz")
     await _call(client, spec, "GET", "/readyz")
     await _call(client, spec, "GET", "/openapi.json")
+    await _call(client, spec, "GET", "/v1/webhooks/deliveries", params={"status": "failed"})
     assert len(tree["nodes"]) == 2
 
     # Tool calls that wait: a client tool's result (its events are StreamEvents of the spec), and

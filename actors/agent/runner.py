@@ -11,24 +11,47 @@ that names one of the frontend's own tools (``client_tools``) is not run: it is 
 its ``wait``, the other calls of the round run, and the turn ends with ``ToolWaitChunk``. The
 actor runs it again once every call is decided, with ``request.resume``: the approved calls
 run then, and the model goes on from their results.
+
+Before each call the prompt is fitted into the route's context window (actors/agent/fitting.py):
+the oldest turns are dropped, or summarised once by the agent's own model (the summary goes to
+the actor as ``SummaryChunk``, which keeps it as a hidden node for the next turns).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from actors.agent.agents import Agents
 from actors.agent.backends.base import ModelCall, ModelMessage, ModelToolCall, ProviderError, ToolSpec
 from actors.agent.documents.library import DocumentLibrary
+from actors.agent.fitting import Fitter, SummaryPlan, summary_prompt
 from actors.agent.router import Router
+from actors.agent.tokens import TokenCounter, Tokenizers
 from actors.agent.tools import ToolBox, ToolContext, parse_arguments
-from actors.core.model import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, ToolWaitChunk, TurnItem
+from actors.agent.windows import Windows
+from actors.core.ids import new_id, utcnow
+from actors.core.model import (
+    Chunk,
+    ModelRequest,
+    SummaryChunk,
+    ToolCallChunk,
+    ToolResultChunk,
+    ToolWaitChunk,
+    TurnItem,
+)
+from actors.core.summary import ContextSummary
 from actors.core.tree import ToolWait, Usage
+from actors.store.tables import AgentRecord
 
-__all__ = ["AgentRunner"]
+__all__ = ["AgentRunner", "ContextStrategy"]
+
+log = logging.getLogger("sessiond.agent")
+
+ContextStrategy = Literal["truncate", "summarize"]
 
 
 class AgentRunner:
@@ -37,30 +60,74 @@ class AgentRunner:
     name = "agent"
 
     def __init__(
-        self, agents: Agents, router: Router, tools: ToolBox, library: DocumentLibrary, *, max_rounds: int
+        self,
+        agents: Agents,
+        router: Router,
+        tools: ToolBox,
+        library: DocumentLibrary,
+        *,
+        max_rounds: int,
+        windows: Windows | None = None,
+        tokenizers: Tokenizers | None = None,
+        strategy: ContextStrategy = "truncate",
+        summary_tokens: int = 512,
     ) -> None:
         self.agents = agents
         self.router = router
         self.tools = tools
         self.library = library
         self.max_rounds = max_rounds
+        self.windows = windows or Windows({})
+        self.tokenizers = tokenizers or Tokenizers()
+        self.strategy: ContextStrategy = strategy
+        self.summary_tokens = summary_tokens
 
-    async def _messages(self, request: ModelRequest, system_prompt: str) -> list[ModelMessage]:
-        messages = [ModelMessage(role=m.role, content=m.content) for m in request.messages]
-        # The actor puts the session's own system prompt first; only a session without one
-        # (nothing else the actor sends comes before the first user turn as "system") gets the
-        # agent's.
-        has_own = bool(messages) and messages[0].role == "system"
-        at = 1 if has_own else 0
-        if system_prompt and not has_own:
-            messages.insert(0, ModelMessage(role="system", content=system_prompt))
-            at = 1
+    async def _prompt(
+        self, request: ModelRequest, system_prompt: str
+    ) -> tuple[list[ModelMessage], list[tuple[str | None, ModelMessage]]]:
+        """The head (system prompt, documents' passages) and the path, each message with its node."""
+        path = [(m.node_id, ModelMessage(role=m.role, content=m.content)) for m in request.messages]
+        head: list[ModelMessage] = []
+        # The actor puts the session's own system prompt first (the one message of no node);
+        # only a session without one gets the agent's.
+        if path and path[0][0] is None and path[0][1].role == "system":
+            head.append(path.pop(0)[1])
+        elif system_prompt:
+            head.append(ModelMessage(role="system", content=system_prompt))
         if request.documents:
-            query = next((m.content for m in reversed(messages) if m.role == "user"), "")
+            query = next((m.content for _, m in reversed(path) if m.role == "user"), "")
             passages = await self.library.context(request.documents, query)
             if passages:
-                messages.insert(at, ModelMessage(role="system", content=passages))
-        return messages
+                head.append(ModelMessage(role="system", content=passages))
+        return head, path
+
+    async def _summarize(
+        self, agent: AgentRecord, plan: SummaryPlan, counter: TokenCounter
+    ) -> ContextSummary | None:
+        """Ask the agent's own model for the summary ``plan`` describes (None if it fails)."""
+        call = ModelCall(messages=summary_prompt(plan, self.summary_tokens), model="", temperature=agent.temperature)
+        text: list[str] = []
+        usage = Usage()
+        model: str | None = None
+        try:
+            async for item in self.router.stream(agent.model, call):
+                if isinstance(item, ModelToolCall):
+                    continue
+                text += item.deltas
+                if item.usage is not None:
+                    usage = usage + item.usage
+                if item.model is not None:
+                    model = item.model
+        except ProviderError as exc:
+            log.warning("the summary of older turns failed, they are dropped instead: %s", exc)
+            return None
+        content = counter.clip("".join(text).strip(), self.summary_tokens)
+        if not content:
+            return None
+        return ContextSummary(
+            id=new_id("sum"), through_id=plan.through_id, digest=plan.digest, content=content,
+            created_at=utcnow(), covered=plan.covered, model=model, usage=usage,
+        )
 
     def _wait(self, name: str, agent_approval: str, request: ModelRequest, client: set[str]) -> ToolWait | None:
         """Whether a call of ``name`` waits, and for what (None: it runs now)."""
@@ -70,7 +137,7 @@ class AgentRunner:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TurnItem]:
         agent = await self.agents.resolve(request.agent_id)
-        messages = await self._messages(request, agent.system_prompt)
+        head, path = await self._prompt(request, agent.system_prompt)
         specs = self.tools.specs(request.tools)
         # The frontend's tools, unless the server has one of that name active (it wins).
         own = {s.name for s in specs}
@@ -80,10 +147,31 @@ class AgentRunner:
         specs = [*specs, *client_specs]
         client = {s.name for s in client_specs}
         ctx = ToolContext(session_id=request.session_id, end_user_id=request.end_user_id, documents=request.documents)
+        limits = self.windows.for_route(agent.model)
+        counter = self.tokenizers.for_model(limits.model)
+        await counter.load()
+        fitter = Fitter(head, path, limits=limits, counter=counter, tools=specs)
         usage = Usage()
         model: str | None = None
+        if self.strategy == "summarize":
+            plan = fitter.summarize(request.summaries, self.summary_tokens)
+            if plan is not None:
+                summary = await self._summarize(agent, plan, counter)
+                if summary is None:
+                    fitter.truncate()
+                else:
+                    usage = usage + summary.usage
+                    yield SummaryChunk(summary)
+                    fitter.use(summary, fitter.start)
+        if fitter.dropped:
+            log.debug(
+                "session %s: %d older messages %s to fit the context window of %d tokens",
+                request.session_id, fitter.dropped, "summarised" if fitter.summary else "left out", limits.window,
+            )
+        # What the turn itself adds (a resumed answer, tool calls and results) is never dropped.
+        messages: list[ModelMessage] = []
         if request.resume is not None:
-            messages = [*messages, ModelMessage(role="assistant", content=request.resume.text, tool_calls=[])]
+            messages = [ModelMessage(role="assistant", content=request.resume.text, tool_calls=[])]
             resumed = messages[-1]
             for use in request.resume.calls:
                 arguments = _arguments_text(use.arguments)
@@ -97,8 +185,10 @@ class AgentRunner:
         for round_no in range(self.max_rounds + 1):
             text: list[str] = []
             calls: list[ModelToolCall] = []
+            fitter.truncate(messages)
             call = ModelCall(
-                messages=messages, model="", tools=specs, temperature=agent.temperature, attempt=request.attempt
+                messages=fitter.messages(messages), model="", tools=specs, temperature=agent.temperature,
+                attempt=request.attempt,
             )
             async for item in self.router.stream(agent.model, call):
                 if isinstance(item, ModelToolCall):

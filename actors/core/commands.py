@@ -18,6 +18,7 @@ from actors.core.export import SessionExport
 from actors.core.records import Checkpoint, ClientTool, ForkRef, SessionRecord
 from actors.core.replies import MessagePage, TaskHandle, TreeView
 from actors.core.stream import EventStream
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, ToolWait
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "RegenerateMessage",
     "ReserveSeqs",
     "RestoreCheckpoint",
+    "SaveSummary",
     "SendMessage",
     "Shutdown",
     "SubmitToolResult",
@@ -255,6 +257,14 @@ class ReserveSeqs(Command[None], frozen=True, tag="reserve_seqs"):
     count: int = 1
 
 
+class SaveSummary(Command[None], frozen=True, tag="save_summary"):
+    """The running turn had older turns summarised to fit the context window: keep the summary
+    as a hidden node (durable before the turn goes on)."""
+
+    task_id: str
+    summary: ContextSummary
+
+
 class FoldReply(Command[None], frozen=True, tag="fold_reply"):
     """The running turn streamed for ``fold_seconds``: store its answer's text so far."""
 
@@ -276,7 +286,7 @@ class WaitExpired(Command[None], frozen=True, tag="wait_expired"):
     task_id: str
 
 
-TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | FoldReply | TurnEnded | WaitExpired
+TurnCommand = ToolCalled | ToolReturned | ReserveSeqs | SaveSummary | FoldReply | TurnEnded | WaitExpired
 """What a session's running turn sends its actor; never forwarded across nodes."""
 
 MailboxCommand = AnyCommand | TurnCommand

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from actors.core.records import ClientTool
+from actors.core.summary import ContextSummary
 from actors.core.tree import ToolUse, ToolWait, Usage
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Chunk",
     "ModelRequest",
     "Resume",
+    "SummaryChunk",
     "ToolCallChunk",
     "ToolResultChunk",
     "ToolWaitChunk",
@@ -24,6 +26,9 @@ __all__ = [
 class ChatMessage(msgspec.Struct, frozen=True):
     role: str  # system | user | assistant
     content: str
+    # The message of the path it comes from (None: the session's system prompt); an answer's
+    # tool results and a user turn's restore hint carry their message's id.
+    node_id: str | None = None
 
 
 class Resume(msgspec.Struct, frozen=True):
@@ -48,6 +53,9 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0
     client_tools: list[ClientTool] = msgspec.field(default_factory=list)
     resume: Resume | None = None
+    # The hidden summaries of older turns whose message is on this path (newest last): one that
+    # still fingerprints the path stands in for the turns that do not fit the model's window.
+    summaries: list[ContextSummary] = msgspec.field(default_factory=list)
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -85,4 +93,11 @@ class ToolWaitChunk(msgspec.Struct, frozen=True):
     """The last item of a turn that waits on tool calls: it goes on once they are decided."""
 
 
-TurnItem = Chunk | ToolCallChunk | ToolResultChunk | ToolWaitChunk
+class SummaryChunk(msgspec.Struct, frozen=True):
+    """Older turns were summarised to fit the context window: the actor keeps the summary as a
+    hidden node before the answer goes on (it is never shown as text)."""
+
+    summary: ContextSummary
+
+
+TurnItem = Chunk | ToolCallChunk | ToolResultChunk | ToolWaitChunk | SummaryChunk

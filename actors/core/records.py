@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 
 _enc = msgspec.json.Encoder()
@@ -24,9 +25,11 @@ __all__ = [
     "LoadedSession",
     "Op",
     "PutCheckpoint",
+    "PutDelivery",
     "PutEvent",
     "PutMessage",
     "PutSession",
+    "PutSummary",
     "RemoveSession",
     "RunningTask",
     "SessionQuery",
@@ -136,6 +139,7 @@ class LoadedSession(msgspec.Struct):
     checkpoints: list[Checkpoint]
     events: list[StoredEvent]  # the newest durable events, oldest first
     max_seq: int  # the highest durable event id
+    summaries: list[ContextSummary] = msgspec.field(default_factory=list)  # hidden nodes, oldest first
 
 
 class PutSession(msgspec.Struct):
@@ -177,13 +181,38 @@ class PutEvent(msgspec.Struct):
     event: StoredEvent
 
 
+class PutSummary(msgspec.Struct):
+    """Upsert of a hidden summary node, and removal of those of the session it replaces."""
+
+    session_id: str
+    id: str
+    body: bytes
+    drop: list[str] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def of(cls, session_id: str, summary: ContextSummary, drop: list[str] | None = None) -> PutSummary:
+        return cls(session_id, summary.id, _enc.encode(summary), drop or [])
+
+
 class RemoveSession(msgspec.Struct):
     """Removal of a session with everything it holds."""
 
     session_id: str
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | RemoveSession
+class PutDelivery(msgspec.Struct):
+    """A new webhook outbox row (actors/core/webhooks.py): committed with the event it announces,
+    so the event and its delivery are durable together or not at all."""
+
+    id: str  # the webhook-id every attempt sends
+    endpoint: str
+    session_id: str
+    event_type: str
+    body: bytes  # the JSON payload, as every attempt sends it
+    created_at: float  # unix time
+
+
+Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession | PutDelivery
 
 
 class SessionQuery(msgspec.Struct):

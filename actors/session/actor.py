@@ -40,6 +40,7 @@ from actors.core.commands import (
     RegenerateMessage,
     ReserveSeqs,
     RestoreCheckpoint,
+    SaveSummary,
     SendMessage,
     Shutdown,
     SubmitToolResult,
@@ -93,6 +94,7 @@ from actors.core.records import (
 )
 from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
 from actors.core.tree import Node, ToolUse, ToolWait, Usage
+from actors.core.webhooks import Outbox
 from actors.ports import EventSink, Provider, SessionStore
 from actors.session import requests
 from actors.session.context import model_request
@@ -129,8 +131,9 @@ class SessionActor(SessionState):
         frame: FrameEncoder,
         sink: EventSink | None = None,
         guard: Callable[[str], Awaitable[bool | None]] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink)
+        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox)
         # Cluster mode: whether this node still holds the session's lease, asked before a
         # change is accepted (a node that cannot prove it must not serve one).
         self._guard = guard
@@ -359,6 +362,8 @@ class SessionActor(SessionState):
                 await self._tool_returned(cmd)
             case ReserveSeqs():
                 await self._reserve_seqs(cmd)
+            case SaveSummary():
+                await self._save_summary(cmd)
             case FoldReply():
                 await self._fold_reply(cmd)
             case TurnEnded():
@@ -528,7 +533,11 @@ class SessionActor(SessionState):
 
     async def _delete(self) -> None:
         await self._stop_turn()
-        await self._store.commit([RemoveSession(self.id)])
+        # A session.deleted webhook is durable with the delete itself, or neither is.
+        deliveries = self._outbox.for_deletion(self.record) if self._outbox is not None else []
+        await self._store.commit([RemoveSession(self.id), *deliveries])
+        if deliveries and self._outbox is not None:
+            self._outbox.wake()
         self._stop("deleted")
 
     async def _passivate(self, idle_seconds: float) -> bool:
@@ -621,10 +630,17 @@ class SessionActor(SessionState):
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
-        request = model_request(self.record, self.tree, turn.user_id, client_tools=turn.client_tools)
+        request = model_request(
+            self.record, self.tree, turn.user_id, client_tools=turn.client_tools, summaries=self.summaries
+        )
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
         )
+
+    async def _save_summary(self, cmd: SaveSummary) -> None:
+        if self._current(cmd.task_id) is None:
+            return
+        await self._store.commit([self.summaries.save(self.id, cmd.summary, self.tree)])
 
     async def _tool_called(self, cmd: ToolCalled) -> None:
         turn = self._current(cmd.task_id)
@@ -749,7 +765,10 @@ class SessionActor(SessionState):
         if self._settings.fold_seconds > 0:
             turn.fold_at = self._loop.time() + self._settings.fold_seconds  # it streams again
         resume = Resume(reply.content, [msgspec.structs.replace(u) for u in reply.tool_calls or []])
-        request = model_request(self.record, self.tree, turn.user_id, client_tools=turn.client_tools, resume=resume)
+        request = model_request(
+            self.record, self.tree, turn.user_id, client_tools=turn.client_tools, resume=resume,
+            summaries=self.summaries,
+        )
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
         )
@@ -876,7 +895,7 @@ class _ActorJournal:
         self.has_ids: Callable[[int], bool] = actor._has_ids
         self.deltas: Callable[[Turn, list[str]], None] = actor._emit_deltas
 
-    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs) -> None:
+    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs | SaveSummary) -> None:
         fut: asyncio.Future[None] = self._actor._loop.create_future()
         self._actor._mailbox.tell_internal(command, fut)
         await fut

@@ -22,8 +22,10 @@ from actors.core.ids import utcnow
 from actors.core.records import LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
 from actors.core.replies import MessagePage
 from actors.core.tree import MessageTree, Node
+from actors.core.webhooks import Outbox
 from actors.ports import EventSink, SessionStore
 from actors.session.fanout import Hub, Subscription
+from actors.session.summaries import Summaries
 from actors.session.turn import Turn
 
 __all__ = ["ActorSettings", "SessionState"]
@@ -55,12 +57,14 @@ class SessionState:
         stats: Stats,
         frame: FrameEncoder,
         sink: EventSink | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         record = loaded.record
         self.id = record.id
         self.record = record
         self.tree = MessageTree.from_nodes(loaded.nodes, record.active_leaf_id)
         self.checkpoints = loaded.checkpoints
+        self.summaries = Summaries(loaded.summaries)  # hidden nodes: never listed with messages
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
         self.log = EventLog(frame=frame, retention=settings.event_retention, floor=floor)
@@ -89,6 +93,8 @@ class SessionState:
         self._settings = settings
         self._stats = stats
         self._sink = sink
+        # Webhooks: the outbox rows of an event are committed with it (None: no endpoints).
+        self._outbox = outbox or None
         self._turn: Turn | None = None
         self._queued: deque[Turn] = deque()
         self._loop = asyncio.get_running_loop()
@@ -168,7 +174,12 @@ class SessionState:
                 if request.task_id in ends:
                     request.end_seq = seqs[-1]
         all_ops = [*ops, *(PutEvent(self.id, ev) for ev in stored), PutSession.of(self.record)]
-        await self._store.commit(all_ops)
+        outbox = self._outbox
+        # Webhooks: an event's deliveries are durable in its own commit, or neither is.
+        deliveries = outbox.for_events(self.record, events, seqs) if outbox is not None else []
+        await self._store.commit([*all_ops, *deliveries] if deliveries else all_ops)
+        if deliveries and outbox is not None:
+            outbox.wake()
         for event, ev in zip(events, stored, strict=True):
             self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":

@@ -10,7 +10,9 @@ checkpoints stay the actor's. The two meet only at ``Journal``, which the actor 
 - every change to the tree or the record (a tool call, a tool result with its checkpoint,
   a new block of event ids) goes through the actor's mailbox (``await journal.record``), and
   the turn waits until the actor applied it, so its later deltas are numbered after it;
-- the turn's end is a message in the mailbox too (``journal.end``).
+- the turn's end is a message in the mailbox too (``journal.end``);
+- a summary of older turns the model's context window could not hold (``SaveSummary``) is
+  kept by the actor as a hidden node before the answer goes on.
 
 A turn whose model called a tool that needs a person's approval, or a frontend's result,
 stops after that round (``TurnEnded(waiting=True)``): the calls are in the store, the task
@@ -24,8 +26,8 @@ import asyncio
 import logging
 from typing import Protocol
 
-from actors.core.commands import ReserveSeqs, ToolCalled, ToolReturned, TurnEnded
-from actors.core.model import Chunk, ModelRequest, ToolCallChunk, ToolResultChunk, ToolWaitChunk
+from actors.core.commands import ReserveSeqs, SaveSummary, ToolCalled, ToolReturned, TurnEnded
+from actors.core.model import Chunk, ModelRequest, SummaryChunk, ToolCallChunk, ToolResultChunk, ToolWaitChunk
 from actors.core.records import ClientTool
 from actors.core.replies import TurnOutcome
 from actors.core.tree import Usage
@@ -46,7 +48,7 @@ class Journal(Protocol):
         """Number text deltas, one event each, and show them to subscribers (not durable on
         their own)."""
 
-    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs) -> None:
+    async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs | SaveSummary) -> None:
         """Apply ``command`` through the mailbox; returns once it is durable."""
 
     def end(self, command: TurnEnded) -> None:
@@ -131,6 +133,8 @@ class Turn:
                         )
                     case ToolWaitChunk():
                         waiting = True
+                    case SummaryChunk():
+                        await journal.record(SaveSummary(self.task_id, item.summary))
         except asyncio.CancelledError:
             raise  # cancel or shutdown: the actor ends the turn itself
         except Exception as exc:

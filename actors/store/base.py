@@ -1,7 +1,7 @@
 """The store protocols beside the sessions': the edge's and the agent side's tables.
 
 The session part (``SessionStore``) is a port of the core, in actors/ports.py. Both stores
-(SQLite and PostgreSQL) implement all three in one database; ``Store`` is that whole.
+(SQLite and PostgreSQL) implement all of them in one database; ``Store`` is that whole.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from actors.core.tree import Usage
+from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.ports import SessionStore
 from actors.store.tables import (
     AgentRecord,
@@ -18,10 +19,11 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
-__all__ = ["AuthStore", "CatalogStore", "SessionStore", "Store"]
+__all__ = ["AuthStore", "CatalogStore", "OutboxStore", "SessionStore", "ShareStore", "Store"]
 
 
 class AuthStore(Protocol):
@@ -62,6 +64,22 @@ class AuthStore(Protocol):
     async def get_guest(self, guest_id: str, now: float) -> GuestRecord | None: ...
 
 
+class ShareStore(Protocol):
+    """Read-only share links of sessions, each known by the hash of its token."""
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        """Record ``share``; False (nothing written) if its session has ``limit`` live links."""
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        """The live (unexpired) link with that token hash."""
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        """The session's live links, oldest first."""
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        """Revoke one link of the session; False if it has no such link."""
+
+
 class CatalogStore(Protocol):
     """The agent side's tables: agents, documents, and usage summed per end user."""
 
@@ -94,5 +112,39 @@ class CatalogStore(Protocol):
         """(sessions, summed token usage) over the end user's existing sessions."""
 
 
-class Store(SessionStore, AuthStore, CatalogStore, Protocol):
+class OutboxStore(Protocol):
+    """The webhook outbox (actors/store/outbox.py): rows are added by the group commit
+    (``PutDelivery``), claimed by a deliverer under a lease, and given their outcome."""
+
+    async def claim_deliveries(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` pending rows due at ``now`` to ``owner`` (none another holds)."""
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: float | None,
+        last_error: str | None,
+        last_status: int | None,
+        delivered_at: float | None,
+    ) -> bool:
+        """Record an attempt's outcome and end the lease; False if ``owner`` lost the lease."""
+
+    async def release_deliveries(self, owner: str | None) -> int:
+        """End the leases of ``owner`` (None: every lease), so those rows are due again now."""
+
+    async def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        """Newest first, without their bodies; one more than ``query.limit`` if more follow."""
+
+    async def prune_deliveries(self, before: float) -> int:
+        """Forget delivered and failed rows created before ``before``."""
+
+    async def delivery_health(self, since: float) -> list[EndpointHealth]:
+        """Per endpoint, the deliveries created since ``since`` that failed or are retrying."""
+
+
+class Store(SessionStore, AuthStore, ShareStore, CatalogStore, OutboxStore, Protocol):
     """One database behind everything: what the server composes and the CLI opens."""

@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from actors.batch import BatchQueue, QueueClosedError
 from actors.core.errors import StoreClosedError, StoreUnavailableError
-from actors.core.records import Op, PutCheckpoint, PutEvent, PutMessage, PutSession, RemoveSession
+from actors.core.records import (
+    Op,
+    PutCheckpoint,
+    PutDelivery,
+    PutEvent,
+    PutMessage,
+    PutSession,
+    PutSummary,
+    RemoveSession,
+)
 
 __all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
 
@@ -111,17 +120,25 @@ class GroupCommitter:
 
 class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
-    sessions, messages, checkpoints and events, then deletes (so a late write racing a delete
-    can never resurrect the session)."""
+    sessions, messages, checkpoints, events and summaries, then the summaries replaced, then
+    deletes (so a late write racing a delete can never resurrect the session). Webhook outbox
+    rows are a table of their own, which a session's delete leaves alone (its
+    ``session.deleted`` delivery is one of them)."""
 
-    __slots__ = ("checkpoints", "deletes", "events", "messages", "sessions")
+    __slots__ = (
+        "checkpoints", "deletes", "deliveries", "events", "messages", "sessions", "summaries", "summary_drops",
+    )
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.sessions: list[tuple[str, str, str | None, str, str]] = []
         self.messages: list[tuple[str, str, str]] = []
         self.checkpoints: list[tuple[str, str, str]] = []
         self.events: list[tuple[str, int, str, bytes]] = []
+        self.summaries: list[tuple[str, str, str]] = []
+        self.summary_drops: list[tuple[str, str]] = []
         self.deletes: list[tuple[str]] = []
+        # id, endpoint, session_id, event_type, body, created_at (also its first next_attempt_at)
+        self.deliveries: list[tuple[str, str, str, str, bytes, float]] = []
         for op in ops:
             match op:
                 case PutSession():
@@ -132,5 +149,10 @@ class Rows:
                     self.checkpoints.append((op.id, op.session_id, op.body.decode()))
                 case PutEvent(session_id=sid, event=ev):
                     self.events.append((sid, ev.seq, ev.type, ev.data))
+                case PutSummary():
+                    self.summaries.append((op.id, op.session_id, op.body.decode()))
+                    self.summary_drops += [(op.session_id, d) for d in op.drop]
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
+                case PutDelivery():
+                    self.deliveries.append((op.id, op.endpoint, op.session_id, op.event_type, op.body, op.created_at))

@@ -34,7 +34,10 @@ from actors.core.records import (
     StoredEvent,
 )
 from actors.core.search import SearchHit, SearchQuery
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
+from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
+from actors.store import outbox, shares_postgres
 from actors.store.batching import GroupCommitter, Rows
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.search_postgres import search_sessions
@@ -45,6 +48,7 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
@@ -55,6 +59,7 @@ log = logging.getLogger("sessiond.store")
 _dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_node = msgspec.json.Decoder(Node)
 _dec_checkpoint = msgspec.json.Decoder(Checkpoint)
+_dec_summary = msgspec.json.Decoder(ContextSummary)
 _dec_agent = msgspec.json.Decoder(AgentRecord)
 _dec_document = msgspec.json.Decoder(DocumentRecord)
 _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
@@ -79,6 +84,11 @@ _INSERT_NEW_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
     " ON CONFLICT (id) DO NOTHING"
 )
+_UPSERT_SUMMARY = (
+    "INSERT INTO context_summaries (id, session_id, body) VALUES ($1, $2, $3)"
+    " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
+)
+_DROP_SUMMARY = "DELETE FROM context_summaries WHERE session_id = $1 AND id = $2"
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES ($1, $2, $3)"
 _INSERT_EVENT = (
@@ -86,11 +96,19 @@ _INSERT_EVENT = (
     " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data"
 )
 _DELETES = [
+    "DELETE FROM context_summaries WHERE session_id = $1",
     "DELETE FROM messages WHERE session_id = $1",
     "DELETE FROM checkpoints WHERE session_id = $1",
     "DELETE FROM events WHERE session_id = $1",
+    shares_postgres.DELETE_SHARES,
     "DELETE FROM sessions WHERE id = $1",
 ]
+_INSERT_DELIVERY = outbox.pg(outbox.INSERT_DELIVERY)
+_CLAIM = outbox.pg(outbox.CLAIM_PG)
+_FINISH = outbox.pg(outbox.FINISH)
+_RELEASE_OWNER = outbox.pg(outbox.RELEASE_OWNER)
+_PRUNE = outbox.pg(outbox.PRUNE)
+_HEALTH = outbox.pg(outbox.HEALTH)
 _MIGRATION_LOCK = 0x5E55_10D  # advisory lock id: one node migrates at a time
 # Guests lock (class, key) pairs: Postgres keeps these apart from single-bigint keys like the above.
 _GUEST_LOCK_CLASS = 0x5E55_6E5
@@ -253,6 +271,8 @@ class PostgresStore:
         messages = self._children(rows.messages)
         checkpoints = self._children(rows.checkpoints)
         events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
+        summaries = self._children(rows.summaries)
+        summary_drops = [(_text(sid), _text(i)) for sid, i in rows.summary_drops]
         deletes = [(_text(sid),) for (sid,) in rows.deletes]
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
@@ -261,6 +281,8 @@ class PostgresStore:
                 (_UPSERT_MESSAGE, messages),
                 (_UPSERT_CHECKPOINT, checkpoints),
                 (_INSERT_EVENT, events),
+                (_UPSERT_SUMMARY, summaries),
+                (_DROP_SUMMARY, summary_drops),
             )
             for sql, table in tables:
                 if table:
@@ -268,6 +290,11 @@ class PostgresStore:
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)
+            if rows.deliveries:
+                await conn.executemany(_INSERT_DELIVERY, [
+                    (d_id, endpoint, _text(sid), type_, body, at, at)
+                    for d_id, endpoint, sid, type_, body, at in rows.deliveries
+                ])
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""
@@ -278,7 +305,7 @@ class PostgresStore:
             if _count(await conn.execute(_INSERT_NEW_SESSION, *self._sessions(batch)[0])) == 0:
                 return False
             # Rows left under this id by a session that no longer exists belong to nobody.
-            for sql in _DELETES[:3]:
+            for sql in _DELETES[:-1]:
                 await conn.execute(sql, _text(session.id))
             for sql, table in ((_INSERT_MESSAGE, batch.messages), (_INSERT_CHECKPOINT, batch.checkpoints)):
                 if table:
@@ -311,12 +338,16 @@ class PostgresStore:
         )
         evs.reverse()
         max_seq = await self._fetch("SELECT max(seq) FROM events WHERE session_id = $1", session_id)
+        sums = await self._fetch(
+            "SELECT body FROM context_summaries WHERE session_id = $1 ORDER BY pos", session_id
+        )
         return LoadedSession(
             record=record,
             nodes=[_dec_node.decode(r[0]) for r in nodes],
             checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
             events=[StoredEvent(r[0], r[1], bytes(r[2])) for r in evs],
             max_seq=int(max_seq[0][0] or 0),
+            summaries=[_dec_summary.decode(r[0]) for r in sums],
         )
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
@@ -378,6 +409,20 @@ class PostgresStore:
             "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", when, key_id
         )
         return changed > 0
+
+    # -- share links: made in a transaction of their own (the bound per session is checked in it)
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        return await self._transaction(lambda conn: shares_postgres.put_share(conn, share, limit, now))
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        return await shares_postgres.share_by_hash(self._fetch, token_hash, now)
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        return await shares_postgres.list_shares(self._fetch, session_id, now)
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        return await shares_postgres.delete_share(self._execute, session_id, share_id)
 
     # -- agents, documents and usage per end user ----------------------------------------------
 
@@ -607,3 +652,41 @@ class PostgresStore:
             guest_id, now,
         )
         return GuestRecord(rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
+
+    # -- the webhook outbox: rows come with the group commit; a claim is one statement whose
+    # rows are picked FOR UPDATE SKIP LOCKED, so nodes claiming at once never share a row.
+
+    async def claim_deliveries(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        rows = await self._fetch(_CLAIM, owner, now + lease_seconds, now, now, limit)
+        return [outbox.delivery_of(r) for r in rows]
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: float | None,
+        last_error: str | None,
+        last_status: int | None,
+        delivered_at: float | None,
+    ) -> bool:
+        return await self._execute(
+            _FINISH, status, attempts, next_attempt_at, last_error, last_status, delivered_at, delivery_id, owner
+        ) > 0
+
+    async def release_deliveries(self, owner: str | None) -> int:
+        if owner is None:
+            return await self._execute(outbox.RELEASE_ALL)
+        return await self._execute(_RELEASE_OWNER, owner)
+
+    async def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        sql, params = outbox.list_sql(query)
+        return [outbox.delivery_of(r) for r in await self._fetch(outbox.pg(sql), *params)]
+
+    async def prune_deliveries(self, before: float) -> int:
+        return await self._execute(_PRUNE, before)
+
+    async def delivery_health(self, since: float) -> list[EndpointHealth]:
+        return outbox.health_of(await self._fetch(_HEALTH, since))

@@ -28,7 +28,10 @@ from actors.core.records import (
     StoredEvent,
 )
 from actors.core.search import SearchHit, SearchQuery
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
+from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
+from actors.store import outbox, shares_sqlite
 from actors.store.batching import GroupCommitter, Rows, StoreClosedError
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
@@ -39,6 +42,7 @@ from actors.store.tables import (
     GuestRecord,
     RefreshOutcome,
     RefreshTokenRecord,
+    ShareRecord,
     TokenFamilyRecord,
 )
 
@@ -51,6 +55,7 @@ _T = TypeVar("_T")
 _dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_node = msgspec.json.Decoder(Node)
 _dec_checkpoint = msgspec.json.Decoder(Checkpoint)
+_dec_summary = msgspec.json.Decoder(ContextSummary)
 _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
 
@@ -72,13 +77,20 @@ _INSERT_NEW_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO NOTHING"
 )
+_UPSERT_SUMMARY = (
+    "INSERT INTO context_summaries (id, session_id, body) VALUES (?, ?, ?)"
+    " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
+)
+_DROP_SUMMARY = "DELETE FROM context_summaries WHERE session_id = ? AND id = ?"
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)"
 _DELETES = [
+    "DELETE FROM context_summaries WHERE session_id = ?",
     "DELETE FROM messages WHERE session_id = ?",
     "DELETE FROM checkpoints WHERE session_id = ?",
     "DELETE FROM events WHERE session_id = ?",
+    shares_sqlite.DELETE_SHARES,
     "DELETE FROM sessions WHERE id = ?",
 ]
 
@@ -147,11 +159,15 @@ class SqliteStore:
                 (_UPSERT_MESSAGE, rows.messages),
                 (_UPSERT_CHECKPOINT, rows.checkpoints),
                 (_INSERT_EVENT, rows.events),
+                (_UPSERT_SUMMARY, rows.summaries),
+                (_DROP_SUMMARY, rows.summary_drops),
             ):
                 if table:
                     await db.executemany(sql, table)
             for sql in _DELETES if rows.deletes else ():
                 await db.executemany(sql, rows.deletes)
+            if rows.deliveries:
+                await db.executemany(outbox.INSERT_DELIVERY, [(*d, d[5]) for d in rows.deliveries])
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -166,7 +182,7 @@ class SqliteStore:
             if cur.rowcount == 0:
                 return False
             # Rows left under this id by a session that no longer exists belong to nobody.
-            for sql in _DELETES[:3]:
+            for sql in _DELETES[:-1]:
                 await db.execute(sql, (session.id,))
             await db.executemany(_INSERT_MESSAGE, batch.messages)
             await db.executemany(_INSERT_CHECKPOINT, batch.checkpoints)
@@ -204,12 +220,16 @@ class SqliteStore:
         )
         evs.reverse()
         max_seq = evs[-1][0] if evs else 0
+        sums = await self._all(
+            "SELECT body FROM context_summaries WHERE session_id = ? ORDER BY pos", (session_id,)
+        )
         return LoadedSession(
             record=record,
             nodes=[_dec_node.decode(r[0]) for r in nodes],
             checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
             events=[StoredEvent(seq, type_, bytes(data)) for seq, type_, data in evs],
             max_seq=max_seq,
+            summaries=[_dec_summary.decode(r[0]) for r in sums],
         )
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
@@ -266,6 +286,21 @@ class SqliteStore:
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id)
         )
         return changed > 0
+
+    # -- share links: made in a transaction of their own (the bound per session is checked in
+    # it), revoked on a connection of their own, like the API keys.
+
+    async def put_share(self, share: ShareRecord, *, limit: int, now: float) -> bool:
+        return await self._transaction(lambda db: shares_sqlite.put_share(db, share, limit, now))
+
+    async def share_by_hash(self, token_hash: str, now: float) -> ShareRecord | None:
+        return await shares_sqlite.share_by_hash(self._all, token_hash, now)
+
+    async def list_shares(self, session_id: str, now: float) -> list[ShareRecord]:
+        return await shares_sqlite.list_shares(self._all, session_id, now)
+
+    async def delete_share(self, session_id: str, share_id: str) -> bool:
+        return await shares_sqlite.delete_share(self._write_one, session_id, share_id)
 
     # -- agents, documents and usage per end user: rare writes, each on a connection of its own
     # (like the API keys), so they never join a group-commit batch.
@@ -488,3 +523,61 @@ class SqliteStore:
             (guest_id, now),
         )
         return GuestRecord(*rows[0]) if rows else None
+
+    # -- the webhook outbox: rows come with the group commit; claims and outcomes are each a
+    # transaction of their own (BEGIN IMMEDIATE), like the token writes above.
+
+    async def claim_deliveries(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        # Polled every [webhooks] poll_seconds: a read on the reader first, so an outbox with
+        # nothing due never takes the write lock.
+        if not await self._all(outbox.DUE_ANY, (now, now)):
+            return []
+
+        async def claim(db: aiosqlite.Connection) -> list[Delivery]:
+            rows = await self._rows(db, outbox.CLAIM, (owner, now + lease_seconds, now, now, limit))
+            return [outbox.delivery_of(r) for r in rows]
+
+        return await self._transaction(claim)
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: float | None,
+        last_error: str | None,
+        last_status: int | None,
+        delivered_at: float | None,
+    ) -> bool:
+        params = (status, attempts, next_attempt_at, last_error, last_status, delivered_at, delivery_id, owner)
+
+        async def finish(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(outbox.FINISH, params)
+            return cur.rowcount > 0
+
+        return await self._transaction(finish)
+
+    async def release_deliveries(self, owner: str | None) -> int:
+        async def release(db: aiosqlite.Connection) -> int:
+            if owner is None:
+                cur = await db.execute(outbox.RELEASE_ALL)
+            else:
+                cur = await db.execute(outbox.RELEASE_OWNER, (owner,))
+            return cur.rowcount
+
+        return await self._transaction(release)
+
+    async def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        sql, params = outbox.list_sql(query)
+        return [outbox.delivery_of(r) for r in await self._all(sql, params)]
+
+    async def prune_deliveries(self, before: float) -> int:
+        async def prune(db: aiosqlite.Connection) -> int:
+            return (await db.execute(outbox.PRUNE, (before,))).rowcount
+
+        return await self._transaction(prune)
+
+    async def delivery_health(self, since: float) -> list[EndpointHealth]:
+        return outbox.health_of(await self._all(outbox.HEALTH, (since,)))

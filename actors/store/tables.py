@@ -1,4 +1,4 @@
-"""The edge's tables: API keys, session tokens, guests, agents and documents.
+"""The edge's tables: API keys, session tokens, guests, share links, agents and documents.
 
 Kept by the same stores as the sessions (one database), but no session actor reads them:
 they belong to the HTTP edge (server/auth) and the agent side (actors/agent).
@@ -19,6 +19,7 @@ __all__ = [
     "RefreshStatus",
     "RefreshTokenRecord",
     "RouteEntry",
+    "ShareRecord",
     "TokenFamilyRecord",
 ]
 
@@ -122,3 +123,21 @@ class GuestRecord(msgspec.Struct):
     namespace: str
     created_at: str
     expires_at: float  # epoch seconds
+
+
+# -- share links ----------------------------------------------------------------------------
+
+
+class ShareRecord(msgspec.Struct, kw_only=True):
+    """A read-only link to a session's conversation, known only by the hash of its token.
+
+    It shows the path from the root to ``message_id`` (the active leaf when it was made), so
+    what is written afterwards is not shared.
+    """
+
+    id: str
+    session_id: str
+    token_hash: str
+    created_at: str
+    message_id: str | None = None  # None: the session had no message when the link was made
+    expires_at: float | None = None  # epoch seconds; None: until revoked

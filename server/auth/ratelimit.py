@@ -48,8 +48,9 @@ _HOUR = 3600
 _DAY = 86400
 
 
-# Whose limits: a guest's ([limits] guest_*), an API key's ([limits.keys]), an end user's ([limits.end_users]).
-SubjectKind = Literal["guest", "key", "end_user"]
+# Whose limits: a guest's ([limits] guest_*), an API key's ([limits.keys]), an end user's
+# ([limits.end_users]), a client address's (share links, [limits] share_views_*).
+SubjectKind = Literal["guest", "key", "end_user", "address"]
 
 
 class Subject(msgspec.Struct, frozen=True):

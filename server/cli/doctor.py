@@ -3,7 +3,10 @@
 Checks, in order: the configuration parses; the data directory exists (or can be made), is
 writable and private; cluster mode has what it needs; the port is free; the store opens with a
 schema this sessiond knows; API keys exist; PostgreSQL and Redis answer where they are used;
-each model provider lists the models asked of it (server.cli.modelcheck). The sentences are
+each model provider lists the models asked of it (server.cli.modelcheck); the models whose
+tokenizer does not ship with sessiond (o200k_base) find it in the tokenizer directory; each webhook
+endpoint accepts connections and had no failed deliveries in the last day (server.cli.webhookcheck).
+The sentences are
 server.preflight's, the ones ``sessiond serve`` stops with. Nothing is changed: the database is
 opened read-only and never migrated, the port is bound and released at once.
 """
@@ -18,7 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from actors.agent.agents import parse_route
+from actors.agent.tokens import Tokenizers, encoding_for
 from server.cli.modelcheck import check_providers
+from server.cli.webhookcheck import check_webhooks
 from server.config import Config, ConfigError
 from server.preflight import (
     FAIL,
@@ -80,8 +86,29 @@ def _keys(config: Config) -> Iterator[Check]:
                     "(run `sessiond keys create`)")
 
 
+def _tokenizers(config: Config) -> Iterator[Check]:
+    """A line for the models counted with an encoding read from the tokenizer directory."""
+    models = {p.model for p in config.providers.values() if p.model}
+    models |= {e.model for a in config.agents.values() for e in parse_route(a.model) if e.model}
+    tokenizers = Tokenizers(config.tokenizer_dir)
+    for encoding in sorted({e for m in models if (e := encoding_for(m)) is not None and e != "cl100k_base"}):
+        named = sorted(m for m in models if encoding_for(m) == encoding)
+        counter = tokenizers.for_model(named[0])
+        counter.count("probe")  # loads the vocabulary (from the disk only)
+        if counter.exact:
+            yield Check(OK, "tokenizer", f"{encoding} for {', '.join(named)}")
+        else:
+            yield Check(WARN, "tokenizer", f"{', '.join(named)}: counted with cl100k_base, an estimate: "
+                        f"{counter.reason or encoding + ' is not read by sessiond'} (docs/agents.md, Token counting)")
+
+
 async def _async_checks(config: Config) -> list[Check]:
-    return [await check_postgres(config), await check_redis(config), *await check_providers(config)]
+    return [
+        await check_postgres(config),
+        await check_redis(config),
+        *await check_providers(config),
+        *await check_webhooks(config),
+    ]
 
 
 def run_checks(load: Callable[[], Config], source: str = "the configuration parses") -> list[Check]:
@@ -96,12 +123,13 @@ def run_checks(load: Callable[[], Config], source: str = "the configuration pars
     checks.append(_port(config))
     checks += _store(config)
     checks += _keys(config)
+    checks += _tokenizers(config)
     checks += asyncio.run(_async_checks(config))
     return checks
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None], config_from: Any) -> None:
-    p = sub.add_parser("doctor", help="check config, data dir, store, Redis and providers")
+    p = sub.add_parser("doctor", help="check config, data dir, store, Redis, providers and webhooks")
     common(p)
     p.set_defaults(func=lambda args: _cmd_doctor(args, config_from))
 

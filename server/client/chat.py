@@ -35,7 +35,7 @@ from actors.core.events import (
 )
 from actors.core.tree import Usage
 from server.client.client import ApiError, Client, EventStream
-from server.client.terminal import WordWrapper, human_time, quiet_keys, terminal_width, wrap
+from server.client.terminal import WordWrapper, human_time, one_line, quiet_keys, terminal_width, wrap
 from server.schema.agents import AgentList
 from server.schema.messages import MessageOut, TreeNodeOut
 
@@ -51,6 +51,8 @@ line of its own to start and end a message of many lines. Commands:
   /branches          the messages that have other versions, and their keys
   /switch KEY        show the version KEY (as /branches lists it, e.g. 2.1)
   /history           the conversation as it stands, numbered
+  /search WORDS      your sessions whose title or messages (any version) hold every word
+  /open N            continue session N of the last /search
   /checkpoints       the checkpoints, numbered
   /restore N [HINT]  go back to checkpoint N; with a hint, answer again from there
   /export FILE       write the whole session (every branch) to FILE as JSON
@@ -77,6 +79,7 @@ class Chat:
         self.out = out
         self._loop = asyncio.new_event_loop()
         self._stopping = False
+        self._found: list[str] = []  # the sessions the last /search listed, in order
 
     # -- running coroutines from the blocking prompt ---------------------------------------
 
@@ -170,6 +173,10 @@ class Chat:
                 self.say(self.client.session_id or "")
             case "/history":
                 self.show_history()
+            case "/search":
+                self.search(rest)
+            case "/open":
+                self.open(rest)
             case "/edit":
                 self.edit(rest)
             case "/regen":
@@ -245,6 +252,34 @@ class Chat:
             lines.append(wrap(m.content, terminal_width(self.out), f"{who}{versions}{state}: "))
         for text in lines[-last:] if last else lines:
             self.say(text)
+
+    def search(self, words: str) -> None:
+        if not words:
+            self.say("! /search WORDS")
+            return
+        hits = self.run(self.client.search(words, limit=10)).items
+        self._found = [h.session.id for h in hits]
+        if not hits:
+            self.say(f"no session holds {one_line(words)!r}")
+            return
+        width = terminal_width(self.out)
+        for i, h in enumerate(hits, start=1):
+            here = "*" if h.session.id == self.client.session_id else " "
+            title = _marked(h.title) if h.title else one_line(h.session.title or "untitled")
+            when = human_time(h.session.last_active_at)
+            self.say(f"{here}[{i}] {title} ({h.session.message_count} messages, {when})")
+            for snippet in h.snippets[:2]:
+                self.say(wrap(_marked(snippet.text), width, "      "))
+        self.say("/open N continues one of them")
+
+    def open(self, number: str) -> None:
+        if not number.isdigit() or not 1 <= int(number) <= len(self._found):
+            self.say("! /open N, N from the last /search")
+            return
+        self.client.use_session(self._found[int(number) - 1])
+        s = self.run(self.client.get_session())
+        self.say(f"session {s.id}: {one_line(s.title or 'untitled')}, {s.message_count} messages")
+        self.show_history(last=4)
 
     def edit(self, rest: str) -> None:
         number, _, text = rest.partition(" ")
@@ -455,6 +490,11 @@ async def _ask_approval(e: ToolApprovalRequested, out: WordWrapper, client: Clie
         return
     reason = line[1:].strip() if line[:1].lower() == "n" else ""
     await client.deny(e.call_id, reason=reason or None)
+
+
+def _marked(snippet: str) -> str:
+    """A search snippet for the terminal: its matching words (``<mark>...</mark>``) as *word*."""
+    return one_line(snippet).replace("<mark>", "*").replace("</mark>", "*")
 
 
 def _short(text: str, width: int = 60) -> str:

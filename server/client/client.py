@@ -14,13 +14,15 @@ check that event ids strictly increase, so a dropped connection loses and repeat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
 
 from actors.core.events import MessageDelta
+from server.client.auth import ApiKeyAuth, Auth, BearerAuth
 from server.client.errors import ApiError, StreamProtocolError, api_error
 from server.client.events import EventStream, ServerEvent
 from server.schema.messages import (
@@ -39,7 +41,9 @@ from server.schema.messages import (
     TreeOut,
 )
 from server.schema.ops import ReadyOut, StatusOut
+from server.schema.search import SearchList
 from server.schema.sessions import CreateSessionBody, PatchSessionBody, SessionList, SessionOut
+from server.schema.shares import CreateShareBody, ShareCopyBody, ShareCreated, SharedConversation, ShareList
 from server.schema.tools import ClientToolBody, DenyBody, ToolCallOut, ToolResultBody
 
 __all__ = [
@@ -66,38 +70,6 @@ def _decode(raw: bytes, type_: Any) -> Any:
     if decoder is None:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
     return decoder.decode(raw)
-
-
-# -- errors and credentials ---------------------------------------------------------------
-
-
-class Auth(Protocol):
-    """Gives the headers that authenticate one request; asked again before every request."""
-
-    async def headers(self) -> Mapping[str, str]: ...
-
-
-class ApiKeyAuth:
-    """``X-API-Key``, optionally acting for one end user (``X-End-User-ID``)."""
-
-    def __init__(self, key: str, *, end_user_id: str | None = None) -> None:
-        self._headers = {"X-API-Key": key}
-        if end_user_id is not None:
-            self._headers["X-End-User-ID"] = end_user_id
-
-    async def headers(self) -> Mapping[str, str]:
-        return self._headers
-
-
-class BearerAuth:
-    """``Authorization: Bearer <token>``; ``token`` may be a coroutine function (e.g. refreshing)."""
-
-    def __init__(self, token: str | Callable[[], Awaitable[str]]) -> None:
-        self._token = token
-
-    async def headers(self) -> Mapping[str, str]:
-        token = self._token if isinstance(self._token, str) else await self._token()
-        return {"Authorization": f"Bearer {token}"}
 
 
 class Client:
@@ -159,9 +131,13 @@ class Client:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
+        anonymous: bool = False,
     ) -> aiohttp.ClientResponse:
-        """The raw response of one request (the caller releases it); a problem raises ApiError."""
-        all_headers: dict[str, str] = dict(await self.auth.headers()) if self.auth is not None else {}
+        """The raw response of one request (the caller releases it); a problem raises ApiError.
+        ``anonymous``: without the client's credentials (a share link needs none)."""
+        all_headers: dict[str, str] = {}
+        if self.auth is not None and not anonymous:
+            all_headers.update(await self.auth.headers())
         if headers:
             all_headers.update(headers)
         data: bytes | None = None
@@ -181,9 +157,10 @@ class Client:
     async def request(
         self, method: str, path: str, type_: type[T], *, body: Any = None,
         params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
+        anonymous: bool = False,
     ) -> T:
         """Any call, decoded as ``type_`` (``type(None)`` for no body): for routes newer than this client."""
-        resp = await self._send(method, path, body=body, params=params, headers=headers)
+        resp = await self._send(method, path, body=body, params=params, headers=headers, anonymous=anonymous)
         try:
             raw = await resp.read()
         finally:
@@ -291,6 +268,69 @@ class Client:
     async def export(self, *, session: str | None = None) -> dict[str, Any]:
         """The whole session as one JSON document (``GET .../export``)."""
         return await self.request("GET", f"/v1/sessions/{self._sid(session)}/export", dict[str, Any])
+
+    async def search(
+        self,
+        q: str,
+        *,
+        sort: str | None = None,
+        namespace: str | None = None,
+        end_user_id: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        active_after: str | None = None,
+        active_before: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> SearchList:
+        """``GET /v1/sessions/search``: sessions whose title or messages (any branch) hold every
+        word of ``q``, best first (``sort``: relevance, last_active or created). Snippets mark
+        the matching words with ``<mark>...</mark>``; the rest is the message's text as is."""
+        params = {"q": q}
+        for name, value in (
+            ("sort", sort), ("namespace", namespace), ("end_user_id", end_user_id),
+            ("created_after", created_after), ("created_before", created_before),
+            ("active_after", active_after), ("active_before", active_before), ("limit", limit), ("offset", offset),
+        ):
+            if value is not None:
+                params[name] = str(value)
+        for key, value in (metadata or {}).items():
+            params[f"metadata.{key}"] = value
+        return await self.request("GET", "/v1/sessions/search", SearchList, params=params)
+
+    # -- share links -----------------------------------------------------------------------
+
+    async def create_share(
+        self, *, session: str | None = None, message_id: str | None = None,
+        expires_in: int | None = None, expires_at: str | None = None,
+    ) -> ShareCreated:
+        """A read-only link to the conversation up to ``message_id`` (default: as it stands now).
+        Its ``token`` and ``url`` are in this answer only."""
+        body = CreateShareBody(message_id=message_id, expires_in=expires_in, expires_at=expires_at)
+        return await self.request("POST", f"/v1/sessions/{self._sid(session)}/shares", ShareCreated, body=body)
+
+    async def list_shares(self, *, session: str | None = None) -> ShareList:
+        """The session's live links (never their tokens)."""
+        return await self.request("GET", f"/v1/sessions/{self._sid(session)}/shares", ShareList)
+
+    async def delete_share(self, share_id: str, *, session: str | None = None) -> None:
+        """Revoke a link: from now on its token answers 404."""
+        await self.request("DELETE", f"/v1/sessions/{self._sid(session)}/shares/{share_id}", type(None))
+
+    async def get_share(self, token: str, *, html: bool = False) -> SharedConversation:
+        """What a share link shows; sent without this client's credentials, as anyone would."""
+        params = {"format": "html"} if html else None
+        return await self.request(
+            "GET", f"/v1/shares/{quote(token, safe='')}", SharedConversation, params=params, anonymous=True
+        )
+
+    async def copy_share(self, token: str, *, title: str | None = None, namespace: str = "default") -> SessionOut:
+        """Continue a shared conversation as a session of this client's own (an API key)."""
+        return await self.request(
+            "POST", f"/v1/shares/{quote(token, safe='')}/fork", SessionOut,
+            body=ShareCopyBody(title=title, namespace=namespace),
+        )
 
     # -- messages --------------------------------------------------------------------------
 

@@ -9,11 +9,12 @@ import io
 import os
 import shutil
 import sys
+import unicodedata
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TextIO
 
-__all__ = ["WordWrapper", "human_time", "quiet_keys", "terminal_width", "wrap"]
+__all__ = ["WordWrapper", "human_time", "one_line", "quiet_keys", "terminal_width", "wrap"]
 
 
 def terminal_width(out: TextIO = sys.stdout) -> int:
@@ -82,6 +83,13 @@ def wrap(text: str, width: int, first: str = "") -> str:
     w.write(text)
     w.finish()
     return buf.getvalue()
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, safe to print: control characters (an escape sequence someone put
+    in a message would move the cursor or retitle the terminal) become spaces, and runs of
+    white space one space."""
+    return " ".join("".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text).split())
 
 
 @contextlib.contextmanager

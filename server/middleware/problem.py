@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 
 from actors.core.errors import DependencyUnavailableError, SessiondError
 from server.errors import http_code, outage, problem_response
+from server.logs import redact_path
 from server.routing import route_of
 
 __all__ = ["FAILURE", "problem_middleware"]
@@ -58,5 +59,5 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             return problem_response(
                 err.status, err.code, err.title, err.detail, retry_after=err.retry_after, instance=request.path
             )
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, redact_path(request.path))
         return problem_response(500, "internal_error", "Internal server error", "see the server log")

@@ -16,6 +16,12 @@
 // the deltas. Events are applied once each, by id, so nothing is lost or doubled; reconnections
 // resume after the last id seen.
 
+import {
+  $, ApiError, announce, fmt, h, humanError, markdownContent, parse, reportError, shortTime, size, toast, when,
+} from "./dom.js";
+import { openShare, shareFromHash } from "./share.js";
+import { wireSearch } from "./search.js";
+
 const KEY_STORE = "sessiond.apiKey";
 const TOKEN_STORE = (sid) => `sessiond.tokens.${sid}`;
 const EVENT_TYPES = [
@@ -28,99 +34,6 @@ const TERMINAL = new Set(["task.completed", "task.failed", "task.cancelled", "ta
 const STATUS_TEXT = {
   running: "writing…", cancelled: "stopped", failed: "failed", interrupted: "interrupted",
 };
-
-const $ = (sel) => document.querySelector(sel);
-
-// -- small helpers --------------------------------------------------------------------------
-
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") el.className = v;
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "text") el.textContent = v;
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-const numberFmt = new Intl.NumberFormat();
-const fmt = (n) => numberFmt.format(n ?? 0);
-const timeFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-const shortTime = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
-
-function size(bytes) {
-  if (bytes < 1024) return `${fmt(bytes)} bytes`;
-  if (bytes < 1024 * 1024) return `${fmt(Math.round(bytes / 1024))} KB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
-}
-
-function when(iso) {
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? "" : timeFmt.format(d);
-}
-
-function toast(message) {
-  const el = $("#toast");
-  el.textContent = message;
-  el.hidden = false;
-  clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { el.hidden = true; }, 6000);
-}
-
-function announce(message) {
-  $("#announcer").textContent = message;
-}
-
-class ApiError extends Error {
-  constructor(status, problem) {
-    const detail = typeof problem === "object" && problem ? problem.detail || problem.title : problem;
-    super(detail || `HTTP ${status}`);
-    this.status = status;
-    this.code = typeof problem === "object" && problem ? problem.code : undefined;
-  }
-}
-
-function mebibytes(bytes) {
-  const mib = bytes / 1024 / 1024;
-  return mib >= 1 ? `${Number.isInteger(mib) ? mib : mib.toFixed(1)} MiB` : size(bytes);
-}
-
-// What went wrong, in words for the person at the keyboard rather than for a developer.
-function humanError(err) {
-  if (err instanceof TypeError) {
-    return "The server cannot be reached right now (it may be restarting). Nothing typed is lost: try again in a moment.";
-  }
-  if (!(err instanceof ApiError)) return String(err);
-  if (err.status === 413) {
-    const limit = /larger than (\d+) bytes/.exec(err.message);
-    return limit ? `This message is too long (max ${mebibytes(Number(limit[1]))}).` : "This message is too long.";
-  }
-  if (err.status === 429) return "Too many requests just now: wait a moment and try again.";
-  if (err.status === 409 && err.code === "task_running") return "An answer is still being written: wait for it or stop it.";
-  if (err.status === 503) return "The server is busy or restarting: try again in a moment.";
-  if (err.status >= 500) return "The server could not do that (an internal error). Try again in a moment.";
-  return err.message;
-}
-
-async function parse(resp) {
-  if (resp.status === 204) return null;
-  const type = resp.headers.get("Content-Type") || "";
-  const body = type.includes("json") ? await resp.json() : await resp.text();
-  if (!resp.ok) throw new ApiError(resp.status, body);
-  return body;
-}
-
-function reportError(err) {
-  if (err instanceof ApiError || err instanceof TypeError) toast(humanError(err));
-  else throw err;
-}
 
 // -- the API key: list, create, mint ---------------------------------------------------------
 
@@ -631,27 +544,6 @@ function renderTokenInfo(c) {
   el.dataset.refreshes = String(c.auth.refreshes);
 }
 
-// Server-rendered, sanitized Markdown (GET messages?format=html), with a copy button per code block.
-function markdownContent(html) {
-  const div = h("div", { class: "content markdown" });
-  div.innerHTML = html;
-  for (const pre of div.querySelectorAll("pre")) {
-    const code = pre.querySelector("code") ?? pre;
-    const button = h("button", { type: "button", class: "copy ghost small", "aria-label": "Copy the code" }, "Copy");
-    button.addEventListener("click", async () => {
-      try {
-        await navigator.clipboard.writeText(code.textContent);
-        button.textContent = "Copied";
-      } catch {
-        button.textContent = "Copy failed";
-      }
-      setTimeout(() => { button.textContent = "Copy"; }, 2000);
-    });
-    pre.before(h("div", { class: "code-bar" }, button));
-  }
-  return div;
-}
-
 function contentOf(c, m) {
   if (m.role === "assistant" && m.status !== "running" && typeof m.content_html === "string") {
     return markdownContent(m.content_html);
@@ -838,7 +730,7 @@ function renderSessions() {
     h("span", { class: "session-name" }, s.title || "Untitled session"),
     h("span", { class: "muted session-sub" }, `${fmt(s.message_count)} messages · ${when(s.last_active_at)}`)))));
   if (!sessions.length) list.append(h("li", { class: "muted empty-note" }, "No sessions yet."));
-  $("#more-sessions").hidden = !sessionsCursor;
+  $("#more-sessions").hidden = !sessionsCursor || !$("#search-results").hidden;
 }
 
 function renderHeader() {
@@ -914,6 +806,8 @@ function download(name, text) {
 
 function clearSessionView() {
   // Nothing of the session before may stay on screen under another one's title.
+  $("#share-panel").hidden = true;
+  shareShown = null;
   $("#messages").replaceChildren();
   $("#checkpoints").replaceChildren();
   $("#documents").replaceChildren();
@@ -956,6 +850,7 @@ function sessionFromHash() {
 
 function showConnect(message = "") {
   $("#app").hidden = true;
+  $("#shared").hidden = true;
   $("#connect").hidden = false;
   $("#connect-error").textContent = message;
   $("#api-key").focus();
@@ -974,11 +869,38 @@ async function connect() {
     return;
   }
   $("#connect").hidden = true;
+  const token = shareFromHash();
+  if (token) {
+    await openShare(token, shareActions); // connected from a share link: back to it, now with "continue"
+    return;
+  }
+  $("#shared").hidden = true;
   $("#app").hidden = false;
+  document.title = "sessiond chat";
   renderHeader();
   loadAgents().catch(() => {}); // a key that may not list agents still chats
   await openSession(sessionFromHash());
 }
+
+// What the read-only view of a share link may do with this page (share.js).
+const shareActions = {
+  signedIn: () => Boolean(apiKey()),
+  signIn: () => showConnect(),
+  async copy(token) {
+    try {
+      const copy = await keyFetch(`v1/shares/${encodeURIComponent(token)}/fork`, { method: "POST", json: {} });
+      sessions.unshift(copy);
+      location.hash = encodeURIComponent(copy.id);
+      announce("A copy of the conversation is open: it is yours to continue.");
+    } catch (err) {
+      reportError(err);
+    }
+  },
+};
+
+// The share link of the session open now, while its panel shows it: {id, url}.
+let shareShown = null;
+let search = null;
 
 function autoGrow(area) {
   area.style.height = "auto";
@@ -1004,6 +926,7 @@ function wire() {
     for (const k of Object.keys(sessionStorage)) if (k.startsWith("sessiond.")) sessionStorage.removeItem(k);
     sessions = [];
     sessionsCursor = null;
+    search.reset();
     clearSessionView();
     renderSessions();
     renderHeader();
@@ -1091,9 +1014,67 @@ function wire() {
   });
 
   window.addEventListener("hashchange", () => {
+    const token = shareFromHash();
+    if (token) {
+      openSession(null).catch(reportError); // no session stays open behind a shared conversation
+      openShare(token, shareActions);
+      return;
+    }
     // Without a key the link waits: connect() opens whatever the address names then.
-    if (!apiKey()) return;
+    if (!apiKey()) {
+      if ($("#connect").hidden) showConnect();
+      return;
+    }
+    if ($("#app").hidden) {
+      connect(); // from a shared conversation back to the chat
+      return;
+    }
     openSession(sessionFromHash()).then(() => loadSessions()).catch(reportError);
+  });
+
+  search = wireSearch({ keyFetch, current: () => chat?.id ?? null, onClear: renderSessions });
+
+  $("#share").addEventListener("click", async () => {
+    if (!chat) return;
+    const opened = chat;
+    try {
+      const made = await opened.auth.fetch(opened.path("/shares"), { method: "POST", json: {} });
+      if (chat !== opened) return;
+      // The page's own address, whatever proxy or prefix it is served under, with the token.
+      const url = new URL(location.href);
+      url.hash = `share=${made.token}`;
+      shareShown = { id: made.id, url: url.href };
+      $("#share-url").value = url.href;
+      $("#share-panel").hidden = false;
+      $("#share-url").select();
+      announce("A read-only link to this conversation was made.");
+    } catch (err) {
+      reportError(err);
+    }
+  });
+  $("#share-copy").addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText($("#share-url").value);
+      $("#share-copy").textContent = "Copied";
+    } catch {
+      $("#share-copy").textContent = "Copy failed";
+    }
+    setTimeout(() => { $("#share-copy").textContent = "Copy link"; }, 2000);
+  });
+  $("#share-revoke").addEventListener("click", async () => {
+    if (!chat || !shareShown) return;
+    try {
+      await chat.auth.fetch(chat.path(`/shares/${encodeURIComponent(shareShown.id)}`), { method: "DELETE" });
+      $("#share-panel").hidden = true;
+      shareShown = null;
+      announce("The link was revoked: it no longer opens the conversation.");
+    } catch (err) {
+      reportError(err);
+    }
+  });
+  $("#share-close").addEventListener("click", () => {
+    $("#share-panel").hidden = true;
+    shareShown = null;
   });
 
   const input = $("#composer-input");
@@ -1128,5 +1109,6 @@ function wire() {
 }
 
 wire();
-if (apiKey()) connect();
+if (shareFromHash()) openShare(shareFromHash(), shareActions); // a share link needs no key
+else if (apiKey()) connect();
 else showConnect();

@@ -131,4 +131,49 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS sessions_title_search
         ON sessions USING GIN (to_tsvector('simple'::regconfig, COALESCE(body->>'title', '')));
     """,
+    # As SQLite's step of the same name: hidden summary nodes, apart from messages.
+    """
+    CREATE TABLE IF NOT EXISTS context_summaries (
+        pos BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS context_summaries_by_session_id ON context_summaries (session_id, id);
+    CREATE INDEX IF NOT EXISTS context_summaries_by_session ON context_summaries (session_id, pos);
+    """,
+    # As SQLite's webhook step: the durable outbox of webhook deliveries.
+    """
+    CREATE TABLE IF NOT EXISTS webhook_deliveries (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION,
+        last_error TEXT,
+        last_status INTEGER,
+        delivered_at DOUBLE PRECISION,
+        lease_owner TEXT,
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+    CREATE INDEX IF NOT EXISTS webhook_deliveries_by_time ON webhook_deliveries (created_at DESC, id DESC);
+    CREATE INDEX IF NOT EXISTS webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint, created_at DESC);
+    """,
+    # share links, as SQLite's step of the same name.
+    """
+    CREATE TABLE IF NOT EXISTS shares (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT COLLATE "C" NOT NULL,
+        expires_at DOUBLE PRECISION,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
+    """,
 ]

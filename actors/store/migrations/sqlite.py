@@ -202,4 +202,54 @@ MIGRATIONS: list[str] = [
     INSERT INTO session_titles (session_id, title)
         SELECT id, json_extract(body, '$.title') FROM sessions WHERE json_extract(body, '$.title') IS NOT NULL;
     """,
+    # Hidden summary nodes (actors/core/summary.py): what a model was told of older turns that
+    # no longer fit its context window. Kept apart from messages, so no listing, export, share
+    # or search of messages can show them; removed with their session.
+    """
+    CREATE TABLE context_summaries (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (session_id, id)
+    );
+    CREATE INDEX context_summaries_by_session ON context_summaries (session_id, pos);
+    """,
+    # Webhooks: the durable outbox. A row is written in the same commit as the event it
+    # announces; the deliverer claims due rows (lease_owner, lease_until), POSTs them and records
+    # the outcome. Times are unix seconds. A session's delete leaves its rows alone.
+    """
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        last_error TEXT,
+        last_status INTEGER,
+        delivered_at REAL,
+        lease_owner TEXT,
+        lease_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+    CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (created_at DESC, id DESC);
+    CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint, created_at DESC);
+    """,
+    # share links: read-only links to a session's conversation, each known only by the hash of
+    # its token; they go with their session (in the same transaction as its delete).
+    """
+    CREATE TABLE IF NOT EXISTS shares (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        expires_at REAL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
+    """,
 ]
