@@ -22,6 +22,7 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.stream import EventStream
 
@@ -94,6 +95,11 @@ class SessionStore(Protocol):
         """Write a new session and its rows in one insert-only transaction of its own (outside
         group commit); False, writing nothing, if a session has that id already."""
 
+    async def claim_epoch(self, session_id: str) -> int | None:
+        """Advance the session's lease epoch and return it (None: no such session). An actor
+        activated after this writes under the new epoch; the store refuses what an actor
+        activated before it commits from then on (``Fence``)."""
+
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None: ...
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
@@ -103,6 +109,10 @@ class SessionStore(Protocol):
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         """Sessions whose title or any message (any branch) holds every word of ``query``,
         sorted as asked, a page from ``query.offset`` (one more than ``limit`` if more follow)."""
+
+    async def expired_sessions(self, query: ExpiryQuery) -> list[ExpiredRow]:
+        """Sessions whose retention rule is due at ``query.now``, at most ``query.limit``, each
+        found by an index (the retention sweeper's question)."""
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from actors.cluster.forward import RemoteSession
@@ -59,6 +60,8 @@ class Registry:
         self._tasks = Spawner()
         self.cluster = cluster
         self.accepting = True
+        # Loops that run while the registry does, among its tasks (the retention sweeper).
+        self._background: list[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = []
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -71,8 +74,14 @@ class Registry:
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def supervise(self, run: Callable[[], Coroutine[Any, Any, None]], *, name: str) -> None:
+        """Run ``run()`` from ``start()`` until ``drain()``, as one of the registry's own tasks."""
+        self._background.append((run, name))
+
     async def start(self) -> None:
         self._tasks.spawn(self._sweep(), name="registry-sweeper")
+        for run, name in self._background:
+            self._tasks.spawn(run(), name=name)
         if self.cluster is not None:
             await self.cluster.start(self._serve_forwarded)
             self._tasks.spawn(self._renew_leases(), name="registry-leases")
@@ -166,8 +175,12 @@ class Registry:
             del self._activating[session_id]
 
     async def _activate(self, session_id: str) -> SessionActor:
-        loaded = await self.store.load_session(session_id, events=self.settings.replay_events)
-        if loaded is None:
+        # Claim first, load second: whatever an earlier activation (on another node, say one
+        # that stalled past its lease) commits from now on is refused, and what it committed
+        # before is in what we load.
+        epoch = await self.store.claim_epoch(session_id)
+        loaded = await self.store.load_session(session_id, events=self.settings.replay_events) if epoch else None
+        if loaded is None or epoch is None:
             raise NotFoundError(f"no session {session_id}")
         actor = SessionActor(
             loaded,
@@ -179,6 +192,7 @@ class Registry:
             frame=self.frame,
             sink=self.cluster.streams.publish if self.cluster is not None else None,
             guard=self.cluster.leases.holds if self.cluster is not None else None,
+            epoch=epoch,
             outbox=self.outbox,
         )
         if self.cluster is not None:
@@ -195,7 +209,7 @@ class Registry:
             del self._actors[actor.id]
         if actor.stop_reason == "passivated":
             self.stats.passivations += 1
-        if self.cluster is not None and self.accepting and actor.stop_reason != "lease lost":
+        if self.cluster is not None and self.accepting and actor.stop_reason not in ("lease lost", "fenced"):
             self._tasks.spawn(self.cluster.leases.release(actor.id), name=f"lease-release:{actor.id}")
         if crash is None:
             return

@@ -9,17 +9,22 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from actors.cluster.node import Cluster
+from actors.core.records import SessionRecord
+from actors.core.retention import RetentionRules
 from actors.ports import Provider
 from actors.registry import Registry
 from actors.session.actor import ActorSettings
 from actors.store.postgres import PostgresStore
 from actors.store.sqlite import SqliteStore
+from actors.sweeper import Sweeper, SweeperSettings
 from server import sse
 from server.admission import Admission
 from server.agents import setup_agents
-from server.appkeys import ADMISSION, CONFIG, DELIVERER, METRICS, OPENAPI, REGISTRY, STORE
+from server.appkeys import ADMISSION, CONFIG, DELIVERER, METRICS, OPENAPI, OUTAGES, REGISTRY, STORE, SWEEPER
 from server.auth.setup import setup_auth
 from server.config import Config, ConfigError
+from server.deletion import forget_session
+from server.errors import OutageLog
 from server.logs import redact_parser_errors
 from server.metrics import Metrics
 from server.middleware.auth import auth_middleware
@@ -32,7 +37,7 @@ from server.preflight import prepare_data_dir
 from server.table import ROUTES, add_routes
 from server.webhooks import make_deliverer
 
-__all__ = ["make_app", "make_cluster", "make_store"]
+__all__ = ["make_app", "make_cluster", "make_store", "make_sweeper"]
 
 
 def make_store(config: Config, on_commit: Callable[[float, int], None] | None = None) -> SqliteStore | PostgresStore:
@@ -62,6 +67,26 @@ def make_cluster(config: Config) -> Cluster | None:
     return Cluster(config.redis.url, config.cluster, frame=sse.frame)
 
 
+def make_sweeper(app: web.Application, config: Config, registry: Registry) -> Sweeper:
+    """The retention sweeper ([retention]), run by the registry; in a cluster, one node at a time."""
+    r = config.retention
+    rules = RetentionRules(namespaces=r.namespaces, agents=r.agents, temporary_ttl_seconds=r.temporary_ttl_seconds)
+    lock = None
+    if registry.cluster is not None:
+        # Held while this node lives and sweeps: it lapses three sweeps (at least one lease)
+        # after the last, so a dead sweeper's role passes on.
+        ttl_ms = max(int(r.sweep_seconds * 3000), registry.cluster.settings.lease_ms)
+        lock = registry.cluster.lock("retention", ttl_ms)
+
+    async def on_deleted(record: SessionRecord) -> None:
+        await forget_session(app, record)
+
+    return Sweeper(
+        registry.get, registry.store, SweeperSettings(interval=r.sweep_seconds, batch=r.batch, rules=rules),
+        on_deleted=on_deleted, lock=lock,
+    )
+
+
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # aiohttp would send "Python/3.x aiohttp/3.y": versions tell an attacker what to try.
     response.headers["Server"] = "sessiond"
@@ -85,6 +110,7 @@ def make_app(config: Config) -> web.Application:
     redact_parser_errors()  # an over-long header line would put a key into the error log
     prepare_data_dir(config)  # 0700, and the database 0600, before the secret or the store writes there
     app[ADMISSION] = Admission(config.admission)
+    app[OUTAGES] = OutageLog()
     metrics = Metrics() if config.metrics.enabled else None
     if metrics is not None:
         app[METRICS] = metrics
@@ -116,8 +142,11 @@ def make_app(config: Config) -> web.Application:
         outbox=deliverer.outbox() if deliverer is not None else None,
     )
     app[REGISTRY] = registry
+    app[SWEEPER] = sweeper = make_sweeper(app, config, registry)
+    registry.supervise(sweeper.run, name="retention-sweeper")
     if metrics is not None:
         metrics.watch(registry)
+        metrics.watch_retention(sweeper.stats)
     setup_auth(app, config, store)  # API keys, session tokens, guests, rate limits
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

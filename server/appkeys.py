@@ -15,6 +15,7 @@ from actors.agent.router import Router
 from actors.agent.tools import ToolBox
 from actors.registry import Registry
 from actors.store.base import Store
+from actors.sweeper import Sweeper
 from actors.webhooks.deliverer import Deliverer
 from server.admission import Admission
 from server.auth.guests import Guests
@@ -22,6 +23,7 @@ from server.auth.keys import KeyRing
 from server.auth.ratelimit import Limiter
 from server.auth.tokens import TokenService
 from server.config import Config
+from server.errors import OutageLog
 from server.metrics import Metrics
 
 __all__ = [
@@ -35,9 +37,11 @@ __all__ = [
     "LIMITER",
     "METRICS",
     "OPENAPI",
+    "OUTAGES",
     "REGISTRY",
     "ROUTER",
     "STORE",
+    "SWEEPER",
     "TOKENS",
     "TOOLBOX",
 ]
@@ -45,6 +49,7 @@ __all__ = [
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 REGISTRY = web.AppKey("registry", Registry)
+SWEEPER = web.AppKey("sweeper", Sweeper)  # retention (actors/sweeper.py)
 # Authentication and rate limits (server/auth/setup.py).
 KEYRING = web.AppKey("keyring", KeyRing)
 TOKENS = web.AppKey("tokens", TokenService)
@@ -60,5 +65,7 @@ DELIVERER = web.AppKey("deliverer", Deliverer)
 # Load and observation.
 ADMISSION = web.AppKey("admission", Admission)
 METRICS = web.AppKey("metrics", Metrics)
+# When each unreachable dependency was last logged (server/middleware/problem.py).
+OUTAGES = web.AppKey("outages", OutageLog)
 # GET /openapi.json, encoded once from ROUTES when the app is made.
 OPENAPI = web.AppKey("openapi", bytes)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from actors.cluster.node import ClusterSettings
+from actors.core.retention import MAX_TTL_SECONDS, Retention
 from actors.store.tables import RouteEntry
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "MetricsSection",
     "ProviderSection",
     "RedisSection",
+    "RetentionSection",
     "RoutingSection",
     "ServerSection",
     "SessionsSection",
@@ -270,6 +272,14 @@ class LimitsSection(_Section):
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
 
 
+class RetentionSection(_Section):
+    sweep_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    batch: Annotated[int, msgspec.Meta(ge=1)] = 100
+    temporary_ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_TTL_SECONDS)] = 900.0
+    namespaces: dict[str, Retention] = msgspec.field(default_factory=dict)
+    agents: dict[str, Retention] = msgspec.field(default_factory=dict)
+
+
 _WEBHOOK_EVENTS = ["task.completed", "task.failed", "task.cancelled", "tool.approval_requested", "session.deleted"]
 
 
@@ -328,6 +338,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
     context: ContextSection = msgspec.field(default_factory=ContextSection)
     tools: ToolsSection = msgspec.field(default_factory=ToolsSection)
+    retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
     webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
     shares: SharesSection = msgspec.field(default_factory=SharesSection)
 

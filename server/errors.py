@@ -3,10 +3,13 @@ turns failures into it is server/middleware/problem.py)."""
 
 from __future__ import annotations
 
+import math
+import time
+
 import msgspec
 from aiohttp import web
 
-__all__ = ["Problem", "http_code", "outage", "problem_response"]
+__all__ = ["OutageLog", "Problem", "http_code", "outage", "problem_response"]
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -64,3 +67,20 @@ def outage(exc: BaseException) -> str | None:
     if isinstance(exc, OSError | TimeoutError):
         return "the database or Redis"
     return None
+
+
+class OutageLog:
+    """When each unreachable dependency was last said to be so: a request that meets an outage
+    logs one line, and the next one only ``every`` seconds later, not one per request."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._last: dict[str, float] = {}
+
+    def due(self, what: str) -> bool:
+        """Whether to log that ``what`` is unreachable now (and, if so, remember it)."""
+        now = time.monotonic()
+        if now - self._last.get(what, -math.inf) < self._every:
+            return False
+        self._last[what] = now
+        return True

@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from actors.registry import Registry
+from actors.sweeper import RetentionStats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -65,6 +66,26 @@ class _ActorCollector(Collector):
             ("mailbox_depth_max", "Commands waiting in the fullest session mailbox.", max(depths, default=0)),
         ):
             yield GaugeMetricFamily(f"sessiond_{name}", doc, value=value)
+
+
+class _RetentionCollector(Collector):
+    """The retention sweeper's counters, read at scrape time."""
+
+    def __init__(self, stats: RetentionStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        for name, doc, value in (
+            ("sweeps", "Retention sweeps this node made.", s.sweeps),
+            ("sweeps_skipped", "Retention sweeps left to the node holding the sweeper lock (cluster).", s.skipped),
+            ("deleted", "Sessions retention deleted (temporary ones included).", s.deleted),
+            ("trimmed", "Sessions retention trimmed to their newest messages (keep_latest).", s.trimmed),
+            ("messages_trimmed", "Messages removed by keep_latest retention.", s.messages_trimmed),
+            ("busy", "Due sessions left for the next sweep: a task ran or waited, or a stream was open.", s.busy),
+            ("errors", "Retention sweeps or clean-ups that failed.", s.errors),
+        ):
+            yield CounterMetricFamily(f"sessiond_retention_{name}", doc, value=value)
 
 
 class Metrics:
@@ -139,6 +160,10 @@ class Metrics:
     def watch(self, registry: Registry) -> None:
         """Read ``registry``'s counters and live actors at every scrape."""
         self.registry.register(_ActorCollector(registry))
+
+    def watch_retention(self, stats: RetentionStats) -> None:
+        """Read the retention sweeper's counters at every scrape."""
+        self.registry.register(_RetentionCollector(stats))
 
     def rate_limited(self, limit: str) -> None:
         """One request refused by ``limit`` (e.g. ``"guest_messages_per_hour"``)."""

@@ -120,9 +120,10 @@ ROUTES: tuple[Route, ...] = (
           "(X-End-User-ID) finds only their own sessions. Snippets mark the matching words with "
           "`<mark>...</mark>`; the rest is the message's text as is (escape it before showing it as HTML)."),
     Route("GET", _S, sessions.get_session, "Get a session", reply=SessionOut),
-    Route("PATCH", _S, sessions.patch_session, "Change title, metadata, context or tools",
+    Route("PATCH", _S, sessions.patch_session, "Change title, metadata, context, tools, retention or temporary",
           body=PatchSessionBody, reply=SessionOut, query=(_IF_MATCH,)),
-    Route("DELETE", _S, sessions.delete_session, "Delete a session and everything in it", status=204),
+    Route("DELETE", _S, sessions.delete_session, "Delete a session and everything in it (its own documents too)",
+          status=204),
     Route("GET", f"{_S}/metadata", sessions.get_metadata, "The metadata object alone", reply={"type": "object"}),
     Route("POST", f"{_S}/prepare", sessions.prepare_session, "Activate the session now (warm it)", reply=StatusOut),
     Route("GET", f"{_S}/export", transfer.export_session, "The whole session as one JSON document",

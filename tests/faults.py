@@ -85,13 +85,25 @@ class PrivateRedis:
 
 class CuttingProxy:
     """A TCP proxy on 127.0.0.1 to ``target``: ``cut()`` drops every connection and refuses new
-    ones (an outage of what is behind it), ``restore()`` takes connections again."""
+    ones (an outage of what is behind it), ``restore()`` takes connections again. ``hold()``
+    keeps what clients send from reaching the target (a write stuck on its way) until
+    ``release()``; ``held`` is set once something was held back."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.held = asyncio.Event()
+
+    def hold(self) -> None:
+        self.held.clear()
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -104,9 +116,12 @@ class CuttingProxy:
             return
         self._pipes |= {writer, up_writer}
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if upstream and not self._flowing.is_set():
+                        self.held.set()
+                        await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (OSError, RuntimeError):
@@ -114,7 +129,7 @@ class CuttingProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
         self._pipes -= {writer, up_writer}
 
     async def cut(self) -> None:

@@ -299,3 +299,13 @@ async def test_webhook_endpoints_that_fail_are_named(tmp_path: Path) -> None:
     code, out = _doctor(tmp_path, "--data-dir", str(data), env=bad)
     assert code == 1
     assert _line(out, "webhooks").startswith("FAIL") and "webhooks.endpoints.x.url" in out
+
+
+def test_postgres_in_use_but_unreachable(tmp_path: Path) -> None:
+    dsn = f"postgresql://app:hunter2@127.0.0.1:{_closed_port()}/sessiond"
+    env = {"SESSIOND_STORE_KIND": "postgres", "SESSIOND_STORE_POSTGRES_DSN": dsn}
+    code, out = _doctor(tmp_path, "--data-dir", str(tmp_path / "data"), env=env)
+    assert code == 1
+    line = _line(out, "postgres")
+    assert line.startswith("FAIL") and "cannot reach PostgreSQL at postgresql://app:***@127.0.0.1:" in line, out
+    assert "hunter2" not in out, "a password in the DSN is never printed"

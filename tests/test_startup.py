@@ -118,6 +118,7 @@ async def test_a_postgres_database_that_does_not_exist(tmp_path: Path) -> None:
     name = dsn.rsplit("/", 1)[1]
     run = await _serve_async(tmp_path, _env(SESSIOND_STORE_KIND="postgres", SESSIOND_STORE_POSTGRES_DSN=dsn))
     line = _one_sentence(run)
+    assert run.returncode == 1  # as README says of what serve cannot start with
     assert f"the PostgreSQL database '{name}' does not exist" in line
     assert f"createdb {name}" in line
 
@@ -126,6 +127,7 @@ async def test_postgres_unreachable(tmp_path: Path) -> None:
     dsn = f"postgresql://postgres:hunter2@127.0.0.1:{_closed_port()}/sessiond"
     run = await _serve_async(tmp_path, _env(SESSIOND_STORE_KIND="postgres", SESSIOND_STORE_POSTGRES_DSN=dsn))
     line = _one_sentence(run)
+    assert run.returncode == 1
     assert line.startswith("sessiond: cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:")
     assert "hunter2" not in run.stderr + run.stdout
     assert PG_ADMIN  # the tests' own server is not the one asked
@@ -139,7 +141,9 @@ async def test_redis_down_in_cluster_mode(tmp_path: Path) -> None:
             SESSIOND_FANOUT_KIND="redis", SESSIOND_REDIS_URL=url, SESSIOND_STORE_KIND="postgres",
             SESSIOND_STORE_POSTGRES_DSN=dsn, SESSIOND_TOKENS_SECRET=secrets.token_urlsafe(48),
         )
-        line = _one_sentence(await _serve_async(tmp_path, env))
+        run = await _serve_async(tmp_path, env)
+        line = _one_sentence(run)
+        assert run.returncode == 1
         assert line.startswith(f"sessiond: cannot reach Redis at {url} (needed by [fanout] kind)")
     finally:
         await drop_database(dsn)

@@ -13,11 +13,12 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from actors.agent.backends.simulated import SimulatedProvider
-from actors.core.commands import PatchSession
-from actors.core.errors import ActorStoppedError, StoreClosedError
+from actors.core.commands import PatchSession, SendMessage, Subscribe
+from actors.core.errors import ActorStoppedError, FencedError, StoreClosedError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
     Checkpoint,
+    Fence,
     PutCheckpoint,
     PutEvent,
     PutMessage,
@@ -30,6 +31,7 @@ from actors.core.records import (
 from actors.core.tree import Node, Usage
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
+from actors.session.fanout import CLOSED
 from actors.store.migrations.sqlite import MIGRATIONS, SEARCH_TABLES
 from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
@@ -543,3 +545,146 @@ async def test_a_commit_after_the_store_closed_is_a_503_stop_not_a_crash(store: 
         assert registry.stats.crashes == 0 and record.id not in registry
     finally:
         await registry.drain()
+
+
+# -- lease epochs: a stale writer is refused -------------------------------------------------------
+
+
+async def test_a_commit_under_a_stale_lease_epoch_is_refused_whole(store: Any) -> None:
+    """Each claim advances the session's epoch; a commit fenced with an older one writes
+    nothing at all (not its messages, events or session row), while the callers sharing its
+    transaction commit as ever."""
+    rec = _record(title="before")
+    other = _record()
+    await store.commit([PutSession.of(rec), PutSession.of(other)])
+    assert await store.claim_epoch("ses_missing") is None
+    first = await store.claim_epoch(rec.id)
+    second = await store.claim_epoch(rec.id)
+    assert first is not None and second == first + 1
+
+    stale_node = Node(new_id("msg"), None, "user", "stale", utcnow())
+    rec.title = "stale"
+    stale = store.commit([
+        Fence(rec.id, first),
+        PutMessage.of(rec.id, stale_node),
+        PutEvent(rec.id, StoredEvent(1, "task.started", b"{}")),
+        PutSession.of(rec),
+    ])
+    neighbour = store.commit([PutMessage.of(other.id, Node(new_id("msg"), None, "user", "fine", utcnow()))])
+    results = await asyncio.gather(stale, neighbour, return_exceptions=True)
+    assert isinstance(results[0], FencedError) and results[1] is None
+    assert results[0].status == 503 and isinstance(results[0], ActorStoppedError)
+    loaded = await store.load_session(rec.id, events=10)
+    assert loaded is not None
+    assert loaded.nodes == [] and loaded.events == [] and loaded.record.title == "before"
+    assert [n.content for n in (await store.load_session(other.id, events=0)).nodes] == ["fine"]
+
+    # The current epoch writes; so does the next claim's, and then the current one is stale.
+    rec.title = "current"
+    await store.commit([Fence(rec.id, second), PutSession.of(rec)])
+    assert (await store.get_session(rec.id)).title == "current"
+    await store.claim_epoch(rec.id)
+    with pytest.raises(FencedError):
+        await store.commit([Fence(rec.id, second), RemoveSession(rec.id)])
+    assert await store.get_session(rec.id) is not None, "a stale delete removes nothing"
+
+    # A claim made with a write under the epoch it replaces (queued together): the claim first.
+    current = second + 1
+    together: tuple[Any, ...] = await asyncio.gather(
+        store.claim_epoch(rec.id), store.commit([Fence(rec.id, current), RemoveSession(rec.id)]), return_exceptions=True
+    )
+    claimed, late = together
+    assert claimed == current + 1 and isinstance(late, FencedError)
+    assert await store.get_session(rec.id) is not None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """Two nodes' stores on one database."""
+    dsn = await _pg_database() if request.param == "postgres" else None
+    stores: list[Any] = [
+        SqliteStore(tmp_path / "shared.db") if dsn is None else PostgresStore(dsn) for _ in range(2)
+    ]
+    for s in stores:
+        await s.open()
+    try:
+        yield stores[0], stores[1]
+    finally:
+        for s in stores:
+            await s.aclose()
+        if dsn is not None:
+            await _drop(dsn)
+
+
+async def test_an_actor_activated_elsewhere_since_is_refused_and_stops(two_stores: tuple[Any, Any]) -> None:
+    """Node A activated a session, then node B did (A stalled past its lease, say). A's next
+    change is refused: A's caller gets 503, A's actor stops (its streams end) and writes
+    nothing; B serves the session with nothing of A's stale change in it."""
+    provider = SimulatedProvider(tokens_per_second=0, reply_tokens=3)
+    a, b = (
+        Registry(s, provider, settings=ActorSettings(), idle_seconds=60, frame=sse.frame) for s in two_stores
+    )
+    await a.start()
+    await b.start()
+    try:
+        record = await a.create(Registry.new_record(namespace="default"))
+        stale = await a.get(record.id)
+        assert isinstance(stale, SessionActor)
+        sub = await stale.ask(Subscribe(None))
+        fresh = await b.get(record.id)
+        assert isinstance(fresh, SessionActor) and fresh.epoch > stale.epoch
+        with pytest.raises(FencedError) as refused:
+            await stale.ask(SendMessage("stale"))
+        assert refused.value.status == 503
+        await asyncio.wait_for(stale.wait_stopped(), 5)
+        assert stale.stop_reason == "fenced" and record.id not in a and a.stats.crashes == 0
+        assert await asyncio.wait_for(sub.next(None), 5) is CLOSED, "its stream ends"
+        handle = await fresh.ask(SendMessage("fresh"))
+        assert (await asyncio.wait_for(handle.done, 5)).status == "completed"
+        loaded = await two_stores[1].load_session(record.id, events=100)
+        assert loaded is not None
+        assert [n.content for n in loaded.nodes if n.role == "user"] == ["fresh"]
+    finally:
+        await a.drain()
+        await b.drain()
+
+
+async def test_a_stale_actors_running_answer_ends_503_and_its_fold_is_refused(two_stores: tuple[Any, Any]) -> None:
+    """Node A streams an answer when node B takes the session. A's next fold of the answer's
+    text is refused: the send waiting on A's task gets 503, its stream ends, and the answer
+    stays as B stored it (interrupted), never overwritten by A."""
+    settings = ActorSettings(fold_seconds=0.05)
+    a, b = (
+        Registry(
+            s, SimulatedProvider(tokens_per_second=50, reply_tokens=500), settings=settings, idle_seconds=60,
+            frame=sse.frame,
+        )
+        for s in two_stores
+    )
+    await a.start()
+    await b.start()
+    try:
+        record = await a.create(Registry.new_record(namespace="default"))
+        stale = await a.get(record.id)
+        assert isinstance(stale, SessionActor)
+        handle = await stale.ask(SendMessage("long", stream=True))
+        assert handle.subscription is not None
+        first = await asyncio.wait_for(handle.subscription.next(None), 5)
+        assert isinstance(first, list), "the answer streams"
+        fresh = await b.get(record.id)  # takes the session; A's turn runs on
+        assert isinstance(fresh, SessionActor)
+        with pytest.raises(ActorStoppedError) as waiting:
+            await asyncio.wait_for(handle.done, 5)
+        assert waiting.value.status == 503
+        await asyncio.wait_for(stale.wait_stopped(), 5)
+        assert stale.stop_reason == "fenced"
+        while (batch := await asyncio.wait_for(handle.subscription.next(None), 5)) is not CLOSED:
+            assert isinstance(batch, list), "its stream ends, no reset, no heartbeat"
+        loaded = await two_stores[1].load_session(record.id, events=100)
+        assert loaded is not None
+        reply = loaded.nodes[-1]
+        assert reply.role == "assistant" and reply.status == "interrupted", "as B stored it"
+        assert not loaded.record.running
+    finally:
+        await a.drain()
+        await b.drain()

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from actors.cluster.streams import EventStreams, RemoteSubscription, data_of
-from actors.core.commands import AnyCommand, Command, GetMessages, GetTree, Subscribe, TaskCommand
+from actors.core.commands import AnyCommand, Command, GetMessages, GetSession, GetTree, Subscribe, TaskCommand
 from actors.core.errors import ActorStoppedError, SessiondError, UnavailableError
 from actors.core.events import (
     MessageCompleted,
@@ -49,6 +49,9 @@ __all__ = ["Forwarder", "Handler", "RemoteSession", "RemoteTask", "error_class",
 log = logging.getLogger("sessiond.cluster")
 
 R = TypeVar("R")
+
+# How long the inbox reader waits before asking a Redis that failed it again.
+_INBOX_RETRY_SECONDS = 0.1
 
 Handler = Callable[[str, AnyCommand], Awaitable[object]]
 """Runs a forwarded command on this node: ``handler(session_id, command)``."""
@@ -144,6 +147,7 @@ class Forwarder:
         timeout: float,
         streams: EventStreams,
         spawner: Spawner,
+        lease_seconds: float = 5.0,
     ) -> None:
         self._redis = redis
         self._p = prefix
@@ -151,11 +155,25 @@ class Forwarder:
         self._timeout = timeout
         self.streams = streams
         self._spawner = spawner
+        # How long a watched task may go without an event before its owner's lease is checked.
+        self.watch_seconds = max(lease_seconds / 2, 0.1)
+        self._handler: Handler | None = None
 
     async def owner(self, session_id: str) -> str | None:
         """The node holding ``session_id``'s lease now, if any."""
         value = await self._redis.get(f"{self._p}:lease:{session_id}")
         return value.decode() if isinstance(value, bytes) else value
+
+    async def revive(self, session_id: str) -> None:
+        """Activate ``session_id`` here if no node holds its lease (its owner died): the new
+        actor ends the dead owner's tasks ``interrupted``, which their watchers are waiting for.
+        A node that holds the lease already published those ends itself when it took it."""
+        if self._handler is None or await self.owner(session_id) is not None:
+            return
+        try:
+            await self._handler(session_id, GetSession())
+        except SessiondError:
+            pass  # another node took it meanwhile (it ends the tasks), or it is gone
 
     def _inbox_key(self, node_id: str) -> str:
         return f"{self._p}:inbox:{node_id}"
@@ -178,6 +196,7 @@ class Forwarder:
 
     async def serve(self, handler: Handler) -> None:
         """Run every command sent to this node's inbox, each in a task of its own."""
+        self._handler = handler
         key = self._inbox_key(self.node_id)
         failing = False
         while True:
@@ -189,7 +208,9 @@ class Forwarder:
                 if not failing:  # one line per outage
                     failing = True
                     log.error("reading the cluster inbox failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(1)  # back off before asking a failing Redis again
+                # Ask again soon, if not at once: a command forwarded here the moment Redis is
+                # back waits at most this long (much less than a forward's timeout).
+                await asyncio.sleep(_INBOX_RETRY_SECONDS)
                 continue
             if failing:
                 failing = False
@@ -295,13 +316,19 @@ class RemoteSession:
         ended: Literal["cancelled", "interrupted"] | None = None
         try:
             while True:
-                batch = await sub.next(30)
+                batch = await sub.next(self._forwarder.watch_seconds)
                 if batch is CLOSED:
                     break
                 if batch is RESET:
                     sub.skip_to(sub.reset_cursor())  # past a hole: its end is still to come
                     continue
                 if batch is HEARTBEAT:
+                    # Quiet for a while: if the owner died, nobody would bring the session
+                    # back (and end this task) until some later request; do it now.
+                    try:
+                        await self._forwarder.revive(self.id)
+                    except RedisError:
+                        pass  # Redis is away: this stream ends, or the next quiet spell asks again
                     continue
                 assert isinstance(batch, list)
                 for data in batch:

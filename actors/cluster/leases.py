@@ -10,7 +10,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-__all__ = ["Leases"]
+__all__ = ["Leases", "NamedLock"]
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
@@ -62,3 +62,31 @@ class Leases:
             await self._renew(keys=[self.key(sid)], args=[self.node_id, self.lease_ms], client=pipe)
         results = await pipe.execute()
         return [sid for sid, ok in zip(session_ids, results, strict=True) if not ok]
+
+
+_HOLD = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if holder then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+class NamedLock:
+    """A cluster-wide role one node holds at a time (``{prefix}:lock:{name}``): ``hold()`` takes
+    it, or extends it if this node has it already; it lapses ``ttl_ms`` after the last hold, so
+    a dead holder's role passes to another node."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, name: str, node_id: str, ttl_ms: int) -> None:
+        self.key = f"{prefix}:lock:{name}"
+        self.node_id = node_id
+        self.ttl_ms = ttl_ms
+        self._hold = redis.register_script(_HOLD)
+        self._release = redis.register_script(_RELEASE)
+
+    async def hold(self) -> bool:
+        return bool(await self._hold(keys=[self.key], args=[self.node_id, self.ttl_ms]))
+
+    async def release(self) -> None:
+        await self._release(keys=[self.key], args=[self.node_id])

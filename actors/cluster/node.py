@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cluster.forward import Forwarder, Handler, RemoteSession
-from actors.cluster.leases import Leases
+from actors.cluster.leases import Leases, NamedLock
 from actors.cluster.streams import EventStreams
 from actors.core.events import FrameEncoder
 from actors.core.records import SessionRecord
@@ -89,6 +89,7 @@ class Cluster:
             timeout=settings.forward_timeout_seconds,
             streams=self.streams,
             spawner=self._tasks,
+            lease_seconds=settings.lease_ms / 1000,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._inbox: asyncio.Task[None] | None = None
@@ -98,6 +99,10 @@ class Cluster:
         await self.redis.ping()
         self._publisher = self._tasks.spawn(self.streams.run(), name="cluster-publisher")
         self._inbox = self._tasks.spawn(self.forwarder.serve(handler), name="cluster-inbox")
+
+    def lock(self, name: str, ttl_ms: int) -> NamedLock:
+        """A role one node of the cluster holds at a time (the retention sweeper's)."""
+        return NamedLock(self.redis, self.settings.prefix, name, self.node_id, ttl_ms)
 
     def remote(self, record: SessionRecord, owner: str) -> RemoteSession:
         """The session ``record`` as hosted by node ``owner``."""

@@ -16,7 +16,8 @@ import msgspec
 
 from actors.core.export import SessionExport
 from actors.core.records import Checkpoint, ClientTool, ForkRef, SessionRecord
-from actors.core.replies import MessagePage, TaskHandle, TreeView
+from actors.core.replies import Expiry, MessagePage, TaskHandle, TreeView
+from actors.core.retention import Retention
 from actors.core.stream import EventStream
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, ToolWait
@@ -29,6 +30,7 @@ __all__ = [
     "DecideToolCall",
     "DeleteSession",
     "EditMessage",
+    "ExpireSession",
     "ExportSession",
     "FoldReply",
     "GetMessages",
@@ -108,6 +110,8 @@ class PatchSession(Command[SessionRecord], frozen=True, tag="patch_session"):
     link_documents: tuple[str, ...] = ()
     unlink_documents: tuple[str, ...] = ()
     add_fork: ForkRef | None = None  # a session was forked from this one
+    retention: Retention | msgspec.UnsetType | None = msgspec.UNSET  # None: back to the configured rule
+    temporary: bool | msgspec.UnsetType = msgspec.UNSET
     if_match: int | None = None
 
 
@@ -183,6 +187,14 @@ class Passivate(Command[bool], frozen=True, tag="passivate"):
     idle_seconds: float
 
 
+class ExpireSession(Command[Expiry], frozen=True, tag="expire_session"):
+    """The retention sweeper found the session due: if nothing runs in it and its rule (its own,
+    else ``configured``) is still due, delete it or trim it (actors/core/retention.py)."""
+
+    configured: Retention | None
+    temporary_ttl: float
+
+
 class Shutdown(Command[None], frozen=True, tag="shutdown"):
     """Interrupt any running task, flush and stop (server drain)."""
 
@@ -219,6 +231,7 @@ AnyCommand = (
     | ExportSession
     | DeleteSession
     | Passivate
+    | ExpireSession
     | Shutdown
     | DecideToolCall
     | SubmitToolResult

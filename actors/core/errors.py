@@ -8,6 +8,7 @@ __all__ = [
     "BadHeaderError",
     "ConflictError",
     "DependencyUnavailableError",
+    "FencedError",
     "ForbiddenError",
     "InvalidRequestError",
     "MailboxFullError",
@@ -94,6 +95,17 @@ class StoreClosedError(ActorStoppedError):
     """
 
     code, title = "store_closed", "The server is shutting down; retry shortly"
+
+
+class FencedError(ActorStoppedError):
+    """The store refused this change: another node took the session since this actor was
+    activated (the session's lease epoch in the store is higher than this actor's).
+
+    Nothing of the change was written. The actor stops at once; the caller looks the session
+    up again and reaches its new owner.
+    """
+
+    code, title = "session_moved", "The session moved to another node; retry"
 
 
 class StoreUnavailableError(StoreClosedError):

@@ -231,6 +231,13 @@ class EventLog:
             self.floor = self._seqs[excess - 1]
             del self._seqs[:excess], self._frames[:excess]
 
+    def forget_through(self, seq: int) -> None:
+        """Drop every event up to ``seq``: no replay from below it can be served any more."""
+        i = bisect.bisect_right(self._seqs, seq)
+        del self._seqs[:i], self._frames[:i]
+        self.floor = max(self.floor, seq)
+        self.last_seq = max(self.last_seq, seq)
+
     def covers(self, after: int) -> bool:
         """Whether every servable event after ``after`` is still here."""
         return after >= self.floor

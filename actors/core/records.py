@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from actors.core.retention import Retention, epoch_of
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 
@@ -19,7 +20,9 @@ __all__ = [
     "IDEMPOTENCY_WINDOW_SECONDS",
     "MAX_IDEMPOTENT_REQUESTS",
     "Checkpoint",
+    "Claim",
     "ClientTool",
+    "Fence",
     "ForkRef",
     "IdempotentRequest",
     "LoadedSession",
@@ -36,6 +39,8 @@ __all__ = [
     "SessionRecord",
     "Stats",
     "StoredEvent",
+    "TrimSession",
+    "op_session",
 ]
 
 
@@ -116,6 +121,13 @@ class SessionRecord(msgspec.Struct):
     requests: list[IdempotentRequest] = msgspec.field(default_factory=list)  # newest last
     forked_from: ForkRef | None = None  # the session (and its message) this one was forked from
     forks: list[ForkRef] = msgspec.field(default_factory=list)  # sessions forked from this one
+    # Retention of its own (actors/core/retention.py); a temporary session has none: it is
+    # deleted once idle for the configured temporary TTL.
+    retention: Retention | None = None
+    temporary: bool = False
+    # No event up to this id can be replayed any more (keep_latest removed them with the
+    # messages they told of): a stream resuming below it is told stream.reset.
+    event_floor: int = 0
 
 
 class Checkpoint(msgspec.Struct):
@@ -150,10 +162,13 @@ class PutSession(msgspec.Struct):
     end_user_id: str | None
     last_active_at: str
     body: bytes
+    # When the session's own retention is due (epoch seconds), indexed for the sweeper.
+    due_at: float | None = None
 
     @classmethod
     def of(cls, r: SessionRecord) -> PutSession:
-        return cls(r.id, r.namespace, r.end_user_id, r.last_active_at, _enc.encode(r))
+        due = epoch_of(r.last_active_at) + r.retention.ttl_seconds if r.retention is not None else None
+        return cls(r.id, r.namespace, r.end_user_id, r.last_active_at, _enc.encode(r), due)
 
 
 class PutMessage(msgspec.Struct):
@@ -200,6 +215,18 @@ class RemoveSession(msgspec.Struct):
     session_id: str
 
 
+class TrimSession(msgspec.Struct):
+    """Removal of some of a session's messages, checkpoints and context summaries, and of its
+    durable events up to ``events_through`` (what keep_latest retention drops; the session row
+    is written beside)."""
+
+    session_id: str
+    message_ids: list[str]
+    checkpoint_ids: list[str]
+    events_through: int
+    summary_ids: list[str] = msgspec.field(default_factory=list)
+
+
 class PutDelivery(msgspec.Struct):
     """A new webhook outbox row (actors/core/webhooks.py): committed with the event it announces,
     so the event and its delivery are durable together or not at all."""
@@ -212,7 +239,30 @@ class PutDelivery(msgspec.Struct):
     created_at: float  # unix time
 
 
-Op = PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | RemoveSession | PutDelivery
+class Fence(msgspec.Struct):
+    """The writer's lease epoch for ``session_id``: the store refuses the ops of this commit if
+    the session's stored epoch is higher (another node has taken the session since)."""
+
+    session_id: str
+    epoch: int
+
+
+class Claim(msgspec.Struct):
+    """Advance ``session_id``'s lease epoch (an activation takes the session): the commit
+    holding it answers the new epoch, and writes fenced with an older one are refused."""
+
+    session_id: str
+
+
+Op = (
+    PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | RemoveSession | PutDelivery
+    | Fence | Claim
+)
+
+
+def op_session(op: Op) -> str:
+    """The session an op writes to."""
+    return op.id if isinstance(op, PutSession) else op.session_id
 
 
 class SessionQuery(msgspec.Struct):

@@ -6,13 +6,15 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from actors.core.records import SessionRecord
+from actors.core.retention import ExpiryOutcome
 from actors.core.stream import EventStream
 from actors.core.tree import Node, Usage
 
 if TYPE_CHECKING:
     from asyncio import Future
 
-__all__ = ["MessagePage", "TaskHandle", "TreeView", "TurnOutcome", "TurnStatus"]
+__all__ = ["Expiry", "MessagePage", "TaskHandle", "TreeView", "TurnOutcome", "TurnStatus"]
 
 TurnStatus = Literal["completed", "failed", "cancelled", "interrupted"]
 
@@ -22,6 +24,15 @@ class MessagePage(msgspec.Struct, frozen=True):
     usage: Usage
     has_more: bool
     total: int
+
+
+class Expiry(msgspec.Struct, frozen=True):
+    """What retention did to a session: the session as it was when deleted, or how many
+    messages a trim removed."""
+
+    outcome: ExpiryOutcome
+    record: SessionRecord | None = None
+    removed: int = 0
 
 
 class TreeView(msgspec.Struct, frozen=True):

@@ -27,6 +27,7 @@ from actors.core.commands import (
     DecideToolCall,
     DeleteSession,
     EditMessage,
+    ExpireSession,
     ExportSession,
     FoldReply,
     GetMessages,
@@ -55,6 +56,7 @@ from actors.core.errors import (
     ActorCrashedError,
     ActorStoppedError,
     ConflictError,
+    FencedError,
     InvalidRequestError,
     NotFoundError,
     SessiondError,
@@ -92,7 +94,8 @@ from actors.core.records import (
     SessionRecord,
     Stats,
 )
-from actors.core.replies import TaskHandle, TreeView, TurnOutcome, TurnStatus
+from actors.core.replies import Expiry, TaskHandle, TreeView, TurnOutcome, TurnStatus
+from actors.core.retention import effective, is_due
 from actors.core.tree import Node, ToolUse, ToolWait, Usage
 from actors.core.webhooks import Outbox
 from actors.ports import EventSink, Provider, SessionStore
@@ -100,6 +103,7 @@ from actors.session import requests
 from actors.session.context import model_request
 from actors.session.mailbox import Mailbox
 from actors.session.state import ActorSettings, SessionState
+from actors.session.trim import trim
 from actors.session.turn import Turn
 
 __all__ = ["ActorSettings", "SessionActor", "StopReason"]
@@ -108,7 +112,7 @@ log = logging.getLogger("sessiond.actor")
 
 R = TypeVar("R")
 
-StopReason = Literal["", "crashed", "passivated", "deleted", "shutdown", "lease lost", "store closed"]
+StopReason = Literal["", "crashed", "passivated", "deleted", "shutdown", "lease lost", "fenced", "store closed"]
 
 
 def _answer(command: Command[R], value: R) -> R:
@@ -132,8 +136,11 @@ class SessionActor(SessionState):
         sink: EventSink | None = None,
         guard: Callable[[str], Awaitable[bool | None]] | None = None,
         outbox: Outbox | None = None,
+        epoch: int = 0,
     ) -> None:
-        super().__init__(loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox)
+        super().__init__(
+            loaded, store=store, settings=settings, stats=stats, frame=frame, sink=sink, outbox=outbox, epoch=epoch
+        )
         # Cluster mode: whether this node still holds the session's lease, asked before a
         # change is accepted (a node that cannot prove it must not serve one).
         self._guard = guard
@@ -240,8 +247,10 @@ class SessionActor(SessionState):
 
     async def _run(self) -> None:
         crash: BaseException | None = None
+        env = None
         try:
             while not self._stopping:
+                env = None
                 env = await self._mailbox.get()
                 self.last_activity = self._loop.time()
                 reply = env.reply
@@ -250,7 +259,13 @@ class SessionActor(SessionState):
                 except SessiondError as exc:
                     if reply is not None and not reply.done():
                         reply.set_exception(exc)
-                    if isinstance(exc, StoreClosedError):
+                    if isinstance(exc, FencedError):
+                        # Another node took the session: what this actor holds in memory is
+                        # stale, and the store will take nothing more from it.
+                        log.error("session %s moved to another node (lease epoch %d is stale); "
+                                  "stopping its actor here", self.id, self.epoch)
+                        self._stop("fenced")
+                    elif isinstance(exc, StoreClosedError):
                         # What this command changed may not be durable: stop; the next
                         # activation (on a live server) starts from the store.
                         self._stop("store closed")
@@ -270,6 +285,9 @@ class SessionActor(SessionState):
             self.stop_reason = "crashed"
             log.exception("session actor %s crashed", self.id)
         finally:
+            if env is not None and env.reply is not None and not env.reply.done():
+                # Aborted while handling it (the lease was lost): its caller must not wait forever.
+                env.reply.set_exception(ActorStoppedError(f"session {self.id} stopped here ({self.stop_reason})"))
             self._teardown()
             self._on_stop(self, crash)
 
@@ -283,6 +301,8 @@ class SessionActor(SessionState):
                     turn.task.cancel()
                 if not turn.done.done():
                     turn.done.set_exception(ActorStoppedError())
+                    # Retrieved here: a turn whose first commit failed has no waiter.
+                    turn.done.exception()
         if self._turn is not None:
             self._stats.tasks_running -= 1
         self._turn = None
@@ -351,6 +371,8 @@ class SessionActor(SessionState):
                 return _answer(cmd, await self._submit_result(cmd))
             case Passivate():
                 return _answer(cmd, await self._passivate(cmd.idle_seconds))
+            case ExpireSession():
+                return _answer(cmd, await self._expire(cmd))
             # The rest answer None: their effect is the answer.
             case DeleteSession():
                 await self._delete()
@@ -379,6 +401,10 @@ class SessionActor(SessionState):
     async def _patch(self, cmd: PatchSession) -> SessionRecord:
         self._check_version(cmd.if_match)
         r = self.record
+        retention = r.retention if cmd.retention is msgspec.UNSET else cmd.retention
+        temporary = r.temporary if cmd.temporary is msgspec.UNSET else cmd.temporary
+        if temporary and retention is not None:
+            raise InvalidRequestError("a temporary session has no retention of its own; set one of the two")
         if cmd.title is not msgspec.UNSET:
             r.title = cmd.title
         if cmd.metadata is not msgspec.UNSET:
@@ -401,8 +427,9 @@ class SessionActor(SessionState):
             r.documents = [d for d in r.documents if d not in cmd.unlink_documents]
         if cmd.add_fork is not None:
             r.forks = [*r.forks, cmd.add_fork]
+        r.retention, r.temporary = retention, temporary
         self._touch()
-        await self._store.commit([PutSession.of(r)])
+        await self._commit([PutSession.of(r)])
         return self._snapshot()
 
     async def _send(self, cmd: SendMessage) -> TaskHandle:
@@ -457,7 +484,7 @@ class SessionActor(SessionState):
         self.tree.active_leaf_id = self.tree.newest_leaf_under(cmd.message_id)
         self.record.active_leaf_id = self.tree.active_leaf_id
         self._touch()
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
         return self._messages(GetMessages(limit=1 << 30)).items
 
     async def _restore(self, cmd: RestoreCheckpoint) -> TaskHandle | str:
@@ -472,7 +499,7 @@ class SessionActor(SessionState):
             self.tree.active_leaf_id = cp.message_id
             self.record.active_leaf_id = cp.message_id
             self._touch()
-            await self._store.commit([PutSession.of(self.record)])
+            await self._commit([PutSession.of(self.record)])
             return cp.message_id
         # The hint becomes a user turn after the checkpoint, sent to the model as an
         # instruction: the steps before the checkpoint stand as they are, nothing is re-run.
@@ -522,7 +549,7 @@ class SessionActor(SessionState):
             self._queued.append(turn)
             self.record.running = [*self.record.running, RunningTask(turn.task_id, answer_to, None, turn.client_tools)]
             self._touch()
-            await self._store.commit([*ops, PutSession.of(self.record)])
+            await self._commit([*ops, PutSession.of(self.record)])
             cursor = self.log.last_seq
             sub = self.hub.subscribe(cursor, task_id=turn.task_id, on_reset=self.reset_cursor) if stream else None
             return TaskHandle(turn.task_id, answer_to, sub, turn.done, cursor)
@@ -533,9 +560,13 @@ class SessionActor(SessionState):
 
     async def _delete(self) -> None:
         await self._stop_turn()
+        await self._remove()
+
+    async def _remove(self) -> None:
+        """Delete the session from the store and stop (DELETE, and retention's delete alike)."""
         # A session.deleted webhook is durable with the delete itself, or neither is.
         deliveries = self._outbox.for_deletion(self.record) if self._outbox is not None else []
-        await self._store.commit([RemoveSession(self.id), *deliveries])
+        await self._commit([RemoveSession(self.id), *deliveries])
         if deliveries and self._outbox is not None:
             self._outbox.wake()
         self._stop("deleted")
@@ -545,9 +576,24 @@ class SessionActor(SessionState):
         if not self._parked_or_none() or self._queued or self.hub.subscribers or len(self._mailbox):
             return False
         self.record.seq_reserved = self._next_seq - 1
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
         self._stop("passivated")
         return True
+
+    async def _expire(self, cmd: ExpireSession) -> Expiry:
+        """Retention, if still due: never while a task runs or waits, a stream is open or a
+        command waits behind this one (the sweeper asks again at a later pass)."""
+        if self._turn is not None or self._queued or self.hub.subscribers or len(self._mailbox):
+            return Expiry("busy")
+        r = self.record
+        rule = effective(temporary=r.temporary, own=r.retention, configured=cmd.configured,
+                         temporary_ttl=cmd.temporary_ttl)
+        if rule is None or not is_due(rule, r.last_active_at, len(self.tree), time.time()):
+            return Expiry("kept")
+        if rule.action == "delete":
+            await self._remove()
+            return Expiry("deleted", r)
+        return Expiry("trimmed", removed=await trim(self, rule.keep_latest or 0))
 
     async def _shutdown(self) -> None:
         # A task waiting on tool calls stays as it is in the store: it waits on after a restart,
@@ -559,7 +605,7 @@ class SessionActor(SessionState):
                 await self._finish(turn, "interrupted", "the server is shutting down")
             await self._end_queued(queued)
         self.record.seq_reserved = self._next_seq - 1
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
         self._stop("shutdown")
 
     def abort(self, reason: StopReason) -> None:
@@ -584,7 +630,7 @@ class SessionActor(SessionState):
         if self._current(cmd.task_id) is None or self._has_ids(cmd.count):
             return
         self.record.seq_reserved = self._next_seq + max(self._settings.seq_block, cmd.count)
-        await self._store.commit([PutSession.of(self.record)])
+        await self._commit([PutSession.of(self.record)])
 
     def _fold(self, turn: Turn) -> None:
         self._mailbox.tell_internal(FoldReply(turn.task_id))
@@ -604,7 +650,7 @@ class SessionActor(SessionState):
                 return
         # A copy: the live reply keeps its content empty until the end, as readers know it.
         reply = msgspec.structs.replace(self.tree.nodes[turn.reply_id], content=turn.text())
-        await self._store.commit([PutMessage.of(self.id, reply)])
+        await self._commit([PutMessage.of(self.id, reply)])
         if self._current(cmd.task_id) is turn:
             turn.fold_at = self._loop.time() + self._settings.fold_seconds
 
@@ -640,7 +686,7 @@ class SessionActor(SessionState):
     async def _save_summary(self, cmd: SaveSummary) -> None:
         if self._current(cmd.task_id) is None:
             return
-        await self._store.commit([self.summaries.save(self.id, cmd.summary, self.tree)])
+        await self._commit([self.summaries.save(self.id, cmd.summary, self.tree)])
 
     async def _tool_called(self, cmd: ToolCalled) -> None:
         turn = self._current(cmd.task_id)
@@ -703,7 +749,7 @@ class SessionActor(SessionState):
         # restart (even after a kill) finds no hole of lost deltas to reset readers across.
         self.record.seq_reserved = self._next_seq - 1
         self._touch()
-        await self._store.commit([PutMessage.of(self.id, reply), PutSession.of(self.record)])
+        await self._commit([PutMessage.of(self.id, reply), PutSession.of(self.record)])
         await self._after_decision(turn)
 
     def _waiting_call(self, call_id: str, kind: ToolWait) -> tuple[Turn, Node, ToolUse]:

@@ -19,7 +19,7 @@ from actors.core.commands import GetMessages
 from actors.core.errors import BadHeaderError, NotFoundError, PreconditionFailedError, TaskRunningError
 from actors.core.events import TERMINAL_EVENTS, Event, EventLog, FrameEncoder, delta_data, encode_event, event_type
 from actors.core.ids import utcnow
-from actors.core.records import LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
+from actors.core.records import Fence, LoadedSession, Op, PutEvent, PutSession, SessionRecord, Stats, StoredEvent
 from actors.core.replies import MessagePage
 from actors.core.tree import MessageTree, Node
 from actors.core.webhooks import Outbox
@@ -58,6 +58,7 @@ class SessionState:
         frame: FrameEncoder,
         sink: EventSink | None = None,
         outbox: Outbox | None = None,
+        epoch: int = 0,
     ) -> None:
         record = loaded.record
         self.id = record.id
@@ -67,14 +68,20 @@ class SessionState:
         self.summaries = Summaries(loaded.summaries)  # hidden nodes: never listed with messages
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
-        self.log = EventLog(frame=frame, retention=settings.event_retention, floor=floor)
+        # Retention may have removed every event up to record.event_floor (keep_latest): the
+        # log starts above it, and a stream resuming below it is told stream.reset.
+        max_seq = max(loaded.max_seq, record.event_floor)
+        self.log = EventLog(
+            frame=frame, retention=settings.event_retention, floor=max(floor, record.event_floor),
+            last_seq=record.event_floor,
+        )
         self._last_task_start: int | None = None
         for ev in events:
             self.log.append(ev.seq, ev.type, ev.data)
             if ev.type == "task.started":
                 self._last_task_start = ev.seq
         # Ids handed out before a crash may be above every durable one: continue above both.
-        self._next_seq = max(record.seq_reserved, loaded.max_seq) + 1
+        self._next_seq = max(record.seq_reserved, max_seq) + 1
         # The id of the last event this session showed: the next event names it as its ``prev``
         # in the Redis stream, so a reader holding less knows it missed something. A clean stop
         # showed its durable events last; after a crash (a task still running), anything up to
@@ -82,14 +89,17 @@ class SessionState:
         # than that is told stream.reset, here and through Redis, never a silent gap.
         # (A task that waits on tool calls stays running across a clean stop; it reserved
         # nothing beyond what is durable, so it leaves no hole.)
-        crashed = bool(record.running) and record.seq_reserved > loaded.max_seq
-        self._shown = self._next_seq - 1 if crashed else loaded.max_seq
+        crashed = bool(record.running) and record.seq_reserved > max_seq
+        self._shown = self._next_seq - 1 if crashed else max_seq
         self._hole_end: int | None = None
         if crashed:
             self._hole_end = self._shown
             self.log.floor = max(self.log.floor, self._shown)
         self.hub = Hub(self.log)
         self._store = store
+        # The lease epoch this activation claimed: every commit carries it, and the store
+        # refuses one once another activation (on another node) has claimed a higher one.
+        self.epoch = epoch
         self._settings = settings
         self._stats = stats
         self._sink = sink
@@ -152,6 +162,10 @@ class SessionState:
 
     # -- events ----------------------------------------------------------------------------
 
+    async def _commit(self, ops: Sequence[Op]) -> None:
+        """Write ``ops`` under this activation's lease epoch (FencedError: nothing written)."""
+        await self._store.commit([Fence(self.id, self.epoch), *ops])
+
     async def _publish(self, events: Sequence[Event], ops: Sequence[Op] = (), *, ends: Sequence[str] = ()) -> list[int]:
         """Number ``events``, commit them with ``ops``, and only then show them to subscribers.
 
@@ -177,7 +191,7 @@ class SessionState:
         outbox = self._outbox
         # Webhooks: an event's deliveries are durable in its own commit, or neither is.
         deliveries = outbox.for_events(self.record, events, seqs) if outbox is not None else []
-        await self._store.commit([*all_ops, *deliveries] if deliveries else all_ops)
+        await self._commit([*all_ops, *deliveries] if deliveries else all_ops)
         if deliveries and outbox is not None:
             outbox.wake()
         for event, ev in zip(events, stored, strict=True):

@@ -27,6 +27,9 @@ class Summaries:
     def __len__(self) -> int:
         return len(self._items)
 
+    def ids(self) -> list[str]:
+        return [s.id for s in self._items]
+
     def on_path(self, path_ids: Iterable[str]) -> list[ContextSummary]:
         """The summaries hung on a message of this path, oldest first."""
         ids = set(path_ids)

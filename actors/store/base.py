@@ -108,6 +108,9 @@ class CatalogStore(Protocol):
     async def count_documents_with_hash(self, sha256: str) -> int:
         """How many documents share one stored file."""
 
+    async def document_linked_elsewhere(self, document_id: str, session_id: str) -> bool:
+        """Whether a session other than ``session_id`` links the document."""
+
     async def end_user_usage(self, end_user_id: str) -> tuple[int, Usage]:
         """(sessions, summed token usage) over the end user's existing sessions."""
 

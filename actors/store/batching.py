@@ -14,8 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from actors.batch import BatchQueue, QueueClosedError
-from actors.core.errors import StoreClosedError, StoreUnavailableError
+from actors.core.errors import FencedError, StoreClosedError, StoreUnavailableError
 from actors.core.records import (
+    Claim,
+    Fence,
     Op,
     PutCheckpoint,
     PutDelivery,
@@ -24,27 +26,61 @@ from actors.core.records import (
     PutSession,
     PutSummary,
     RemoveSession,
+    TrimSession,
+    op_session,
 )
 
-__all__ = ["GroupCommitter", "Rows", "StoreClosedError"]
+__all__ = ["GroupCommitter", "Rows", "StoreClosedError", "admitted", "claims", "fences", "stale"]
 
 log = logging.getLogger("sessiond.store")
+
+
+def fences(ops: Sequence[Op]) -> dict[str, int]:
+    """The lowest epoch each fenced session's ops in ``ops`` were written under."""
+    out: dict[str, int] = {}
+    for op in ops:
+        if isinstance(op, Fence):
+            out[op.session_id] = min(op.epoch, out.get(op.session_id, op.epoch))
+    return out
+
+
+def claims(ops: Sequence[Op]) -> list[str]:
+    """The sessions whose lease epoch ``ops`` advance, in order."""
+    return [op.session_id for op in ops if isinstance(op, Claim)]
+
+
+def stale(ops: Sequence[Op], epochs: dict[str, int]) -> list[str]:
+    """The sessions ``ops`` are fenced for whose stored epoch (in ``epochs``) is higher."""
+    return [sid for sid, epoch in fences(ops).items() if epochs.get(sid, epoch) > epoch]
+
+
+def admitted(ops: Sequence[Op], epochs: dict[str, int]) -> Sequence[Op]:
+    """``ops`` without any op of a session whose fence is stale: each store writes only these.
+    (Only an actor writes to an existing session, so every op of a refused session is stale.)"""
+    refused = set(stale(ops, epochs))
+    return [op for op in ops if op_session(op) not in refused] if refused else ops
 
 
 class _Pending:
     __slots__ = ("fut", "ops")
 
-    def __init__(self, ops: Sequence[Op], fut: asyncio.Future[None]) -> None:
+    def __init__(self, ops: Sequence[Op], fut: asyncio.Future[dict[str, int]]) -> None:
         self.ops = ops
         self.fut = fut
 
 
 class GroupCommitter:
-    """The single writer of one store."""
+    """The single writer of one store.
+
+    ``write`` commits a batch in one transaction: it applies the ``Claim`` ops first, leaves
+    out every op of a session whose ``Fence`` is stale (``admitted``), and returns the stored
+    lease epoch of every session a Claim or Fence names. A caller fenced for a session whose
+    epoch is higher gets a ``FencedError`` (nothing of its commit was written).
+    """
 
     def __init__(
         self,
-        write: Callable[[list[Op]], Awaitable[None]],
+        write: Callable[[list[Op]], Awaitable[dict[str, int]]],
         *,
         max_batch: int,
         queue_size: int,
@@ -66,14 +102,21 @@ class GroupCommitter:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=name)
 
     async def commit(self, ops: Sequence[Op]) -> None:
+        await self._commit(ops)
+
+    async def claim_epoch(self, session_id: str) -> int | None:
+        """Advance the session's lease epoch, in the next group commit; None: no such session."""
+        return (await self._commit([Claim(session_id)])).get(session_id)
+
+    async def _commit(self, ops: Sequence[Op]) -> dict[str, int]:
         if self._closed:
             raise StoreClosedError("store is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
         try:
             await self._queue.put(_Pending(ops, fut))
         except QueueClosedError:
             raise StoreClosedError("store is closed") from None
-        await fut
+        return await fut
 
     async def aclose(self) -> None:
         """Stop taking writes; the writer finishes everything queued before this."""
@@ -89,7 +132,7 @@ class GroupCommitter:
             count = sum(len(p.ops) for p in batch)
             started = time.perf_counter()
             try:
-                await self._write([op for p in batch for op in p.ops])
+                epochs = await self._write([op for p in batch for op in p.ops])
             except Exception as exc:
                 error: BaseException = exc
                 if self._outage(exc):
@@ -113,36 +156,54 @@ class GroupCommitter:
                     self._failing_since, self._failed_batches = None, 0
                 if self.on_commit is not None:
                     self.on_commit(time.perf_counter() - started, count)
+                refused: set[str] = set()
                 for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_result(None)
+                    moved = stale(p.ops, epochs)
+                    refused.update(moved)
+                    if p.fut.done():
+                        continue
+                    if moved:
+                        detail = f"session {moved[0]} moved to another node; nothing was written"
+                        p.fut.set_exception(FencedError(detail))
+                    else:
+                        p.fut.set_result(epochs)
+                for sid in sorted(refused):
+                    log.warning("write refused for session %s: another node owns it now (its lease epoch is %d)",
+                                sid, epochs[sid])
 
 
 class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
-    sessions, messages, checkpoints, events and summaries, then the summaries replaced, then
-    deletes (so a late write racing a delete can never resurrect the session). Webhook outbox
-    rows are a table of their own, which a session's delete leaves alone (its
-    ``session.deleted`` delivery is one of them)."""
+    sessions, messages, checkpoints, events and summaries, then the summaries replaced, then what
+    retention trims, then deletes (so a late write racing a delete can never resurrect the
+    session). Webhook outbox rows are a table of their own, which a session's delete leaves
+    alone (its ``session.deleted`` delivery is one of them)."""
 
     __slots__ = (
         "checkpoints", "deletes", "deliveries", "events", "messages", "sessions", "summaries", "summary_drops",
+        "trim_checkpoints", "trim_events", "trim_messages",
     )
 
     def __init__(self, ops: Sequence[Op]) -> None:
-        self.sessions: list[tuple[str, str, str | None, str, str]] = []
+        # id, namespace, end_user_id, last_active_at, body, due_at
+        self.sessions: list[tuple[str, str, str | None, str, str, float | None]] = []
         self.messages: list[tuple[str, str, str]] = []
         self.checkpoints: list[tuple[str, str, str]] = []
         self.events: list[tuple[str, int, str, bytes]] = []
         self.summaries: list[tuple[str, str, str]] = []
         self.summary_drops: list[tuple[str, str]] = []
+        self.trim_messages: list[tuple[str, str]] = []  # (session_id, id)
+        self.trim_checkpoints: list[tuple[str, str]] = []
+        self.trim_events: list[tuple[str, int]] = []  # (session_id, through seq)
         self.deletes: list[tuple[str]] = []
         # id, endpoint, session_id, event_type, body, created_at (also its first next_attempt_at)
         self.deliveries: list[tuple[str, str, str, str, bytes, float]] = []
         for op in ops:
             match op:
                 case PutSession():
-                    self.sessions.append((op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode()))
+                    self.sessions.append(
+                        (op.id, op.namespace, op.end_user_id, op.last_active_at, op.body.decode(), op.due_at)
+                    )
                 case PutMessage():
                     self.messages.append((op.id, op.session_id, op.body.decode()))
                 case PutCheckpoint():
@@ -152,7 +213,14 @@ class Rows:
                 case PutSummary():
                     self.summaries.append((op.id, op.session_id, op.body.decode()))
                     self.summary_drops += [(op.session_id, d) for d in op.drop]
+                case TrimSession(session_id=sid):
+                    self.trim_messages += [(sid, m) for m in op.message_ids]
+                    self.trim_checkpoints += [(sid, c) for c in op.checkpoint_ids]
+                    self.trim_events.append((sid, op.events_through))
+                    self.summary_drops += [(sid, d) for d in op.summary_ids]
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
                 case PutDelivery():
                     self.deliveries.append((op.id, op.endpoint, op.session_id, op.event_type, op.body, op.created_at))
+                case Fence() | Claim():
+                    pass  # applied by the store before the rows are written

@@ -33,12 +33,14 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.store import outbox, shares_postgres
-from actors.store.batching import GroupCommitter, Rows
+from actors.store.batching import GroupCommitter, Rows, admitted, claims, fences
+from actors.store.expiry import POSTGRES, expired_sessions
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.search_postgres import search_sessions
 from actors.store.tables import (
@@ -68,10 +70,13 @@ _enc = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
 _UPSERT_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at)"
+    " VALUES ($1, $2, $3, $4, $5::jsonb, $6)"
     " ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, end_user_id = excluded.end_user_id,"
-    " last_active_at = excluded.last_active_at, body = excluded.body"
+    " last_active_at = excluded.last_active_at, body = excluded.body, due_at = excluded.due_at"
 )
+_LOCK_EPOCHS = "SELECT id, lease_epoch FROM sessions WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+_CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = $1 RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES ($1, $2, $3)"
     " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
@@ -81,7 +86,8 @@ _UPSERT_CHECKPOINT = (
     " ON CONFLICT (session_id, id) DO UPDATE SET body = excluded.body"
 )
 _INSERT_NEW_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at)"
+    " VALUES ($1, $2, $3, $4, $5::jsonb, $6)"
     " ON CONFLICT (id) DO NOTHING"
 )
 _UPSERT_SUMMARY = (
@@ -94,6 +100,11 @@ _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES ($1,
 _INSERT_EVENT = (
     "INSERT INTO events (session_id, seq, type, data) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data"
+)
+_TRIMS = (
+    "DELETE FROM messages WHERE session_id = $1 AND id = $2",
+    "DELETE FROM checkpoints WHERE session_id = $1 AND id = $2",
+    "DELETE FROM events WHERE session_id = $1 AND seq <= $2",
 )
 _DELETES = [
     "DELETE FROM context_summaries WHERE session_id = $1",
@@ -223,6 +234,7 @@ class PostgresStore:
             self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit, outage=pg_outage
         )
         self.commit = self._committer.commit
+        self.claim_epoch = self._committer.claim_epoch
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
 
@@ -257,25 +269,37 @@ class PostgresStore:
     @staticmethod
     def _sessions(rows: Rows) -> list[tuple[Any, ...]]:
         return [
-            (_text(a), _text(ns), _param(eu), at, _jsonb(body.encode()) if "\\u0000" in body else body)
-            for a, ns, eu, at, body in rows.sessions
+            (_text(a), _text(ns), _param(eu), at, _jsonb(body.encode()) if "\\u0000" in body else body, due)
+            for a, ns, eu, at, body, due in rows.sessions
         ]
 
     @staticmethod
     def _children(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         return [(_text(a), _text(b), body) for a, b, body in table]
 
-    async def _write(self, ops: list[Op]) -> None:
-        rows = Rows(ops)
-        sessions = self._sessions(rows)
-        messages = self._children(rows.messages)
-        checkpoints = self._children(rows.checkpoints)
-        events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
-        summaries = self._children(rows.summaries)
-        summary_drops = [(_text(sid), _text(i)) for sid, i in rows.summary_drops]
-        deletes = [(_text(sid),) for (sid,) in rows.deletes]
+    async def _write(self, ops: list[Op]) -> dict[str, int]:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
+            epochs: dict[str, int] = {}
+            for sid in claims(ops):
+                epoch = await conn.fetchval(_CLAIM_EPOCH, _text(sid))
+                if epoch is not None:
+                    epochs[sid] = int(epoch)
+            fenced = fences(ops)
+            if fenced:
+                # The rows stay locked to the end: a node taking one of these sessions now
+                # (a Claim) waits for this transaction, then loads what it wrote.
+                by_text = {_text(sid): sid for sid in fenced}
+                for row in await conn.fetch(_LOCK_EPOCHS, sorted(by_text)):
+                    epochs[by_text[row[0]]] = int(row[1])
+            rows = Rows(admitted(ops, epochs))
+            sessions = self._sessions(rows)
+            messages = self._children(rows.messages)
+            checkpoints = self._children(rows.checkpoints)
+            events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
+            summaries = self._children(rows.summaries)
+            summary_drops = [(_text(sid), _text(i)) for sid, i in rows.summary_drops]
+            deletes = [(_text(sid),) for (sid,) in rows.deletes]
             tables: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...] = (
                 (_UPSERT_SESSION, sessions),
                 (_UPSERT_MESSAGE, messages),
@@ -287,6 +311,14 @@ class PostgresStore:
             for sql, table in tables:
                 if table:
                     await conn.executemany(sql, table)
+            trims: tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, int]]] = (
+                [(_text(a), _text(b)) for a, b in rows.trim_messages],
+                [(_text(a), _text(b)) for a, b in rows.trim_checkpoints],
+                [(_text(a), n) for a, n in rows.trim_events],
+            )
+            for sql, trim in zip(_TRIMS, trims, strict=True):
+                if trim:
+                    await conn.executemany(sql, trim)
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)
@@ -295,6 +327,7 @@ class PostgresStore:
                     (d_id, endpoint, _text(sid), type_, body, at, at)
                     for d_id, endpoint, sid, type_, body, at in rows.deliveries
                 ])
+        return epochs
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""
@@ -383,6 +416,18 @@ class PostgresStore:
 
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         return await search_sessions(self._fetch, query)
+
+    async def expired_sessions(self, query: ExpiryQuery) -> list[ExpiredRow]:
+        async def fetch(sql: str, params: list[Any]) -> list[Any]:
+            return await self._fetch(sql, *params)
+
+        return await expired_sessions(fetch, POSTGRES, query)
+
+    async def document_linked_elsewhere(self, document_id: str, session_id: str) -> bool:
+        rows = await self._fetch(
+            "SELECT 1 FROM sessions WHERE body->'documents' ? $1 AND id <> $2 LIMIT 1", document_id, session_id
+        )
+        return bool(rows)
 
     # -- API keys ------------------------------------------------------------------------------
 

@@ -27,12 +27,14 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.store import outbox, shares_sqlite
-from actors.store.batching import GroupCommitter, Rows, StoreClosedError
+from actors.store.batching import GroupCommitter, Rows, StoreClosedError, admitted, claims, fences
+from actors.store.expiry import SQLITE, expired_sessions
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
 from actors.store.tables import (
@@ -60,11 +62,12 @@ _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
 
 _UPSERT_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO UPDATE SET namespace = excluded.namespace,"
     " end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,"
-    " body = excluded.body"
+    " body = excluded.body, due_at = excluded.due_at"
 )
+_CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
@@ -74,7 +77,7 @@ _UPSERT_CHECKPOINT = (
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
 )
 _INSERT_NEW_SESSION = (
-    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO NOTHING"
 )
 _UPSERT_SUMMARY = (
@@ -85,6 +88,11 @@ _DROP_SUMMARY = "DELETE FROM context_summaries WHERE session_id = ? AND id = ?"
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)"
+_TRIMS = (
+    "DELETE FROM messages WHERE session_id = ? AND id = ?",
+    "DELETE FROM checkpoints WHERE session_id = ? AND id = ?",
+    "DELETE FROM events WHERE session_id = ? AND seq <= ?",
+)
 _DELETES = [
     "DELETE FROM context_summaries WHERE session_id = ?",
     "DELETE FROM messages WHERE session_id = ?",
@@ -111,6 +119,7 @@ class SqliteStore:
         self._synchronous = synchronous
         self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
         self.commit = self._committer.commit
+        self.claim_epoch = self._committer.claim_epoch
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -148,12 +157,29 @@ class SqliteStore:
 
     # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
-    async def _write(self, ops: list[Op]) -> None:
-        rows = Rows(ops)
+    async def _write(self, ops: list[Op]) -> dict[str, int]:
         db = self._db
         assert db is not None
-        await db.execute("BEGIN")
+        # IMMEDIATE: the write lock from the start (waiting for it up to busy_timeout), so the
+        # fence check below reads what no other connection can change before the rows are
+        # written; a deferred transaction that read first could not take the lock after
+        # another connection's commit (SQLITE_BUSY at once, not after a wait).
+        await db.execute("BEGIN IMMEDIATE")
         try:
+            epochs: dict[str, int] = {}
+            for sid in claims(ops):
+                async with db.execute(_CLAIM_EPOCH, (sid,)) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    epochs[sid] = int(row[0])
+            fenced = fences(ops)
+            if fenced:
+                # Cluster mode needs PostgreSQL, so only a second process on this file could
+                # have claimed since; the check keeps one code path with the shared store.
+                sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({', '.join('?' * len(fenced))})"
+                async with db.execute(sql, list(fenced)) as cur:
+                    epochs.update({sid: int(epoch) for sid, epoch in await cur.fetchall()})
+            rows = Rows(admitted(ops, epochs))
             for sql, table in (
                 (_UPSERT_SESSION, rows.sessions),
                 (_UPSERT_MESSAGE, rows.messages),
@@ -164,6 +190,9 @@ class SqliteStore:
             ):
                 if table:
                     await db.executemany(sql, table)
+            for sql, trims in zip(_TRIMS, (rows.trim_messages, rows.trim_checkpoints, rows.trim_events), strict=True):
+                if trims:
+                    await db.executemany(sql, trims)
             for sql in _DELETES if rows.deletes else ():
                 await db.executemany(sql, rows.deletes)
             if rows.deliveries:
@@ -172,6 +201,7 @@ class SqliteStore:
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        return epochs
 
     async def insert_session(self, session: PutSession, rows: Sequence[PutMessage | PutCheckpoint]) -> bool:
         """One insert-only transaction; False (nothing written) if the session id is taken."""
@@ -253,6 +283,17 @@ class SqliteStore:
 
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         return await search_sessions(self._all, query)
+
+    async def expired_sessions(self, query: ExpiryQuery) -> list[ExpiredRow]:
+        return await expired_sessions(self._all, SQLITE, query)
+
+    async def document_linked_elsewhere(self, document_id: str, session_id: str) -> bool:
+        rows = await self._all(
+            "SELECT 1 FROM sessions, json_each(sessions.body, '$.documents') j"
+            " WHERE j.value = ? AND sessions.id != ? LIMIT 1",
+            (document_id, session_id),
+        )
+        return bool(rows)
 
     # -- API keys: rare writes, on a connection of their own so they never join (or roll back
     # with) a group-commit transaction that the writer holds open.

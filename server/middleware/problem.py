@@ -4,12 +4,12 @@ protocol's own shape on a route that speaks another protocol (``Route.errors``).
 from __future__ import annotations
 
 import logging
-import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from actors.core.errors import DependencyUnavailableError, SessiondError
+from server.appkeys import OUTAGES
 from server.errors import http_code, outage, problem_response
 from server.logs import redact_path
 from server.routing import route_of
@@ -20,8 +20,6 @@ log = logging.getLogger("sessiond.http")
 
 # The error a problem answer was made from, for the middlewares outside this one (metrics).
 FAILURE = web.RequestKey("failure", SessiondError)
-
-_last_outage_log: dict[str, float] = {}  # what was unreachable -> when it was last logged
 
 
 @web.middleware
@@ -50,9 +48,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         what = outage(exc)
         if what is not None:
             # Redis or the database is away: the client retries; the log says so in one line.
-            now = time.monotonic()
-            if now - _last_outage_log.get(what, -60.0) >= 10:
-                _last_outage_log[what] = now
+            outages = request.config_dict.get(OUTAGES)
+            if outages is None or outages.due(what):
                 log.warning("%s unreachable (%s: %s): answering 503", what, type(exc).__name__, exc)
             err = DependencyUnavailableError(f"{what} is unreachable; retry shortly")
             request[FAILURE] = err

@@ -17,8 +17,9 @@ from actors.core.errors import InvalidRequestError, NotFoundError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import SessionQuery
 from actors.core.tree import Node
-from server.appkeys import REGISTRY, STORE, TOKENS
+from server.appkeys import REGISTRY, STORE
 from server.auth.principal import principal_of, require_key
+from server.deletion import forget_session
 from server.protocols.openai_responses import InputItem, agent_for_model
 from server.protocols.openai_shapes import (
     OPENAI_ERRORS,
@@ -134,9 +135,10 @@ async def update_conversation(request: web.Request) -> web.Response:
 
 
 async def delete_conversation(request: web.Request) -> web.Response:
-    sid = session_of(request).id
+    session = session_of(request)
+    sid = session.id
     await ask(request, DeleteSession())
-    await request.app[TOKENS].revoke_session(sid)
+    await forget_session(request.app, session.record)
     return json_response({"id": sid, "object": "conversation.deleted", "deleted": True})
 
 

@@ -14,8 +14,9 @@ from actors.core.export import check_json
 from actors.core.records import SessionQuery
 from server.appkeys import REGISTRY, STORE, TOKENS
 from server.auth.principal import principal_of
+from server.deletion import forget_session
 from server.routes.agents import agent_for_session
-from server.routes.common import ask, if_match, int_query
+from server.routes.common import ask, if_match, int_query, session_of
 from server.routes.tools import check_client_tools, check_tools
 from server.schema.common import decode_body, json_response
 from server.schema.ops import StatusOut
@@ -45,6 +46,8 @@ async def create_session(request: web.Request) -> web.Response:
         if end_user is not None and end_user != principal.end_user_id:
             raise InvalidRequestError("end_user_id differs from X-End-User-ID")
         end_user = principal.end_user_id
+    if body.temporary and body.retention is not None:
+        raise InvalidRequestError("a temporary session has no retention of its own; set one of the two")
     agent = await agent_for_session(request, body.agent_id)
     registry = request.app[REGISTRY]
     record = registry.new_record(
@@ -56,6 +59,8 @@ async def create_session(request: web.Request) -> web.Response:
         metadata=body.metadata,
         context=body.context,
         tools=check_tools(request, body.tools) if body.tools else list(agent.tools),  # none: the agent's
+        retention=body.retention,
+        temporary=body.temporary,
     )
     await registry.create(record)
     if body.with_token:
@@ -136,6 +141,8 @@ async def patch_session(request: web.Request) -> web.Response:
             client_tools=(
                 body.client_tools if body.client_tools is msgspec.UNSET else check_client_tools(body.client_tools)
             ),
+            retention=body.retention,
+            temporary=body.temporary,
             if_match=if_match(request),
         ),
     )
@@ -148,8 +155,9 @@ async def get_metadata(request: web.Request) -> web.Response:
 
 
 async def delete_session(request: web.Request) -> web.Response:
+    session = session_of(request)
     await ask(request, DeleteSession())
-    await request.app[TOKENS].revoke_session(request.match_info["session_id"])
+    await forget_session(request.app, session.record)  # its tokens, and the documents only it had
     return web.Response(status=204)
 
 

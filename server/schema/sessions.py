@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 
 from actors.core.records import ForkRef, SessionRecord
+from actors.core.retention import Retention
 from actors.core.tree import Usage
 from server.auth.tokens import TokenPair
 from server.schema.common import RequestBody
@@ -37,6 +38,10 @@ class CreateSessionBody(RequestBody):
     context: dict[str, Any] = msgspec.field(default_factory=dict)
     tools: list[str] = msgspec.field(default_factory=list)
     with_token: bool = False
+    # Retention of its own (else its agent's or namespace's configured rule), or temporary:
+    # deleted once idle for [retention] temporary_ttl_seconds. Not both.
+    retention: Retention | None = None
+    temporary: bool = False
 
 
 class PatchSessionBody(RequestBody):
@@ -45,6 +50,8 @@ class PatchSessionBody(RequestBody):
     context: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     tools: list[str] | msgspec.UnsetType = msgspec.UNSET
     client_tools: Annotated[list[ClientToolBody], msgspec.Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
+    retention: Retention | msgspec.UnsetType | None = msgspec.UNSET  # null: back to the configured rule
+    temporary: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class CopyBody(RequestBody):
@@ -80,6 +87,8 @@ class SessionOut(msgspec.Struct):
     system_prompt: str | None = None
     forked_from: ForkRef | None = None  # the session and message this one was forked from
     forks: list[ForkRef] = msgspec.field(default_factory=list)  # the sessions forked from this one
+    retention: Retention | None = None  # its own rule (null: its agent's or namespace's, if any)
+    temporary: bool = False
 
 
 class SessionTokensOut(SessionOut, kw_only=True):
@@ -116,6 +125,8 @@ def _fields(r: SessionRecord) -> dict[str, Any]:
         "system_prompt": r.system_prompt,
         "forked_from": r.forked_from,
         "forks": r.forks,
+        "retention": r.retention,
+        "temporary": r.temporary,
     }
 
 

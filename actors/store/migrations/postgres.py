@@ -176,4 +176,18 @@ PG_MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
     """,
+    # Lease epochs, as in SQLite: each activation of a session advances its epoch, and a
+    # commit written under a lower one is refused.
+    """
+    ALTER TABLE sessions ADD COLUMN IF NOT EXISTS lease_epoch BIGINT NOT NULL DEFAULT 0;
+    """,
+    # retention, as SQLite's step: due_at, and the sweeper's indexes (actors/store/expiry.py).
+    """
+    ALTER TABLE sessions ADD COLUMN IF NOT EXISTS due_at DOUBLE PRECISION;
+    CREATE INDEX IF NOT EXISTS sessions_due ON sessions (due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS sessions_temporary ON sessions (last_active_at)
+        WHERE (body->>'temporary') = 'true';
+    CREATE INDEX IF NOT EXISTS sessions_by_namespace_activity ON sessions (namespace, last_active_at);
+    CREATE INDEX IF NOT EXISTS sessions_by_agent_activity ON sessions ((body->>'agent_id'), last_active_at);
+    """,
 ]

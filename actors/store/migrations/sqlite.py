@@ -252,4 +252,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS shares_by_session ON shares (session_id, created_at);
     """,
+    # Lease epochs: each activation of a session advances its epoch (``claim_epoch``), and a
+    # commit written under a lower one is refused (``Fence``), so a node that lost a session
+    # can never write to it again.
+    """
+    ALTER TABLE sessions ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
+    # retention: due_at is when a session's own retention is due (epoch seconds, written with the
+    # row from its body; NULL without one). The indexes are the sweeper's (actors/store/expiry.py):
+    # their expressions are written exactly as its queries write them.
+    """
+    ALTER TABLE sessions ADD COLUMN due_at REAL;
+    CREATE INDEX IF NOT EXISTS sessions_due ON sessions (due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS sessions_temporary ON sessions (last_active_at)
+        WHERE json_extract(body, '$.temporary') = 1;
+    CREATE INDEX IF NOT EXISTS sessions_by_namespace_activity ON sessions (namespace, last_active_at);
+    CREATE INDEX IF NOT EXISTS sessions_by_agent_activity
+        ON sessions (json_extract(body, '$.agent_id'), last_active_at);
+    """,
 ]
