@@ -627,9 +627,9 @@ class SessionActor(SessionState):
 
     async def _reserve_seqs(self, cmd: ReserveSeqs) -> None:
         """Durably reserve the next block of ids before handing any of them out."""
-        if self._current(cmd.task_id) is None or self._next_seq <= self.record.seq_reserved:
+        if self._current(cmd.task_id) is None or self._has_ids(cmd.count):
             return
-        self.record.seq_reserved = self._next_seq + self._settings.seq_block
+        self.record.seq_reserved = self._next_seq + max(self._settings.seq_block, cmd.count)
         await self._commit([PutSession.of(self.record)])
 
     def _fold(self, turn: Turn) -> None:
@@ -932,13 +932,14 @@ class SessionActor(SessionState):
 class _ActorJournal:
     """The actor as its running turn sees it (turn.Journal): nothing else of it is reachable."""
 
-    __slots__ = ("_actor", "delta", "has_ids")
+    __slots__ = ("_actor", "deltas", "has_ids")
 
     def __init__(self, actor: SessionActor) -> None:
         self._actor = actor
-        # Bound once: these two run for every token, so the turn calls the actor's own methods.
-        self.has_ids: Callable[[], bool] = actor._has_ids
-        self.delta: Callable[[Turn, str], None] = actor._emit_delta
+        # Bound once: these two run for every batch of tokens, so the turn calls the actor's own
+        # methods.
+        self.has_ids: Callable[[int], bool] = actor._has_ids
+        self.deltas: Callable[[Turn, list[str]], None] = actor._emit_deltas
 
     async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs | SaveSummary) -> None:
         fut: asyncio.Future[None] = self._actor._loop.create_future()
