@@ -93,9 +93,9 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     model = None
     req = ModelRequest(messages=[ChatMessage("user", body.content)])
     async for chunk in request.app[_PROVIDER].stream(req):
-        if chunk.delta:
-            parts.append(chunk.delta)
-            await emit(MessageDelta(task_id, reply_id, chunk.delta))
+        for delta in chunk.deltas:  # one write() per event, as before the model batched them
+            parts.append(delta)
+            await emit(MessageDelta(task_id, reply_id, delta))
         if chunk.usage is not None:
             usage = chunk.usage
         if chunk.model is not None:

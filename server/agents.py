@@ -4,8 +4,7 @@ and the runner the session actors call; keeps them under app keys and closes the
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -17,7 +16,7 @@ from actors.agent.backends.simulated import SimulatedBackend
 from actors.agent.backends.upstream import UpstreamSettings
 from actors.agent.documents.extract import ExtractLimits
 from actors.agent.documents.library import KINDS, DocumentLibrary
-from actors.agent.router import Router
+from actors.agent.router import CallObserver, Router
 from actors.agent.runner import AgentRunner
 from actors.agent.tokens import TokenCounter, Tokenizers
 from actors.agent.tools import ToolBox, builtin_tools
@@ -77,11 +76,11 @@ def build_backends(config: Config, counter: TokenCounter) -> dict[str, Backend]:
 
 
 def setup_agents(
-    app: web.Application, config: Config, store: Store, *, measure: Callable[[Any], Any] | None = None
+    app: web.Application, config: Config, store: Store, *, observer: CallObserver | None = None
 ) -> AgentRunner:
     """Build the runner and its parts, keep them on ``app``, and close them at exit.
 
-    ``measure`` wraps each provider so its calls are timed and counted (the metrics hook).
+    ``observer`` is told how long each model call took and how it ended (the metrics hook).
     """
     ctx = config.context
     tokenizers = Tokenizers(config.tokenizer_dir)
@@ -105,7 +104,7 @@ def setup_agents(
     backends = build_backends(config, counter)
     router = Router(
         backends, cooldown=config.routing.cooldown_seconds, probe_interval=config.routing.probe_interval_seconds,
-        measure=measure,
+        observer=observer,
     )
     configured = [
         AgentRecord(

@@ -117,7 +117,7 @@ def make_app(config: Config) -> web.Application:
     store = make_store(config, metrics.observe_commit if metrics else None)
     app[STORE] = store
     # Agents, model routes, tools and documents.
-    provider: Provider = setup_agents(app, config, store, measure=metrics.measure if metrics else None)
+    provider: Provider = setup_agents(app, config, store, observer=metrics)
     s = config.sessions
     cluster = make_cluster(config)
     # Webhooks: the actors write each event's deliveries in its commit; the deliverer sends them.

@@ -71,6 +71,7 @@ class ServerSection(_Section):
     backlog: int = 2048
     shutdown_timeout_seconds: float = 10.0
     cors_origins: list[str] = msgspec.field(default_factory=list)
+    gc_young_objects: Annotated[int, msgspec.Meta(ge=0)] = 50_000
 
 
 class StoreSection(_Section):

@@ -5,17 +5,15 @@ when scraped (``Metrics.watch(registry)``); the rest is recorded as it happens:
 
 - every request, by route template and status, and each 429 by the limit that refused it
   (server/middleware/metrics.py);
-- ``Metrics.measure(provider)``: a provider whose every ``stream()`` is timed and counted;
+- model calls, timed and counted by the router it observes (``first_chunk``, ``call_ended``:
+  actors/agent/router.py ``CallObserver``);
 - ``Metrics.observe_commit``: the store's group commits;
 - ``Metrics.observe_webhook``: each webhook delivery attempt, by endpoint and outcome.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,12 +28,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.core.model import ModelRequest, TurnItem
-from actors.ports import Provider
 from actors.registry import Registry
 from actors.sweeper import RetentionStats
 
-__all__ = ["CONTENT_TYPE", "MeasuredProvider", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -178,41 +174,13 @@ class Metrics:
         """One request refused by ``limit`` (e.g. ``"guest_messages_per_hour"``)."""
         self.rate_limit_rejections.labels(limit).inc()
 
-    def measure(self, provider: Provider) -> MeasuredProvider:
-        return MeasuredProvider(provider, self)
+    def first_chunk(self, provider: str, seconds: float) -> None:
+        """A model call's first chunk came ``seconds`` after the call (the router's observer)."""
+        self.provider_first_chunk.labels(provider).observe(seconds)
+
+    def call_ended(self, provider: str, seconds: float, error: str | None, *, cancelled: bool) -> None:
+        """A model call ended (the router's observer)."""
+        self.observe_provider(provider, seconds, error, cancelled=cancelled)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MeasuredProvider:
-    """A provider whose calls are timed and whose failures are counted; otherwise the same."""
-
-    def __init__(self, inner: Provider, metrics: Metrics) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self._metrics = metrics
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[TurnItem]:
-        started = time.perf_counter()
-        first = True
-        error: str | None = None
-        cancelled = False
-        try:
-            async with contextlib.aclosing(self.inner.stream(request)) as chunks:  # type: ignore[type-var]
-                async for chunk in chunks:
-                    if first:
-                        first = False
-                        self._metrics.provider_first_chunk.labels(self.name).observe(time.perf_counter() - started)
-                    yield chunk
-        except Exception as exc:
-            error = type(exc).__name__
-            raise
-        except BaseException:  # cancelled, or the consumer stopped early (GeneratorExit)
-            cancelled = True
-            raise
-        finally:
-            self._metrics.observe_provider(self.name, time.perf_counter() - started, error, cancelled=cancelled)

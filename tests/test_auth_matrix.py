@@ -192,7 +192,7 @@ async def test_acting_for_an_end_user_sees_only_that_users_sessions(client: Clie
 
 
 async def test_client_id_and_secret_are_the_key_split_in_two(client: Client) -> None:
-    from server.appkeys import STORE
+    from server.appkeys import KEYRING, STORE
     from server.auth.keys import create_key
 
     record, key = await create_key(client.app[STORE], "split")
@@ -205,5 +205,5 @@ async def test_client_id_and_secret_are_the_key_split_in_two(client: Client) -> 
         assert wrong.status == 401
         assert (await http.get("/v1/sessions", headers={"X-Client-ID": f"key_{short}"})).status == 401
         assert (await http.get("/v1/sessions", headers={"X-API-Key": key})).status == 200
-        assert await client.app[STORE].revoke_api_key(record.id, "2026-01-01T00:00:00Z")
+        assert await client.app[KEYRING].revoke(record.id, "2026-01-01T00:00:00Z")
         assert (await http.get("/v1/sessions", headers={"X-API-Key": key})).status == 401

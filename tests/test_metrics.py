@@ -19,7 +19,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.core.model import Chunk, ModelRequest
+from actors.agent.backends.base import ModelCall, ModelItem
+from actors.agent.router import Router
+from actors.core.model import Chunk
+from actors.store.tables import RouteEntry
 from server.appkeys import METRICS
 from server.metrics import Metrics
 from tests.conftest import ROOT, TEST_KEY, ClientFactory, new_session
@@ -93,26 +96,35 @@ async def test_metrics_can_be_turned_off_require_a_key_by_default_or_be_opened(m
 
 
 class _BrokenModel:
-    """A model that fails after its first chunk, as a real one may."""
+    """A model backend that fails after its first chunk, as a real one may."""
 
     name = "broken"
+    kind = "broken"
+    default_model = "broken-1"
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
-        yield Chunk(delta="Hel")
+    async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
+        yield Chunk(["Hel"])
         raise ConnectionResetError("upstream went away")
+
+    async def probe(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
 
 async def test_provider_latency_and_errors_are_recorded() -> None:
     metrics = Metrics(process=False)
-    measured = metrics.measure(_BrokenModel())  # type: ignore[arg-type]
+    router = Router({"broken": _BrokenModel()}, cooldown=1.0, probe_interval=1.0, observer=metrics)
     got = []
     with pytest.raises(ConnectionResetError):
-        async for chunk in measured.stream(ModelRequest(messages=[])):
+        async for chunk in router.stream([RouteEntry("broken", "")], ModelCall(messages=[], model="")):
             got.append(chunk)
-    assert got == [Chunk(delta="Hel")]
+    assert got == [Chunk(["Hel"])]
     text = metrics.render().decode()
     assert 'sessiond_provider_errors_total{error="ConnectionResetError",provider="broken"} 1.0' in text
     assert 'sessiond_provider_seconds_count{outcome="error",provider="broken"} 1.0' in text
+    assert 'sessiond_provider_first_chunk_seconds_count{provider="broken"} 1.0' in text
 
 
 # -- the request log ----------------------------------------------------------------------

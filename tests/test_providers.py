@@ -268,3 +268,57 @@ async def test_simulated_model_drives_tools(make_client: ClientFactory) -> None:
     assert completed(events)["message"]["model"] == "simulated"
     checkpoints = (await (await client.get(f"/v1/sessions/{s['id']}/checkpoints")).json())["items"]
     assert [c["label"] for c in checkpoints] == ["tool:calculator", "answer"]
+
+
+async def _one_write_openai(aiohttp_server: Any, body: list[bytes]) -> str:
+    """A chat-completions server that answers with ``body``, each item one write."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for piece in body:
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/v1"))
+
+
+def _sse(*contents: str) -> bytes:
+    import msgspec
+
+    lines = [
+        b"data: " + msgspec.json.encode({"model": "m", "choices": [{"delta": {"content": c}}]}) + b"\n\n"
+        for c in contents
+    ]
+    return b"".join(lines)
+
+
+async def test_the_deltas_of_one_network_read_go_as_one_batch(aiohttp_server: Any) -> None:
+    from actors.agent.backends.base import ModelCall, ModelMessage
+    from actors.agent.backends.openai import OpenAIBackend
+    from actors.agent.backends.upstream import UpstreamSettings
+    from actors.agent.tokens import TokenCounter
+    from actors.core.model import Chunk
+
+    words = ["one", " two", " three", " four", " five"]
+    finish = b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'
+    usage = b'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}\n\ndata: [DONE]\n\n'
+    whole = _sse(*words)
+    cut = whole.index(b"three") + 2  # a line split between two reads is put together again
+    url = await _one_write_openai(aiohttp_server, [_sse(*words), whole[:cut], whole[cut:] + finish + usage])
+    backend = OpenAIBackend("main", UpstreamSettings(base_url=url), model="m", counter=TokenCounter())
+    try:
+        got = [item async for item in backend.stream(ModelCall(messages=[ModelMessage(role="user")], model="m"))]
+    finally:
+        await backend.aclose()
+    batches = [item.deltas for item in got if isinstance(item, Chunk) and item.deltas]
+    assert [d for batch in batches for d in batch] == words * 2, "every delta once, in order"
+    assert batches[0][:5] == words, "five deltas written at once arrive in one batch (with what followed)"
+    assert len(batches) < 2 * len(words)
+    last = got[-1]
+    assert isinstance(last, Chunk) and last.usage is not None and last.usage.total == 8

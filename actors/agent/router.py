@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 
@@ -25,7 +26,7 @@ from actors.agent.backends.upstream import describe
 from actors.core.model import Chunk
 from actors.store.tables import RouteEntry
 
-__all__ = ["ProviderHealth", "Router", "model_label"]
+__all__ = ["CallObserver", "ProviderHealth", "Router", "model_label"]
 
 log = logging.getLogger("sessiond.router")
 
@@ -33,6 +34,15 @@ log = logging.getLogger("sessiond.router")
 def model_label(provider: str, model: str) -> str:
     """How an answer names its model: ``provider/model`` (just ``simulated`` for the simulated one)."""
     return provider if not model or model == provider else f"{provider}/{model}"
+
+
+class CallObserver(Protocol):
+    """Told how each model call went (the metrics): timed here, not by a wrapping generator,
+    so a chunk passes one layer fewer on its way to the session."""
+
+    def first_chunk(self, provider: str, seconds: float) -> None: ...
+
+    def call_ended(self, provider: str, seconds: float, error: str | None, *, cancelled: bool) -> None: ...
 
 
 class ProviderHealth(msgspec.Struct):
@@ -65,11 +75,10 @@ class Router:
         *,
         cooldown: float,
         probe_interval: float,
-        measure: Callable[[Any], Any] | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.backends = dict(backends)
-        # What answers calls: the backend itself, or a metrics wrapper timing each call.
-        self._callers: dict[str, Any] = {n: (measure(b) if measure else b) for n, b in self.backends.items()}
+        self._observer = observer
         self._health = {name: _Health() for name in self.backends}
         self.cooldown = cooldown
         self.probe_interval = probe_interval
@@ -178,24 +187,41 @@ class Router:
         if not entries:
             entries = list(route)  # all marked down: try them anyway rather than refuse
         failures: list[str] = []
+        observer = self._observer
         for entry in entries:
             backend = self.backends[entry.provider]
             attempt = msgspec.structs.replace(call, model=entry.model or backend.default_model)
             started = False
+            error: str | None = None
+            cancelled = False
+            began = time.perf_counter()
             try:
-                async with contextlib.aclosing(self._callers[entry.provider].stream(attempt)) as items:
+                async with contextlib.aclosing(backend.stream(attempt)) as items:  # type: ignore[type-var]
                     async for item in items:
-                        started = True
+                        if not started:
+                            started = True
+                            if observer is not None:
+                                observer.first_chunk(entry.provider, time.perf_counter() - began)
                         if isinstance(item, Chunk) and item.model is not None:
-                            item = Chunk(item.delta, item.usage, model_label(entry.provider, item.model))
+                            item = Chunk(item.deltas, item.usage, model_label(entry.provider, item.model))
                         yield item
             except ProviderUnavailableError as exc:
+                error = type(exc).__name__
                 if started:  # never fall back once the answer began
                     raise ProviderError(str(exc)) from exc
                 self.mark_down(entry.provider, str(exc))
                 failures.append(str(exc))
                 log.warning("model %s unavailable, trying the next one: %s", entry.provider, exc)
                 continue
+            except Exception as exc:
+                error = type(exc).__name__
+                raise
+            except BaseException:  # cancelled, or the consumer stopped early (GeneratorExit)
+                cancelled = True
+                raise
+            finally:
+                if observer is not None:
+                    observer.call_ended(entry.provider, time.perf_counter() - began, error, cancelled=cancelled)
             if self._health[entry.provider].healthy is False:
                 self.mark_up(entry.provider)  # it answered after all
             return

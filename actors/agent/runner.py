@@ -113,7 +113,7 @@ class AgentRunner:
             async for item in self.router.stream(agent.model, call):
                 if isinstance(item, ModelToolCall):
                     continue
-                text.append(item.delta)
+                text += item.deltas
                 if item.usage is not None:
                     usage = usage + item.usage
                 if item.model is not None:
@@ -194,10 +194,10 @@ class AgentRunner:
                 if isinstance(item, ModelToolCall):
                     calls.append(item)
                     continue
-                if item.delta:
-                    text.append(item.delta)
-                    # Pass a plain text chunk on as it is (the hot path: one per token).
-                    yield item if item.usage is None and item.model is None else Chunk(delta=item.delta)
+                if item.deltas:
+                    text += item.deltas
+                    # Pass a batch of text on as it is (the hot path), the usage kept back.
+                    yield item if item.usage is None and item.model is None else Chunk(item.deltas)
                 if item.usage is not None:
                     usage = usage + item.usage
                 if item.model is not None:

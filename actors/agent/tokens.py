@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from actors.agent.textmemo import TextMemo
+
 __all__ = ["ENCODING_SOURCES", "TokenCounter", "Tokenizers", "cache_file", "encoding_for"]
 
 log = logging.getLogger("sessiond.tokens")
@@ -78,6 +80,9 @@ class TokenCounter:
         self._lock = threading.Lock()
         self.exact = False  # True once the model's own encoding is loaded
         self.reason = ""  # why it is not exact, once loaded
+        # A conversation's messages are counted again for every answer (its context window is
+        # fitted each turn): an old message costs a look-up, not an encoding.
+        self._remembered = TextMemo(self._encoded_length)
 
     def _load_cached(self, tiktoken: Any) -> Any:
         configured = os.environ.get("TIKTOKEN_CACHE_DIR") or self._cache_dir
@@ -148,6 +153,9 @@ class TokenCounter:
             self._load()
         if self._encoding is None:
             return max(1, (len(text) + 3) // 4)
+        return self._remembered(text)
+
+    def _encoded_length(self, text: str) -> int:
         return len(self._encoding.encode_ordinary(text))
 
     def clip(self, text: str, tokens: int) -> str:

@@ -63,6 +63,9 @@ DEFAULT_WINDOWS: dict[str, int] = {
     "phi4": 16_384,
     "deepseek-r1": 131_072,
     "deepseek-v3": 131_072,
+    # The simulated model keeps no context of its own: its window never cuts a conversation
+    # unless the operator sets one ([providers.NAME] context_window or [context] windows).
+    "simulated": 1_000_000,
 }
 
 

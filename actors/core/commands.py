@@ -263,9 +263,11 @@ class ToolReturned(Command[None], frozen=True, tag="tool_returned"):
 
 
 class ReserveSeqs(Command[None], frozen=True, tag="reserve_seqs"):
-    """The running turn used its block of event ids: reserve the next one durably."""
+    """The running turn used its block of event ids: reserve the next one durably (at least
+    ``count`` ids: the deltas it is about to emit)."""
 
     task_id: str
+    count: int = 1
 
 
 class SaveSummary(Command[None], frozen=True, tag="save_summary"):

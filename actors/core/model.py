@@ -59,9 +59,14 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Chunk(msgspec.Struct, frozen=True):
-    """A piece of a streamed answer: text, and at the end the usage and model name."""
+    """A piece of a streamed answer: text deltas, and at the end the usage and model name.
 
-    delta: str = ""
+    Each delta becomes one ``message.delta`` event, in order. A backend passes on at once every
+    delta it has (all those parsed from one network read, or every token an unpaced model made
+    before it yields the loop), so a batch costs each layer above it one step, not one per token.
+    """
+
+    deltas: list[str] = msgspec.field(default_factory=list)
     usage: Usage | None = None
     model: str | None = None
 

@@ -239,25 +239,31 @@ class SessionState:
             raise NotFoundError(f"no message {message_id} in this session")
         return node
 
-    def _emit_delta(self, turn: Turn, delta: str) -> None:
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        data = delta_data(turn.delta_head, delta)
-        self.log.append(seq, "message.delta", data)
+    def _emit_deltas(self, turn: Turn, deltas: list[str]) -> None:
+        """Number each delta, append it to the log (and the sink), then wake the subscribers
+        once for the whole batch."""
+        head = turn.delta_head
+        append = self.log.append
+        sink = self._sink
+        for delta in deltas:
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            data = delta_data(head, delta)
+            append(seq, "message.delta", data)
+            if sink is not None:
+                sink(self.id, seq, "message.delta", data, None, self._shown)
+            self._shown = seq
         if turn.fold_at and self._loop.time() >= turn.fold_at:
             # Once per fold_seconds of streaming, the text so far goes to the store (in the
             # group commit of the moment), so a crash keeps what the user saw up to then.
             turn.fold_at = 0.0  # set again once this fold is done
             self._fold(turn)
-        if self._sink is not None:
-            self._sink(self.id, seq, "message.delta", data, None, self._shown)
-        self._shown = seq
-        self._stats.events += 1
+        self._stats.events += len(deltas)
         self.hub.notify()
 
     def _fold(self, turn: Turn) -> None:
         """Ask for ``turn``'s text to be stored (the actor's mailbox does it)."""
 
-    def _has_ids(self) -> bool:
-        """Whether the next event id is reserved durably already."""
-        return self._next_seq <= self.record.seq_reserved
+    def _has_ids(self, count: int = 1) -> bool:
+        """Whether the next ``count`` event ids are reserved durably already."""
+        return self._next_seq + count - 1 <= self.record.seq_reserved

@@ -4,9 +4,9 @@ A turn is a task of the session: queued, or running as a child task of its actor
 owns what it gathers (the text so far, usage, model name); the session's tree, record and
 checkpoints stay the actor's. The two meet only at ``Journal``, which the actor implements:
 
-- text deltas are numbered and appended to the event log synchronously (``journal.delta``):
-  a plain append on the actor's loop, so it never races the mailbox, and it costs no queue
-  hop per token;
+- text deltas are numbered and appended to the event log synchronously (``journal.deltas``),
+  a batch at a time, as the provider passed them: a plain append on the actor's loop, so it
+  never races the mailbox, and it costs no queue hop per token;
 - every change to the tree or the record (a tool call, a tool result with its checkpoint,
   a new block of event ids) goes through the actor's mailbox (``await journal.record``), and
   the turn waits until the actor applied it, so its later deltas are numbered after it;
@@ -41,11 +41,12 @@ log = logging.getLogger("sessiond.actor")
 class Journal(Protocol):
     """The session as its running turn sees it."""
 
-    def has_ids(self) -> bool:
-        """Whether the next event id is reserved durably already."""
+    def has_ids(self, count: int) -> bool:
+        """Whether the next ``count`` event ids are reserved durably already."""
 
-    def delta(self, turn: Turn, text: str) -> None:
-        """Number one text delta and show it to subscribers (not durable on its own)."""
+    def deltas(self, turn: Turn, texts: list[str]) -> None:
+        """Number text deltas, one event each, and show them to subscribers (not durable on
+        their own)."""
 
     async def record(self, command: ToolCalled | ToolReturned | ReserveSeqs | SaveSummary) -> None:
         """Apply ``command`` through the mailbox; returns once it is durable."""
@@ -112,11 +113,12 @@ class Turn:
             async for item in provider.stream(request):
                 match item:
                     case Chunk():
-                        if item.delta:
-                            if not journal.has_ids():
-                                await journal.record(ReserveSeqs(self.task_id))
-                            self.parts.append(item.delta)
-                            journal.delta(self, item.delta)
+                        deltas = item.deltas
+                        if deltas:
+                            if not journal.has_ids(len(deltas)):
+                                await journal.record(ReserveSeqs(self.task_id, len(deltas)))
+                            self.parts += deltas
+                            journal.deltas(self, deltas)
                         if item.usage is not None:
                             self.usage = self.usage_base + item.usage
                         if item.model is not None:

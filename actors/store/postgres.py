@@ -8,15 +8,15 @@ starting together migrate once).
 
 Writes whose check and change must be atomic across nodes (rotating a refresh token, finding or
 creating a guest) each run in a transaction of their own that first takes a lock: the token
-family's row (``SELECT ... FOR UPDATE``), or advisory locks on the guest's witnesses.
+family's row (``SELECT ... FOR UPDATE``), or advisory locks on the guest's witnesses; those
+tables are auth_postgres.py, a base of the store, and pg_base.py the helpers both share.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -39,19 +39,17 @@ from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.store import outbox, shares_postgres
+from actors.store.auth_postgres import PgAuthTables
 from actors.store.batching import GroupCommitter, Rows, admitted, claims, fences
 from actors.store.expiry import POSTGRES, expired_sessions
 from actors.store.migrations.postgres import PG_MIGRATIONS
+from actors.store.pg_base import jsonb, pg_param, pg_text, row_count
 from actors.store.search_postgres import search_sessions
 from actors.store.tables import (
     AgentRecord,
     ApiKeyRecord,
     DocumentRecord,
-    GuestRecord,
-    RefreshOutcome,
-    RefreshTokenRecord,
     ShareRecord,
-    TokenFamilyRecord,
 )
 
 __all__ = ["PG_MIGRATIONS", "PostgresStore", "pg_outage"]
@@ -64,10 +62,8 @@ _dec_checkpoint = msgspec.json.Decoder(Checkpoint)
 _dec_summary = msgspec.json.Decoder(ContextSummary)
 _dec_agent = msgspec.json.Decoder(AgentRecord)
 _dec_document = msgspec.json.Decoder(DocumentRecord)
-_dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
 
-_T = TypeVar("_T")
 
 _UPSERT_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at)"
@@ -121,76 +117,6 @@ _RELEASE_OWNER = outbox.pg(outbox.RELEASE_OWNER)
 _PRUNE = outbox.pg(outbox.PRUNE)
 _HEALTH = outbox.pg(outbox.HEALTH)
 _MIGRATION_LOCK = 0x5E55_10D  # advisory lock id: one node migrates at a time
-# Guests lock (class, key) pairs: Postgres keeps these apart from single-bigint keys like the above.
-_GUEST_LOCK_CLASS = 0x5E55_6E5
-
-_GUEST_BY_LINK = (
-    "SELECT g.id, g.namespace, g.created_at, g.expires_at FROM guest_links l"
-    " JOIN guests g ON g.id = l.guest_id"
-    " WHERE l.namespace = $1 AND l.kind = $2 AND l.digest = $3 AND g.expires_at > $4"
-)
-# A link keeps its guest while that guest lives: a visit never moves an IP (or a fingerprint)
-# to whichever guest came last with it, which would let anyone take a guest over.
-_UPSERT_GUEST_LINK = (
-    "INSERT INTO guest_links (namespace, kind, digest, guest_id, expires_at) VALUES ($1, $2, $3, $4, $5)"
-    " ON CONFLICT (namespace, kind, digest) DO UPDATE SET guest_id = excluded.guest_id,"
-    " expires_at = excluded.expires_at"
-    " WHERE guest_links.guest_id = excluded.guest_id OR guest_links.expires_at <= $6"
-)
-# SKIP LOCKED: a sweep never waits for a row another transaction holds, so it cannot deadlock.
-_SWEEP_GUESTS = (
-    "DELETE FROM guests WHERE id IN (SELECT id FROM guests WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)"
-)
-_SWEEP_GUEST_LINKS = (
-    "DELETE FROM guest_links WHERE (namespace, kind, digest) IN"
-    " (SELECT namespace, kind, digest FROM guest_links WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)"
-)
-
-
-_NUL_ESCAPE = b"\\u0000"
-
-
-def _text(value: str) -> str:
-    """PostgreSQL text cannot hold U+0000 (SQLite's can): it is kept as U+FFFD, in what is
-    stored and in lookups alike, so a lookup finds what was stored for the same value."""
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
-
-
-def _param(value: Any) -> Any:
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, list):
-        return [_param(v) for v in value]
-    return value
-
-
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_text(k): _without_nul(v) for k, v in value.items()}
-    return value
-
-
-def _jsonb(body: bytes) -> str:
-    """A JSON body for a JSONB column, which refuses ``\\u0000``: those become U+FFFD (rare: the
-    bytes are searched first, and a false match only re-encodes the same document)."""
-    if _NUL_ESCAPE not in body:
-        return body.decode()
-    return _enc.encode(_without_nul(msgspec.json.decode(body))).decode()
-
-
-def _count(status: str) -> int:
-    """The row count of a command status such as ``DELETE 3`` or ``INSERT 0 1``."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-def _guest_lock(namespace: str, kind: str, digest: str) -> int:
-    """A signed 32-bit advisory lock key for one witness, the same on every node."""
-    raw = hashlib.sha256(f"{namespace}\0{kind}\0{digest}".encode()).digest()
-    return int.from_bytes(raw[:4], "big", signed=True)
 
 
 def _without_password(dsn: str) -> str:
@@ -215,7 +141,7 @@ def pg_outage(exc: BaseException) -> bool:
     )
 
 
-class PostgresStore:
+class PostgresStore(PgAuthTables):
     """The shared Store of a cluster: one PostgreSQL database."""
 
     def __init__(
@@ -269,37 +195,37 @@ class PostgresStore:
     @staticmethod
     def _sessions(rows: Rows) -> list[tuple[Any, ...]]:
         return [
-            (_text(a), _text(ns), _param(eu), at, _jsonb(body.encode()) if "\\u0000" in body else body, due)
+            (pg_text(a), pg_text(ns), pg_param(eu), at, jsonb(body.encode()) if "\\u0000" in body else body, due)
             for a, ns, eu, at, body, due in rows.sessions
         ]
 
     @staticmethod
     def _children(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-        return [(_text(a), _text(b), body) for a, b, body in table]
+        return [(pg_text(a), pg_text(b), body) for a, b, body in table]
 
     async def _write(self, ops: list[Op]) -> dict[str, int]:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             epochs: dict[str, int] = {}
             for sid in claims(ops):
-                epoch = await conn.fetchval(_CLAIM_EPOCH, _text(sid))
+                epoch = await conn.fetchval(_CLAIM_EPOCH, pg_text(sid))
                 if epoch is not None:
                     epochs[sid] = int(epoch)
             fenced = fences(ops)
             if fenced:
                 # The rows stay locked to the end: a node taking one of these sessions now
                 # (a Claim) waits for this transaction, then loads what it wrote.
-                by_text = {_text(sid): sid for sid in fenced}
+                by_text = {pg_text(sid): sid for sid in fenced}
                 for row in await conn.fetch(_LOCK_EPOCHS, sorted(by_text)):
                     epochs[by_text[row[0]]] = int(row[1])
             rows = Rows(admitted(ops, epochs))
             sessions = self._sessions(rows)
             messages = self._children(rows.messages)
             checkpoints = self._children(rows.checkpoints)
-            events = [(_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
+            events = [(pg_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
             summaries = self._children(rows.summaries)
-            summary_drops = [(_text(sid), _text(i)) for sid, i in rows.summary_drops]
-            deletes = [(_text(sid),) for (sid,) in rows.deletes]
+            summary_drops = [(pg_text(sid), pg_text(i)) for sid, i in rows.summary_drops]
+            deletes = [(pg_text(sid),) for (sid,) in rows.deletes]
             tables: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...] = (
                 (_UPSERT_SESSION, sessions),
                 (_UPSERT_MESSAGE, messages),
@@ -312,9 +238,9 @@ class PostgresStore:
                 if table:
                     await conn.executemany(sql, table)
             trims: tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, int]]] = (
-                [(_text(a), _text(b)) for a, b in rows.trim_messages],
-                [(_text(a), _text(b)) for a, b in rows.trim_checkpoints],
-                [(_text(a), n) for a, n in rows.trim_events],
+                [(pg_text(a), pg_text(b)) for a, b in rows.trim_messages],
+                [(pg_text(a), pg_text(b)) for a, b in rows.trim_checkpoints],
+                [(pg_text(a), n) for a, n in rows.trim_events],
             )
             for sql, trim in zip(_TRIMS, trims, strict=True):
                 if trim:
@@ -324,7 +250,7 @@ class PostgresStore:
                 await conn.executemany(sql, deletes)
             if rows.deliveries:
                 await conn.executemany(_INSERT_DELIVERY, [
-                    (d_id, endpoint, _text(sid), type_, body, at, at)
+                    (d_id, endpoint, pg_text(sid), type_, body, at, at)
                     for d_id, endpoint, sid, type_, body, at in rows.deliveries
                 ])
         return epochs
@@ -335,11 +261,11 @@ class PostgresStore:
 
         async def insert(conn: asyncpg.Connection) -> bool:
             # A concurrent import of the same id waits here for ours to end, then inserts nothing.
-            if _count(await conn.execute(_INSERT_NEW_SESSION, *self._sessions(batch)[0])) == 0:
+            if row_count(await conn.execute(_INSERT_NEW_SESSION, *self._sessions(batch)[0])) == 0:
                 return False
             # Rows left under this id by a session that no longer exists belong to nobody.
             for sql in _DELETES[:-1]:
-                await conn.execute(sql, _text(session.id))
+                await conn.execute(sql, pg_text(session.id))
             for sql, table in ((_INSERT_MESSAGE, batch.messages), (_INSERT_CHECKPOINT, batch.checkpoints)):
                 if table:
                     await conn.executemany(sql, self._children(table))
@@ -348,10 +274,6 @@ class PostgresStore:
         return await self._transaction(insert)
 
     # -- reads -----------------------------------------------------------------------------
-
-    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
-        assert self._pool is not None
-        return list(await self._pool.fetch(sql, *map(_param, params)))
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
@@ -471,10 +393,6 @@ class PostgresStore:
 
     # -- agents, documents and usage per end user ----------------------------------------------
 
-    async def _execute(self, sql: str, *params: Any) -> int:
-        assert self._pool is not None
-        return _count(await self._pool.execute(sql, *map(_param, params)))
-
     async def put_agent(self, agent: AgentRecord) -> None:
         await self._execute(
             "INSERT INTO agents (id, created_at, body) VALUES ($1, $2, $3)"
@@ -546,157 +464,6 @@ class PostgresStore:
         )
         count, prompt, completion, total = rows[0]
         return int(count), Usage(int(prompt), int(completion), int(total))
-
-    # -- session tokens and guests: each call one transaction of its own, outside group commit.
-    # Every change to a family's refresh tokens happens while holding that family's row lock
-    # (SELECT ... FOR UPDATE), so rotations, reuse detection and revocation of one family run
-    # one after another across every node, as BEGIN IMMEDIATE makes them in SQLite.
-
-    async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
-        assert self._pool is not None
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await fn(conn)
-
-    @staticmethod
-    def _family(body: str, revoked_at: str | None) -> TokenFamilyRecord:
-        family = _dec_family.decode(body)
-        family.revoked_at = revoked_at
-        return family
-
-    async def put_token_family(self, family: TokenFamilyRecord, token: RefreshTokenRecord) -> None:
-        async def write(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO token_families (id, session_id, body, revoked_at) VALUES ($1, $2, $3, $4)",
-                family.id, _text(family.session_id), _enc.encode(family).decode(), family.revoked_at,
-            )
-            await conn.execute(
-                "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                token.hash, token.family_id, token.created_at, token.expires_at, token.used_at,
-            )
-
-        await self._transaction(write)
-
-    async def get_token_family(self, family_id: str) -> TokenFamilyRecord | None:
-        rows = await self._fetch("SELECT body, revoked_at FROM token_families WHERE id = $1", family_id)
-        return self._family(rows[0][0], rows[0][1]) if rows else None
-
-    async def rotate_refresh_token(
-        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str
-    ) -> RefreshOutcome:
-        async def rotate(conn: asyncpg.Connection) -> RefreshOutcome:
-            family_id = await conn.fetchval("SELECT family_id FROM refresh_tokens WHERE hash = $1", old_hash)
-            if family_id is None:
-                return RefreshOutcome("unknown")
-            fam = await conn.fetchrow(
-                "SELECT body, revoked_at FROM token_families WHERE id = $1 FOR UPDATE", family_id
-            )
-            if fam is None:
-                return RefreshOutcome("unknown")
-            family = self._family(fam[0], fam[1])
-            # Read the token again under the family's lock: this statement sees every change
-            # committed by whoever held the lock before (READ COMMITTED takes a new snapshot).
-            token = await conn.fetchrow("SELECT expires_at, used_at FROM refresh_tokens WHERE hash = $1", old_hash)
-            if token is None:
-                return RefreshOutcome("unknown")
-            expires_at, used_at = token
-            if used_at is not None or family.revoked_at is not None:
-                # A rotated token came back: it was copied. End the family (both holders).
-                if family.revoked_at is None:
-                    await conn.execute("UPDATE token_families SET revoked_at = $1 WHERE id = $2", when, family_id)
-                    family.revoked_at = when
-                await conn.execute("DELETE FROM refresh_tokens WHERE family_id = $1", family_id)
-                return RefreshOutcome("reused", family)
-            if expires_at <= now:
-                return RefreshOutcome("expired", family)
-            await conn.execute("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2", when, old_hash)
-            await conn.execute(
-                "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at)"
-                " VALUES ($1, $2, $3, $4, NULL)",
-                new.hash, family_id, new.created_at, new.expires_at,
-            )
-            # Used tokens are kept (to catch their reuse) only while they would still be valid.
-            await conn.execute(
-                "DELETE FROM refresh_tokens WHERE family_id = $1 AND used_at IS NOT NULL AND expires_at <= $2",
-                family_id, now,
-            )
-            return RefreshOutcome("rotated", family)
-
-        return await self._transaction(rotate)
-
-    async def revoke_session_tokens(self, session_id: str) -> int:
-        async def revoke(conn: asyncpg.Connection) -> int:
-            # Ordered locks: two revocations of one session never wait on each other in a cycle.
-            rows = await conn.fetch(
-                "SELECT id FROM token_families WHERE session_id = $1 ORDER BY id FOR UPDATE", _text(session_id)
-            )
-            ids = [r[0] for r in rows]
-            if not ids:
-                return 0
-            await conn.execute("DELETE FROM refresh_tokens WHERE family_id = ANY($1::text[])", ids)
-            return _count(await conn.execute("DELETE FROM token_families WHERE id = ANY($1::text[])", ids))
-
-        return await self._transaction(revoke)
-
-    @staticmethod
-    async def _match_guest(
-        conn: asyncpg.Connection | asyncpg.Pool, namespace: str, ip: str | None, fingerprint: str | None, now: float
-    ) -> GuestRecord | None:
-        # The fingerprint is the better witness (many visitors may share an IP): it goes first.
-        for kind, digest in (("fingerprint", fingerprint), ("ip", ip)):
-            if digest is not None:
-                row = await conn.fetchrow(_GUEST_BY_LINK, _text(namespace), kind, digest, now)
-                if row is not None:
-                    return GuestRecord(row[0], row[1], row[2], row[3])
-        return None
-
-    async def find_guest(
-        self, namespace: str, ip: str | None, fingerprint: str | None, now: float
-    ) -> GuestRecord | None:
-        assert self._pool is not None
-        return await self._match_guest(self._pool, namespace, ip, fingerprint, now)
-
-    async def find_or_create_guest(
-        self, namespace: str, ip: str, fingerprint: str | None, new: GuestRecord, now: float
-    ) -> tuple[GuestRecord, bool]:
-        links = [("ip", ip)] + ([("fingerprint", fingerprint)] if fingerprint is not None else [])
-
-        async def find_or_create(conn: asyncpg.Connection) -> tuple[GuestRecord, bool]:
-            # Two visits that could be the same guest share a witness, so they share its lock and
-            # run one after the other; locks are taken in one order everywhere (no deadlock).
-            for key in sorted({_guest_lock(namespace, kind, digest) for kind, digest in links}):
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _GUEST_LOCK_CLASS, key)
-            guest = await self._match_guest(conn, namespace, ip, fingerprint, now)
-            created = guest is None
-            if guest is None:
-                guest = new
-                await conn.execute(
-                    "INSERT INTO guests (id, namespace, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-                    guest.id, _text(guest.namespace), guest.created_at, guest.expires_at,
-                )
-            await conn.executemany(
-                _UPSERT_GUEST_LINK,
-                [(_text(namespace), kind, digest, guest.id, guest.expires_at, now) for kind, digest in links],
-            )
-            return guest, created
-
-        guest, created = await self._transaction(find_or_create)
-        if created:
-            # Expired guests go when a new one comes, in a transaction of its own: one that also
-            # held this visit's link rows could wait on another visit waiting on it.
-            async def sweep(conn: asyncpg.Connection) -> None:
-                await conn.execute(_SWEEP_GUESTS, now)
-                await conn.execute(_SWEEP_GUEST_LINKS, now)
-
-            await self._transaction(sweep)
-        return guest, created
-
-    async def get_guest(self, guest_id: str, now: float) -> GuestRecord | None:
-        rows = await self._fetch(
-            "SELECT id, namespace, created_at, expires_at FROM guests WHERE id = $1 AND expires_at > $2",
-            guest_id, now,
-        )
-        return GuestRecord(rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
 
     # -- the webhook outbox: rows come with the group commit; a claim is one statement whose
     # rows are picked FOR UPDATE SKIP LOCKED, so nodes claiming at once never share a row.

@@ -21,8 +21,9 @@ __all__ = ["setup_auth"]
 def setup_auth(app: web.Application, config: Config, store: Store) -> None:
     """Put the KeyRing, TokenService, Guests and Limiter in ``app`` (and their life cycle)."""
     secret = load_secret(config.tokens, config.data_dir)
-    app[KEYRING] = KeyRing(store, config.auth.api_keys)
-    app[TOKENS] = TokenService(store, config.tokens, secret)
+    keyring = app[KEYRING] = KeyRing(store, config.auth.api_keys)
+    tokens = app[TOKENS] = TokenService(store, config.tokens, secret)
+    keyring.on_revoke.append(lambda _key_id: tokens.forget_grants())
     witnesses = Witnesses(secret)
     backend = config.limits.backend
     limiter: Limiter

@@ -250,3 +250,8 @@ class TokenService:
     async def revoke_session(self, session_id: str) -> None:
         await self._store.revoke_session_tokens(session_id)
         self._families.clear()
+
+    def forget_grants(self) -> None:
+        """Read every grant from the store again at its next use (an API key was revoked here:
+        the tokens it minted die with it at once)."""
+        self._families.clear()

@@ -2,8 +2,8 @@
 
 The runner speaks to backends (simulated, OpenAI-compatible, Ollama) in this one vocabulary:
 chat messages that may carry tool calls and tool results, and the tools on offer. A backend
-streams text as ``Chunk(delta=...)``, the tool calls it decided on as ``ModelToolCall``, and
-ends with one ``Chunk`` carrying usage and the model name.
+streams text as ``Chunk(deltas=[...])``, a batch at a time, the tool calls it decided on as
+``ModelToolCall``, and ends with one ``Chunk`` carrying usage and the model name.
 """
 
 from __future__ import annotations

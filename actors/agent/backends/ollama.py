@@ -10,18 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
-from actors.agent.backends.base import (
-    ModelCall,
-    ModelItem,
-    ModelMessage,
-    ModelToolCall,
-    ProviderError,
-    tool_call_named,
-    wire_name,
-)
+from actors.agent.backends.base import ModelCall, ModelItem, ModelToolCall, tool_call_named
+from actors.agent.backends.chat import Answer, decode_piece, wire_messages
 from actors.agent.backends.upstream import HttpUpstream, UpstreamSettings
 from actors.agent.tokens import TokenCounter
 from actors.core.ids import new_id
@@ -31,57 +23,18 @@ from actors.core.tree import Usage
 __all__ = ["OllamaBackend"]
 
 
-def _arguments(text: str) -> Any:
-    try:
-        return msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return {}
+class _Answer(Answer):
+    """An Ollama answer: whole tool calls, usage on the last line."""
 
-
-def _wire(messages: list[ModelMessage]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        if m.role == "tool":
-            out.append({"role": "tool", "content": m.content, "tool_name": wire_name(m.name or "")})
-        elif m.tool_calls:
-            out.append(
-                {
-                    "role": "assistant",
-                    "content": m.content,
-                    "tool_calls": [
-                        {"function": {"name": wire_name(c.name), "arguments": _arguments(c.arguments)}}
-                        for c in m.tool_calls
-                    ],
-                }
-            )
-        else:
-            out.append({"role": m.role, "content": m.content})
-    return out
-
-
-class _Answer:
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.text: list[str] = []
-        self.calls: list[ModelToolCall] = []
-        self.usage: Usage | None = None
-        self.finished = False
-        self.started = False
-
-    def feed(self, line: bytes) -> str:
-        line = line.strip()
+    def feed(self, raw: bytes) -> list[str]:
+        """Take one NDJSON line; the text delta it carries, if any."""
+        line = raw.strip()
         if not line:
-            return ""
-        try:
-            obj = msgspec.json.decode(line)
-        except msgspec.DecodeError as exc:
-            raise ProviderError(f"the model sent a line that is not JSON: {line[:200]!r}") from exc
-        if not isinstance(obj, dict):
-            return ""
-        if obj.get("error"):
-            raise ProviderError(f"the model reported an error: {obj['error']}")
-        if isinstance(obj.get("model"), str) and obj["model"]:
-            self.model = obj["model"]
+            return []
+        obj = decode_piece(line, "line")
+        if obj is None:
+            return []
+        self.take_model(obj)
         message = obj.get("message") or {}
         for tc in message.get("tool_calls") or ():
             self.started = True
@@ -90,21 +43,15 @@ class _Answer:
             text = args if isinstance(args, str) else msgspec.json.encode(args if args is not None else {}).decode()
             self.calls.append(ModelToolCall(tc.get("id") or new_id("call"), fn.get("name") or "", text))
         if obj.get("done"):
-            self.finished = True
+            self.finished = self.done = True
             p, c = int(obj.get("prompt_eval_count") or 0), int(obj.get("eval_count") or 0)
             if p or c:
                 self.usage = Usage(p, c, p + c)
-        content = message.get("content") or ""
+        deltas: list[str] = []
+        content = message.get("content")
         if content:
-            self.started = True
-            self.text.append(content)
-        return str(content)
-
-
-async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The NDJSON lines of a body."""
-    async for line in resp.content:
-        yield line
+            self.add_text(str(content), deltas)
+        return deltas
 
 
 class OllamaBackend:
@@ -122,7 +69,8 @@ class OllamaBackend:
         self._keep_alive = keep_alive
 
     def _payload(self, call: ModelCall) -> dict[str, Any]:
-        payload: dict[str, Any] = {"model": call.model, "messages": _wire(call.messages), "stream": True}
+        messages = wire_messages(call.messages, "ollama")
+        payload: dict[str, Any] = {"model": call.model, "messages": messages, "stream": True}
         if call.tools:
             payload["tools"] = [t.as_function() for t in call.tools]
         if call.temperature is not None:
@@ -133,14 +81,9 @@ class OllamaBackend:
 
     async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
         answer = _Answer(call.model)
-
-        def feed(line: bytes) -> list[str]:
-            delta = answer.feed(line)
-            return [delta] if delta else []
-
-        deltas = self.http.deltas("/api/chat", self._payload(call), _lines, feed, answer, lambda: answer.finished)
-        async for delta in deltas:
-            yield Chunk(delta=delta)
+        batches = self.http.deltas("/api/chat", self._payload(call), answer.feed, answer, lambda: answer.finished)
+        async for batch in batches:
+            yield Chunk(batch)
         for tool_call in answer.calls:
             yield tool_call_named(tool_call, call.tools)
         usage = answer.usage

@@ -10,85 +10,43 @@ stream when the server reports it (``stream_options.include_usage``), else it is
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
-from actors.agent.backends.base import (
-    ModelCall,
-    ModelItem,
-    ModelMessage,
-    ModelToolCall,
-    ProviderError,
-    tool_call_named,
-    wire_name,
-)
+from actors.agent.backends.base import ModelCall, ModelItem, ModelToolCall, tool_call_named
+from actors.agent.backends.chat import Answer, decode_piece, wire_messages
 from actors.agent.backends.upstream import HttpUpstream, UpstreamSettings
 from actors.agent.tokens import TokenCounter
 from actors.core.ids import new_id
 from actors.core.model import Chunk
 from actors.core.tree import Usage
 
-__all__ = ["OpenAIBackend", "wire_messages"]
+__all__ = ["OpenAIBackend"]
 
 
-def wire_messages(messages: list[ModelMessage]) -> list[dict[str, Any]]:
-    """Messages in the chat-completions form (tool calls and ``role: tool`` results)."""
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        if m.role == "tool":
-            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
-        elif m.tool_calls:
-            out.append(
-                {
-                    "role": "assistant",
-                    "content": m.content or None,
-                    "tool_calls": [
-                        {
-                            "id": c.call_id,
-                            "type": "function",
-                            "function": {"name": wire_name(c.name), "arguments": c.arguments},
-                        }
-                        for c in m.tool_calls
-                    ],
-                }
-            )
-        else:
-            out.append({"role": m.role, "content": m.content})
-    return out
-
-
-class _Answer:
-    """What the chunks of one streamed answer add up to."""
+class _Answer(Answer):
+    """An OpenAI-compatible answer: tool calls come in fragments, put together at the end."""
 
     def __init__(self, model: str) -> None:
-        self.model = model
-        self.text: list[str] = []
-        self.calls: dict[int, dict[str, str]] = {}
-        self.usage: Usage | None = None
-        self.finished = False  # a finish_reason or [DONE] was seen: the answer is whole
-        self.done = False  # [DONE] was seen: nothing more comes
-        self.started = False  # something of the answer itself arrived
+        super().__init__(model)
+        self.fragments: dict[int, dict[str, str]] = {}
 
-    def feed(self, data: str) -> list[str]:
-        """Take one ``data:`` payload; the text deltas it carries."""
+    def feed(self, raw: bytes) -> list[str]:
+        """Take one line of the SSE body; the text deltas it carries (comments, ids and event
+        names are skipped)."""
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            return []
+        data = line[5:].strip()
         if data == "[DONE]":
             self.finished = self.done = True
             return []
-        try:
-            obj = msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
-            raise ProviderError(f"the model sent a chunk that is not JSON: {data[:200]!r}") from exc
-        if not isinstance(obj, dict):
+        obj = decode_piece(data, "chunk")
+        if obj is None:
             return []
-        err = obj.get("error")
-        if err:
-            msg = err.get("message") if isinstance(err, dict) else err
-            raise ProviderError(f"the model reported an error: {msg}")
-        if isinstance(obj.get("model"), str) and obj["model"]:
-            self.model = obj["model"]
+        self.take_model(obj)
         usage = obj.get("usage")
         if isinstance(usage, dict):
             p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -100,12 +58,10 @@ class _Answer:
             delta = choice.get("delta") or {}
             content = delta.get("content")
             if content:
-                self.started = True
-                self.text.append(content)
-                deltas.append(content)
+                self.add_text(content, deltas)
             for tc in delta.get("tool_calls") or ():
                 self.started = True
-                slot = self.calls.setdefault(int(tc.get("index") or 0), {"id": "", "name": "", "arguments": ""})
+                slot = self.fragments.setdefault(int(tc.get("index") or 0), {"id": "", "name": "", "arguments": ""})
                 if tc.get("id"):
                     slot["id"] = tc["id"]
                 fn = tc.get("function") or {}
@@ -116,16 +72,8 @@ class _Answer:
     def tool_calls(self) -> list[ModelToolCall]:
         return [
             ModelToolCall(slot["id"] or new_id("call"), slot["name"], slot["arguments"] or "{}")
-            for _, slot in sorted(self.calls.items())
+            for _, slot in sorted(self.fragments.items())
         ]
-
-
-async def _data_lines(resp: aiohttp.ClientResponse) -> AsyncGenerator[str, None]:
-    """The ``data:`` payloads of an SSE body (comments, ids and event names skipped)."""
-    async for raw in resp.content:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if line.startswith("data:"):
-            yield line[5:].strip()
 
 
 class OpenAIBackend:
@@ -151,7 +99,8 @@ class OpenAIBackend:
         self._max_tokens = max_tokens
 
     def _payload(self, call: ModelCall) -> dict[str, Any]:
-        payload: dict[str, Any] = {"model": call.model, "messages": wire_messages(call.messages), "stream": True}
+        messages = wire_messages(call.messages, "openai")
+        payload: dict[str, Any] = {"model": call.model, "messages": messages, "stream": True}
         if self._stream_usage:
             payload["stream_options"] = {"include_usage": True}
         if call.tools:
@@ -165,11 +114,9 @@ class OpenAIBackend:
     async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
         answer = _Answer(call.model)
         # Read on past finish_reason to [DONE]: the usage chunk comes between them.
-        deltas = self.http.deltas(
-            "/chat/completions", self._payload(call), _data_lines, answer.feed, answer, lambda: answer.done
-        )
-        async for delta in deltas:
-            yield Chunk(delta=delta)
+        batches = self.http.deltas("/chat/completions", self._payload(call), answer.feed, answer, lambda: answer.done)
+        async for batch in batches:
+            yield Chunk(batch)
         calls = [tool_call_named(c, call.tools) for c in answer.tool_calls()]
         for tool_call in calls:
             yield tool_call

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from actors.agent.backends.base import ModelCall, ModelItem, ModelMessage, ModelToolCall
+from actors.agent.textmemo import TextMemo
 from actors.core.ids import new_id
 from actors.core.model import Chunk, ModelRequest
 from actors.core.tree import Usage
@@ -33,7 +34,7 @@ _WORDS = (
     "as it is made by a model that is only simulated here for tests and load"
 ).split()
 
-# How many tokens to produce before yielding to the event loop when unpaced.
+# How many tokens an unpaced model makes before it yields to the event loop: they go as one batch.
 _UNPACED_SLICE = 32
 
 _TOOL_LINE = re.compile(r"^\s*/tool\s+([A-Za-z0-9_.\-]+)\s*(.*)$")  # "." for MCP's SERVER.TOOL
@@ -93,23 +94,45 @@ def tool_requests(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+# A conversation's messages come back with every answer: their word counts are remembered.
+_words_in = TextMemo(_word_count)
+
+
+def _prompt_words(messages: Sequence[_Message]) -> int:
+    """The prompt's size in words (what the simulated model reports as its prompt tokens)."""
+    return sum(_words_in(m.content) for m in messages)
+
+
 def _words(text: str) -> list[str]:
     parts = text.split(" ")
     return [parts[0], *(" " + p for p in parts[1:])] if text else []
 
 
-async def _paced(tokens: list[str], rate: float) -> AsyncIterator[str]:
+async def _batches(tokens: list[str], rate: float) -> AsyncIterator[list[str]]:
+    """``tokens`` as the model makes them: paced at ``rate`` per second, each batch holding every
+    token that is due (one, unless the loop woke late); unpaced (0), ``_UNPACED_SLICE`` at a
+    time with the loop yielded between them."""
+    if rate <= 0:
+        for at in range(0, len(tokens), _UNPACED_SLICE):
+            if at:
+                await asyncio.sleep(0)
+            yield tokens[at : at + _UNPACED_SLICE]
+        return
     loop = asyncio.get_running_loop()
     start = loop.time()
-    for i, token in enumerate(tokens):
-        if rate > 0:
-            # Pace against the start time, not the previous token, so delays never drift.
-            delay = start + (i + 1) / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        elif i % _UNPACED_SLICE == _UNPACED_SLICE - 1:
-            await asyncio.sleep(0)
-        yield token
+    sent = 0
+    while sent < len(tokens):
+        # Pace against the start time, not the previous token, so delays never drift.
+        delay = start + (sent + 1) / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due = min(len(tokens), max(sent + 1, int((loop.time() - start) * rate)))
+        yield tokens[sent:due]
+        sent = due
 
 
 class SimulatedProvider:
@@ -123,9 +146,9 @@ class SimulatedProvider:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
         tokens = simulated_reply(request, self.reply_tokens)
-        async for token in _paced(tokens, self.tokens_per_second):
-            yield Chunk(delta=token)
-        prompt = sum(len(m.content.split()) for m in request.messages)
+        async for batch in _batches(tokens, self.tokens_per_second):
+            yield Chunk(batch)
+        prompt = _prompt_words(request.messages)
         yield Chunk(usage=Usage(prompt, len(tokens), prompt + len(tokens)), model="simulated")
 
 
@@ -162,11 +185,11 @@ class SimulatedBackend:
 
     async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
         tokens, calls = self._answer(call.messages, {t.name for t in call.tools}, call.attempt)
-        async for token in _paced(tokens, self.tokens_per_second):
-            yield Chunk(delta=token)
+        async for batch in _batches(tokens, self.tokens_per_second):
+            yield Chunk(batch)
         for tool_call in calls:
             yield tool_call
-        prompt = sum(len(m.content.split()) for m in call.messages)
+        prompt = _prompt_words(call.messages)
         completion = len(tokens) + sum(len(c.arguments.split()) + 1 for c in calls)
         yield Chunk(usage=Usage(prompt, completion, prompt + completion), model=call.model)
 

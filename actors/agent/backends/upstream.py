@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -19,8 +19,6 @@ import msgspec
 from actors.agent.backends.base import ProviderError, ProviderUnavailableError
 
 __all__ = ["AnswerProgress", "HttpUpstream", "UpstreamSettings", "describe"]
-
-_Item = TypeVar("_Item")
 
 
 class AnswerProgress(Protocol):
@@ -31,6 +29,7 @@ class AnswerProgress(Protocol):
 
 
 _ERROR_BODY_CHARS = 500
+_MAX_LINE = 1 << 20  # a streamed line (say, long tool arguments) may be large, not endless
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,7 +62,7 @@ class HttpUpstream:
             s = self.settings
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
-                read_bufsize=1 << 20,  # a streamed line (say, long tool arguments) may be large
+                read_bufsize=_MAX_LINE,
             )
         return self._session
 
@@ -71,12 +70,12 @@ class HttpUpstream:
         self,
         path: str,
         payload: dict[str, Any],
-        items: Callable[[aiohttp.ClientResponse], AsyncIterator[_Item]],
-        feed: Callable[[_Item], Iterable[str]],
+        feed: Callable[[bytes], list[str]],
         answer: AnswerProgress,
         complete: Callable[[], bool],
-    ) -> AsyncIterator[str]:
-        """The text deltas of one streamed answer, ``feed`` parsing each item of the body.
+    ) -> AsyncIterator[list[str]]:
+        """The text deltas of one streamed answer, ``feed`` parsing each line of the body: all
+        the deltas of one network read go on as one batch.
 
         Until the first token a failure is ``ProviderUnavailableError`` (the route may take its
         next model); after it, ``ProviderError`` (the answer has begun: it never falls back).
@@ -84,30 +83,35 @@ class HttpUpstream:
         answer finished is an error too, never a silent truncation.
         """
         first_timeout = self.settings.first_token_timeout
+        lines = _Lines()
         async with contextlib.AsyncExitStack() as stack:
             pending: list[str] = []
             try:
                 async with asyncio.timeout(first_timeout):
                     resp = await stack.enter_async_context(self.open(path, payload))
-                    lines = await stack.enter_async_context(contextlib.aclosing(items(resp)))  # type: ignore[type-var]
-                    async for item in lines:
-                        pending += feed(item)
-                        if answer.started or answer.finished:
+                    body = resp.content
+                    while not (answer.started or answer.finished):
+                        data = await body.readany()
+                        for line in lines.take(data):
+                            pending += feed(line)
+                        if not data:
                             break
             except TimeoutError as exc:
                 raise ProviderUnavailableError(f"{self.name}: no first token within {first_timeout:g}s") from exc
             except (aiohttp.ClientError, OSError) as exc:
                 raise ProviderUnavailableError(f"{self.name}: {describe(exc)}") from exc
-            for delta in pending:
-                yield delta
+            if pending:
+                yield pending
             try:
-                while not complete():
-                    try:
-                        item = await anext(lines)
-                    except StopAsyncIteration:
-                        break
-                    for delta in feed(item):
-                        yield delta
+                while not complete() and not lines.ended:
+                    data = await body.readany()
+                    batch: list[str] = []
+                    for line in lines.take(data):
+                        batch += feed(line)
+                        if complete():
+                            break
+                    if batch:
+                        yield batch
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise ProviderError(f"{self.name}: the stream broke off: {describe(exc)}") from exc
         if not answer.finished:
@@ -145,6 +149,28 @@ class HttpUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class _Lines:
+    """The lines of a body read in pieces of any size: each read gives the lines it completed
+    (the empty read at the end of the body gives the last one, unterminated)."""
+
+    __slots__ = ("ended", "rest")
+
+    def __init__(self) -> None:
+        self.rest = b""
+        self.ended = False
+
+    def take(self, data: bytes) -> list[bytes]:
+        if not data:
+            self.ended = True
+            last, self.rest = self.rest, b""
+            return [last] if last else []
+        parts = (self.rest + data).split(b"\n") if self.rest else data.split(b"\n")
+        self.rest = parts.pop()
+        if len(self.rest) > _MAX_LINE:
+            raise ProviderError(f"the model sent a line longer than {_MAX_LINE} bytes")
+        return parts
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:
