@@ -688,3 +688,28 @@ async def test_a_stale_actors_running_answer_ends_503_and_its_fold_is_refused(tw
     finally:
         await a.drain()
         await b.drain()
+
+
+async def test_a_commit_is_visible_to_the_next_read_while_other_reads_run(store: Any) -> None:
+    """Read your writes under concurrent reads: a session is found right after its commit is
+    acknowledged, however many reads share the store's reader meanwhile (on SQLite they once
+    joined each other's read transaction and kept a snapshot from before the commit: 404s on
+    sessions just created, under load)."""
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            await store.list_sessions(SessionQuery(limit=50))
+
+    readers = [asyncio.create_task(reader()) for _ in range(8)]
+    missing = []
+    try:
+        for _ in range(500):
+            record = _record()
+            await store.commit([PutSession.of(record)])
+            if await store.get_session(record.id) is None:
+                missing.append(record.id)
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)
+    assert missing == []

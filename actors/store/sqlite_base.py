@@ -25,8 +25,7 @@ class SqliteConnection:
 
     async def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         assert self._reader is not None
-        async with self._reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return await self._rows(self._reader, sql, params)
 
     async def _write_one(self, sql: str, params: Sequence[Any]) -> int:
         async with aiosqlite.connect(self.path, isolation_level=None) as db:
@@ -48,5 +47,10 @@ class SqliteConnection:
 
     @staticmethod
     async def _rows(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-        async with db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        # One hop to the connection's thread: the statement runs to its end (and so ends its
+        # read transaction) before any other statement on the connection starts. Run as
+        # execute, then fetchall, two hops apart, concurrent reads overlap on the shared
+        # reader and each joins the read transaction the first one opened: under load the
+        # reader can keep a snapshot from before a commit that has been acknowledged, and a
+        # session just created is not found (404).
+        return list(await db.execute_fetchall(sql, params))
