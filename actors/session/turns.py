@@ -11,7 +11,6 @@ frontend are waits.py, on top of this; the mailbox loop and the commands are act
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, assert_never, cast
@@ -60,8 +59,6 @@ from actors.session.state import SessionState
 from actors.session.turn import Journal, Turn
 
 __all__ = ["StopReason", "TurnRunner"]
-
-log = logging.getLogger("sessiond.actor")
 
 StopReason = Literal["", "crashed", "passivated", "deleted", "shutdown", "lease lost", "fenced", "store closed"]
 
