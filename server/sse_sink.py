@@ -36,15 +36,12 @@ class TransportSink:
         return not t.is_closing() and t.get_write_buffer_size() <= self._bound
 
     def offer(self, frames: list[bytes]) -> bool:
-        t = self._transport
-        if t.is_closing() or t.get_write_buffer_size() > self._bound:
+        if not self.writable():
             return False
         self.last_write = self._loop.time()
+        t = self._transport
         if self._chunked:
-            size = 0
-            for f in frames:
-                size += len(f)
-            t.writelines([b"%x\r\n" % size, *frames, b"\r\n"])
+            t.writelines([b"%x\r\n" % sum(map(len, frames)), *frames, b"\r\n"])
         elif len(frames) == 1:
             t.write(frames[0])
         else:
