@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+import base64
+from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 
 from actors.core.commands import Command
@@ -16,6 +18,8 @@ from server.routing import route_of
 __all__ = [
     "ask",
     "bool_query",
+    "decode_cursor",
+    "encode_cursor",
     "idempotency_key",
     "if_match",
     "int_query",
@@ -25,6 +29,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+K = TypeVar("K")
 
 
 def session_of(request: web.Request) -> SessionRef:
@@ -121,3 +126,17 @@ def bool_query(request: web.Request, name: str) -> bool:
     if value not in _TRUE and value not in _FALSE:
         raise InvalidRequestError(f"{name} must be true or false")
     return value in _TRUE
+
+
+def encode_cursor(*key: Any) -> str:
+    """An opaque page cursor: the listing's sort key of the last item it gave out."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode()
+
+
+def decode_cursor(cursor: str, key: type[K]) -> K:
+    """The sort key an ``encode_cursor`` cursor holds, as ``key`` (a tuple type); anything else
+    the client made up is a 400."""
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()), type=key)
+    except (ValueError, msgspec.DecodeError):
+        raise InvalidRequestError("cursor is not one this server gave out") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 
 import msgspec
@@ -16,7 +15,7 @@ from server.appkeys import REGISTRY, STORE, TOKENS
 from server.auth.principal import principal_of
 from server.deletion import forget_session
 from server.routes.agents import agent_for_session
-from server.routes.common import ask, if_match, int_query, session_of
+from server.routes.common import ask, decode_cursor, encode_cursor, if_match, int_query, session_of
 from server.routes.tools import check_client_tools, check_tools
 from server.schema.common import decode_body, json_response
 from server.schema.ops import StatusOut
@@ -70,18 +69,6 @@ async def create_session(request: web.Request) -> web.Response:
     return json_response(session_out(record), status=201, headers={"ETag": f'"{record.version}"'})
 
 
-def _cursor_encode(last_active_at: str, session_id: str) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([last_active_at, session_id])).decode()
-
-
-def _cursor_decode(cursor: str) -> tuple[str, str]:
-    try:
-        a, b = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()), type=tuple[str, str])
-    except (ValueError, msgspec.DecodeError):
-        raise InvalidRequestError("cursor is not one this server gave out") from None
-    return a, b
-
-
 def session_query(request: web.Request, *, limit: int, offset: int) -> SessionQuery:
     """The listing's filters from the query string (namespace, end user, ``metadata.KEY``),
     narrowed to what the caller may see: its namespace, the end user it acts for."""
@@ -111,14 +98,14 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit = int_query(request, "limit")
     cursor = request.query.get("cursor")
     query = session_query(request, limit=limit + 1, offset=int_query(request, "offset"))
-    query.after = _cursor_decode(cursor) if cursor else None
+    query.after = decode_cursor(cursor, tuple[str, str]) if cursor else None
     if principal.session_id is not None:
         records = [r for r in await request.app[STORE].list_sessions(query) if r.id == principal.session_id]
     else:
         records = await request.app[STORE].list_sessions(query)
     more = len(records) > limit
     records = records[:limit]
-    next_cursor = _cursor_encode(records[-1].last_active_at, records[-1].id) if more else None
+    next_cursor = encode_cursor(records[-1].last_active_at, records[-1].id) if more else None
     return json_response(SessionList([session_out(r) for r in records], next_cursor))
 
 

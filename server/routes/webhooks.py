@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-
-import msgspec
 from aiohttp import web
 
 from actors.core.errors import ForbiddenError, InvalidRequestError
 from actors.core.webhooks import DELIVERY_STATUSES, DeliveryQuery
 from server.appkeys import STORE
 from server.auth.principal import principal_of
-from server.routes.common import int_query
+from server.routes.common import decode_cursor, encode_cursor, int_query
 from server.schema.common import json_response
 from server.schema.webhooks import DeliveryList, delivery_out
 
 __all__ = ["list_deliveries"]
-
-
-def _cursor_encode(created_at: float, delivery_id: str) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([created_at, delivery_id])).decode()
-
-
-def _cursor_decode(cursor: str) -> tuple[float, str]:
-    try:
-        at, did = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()), type=tuple[float, str])
-    except (ValueError, msgspec.DecodeError):
-        raise InvalidRequestError("cursor is not one this server gave out") from None
-    return at, did
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
@@ -44,10 +29,10 @@ async def list_deliveries(request: web.Request) -> web.Response:
         status=status,  # type: ignore[arg-type]  # checked against DELIVERY_STATUSES above
         endpoint=q.get("endpoint"),
         limit=int_query(request, "limit"),
-        after=_cursor_decode(cursor) if cursor else None,
+        after=decode_cursor(cursor, tuple[float, str]) if cursor else None,
     )
     rows = await request.app[STORE].list_deliveries(query)
     page = rows[: query.limit]
     more = len(rows) > query.limit
-    next_cursor = _cursor_encode(page[-1].created_at, page[-1].id) if more and page else None
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
     return json_response(DeliveryList([delivery_out(d) for d in page], next_cursor))
