@@ -29,7 +29,8 @@ _REMEMBERED_MAX = 10_000
 
 
 def hash_secret(secret: str) -> str:
-    # The secret has 192 random bits: a fast hash is enough, no password stretching needed.
+    """What is stored of a random secret sessiond handed out (API keys: 192 bits; refresh
+    tokens and share links: 256): a fast hash is enough, no password stretching needed."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 

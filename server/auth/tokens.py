@@ -9,7 +9,6 @@ checked against their family on every request.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -25,6 +24,7 @@ from actors.core.ids import new_id, utcnow
 from actors.core.records import SessionRecord
 from actors.store.base import Store
 from actors.store.tables import RefreshTokenRecord, TokenFamilyRecord
+from server.auth.keys import hash_secret
 from server.auth.principal import Principal
 from server.config import ConfigError, TokensSection
 
@@ -91,9 +91,6 @@ def load_secret(settings: TokensSection, data_dir: Path) -> str:
     return secret
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
 
 class TokenService:
     """Mints, checks and rotates the tokens of sessions."""
@@ -129,7 +126,7 @@ class TokenService:
     def _new_refresh(self, family_id: str) -> tuple[str, RefreshTokenRecord]:
         token = REFRESH_PREFIX + secrets.token_urlsafe(32)
         expires = time.time() + self._settings.refresh_ttl_seconds
-        return token, RefreshTokenRecord(_hash(token), family_id, utcnow(), expires)
+        return token, RefreshTokenRecord(hash_secret(token), family_id, utcnow(), expires)
 
     def _access(self, family: TokenFamilyRecord) -> str:
         now = int(time.time())
@@ -221,7 +218,7 @@ class TokenService:
         if not presented.startswith(REFRESH_PREFIX):
             raise UnauthorizedError("send Authorization: Bearer rt_... (a refresh token)")
         token, stored = self._new_refresh("")
-        outcome = await self._store.rotate_refresh_token(_hash(presented), stored, time.time(), utcnow())
+        outcome = await self._store.rotate_refresh_token(hash_secret(presented), stored, time.time(), utcnow())
         family = outcome.family
         if outcome.status == "reused":
             self._families.clear()  # that family is dead: no remembered "live" may outlast it

@@ -11,7 +11,6 @@ an unknown, expired and revoked token all answer the same 404.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import re
 import secrets
 import time
@@ -25,6 +24,7 @@ from actors.core.replies import TreeView
 from actors.core.tree import Node
 from actors.store.tables import ShareRecord
 from server.appkeys import CONFIG, REGISTRY, STORE
+from server.auth.keys import hash_secret
 from server.auth.principal import principal_of, require_key
 from server.markup import markdown_html
 from server.quota import admit_share_view
@@ -64,9 +64,6 @@ _PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Ro
 class ShareLimitError(ConflictError):
     code, title = "share_limit", "This session has as many share links as it may have"
 
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -118,7 +115,7 @@ async def create_share(request: web.Request) -> web.Response:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session_id = request.match_info["session_id"]
     share = ShareRecord(
-        id=new_id("shr"), session_id=session_id, token_hash=_hash(token), created_at=utcnow(),
+        id=new_id("shr"), session_id=session_id, token_hash=hash_secret(token), created_at=utcnow(),
         message_id=cut, expires_at=expires,
     )
     limit = request.app[CONFIG].shares.max_per_session
@@ -155,7 +152,7 @@ async def _shared(request: web.Request) -> tuple[ShareRecord, str | None, list[N
     if not _TOKEN.match(token):
         raise _gone()
     store = request.app[STORE]
-    share = await store.share_by_hash(_hash(token), time.time())
+    share = await store.share_by_hash(hash_secret(token), time.time())
     if share is None:
         raise _gone()
     loaded = await store.load_session(share.session_id, events=0)
