@@ -1,17 +1,24 @@
-"""SQLite store (the embedded default): aiosqlite, WAL, one writer doing group commit.
+"""SQLite store (the embedded default): WAL, one writer doing group commit.
 
 Every ``commit()`` call enqueues its ops; the single writer task takes everything queued,
 writes it in one transaction with one ``executemany`` per statement, commits once, and
-only then resolves every waiting caller. Reads use a second connection, which WAL lets
-proceed while the writer holds its transaction.
+only then resolves every waiting caller. The transaction runs whole on the writer's own
+thread (a plain ``sqlite3`` connection that only that thread touches): one hop from the event
+loop and one back per group commit, where a statement at a time through aiosqlite cost a
+round trip each, and under load every round trip waits for a turn of the busy loop. Reads
+use a second connection (aiosqlite), which WAL lets proceed while the writer holds its
+transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
@@ -49,6 +56,8 @@ __all__ = ["SqliteStore", "StoreClosedError"]
 
 log = logging.getLogger("sessiond.store")
 
+
+_T = TypeVar("_T")
 
 _dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_node = msgspec.json.Decoder(Node)
@@ -115,7 +124,8 @@ class SqliteStore(SqliteAuthTables):
         self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
         self.commit = self._committer.commit
         self.claim_epoch = self._committer.claim_epoch
-        self._db: aiosqlite.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the writer's: used on its thread only
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader: aiosqlite.Connection | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -127,7 +137,8 @@ class SqliteStore(SqliteAuthTables):
         await db.execute(f"PRAGMA synchronous={self._synchronous}")
         await db.execute("PRAGMA busy_timeout=5000")
         await self._migrate(db)
-        self._db = db
+        await db.close()
+        self._db = await self._on_writer(self._connect_writer)
         reader = await aiosqlite.connect(self.path, isolation_level=None)
         await reader.execute("PRAGMA busy_timeout=5000")
         await reader.execute("PRAGMA query_only=ON")
@@ -143,28 +154,42 @@ class SqliteStore(SqliteAuthTables):
             await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
             log.info("store migrated to schema %d", number)
 
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    async def _on_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
     async def aclose(self) -> None:
         await self._committer.aclose()  # the writer finishes what was queued before this
-        for conn in (self._db, self._reader):
-            if conn is not None:
-                await conn.close()
+        if self._db is not None:
+            await self._on_writer(self._db.close)
+        if self._reader is not None:
+            await self._reader.close()
         self._db = self._reader = None
+        self._writer.shutdown(wait=False)
 
     # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
 
     async def _write(self, ops: list[Op]) -> dict[str, int]:
+        return await self._on_writer(self._write_batch, ops)
+
+    def _write_batch(self, ops: list[Op]) -> dict[str, int]:
+        """One group commit, on the writer's thread."""
         db = self._db
         assert db is not None
         # IMMEDIATE: the write lock from the start (waiting for it up to busy_timeout), so the
         # fence check below reads what no other connection can change before the rows are
         # written; a deferred transaction that read first could not take the lock after
         # another connection's commit (SQLITE_BUSY at once, not after a wait).
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
             epochs: dict[str, int] = {}
             for sid in claims(ops):
-                async with db.execute(_CLAIM_EPOCH, (sid,)) as cur:
-                    row = await cur.fetchone()
+                row = db.execute(_CLAIM_EPOCH, (sid,)).fetchone()
                 if row is not None:
                     epochs[sid] = int(row[0])
             fenced = fences(ops)
@@ -172,29 +197,31 @@ class SqliteStore(SqliteAuthTables):
                 # Cluster mode needs PostgreSQL, so only a second process on this file could
                 # have claimed since; the check keeps one code path with the shared store.
                 sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({', '.join('?' * len(fenced))})"
-                async with db.execute(sql, list(fenced)) as cur:
-                    epochs.update({sid: int(epoch) for sid, epoch in await cur.fetchall()})
+                epochs.update({sid: int(epoch) for sid, epoch in db.execute(sql, list(fenced)).fetchall()})
             rows = Rows(admitted(ops, epochs))
-            for sql, table in (
+            tables: tuple[tuple[str, Sequence[Any]], ...] = (
                 (_UPSERT_SESSION, rows.sessions),
                 (_UPSERT_MESSAGE, rows.messages),
                 (_UPSERT_CHECKPOINT, rows.checkpoints),
                 (_INSERT_EVENT, rows.events),
                 (_UPSERT_SUMMARY, rows.summaries),
                 (_DROP_SUMMARY, rows.summary_drops),
-            ):
+            )
+            for sql, table in tables:
                 if table:
-                    await db.executemany(sql, table)
-            for sql, trims in zip(_TRIMS, (rows.trim_messages, rows.trim_checkpoints, rows.trim_events), strict=True):
-                if trims:
-                    await db.executemany(sql, trims)
+                    db.executemany(sql, table)
+            trims: tuple[Sequence[Any], ...] = (rows.trim_messages, rows.trim_checkpoints, rows.trim_events)
+            for sql, trim in zip(_TRIMS, trims, strict=True):
+                if trim:
+                    db.executemany(sql, trim)
             for sql in _DELETES if rows.deletes else ():
-                await db.executemany(sql, rows.deletes)
+                db.executemany(sql, rows.deletes)
             if rows.deliveries:
-                await db.executemany(outbox.INSERT_DELIVERY, [(*d, d[5]) for d in rows.deliveries])
-            await db.execute("COMMIT")
+                db.executemany(outbox.INSERT_DELIVERY, [(*d, d[5]) for d in rows.deliveries])
+            db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return epochs
 
