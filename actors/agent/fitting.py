@@ -18,6 +18,7 @@ what it should cover does not fit one call to the model, the oldest of that is l
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 
 import msgspec
@@ -25,9 +26,13 @@ import msgspec
 from actors.agent.backends.base import ModelMessage, ProviderError, ToolSpec
 from actors.agent.tokens import TokenCounter
 from actors.agent.windows import RouteLimits
+from actors.core.model import ChatMessage
 from actors.core.summary import ContextSummary, path_digest
 
-__all__ = ["SUMMARY_PREFIX", "ContextOverflowError", "Fitter", "SummaryPlan", "summary_message", "summary_prompt"]
+__all__ = [
+    "SUMMARY_PREFIX", "ContextOverflowError", "Fitter", "PathGroups", "SummaryPlan", "summary_message",
+    "summary_prompt",
+]
 
 SUMMARY_PREFIX = "Summary of the earlier conversation"
 
@@ -41,11 +46,74 @@ class _Group(msgspec.Struct):
 
     node_id: str | None
     messages: list[ModelMessage]
-    tokens: int = -1  # counted when first needed: a long history is counted only as far back as fits
+    tokens: int
 
     @property
     def is_answer(self) -> bool:
         return any(m.role == "assistant" for m in self.messages)
+
+
+def _tokens(counter: TokenCounter, message: ModelMessage) -> int:
+    n = counter.count(message.content) + TokenCounter.message_overhead()
+    for call in message.tool_calls or []:
+        n += counter.count(call.name) + counter.count(call.arguments)
+    return n
+
+
+class PathGroups:
+    """The path as the fitter reads it: its messages grouped by node, each group counted once,
+    with running totals. Kept between a session's turns (``PromptMemo``), it grows by what each
+    turn adds: a turn counts its new messages only, and finds what fits by bisection.
+
+    It only ever grows, so a fitter holding it reads its own length of it (``size``); a path
+    that is not this one extended is built anew, in a new object."""
+
+    __slots__ = ("chat", "counter", "flat", "groups", "offsets", "sums")
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
+        self.chat: list[ChatMessage] = []  # what it was built from
+        self.groups: list[_Group] = []
+        self.flat: list[ModelMessage] = []  # every group's messages, in order
+        self.offsets: list[int] = []  # where each group starts in ``flat``
+        self.sums: list[int] = [0]  # sums[i]: the tokens of groups[:i]
+
+    @classmethod
+    def of(cls, memo: object, chat: list[ChatMessage], counter: TokenCounter) -> PathGroups:
+        """The groups of ``chat``: ``memo`` (a previous turn's) extended when ``chat`` continues
+        what it was built from, else new ones."""
+        if isinstance(memo, PathGroups) and memo.counter is counter and memo.continued_by(chat):
+            memo.extend(chat[len(memo.chat) :])
+            return memo
+        fresh = cls(counter)
+        fresh.extend(chat)
+        return fresh
+
+    def continued_by(self, chat: list[ChatMessage]) -> bool:
+        k = len(self.chat)
+        if len(chat) < k or chat[:k] != self.chat:
+            return False
+        # The next message must start a node of its own: a node with more messages than it had
+        # (its text once its tool results came) is built anew.
+        return len(chat) == k or not self.groups or chat[k].node_id != self.groups[-1].node_id
+
+    def extend(self, chat: Sequence[ChatMessage]) -> None:
+        for m in chat:
+            self.add(m.node_id, ModelMessage(role=m.role, content=m.content))
+        self.chat += chat
+
+    def add(self, node_id: str | None, message: ModelMessage) -> None:
+        tokens = _tokens(self.counter, message)
+        last = self.groups[-1] if self.groups else None
+        if last is not None and node_id is not None and last.node_id == node_id:
+            last.messages.append(message)
+            last.tokens += tokens
+            self.sums[-1] += tokens
+        else:
+            self.offsets.append(len(self.flat))
+            self.groups.append(_Group(node_id, [message], tokens))
+            self.sums.append(self.sums[-1] + tokens)
+        self.flat.append(message)
 
 
 class SummaryPlan(msgspec.Struct, frozen=True):
@@ -84,12 +152,13 @@ def summary_prompt(plan: SummaryPlan, max_tokens: int) -> list[ModelMessage]:
 
 
 class Fitter:
-    """Fits one turn's prompt into a route's window (see the module docstring)."""
+    """Fits one turn's prompt into a route's window (see the module docstring). ``path`` is the
+    path's messages, each with its node, or a ``PathGroups`` kept from the session's last turn."""
 
     def __init__(
         self,
         head: list[ModelMessage],
-        path: Sequence[tuple[str | None, ModelMessage]],
+        path: PathGroups | Sequence[tuple[str | None, ModelMessage]],
         *,
         limits: RouteLimits,
         counter: TokenCounter,
@@ -100,27 +169,30 @@ class Fitter:
         self.counter = counter
         self.reserve = min(limits.reserve, limits.window // 2)
         self._tools = sum(counter.count(msgspec.json.encode(t.as_function()).decode()) for t in tools)
-        self.groups: list[_Group] = []
-        for node_id, message in path:
-            if self.groups and node_id is not None and self.groups[-1].node_id == node_id:
-                self.groups[-1].messages.append(message)
-            else:
-                self.groups.append(_Group(node_id, [message]))
+        if not isinstance(path, PathGroups):
+            built = PathGroups(counter)
+            for node_id, message in path:
+                built.add(node_id, message)
+            path = built
+        self.path = path
+        # This turn's share of the path (the groups may grow under a later turn).
+        self.size = len(path.groups)
+        self._flat_size = len(path.flat)
+        self.groups = path.groups
         self.start = 0  # the first group sent
         self.summary: ContextSummary | None = None
         self.dropped = 0  # messages of the path left out
 
     def tokens(self, message: ModelMessage) -> int:
-        n = self.counter.count(message.content) + TokenCounter.message_overhead()
-        for call in message.tool_calls or []:
-            n += self.counter.count(call.name) + self.counter.count(call.arguments)
-        return n
+        return _tokens(self.counter, message)
 
     def _count(self, i: int) -> int:
-        group = self.groups[i]
-        if group.tokens < 0:
-            group.tokens = sum(self.tokens(m) for m in group.messages)
-        return group.tokens
+        return self.groups[i].tokens
+
+    def _between(self, start: int) -> int:
+        """The tokens of groups ``start`` to the newest."""
+        sums = self.path.sums
+        return sums[self.size] - sums[start]
 
     def room(self, tail: Sequence[ModelMessage] = ()) -> int:
         """Tokens the path may take beside the head, the tail, the tools and the answer."""
@@ -129,34 +201,25 @@ class Fitter:
 
     def _suffix_start(self, room: int, floor: int) -> int:
         """The first group of the longest suffix (from ``floor`` on) that fits ``room``, never
-        starting at an answer; ``len(groups) - 1`` (the newest turn) at the least."""
-        if not self.groups:
+        starting at an answer; ``size - 1`` (the newest turn) at the least."""
+        if not self.size:
             return 0
-        total, start = 0, len(self.groups)
-        for i in range(len(self.groups) - 1, floor - 1, -1):
-            if total + self._count(i) > room:
-                break
-            total += self._count(i)
-            start = i
-        last = len(self.groups) - 1
+        # The totals only grow toward the newest group: the first group whose suffix fits.
+        sums, end = self.path.sums, self.size
+        start = bisect_left(sums, sums[end] - room, floor, end + 1) if room >= 0 else end
+        last = end - 1
         while start < last and self.groups[start].is_answer:
             start += 1
         return min(start, last)
 
     def _fits(self, start: int, room: int) -> bool:
-        """Whether the path from group ``start`` on fits ``room`` (counted newest first, only
-        as far as needed)."""
-        total = 0
-        for i in range(len(self.groups) - 1, start - 1, -1):
-            total += self._count(i)
-            if total > room:
-                return False
-        return True
+        """Whether the path from group ``start`` on fits ``room``."""
+        return self._between(start) <= room
 
     def _check_newest(self, room: int, tail: Sequence[ModelMessage] = ()) -> None:
-        if not self.groups:
+        if not self.size:
             return
-        need = self._count(len(self.groups) - 1)
+        need = self._count(self.size - 1)
         if need > room:
             added = sum(self.tokens(m) for m in tail)
             besides = f", beside the {added} of the answer's tool calls and results so far" if tail else ""
@@ -173,7 +236,11 @@ class Fitter:
                 return
         self.summary = None
         self.start = max(self.start, self._suffix_start(room, 0))
-        self.dropped = sum(len(g.messages) for g in self.groups[: self.start])
+        self.dropped = self._before(self.start)
+
+    def _before(self, start: int) -> int:
+        """How many messages the groups before ``start`` hold."""
+        return self.path.offsets[start] if start < self.size else self._flat_size
 
     def _digest(self, upto: int) -> str:
         """The fingerprint of groups ``0..upto`` (inclusive)."""
@@ -182,7 +249,7 @@ class Fitter:
         )
 
     def _index(self, node_id: str) -> int | None:
-        return next((i for i, g in enumerate(self.groups) if g.node_id == node_id), None)
+        return next((i for i, g in enumerate(self.groups[: self.size]) if g.node_id == node_id), None)
 
     def summarize(self, known: Sequence[ContextSummary], summary_tokens: int) -> SummaryPlan | None:
         """Fit using the newest summary of ``known`` that still fingerprints this path; None if
@@ -194,7 +261,7 @@ class Fitter:
         best: tuple[int, ContextSummary] | None = None
         for s in known:
             i = self._index(s.through_id)
-            if i is not None and i < len(self.groups) - 1 and (best is None or i > best[0]):
+            if i is not None and i < self.size - 1 and (best is None or i > best[0]):
                 if self._digest(i) == s.digest:
                     best = (i, s)
         if best is not None:
@@ -240,10 +307,10 @@ class Fitter:
             start = (i + 1) if i is not None else self.start
         self.summary = summary
         self.start = start
-        self.dropped = sum(len(g.messages) for g in self.groups[:start])
+        self.dropped = self._before(start)
 
     def messages(self, tail: Sequence[ModelMessage] = ()) -> list[ModelMessage]:
         """The prompt: the head, the summary if any, the path from ``start``, the tail."""
-        kept = [m for g in self.groups[self.start :] for m in g.messages]
+        kept = self.path.flat[self._before(self.start) : self._flat_size]
         middle = [summary_message(self.summary)] if self.summary is not None else []
         return [*self.head, *middle, *kept, *tail]

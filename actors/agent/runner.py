@@ -28,7 +28,7 @@ import msgspec
 from actors.agent.agents import Agents
 from actors.agent.backends.base import ModelCall, ModelMessage, ModelToolCall, ProviderError, ToolSpec
 from actors.agent.documents.library import DocumentLibrary
-from actors.agent.fitting import Fitter, SummaryPlan, summary_prompt
+from actors.agent.fitting import Fitter, PathGroups, SummaryPlan, summary_prompt
 from actors.agent.router import Router
 from actors.agent.tokens import TokenCounter, Tokenizers
 from actors.agent.tools import ToolBox, ToolContext, parse_arguments
@@ -83,19 +83,25 @@ class AgentRunner:
         self.summary_tokens = summary_tokens
 
     async def _prompt(
-        self, request: ModelRequest, system_prompt: str
-    ) -> tuple[list[ModelMessage], list[tuple[str | None, ModelMessage]]]:
-        """The head (system prompt, documents' passages) and the path, each message with its node."""
-        path = [(m.node_id, ModelMessage(role=m.role, content=m.content)) for m in request.messages]
+        self, request: ModelRequest, system_prompt: str, counter: TokenCounter
+    ) -> tuple[list[ModelMessage], PathGroups]:
+        """The head (system prompt, documents' passages) and the path, grouped by node and
+        counted (what the session's memo kept of it from its last turn is reused)."""
+        chat = request.messages
         head: list[ModelMessage] = []
         # The actor puts the session's own system prompt first (the one message of no node);
         # only a session without one gets the agent's.
-        if path and path[0][0] is None and path[0][1].role == "system":
-            head.append(path.pop(0)[1])
+        if chat and chat[0].node_id is None and chat[0].role == "system":
+            head.append(ModelMessage(role="system", content=chat[0].content))
+            chat = chat[1:]
         elif system_prompt:
             head.append(ModelMessage(role="system", content=system_prompt))
+        memo = request.memo
+        path = PathGroups.of(memo.fitted if memo is not None else None, chat, counter)
+        if memo is not None:
+            memo.fitted = path
         if request.documents:
-            query = next((m.content for _, m in reversed(path) if m.role == "user"), "")
+            query = next((m.content for m in reversed(chat) if m.role == "user"), "")
             passages = await self.library.context(request.documents, query)
             if passages:
                 head.append(ModelMessage(role="system", content=passages))
@@ -137,7 +143,10 @@ class AgentRunner:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TurnItem]:
         agent = await self.agents.resolve(request.agent_id)
-        head, path = await self._prompt(request, agent.system_prompt)
+        limits = self.windows.for_route(agent.model)
+        counter = self.tokenizers.for_model(limits.model)
+        await counter.load()
+        head, path = await self._prompt(request, agent.system_prompt, counter)
         specs = self.tools.specs(request.tools)
         # The frontend's tools, unless the server has one of that name active (it wins).
         own = {s.name for s in specs}
@@ -147,9 +156,6 @@ class AgentRunner:
         specs = [*specs, *client_specs]
         client = {s.name for s in client_specs}
         ctx = ToolContext(session_id=request.session_id, end_user_id=request.end_user_id, documents=request.documents)
-        limits = self.windows.for_route(agent.model)
-        counter = self.tokenizers.for_model(limits.model)
-        await counter.load()
         fitter = Fitter(head, path, limits=limits, counter=counter, tools=specs)
         usage = Usage()
         model: str | None = None

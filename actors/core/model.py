@@ -39,6 +39,18 @@ class Resume(msgspec.Struct, frozen=True):
     calls: list[ToolUse]
 
 
+class PromptMemo:
+    """What the model's side keeps of one session's prompt between its turns (the path as the
+    context window's fitter counted it), so a turn costs what it adds, not the whole
+    conversation again. The session's actor holds it and hands it on with every request; it
+    goes when the actor does. What ``fitted`` holds is the fitter's business alone."""
+
+    __slots__ = ("fitted",)
+
+    def __init__(self) -> None:
+        self.fitted: object = None
+
+
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Everything one answer needs: the active path up to the user turn, and the session's
     agent, active tools and linked documents (for whoever resolves them)."""
@@ -56,6 +68,8 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     # The hidden summaries of older turns whose message is on this path (newest last): one that
     # still fingerprints the path stands in for the turns that do not fit the model's window.
     summaries: list[ContextSummary] = msgspec.field(default_factory=list)
+    # The session's memo of its prompt (in-process only: a request is never encoded).
+    memo: PromptMemo | None = None
 
 
 class Chunk(msgspec.Struct, frozen=True):

@@ -71,12 +71,13 @@ class Node(msgspec.Struct):
 class MessageTree:
     """Nodes by id, roots in creation order, and the active leaf that picks the visible branch."""
 
-    __slots__ = ("active_leaf_id", "nodes", "roots")
+    __slots__ = ("active_leaf_id", "moves", "nodes", "roots")
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.roots: list[str] = []
         self.active_leaf_id: str | None = None
+        self.moves = 0  # how many times a node was re-attached (a path read before may be stale)
 
     @classmethod
     def from_nodes(cls, nodes: Iterable[Node], active_leaf_id: str | None) -> MessageTree:
@@ -122,6 +123,7 @@ class MessageTree:
             raise ValueError("only a leaf can move")
         self.siblings(node_id).remove(node_id)
         node.parent_id = new_parent_id
+        self.moves += 1
         self.nodes[new_parent_id].children.append(node_id)
 
     def siblings(self, node_id: str) -> list[str]:

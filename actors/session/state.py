@@ -24,6 +24,7 @@ from actors.core.replies import MessagePage
 from actors.core.tree import MessageTree, Node
 from actors.core.webhooks import Outbox
 from actors.ports import EventSink, SessionStore
+from actors.session.context import PathPrompt
 from actors.session.fanout import Hub, Subscription
 from actors.session.summaries import Summaries
 from actors.session.turn import Turn
@@ -66,6 +67,7 @@ class SessionState:
         self.tree = MessageTree.from_nodes(loaded.nodes, record.active_leaf_id)
         self.checkpoints = loaded.checkpoints
         self.summaries = Summaries(loaded.summaries)  # hidden nodes: never listed with messages
+        self.prompts = PathPrompt()  # the path the last turn read, for the next one to build on
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
         # Retention may have removed every event up to record.event_floor (keep_latest): the

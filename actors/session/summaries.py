@@ -7,7 +7,7 @@ at most ``MAX_SUMMARIES`` are kept, the newest.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from actors.core.records import PutSummary
 from actors.core.summary import MAX_SUMMARIES, ContextSummary
@@ -30,10 +30,9 @@ class Summaries:
     def ids(self) -> list[str]:
         return [s.id for s in self._items]
 
-    def on_path(self, path_ids: Iterable[str]) -> list[ContextSummary]:
-        """The summaries hung on a message of this path, oldest first."""
-        ids = set(path_ids)
-        return [s for s in self._items if s.through_id in ids]
+    def on_path(self, path_ids: Container[str]) -> list[ContextSummary]:
+        """The summaries hung on a message of this path (the ids of its nodes), oldest first."""
+        return [s for s in self._items if s.through_id in path_ids]
 
     def save(self, session_id: str, summary: ContextSummary, tree: MessageTree) -> PutSummary:
         """Keep ``summary``; the op that stores it and removes the ones it replaces."""

@@ -142,7 +142,8 @@ class TurnRunner(SessionState):
         self._stats.tasks_running += 1
         await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
         request = model_request(
-            self.record, self.tree, turn.user_id, client_tools=turn.client_tools, summaries=self.summaries
+            self.record, self.tree, turn.user_id, client_tools=turn.client_tools, summaries=self.summaries,
+            prompts=self.prompts,
         )
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"

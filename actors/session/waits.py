@@ -172,7 +172,7 @@ class ToolWaits(TurnRunner):
         resume = Resume(reply.content, [msgspec.structs.replace(u) for u in reply.tool_calls or []])
         request = model_request(
             self.record, self.tree, turn.user_id, client_tools=turn.client_tools, resume=resume,
-            summaries=self.summaries,
+            summaries=self.summaries, prompts=self.prompts,
         )
         turn.task = self._loop.create_task(
             turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"

@@ -18,6 +18,7 @@ import hashlib
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
+from operator import attrgetter
 from typing import Protocol
 
 from actors.agent.backends.base import ModelCall, ModelItem, ModelMessage, ModelToolCall
@@ -55,9 +56,12 @@ _QUOTE_WORDS = 40
 
 
 def _quote(messages: Sequence[_Message]) -> str:
-    """``From NAME: "..."``: the first (most relevant) passage of the documents block, if any."""
+    """``From NAME: "..."``: the first (most relevant) passage of the documents block, if any
+    (it is one of the system messages the prompt opens with)."""
     for m in messages:
-        if m.role == "system" and m.content.startswith(_PASSAGES):
+        if m.role != "system":
+            break
+        if m.content.startswith(_PASSAGES):
             block = _BLOCK.search(m.content)
             if block:
                 words = block.group("text").split()
@@ -67,9 +71,14 @@ def _quote(messages: Sequence[_Message]) -> str:
     return ""
 
 
+_role = attrgetter("role")
+_content = attrgetter("content")
+
+
 def _reply_tokens(messages: Sequence[_Message], tokens: int, attempt: int = 0) -> list[str]:
-    prompt = "\x1e".join(f"{m.role}:{m.content}" for m in messages)
-    # The first attempt keeps the seed it always had: replies recorded before stay the same.
+    # The seed is every message's role and text (joined without a Python step per message: the
+    # prompt of a long conversation comes back with every answer).
+    prompt = "\x1e".join(map(_role, messages)) + "\x1d" + "\x1e".join(map(_content, messages))
     seed = prompt if attempt == 0 else f"{prompt}\x1fattempt:{attempt}"
     digest = hashlib.blake2b(seed.encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
@@ -104,7 +113,7 @@ _words_in = TextMemo(_word_count)
 
 def _prompt_words(messages: Sequence[_Message]) -> int:
     """The prompt's size in words (what the simulated model reports as its prompt tokens)."""
-    return sum(_words_in(m.content) for m in messages)
+    return _words_in.total(list(map(_content, messages)))
 
 
 def _words(text: str) -> list[str]:
