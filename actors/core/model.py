@@ -14,6 +14,7 @@ __all__ = [
     "ChatMessage",
     "Chunk",
     "ModelRequest",
+    "PromptMemo",
     "Resume",
     "SummaryChunk",
     "ToolCallChunk",
