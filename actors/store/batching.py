@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from queue import SimpleQueue
 
 from actors.batch import BatchQueue, QueueClosedError
 from actors.core.errors import FencedError, StoreClosedError, StoreUnavailableError
@@ -30,7 +32,7 @@ from actors.core.records import (
     op_session,
 )
 
-__all__ = ["GroupCommitter", "Rows", "StoreClosedError", "admitted", "claims", "fences", "stale"]
+__all__ = ["GroupCommitter", "Rows", "StoreClosedError", "ThreadCommitter", "admitted", "claims", "fences", "stale"]
 
 log = logging.getLogger("sessiond.store")
 
@@ -129,47 +131,143 @@ class GroupCommitter:
 
     async def _loop(self) -> None:
         async for batch in self._queue.batches(self._max_batch, cost=lambda p: len(p.ops)):
-            count = sum(len(p.ops) for p in batch)
             started = time.perf_counter()
             try:
                 epochs = await self._write([op for p in batch for op in p.ops])
             except Exception as exc:
-                error: BaseException = exc
-                if self._outage(exc):
-                    # One line when the outage begins and a summary when it ends, not a
-                    # traceback per batch.
-                    if self._failing_since is None:
-                        self._failing_since = time.monotonic()
-                        log.error("store unreachable (%s: %s): writes answer 503 until it is back",
-                                  type(exc).__name__, exc)
-                    self._failed_batches += 1
-                    error = StoreUnavailableError(f"the database is unreachable ({type(exc).__name__})")
-                else:
-                    log.exception("store commit failed")
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_exception(error)
+                self._settle(batch, None, exc, 0.0)
             else:
-                if self._failing_since is not None:
-                    log.warning("store reachable again after %.1f s (%d batches refused meanwhile)",
-                                time.monotonic() - self._failing_since, self._failed_batches)
-                    self._failing_since, self._failed_batches = None, 0
-                if self.on_commit is not None:
-                    self.on_commit(time.perf_counter() - started, count)
-                refused: set[str] = set()
-                for p in batch:
-                    moved = stale(p.ops, epochs)
-                    refused.update(moved)
-                    if p.fut.done():
-                        continue
-                    if moved:
-                        detail = f"session {moved[0]} moved to another node; nothing was written"
-                        p.fut.set_exception(FencedError(detail))
-                    else:
-                        p.fut.set_result(epochs)
-                for sid in sorted(refused):
-                    log.warning("write refused for session %s: another node owns it now (its lease epoch is %d)",
-                                sid, epochs[sid])
+                self._settle(batch, epochs, None, time.perf_counter() - started)
+
+    def _settle(
+        self, batch: Sequence[_Pending], epochs: dict[str, int] | None, exc: Exception | None, seconds: float
+    ) -> None:
+        """Answer every caller of a batch: its commit's result, or the failure."""
+        if exc is not None or epochs is None:
+            error: BaseException = exc or StoreUnavailableError("the commit returned nothing")
+            if exc is not None and self._outage(exc):
+                # One line when the outage begins and a summary when it ends, not a
+                # traceback per batch.
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.error("store unreachable (%s: %s): writes answer 503 until it is back",
+                              type(exc).__name__, exc)
+                self._failed_batches += 1
+                error = StoreUnavailableError(f"the database is unreachable ({type(exc).__name__})")
+            else:
+                log.error("store commit failed", exc_info=exc)
+            for p in batch:
+                if not p.fut.done():
+                    p.fut.set_exception(error)
+            return
+        if self._failing_since is not None:
+            log.warning("store reachable again after %.1f s (%d batches refused meanwhile)",
+                        time.monotonic() - self._failing_since, self._failed_batches)
+            self._failing_since, self._failed_batches = None, 0
+        if self.on_commit is not None:
+            self.on_commit(seconds, sum(len(p.ops) for p in batch))
+        refused: set[str] = set()
+        for p in batch:
+            moved = stale(p.ops, epochs)
+            refused.update(moved)
+            if p.fut.done():
+                continue
+            if moved:
+                detail = f"session {moved[0]} moved to another node; nothing was written"
+                p.fut.set_exception(FencedError(detail))
+            else:
+                p.fut.set_result(epochs)
+        for sid in sorted(refused):
+            log.warning("write refused for session %s: another node owns it now (its lease epoch is %d)",
+                        sid, epochs[sid])
+
+
+class ThreadCommitter(GroupCommitter):
+    """Group commit driven by a thread of its own, for a store whose writes are blocking calls
+    (SQLite). The thread takes everything queued, writes it in one transaction and goes straight
+    on to the next batch, while the event loop answers the callers of the one before: no turn of
+    a busy loop lies between two commits, nor between a commit and the thread. ``write`` runs on
+    that thread only. Callers wait for room once ``queue_size`` commits are pending."""
+
+    def __init__(
+        self,
+        write: Callable[[list[Op]], dict[str, int]],
+        *,
+        max_batch: int,
+        queue_size: int,
+        on_commit: Callable[[float, int], None] | None = None,
+        outage: Callable[[BaseException], bool] | None = None,
+    ) -> None:
+        super().__init__(_no_write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit, outage=outage)
+        self._write_sync = write
+        self._inbox: SimpleQueue[_Pending | None] = SimpleQueue()
+        self._room = asyncio.Semaphore(queue_size)
+        self._thread: threading.Thread | None = None
+        self._ended: asyncio.Future[None] | None = None
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+
+    def start(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop_ref = loop
+        self._ended = loop.create_future()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    async def _commit(self, ops: Sequence[Op]) -> dict[str, int]:
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        await self._room.acquire()
+        if self._closed:
+            self._room.release()
+            raise StoreClosedError("store is closed")
+        fut: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        self._inbox.put(_Pending(ops, fut))
+        return await fut
+
+    async def aclose(self) -> None:
+        """Stop taking writes; the thread finishes everything queued before this."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is None or self._ended is None:
+            return
+        self._inbox.put(None)
+        await self._ended
+
+    def _run(self) -> None:
+        loop = self._loop_ref
+        assert loop is not None and self._ended is not None
+        inbox, ending = self._inbox, False
+        while not ending:
+            first = inbox.get()
+            if first is None:
+                break
+            batch, n = [first], len(first.ops)
+            while n < self._max_batch and not inbox.empty():
+                item = inbox.get_nowait()
+                if item is None:
+                    ending = True
+                    break
+                batch.append(item)
+                n += len(item.ops)
+            started = time.perf_counter()
+            try:
+                epochs, error = self._write_sync([op for p in batch for op in p.ops]), None
+            except Exception as exc:
+                epochs, error = None, exc
+            loop.call_soon_threadsafe(self._answer, batch, epochs, error, time.perf_counter() - started)
+        loop.call_soon_threadsafe(self._ended.set_result, None)
+
+    def _answer(
+        self, batch: list[_Pending], epochs: dict[str, int] | None, exc: Exception | None, seconds: float
+    ) -> None:
+        for _ in batch:
+            self._room.release()
+        self._settle(batch, epochs, exc, seconds)
+
+
+async def _no_write(ops: list[Op]) -> dict[str, int]:
+    raise AssertionError("a ThreadCommitter writes on its thread")
 
 
 class Rows:

@@ -2,23 +2,22 @@
 
 Every ``commit()`` call enqueues its ops; the single writer task takes everything queued,
 writes it in one transaction with one ``executemany`` per statement, commits once, and
-only then resolves every waiting caller. The transaction runs whole on the writer's own
-thread (a plain ``sqlite3`` connection that only that thread touches): one hop from the event
-loop and one back per group commit, where a statement at a time through aiosqlite cost a
-round trip each, and under load every round trip waits for a turn of the busy loop. Reads
-use a second connection (aiosqlite), which WAL lets proceed while the writer holds its
-transaction.
+only then resolves every waiting caller. The writer is a thread of its own (``ThreadCommitter``)
+with a plain ``sqlite3`` connection that only it touches: it runs each transaction whole and goes
+straight on to the next, while the event loop answers the callers of the last one. Through
+aiosqlite, a statement at a time, each statement cost a round trip to the loop, and under load
+every round trip waited for a turn of the busy loop, with the writer idle meanwhile. Reads use a
+second connection (aiosqlite), which WAL lets proceed while the writer holds its transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 import msgspec
@@ -41,7 +40,7 @@ from actors.core.tree import Node, Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.store import outbox, shares_sqlite
 from actors.store.auth_sqlite import SqliteAuthTables
-from actors.store.batching import GroupCommitter, Rows, StoreClosedError, admitted, claims, fences
+from actors.store.batching import Rows, StoreClosedError, ThreadCommitter, admitted, claims, fences
 from actors.store.expiry import SQLITE, expired_sessions
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
@@ -56,8 +55,6 @@ __all__ = ["SqliteStore", "StoreClosedError"]
 
 log = logging.getLogger("sessiond.store")
 
-
-_T = TypeVar("_T")
 
 _dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_node = msgspec.json.Decoder(Node)
@@ -107,6 +104,36 @@ _DELETES = [
 ]
 
 
+class _Rows:
+    """A one-row ``INSERT ... VALUES (?, ...)`` statement run for many rows at once: a statement
+    of up to 256 rows, then smaller ones (a few fixed sizes, so each stays prepared). Row by row
+    (``executemany``) the writer thread gives up Python's lock and takes it again for every row,
+    and waits for it each time the event loop holds it; a statement of many rows does its work
+    in one step. Rows apply in order, as one at a time would (a repeated key upserts again)."""
+
+    SIZES = (256, 64, 16, 4, 1)
+
+    __slots__ = ("_sql",)
+
+    def __init__(self, sql: str) -> None:
+        head, _, rest = sql.partition(" VALUES (")
+        marks, _, tail = rest.partition(")")
+        self._sql = {n: f"{head} VALUES {', '.join([f'({marks})'] * n)}{tail}" for n in self.SIZES}
+
+    def run(self, db: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        at = 0
+        for n in self.SIZES:
+            while len(rows) - at >= n:
+                db.execute(self._sql[n], list(chain.from_iterable(rows[at : at + n])))
+                at += n
+
+
+_MANY_SESSIONS = _Rows(_UPSERT_SESSION)
+_MANY_MESSAGES = _Rows(_UPSERT_MESSAGE)
+_MANY_CHECKPOINTS = _Rows(_UPSERT_CHECKPOINT)
+_MANY_EVENTS = _Rows(_INSERT_EVENT)
+
+
 class SqliteStore(SqliteAuthTables):
     """The default Store: one SQLite file under the data dir."""
 
@@ -121,11 +148,12 @@ class SqliteStore(SqliteAuthTables):
     ) -> None:
         self.path = path
         self._synchronous = synchronous
-        self._committer = GroupCommitter(self._write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit)
+        self._committer = ThreadCommitter(
+            self._write_batch, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit
+        )
         self.commit = self._committer.commit
         self.claim_epoch = self._committer.claim_epoch
         self._db: sqlite3.Connection | None = None  # the writer's: used on its thread only
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader: aiosqlite.Connection | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -138,7 +166,9 @@ class SqliteStore(SqliteAuthTables):
         await db.execute("PRAGMA busy_timeout=5000")
         await self._migrate(db)
         await db.close()
-        self._db = await self._on_writer(self._connect_writer)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._db.execute("PRAGMA busy_timeout=5000")
         reader = await aiosqlite.connect(self.path, isolation_level=None)
         await reader.execute("PRAGMA busy_timeout=5000")
         await reader.execute("PRAGMA query_only=ON")
@@ -154,28 +184,15 @@ class SqliteStore(SqliteAuthTables):
             await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
             log.info("store migrated to schema %d", number)
 
-    def _connect_writer(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
-        return db
-
-    async def _on_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
-
     async def aclose(self) -> None:
         await self._committer.aclose()  # the writer finishes what was queued before this
         if self._db is not None:
-            await self._on_writer(self._db.close)
+            self._db.close()  # its thread has ended
         if self._reader is not None:
             await self._reader.close()
         self._db = self._reader = None
-        self._writer.shutdown(wait=False)
 
     # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
-
-    async def _write(self, ops: list[Op]) -> dict[str, int]:
-        return await self._on_writer(self._write_batch, ops)
 
     def _write_batch(self, ops: list[Op]) -> dict[str, int]:
         """One group commit, on the writer's thread."""
@@ -199,11 +216,11 @@ class SqliteStore(SqliteAuthTables):
                 sql = f"SELECT id, lease_epoch FROM sessions WHERE id IN ({', '.join('?' * len(fenced))})"
                 epochs.update({sid: int(epoch) for sid, epoch in db.execute(sql, list(fenced)).fetchall()})
             rows = Rows(admitted(ops, epochs))
+            _MANY_SESSIONS.run(db, rows.sessions)
+            _MANY_MESSAGES.run(db, rows.messages)
+            _MANY_CHECKPOINTS.run(db, rows.checkpoints)
+            _MANY_EVENTS.run(db, rows.events)
             tables: tuple[tuple[str, Sequence[Any]], ...] = (
-                (_UPSERT_SESSION, rows.sessions),
-                (_UPSERT_MESSAGE, rows.messages),
-                (_UPSERT_CHECKPOINT, rows.checkpoints),
-                (_INSERT_EVENT, rows.events),
                 (_UPSERT_SUMMARY, rows.summaries),
                 (_DROP_SUMMARY, rows.summary_drops),
             )
