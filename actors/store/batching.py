@@ -76,7 +76,8 @@ class GroupCommitter:
 
     ``write`` commits a batch in one transaction: it applies the ``Claim`` ops first, leaves
     out every op of a session whose ``Fence`` is stale (``admitted``), and returns the stored
-    lease epoch of every session a Claim or Fence names. A caller fenced for a session whose
+    lease epoch of every session a Claim names and of every fenced one whose epoch is higher
+    (a store may return the others' too). A caller fenced for a session whose
     epoch is higher gets a ``FencedError`` (nothing of its commit was written).
     """
 
