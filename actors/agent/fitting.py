@@ -46,7 +46,8 @@ class _Group(msgspec.Struct):
 
     node_id: str | None
     messages: list[ModelMessage]
-    tokens: int
+    bound: int  # at least its tokens (its bytes): enough to know that a short path fits
+    tokens: int = -1  # counted when first needed
 
     @property
     def is_answer(self) -> bool:
@@ -60,15 +61,26 @@ def _tokens(counter: TokenCounter, message: ModelMessage) -> int:
     return n
 
 
+def _bound(message: ModelMessage) -> int:
+    n = TokenCounter.bound(message.content) + TokenCounter.message_overhead()
+    for call in message.tool_calls or []:
+        n += TokenCounter.bound(call.name) + TokenCounter.bound(call.arguments)
+    return n
+
+
 class PathGroups:
-    """The path as the fitter reads it: its messages grouped by node, each group counted once,
-    with running totals. Kept between a session's turns (``PromptMemo``), it grows by what each
-    turn adds: a turn counts its new messages only, and finds what fits by bisection.
+    """The path as the fitter reads it: its messages grouped by node, with running totals.
+    Kept between a session's turns (``PromptMemo``), it grows by what each turn adds.
+
+    Each group has a cheap upper bound of its tokens (its length in bytes: a token is at least
+    one byte): while the bounds of the whole path fit the window, no message is counted at all.
+    Past that, groups are counted once each, in order, when first needed, and the longest
+    suffix that fits is found by bisection over the counted totals.
 
     It only ever grows, so a fitter holding it reads its own length of it (``size``); a path
     that is not this one extended is built anew, in a new object."""
 
-    __slots__ = ("chat", "counter", "flat", "groups", "offsets", "sums")
+    __slots__ = ("bounds", "chat", "counter", "flat", "groups", "offsets", "sums")
 
     def __init__(self, counter: TokenCounter) -> None:
         self.counter = counter
@@ -76,7 +88,8 @@ class PathGroups:
         self.groups: list[_Group] = []
         self.flat: list[ModelMessage] = []  # every group's messages, in order
         self.offsets: list[int] = []  # where each group starts in ``flat``
-        self.sums: list[int] = [0]  # sums[i]: the tokens of groups[:i]
+        self.bounds: list[int] = [0]  # bounds[i]: the bounds of groups[:i]
+        self.sums: list[int] = [0]  # sums[i]: the tokens of groups[:i], as far as counted
 
     @classmethod
     def of(cls, memo: object, chat: list[ChatMessage], counter: TokenCounter) -> PathGroups:
@@ -103,17 +116,36 @@ class PathGroups:
         self.chat += chat
 
     def add(self, node_id: str | None, message: ModelMessage) -> None:
-        tokens = _tokens(self.counter, message)
+        bound = _bound(message)
         last = self.groups[-1] if self.groups else None
         if last is not None and node_id is not None and last.node_id == node_id:
             last.messages.append(message)
-            last.tokens += tokens
-            self.sums[-1] += tokens
+            last.bound += bound
+            self.bounds[-1] += bound
+            if last.tokens >= 0:
+                tokens = _tokens(self.counter, message)
+                last.tokens += tokens
+                if len(self.sums) > len(self.groups):
+                    self.sums[-1] += tokens
         else:
             self.offsets.append(len(self.flat))
-            self.groups.append(_Group(node_id, [message], tokens))
-            self.sums.append(self.sums[-1] + tokens)
+            self.groups.append(_Group(node_id, [message], bound))
+            self.bounds.append(self.bounds[-1] + bound)
         self.flat.append(message)
+
+    def tokens(self, i: int) -> int:
+        """The tokens of group ``i`` (counted the first time)."""
+        group = self.groups[i]
+        if group.tokens < 0:
+            group.tokens = sum(_tokens(self.counter, m) for m in group.messages)
+        return group.tokens
+
+    def counted(self, upto: int) -> list[int]:
+        """``sums``, with the groups before ``upto`` counted."""
+        sums = self.sums
+        for i in range(len(sums) - 1, upto):
+            sums.append(sums[-1] + self.tokens(i))
+        return sums
 
 
 class SummaryPlan(msgspec.Struct, frozen=True):
@@ -187,12 +219,12 @@ class Fitter:
         return _tokens(self.counter, message)
 
     def _count(self, i: int) -> int:
-        return self.groups[i].tokens
+        return self.path.tokens(i)
 
-    def _between(self, start: int) -> int:
-        """The tokens of groups ``start`` to the newest."""
-        sums = self.path.sums
-        return sums[self.size] - sums[start]
+    def _bounded(self, start: int, room: int) -> bool:
+        """Whether groups ``start`` to the newest surely fit ``room`` (by their bounds)."""
+        bounds = self.path.bounds
+        return bounds[self.size] - bounds[start] <= room
 
     def room(self, tail: Sequence[ModelMessage] = ()) -> int:
         """Tokens the path may take beside the head, the tail, the tools and the answer."""
@@ -204,9 +236,15 @@ class Fitter:
         starting at an answer; ``size - 1`` (the newest turn) at the least."""
         if not self.size:
             return 0
-        # The totals only grow toward the newest group: the first group whose suffix fits.
-        sums, end = self.path.sums, self.size
-        start = bisect_left(sums, sums[end] - room, floor, end + 1) if room >= 0 else end
+        end = self.size
+        if self._bounded(floor, room):
+            start = floor
+        elif room < 0:
+            start = end
+        else:
+            # The totals only grow toward the newest group: the first group whose suffix fits.
+            sums = self.path.counted(end)
+            start = bisect_left(sums, sums[end] - room, floor, end + 1)
         last = end - 1
         while start < last and self.groups[start].is_answer:
             start += 1
@@ -214,10 +252,15 @@ class Fitter:
 
     def _fits(self, start: int, room: int) -> bool:
         """Whether the path from group ``start`` on fits ``room``."""
-        return self._between(start) <= room
+        if self._bounded(start, room):
+            return True
+        sums = self.path.counted(self.size)
+        return sums[self.size] - sums[start] <= room
 
     def _check_newest(self, room: int, tail: Sequence[ModelMessage] = ()) -> None:
         if not self.size:
+            return
+        if self.path.groups[self.size - 1].bound <= room:
             return
         need = self._count(self.size - 1)
         if need > room:

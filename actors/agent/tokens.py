@@ -171,6 +171,13 @@ class TokenCounter:
         return sum(self.count(c) + _PER_MESSAGE for c in contents) + _PER_MESSAGE
 
     @staticmethod
+    def bound(text: str) -> int:
+        """At least ``count(text)`` for any encoding, without encoding it: its length in UTF-8
+        bytes (a token stands for one byte or more; the estimate of 4 characters a token is
+        less)."""
+        return len(text) if text.isascii() else len(text.encode())
+
+    @staticmethod
     def message_overhead() -> int:
         """Tokens the chat format adds per message (and once per prompt)."""
         return _PER_MESSAGE
