@@ -123,6 +123,9 @@ async def read_task(
                 if term in complete:
                     out.terminal = term[7:]
                     out.end = t
+                    # Read the response to its end, as an HTTP client does: one let go before
+                    # its last chunk cannot be reused, and the next request opens a connection.
+                    await resp.content.read()
                     return out
     out.end = now()
     return out
