@@ -67,7 +67,7 @@ class SessionState:
         self.tree = MessageTree.from_nodes(loaded.nodes, record.active_leaf_id)
         self.checkpoints = loaded.checkpoints
         self.summaries = Summaries(loaded.summaries)  # hidden nodes: never listed with messages
-        self.prompts = PathPrompt()  # the path the last turn read, for the next one to build on
+        self._prompts: PathPrompt | None = None  # made by the first turn (most live sessions run none)
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
         # Retention may have removed every event up to record.event_floor (keep_latest): the
@@ -110,6 +110,13 @@ class SessionState:
         self._turn: Turn | None = None
         self._queued: deque[Turn] = deque()
         self._loop = asyncio.get_running_loop()
+
+    @property
+    def prompts(self) -> PathPrompt:
+        """The path the last turn read, for the next one to build on."""
+        if self._prompts is None:
+            self._prompts = PathPrompt()
+        return self._prompts
 
     # -- identity, read without the mailbox: these fields never change after creation ------
 

@@ -104,6 +104,20 @@ _DELETES = [
 ]
 
 
+_FENCE_CHUNK = 64
+
+
+def _stale_epochs(db: sqlite3.Connection, pairs: list[tuple[str, int]]) -> dict[str, int]:
+    """The stored epoch of each (session, epoch) pair's session that is past its epoch. The
+    pairs are padded to a power of two with the last one, so that few texts of the statement
+    exist, each small and kept prepared."""
+    pairs = pairs + pairs[-1:] * ((1 << (len(pairs) - 1).bit_length()) - len(pairs))
+    marks = ", ".join(["(?, ?)"] * len(pairs))
+    sql = (f"WITH fence(id, epoch) AS (VALUES {marks}) SELECT s.id, s.lease_epoch FROM sessions s"
+           " JOIN fence f ON s.id = f.id WHERE s.lease_epoch > f.epoch")
+    return {sid: int(epoch) for sid, epoch in db.execute(sql, list(chain.from_iterable(pairs))).fetchall()}
+
+
 class _Rows:
     """A one-row ``INSERT ... VALUES (?, ...)`` statement run for many rows at once: a statement
     of up to 256 rows, then smaller ones (a few fixed sizes, so each stays prepared). Row by row
@@ -213,17 +227,11 @@ class SqliteStore(SqliteAuthTables):
             if fenced:
                 # Cluster mode needs PostgreSQL, so only a second process on this file could
                 # have claimed since; the check keeps one code path with the shared store.
-                # Only the stale ones come back (none, almost always): one step, where a row per
-                # session would cost the writer a turn of Python's lock each.
-                # The list is padded to a power of two with its last entry, so that few texts
-                # of the statement exist and each stays prepared.
+                # Only the stale ones come back (none, almost always): a step per 64 sessions,
+                # where a row per session would cost the writer a turn of Python's lock each.
                 pairs = list(fenced.items())
-                pairs += pairs[-1:] * ((1 << (len(pairs) - 1).bit_length()) - len(pairs))
-                marks = ", ".join(["(?, ?)"] * len(pairs))
-                sql = (f"WITH fence(id, epoch) AS (VALUES {marks}) SELECT s.id, s.lease_epoch FROM sessions s"
-                       " JOIN fence f ON s.id = f.id WHERE s.lease_epoch > f.epoch")
-                stale_rows = db.execute(sql, list(chain.from_iterable(pairs))).fetchall()
-                epochs.update({sid: int(epoch) for sid, epoch in stale_rows})
+                for at in range(0, len(pairs), _FENCE_CHUNK):
+                    epochs.update(_stale_epochs(db, pairs[at : at + _FENCE_CHUNK]))
             rows = Rows(admitted(ops, epochs))
             _MANY_SESSIONS.run(db, rows.sessions)
             _MANY_MESSAGES.run(db, rows.messages)
