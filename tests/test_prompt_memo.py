@@ -10,6 +10,7 @@ fresh build over random trees and windows.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from actors.agent.windows import RouteLimits
 from actors.core.model import ChatMessage
 from actors.core.tree import MessageTree, Node, ToolUse
 from actors.session.context import PathPrompt, _messages_of
+from server.appkeys import REGISTRY
 from tests.conftest import ClientFactory, new_session
 from tests.fake_models import FakeOpenAI
 from tests.sse import read_until
@@ -222,14 +224,11 @@ def test_path_prompt_always_equals_a_fresh_read(ops: list[tuple[str, int]]) -> N
             if others:
                 prompts.path(tree, node.id)
                 tree.move(node.id, others[k % len(others)])
-                assert prompts.path(tree, node.id)[0] == _fresh(tree, node.id)
+                assert prompts.path(tree, node.id) == _fresh(tree, node.id)
         elif op == "read":
-            messages, length = prompts.path(tree, node.id)
-            assert messages == _fresh(tree, node.id)
-            assert length == len(tree.path_to(node.id))
+            assert prompts.path(tree, node.id) == _fresh(tree, node.id)
         # Every read, wherever it ends, equals a fresh one.
-        messages, _ = prompts.path(tree, ids[(k * 7) % len(ids)])
-        assert messages == _fresh(tree, ids[(k * 7) % len(ids)])
+        assert prompts.path(tree, ids[(k * 7) % len(ids)]) == _fresh(tree, ids[(k * 7) % len(ids)])
 
 
 def _chat(n: int, seed: int) -> list[ChatMessage]:
@@ -291,3 +290,21 @@ def _oracle(head: list[ModelMessage], chat: list[ChatMessage], limits: RouteLimi
         start += 1
     start = min(start, len(nodes) - 1) if nodes else 0
     return [*head, *(ModelMessage(role=m.role, content=m.content) for node in nodes[start:] for m in node)]
+
+
+async def test_a_live_actor_stays_small_before_and_after_its_turns(make_client: ClientFactory,
+                                                                   model: FakeOpenAI) -> None:
+    """The prompt memo costs an idle actor nothing: it lives with the tree, made by the first
+    turn, and the actor keeps few enough attributes for Python to share their key table (past
+    29, every actor's attributes take a table of their own, about 1.5 KB)."""
+    client = await make_client(**_sections(model))
+    sid = (await new_session(client))["id"]
+    await _ok(await client.get(f"/v1/sessions/{sid}/messages"))
+    registry = client.app[REGISTRY]
+    (actor,) = [a for a in registry.actors() if a.id == sid]
+    assert actor.tree.memo is None
+    idle = sys.getsizeof(vars(actor))
+    assert idle < 1000, f"{len(vars(actor))} attributes take {idle} bytes"
+    await _send(client, sid, "hello")
+    assert actor.tree.memo is not None
+    assert sys.getsizeof(vars(actor)) == idle

@@ -41,19 +41,6 @@ class ContextOverflowError(ProviderError):
     """The newest turn does not fit the model's context window even alone."""
 
 
-class _Group(msgspec.Struct):
-    """One message of the path as the model sees it: its text and what belongs to it."""
-
-    node_id: str | None
-    messages: list[ModelMessage]
-    bound: int  # at least its tokens (its bytes): enough to know that a short path fits
-    tokens: int = -1  # counted when first needed
-
-    @property
-    def is_answer(self) -> bool:
-        return any(m.role == "assistant" for m in self.messages)
-
-
 def _tokens(counter: TokenCounter, message: ModelMessage) -> int:
     n = counter.count(message.content) + TokenCounter.message_overhead()
     for call in message.tool_calls or []:
@@ -69,8 +56,10 @@ def _bound(message: ModelMessage) -> int:
 
 
 class PathGroups:
-    """The path as the fitter reads it: its messages grouped by node, with running totals.
-    Kept between a session's turns (``PromptMemo``), it grows by what each turn adds.
+    """The path as the fitter reads it: its messages in groups, one per node (a message goes with
+    its tool results or its restore hint), with running totals. Kept between a session's turns
+    (``PromptMemo``), it grows by what each turn adds. A group is its place in these lists, not
+    an object: a long conversation is held in a few lists.
 
     Each group has a cheap upper bound of its tokens (its length in bytes: a token is at least
     one byte): while the bounds of the whole path fit the window, no message is counted at all.
@@ -80,15 +69,16 @@ class PathGroups:
     It only ever grows, so a fitter holding it reads its own length of it (``size``); a path
     that is not this one extended is built anew, in a new object."""
 
-    __slots__ = ("bounds", "chat", "counter", "flat", "groups", "offsets", "sums")
+    __slots__ = ("bounds", "chat", "counter", "flat", "node_ids", "offsets", "sums", "tokens")
 
     def __init__(self, counter: TokenCounter) -> None:
         self.counter = counter
         self.chat: list[ChatMessage] = []  # what it was built from
-        self.groups: list[_Group] = []
         self.flat: list[ModelMessage] = []  # every group's messages, in order
+        self.node_ids: list[str | None] = []  # each group's node
         self.offsets: list[int] = []  # where each group starts in ``flat``
         self.bounds: list[int] = [0]  # bounds[i]: the bounds of groups[:i]
+        self.tokens: list[int] = []  # each group's tokens once counted (-1 before)
         self.sums: list[int] = [0]  # sums[i]: the tokens of groups[:i], as far as counted
 
     @classmethod
@@ -108,7 +98,7 @@ class PathGroups:
             return False
         # The next message must start a node of its own: a node with more messages than it had
         # (its text once its tool results came) is built anew.
-        return len(chat) == k or not self.groups or chat[k].node_id != self.groups[-1].node_id
+        return len(chat) == k or not self.node_ids or chat[k].node_id != self.node_ids[-1]
 
     def extend(self, chat: Sequence[ChatMessage]) -> None:
         for m in chat:
@@ -117,34 +107,42 @@ class PathGroups:
 
     def add(self, node_id: str | None, message: ModelMessage) -> None:
         bound = _bound(message)
-        last = self.groups[-1] if self.groups else None
-        if last is not None and node_id is not None and last.node_id == node_id:
-            last.messages.append(message)
-            last.bound += bound
+        if self.node_ids and node_id is not None and self.node_ids[-1] == node_id:
             self.bounds[-1] += bound
-            if last.tokens >= 0:
+            if self.tokens[-1] >= 0:
                 tokens = _tokens(self.counter, message)
-                last.tokens += tokens
-                if len(self.sums) > len(self.groups):
+                self.tokens[-1] += tokens
+                if len(self.sums) > len(self.node_ids):
                     self.sums[-1] += tokens
         else:
             self.offsets.append(len(self.flat))
-            self.groups.append(_Group(node_id, [message], bound))
+            self.node_ids.append(node_id)
             self.bounds.append(self.bounds[-1] + bound)
+            self.tokens.append(-1)
         self.flat.append(message)
 
-    def tokens(self, i: int) -> int:
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    def messages(self, start: int, end: int) -> list[ModelMessage]:
+        """The messages of groups ``start`` to ``end`` (exclusive)."""
+        stop = self.offsets[end] if end < len(self.offsets) else len(self.flat)
+        return self.flat[self.offsets[start] if start < len(self.offsets) else len(self.flat) : stop]
+
+    def is_answer(self, i: int) -> bool:
+        return any(m.role == "assistant" for m in self.messages(i, i + 1))
+
+    def count(self, i: int) -> int:
         """The tokens of group ``i`` (counted the first time)."""
-        group = self.groups[i]
-        if group.tokens < 0:
-            group.tokens = sum(_tokens(self.counter, m) for m in group.messages)
-        return group.tokens
+        if self.tokens[i] < 0:
+            self.tokens[i] = sum(_tokens(self.counter, m) for m in self.messages(i, i + 1))
+        return self.tokens[i]
 
     def counted(self, upto: int) -> list[int]:
         """``sums``, with the groups before ``upto`` counted."""
         sums = self.sums
         for i in range(len(sums) - 1, upto):
-            sums.append(sums[-1] + self.tokens(i))
+            sums.append(sums[-1] + self.count(i))
         return sums
 
 
@@ -208,9 +206,8 @@ class Fitter:
             path = built
         self.path = path
         # This turn's share of the path (the groups may grow under a later turn).
-        self.size = len(path.groups)
+        self.size = len(path)
         self._flat_size = len(path.flat)
-        self.groups = path.groups
         self.start = 0  # the first group sent
         self.summary: ContextSummary | None = None
         self.dropped = 0  # messages of the path left out
@@ -219,7 +216,7 @@ class Fitter:
         return _tokens(self.counter, message)
 
     def _count(self, i: int) -> int:
-        return self.path.tokens(i)
+        return self.path.count(i)
 
     def _bounded(self, start: int, room: int) -> bool:
         """Whether groups ``start`` to the newest surely fit ``room`` (by their bounds)."""
@@ -246,7 +243,7 @@ class Fitter:
             sums = self.path.counted(end)
             start = bisect_left(sums, sums[end] - room, floor, end + 1)
         last = end - 1
-        while start < last and self.groups[start].is_answer:
+        while start < last and self.path.is_answer(start):
             start += 1
         return min(start, last)
 
@@ -260,7 +257,8 @@ class Fitter:
     def _check_newest(self, room: int, tail: Sequence[ModelMessage] = ()) -> None:
         if not self.size:
             return
-        if self.path.groups[self.size - 1].bound <= room:
+        bounds = self.path.bounds
+        if bounds[self.size] - bounds[self.size - 1] <= room:
             return
         need = self._count(self.size - 1)
         if need > room:
@@ -287,12 +285,13 @@ class Fitter:
 
     def _digest(self, upto: int) -> str:
         """The fingerprint of groups ``0..upto`` (inclusive)."""
+        path = self.path
         return path_digest(
-            (g.node_id or "", m.role, m.content) for g in self.groups[: upto + 1] for m in g.messages
+            (path.node_ids[i] or "", m.role, m.content) for i in range(upto + 1) for m in path.messages(i, i + 1)
         )
 
     def _index(self, node_id: str) -> int | None:
-        return next((i for i, g in enumerate(self.groups[: self.size]) if g.node_id == node_id), None)
+        return next((i for i, n in enumerate(self.path.node_ids[: self.size]) if n == node_id), None)
 
     def summarize(self, known: Sequence[ContextSummary], summary_tokens: int) -> SummaryPlan | None:
         """Fit using the newest summary of ``known`` that still fingerprints this path; None if
@@ -329,8 +328,8 @@ class Fitter:
         if first == start:
             self.truncate()
             return None
-        covered = (best[1].covered if best else 0) + sum(len(g.messages) for g in self.groups[floor:start])
-        through = self.groups[start - 1].node_id
+        covered = (best[1].covered if best else 0) + len(self.path.messages(floor, start))
+        through = self.path.node_ids[start - 1]
         if through is None:
             self.truncate()
             return None
@@ -340,7 +339,7 @@ class Fitter:
             digest=self._digest(start - 1),
             covered=covered,
             previous=previous,
-            messages=[m for g in self.groups[first:start] for m in g.messages],
+            messages=self.path.messages(first, start),
         )
 
     def use(self, summary: ContextSummary, start: int | None = None) -> None:

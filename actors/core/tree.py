@@ -71,13 +71,14 @@ class Node(msgspec.Struct):
 class MessageTree:
     """Nodes by id, roots in creation order, and the active leaf that picks the visible branch."""
 
-    __slots__ = ("active_leaf_id", "moves", "nodes", "roots")
+    __slots__ = ("active_leaf_id", "memo", "moves", "nodes", "roots")
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.roots: list[str] = []
         self.active_leaf_id: str | None = None
         self.moves = 0  # how many times a node was re-attached (a path read before may be stale)
+        self.memo: object = None  # what the tree's reader keeps between reads (the actor's PathPrompt)
 
     @classmethod
     def from_nodes(cls, nodes: Iterable[Node], active_leaf_id: str | None) -> MessageTree:

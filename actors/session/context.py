@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from actors.core.model import ChatMessage, ModelRequest, PromptMemo, Resume
 from actors.core.records import ClientTool, SessionRecord
-from actors.core.summary import ContextSummary
 from actors.core.tree import MessageTree, Node
 from actors.session.summaries import Summaries
 
@@ -33,64 +32,47 @@ class PathPrompt:
     """The path of the session's last turn and its messages, kept by the actor between turns.
 
     The next turn's path usually is that path and two more nodes (the answer, then the new user
-    turn): it walks up from its user turn only until it meets the kept path, and reuses the
-    messages of everything above. A part of the kept path is reused only while it cannot have
-    changed: the same tree (a trim builds a new one), no node moved since (a queued message
+    turn): it walks up from its user turn only until it meets the end of the kept path, and
+    reuses the messages of everything above. A path that does not pass through it (an edit, a
+    navigation elsewhere) is read whole, once. The kept path is reused only while it cannot
+    have changed: the same tree (a trim builds a new one), no node moved since (a queued message
     re-attached), and every node in it settled (an answer still being written changes; a user
-    turn or a finished answer never does). ``memo`` goes with every request, for what the
-    model's side keeps between turns (the context window's counts).
+    turn or a finished answer never does): a path with an unsettled node is not kept. ``memo``
+    goes with every request, for what the model's side keeps between turns (the context
+    window's counts).
     """
 
-    __slots__ = ("_ends", "_index", "_messages", "_moves", "_nodes", "_settled", "_tree", "memo")
+    __slots__ = ("_messages", "_moves", "_nodes", "_tree", "memo")
 
     def __init__(self) -> None:
         self.memo = PromptMemo()
-        self._reset(None)
-
-    def _reset(self, tree: MessageTree | None) -> None:
-        self._tree = tree
-        self._moves = tree.moves if tree is not None else 0
+        self._tree: MessageTree | None = None
+        self._moves = 0
         self._nodes: list[Node] = []
-        self._ends: list[int] = []  # after node i, the number of messages so far
         self._messages: list[ChatMessage] = []
-        self._index: dict[str, int] = {}  # node id -> its place in _nodes
-        self._settled = 0  # _nodes[:_settled] are settled
 
-    def path(self, tree: MessageTree, user_id: str) -> tuple[list[ChatMessage], int]:
-        """The messages of the path ending at ``user_id`` (the caller's own list), and how
-        many nodes the path has."""
-        if tree is not self._tree or tree.moves != self._moves:
-            self._reset(tree)
+    def path(self, tree: MessageTree, user_id: str) -> list[ChatMessage]:
+        """The messages of the path ending at ``user_id`` (the caller's own list)."""
+        end = self._nodes[-1] if self._nodes and tree is self._tree and tree.moves == self._moves else None
         new: list[Node] = []
-        keep = 0
         node_id: str | None = user_id
         while node_id is not None:
             node = tree.nodes[node_id]
-            at = self._index.get(node_id)
-            if at is not None and at < self._settled and self._nodes[at] is node:
-                keep = at + 1
+            if node is end:
                 break
             new.append(node)
             node_id = node.parent_id
-        if keep < len(self._nodes):
-            for gone in self._nodes[keep:]:
-                del self._index[gone.id]
-            del self._nodes[keep:]
-            del self._messages[self._ends[keep - 1] if keep else 0 :]
-            del self._ends[keep:]
-            self._settled = keep
-        for node in reversed(new):
-            self._index[node.id] = len(self._nodes)
+        else:  # the kept path is not above this one
+            self._nodes, self._messages = [], []
+        self._tree, self._moves = tree, tree.moves
+        new.reverse()
+        for node in new:
             self._nodes.append(node)
             self._messages += _messages_of(node)
-            self._ends.append(len(self._messages))
-            if self._settled == len(self._nodes) - 1 and node.status != "running":
-                self._settled += 1
-        return list(self._messages), len(self._nodes)
-
-    def on_path(self, summaries: Summaries) -> list[ContextSummary]:
-        """Which of ``summaries`` hang on a node of the path last read."""
-        return summaries.on_path(self._index) if len(summaries) else []
+        messages = list(self._messages)
+        if any(node.status == "running" for node in new):
+            self._nodes, self._messages = [], []
+        return messages
 
 
 def model_request(
@@ -112,7 +94,11 @@ def model_request(
     whole path is read)."""
     declared = {t.name: t for t in [*record.client_tools, *(client_tools or [])]}
     prompts = prompts or PathPrompt()
-    path, _ = prompts.path(tree, user_id)
+    path = prompts.path(tree, user_id)
+    on_path = (
+        summaries.on_path({node.id for node in tree.path_to(user_id)}) if summaries is not None and len(summaries)
+        else []
+    )
     messages = [ChatMessage("system", record.system_prompt), *path] if record.system_prompt else path
     return ModelRequest(
         messages=messages,
@@ -125,6 +111,6 @@ def model_request(
         attempt=max(sum(1 for c in tree.nodes[user_id].children if tree.nodes[c].role == "assistant") - 1, 0),
         client_tools=list(declared.values()),
         resume=resume,
-        summaries=prompts.on_path(summaries) if summaries is not None else [],
+        summaries=on_path,
         memo=prompts.memo,
     )

@@ -67,7 +67,6 @@ class SessionState:
         self.tree = MessageTree.from_nodes(loaded.nodes, record.active_leaf_id)
         self.checkpoints = loaded.checkpoints
         self.summaries = Summaries(loaded.summaries)  # hidden nodes: never listed with messages
-        self._prompts: PathPrompt | None = None  # made by the first turn (most live sessions run none)
         events = loaded.events
         floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
         # Retention may have removed every event up to record.event_floor (keep_latest): the
@@ -113,10 +112,13 @@ class SessionState:
 
     @property
     def prompts(self) -> PathPrompt:
-        """The path the last turn read, for the next one to build on."""
-        if self._prompts is None:
-            self._prompts = PathPrompt()
-        return self._prompts
+        """The path the last turn read, for the next one to build on: kept with the tree (a
+        trim's new tree starts without), made by the session's first turn. (Not an attribute of
+        the actor's own: past 29 of them, each actor's attributes take a table of 1.5 KB.)"""
+        prompts = self.tree.memo
+        if not isinstance(prompts, PathPrompt):
+            prompts = self.tree.memo = PathPrompt()
+        return prompts
 
     # -- identity, read without the mailbox: these fields never change after creation ------
 
