@@ -10,6 +10,7 @@ fresh build over random trees and windows.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -76,7 +77,8 @@ async def _expected(client: Client, sid: str) -> list[dict[str, str]]:
             continue
         for use in m.get("tool_calls") or []:
             if use.get("output") is not None:
-                text = f"Result of tool {use['name']}({use['arguments']}): {use['output']}"
+                arguments = json.dumps(use["arguments"], separators=(",", ":"))
+                text = f"Result of tool {use['name']}({arguments}): {use['output']}"
                 out.append({"role": "system", "content": text})
         if m["content"]:
             out.append({"role": m["role"], "content": m["content"]})
@@ -149,7 +151,8 @@ async def test_every_turn_sends_exactly_the_active_path(make_client: ClientFacto
     model.tool_call = None
     await _send(client, sid, "thanks")
     sent = await _check(client, sid, model)
-    assert any(m["content"].startswith("Result of tool calculator(") and "42" in m["content"] for m in sent)
+    # The arguments as the model wrote them (JSON), not Python's repr of them.
+    assert 'Result of tool calculator({"expression":"6*7"}): 42' in [m["content"] for m in sent]
 
     # A message sent while an answer is written waits, then moves under that answer.
     model.mode = "slow"

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
-
-import msgspec
+from typing import Literal
 
 from actors.agent.agents import Agents
 from actors.agent.backends.base import ModelCall, ModelMessage, ModelToolCall, ProviderError, ToolSpec
@@ -180,7 +178,7 @@ class AgentRunner:
             messages = [ModelMessage(role="assistant", content=request.resume.text, tool_calls=[])]
             resumed = messages[-1]
             for use in request.resume.calls:
-                arguments = _arguments_text(use.arguments)
+                arguments = use.arguments_text()
                 assert resumed.tool_calls is not None
                 resumed.tool_calls.append(ModelToolCall(use.call_id, use.name, arguments))
                 output, is_error = use.output, use.is_error
@@ -231,9 +229,3 @@ class AgentRunner:
                 return
         yield Chunk(usage=usage, model=model)
 
-
-def _arguments_text(arguments: dict[str, Any]) -> str:
-    """The JSON text of a stored call's arguments (what the model wrote, if it was not an object)."""
-    if set(arguments) == {"raw"} and isinstance(arguments["raw"], str):
-        return arguments["raw"]
-    return msgspec.json.encode(arguments).decode()

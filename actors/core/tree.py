@@ -47,6 +47,14 @@ class ToolUse(msgspec.Struct):
     wait: ToolWait | None = None
     expires_at: float | None = None  # wall clock (epoch seconds) when the wait fails the task
 
+    def arguments_text(self) -> str:
+        """The arguments as the model wrote them: JSON text (or the text itself, kept as
+        ``{"raw": text}``, when it was not a JSON object)."""
+        args = self.arguments
+        if set(args) == {"raw"} and isinstance(args["raw"], str):
+            return args["raw"]
+        return msgspec.json.encode(args).decode()
+
 
 class Node(msgspec.Struct):
     """One message. ``children`` keeps sibling order: oldest first."""

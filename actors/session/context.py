@@ -19,7 +19,7 @@ def _messages_of(node: Node) -> list[ChatMessage]:
     if node.hint is not None:
         return [ChatMessage("system", f"Instruction for the next answer: {node.hint}", node.id)]
     out = [
-        ChatMessage("system", f"Result of tool {use.name}({use.arguments}): {use.output}", node.id)
+        ChatMessage("system", f"Result of tool {use.name}({use.arguments_text()}): {use.output}", node.id)
         for use in node.tool_calls or []
         if use.output is not None
     ]
