@@ -1,9 +1,12 @@
-"""Group commit: one writer task turns many concurrent writes into few transactions.
+"""Group commit: one writer turns many concurrent writes into few transactions.
 
 Every ``commit()`` call enqueues its ops and waits. The writer takes everything queued (up to
 ``max_batch`` ops), hands it to the store's ``write`` in one transaction, and only then
 resolves every waiting caller; a failed transaction fails every caller in it. Ops of one call
-keep their order and never straddle two transactions.
+keep their order and never straddle two transactions. The writer is a task of the event loop
+for an awaitable ``write`` (``GroupCommitter``, PostgreSQL), or a thread of its own for a
+blocking one (``ThreadCommitter``, SQLite); both answer their callers the same way
+(``Committer``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from actors.core.records import (
     op_session,
 )
 
-__all__ = ["GroupCommitter", "Rows", "StoreClosedError", "ThreadCommitter", "admitted", "claims", "fences", "stale"]
+__all__ = [
+    "Committer", "GroupCommitter", "Rows", "StoreClosedError", "ThreadCommitter", "admitted", "claims", "fences",
+    "stale",
+]
 
 log = logging.getLogger("sessiond.store")
 
@@ -71,38 +77,31 @@ class _Pending:
         self.fut = fut
 
 
-class GroupCommitter:
-    """The single writer of one store.
+class Committer:
+    """What both writers of a store share: answering the callers of each batch.
 
-    ``write`` commits a batch in one transaction: it applies the ``Claim`` ops first, leaves
+    A batch's write commits it in one transaction: it applies the ``Claim`` ops first, leaves
     out every op of a session whose ``Fence`` is stale (``admitted``), and returns the stored
     lease epoch of every session a Claim names and of every fenced one whose epoch is higher
-    (a store may return the others' too). A caller fenced for a session whose
-    epoch is higher gets a ``FencedError`` (nothing of its commit was written).
+    (a store may return the others' too). A caller fenced for a session whose epoch is higher
+    gets a ``FencedError`` (nothing of its commit was written). Ops of one call keep their
+    order and never straddle two transactions; a failed transaction fails every caller in it.
     """
 
     def __init__(
         self,
-        write: Callable[[list[Op]], Awaitable[dict[str, int]]],
         *,
         max_batch: int,
-        queue_size: int,
         on_commit: Callable[[float, int], None] | None = None,
         outage: Callable[[BaseException], bool] | None = None,
     ) -> None:
-        self._write = write
         # Which failures mean the database is unreachable: answered 503, logged once per outage.
         self._outage = outage or (lambda exc: isinstance(exc, OSError))
         self._failing_since: float | None = None
         self._failed_batches = 0
         self._max_batch = max_batch
-        self._queue: BatchQueue[_Pending] = BatchQueue(queue_size)
         self.on_commit = on_commit
-        self._task: asyncio.Task[None] | None = None
         self._closed = False
-
-    def start(self, name: str) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=name)
 
     async def commit(self, ops: Sequence[Op]) -> None:
         await self._commit(ops)
@@ -112,33 +111,7 @@ class GroupCommitter:
         return (await self._commit([Claim(session_id)])).get(session_id)
 
     async def _commit(self, ops: Sequence[Op]) -> dict[str, int]:
-        if self._closed:
-            raise StoreClosedError("store is closed")
-        fut: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
-        try:
-            await self._queue.put(_Pending(ops, fut))
-        except QueueClosedError:
-            raise StoreClosedError("store is closed") from None
-        return await fut
-
-    async def aclose(self) -> None:
-        """Stop taking writes; the writer finishes everything queued before this."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.close()
-        if self._task is not None:
-            await self._task
-
-    async def _loop(self) -> None:
-        async for batch in self._queue.batches(self._max_batch, cost=lambda p: len(p.ops)):
-            started = time.perf_counter()
-            try:
-                epochs = await self._write([op for p in batch for op in p.ops])
-            except Exception as exc:
-                self._settle(batch, None, exc, 0.0)
-            else:
-                self._settle(batch, epochs, None, time.perf_counter() - started)
+        raise NotImplementedError
 
     def _settle(
         self, batch: Sequence[_Pending], epochs: dict[str, int] | None, exc: Exception | None, seconds: float
@@ -183,7 +156,58 @@ class GroupCommitter:
                         sid, epochs[sid])
 
 
-class ThreadCommitter(GroupCommitter):
+class GroupCommitter(Committer):
+    """The single writer of a store whose writes are awaitable (PostgreSQL): a task of the
+    event loop that takes everything queued (up to ``max_batch`` ops), hands it to ``write``
+    in one transaction, and only then answers every caller."""
+
+    def __init__(
+        self,
+        write: Callable[[list[Op]], Awaitable[dict[str, int]]],
+        *,
+        max_batch: int,
+        queue_size: int,
+        on_commit: Callable[[float, int], None] | None = None,
+        outage: Callable[[BaseException], bool] | None = None,
+    ) -> None:
+        super().__init__(max_batch=max_batch, on_commit=on_commit, outage=outage)
+        self._write = write
+        self._queue: BatchQueue[_Pending] = BatchQueue(queue_size)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, name: str) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=name)
+
+    async def _commit(self, ops: Sequence[Op]) -> dict[str, int]:
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        fut: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        try:
+            await self._queue.put(_Pending(ops, fut))
+        except QueueClosedError:
+            raise StoreClosedError("store is closed") from None
+        return await fut
+
+    async def aclose(self) -> None:
+        """Stop taking writes; the writer finishes everything queued before this."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.close()
+        if self._task is not None:
+            await self._task
+
+    async def _loop(self) -> None:
+        async for batch in self._queue.batches(self._max_batch, cost=lambda p: len(p.ops)):
+            started = time.perf_counter()
+            try:
+                epochs = await self._write([op for p in batch for op in p.ops])
+            except Exception as exc:
+                self._settle(batch, None, exc, 0.0)
+            else:
+                self._settle(batch, epochs, None, time.perf_counter() - started)
+
+class ThreadCommitter(Committer):
     """Group commit driven by a thread of its own, for a store whose writes are blocking calls
     (SQLite). The thread takes everything queued, writes it in one transaction and goes straight
     on to the next batch, while the event loop answers the callers of the one before: no turn of
@@ -199,7 +223,7 @@ class ThreadCommitter(GroupCommitter):
         on_commit: Callable[[float, int], None] | None = None,
         outage: Callable[[BaseException], bool] | None = None,
     ) -> None:
-        super().__init__(_no_write, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit, outage=outage)
+        super().__init__(max_batch=max_batch, on_commit=on_commit, outage=outage)
         self._write_sync = write
         self._inbox: SimpleQueue[_Pending | None] = SimpleQueue()
         self._room = asyncio.Semaphore(queue_size)
@@ -265,10 +289,6 @@ class ThreadCommitter(GroupCommitter):
         for _ in batch:
             self._room.release()
         self._settle(batch, epochs, exc, seconds)
-
-
-async def _no_write(ops: list[Op]) -> dict[str, int]:
-    raise AssertionError("a ThreadCommitter writes on its thread")
 
 
 class Rows:
