@@ -10,8 +10,10 @@ fresh build over random trees and windows.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -311,3 +313,22 @@ async def test_a_live_actor_stays_small_before_and_after_its_turns(make_client: 
     await _send(client, sid, "hello")
     assert actor.tree.memo is not None
     assert sys.getsizeof(vars(actor)) == idle
+
+
+def test_the_kept_path_holds_no_reference_to_its_tree() -> None:
+    """The tree holds its PathPrompt: a reference back would make a cycle, and a passivated
+    session's whole tree would wait for a garbage collection instead of going at once."""
+    tree = MessageTree()
+    tree.add(Node("q", None, "user", "a question", "t"))
+    tree.add(Node("a", "q", "assistant", "an answer", "t"))
+    tree.add(Node("q2", "a", "user", "another", "t"))
+    prompts = tree.memo = PathPrompt()
+    assert [m.content for m in prompts.path(tree, "q2")] == ["a question", "an answer", "another"]
+    seen: set[int] = set()
+    todo: list[object] = [prompts]
+    while todo:
+        obj = todo.pop()
+        assert obj is not tree
+        if id(obj) not in seen and not isinstance(obj, (type, types.ModuleType)):
+            seen.add(id(obj))
+            todo.extend(gc.get_referents(obj))

@@ -29,31 +29,31 @@ def _messages_of(node: Node) -> list[ChatMessage]:
 
 
 class PathPrompt:
-    """The path of the session's last turn and its messages, kept by the actor between turns.
+    """The path of the session's last turn and its messages, kept with the session's tree
+    (``MessageTree.memo``: a trim's new tree starts without) between turns.
 
     The next turn's path usually is that path and two more nodes (the answer, then the new user
     turn): it walks up from its user turn only until it meets the end of the kept path, and
     reuses the messages of everything above. A path that does not pass through it (an edit, a
     navigation elsewhere) is read whole, once. The kept path is reused only while it cannot
-    have changed: the same tree (a trim builds a new one), no node moved since (a queued message
-    re-attached), and every node in it settled (an answer still being written changes; a user
-    turn or a finished answer never does): a path with an unsettled node is not kept. ``memo``
-    goes with every request, for what the model's side keeps between turns (the context
-    window's counts).
+    have changed: no node moved since (a queued message re-attached), and every node in it
+    settled (an answer still being written changes; a user turn or a finished answer never
+    does): a path with an unsettled node is not kept. ``memo`` goes with every request, for
+    what the model's side keeps between turns (the context window's counts). It holds no
+    reference to the tree, so a passivated session's tree goes at once, not at a collection.
     """
 
-    __slots__ = ("_messages", "_moves", "_nodes", "_tree", "memo")
+    __slots__ = ("_end", "_messages", "_moves", "memo")
 
     def __init__(self) -> None:
         self.memo = PromptMemo()
-        self._tree: MessageTree | None = None
+        self._end: Node | None = None  # the last node of the kept path
         self._moves = 0
-        self._nodes: list[Node] = []
         self._messages: list[ChatMessage] = []
 
     def path(self, tree: MessageTree, user_id: str) -> list[ChatMessage]:
-        """The messages of the path ending at ``user_id`` (the caller's own list)."""
-        end = self._nodes[-1] if self._nodes and tree is self._tree and tree.moves == self._moves else None
+        """The messages of the path of ``tree`` ending at ``user_id`` (the caller's own list)."""
+        end = self._end if tree.moves == self._moves else None
         new: list[Node] = []
         node_id: str | None = user_id
         while node_id is not None:
@@ -63,15 +63,16 @@ class PathPrompt:
             new.append(node)
             node_id = node.parent_id
         else:  # the kept path is not above this one
-            self._nodes, self._messages = [], []
-        self._tree, self._moves = tree, tree.moves
+            self._messages = []
+        self._moves = tree.moves
         new.reverse()
         for node in new:
-            self._nodes.append(node)
             self._messages += _messages_of(node)
         messages = list(self._messages)
         if any(node.status == "running" for node in new):
-            self._nodes, self._messages = [], []
+            self._end, self._messages = None, []
+        elif new:
+            self._end = new[-1]
         return messages
 
 
