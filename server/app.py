@@ -54,6 +54,7 @@ def make_store(config: Config, on_commit: Callable[[float, int], None] | None = 
         config.data_dir / config.store.sqlite_file,
         synchronous=config.store.synchronous,
         max_batch=config.store.max_batch,
+        checkpoint_seconds=config.store.checkpoint_seconds,
         on_commit=on_commit,
     )
 

@@ -79,6 +79,7 @@ class StoreSection(_Section):
     sqlite_file: str = "sessiond.db"
     synchronous: str = "FULL"
     max_batch: int = 2000
+    checkpoint_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sessiond"
     postgres_pool_size: int = 8
 

@@ -713,3 +713,30 @@ async def test_a_commit_is_visible_to_the_next_read_while_other_reads_run(store:
         stop.set()
         await asyncio.gather(*readers)
     assert missing == []
+
+
+async def _wal_pages_after_writing(path: Path, checkpoint_seconds: float) -> int:
+    """Write about 3 000 pages of messages through a store; the log's size in pages after."""
+    store = SqliteStore(path, checkpoint_seconds=checkpoint_seconds)
+    await store.open()
+    try:
+        rec = _record()
+        await store.commit([PutSession.of(rec)])
+        for _ in range(30):
+            nodes = [Node(new_id("msg"), None, "user", "x" * 40_000, utcnow()) for _ in range(10)]
+            await store.commit([PutMessage.of(rec.id, n) for n in nodes])
+        wal = path.with_name(path.name + "-wal")
+        return wal.stat().st_size // 4096
+    finally:
+        await store.aclose()
+
+
+async def test_group_commits_leave_the_write_ahead_log_to_the_checkpointer(tmp_path: Path) -> None:
+    # SQLite's own: a commit that crosses 1000 pages of log folds it (the log stays near that).
+    by_the_writer = await _wal_pages_after_writing(tmp_path / "auto.db", 0)
+    # With the checkpointer (its first run an hour away here), no commit folds the log.
+    beside = await _wal_pages_after_writing(tmp_path / "beside.db", 3600)
+    assert by_the_writer < 1500 < 2500 < beside, (by_the_writer, beside)
+    # Nothing written is lost by leaving the log to it.
+    with sqlite3.connect(tmp_path / "beside.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (300,)

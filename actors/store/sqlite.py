@@ -12,8 +12,10 @@ second connection (aiosqlite), which WAL lets proceed while the writer holds its
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
@@ -118,6 +120,48 @@ def _stale_epochs(db: sqlite3.Connection, pairs: list[tuple[str, int]]) -> dict[
     return {sid: int(epoch) for sid, epoch in db.execute(sql, list(chain.from_iterable(pairs))).fetchall()}
 
 
+class _Checkpointer:
+    """Folds the write-ahead log into the database file every ``seconds``, on a thread and a
+    connection of its own, so that no group commit waits for it (with SQLite's automatic
+    checkpoint, the commit that crosses 1000 pages of log does the copying and its fsync).
+    PASSIVE: it copies what no reader still needs and never blocks the writer; once the log is
+    folded whole, SQLite writes it from its start again (and folds what is left when the last
+    connection closes)."""
+
+    def __init__(self, path: Path, seconds: float) -> None:
+        self._path = path
+        self._seconds = seconds
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop it, after one more checkpoint (blocking: call it off the event loop)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            while not self._stopping.wait(self._seconds):
+                self._checkpoint(db)
+            self._checkpoint(db)
+        finally:
+            db.close()
+
+    @staticmethod
+    def _checkpoint(db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # the next one tries again; the log only grows meanwhile
+            log.warning("WAL checkpoint failed: %s", exc)
+
+
 class _Rows:
     """A one-row ``INSERT ... VALUES (?, ...)`` statement run for many rows at once: a statement
     of up to 256 rows, then smaller ones (a few fixed sizes, so each stays prepared). Row by row
@@ -157,11 +201,13 @@ class SqliteStore(SqliteAuthTables):
         *,
         synchronous: str = "FULL",
         max_batch: int = 2000,
+        checkpoint_seconds: float = 0.0,
         queue_size: int = 10000,
         on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         self.path = path
         self._synchronous = synchronous
+        self._checkpointer = _Checkpointer(path, checkpoint_seconds) if checkpoint_seconds > 0 else None
         self._committer = ThreadCommitter(
             self._write_batch, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit
         )
@@ -183,6 +229,9 @@ class SqliteStore(SqliteAuthTables):
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         self._db.execute("PRAGMA busy_timeout=5000")
+        if self._checkpointer is not None:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer.start()
         reader = await aiosqlite.connect(self.path, isolation_level=None)
         await reader.execute("PRAGMA busy_timeout=5000")
         await reader.execute("PRAGMA query_only=ON")
@@ -200,6 +249,8 @@ class SqliteStore(SqliteAuthTables):
 
     async def aclose(self) -> None:
         await self._committer.aclose()  # the writer finishes what was queued before this
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
         if self._db is not None:
             self._db.close()  # its thread has ended
         if self._reader is not None:
