@@ -19,7 +19,7 @@ what it should cover does not fit one call to the model, the oldest of that is l
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -41,18 +41,16 @@ class ContextOverflowError(ProviderError):
     """The newest turn does not fit the model's context window even alone."""
 
 
+def _size(message: ModelMessage, of: Callable[[str], int]) -> int:
+    """A message's tokens, by ``of`` each of its texts (a count, or a bound of it)."""
+    n = of(message.content) + TokenCounter.message_overhead()
+    for call in message.tool_calls or []:
+        n += of(call.name) + of(call.arguments)
+    return n
+
+
 def _tokens(counter: TokenCounter, message: ModelMessage) -> int:
-    n = counter.count(message.content) + TokenCounter.message_overhead()
-    for call in message.tool_calls or []:
-        n += counter.count(call.name) + counter.count(call.arguments)
-    return n
-
-
-def _bound(message: ModelMessage) -> int:
-    n = TokenCounter.bound(message.content) + TokenCounter.message_overhead()
-    for call in message.tool_calls or []:
-        n += TokenCounter.bound(call.name) + TokenCounter.bound(call.arguments)
-    return n
+    return _size(message, counter.count)
 
 
 class PathGroups:
@@ -106,7 +104,7 @@ class PathGroups:
         self.chat += chat
 
     def add(self, node_id: str | None, message: ModelMessage) -> None:
-        bound = _bound(message)
+        bound = _size(message, TokenCounter.bound)
         if self.node_ids and node_id is not None and self.node_ids[-1] == node_id:
             self.bounds[-1] += bound
             if self.tokens[-1] >= 0:
@@ -124,10 +122,13 @@ class PathGroups:
     def __len__(self) -> int:
         return len(self.node_ids)
 
+    def _offset(self, i: int) -> int:
+        """Where group ``i`` starts in ``flat`` (its end, past the last group)."""
+        return self.offsets[i] if i < len(self.offsets) else len(self.flat)
+
     def messages(self, start: int, end: int) -> list[ModelMessage]:
         """The messages of groups ``start`` to ``end`` (exclusive)."""
-        stop = self.offsets[end] if end < len(self.offsets) else len(self.flat)
-        return self.flat[self.offsets[start] if start < len(self.offsets) else len(self.flat) : stop]
+        return self.flat[self._offset(start) : self._offset(end)]
 
     def is_answer(self, i: int) -> bool:
         return any(m.role == "assistant" for m in self.messages(i, i + 1))

@@ -120,6 +120,14 @@ def _stale_epochs(db: sqlite3.Connection, pairs: list[tuple[str, int]]) -> dict[
     return {sid: int(epoch) for sid, epoch in db.execute(sql, list(chain.from_iterable(pairs))).fetchall()}
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """A plain connection for a thread of the store's own (it may be opened on another): in
+    autocommit, waiting up to 5 s for a lock another connection holds."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
 class _Checkpointer:
     """Folds the write-ahead log into the database file every ``seconds``, on a thread and a
     connection of its own, so that no group commit waits for it (with SQLite's automatic
@@ -145,9 +153,8 @@ class _Checkpointer:
             self._thread.join()
 
     def _run(self) -> None:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db = _connect(self._path)
         try:
-            db.execute("PRAGMA busy_timeout=5000")
             while not self._stopping.wait(self._seconds):
                 self._checkpoint(db)
             self._checkpoint(db)
@@ -226,9 +233,8 @@ class SqliteStore(SqliteAuthTables):
         await db.execute("PRAGMA busy_timeout=5000")
         await self._migrate(db)
         await db.close()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = _connect(self.path)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
-        self._db.execute("PRAGMA busy_timeout=5000")
         if self._checkpointer is not None:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer.start()
