@@ -130,17 +130,27 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 class _Checkpointer:
     """Folds the write-ahead log into the database file every ``seconds``, on a thread and a
-    connection of its own, so that no group commit waits for it (with SQLite's automatic
-    checkpoint, the commit that crosses 1000 pages of log does the copying and its fsync).
-    PASSIVE: it copies what no reader still needs and never blocks the writer; once the log is
-    folded whole, SQLite writes it from its start again (and folds what is left when the last
-    connection closes)."""
+    connection of its own, so that no group commit waits for the copying (with SQLite's
+    automatic checkpoint, the commit that crosses 1000 pages of log does it, and its fsync).
+
+    PASSIVE: it copies what no reader still needs and never blocks the writer. But SQLite
+    starts the log again from its beginning only at a write that finds every frame of it
+    folded, and frames keep coming while a pass copies: under steady writes the log would never
+    start again and would grow without end. So a pass is repeated while it still had much to
+    copy (the writer adds less during each than it copied), and then the writer is told
+    (``folded``): before its next commit it folds the few frames added since, itself, and that
+    commit writes the log from its start again."""
+
+    # A pass that copied fewer frames than this ends the repeats.
+    CLOSE_FRAMES = 256
+    MAX_PASSES = 4
 
     def __init__(self, path: Path, seconds: float) -> None:
         self._path = path
         self._seconds = seconds
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.folded = threading.Event()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
@@ -156,17 +166,44 @@ class _Checkpointer:
         db = _connect(self._path)
         try:
             while not self._stopping.wait(self._seconds):
-                self._checkpoint(db)
-            self._checkpoint(db)
+                self.run_once(db)
+            self.run_once(db)
         finally:
             db.close()
 
-    @staticmethod
-    def _checkpoint(db: sqlite3.Connection) -> None:
-        try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # the next one tries again; the log only grows meanwhile
-            log.warning("WAL checkpoint failed: %s", exc)
+    def run_once(self, db: sqlite3.Connection) -> None:
+        """Passes until one had little to copy (what the writer added during the one before);
+        then the writer folds the rest."""
+        before = -1
+        for _ in range(self.MAX_PASSES):
+            state = checkpoint(db)
+            if state is None:
+                return
+            frames, folded = state
+            if before >= 0 and folded - before < self.CLOSE_FRAMES:
+                break
+            before = folded
+        if frames > 0:
+            self.folded.set()
+
+    def fold_tail(self, db: sqlite3.Connection) -> None:
+        """On the writer's connection, between two commits, once ``folded``: the frames added
+        since the last pass, so that the next commit starts the log again."""
+        if self.folded.is_set():
+            self.folded.clear()
+            checkpoint(db)
+
+
+def checkpoint(db: sqlite3.Connection) -> tuple[int, int] | None:
+    """A PASSIVE checkpoint: (frames in the log, how many of them are folded), or None if it
+    failed or another checkpoint was running (the next one tries again; the log only grows
+    meanwhile)."""
+    try:
+        busy, frames, folded = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.Error as exc:
+        log.warning("WAL checkpoint failed: %s", exc)
+        return None
+    return None if busy else (int(frames), int(folded))
 
 
 class _Rows:
@@ -269,6 +306,8 @@ class SqliteStore(SqliteAuthTables):
         """One group commit, on the writer's thread."""
         db = self._db
         assert db is not None
+        if self._checkpointer is not None:
+            self._checkpointer.fold_tail(db)
         # IMMEDIATE: the write lock from the start (waiting for it up to busy_timeout), so the
         # fence check below reads what no other connection can change before the rows are
         # written; a deferred transaction that read first could not take the lock after
