@@ -47,7 +47,7 @@ async def test_twenty_long_messages_at_once_do_not_overshoot_the_daily_tokens(
     ]
     guest_id = sessions[0]["guest"]["id"]
     assert {s["guest"]["id"] for s in sessions} == {guest_id}
-    long = "word " * 400  # 2 000 characters: 400 prompt tokens for the simulated model
+    long = "word " * 400  # 2 000 bytes: about 400 prompt tokens for the simulated model
 
     async def as_guest(s: dict[str, Any]) -> tuple[int, int]:
         async with aiohttp.ClientSession(base_url=str(client.make_url(""))) as browser:

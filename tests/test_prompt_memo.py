@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.agent.backends.base import ModelMessage
-from actors.agent.fitting import Fitter, PathGroups
+from actors.agent.fitting import Fitter, PathGroups, prompt_bound
 from actors.agent.tokens import TokenCounter
 from actors.agent.windows import RouteLimits
 from actors.core.model import ChatMessage
@@ -270,6 +270,12 @@ def test_groups_kept_between_turns_fit_as_a_fresh_fitter_does(turns: list[tuple[
                 fitter.messages = lambda tail=(), exc=exc: [type(exc).__name__]  # type: ignore[method-assign]
         assert kept.messages() == fresh.messages() == _oracle(head, chat, limits, counter)
         assert kept.dropped == fresh.dropped
+        # The size the simulated model is handed is the size of what it is sent, with a turn's
+        # own messages after the path.
+        tail = [ModelMessage(role="tool", content="42", tool_call_id="c", name="t")][: branch % 2]
+        for fitter in (kept, fresh):
+            if not isinstance(fitter.messages()[0], str):
+                assert fitter.bound(tail) == prompt_bound(fitter.messages(tail))
 
 
 def _oracle(head: list[ModelMessage], chat: list[ChatMessage], limits: RouteLimits,

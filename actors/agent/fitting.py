@@ -30,7 +30,7 @@ from actors.core.model import ChatMessage
 from actors.core.summary import ContextSummary, path_digest
 
 __all__ = [
-    "SUMMARY_PREFIX", "ContextOverflowError", "Fitter", "PathGroups", "SummaryPlan", "summary_message",
+    "SUMMARY_PREFIX", "ContextOverflowError", "Fitter", "PathGroups", "SummaryPlan", "prompt_bound", "summary_message",
     "summary_prompt",
 ]
 
@@ -47,6 +47,11 @@ def _size(message: ModelMessage, of: Callable[[str], int]) -> int:
     for call in message.tool_calls or []:
         n += of(call.name) + of(call.arguments)
     return n
+
+
+def prompt_bound(messages: Sequence[ModelMessage]) -> int:
+    """At least the tokens of ``messages`` (their UTF-8 bytes and the chat format's), read whole."""
+    return sum(_size(m, TokenCounter.bound) for m in messages)
 
 
 def _tokens(counter: TokenCounter, message: ModelMessage) -> int:
@@ -357,3 +362,9 @@ class Fitter:
         kept = self.path.flat[self._before(self.start) : self._flat_size]
         middle = [summary_message(self.summary)] if self.summary is not None else []
         return [*self.head, *middle, *kept, *tail]
+
+    def bound(self, tail: Sequence[ModelMessage] = ()) -> int:
+        """``prompt_bound(self.messages(tail))``, the path's part from its running totals."""
+        middle = [summary_message(self.summary)] if self.summary is not None else []
+        bounds = self.path.bounds
+        return bounds[self.size] - bounds[self.start] + prompt_bound([*self.head, *middle, *tail])

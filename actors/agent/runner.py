@@ -192,7 +192,7 @@ class AgentRunner:
             fitter.truncate(messages)
             call = ModelCall(
                 messages=fitter.messages(messages), model="", tools=specs, temperature=agent.temperature,
-                attempt=request.attempt,
+                attempt=request.attempt, prompt_bound=fitter.bound(messages),
             )
             async for item in self.router.stream(agent.model, call):
                 if isinstance(item, ModelToolCall):

@@ -85,6 +85,10 @@ class ModelCall(msgspec.Struct, frozen=True, kw_only=True):
     temperature: float | None = None
     # Which answer to the same user turn this is (0 first): only the simulated model uses it.
     attempt: int = 0
+    # At least the prompt's tokens, as the context fitter added them up (its UTF-8 bytes and
+    # the chat format's; 0: not given). Only the simulated model uses it, as its prompt's size,
+    # so that it need not read the whole conversation again on every turn.
+    prompt_bound: int = 0
 
 
 ModelItem = Chunk | ModelToolCall

@@ -22,7 +22,8 @@ from operator import attrgetter
 from typing import Protocol
 
 from actors.agent.backends.base import ModelCall, ModelItem, ModelMessage, ModelToolCall
-from actors.agent.textmemo import TextMemo
+from actors.agent.fitting import prompt_bound
+from actors.agent.tokens import TokenCounter
 from actors.core.ids import new_id
 from actors.core.model import Chunk, ModelRequest
 from actors.core.tree import Usage
@@ -74,12 +75,12 @@ def _quote(messages: Sequence[_Message]) -> str:
 _content = attrgetter("content")
 
 
-def _reply_tokens(messages: Sequence[_Message], tokens: int, attempt: int = 0) -> list[str]:
-    # The seed: how many messages the prompt has and how long they are, and the newest two
-    # whole. Hashing the whole prompt cost every answer time in the length of the conversation,
-    # which comes back with each one; the same prompt still always gets the same reply.
+def _reply_tokens(messages: Sequence[_Message], tokens: int, attempt: int, size: int) -> list[str]:
+    # The seed: how many messages the prompt has and its size, and the newest two whole.
+    # Hashing the whole prompt cost every answer time in the length of the conversation, which
+    # comes back with each one; the same prompt still always gets the same reply.
     newest = "\x1e".join(f"{m.role}:{m.content}" for m in messages[-2:])
-    prompt = f"{len(messages)}\x1d{sum(map(len, map(_content, messages)))}\x1d{newest}"
+    prompt = f"{len(messages)}\x1d{size}\x1d{newest}"
     seed = prompt if attempt == 0 else f"{prompt}\x1fattempt:{attempt}"
     digest = hashlib.blake2b(seed.encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
@@ -89,9 +90,20 @@ def _reply_tokens(messages: Sequence[_Message], tokens: int, attempt: int = 0) -
     return [*_words(quote.rstrip(" ")), *reply] if quote and reply else reply
 
 
+def _usage(size: int, completion: int) -> Usage:
+    """A prompt of one token per five bytes of ``size`` (about a word of English text: it used
+    to count words, which meant reading every message again), and ``completion`` tokens."""
+    prompt = (size + 4) // 5
+    return Usage(prompt, completion, prompt + completion)
+
+
 def simulated_reply(request: ModelRequest, tokens: int) -> list[str]:
     """The reply tokens for ``request``: a pure function of its messages and attempt number."""
-    return _reply_tokens(request.messages, tokens, request.attempt)
+    return _reply_tokens(request.messages, tokens, request.attempt, _text_size(request.messages))
+
+
+def _text_size(messages: Sequence[_Message]) -> int:
+    return sum(map(TokenCounter.bound, map(_content, messages)))
 
 
 def tool_requests(text: str) -> list[tuple[str, str]]:
@@ -102,19 +114,6 @@ def tool_requests(text: str) -> list[tuple[str, str]]:
         if m:
             out.append((m.group(1), m.group(2).strip() or "{}"))
     return out
-
-
-def _word_count(text: str) -> int:
-    return len(text.split())
-
-
-# A conversation's messages come back with every answer: their word counts are remembered.
-_words_in = TextMemo(_word_count)
-
-
-def _prompt_words(messages: Sequence[_Message]) -> int:
-    """The prompt's size in words (what the simulated model reports as its prompt tokens)."""
-    return _words_in.total(list(map(_content, messages)))
 
 
 def _words(text: str) -> list[str]:
@@ -155,11 +154,11 @@ class SimulatedProvider:
         self.reply_tokens = reply_tokens
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
-        tokens = simulated_reply(request, self.reply_tokens)
+        size = _text_size(request.messages)
+        tokens = _reply_tokens(request.messages, self.reply_tokens, request.attempt, size)
         async for batch in _batches(tokens, self.tokens_per_second):
             yield Chunk(batch)
-        prompt = _prompt_words(request.messages)
-        yield Chunk(usage=Usage(prompt, len(tokens), prompt + len(tokens)), model="simulated")
+        yield Chunk(usage=_usage(size, len(tokens)), model="simulated")
 
 
 class SimulatedBackend:
@@ -174,7 +173,7 @@ class SimulatedBackend:
         self.reply_tokens = reply_tokens
 
     def _answer(
-        self, messages: list[ModelMessage], offered: set[str], attempt: int
+        self, messages: list[ModelMessage], offered: set[str], attempt: int, size: int
     ) -> tuple[list[str], list[ModelToolCall]]:
         last = messages[-1] if messages else None
         if last is not None and last.role == "tool":
@@ -191,17 +190,18 @@ class SimulatedBackend:
                 if missing:
                     return _words(f"The tool {missing[0]} is not available in this session."), []
                 return [], [ModelToolCall(new_id("call"), name, args) for name, args in wanted]
-        return _reply_tokens(messages, self.reply_tokens, attempt), []
+        return _reply_tokens(messages, self.reply_tokens, attempt, size), []
 
     async def stream(self, call: ModelCall) -> AsyncIterator[ModelItem]:
-        tokens, calls = self._answer(call.messages, {t.name for t in call.tools}, call.attempt)
+        # The prompt's size as the runner's fitter added it up; read whole only if not given.
+        size = call.prompt_bound or prompt_bound(call.messages)
+        tokens, calls = self._answer(call.messages, {t.name for t in call.tools}, call.attempt, size)
         async for batch in _batches(tokens, self.tokens_per_second):
             yield Chunk(batch)
         for tool_call in calls:
             yield tool_call
-        prompt = _prompt_words(call.messages)
         completion = len(tokens) + sum(len(c.arguments.split()) + 1 for c in calls)
-        yield Chunk(usage=Usage(prompt, completion, prompt + completion), model=call.model)
+        yield Chunk(usage=_usage(size, completion), model=call.model)
 
     async def probe(self) -> None:
         return None
