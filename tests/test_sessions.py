@@ -57,12 +57,14 @@ async def test_send_without_stream_returns_the_answer_and_usage(client: TestClie
     body = await resp.json()
     assert body["model"] == "simulated" and body["status"] == "completed"
     assert body["message"]["role"] == "assistant" and len(body["message"]["content"].split()) == 20
-    assert body["usage"] == {"prompt": 2, "completion": 20, "total": 22}
+    # The simulated model's prompt: "hello there" (11 bytes) and the chat format's 3, a token
+    # per five bytes.
+    assert body["usage"] == {"prompt": 3, "completion": 20, "total": 23}
     history = await (await client.get(f"/v1/sessions/{s['id']}/messages")).json()
     assert [m["role"] for m in history["items"]] == ["user", "assistant"]
-    assert history["usage"]["total"] == 22
+    assert history["usage"]["total"] == 23
     details = await (await client.get(f"/v1/sessions/{s['id']}")).json()
-    assert details["usage"]["total"] == 22 and details["message_count"] == 2
+    assert details["usage"]["total"] == 23 and details["message_count"] == 2
 
 
 async def test_same_prompt_same_simulated_reply(client: TestClient[Any, Any]) -> None:

@@ -176,7 +176,7 @@ class _Checkpointer:
         then the writer folds the rest."""
         before = -1
         for _ in range(self.MAX_PASSES):
-            state = checkpoint(db)
+            state = _checkpoint(db)
             if state is None:
                 return
             frames, folded = state
@@ -191,10 +191,10 @@ class _Checkpointer:
         since the last pass, so that the next commit starts the log again."""
         if self.folded.is_set():
             self.folded.clear()
-            checkpoint(db)
+            _checkpoint(db)
 
 
-def checkpoint(db: sqlite3.Connection) -> tuple[int, int] | None:
+def _checkpoint(db: sqlite3.Connection) -> tuple[int, int] | None:
     """A PASSIVE checkpoint: (frames in the log, how many of them are folded), or None if it
     failed or another checkpoint was running (the next one tries again; the log only grows
     meanwhile)."""
