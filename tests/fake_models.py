@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 from aiohttp import web
@@ -79,6 +79,13 @@ class _FakeModel:
         self.release.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def _misbehave(self, request: web.Request) -> web.StreamResponse | None:
         if self.mode == "error":

@@ -16,10 +16,8 @@ from tests.fake_models import FakeOpenAI, converse
 
 @pytest.fixture
 async def model() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI("agent-model")
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeOpenAI("agent-model") as fake:
+        yield fake
 
 
 def _provider(fake: FakeOpenAI) -> dict[str, Any]:

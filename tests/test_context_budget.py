@@ -35,10 +35,8 @@ SUMMARY_INSTRUCTION = "Summarise the conversation below"
 
 @pytest.fixture
 async def model() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI("ctx-model")
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeOpenAI("ctx-model") as fake:
+        yield fake
 
 
 def _sections(model: FakeOpenAI, strategy: str, **context: Any) -> dict[str, dict[str, Any]]:

@@ -41,10 +41,8 @@ SYSTEM = "You answer briefly."
 
 @pytest.fixture
 async def model() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI("memo-model")
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeOpenAI("memo-model") as fake:
+        yield fake
 
 
 def _sections(model: FakeOpenAI) -> dict[str, dict[str, Any]]:

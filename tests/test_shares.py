@@ -46,10 +46,8 @@ async def make(request: Any, make_client: ClientFactory) -> AsyncIterator[Maker]
 
 @pytest.fixture
 async def model() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI("fake")
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeOpenAI("fake") as fake:
+        yield fake
 
 
 async def _ok(resp: Any, status: int = 200) -> Any:

@@ -65,10 +65,8 @@ async def make_client(tmp_path: Path) -> AsyncIterator[ServerFactory]:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def model() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI("gpt-echo")
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeOpenAI("gpt-echo") as fake:
+        yield fake
 
 
 def _openai(url: str, model: str = "gpt-echo") -> dict[str, Any]:
