@@ -84,6 +84,7 @@ class CuttingProxy:
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
+        self._accepted: set[asyncio.StreamWriter] = set()  # every client connection still open
         self.refuse_streams = 0
         self.refused = 0
 
@@ -96,6 +97,7 @@ class CuttingProxy:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._accepted.add(writer)
         try:
             first = await reader.read(65536)
             if not first:
@@ -113,6 +115,7 @@ class CuttingProxy:
         finally:
             writer.close()
             self._handlers.discard(task)
+            self._accepted.discard(writer)
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
@@ -137,6 +140,10 @@ class CuttingProxy:
         assert self._server is not None
         self._server.close()
         self.cut()
+        # A connection that has sent nothing yet (a browser opens spare ones) waits in its first
+        # read, and would keep this waiting for ever: it is dropped too.
+        for w in list(self._accepted):
+            w.transport.abort()
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
