@@ -224,10 +224,14 @@ class Fitter:
     def _count(self, i: int) -> int:
         return self.path.count(i)
 
+    def _bound(self, start: int) -> int:
+        """The bound of groups ``start`` to the newest (from the running totals)."""
+        bounds = self.path.bounds
+        return bounds[self.size] - bounds[start]
+
     def _bounded(self, start: int, room: int) -> bool:
         """Whether groups ``start`` to the newest surely fit ``room`` (by their bounds)."""
-        bounds = self.path.bounds
-        return bounds[self.size] - bounds[start] <= room
+        return self._bound(start) <= room
 
     def room(self, tail: Sequence[ModelMessage] = ()) -> int:
         """Tokens the path may take beside the head, the tail, the tools and the answer."""
@@ -261,10 +265,7 @@ class Fitter:
         return sums[self.size] - sums[start] <= room
 
     def _check_newest(self, room: int, tail: Sequence[ModelMessage] = ()) -> None:
-        if not self.size:
-            return
-        bounds = self.path.bounds
-        if bounds[self.size] - bounds[self.size - 1] <= room:
+        if not self.size or self._bounded(self.size - 1, room):
             return
         need = self._count(self.size - 1)
         if need > room:
@@ -357,14 +358,15 @@ class Fitter:
         self.start = start
         self.dropped = self._before(start)
 
+    def _middle(self) -> list[ModelMessage]:
+        """What stands between the head and the path: the summary, if one is used."""
+        return [summary_message(self.summary)] if self.summary is not None else []
+
     def messages(self, tail: Sequence[ModelMessage] = ()) -> list[ModelMessage]:
         """The prompt: the head, the summary if any, the path from ``start``, the tail."""
         kept = self.path.flat[self._before(self.start) : self._flat_size]
-        middle = [summary_message(self.summary)] if self.summary is not None else []
-        return [*self.head, *middle, *kept, *tail]
+        return [*self.head, *self._middle(), *kept, *tail]
 
     def bound(self, tail: Sequence[ModelMessage] = ()) -> int:
         """``prompt_bound(self.messages(tail))``, the path's part from its running totals."""
-        middle = [summary_message(self.summary)] if self.summary is not None else []
-        bounds = self.path.bounds
-        return bounds[self.size] - bounds[self.start] + prompt_bound([*self.head, *middle, *tail])
+        return self._bound(self.start) + prompt_bound([*self.head, *self._middle(), *tail])

@@ -1,5 +1,5 @@
 """A bounded memo of a function of text, for what is computed again for every answer over the
-whole conversation (token counts for the context window, the simulated model's word counts).
+whole conversation (the token counts of the context window's fitter).
 
 A conversation's messages come back with every turn as the same string objects, so a look-up
 costs no hashing of the text (a ``str`` keeps its hash) and no comparing of it. The memo holds
@@ -47,13 +47,6 @@ class TextMemo(Generic[_V]):
                         del self._values[oldest]
                         self._chars -= len(oldest)
         return value
-
-    def total(self: TextMemo[int], texts: list[str]) -> int:
-        """``sum(map(self, texts))``, looking the remembered ones up without a Python call each."""
-        found = list(map(self._values.get, texts))
-        if None in found:
-            found = [self(t) if v is None else v for v, t in zip(found, texts, strict=True)]
-        return sum(found)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._values)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from actors.core.model import ChatMessage, ModelRequest, PromptMemo, Resume
 from actors.core.records import ClientTool, SessionRecord
+from actors.core.summary import ContextSummary
 from actors.core.tree import MessageTree, Node
 from actors.session.summaries import Summaries
 
@@ -96,10 +97,11 @@ def model_request(
     declared = {t.name: t for t in [*record.client_tools, *(client_tools or [])]}
     prompts = prompts or PathPrompt()
     path = prompts.path(tree, user_id)
-    on_path = (
-        summaries.on_path({node.id for node in tree.path_to(user_id)}) if summaries is not None and len(summaries)
-        else []
-    )
+    # A summary hangs on a node with messages of its own (the fitter's groups are made of
+    # them), so the path's messages name every node it may hang on.
+    on_path: list[ContextSummary] = []
+    if summaries is not None and len(summaries):
+        on_path = summaries.on_path({m.node_id for m in path if m.node_id is not None})
     messages = [ChatMessage("system", record.system_prompt), *path] if record.system_prompt else path
     return ModelRequest(
         messages=messages,

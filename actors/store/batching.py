@@ -207,6 +207,7 @@ class GroupCommitter(Committer):
             else:
                 self._settle(batch, epochs, None, time.perf_counter() - started)
 
+
 class ThreadCommitter(Committer):
     """Group commit driven by a thread of its own, for a store whose writes are blocking calls
     (SQLite). The thread takes everything queued, writes it in one transaction and goes straight

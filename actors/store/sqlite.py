@@ -1,8 +1,8 @@
 """SQLite store (the embedded default): WAL, one writer doing group commit.
 
-Every ``commit()`` call enqueues its ops; the single writer task takes everything queued,
-writes it in one transaction with one ``executemany`` per statement, commits once, and
-only then resolves every waiting caller. The writer is a thread of its own (``ThreadCommitter``)
+Every ``commit()`` call enqueues its ops; the single writer takes everything queued, writes it
+in one transaction of multi-row statements, commits once, and only then resolves every waiting
+caller. The writer is a thread of its own (``ThreadCommitter``)
 with a plain ``sqlite3`` connection that only it touches: it runs each transaction whole and goes
 straight on to the next, while the event loop answers the callers of the last one. Through
 aiosqlite, a statement at a time, each statement cost a round trip to the loop, and under load
@@ -137,7 +137,7 @@ class SqliteStore(SqliteAuthTables):
             await self._reader.close()
         self._db = self._reader = None
 
-    # -- writes (through the GroupCommitter: ``self.commit``) ---------------------------------
+    # -- writes (through the ThreadCommitter: ``self.commit``) --------------------------------
 
     def _write_batch(self, ops: list[Op]) -> dict[str, int]:
         """One group commit, on the writer's thread."""

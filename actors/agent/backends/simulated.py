@@ -28,7 +28,7 @@ from actors.core.ids import new_id
 from actors.core.model import Chunk, ModelRequest
 from actors.core.tree import Usage
 
-__all__ = ["SimulatedBackend", "SimulatedProvider", "simulated_reply", "tool_requests"]
+__all__ = ["SimulatedBackend", "SimulatedProvider", "tool_requests"]
 
 _WORDS = (
     "the session keeps every event in order so a client that drops can resume exactly "
@@ -95,11 +95,6 @@ def _usage(size: int, completion: int) -> Usage:
     to count words, which meant reading every message again), and ``completion`` tokens."""
     prompt = (size + 4) // 5
     return Usage(prompt, completion, prompt + completion)
-
-
-def simulated_reply(request: ModelRequest, tokens: int) -> list[str]:
-    """The reply tokens for ``request``: a pure function of its messages and attempt number."""
-    return _reply_tokens(request.messages, tokens, request.attempt, _text_size(request.messages))
 
 
 def _text_size(messages: Sequence[_Message]) -> int:
