@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import msgspec
 import pytest
 
 from actors.agent.backends.simulated import SimulatedProvider
@@ -23,11 +25,13 @@ from actors.core.records import (
     PutEvent,
     PutMessage,
     PutSession,
+    PutSummary,
     RemoveSession,
     SessionQuery,
     SessionRecord,
     StoredEvent,
 )
+from actors.core.summary import ContextSummary
 from actors.core.tree import Node, Usage
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
@@ -97,8 +101,13 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     events = [
         StoredEvent(seq, "task.completed", b'{"type":"task.completed","task_id":"t%d"}' % seq) for seq in (3, 9, 12)
     ]
+    # Kept byte for byte, escapes and all (a replay sends these bytes again).
+    events[2].data = '{"type":"message.delta","delta":"\\u00e9 \\" é \\\\ \\u0000 😀"}'.encode()
+    first_draft = msgspec.structs.replace(nodes[2], content="draft \x00 with a NUL")
     await store.commit([
-        *(PutMessage.of(rec.id, n) for n in nodes),
+        *(PutMessage.of(rec.id, n) for n in nodes[:2]),
+        PutMessage.of(rec.id, first_draft),
+        PutMessage.of(rec.id, nodes[2]),  # the same key again in one commit: the later one stays
         PutCheckpoint.of(rec.id, cp),
         *(PutEvent(rec.id, e) for e in events),
         PutSession.of(rec),
@@ -116,6 +125,40 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     assert loaded.events == events[1:]  # type and data as written
     assert [e.seq for e in await store.load_events(rec.id, 3, 10)] == [9, 12]
     assert await store.load_session("ses_missing", events=10) is None
+
+
+async def test_commits_wait_out_another_connections_writes(tmp_path: Path) -> None:
+    """Another connection writing the same file (a second process) holds the write lock at
+    times: every commit waits for it and lands, none fails."""
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    rec = _record()
+    await store.commit([PutSession.of(rec)])
+    stop = threading.Event()
+
+    def write_elsewhere() -> int:
+        other = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+        other.execute("PRAGMA busy_timeout=5000")
+        done = 0
+        while not stop.is_set():
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE sessions SET due_at = NULL WHERE id = ?", (rec.id,))
+            other.execute("COMMIT")
+            done += 1
+        other.close()
+        return done
+
+    elsewhere = asyncio.ensure_future(asyncio.to_thread(write_elsewhere))
+    try:
+        for i in range(100):
+            await store.commit([PutMessage.of(rec.id, Node(new_id("msg"), None, "user", f"m{i}", utcnow()))])
+    finally:
+        stop.set()
+        others = await elsewhere
+        loaded = await store.load_session(rec.id, events=0)
+        await store.aclose()
+    assert others > 0 and loaded is not None
+    assert [n.content for n in loaded.nodes] == [f"m{i}" for i in range(100)]
 
 
 async def test_group_commit_many_concurrent_callers(store: Any) -> None:
@@ -494,6 +537,20 @@ async def test_text_with_nul_characters(store: Any) -> None:
     assert got.metadata == {"k": kept("v\x00")}
     assert ids(await store.list_sessions(SessionQuery(namespace="n\x00s", end_user_id="u\x00"))) == [odd.id]
     assert (await store.end_user_usage("u\x00"))[0] == 1
+    # A message, a checkpoint and a summary holding U+0000, in one batch with a neighbour's.
+    question = Node(new_id("msg"), None, "user", "q \x00", utcnow())
+    mark = Checkpoint(new_id("ckp"), question.id, utcnow(), "label \x00")
+    summary = ContextSummary(
+        id=new_id("sum"), through_id=question.id, digest="d", content="gist \x00", created_at=utcnow()
+    )
+    await asyncio.gather(
+        store.commit([PutMessage.of(odd.id, question), PutCheckpoint.of(odd.id, mark), PutSummary.of(odd.id, summary)]),
+        store.commit([PutMessage.of(plain.id, Node(new_id("msg"), None, "user", "fine", utcnow()))]),
+    )
+    loaded = await store.load_session(odd.id, events=0)
+    assert loaded is not None and [n.content for n in loaded.nodes] == [kept("q \x00")]
+    assert [c.label for c in loaded.checkpoints] == [kept("label \x00")]
+    assert [(await store.load_session(plain.id, events=0)).nodes[0].content] == ["fine"]
 
     shared = _doc("doc_shared", utcnow())
     own = _doc("doc_own", utcnow(), end_user_id="u\x00")

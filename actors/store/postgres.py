@@ -201,7 +201,9 @@ class PostgresStore(PgAuthTables):
 
     @staticmethod
     def _children(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-        return [(pg_text(a), pg_text(b), body) for a, b, body in table]
+        # A body's JSON may escape U+0000, which the search index's JSONB refuses (the whole
+        # commit, every caller's in it, failed on one such message).
+        return [(pg_text(a), pg_text(b), jsonb(body.encode()) if "\\u0000" in body else body) for a, b, body in table]
 
     async def _write(self, ops: list[Op]) -> dict[str, int]:
         assert self._pool is not None

@@ -1,15 +1,15 @@
 """SQLite store (the embedded default): WAL, one writer doing group commit.
 
 Every ``commit()`` call enqueues its ops; the single writer takes everything queued, writes it
-in one transaction of multi-row statements, commits once, and only then resolves every waiting
-caller. The writer is a thread of its own (``ThreadCommitter``)
-with a plain ``sqlite3`` connection that only it touches: it runs each transaction whole and goes
-straight on to the next, while the event loop answers the callers of the last one. Through
-aiosqlite, a statement at a time, each statement cost a round trip to the loop, and under load
-every round trip waited for a turn of the busy loop, with the writer idle meanwhile. Reads use a
-second connection (aiosqlite), which WAL lets proceed while the writer holds its transaction.
-The writer's side (its connection, each commit's statements, the checkpointer) is in
-``sqlite_writer``.
+in one transaction (almost always a single statement, its rows as JSON for SQLite to unpack),
+commits once, and only then resolves every waiting caller. The writer is a thread of its own
+(``ThreadCommitter``) with a plain ``sqlite3`` connection that only it touches: it runs each
+transaction whole and goes straight on to the next, while the event loop answers the callers of
+the last one. Through aiosqlite, a statement at a time, each statement cost a round trip to the
+loop, and under load every round trip waited for a turn of the busy loop, with the writer idle
+meanwhile. Reads use a second connection (aiosqlite), which WAL lets proceed while the writer
+holds its transaction. The writer's side (its connection, each commit's statements, the
+checkpointer) is in ``sqlite_writer``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from actors.store.batching import Rows, StoreClosedError, ThreadCommitter
 from actors.store.expiry import SQLITE, expired_sessions
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
-from actors.store.sqlite_writer import DELETES, Checkpointer, connect, write_batch
+from actors.store.sqlite_writer import DELETES, Checkpointer, connect_writer, write_batch
 from actors.store.tables import (
     AgentRecord,
     ApiKeyRecord,
@@ -107,8 +107,7 @@ class SqliteStore(SqliteAuthTables):
         await db.execute("PRAGMA busy_timeout=5000")
         await self._migrate(db)
         await db.close()
-        self._db = connect(self.path)
-        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._db = connect_writer(self.path, self._synchronous)
         if self._checkpointer is not None:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer.start()

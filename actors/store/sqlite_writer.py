@@ -12,11 +12,13 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from actors.core.records import Op
 from actors.store import outbox, shares_sqlite
 from actors.store.batching import Rows, admitted, claims, fences
 
-__all__ = ["DELETES", "Checkpointer", "connect", "write_batch"]
+__all__ = ["DELETES", "Checkpointer", "connect_writer", "write_batch"]
 
 log = logging.getLogger("sessiond.store")
 
@@ -27,20 +29,50 @@ _UPSERT_SESSION = (
     " body = excluded.body, due_at = excluded.due_at"
 )
 _CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING lease_epoch"
-_UPSERT_MESSAGE = (
-    "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
-    " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
-)
-_UPSERT_CHECKPOINT = (
-    "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
-    " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
-)
+
+# A group commit's rows of the four tables every message writes go to SQLite in one statement:
+# an insert into a view of the writer's connection, whose trigger writes them from JSON arrays
+# (one a table) in the order they came, each as its own upsert would. A statement holds Python's
+# lock only to bind its few texts; all the rest runs in SQLite with the lock released. Bound a row
+# at a time (or in multi-row statements), each statement took the lock back from the event loop,
+# and under load each of those waited for the loop's switch interval: a commit waited for the
+# lock some ten times over. Alone in autocommit the statement is its own transaction (a write
+# one from its start: it waits for another connection's write lock as BEGIN IMMEDIATE does),
+# and it checks the lease fences first: if any session's stored epoch is past its fence, it stops
+# (_FENCED) with nothing written, and the commit is done again in an explicit transaction that
+# finds the stale sessions and leaves out their rows. (SQLite's JSON functions end a text at
+# U+0000, which only a session's namespace or end user id can hold outside a JSON body: such
+# session rows are bound as they are, in the explicit transaction.)
+_FENCED = "sessiond: fenced"
+_ROWS_VIEW = f"""
+CREATE TEMP VIEW batch_rows (fences, sessions, messages, checkpoints, events)
+    AS SELECT NULL, NULL, NULL, NULL, NULL;
+CREATE TEMP TRIGGER batch_rows_write INSTEAD OF INSERT ON batch_rows BEGIN
+    SELECT RAISE(ABORT, '{_FENCED}') FROM json_each(NEW.fences) AS f
+        JOIN sessions AS s ON s.id = f.value ->> 0 WHERE s.lease_epoch > f.value ->> 1;
+    INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at)
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+        FROM json_each(NEW.sessions) WHERE true
+        ON CONFLICT(id) DO UPDATE SET namespace = excluded.namespace,
+            end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,
+            body = excluded.body, due_at = excluded.due_at;
+    INSERT INTO messages (id, session_id, body)
+        SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.messages) WHERE true
+        ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body;
+    INSERT INTO checkpoints (id, session_id, body)
+        SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.checkpoints) WHERE true
+        ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body;
+    INSERT OR REPLACE INTO events (session_id, seq, type, data)
+        SELECT value ->> 0, value ->> 1, value ->> 2, CAST(value ->> 3 AS BLOB) FROM json_each(NEW.events);
+END;
+"""
+_INSERT_ROWS = "INSERT INTO batch_rows VALUES (?, ?, ?, ?, ?)"
+_json = msgspec.json.Encoder().encode
 _UPSERT_SUMMARY = (
     "INSERT INTO context_summaries (id, session_id, body) VALUES (?, ?, ?)"
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
 )
 _DROP_SUMMARY = "DELETE FROM context_summaries WHERE session_id = ? AND id = ?"
-_INSERT_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)"
 _TRIMS = (
     "DELETE FROM messages WHERE session_id = ? AND id = ?",
     "DELETE FROM checkpoints WHERE session_id = ? AND id = ?",
@@ -75,6 +107,14 @@ def connect(path: Path) -> sqlite3.Connection:
     autocommit, waiting up to 5 s for a lock another connection holds."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
+    """The writer's connection: ``connect``'s, with the view each commit's rows go through."""
+    db = connect(path)
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.executescript(_ROWS_VIEW)
     return db
 
 
@@ -156,41 +196,53 @@ def _checkpoint(db: sqlite3.Connection) -> tuple[int, int] | None:
     return None if busy else (int(frames), int(folded))
 
 
-class _Rows:
-    """A one-row ``INSERT ... VALUES (?, ...)`` statement run for many rows at once: a statement
-    of up to 256 rows, then smaller ones (a few fixed sizes, so each stays prepared). Row by row
-    (``executemany``) the writer thread gives up Python's lock and takes it again for every row,
-    and waits for it each time the event loop holds it; a statement of many rows does its work
-    in one step. Rows apply in order, as one at a time would (a repeated key upserts again)."""
-
-    SIZES = (256, 64, 16, 4, 1)
-
-    __slots__ = ("_sql",)
-
-    def __init__(self, sql: str) -> None:
-        head, _, rest = sql.partition(" VALUES (")
-        marks, _, tail = rest.partition(")")
-        self._sql = {n: f"{head} VALUES {', '.join([f'({marks})'] * n)}{tail}" for n in self.SIZES}
-
-    def run(self, db: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
-        at = 0
-        for n in self.SIZES:
-            while len(rows) - at >= n:
-                db.execute(self._sql[n], list(chain.from_iterable(rows[at : at + n])))
-                at += n
-
-
-_MANY_SESSIONS = _Rows(_UPSERT_SESSION)
-_MANY_MESSAGES = _Rows(_UPSERT_MESSAGE)
-_MANY_CHECKPOINTS = _Rows(_UPSERT_CHECKPOINT)
-_MANY_EVENTS = _Rows(_INSERT_EVENT)
-
-
 def write_batch(db: sqlite3.Connection, ops: list[Op], checkpointer: Checkpointer | None) -> dict[str, int]:
     """One group commit, on the writer's thread: the epochs of the sessions its ops claim or
-    that are fenced past theirs (see ``Committer``)."""
+    that are fenced past theirs (see ``Committer``). Almost always one statement (``_ROWS_VIEW``);
+    a commit that claims an epoch, meets a stale fence, or writes what only retention, deletes,
+    summaries and webhooks write is an explicit transaction."""
     if checkpointer is not None:
         checkpointer.fold_tail(db)
+    rows = Rows(ops)
+    if not claims(ops) and not _rare(rows) and not any(map(_nul_owned, rows.sessions)):
+        try:
+            _insert_rows(db, rows, fences(ops))
+            return {}
+        except sqlite3.IntegrityError as exc:
+            if str(exc) != _FENCED:
+                raise
+    return _write_in_transaction(db, ops)
+
+
+def _rare(rows: Rows) -> bool:
+    return bool(
+        rows.summaries or rows.summary_drops or rows.trim_messages or rows.trim_checkpoints or rows.trim_events
+        or rows.deletes or rows.deliveries
+    )
+
+
+def _nul_owned(row: tuple[str, str, str | None, str, str, float | None]) -> bool:
+    return "\x00" in row[1] or (row[2] is not None and "\x00" in row[2])
+
+
+def _insert_rows(
+    db: sqlite3.Connection, rows: Rows, fenced: dict[str, int] | None, sessions: Sequence[Any] | None = None
+) -> None:
+    """The rows of sessions (``rows.sessions`` unless given), messages, checkpoints and events,
+    in one statement (``_ROWS_VIEW``); it stops with ``_FENCED`` if a session in ``fenced`` has a
+    later epoch than its own there."""
+
+    def doc(table: Sequence[Any]) -> bytes | None:
+        return _json(table) if table else None
+
+    events = [(sid, seq, kind, data.decode()) for sid, seq, kind, data in rows.events]
+    db.execute(_INSERT_ROWS, (
+        doc(list(fenced.items()) if fenced else ()), doc(rows.sessions if sessions is None else sessions),
+        doc(rows.messages), doc(rows.checkpoints), doc(events),
+    ))
+
+
+def _write_in_transaction(db: sqlite3.Connection, ops: list[Op]) -> dict[str, int]:
     # IMMEDIATE: the write lock from the start (waiting for it up to busy_timeout), so the
     # fence check below reads what no other connection can change before the rows are
     # written; a deferred transaction that read first could not take the lock after
@@ -206,16 +258,16 @@ def write_batch(db: sqlite3.Connection, ops: list[Op], checkpointer: Checkpointe
         if fenced:
             # Cluster mode needs PostgreSQL, so only a second process on this file could
             # have claimed since; the check keeps one code path with the shared store.
-            # Only the stale ones come back (none, almost always): a step per 64 sessions,
-            # where a row per session would cost the writer a turn of Python's lock each.
+            # Only the stale ones come back (none, almost always): a step per 64 sessions.
             pairs = list(fenced.items())
             for at in range(0, len(pairs), _FENCE_CHUNK):
                 epochs.update(_stale_epochs(db, pairs[at : at + _FENCE_CHUNK]))
         rows = Rows(admitted(ops, epochs))
-        _MANY_SESSIONS.run(db, rows.sessions)
-        _MANY_MESSAGES.run(db, rows.messages)
-        _MANY_CHECKPOINTS.run(db, rows.checkpoints)
-        _MANY_EVENTS.run(db, rows.events)
+        odd = [row for row in rows.sessions if _nul_owned(row)]
+        if odd:
+            db.executemany(_UPSERT_SESSION, odd)  # a session's owner never changes: all its rows
+        # The stale sessions' rows are left out already.
+        _insert_rows(db, rows, None, [row for row in rows.sessions if not _nul_owned(row)] if odd else None)
         tables: tuple[tuple[str, Sequence[Any]], ...] = (
             (_UPSERT_SUMMARY, rows.summaries),
             (_DROP_SUMMARY, rows.summary_drops),
