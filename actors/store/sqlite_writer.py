@@ -102,7 +102,7 @@ def _stale_epochs(db: sqlite3.Connection, pairs: list[tuple[str, int]]) -> dict[
     return {sid: int(epoch) for sid, epoch in db.execute(sql, list(chain.from_iterable(pairs))).fetchall()}
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path) -> sqlite3.Connection:
     """A plain connection for a thread of the store's own (it may be opened on another): in
     autocommit, waiting up to 5 s for a lock another connection holds."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -111,8 +111,8 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
-    """The writer's connection: ``connect``'s, with the view each commit's rows go through."""
-    db = connect(path)
+    """The writer's connection: ``_connect``'s, with the view each commit's rows go through."""
+    db = _connect(path)
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.executescript(_ROWS_VIEW)
     return db
@@ -153,7 +153,7 @@ class Checkpointer:
             self._thread.join()
 
     def _run(self) -> None:
-        db = connect(self._path)
+        db = _connect(self._path)
         try:
             while not self._stopping.wait(self._seconds):
                 self.run_once(db)
