@@ -14,6 +14,7 @@ when scraped (``Metrics.watch(registry)``); the rest is recorded as it happens:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -98,6 +99,7 @@ class Metrics:
 
     def __init__(self, *, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         if process:
             ProcessCollector(registry=r)
@@ -142,6 +144,16 @@ class Metrics:
             ["limit"], registry=r,
         )
 
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, made once: prometheus_client checks the values, builds a
+        key and takes a lock on every call, and some are made on every request and model call.
+        (Every label's values are bounded, which is what keeps this bounded too.)"""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     # -- hooks -----------------------------------------------------------------------------
 
     def observe_commit(self, seconds: float, ops: int) -> None:
@@ -153,7 +165,7 @@ class Metrics:
         self, provider: str, seconds: float, error: str | None = None, *, cancelled: bool = False
     ) -> None:
         outcome = "cancelled" if cancelled else "error" if error else "ok"
-        self.provider_seconds.labels(provider, outcome).observe(seconds)
+        self.child(self.provider_seconds, provider, outcome).observe(seconds)
         if error:
             self.provider_errors.labels(provider, error).inc()
 
@@ -176,7 +188,7 @@ class Metrics:
 
     def first_chunk(self, provider: str, seconds: float) -> None:
         """A model call's first chunk came ``seconds`` after the call (the router's observer)."""
-        self.provider_first_chunk.labels(provider).observe(seconds)
+        self.child(self.provider_first_chunk, provider).observe(seconds)
 
     def call_ended(self, provider: str, seconds: float, error: str | None, *, cancelled: bool) -> None:
         """A model call ended (the router's observer)."""

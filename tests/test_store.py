@@ -127,6 +127,23 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     assert await store.load_session("ses_missing", events=10) is None
 
 
+async def test_a_large_commit_lands_whole(store: Any) -> None:
+    """Messages of megabytes in one group commit (SQLite writes a commit that large in several
+    statements of one transaction), one larger than such a statement alone: all there, in order."""
+    rec = _record()
+    sizes = [2 << 20, 3 << 20, 5 << 20, 10]
+    nodes = [Node(new_id("msg"), None, "user", chr(ord("a") + i) * n, utcnow()) for i, n in enumerate(sizes)]
+    events = [StoredEvent(i + 1, "message.created", b'{"text":"%s"}' % (b"x" * n)) for i, n in enumerate(sizes)]
+    await asyncio.gather(
+        store.commit([PutSession.of(rec), *(PutMessage.of(rec.id, n) for n in nodes[:2])]),
+        store.commit([*(PutMessage.of(rec.id, n) for n in nodes[2:]), *(PutEvent(rec.id, e) for e in events)]),
+    )
+    loaded = await store.load_session(rec.id, events=10)
+    assert loaded is not None
+    assert [(n.id, len(n.content)) for n in loaded.nodes] == [(n.id, len(n.content)) for n in nodes]
+    assert loaded.events == events
+
+
 async def test_commits_wait_out_another_connections_writes(tmp_path: Path) -> None:
     """Another connection writing the same file (a second process) holds the write lock at
     times: every commit waits for it and lands, none fails."""
@@ -551,6 +568,9 @@ async def test_text_with_nul_characters(store: Any) -> None:
     assert loaded is not None and [n.content for n in loaded.nodes] == [kept("q \x00")]
     assert [c.label for c in loaded.checkpoints] == [kept("label \x00")]
     assert [(await store.load_session(plain.id, events=0)).nodes[0].content] == ["fine"]
+    # In a body alone (the owner's fields plain), as SQLite writes most commits.
+    await store.commit([PutMessage.of(plain.id, Node(new_id("msg"), None, "user", "nul \x00 here", utcnow()))])
+    assert (await store.load_session(plain.id, events=0)).nodes[1].content == kept("nul \x00 here")
 
     shared = _doc("doc_shared", utcnow())
     own = _doc("doc_own", utcnow(), end_user_id="u\x00")

@@ -69,6 +69,9 @@ DEFAULT_WINDOWS: dict[str, int] = {
 }
 
 
+_REMEMBERED_ROUTES = 1024
+
+
 def window_for(model: str, table: Mapping[str, int]) -> int | None:
     """The window of the longest name in ``table`` that starts ``model`` (None: no name does)."""
     name = model.rsplit("/", 1)[-1].lower()
@@ -111,6 +114,8 @@ class Windows:
         self.table = {**DEFAULT_WINDOWS, **{k.lower(): v for k, v in (windows or {}).items()}}
         self.default_window = default_window
         self.reserve_tokens = reserve_tokens
+        # A route's limits, found once: the name lookup reads the whole table, on every turn.
+        self._limits: dict[tuple[RouteEntry, ...], RouteLimits] = {}
 
     def _entry(self, entry: RouteEntry) -> tuple[int, int, str]:
         p = self.providers.get(entry.provider) or ProviderLimits(default_model=entry.provider)
@@ -119,6 +124,15 @@ class Windows:
         return window, p.max_tokens or self.reserve_tokens, model
 
     def for_route(self, route: Sequence[RouteEntry]) -> RouteLimits:
+        key = tuple(route)
+        found = self._limits.get(key)
+        if found is None:
+            if len(self._limits) >= _REMEMBERED_ROUTES:  # agents' routes are the API's to make
+                self._limits.clear()
+            found = self._limits[key] = self._limits_of(key)
+        return found
+
+    def _limits_of(self, route: Sequence[RouteEntry]) -> RouteLimits:
         entries = [self._entry(e) for e in route]
         if not entries:
             return RouteLimits(self.default_window, self.reserve_tokens, "")

@@ -225,8 +225,6 @@ class SessionState:
             ended.setdefault(task_id, seqs[-1])
         while len(ended) > _TASK_END_MEMORY:
             del ended[next(iter(ended))]
-            if len(self.hub.task_end_seq) > _TASK_END_MEMORY:
-                del self.hub.task_end_seq[next(iter(self.hub.task_end_seq))]
         self._stats.events += len(stored)
         self.hub.notify()
         return seqs

@@ -67,6 +67,9 @@ CREATE TEMP TRIGGER batch_rows_write INSTEAD OF INSERT ON batch_rows BEGIN
 END;
 """
 _INSERT_ROWS = "INSERT INTO batch_rows VALUES (?, ?, ?, ?, ?)"
+# The most text one statement's JSON holds (about: characters): a larger commit (large messages)
+# is an explicit transaction of several, so that SQLite never parses one huge text at once.
+_STATEMENT_BYTES = 4 << 20
 _json = msgspec.json.Encoder().encode
 _UPSERT_SUMMARY = (
     "INSERT INTO context_summaries (id, session_id, body) VALUES (?, ?, ?)"
@@ -199,18 +202,21 @@ def _checkpoint(db: sqlite3.Connection) -> tuple[int, int] | None:
 def write_batch(db: sqlite3.Connection, ops: list[Op], checkpointer: Checkpointer | None) -> dict[str, int]:
     """One group commit, on the writer's thread: the epochs of the sessions its ops claim or
     that are fenced past theirs (see ``Committer``). Almost always one statement (``_ROWS_VIEW``);
-    a commit that claims an epoch, meets a stale fence, or writes what only retention, deletes,
-    summaries and webhooks write is an explicit transaction."""
+    a commit that claims an epoch, meets a stale fence, is large, or writes what only retention,
+    deletes, summaries and webhooks write is an explicit transaction."""
     if checkpointer is not None:
         checkpointer.fold_tail(db)
     rows = Rows(ops)
     if not claims(ops) and not _rare(rows) and not any(map(_nul_owned, rows.sessions)):
-        try:
-            _insert_rows(db, rows, fences(ops))
-            return {}
-        except sqlite3.IntegrityError as exc:
-            if str(exc) != _FENCED:
-                raise
+        fenced = list(fences(ops).items())
+        docs = [_doc(fenced), _doc(rows.sessions), _doc(rows.messages), _doc(rows.checkpoints), _doc(_events(rows))]
+        if sum(len(d) for d in docs if d is not None) <= _STATEMENT_BYTES:
+            try:
+                db.execute(_INSERT_ROWS, docs)
+                return {}
+            except sqlite3.IntegrityError as exc:
+                if str(exc) != _FENCED:
+                    raise
     return _write_in_transaction(db, ops)
 
 
@@ -225,21 +231,35 @@ def _nul_owned(row: tuple[str, str, str | None, str, str, float | None]) -> bool
     return "\x00" in row[1] or (row[2] is not None and "\x00" in row[2])
 
 
-def _insert_rows(
-    db: sqlite3.Connection, rows: Rows, fenced: dict[str, int] | None, sessions: Sequence[Any] | None = None
-) -> None:
-    """The rows of sessions (``rows.sessions`` unless given), messages, checkpoints and events,
-    in one statement (``_ROWS_VIEW``); it stops with ``_FENCED`` if a session in ``fenced`` has a
-    later epoch than its own there."""
+def _doc(table: Sequence[Any]) -> bytes | None:
+    return _json(table) if table else None
 
-    def doc(table: Sequence[Any]) -> bytes | None:
-        return _json(table) if table else None
 
-    events = [(sid, seq, kind, data.decode()) for sid, seq, kind, data in rows.events]
-    db.execute(_INSERT_ROWS, (
-        doc(list(fenced.items()) if fenced else ()), doc(rows.sessions if sessions is None else sessions),
-        doc(rows.messages), doc(rows.checkpoints), doc(events),
-    ))
+def _events(rows: Rows) -> list[tuple[str, int, str, str]]:
+    return [(sid, seq, kind, data.decode()) for sid, seq, kind, data in rows.events]
+
+
+def _insert_in_parts(db: sqlite3.Connection, rows: Rows, sessions: Sequence[Any]) -> None:
+    """Inside a transaction: ``sessions`` and the rows of messages, checkpoints and events
+    through ``_ROWS_VIEW`` (its fences left empty), a table at a time, in statements of about
+    ``_STATEMENT_BYTES`` of text at most (a larger row alone)."""
+    tables: tuple[Sequence[Sequence[Any]], ...] = (sessions, rows.messages, rows.checkpoints, _events(rows))
+    for column, table in enumerate(tables, start=1):
+        at, size = 0, 0
+        for end, row in enumerate(table):
+            n = sum(len(v) for v in row if isinstance(v, str))
+            if end > at and size + n > _STATEMENT_BYTES:
+                _insert_part(db, column, table[at:end])
+                at, size = end, 0
+            size += n
+        if at < len(table):
+            _insert_part(db, column, table[at:])
+
+
+def _insert_part(db: sqlite3.Connection, column: int, part: Sequence[Sequence[Any]]) -> None:
+    docs: list[bytes | None] = [None] * 5
+    docs[column] = _json(part)
+    db.execute(_INSERT_ROWS, docs)
 
 
 def _write_in_transaction(db: sqlite3.Connection, ops: list[Op]) -> dict[str, int]:
@@ -262,12 +282,11 @@ def _write_in_transaction(db: sqlite3.Connection, ops: list[Op]) -> dict[str, in
             pairs = list(fenced.items())
             for at in range(0, len(pairs), _FENCE_CHUNK):
                 epochs.update(_stale_epochs(db, pairs[at : at + _FENCE_CHUNK]))
-        rows = Rows(admitted(ops, epochs))
+        rows = Rows(admitted(ops, epochs))  # without the stale sessions' rows
         odd = [row for row in rows.sessions if _nul_owned(row)]
         if odd:
             db.executemany(_UPSERT_SESSION, odd)  # a session's owner never changes: all its rows
-        # The stale sessions' rows are left out already.
-        _insert_rows(db, rows, None, [row for row in rows.sessions if not _nul_owned(row)] if odd else None)
+        _insert_in_parts(db, rows, [row for row in rows.sessions if not _nul_owned(row)] if odd else rows.sessions)
         tables: tuple[tuple[str, Sequence[Any]], ...] = (
             (_UPSERT_SUMMARY, rows.summaries),
             (_DROP_SUMMARY, rows.summary_drops),

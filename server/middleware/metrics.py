@@ -37,9 +37,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client left before the answer was complete (nginx's code for it)
         raise
     finally:
-        metrics.http_requests.labels(request.method, label, str(status)).inc()
+        metrics.child(metrics.http_requests, request.method, label, str(status)).inc()
         if status == 429:
             failure = request.get(FAILURE)
             # A 429 that no limit named would be a bug; it is still counted, so none is missed.
             metrics.rate_limited(failure.limit if isinstance(failure, LimitReachedError) else "unnamed")
-        metrics.http_seconds.labels(request.method, label).observe(time.perf_counter() - started)
+        metrics.child(metrics.http_seconds, request.method, label).observe(time.perf_counter() - started)
