@@ -45,12 +45,18 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 async def decode_body(request: web.Request, type_: type[T], *, empty_ok: bool = True) -> T:
     """The one place that turns a request body into a typed value (or a 400/413/422)."""
-    deadline = body_deadline(request, request.client_max_size)
     try:
-        async with asyncio.timeout(deadline):
+        if request.content.is_eof():
+            # All of it came already (a small body arrives with its headers): no wait to bound,
+            # and no timer to start and cancel on every request.
             raw = await request.read()
-    except TimeoutError:
-        raise BodyTimeoutError(f"the body did not arrive within {deadline:.0f} s") from None
+        else:
+            deadline = body_deadline(request, request.client_max_size)
+            try:
+                async with asyncio.timeout(deadline):
+                    raw = await request.read()
+            except TimeoutError:
+                raise BodyTimeoutError(f"the body did not arrive within {deadline:.0f} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"the body is larger than {request.client_max_size} bytes") from None
     if not raw.strip():
