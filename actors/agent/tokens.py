@@ -68,6 +68,9 @@ def encoding_for(model: str) -> str | None:
         return None
 
 
+_REMEMBERED_MODELS = 1024
+
+
 class TokenCounter:
     """Counts tokens of text with one encoding; loads its vocabulary once, on first use (about
     0.3 s). ``cache_dir`` is where an encoding that does not ship with sessiond is read from."""
@@ -191,8 +194,19 @@ class Tokenizers:
         self._cache_dir = cache_dir
         self.default = default or TokenCounter(cache_dir=cache_dir)
         self._counters: dict[str, TokenCounter] = {self.default.encoding_name: self.default}
+        # Each model's counter, found once: tiktoken's lookup (an exception for every model it
+        # does not know) was made on every turn.
+        self._by_model: dict[str, TokenCounter] = {}
 
     def for_model(self, model: str) -> TokenCounter:
+        found = self._by_model.get(model)
+        if found is None:
+            if len(self._by_model) >= _REMEMBERED_MODELS:  # agents' models are the API's to name
+                self._by_model.clear()
+            found = self._by_model[model] = self._counter_for(model)
+        return found
+
+    def _counter_for(self, model: str) -> TokenCounter:
         name = encoding_for(model)
         if name is None or (name != "cl100k_base" and name not in ENCODING_SOURCES):
             return self.default  # unknown (or an encoding sessiond cannot read): the estimate
