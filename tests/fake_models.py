@@ -36,6 +36,7 @@ class _FakeModel:
         self.report_usage = True
         self.tool_call: tuple[str, str] | None = None
         self.requests: list[dict[str, Any]] = []
+        self.asked = asyncio.Event()  # set when a chat request arrives
         self.probes = 0
         self.api_key: str | None = None  # when set, requests without "Authorization: Bearer <it>" get 401
         self.release = asyncio.Event()
@@ -118,6 +119,7 @@ class FakeOpenAI(_FakeModel):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        self.asked.set()
         bad = await self._misbehave(request)
         if bad is not None:
             return bad

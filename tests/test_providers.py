@@ -4,7 +4,9 @@ with fallback (down, slow, 500), recovery after the cool-down, an answer cut mid
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,6 +71,35 @@ async def test_openai_streams_tokens_with_reported_usage(make_client: ClientFact
     assert history["items"][-1]["model"] == "main/gpt-fake"
     details = await (await client.get(f"/v1/sessions/{s['id']}")).json()
     assert details["usage"]["total"] == prompt + len(deltas)
+
+
+async def test_the_model_is_asked_while_the_question_commits(
+    make_client: ClientFactory, fake: FakeFactory, tmp_path: Path
+) -> None:
+    """A task's model call does not wait for the commit of its start, and nothing of the answer
+    is shown before that commit: with the database's write lock held by another connection the
+    model is asked all the same; once the commit lands, the stream opens with task.started and
+    the whole answer follows it."""
+    model = await fake("eager")
+    client = await make_client(
+        tmp_path, providers={"main": openai(model.url, "eager")}, agents={"default": {"model": ["main"]}}
+    )
+    s = await new_session(client)
+    assert text_of(await converse(client, s["id"], "hello")) == "Hello from eager, you said: hello"  # actor live
+    model.asked.clear()
+    other = sqlite3.connect(tmp_path / "sessiond.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the server's writer now waits (up to its 5 s busy timeout)
+    sending = asyncio.ensure_future(converse(client, s["id"], "are you there"))
+    try:
+        await asyncio.wait_for(model.asked.wait(), 4)
+        assert not sending.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    events = await sending
+    assert [e.event for e in events][:2] == ["task.started", "message.delta"]
+    assert text_of(events) == "Hello from eager, you said: are you there"
+    assert events[-1].event == "task.completed"
 
 
 async def test_openai_usage_is_counted_when_not_reported(make_client: ClientFactory, fake: FakeFactory) -> None:

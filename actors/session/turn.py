@@ -105,12 +105,19 @@ class Turn:
         """The answer written so far."""
         return "".join(self.parts)
 
-    async def run(self, provider: Provider, request: ModelRequest, journal: Journal) -> None:
-        """Stream the model's answer into the journal; report the end through it."""
+    async def run(
+        self, provider: Provider, request: ModelRequest, journal: Journal, started: asyncio.Future[None] | None = None
+    ) -> None:
+        """Stream the model's answer into the journal; report the end through it. With
+        ``started``, the model is asked at once, and what it answers waits for that future
+        (the turn's start being durable)."""
         error: str | None = None
         waiting = False
         try:
             async for item in provider.stream(request):
+                if started is not None:
+                    await started
+                    started = None
                 match item:
                     case Chunk():
                         deltas = item.deltas

@@ -140,14 +140,25 @@ class TurnRunner(SessionState):
             turn.fold_at = self._loop.time() + self._settings.fold_seconds
         self._stats.tasks_started += 1
         self._stats.tasks_running += 1
-        await self._publish([TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)])
         request = model_request(
             self.record, self.tree, turn.user_id, client_tools=turn.client_tools, summaries=self.summaries,
             prompts=self.prompts,
         )
+        # The model is asked while the start commits, and its answer waits for the commit
+        # (``started``): nothing of it is shown or stored before the question is durable, and
+        # the first token comes after the longer of the two, not after both in turn.
+        started: asyncio.Future[None] = self._loop.create_future()
         turn.task = self._loop.create_task(
-            turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
+            turn.run(self._provider, request, self._journal, started), name=f"turn:{turn.task_id}"
         )
+        try:
+            await self._publish(
+                [TaskStarted(turn.task_id, turn.user_id, reply.id)], [*ops, PutMessage.of(self.id, reply)]
+            )
+        except BaseException:
+            turn.task.cancel()  # nothing of the turn is durable: the actor stops (see its _run)
+            raise
+        started.set_result(None)
 
     async def _save_summary(self, cmd: SaveSummary) -> None:
         if self._current(cmd.task_id) is None:
