@@ -147,7 +147,8 @@ class Metrics:
     def child(self, metric: Counter | Histogram, *values: str) -> Any:
         """``metric.labels(*values)``, made once: prometheus_client checks the values, builds a
         key and takes a lock on every call, and some are made on every request and model call.
-        (Every label's values are bounded, which is what keeps this bounded too.)"""
+        Bounded as the labels' values are: routes by their template, methods by name (the
+        middleware's), providers, endpoints and limits by the configuration."""
         key = (id(metric), values)
         found = self._children.get(key)
         if found is None:

@@ -293,8 +293,9 @@ def add_routes(app: web.Application, routes: tuple[Route, ...] = ROUTES) -> None
         by_path.setdefault(route.path, []).append(route)
     # aiohttp tries the parametrised paths under one static prefix in the order they were added,
     # a regular expression each; a session's paths share "/v1/sessions", and the two that every
-    # message takes (send, follow the stream) came some twenty tries in. They go first (no two
-    # such paths match one URL, so the order changes nothing else).
+    # message takes (send, follow the stream) came some twenty tries in. They go first. The order
+    # changes nothing else: a static path (/v1/sessions/search) is looked up under its own key
+    # before these are tried, and no two of the parametrised ones match one URL.
     hot = {path: rank for rank, path in enumerate(_HOT_PATHS)}
     for path, group in sorted(by_path.items(), key=lambda item: hot.get(item[0], len(hot))):
         for route in group:

@@ -81,6 +81,11 @@ async def test_metrics_show_actors_streams_events_commits_and_requests(make_clie
         (("method", "GET"), ("route", "/v1/sessions/{session_id}"), ("status", "404")),
     )
     assert m[not_found] == 1, "labelled by route template, never by raw path"
+    for made_up in ("BREW", "PROPFIND", "X1"):  # a method is any token the client likes
+        assert (await client.request(made_up, "/v1/sessions")).status in (400, 405)
+    m = await _scrape(client)
+    methods = {dict(labels)["method"] for name, labels in m if name == "sessiond_http_requests_total"}
+    assert methods == {"GET", "POST", "other"}, "a method the server does not know is labelled 'other'"
 
 
 async def test_metrics_can_be_turned_off_require_a_key_by_default_or_be_opened(make_client: ClientFactory) -> None:

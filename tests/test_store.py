@@ -144,6 +144,38 @@ async def test_a_large_commit_lands_whole(store: Any) -> None:
     assert loaded.events == events
 
 
+async def test_a_commit_of_a_message_is_one_statement(tmp_path: Path) -> None:
+    """What a message commits (its rows, its events, the session row, under a lease fence) goes
+    to SQLite as one statement in autocommit, the way that keeps the writer from waiting for
+    Python's lock at each of many (sqlite_writer.py); a claim needs a transaction of its own."""
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    try:
+        rec = _record()
+        await store.commit([PutSession.of(rec)])
+        epoch = await store.claim_epoch(rec.id)
+        assert epoch is not None
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)  # called on the writer's thread, in order
+        node = Node(new_id("msg"), None, "user", "q", utcnow())
+        await store.commit([
+            Fence(rec.id, epoch), PutMessage.of(rec.id, node), PutEvent(rec.id, StoredEvent(1, "task.started", b"{}")),
+            PutSession.of(rec),
+        ])
+        # The statement is traced again for each program of its trigger, and SQLite's own
+        # statements (full-text index) come as "-- ...": nothing else, no BEGIN, no COMMIT.
+        mine = {s.split(" VALUES")[0] for s in statements if not s.startswith("--")}
+        assert mine == {"INSERT INTO batch_rows"}, mine
+        statements.clear()
+        await store.claim_epoch(rec.id)
+        assert next(s for s in statements if not s.startswith("--")) == "BEGIN IMMEDIATE"
+        store._db.set_trace_callback(None)
+        loaded = await store.load_session(rec.id, events=5)
+        assert loaded is not None and [n.id for n in loaded.nodes] == [node.id] and len(loaded.events) == 1
+    finally:
+        await store.aclose()
+
+
 async def test_commits_wait_out_another_connections_writes(tmp_path: Path) -> None:
     """Another connection writing the same file (a second process) holds the write lock at
     times: every commit waits for it and lands, none fails."""
@@ -566,7 +598,7 @@ async def test_text_with_nul_characters(store: Any) -> None:
     )
     loaded = await store.load_session(odd.id, events=0)
     assert loaded is not None and [n.content for n in loaded.nodes] == [kept("q \x00")]
-    assert [c.label for c in loaded.checkpoints] == [kept("label \x00")]
+    assert [c.label for c in loaded.checkpoints] == ["label \x00"]  # plain text in both
     assert [(await store.load_session(plain.id, events=0)).nodes[0].content] == ["fine"]
     # In a body alone (the owner's fields plain), as SQLite writes most commits.
     await store.commit([PutMessage.of(plain.id, Node(new_id("msg"), None, "user", "nul \x00 here", utcnow()))])

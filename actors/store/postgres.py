@@ -201,8 +201,12 @@ class PostgresStore(PgAuthTables):
 
     @staticmethod
     def _children(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-        # A body's JSON may escape U+0000, which the search index's JSONB refuses (the whole
-        # commit, every caller's in it, failed on one such message).
+        return [(pg_text(a), pg_text(b), body) for a, b, body in table]
+
+    @staticmethod
+    def _messages(table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        # A message's JSON may escape U+0000, which the search index (JSONB of the body) refuses:
+        # the whole commit, every caller's in it, failed on one such message.
         return [(pg_text(a), pg_text(b), jsonb(body.encode()) if "\\u0000" in body else body) for a, b, body in table]
 
     async def _write(self, ops: list[Op]) -> dict[str, int]:
@@ -222,7 +226,7 @@ class PostgresStore(PgAuthTables):
                     epochs[by_text[row[0]]] = int(row[1])
             rows = Rows(admitted(ops, epochs))
             sessions = self._sessions(rows)
-            messages = self._children(rows.messages)
+            messages = self._messages(rows.messages)
             checkpoints = self._children(rows.checkpoints)
             events = [(pg_text(sid), seq, type_, data) for sid, seq, type_, data in rows.events]
             summaries = self._children(rows.summaries)
@@ -268,9 +272,10 @@ class PostgresStore(PgAuthTables):
             # Rows left under this id by a session that no longer exists belong to nobody.
             for sql in _DELETES[:-1]:
                 await conn.execute(sql, pg_text(session.id))
-            for sql, table in ((_INSERT_MESSAGE, batch.messages), (_INSERT_CHECKPOINT, batch.checkpoints)):
-                if table:
-                    await conn.executemany(sql, self._children(table))
+            if batch.messages:
+                await conn.executemany(_INSERT_MESSAGE, self._messages(batch.messages))
+            if batch.checkpoints:
+                await conn.executemany(_INSERT_CHECKPOINT, self._children(batch.checkpoints))
             return True
 
         return await self._transaction(insert)

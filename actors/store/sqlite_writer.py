@@ -41,36 +41,45 @@ _CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? R
 # and it checks the lease fences first: if any session's stored epoch is past its fence, it stops
 # (_FENCED) with nothing written, and the commit is done again in an explicit transaction that
 # finds the stale sessions and leaves out their rows. (SQLite's JSON functions end a text at
-# U+0000, which only a session's namespace or end user id can hold outside a JSON body: such
-# session rows are bound as they are, in the explicit transaction.)
+# U+0000. Outside a JSON body, only a session's namespace or end user id can hold one: such
+# session rows are bound as they are, in the explicit transaction. Every other column written
+# directly is sessiond's own: ids it made or an import's, which must match [A-Za-z0-9_.-]+,
+# timestamps it formatted, event types. json_extract, not ->>, which needs SQLite 3.38; each
+# document is bound as text, which no SQLite reads as JSONB.)
 _FENCED = "sessiond: fenced"
 _ROWS_VIEW = f"""
 CREATE TEMP VIEW batch_rows (fences, sessions, messages, checkpoints, events)
     AS SELECT NULL, NULL, NULL, NULL, NULL;
 CREATE TEMP TRIGGER batch_rows_write INSTEAD OF INSERT ON batch_rows BEGIN
     SELECT RAISE(ABORT, '{_FENCED}') FROM json_each(NEW.fences) AS f
-        JOIN sessions AS s ON s.id = f.value ->> 0 WHERE s.lease_epoch > f.value ->> 1;
+        JOIN sessions AS s ON s.id = json_extract(f.value, '$[0]')
+        WHERE s.lease_epoch > json_extract(f.value, '$[1]');
     INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at)
-        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+            json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]')
         FROM json_each(NEW.sessions) WHERE true
         ON CONFLICT(id) DO UPDATE SET namespace = excluded.namespace,
             end_user_id = excluded.end_user_id, last_active_at = excluded.last_active_at,
             body = excluded.body, due_at = excluded.due_at;
     INSERT INTO messages (id, session_id, body)
-        SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.messages) WHERE true
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+        FROM json_each(NEW.messages) WHERE true
         ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body;
     INSERT INTO checkpoints (id, session_id, body)
-        SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.checkpoints) WHERE true
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+        FROM json_each(NEW.checkpoints) WHERE true
         ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body;
     INSERT OR REPLACE INTO events (session_id, seq, type, data)
-        SELECT value ->> 0, value ->> 1, value ->> 2, CAST(value ->> 3 AS BLOB) FROM json_each(NEW.events);
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+            CAST(json_extract(value, '$[3]') AS BLOB)
+        FROM json_each(NEW.events);
 END;
 """
 _INSERT_ROWS = "INSERT INTO batch_rows VALUES (?, ?, ?, ?, ?)"
 # The most text one statement's JSON holds (about: characters): a larger commit (large messages)
 # is an explicit transaction of several, so that SQLite never parses one huge text at once.
 _STATEMENT_BYTES = 4 << 20
-_json = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
 _UPSERT_SUMMARY = (
     "INSERT INTO context_summaries (id, session_id, body) VALUES (?, ?, ?)"
     " ON CONFLICT(session_id, id) DO UPDATE SET body = excluded.body"
@@ -202,8 +211,9 @@ def _checkpoint(db: sqlite3.Connection) -> tuple[int, int] | None:
 def write_batch(db: sqlite3.Connection, ops: list[Op], checkpointer: Checkpointer | None) -> dict[str, int]:
     """One group commit, on the writer's thread: the epochs of the sessions its ops claim or
     that are fenced past theirs (see ``Committer``). Almost always one statement (``_ROWS_VIEW``);
-    a commit that claims an epoch, meets a stale fence, is large, or writes what only retention,
-    deletes, summaries and webhooks write is an explicit transaction."""
+    a commit that claims an epoch, meets a stale fence, is large, holds U+0000 in a session's
+    owner, or writes what only retention, deletes, summaries and webhooks write is an explicit
+    transaction."""
     if checkpointer is not None:
         checkpointer.fold_tail(db)
     rows = Rows(ops)
@@ -231,8 +241,8 @@ def _nul_owned(row: tuple[str, str, str | None, str, str, float | None]) -> bool
     return "\x00" in row[1] or (row[2] is not None and "\x00" in row[2])
 
 
-def _doc(table: Sequence[Any]) -> bytes | None:
-    return _json(table) if table else None
+def _doc(table: Sequence[Any]) -> str | None:
+    return _encoder.encode(table).decode() if table else None
 
 
 def _events(rows: Rows) -> list[tuple[str, int, str, str]]:
@@ -257,8 +267,8 @@ def _insert_in_parts(db: sqlite3.Connection, rows: Rows, sessions: Sequence[Any]
 
 
 def _insert_part(db: sqlite3.Connection, column: int, part: Sequence[Sequence[Any]]) -> None:
-    docs: list[bytes | None] = [None] * 5
-    docs[column] = _json(part)
+    docs: list[str | None] = [None] * 5
+    docs[column] = _doc(part)
     db.execute(_INSERT_ROWS, docs)
 
 

@@ -16,6 +16,9 @@ from server.routing import route_of
 
 __all__ = ["metrics_middleware"]
 
+# A method is the client's to name (any token): the label keeps the known ones, and "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -24,6 +27,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     route = route_of(request)
     label = route.path if route is not None else "(unmatched)"
+    method = request.method if request.method in _METHODS else "other"
     started = time.perf_counter()
     status = 500
     try:
@@ -37,9 +41,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client left before the answer was complete (nginx's code for it)
         raise
     finally:
-        metrics.child(metrics.http_requests, request.method, label, str(status)).inc()
+        metrics.child(metrics.http_requests, method, label, str(status)).inc()
         if status == 429:
             failure = request.get(FAILURE)
             # A 429 that no limit named would be a bug; it is still counted, so none is missed.
             metrics.rate_limited(failure.limit if isinstance(failure, LimitReachedError) else "unnamed")
-        metrics.child(metrics.http_seconds, request.method, label).observe(time.perf_counter() - started)
+        metrics.child(metrics.http_seconds, method, label).observe(time.perf_counter() - started)
