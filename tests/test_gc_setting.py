@@ -39,6 +39,7 @@ async def test_the_server_collects_garbage_rarely_by_default(server_process: Any
     tuned = await _young_collections_over_a_conversation(default.start())
     python = server_process(env={"SESSIOND_SERVER_GC_YOUNG_OBJECTS": "0"}, data_dir=tmp_path / "python")
     untuned = await _young_collections_over_a_conversation(python.start())
-    # At 700, Python collects many times over 500 messages (each leaves its events and nodes behind).
-    assert untuned >= 10, untuned
+    # At 700, Python collects several times over 500 messages (each leaves its events and nodes
+    # behind; 9 to a dozen times, depending on how much garbage a message makes).
+    assert untuned >= 5, untuned
     assert tuned <= untuned / 5, (tuned, untuned)

@@ -19,6 +19,7 @@ to one token per four characters.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -195,16 +196,11 @@ class Tokenizers:
         self.default = default or TokenCounter(cache_dir=cache_dir)
         self._counters: dict[str, TokenCounter] = {self.default.encoding_name: self.default}
         # Each model's counter, found once: tiktoken's lookup (an exception for every model it
-        # does not know) was made on every turn.
-        self._by_model: dict[str, TokenCounter] = {}
+        # does not know) was made on every turn. Bounded: agents' models are the API's to name.
+        self._by_model = functools.lru_cache(maxsize=_REMEMBERED_MODELS)(self._counter_for)
 
     def for_model(self, model: str) -> TokenCounter:
-        found = self._by_model.get(model)
-        if found is None:
-            if len(self._by_model) >= _REMEMBERED_MODELS:  # agents' models are the API's to name
-                self._by_model.clear()
-            found = self._by_model[model] = self._counter_for(model)
-        return found
+        return self._by_model(model)
 
     def _counter_for(self, model: str) -> TokenCounter:
         name = encoding_for(model)

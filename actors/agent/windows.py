@@ -13,6 +13,7 @@ the prompt; its tokens are counted with the encoding of the route's first model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import msgspec
@@ -115,7 +116,8 @@ class Windows:
         self.default_window = default_window
         self.reserve_tokens = reserve_tokens
         # A route's limits, found once: the name lookup reads the whole table, on every turn.
-        self._limits: dict[tuple[RouteEntry, ...], RouteLimits] = {}
+        # Bounded: agents' routes are the API's to make.
+        self._limits = functools.lru_cache(maxsize=_REMEMBERED_ROUTES)(self._limits_of)
 
     def _entry(self, entry: RouteEntry) -> tuple[int, int, str]:
         p = self.providers.get(entry.provider) or ProviderLimits(default_model=entry.provider)
@@ -124,15 +126,9 @@ class Windows:
         return window, p.max_tokens or self.reserve_tokens, model
 
     def for_route(self, route: Sequence[RouteEntry]) -> RouteLimits:
-        key = tuple(route)
-        found = self._limits.get(key)
-        if found is None:
-            if len(self._limits) >= _REMEMBERED_ROUTES:  # agents' routes are the API's to make
-                self._limits.clear()
-            found = self._limits[key] = self._limits_of(key)
-        return found
+        return self._limits(tuple(route))
 
-    def _limits_of(self, route: Sequence[RouteEntry]) -> RouteLimits:
+    def _limits_of(self, route: tuple[RouteEntry, ...]) -> RouteLimits:
         entries = [self._entry(e) for e in route]
         if not entries:
             return RouteLimits(self.default_window, self.reserve_tokens, "")
