@@ -117,9 +117,11 @@ async def test_a_replay_falls_back_to_the_cursor_then_follows(
 
 async def test_a_reader_that_stops_reading_falls_back_and_comes_back(make_client: ClientFactory) -> None:
     # A small bound, so that a reader that stops reading is found congested quickly; a long
-    # log, so that it is never reset and must get every event once it reads again.
+    # log, so that it is never reset and must get every event once it reads again; a short
+    # heartbeat, because a stream that caught up while its transport still held more than the
+    # bound follows again at its next write, and the test sends nothing new while it waits.
     client = await make_client(
-        streams={"direct_write_bytes": 4096, "write_timeout_seconds": 60},
+        streams={"direct_write_bytes": 4096, "write_timeout_seconds": 60, "heartbeat_seconds": 1.0},
         sessions={"event_retention": 200_000},
         simulated={"tokens_per_second": 0, "reply_tokens": 5000},
     )
