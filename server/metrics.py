@@ -13,6 +13,7 @@ when scraped (``Metrics.watch(registry)``); the rest is recorded as it happens:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,7 +100,11 @@ class Metrics:
 
     def __init__(self, *, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # metric.labels(*values), made once: prometheus_client checks the values, builds a key
+        # and takes a lock on every call, and some are made on every request and model call.
+        # Bounded as the labels' values are: routes by their template, methods by name (the
+        # middleware's), providers, endpoints and limits by the configuration.
+        self.child = functools.lru_cache(maxsize=None)(self._child)
         r = self.registry
         if process:
             ProcessCollector(registry=r)
@@ -144,16 +149,9 @@ class Metrics:
             ["limit"], registry=r,
         )
 
-    def child(self, metric: Counter | Histogram, *values: str) -> Any:
-        """``metric.labels(*values)``, made once: prometheus_client checks the values, builds a
-        key and takes a lock on every call, and some are made on every request and model call.
-        Bounded as the labels' values are: routes by their template, methods by name (the
-        middleware's), providers, endpoints and limits by the configuration."""
-        key = (id(metric), values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found
+    @staticmethod
+    def _child(metric: Counter | Histogram, *values: str) -> Any:
+        return metric.labels(*values)
 
     # -- hooks -----------------------------------------------------------------------------
 
