@@ -20,6 +20,7 @@ from actors.core.errors import ActorStoppedError, FencedError, StoreClosedError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
     Checkpoint,
+    Claim,
     Fence,
     PutCheckpoint,
     PutEvent,
@@ -39,6 +40,7 @@ from actors.session.fanout import CLOSED
 from actors.store.migrations.sqlite import MIGRATIONS, SEARCH_TABLES
 from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
+from actors.store.sqlite_writer import connect_writer, write_batch
 from actors.store.tables import (
     AgentRecord,
     ApiKeyRecord,
@@ -147,7 +149,8 @@ async def test_a_large_commit_lands_whole(store: Any) -> None:
 async def test_a_commit_of_a_message_is_one_statement(tmp_path: Path) -> None:
     """What a message commits (its rows, its events, the session row, under a lease fence) goes
     to SQLite as one statement in autocommit, the way that keeps the writer from waiting for
-    Python's lock at each of many (sqlite_writer.py); a claim needs a transaction of its own."""
+    Python's lock at each of many (sqlite_writer.py); an activation's claim is that statement
+    and a read of the epochs it kept."""
     store = SqliteStore(tmp_path / "store.db")
     await store.open()
     try:
@@ -167,13 +170,52 @@ async def test_a_commit_of_a_message_is_one_statement(tmp_path: Path) -> None:
         mine = {s.split(" VALUES")[0] for s in statements if not s.startswith("--")}
         assert mine == {"INSERT INTO batch_rows"}, mine
         statements.clear()
-        await store.claim_epoch(rec.id)
-        assert next(s for s in statements if not s.startswith("--")) == "BEGIN IMMEDIATE"
+        assert await store.claim_epoch(rec.id) == epoch + 1
+        mine = [s.split(" VALUES")[0] for s in statements if not s.startswith("--")]
+        assert set(mine) == {"INSERT INTO batch_rows", "SELECT id, epoch FROM batch_claimed"}, mine
+        assert "BEGIN IMMEDIATE" not in mine
         store._db.set_trace_callback(None)
         loaded = await store.load_session(rec.id, events=5)
         assert loaded is not None and [n.id for n in loaded.nodes] == [node.id] and len(loaded.events) == 1
     finally:
         await store.aclose()
+
+
+async def test_claims_in_one_commit_advance_each_epoch_as_separate_claims_would(tmp_path: Path) -> None:
+    """The one statement's claims (sqlite_writer.py) count as the explicit transaction's UPDATE
+    per claim did: a session claimed twice in one group commit advances twice, every claimed
+    session that exists comes back with its new epoch, a missing one does not; and a claim
+    whose batch-mate's fence it makes stale is undone with the statement and done again in
+    the transaction, exactly once."""
+    path = tmp_path / "store.db"
+    store = SqliteStore(path)
+    await store.open()
+    a, b = _record(), _record()
+    try:
+        await store.commit([PutSession.of(a), PutSession.of(b)])
+        ea, eb = await store.claim_epoch(a.id), await store.claim_epoch(b.id)
+    finally:
+        await store.aclose()
+    assert ea is not None and eb is not None
+    db = connect_writer(path, "NORMAL")
+    try:
+        statements: list[str] = []
+        db.set_trace_callback(statements.append)
+        ops: list[Any] = [Claim(a.id), Claim("ses_missing"), Claim(a.id), Claim(b.id)]
+        assert write_batch(db, ops, None) == {a.id: ea + 2, b.id: eb + 1}
+        assert "BEGIN IMMEDIATE" not in statements
+        # The fence of b's old epoch is stale once b is claimed in the same commit: the
+        # statement stops, and the transaction claims b once and refuses the fenced write.
+        statements.clear()
+        node = Node(new_id("msg"), None, "user", "late", utcnow())
+        epochs = write_batch(db, [Claim(b.id), Fence(b.id, eb + 1), PutMessage.of(b.id, node)], None)
+        assert "BEGIN IMMEDIATE" in statements
+        assert epochs == {b.id: eb + 2}
+        stored = dict(db.execute("SELECT id, lease_epoch FROM sessions").fetchall())
+        assert stored == {a.id: ea + 2, b.id: eb + 2}
+        assert db.execute("SELECT count(*) FROM messages WHERE session_id = ?", (b.id,)).fetchone() == (0,)
+    finally:
+        db.close()
 
 
 async def test_commits_wait_out_another_connections_writes(tmp_path: Path) -> None:

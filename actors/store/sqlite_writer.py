@@ -37,9 +37,12 @@ _CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? R
 # at a time (or in multi-row statements), each statement took the lock back from the event loop,
 # and under load each of those waited for the loop's switch interval: a commit waited for the
 # lock some ten times over. Alone in autocommit the statement is its own transaction (a write
-# one from its start: it waits for another connection's write lock as BEGIN IMMEDIATE does),
-# and it checks the lease fences first: if any session's stored epoch is past its fence, it stops
-# (_FENCED) with nothing written, and the commit is done again in an explicit transaction that
+# one from its start: it waits for another connection's write lock as BEGIN IMMEDIATE does).
+# It advances the epochs the commit claims first (once per claim, as one UPDATE each would) and
+# keeps them in a table of the connection's own, which the writer reads next (an activation's
+# claim is two statements, not a transaction of some twenty). Then it checks the lease fences:
+# if any session's stored epoch is past its fence, it stops (_FENCED) with nothing written, the
+# claims undone, and the commit is done again in an explicit transaction that claims again,
 # finds the stale sessions and leaves out their rows. (SQLite's JSON functions end a text at
 # U+0000. Outside a JSON body, only a session's namespace or end user id can hold one: such
 # session rows are bound as they are, in the explicit transaction. Every other column written
@@ -48,9 +51,16 @@ _CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = ? R
 # document is bound as text, which no SQLite reads as JSONB.)
 _FENCED = "sessiond: fenced"
 _ROWS_VIEW = f"""
-CREATE TEMP VIEW batch_rows (fences, sessions, messages, checkpoints, events)
-    AS SELECT NULL, NULL, NULL, NULL, NULL;
+CREATE TEMP TABLE batch_claimed (id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
+CREATE TEMP VIEW batch_rows (claims, fences, sessions, messages, checkpoints, events)
+    AS SELECT NULL, NULL, NULL, NULL, NULL, NULL;
 CREATE TEMP TRIGGER batch_rows_write INSTEAD OF INSERT ON batch_rows BEGIN
+    DELETE FROM batch_claimed;
+    UPDATE sessions SET lease_epoch = lease_epoch
+            + (SELECT count(*) FROM json_each(NEW.claims) AS c WHERE c.value = sessions.id)
+        WHERE id IN (SELECT value FROM json_each(NEW.claims));
+    INSERT INTO batch_claimed (id, epoch) SELECT id, lease_epoch FROM sessions
+        WHERE id IN (SELECT value FROM json_each(NEW.claims));
     SELECT RAISE(ABORT, '{_FENCED}') FROM json_each(NEW.fences) AS f
         JOIN sessions AS s ON s.id = json_extract(f.value, '$[0]')
         WHERE s.lease_epoch > json_extract(f.value, '$[1]');
@@ -75,7 +85,8 @@ CREATE TEMP TRIGGER batch_rows_write INSTEAD OF INSERT ON batch_rows BEGIN
         FROM json_each(NEW.events);
 END;
 """
-_INSERT_ROWS = "INSERT INTO batch_rows VALUES (?, ?, ?, ?, ?)"
+_INSERT_ROWS = "INSERT INTO batch_rows VALUES (?, ?, ?, ?, ?, ?)"
+_CLAIMED = "SELECT id, epoch FROM batch_claimed"
 # The most text one statement's JSON holds (about: characters): a larger commit (large messages)
 # is an explicit transaction of several, so that SQLite never parses one huge text at once.
 _STATEMENT_BYTES = 4 << 20
@@ -210,23 +221,28 @@ def _checkpoint(db: sqlite3.Connection) -> tuple[int, int] | None:
 
 def write_batch(db: sqlite3.Connection, ops: list[Op], checkpointer: Checkpointer | None) -> dict[str, int]:
     """One group commit, on the writer's thread: the epochs of the sessions its ops claim or
-    that are fenced past theirs (see ``Committer``). Almost always one statement (``_ROWS_VIEW``);
-    a commit that claims an epoch, meets a stale fence, is large, holds U+0000 in a session's
-    owner, or writes what only retention, deletes, summaries and webhooks write is an explicit
-    transaction."""
+    that are fenced past theirs (see ``Committer``). Almost always one statement (``_ROWS_VIEW``;
+    two if it claims epochs); a commit that meets a stale fence, is large, holds U+0000 in a
+    session's owner, or writes what only retention, deletes, summaries and webhooks write is an
+    explicit transaction."""
     if checkpointer is not None:
         checkpointer.fold_tail(db)
     rows = Rows(ops)
-    if not claims(ops) and not _rare(rows) and not any(map(_nul_owned, rows.sessions)):
-        fenced = list(fences(ops).items())
-        docs = [_doc(fenced), _doc(rows.sessions), _doc(rows.messages), _doc(rows.checkpoints), _doc(_events(rows))]
+    if not _rare(rows) and not any(map(_nul_owned, rows.sessions)):
+        claimed = claims(ops)
+        docs = [
+            _doc(claimed), _doc(list(fences(ops).items())), _doc(rows.sessions), _doc(rows.messages),
+            _doc(rows.checkpoints), _doc(_events(rows)),
+        ]
         if sum(len(d) for d in docs if d is not None) <= _STATEMENT_BYTES:
             try:
                 db.execute(_INSERT_ROWS, docs)
-                return {}
             except sqlite3.IntegrityError as exc:
                 if str(exc) != _FENCED:
                     raise
+            else:
+                # The claimed epochs the trigger kept: a read of the connection's own table.
+                return {sid: int(epoch) for sid, epoch in db.execute(_CLAIMED)} if claimed else {}
     return _write_in_transaction(db, ops)
 
 
@@ -251,10 +267,10 @@ def _events(rows: Rows) -> list[tuple[str, int, str, str]]:
 
 def _insert_in_parts(db: sqlite3.Connection, rows: Rows, sessions: Sequence[Any]) -> None:
     """Inside a transaction: ``sessions`` and the rows of messages, checkpoints and events
-    through ``_ROWS_VIEW`` (its fences left empty), a table at a time, in statements of about
+    through ``_ROWS_VIEW`` (its claims and fences left empty), a table at a time, in statements of about
     ``_STATEMENT_BYTES`` of text at most (a larger row alone)."""
     tables: tuple[Sequence[Sequence[Any]], ...] = (sessions, rows.messages, rows.checkpoints, _events(rows))
-    for column, table in enumerate(tables, start=1):
+    for column, table in enumerate(tables, start=2):
         at, size = 0, 0
         for end, row in enumerate(table):
             n = sum(len(v) for v in row if isinstance(v, str))
@@ -267,7 +283,7 @@ def _insert_in_parts(db: sqlite3.Connection, rows: Rows, sessions: Sequence[Any]
 
 
 def _insert_part(db: sqlite3.Connection, column: int, part: Sequence[Sequence[Any]]) -> None:
-    docs: list[str | None] = [None] * 5
+    docs: list[str | None] = [None] * 6
     docs[column] = _doc(part)
     db.execute(_INSERT_ROWS, docs)
 
