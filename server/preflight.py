@@ -32,6 +32,7 @@ __all__ = [
     "check_data_dir",
     "check_postgres",
     "check_redis",
+    "check_sqlite_library",
     "check_store",
     "explain",
     "missing_key",
@@ -117,6 +118,33 @@ def prepare_data_dir(config: Config) -> None:
 
 # -- the SQLite database -------------------------------------------------------------------
 
+# The oldest SQLite library the store runs on: RETURNING (3.35) and the JSON functions, built
+# in since 3.38 and compiled into most older builds (the group commit's one statement needs
+# them, actors/store/sqlite_writer.py).
+SQLITE_OLDEST = (3, 35, 0)
+
+
+def check_sqlite_library(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> Check | None:
+    """A FAIL if the SQLite library this Python links is too old or lacks the JSON functions
+    (None: it will do). Said before anything is opened, instead of a syntax error at the
+    first commit."""
+    found = ".".join(map(str, version))
+    if version < SQLITE_OLDEST:
+        oldest = ".".join(map(str, SQLITE_OLDEST))
+        return Check(
+            FAIL, "store", f"this Python's SQLite library is {found}; sessiond needs {oldest} or newer"
+            " (run it with a Python built against a newer SQLite, or use store.kind = \"postgres\")",
+        )
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')").fetchall()
+    except sqlite3.OperationalError:
+        return Check(FAIL, "store", f"this Python's SQLite library ({found}) was built without its JSON functions,"
+                     " which sessiond needs: run it with a Python whose SQLite has them")
+    finally:
+        db.close()
+    return None
+
 
 def check_store(config: Config, *, thorough: bool = False) -> Check:
     """Whether the SQLite database opens and has a schema this sessiond knows (read-only; never
@@ -127,6 +155,9 @@ def check_store(config: Config, *, thorough: bool = False) -> Check:
     known = len(MIGRATIONS)
     if config.store.kind != "sqlite":
         return Check(OK, "store", f"store.kind is {config.store.kind!r}: see the postgres check")
+    library = check_sqlite_library()
+    if library is not None:
+        return library
     path = (config.data_dir / config.store.sqlite_file).resolve()
     if not path.exists():
         return Check(OK, "store", f"no database yet at {path}; the server will create it (schema {known})")

@@ -309,3 +309,17 @@ def test_postgres_in_use_but_unreachable(tmp_path: Path) -> None:
     line = _line(out, "postgres")
     assert line.startswith("FAIL") and "cannot reach PostgreSQL at postgresql://app:***@127.0.0.1:" in line, out
     assert "hunter2" not in out, "a password in the DSN is never printed"
+
+
+def test_an_sqlite_library_too_old_for_the_store_is_named() -> None:
+    """The store needs SQLite 3.35 (RETURNING) and the JSON functions: the check says so before
+    anything opens, instead of a syntax error at the first commit. This Python's own library
+    passes it (else nothing here would run)."""
+    from server.preflight import FAIL, SQLITE_OLDEST, check_sqlite_library
+
+    assert sqlite3.sqlite_version_info >= SQLITE_OLDEST
+    assert check_sqlite_library() is None
+    old = check_sqlite_library((3, 34, 1))
+    assert old is not None and old.state == FAIL and old.name == "store"
+    assert "SQLite library is 3.34.1; sessiond needs 3.35.0 or newer" in old.detail
+    assert check_sqlite_library((3, 35, 0)) is None
