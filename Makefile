@@ -29,10 +29,10 @@ test-debug: $(DEV)
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_stream.py tests/test_stream_direct.py tests/test_fanout_follow.py tests/test_durability.py \
 		tests/test_errors.py tests/test_branches.py tests/test_tree_property.py tests/test_store.py
 
-# ruff, and mypy --strict (configured in pyproject.toml) over the core and the edge (CI runs it).
+# ruff, and mypy --strict (configured in pyproject.toml) over the core, the edge and the tests (CI runs it).
 lint: $(DEV)
 	$(BIN)/ruff check server actors bench tests
-	$(BIN)/mypy actors server
+	$(BIN)/mypy actors server tests
 
 # Three nodes on 127.0.0.1 behind a round-robin proxy on :$(PORT), the nodes on the next ports
 # (needs PostgreSQL and Redis): `make cluster PORT=9000`.

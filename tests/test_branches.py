@@ -210,7 +210,7 @@ async def test_bad_branch_operations_change_nothing(client: TestClient[Any, Any]
 
 
 async def test_cli_export_import(client: TestClient[Any, Any], tmp_path: Path) -> None:
-    cfg = client.server.app  # the server writes into its own data dir; the CLI reads it directly
+    cfg = client.app  # the server writes into its own data dir; the CLI reads it directly
     from server.appkeys import CONFIG
 
     data_dir = cfg[CONFIG].server.data_dir

@@ -113,8 +113,11 @@ async function run(base, key) {
 
 @pytest_asyncio.fixture
 async def frontend() -> AsyncIterator[str]:
+    async def page(_r: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
     app = web.Application()
-    app.router.add_get("/", lambda _r: web.Response(text=PAGE, content_type="text/html"))
+    app.router.add_get("/", page)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield str(server.make_url("")).rstrip("/")

@@ -88,8 +88,11 @@ async def test_the_proxy_leaves_out_a_dead_node_and_says_when_none_answers(aioht
     runners = []
     live = []
     for name in ("a", "b"):
+        async def who(_r: web.Request, name: str = name) -> web.Response:
+            return web.Response(text=name)
+
         app = web.Application()
-        app.router.add_get("/who", lambda _r, name=name: web.Response(text=name))
+        app.router.add_get("/who", who)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

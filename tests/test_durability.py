@@ -78,7 +78,7 @@ async def test_sigkill_with_100_sends_in_flight(server_process: Any, tmp_path: P
 
 async def test_passivate_and_reactivate_keeps_everything(make_client: ClientFactory) -> None:
     client = await make_client(sessions={"idle_seconds": 0.2})
-    registry = client.server.app[REGISTRY]
+    registry = client.app[REGISTRY]
     s = await new_session(client, metadata={"k": "v"}, title="kept")
     sid = s["id"]
     sent = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "remember me", "stream": True})
@@ -105,7 +105,7 @@ async def test_passivate_and_reactivate_keeps_everything(make_client: ClientFact
     assert [e.id for e in durable] == [first[0].id, *(e.id for e in first[-3:])]
     more = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "and more", "stream": True})
     nxt = await read_until(more, "task.completed")
-    assert nxt[0].id == first[-1].id + 1
+    assert first[-1].id is not None and nxt[0].id == first[-1].id + 1
 
 
 @pytest.mark.slow

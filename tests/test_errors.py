@@ -79,7 +79,7 @@ async def test_second_message_while_running_is_409_unless_queued(make_client: Cl
 async def test_full_mailbox_refuses_with_retry_after(make_client: ClientFactory) -> None:
     client = await make_client(sessions={"mailbox_size": 3})
     s = await new_session(client)
-    actor = await client.server.app[REGISTRY].get(s["id"])
+    actor = await client.app[REGISTRY].get(s["id"])
     assert isinstance(actor, SessionActor)  # a single server: the actor is here
     for _ in range(3):
         actor.tell(GetSession())

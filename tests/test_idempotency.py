@@ -154,7 +154,7 @@ async def test_a_send_repeated_after_sigkill_between_commit_and_reply_answers_th
                 started = ev  # task.started: the message is committed, the answer is not written
                 break
             srv.kill()
-    assert started is not None and started.event == "task.started"
+    assert started is not None and started.event == "task.started" and started.id is not None
 
     again = server_process(env=slow)
     url = again.start()
@@ -169,7 +169,7 @@ async def test_a_send_repeated_after_sigkill_between_commit_and_reply_answers_th
             replay = await read_until(r, TERMINAL)
         # The deltas streamed before the crash were never durable: the replay says so with a
         # stream.reset (never a silent gap, issue 13) and ends with the task's own end.
-        assert replay[0].event == "stream.reset" and replay[0].id > started.id
+        assert replay[0].event == "stream.reset" and replay[0].id is not None and replay[0].id > started.id
         assert replay[-1].event == "task.interrupted" and replay[-1].data["task_id"] == started.data["task_id"]
         async with http.get(f"/v1/sessions/{sid}/tree") as r:
             nodes = (await _ok(r))["nodes"]

@@ -11,7 +11,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -238,7 +238,7 @@ async def test_redis_backend_keys_live_under_the_cluster_prefix(make_client: Cli
     assert (await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "one"})).status == 200
     conn = aioredis.from_url(redis_url)
     try:
-        keys = [k.decode() for k in await conn.keys("*")]
+        keys = [k.decode() for k in cast(list[bytes], await conn.keys("*"))]  # no decode_responses: bytes
     finally:
         await conn.aclose()
     assert any(k.startswith("deploy-a:limits:") for k in keys), keys

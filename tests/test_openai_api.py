@@ -65,6 +65,7 @@ async def test_a_streamed_response_speaks_the_sdk_types(client: TestClient[Any, 
     assert isinstance(final, Response) and final.status == "completed"
     assert final.output_text == text_of(events) == events[-4].text != ""
     assert final.usage is not None and final.usage.output_tokens == 20
+    assert final.conversation is not None
     sid = final.conversation.id
     stored = await native_messages(client, sid)
     assert stored[-1]["content"] == final.output_text and stored[-1]["id"] == final.output[0].id
@@ -113,7 +114,7 @@ async def test_waiting_responses_continue_and_branch(client: TestClient[Any, Any
     assert again.output_text == second.output_text and again.status == "completed"
     assert again.previous_response_id == first.id
     inputs = await api.responses.input_items.list(second.id)
-    assert [i.content[0].text for i in inputs.data] == ["second"]  # type: ignore[union-attr]
+    assert [i.content[0].text for i in inputs.data] == ["second"]  # type: ignore[union-attr, index]
 
 
 async def test_background_response_resumes_after_a_cut(make_client: ClientFactory) -> None:
@@ -180,15 +181,16 @@ async def test_conversations_crud_and_items(client: TestClient[Any, Any]) -> Non
     got = await api.conversations.retrieve(conv.id)
     assert got.id == conv.id and got.created_at == conv.created_at
     items = [i async for i in api.conversations.items.list(conv.id, order="asc")]
-    assert [(i.role, i.content[0].text) for i in items] == [  # type: ignore[union-attr]
+    assert [(i.role, i.content[0].text) for i in items] == [  # type: ignore[union-attr, index]
         ("user", "earlier question"), ("assistant", "earlier answer")]
     reply = await api.responses.create(input="now", conversation=conv.id)
     assert reply.instructions == "You are terse."
     newest_first = await api.conversations.items.list(conv.id, limit=2)
     assert [i.id for i in newest_first.data] == [reply.output[0].id, (await native_messages(client, conv.id))[2]["id"]]
     assert newest_first.has_more
+    assert reply.output[0].id is not None
     one = await api.conversations.items.retrieve(reply.output[0].id, conversation_id=conv.id)
-    assert one.content[0].text == reply.output_text  # type: ignore[union-attr]
+    assert one.content[0].text == reply.output_text  # type: ignore[union-attr, index]
     updated = await api.conversations.update(conv.id, metadata={"n": "1"})
     assert updated.metadata == {"n": "1"}
     # sessiond's own: the list OpenAI lacks.

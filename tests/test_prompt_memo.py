@@ -28,7 +28,7 @@ from actors.agent.fitting import Fitter, PathGroups, prompt_bound
 from actors.agent.tokens import TokenCounter
 from actors.agent.windows import RouteLimits
 from actors.core.model import ChatMessage
-from actors.core.tree import MessageTree, Node, ToolUse
+from actors.core.tree import MessageTree, Node, Role, ToolUse
 from actors.session.context import PathPrompt, _messages_of
 from server.appkeys import REGISTRY
 from tests.conftest import ClientFactory, new_session
@@ -210,7 +210,7 @@ def test_path_prompt_always_equals_a_fresh_read(ops: list[tuple[str, int]]) -> N
         ids = list(tree.nodes)
         node = tree.nodes[ids[k % len(ids)]]
         if op == "add":
-            role = "assistant" if node.role == "user" else "user"
+            role: Role = "assistant" if node.role == "user" else "user"
             tree.add(Node(f"n{count}", node.id, role, f"text {count}", "t"))
             count += 1
         elif op == "run":  # an answer being written, under a question
@@ -265,7 +265,7 @@ def test_groups_kept_between_turns_fit_as_a_fresh_fitter_does(turns: list[tuple[
             try:
                 fitter.truncate()
             except Exception as exc:  # the newest turn alone too big: both refuse it alike
-                fitter.messages = lambda tail=(), exc=exc: [type(exc).__name__]  # type: ignore[method-assign]
+                fitter.messages = lambda tail=(), exc=exc: [type(exc).__name__]  # type: ignore[method-assign, misc, assignment]
         assert kept.messages() == fresh.messages() == _oracle(head, chat, limits, counter)
         assert kept.dropped == fresh.dropped
         # The size the simulated model is handed is the size of what it is sent, with a turn's

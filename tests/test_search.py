@@ -40,7 +40,10 @@ async def _search(client: Client, q: str, user: str | None = None, **params: str
 
 async def _send(client: Client, sid: str, content: str, user: str | None = None) -> dict[str, Any]:
     headers = {"X-End-User-ID": user} if user else {}
-    return await _ok(await client.post(f"/v1/sessions/{sid}/messages", json={"content": content}, headers=headers))
+    body: dict[str, Any] = await _ok(
+        await client.post(f"/v1/sessions/{sid}/messages", json={"content": content}, headers=headers)
+    )
+    return body
 
 
 async def test_a_word_in_an_old_branch_is_found_for_its_owner_only(client: Client) -> None:

@@ -41,7 +41,8 @@ async def test_resume_after_k_events_is_exact(make_client: ClientFactory) -> Non
     after = await read_until(again, "task.completed")
     again.close()
 
-    ids = [e.id for e in before + after]
+    ids = [e.id for e in before + after if e.id is not None]
+    assert len(ids) == len(before) + len(after), "every event has an id"
     assert ids == sorted(set(ids)), "ids must strictly increase with no repeat"
     assert after[0].id == last + 1, "nothing may be missing after the resume point"
     deltas = "".join(e.data["delta"] for e in before + after if e.event == "message.delta")
@@ -58,6 +59,7 @@ async def test_resume_by_query_parameter(client: TestClient[Any, Any]) -> None:
     resp = await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "hi", "stream": True})
     full = await read_until(resp, "task.completed")
     mid = full[len(full) // 2].id
+    assert mid is not None
     again = await client.get(f"/v1/sessions/{s['id']}/stream?last_event_id={mid}")
     tail = await read_until(again, "task.completed")
     assert [e.id for e in tail] == [e.id for e in full if e.id is not None and e.id > mid]
@@ -128,7 +130,7 @@ async def test_slow_subscriber_is_bounded_and_does_not_slow_others(make_client: 
     )
     await writer.drain()
     fast = await client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "0"})
-    actor = client.server.app[REGISTRY].actors()[0]
+    actor = client.app[REGISTRY].actors()[0]
     for _ in range(10):
         r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "more"})
         assert r.status == 200

@@ -32,7 +32,7 @@ async def store(request: Any) -> AsyncIterator[dict[str, Any]]:
 
 
 def _hub(client: Client) -> Any:
-    actors = client.server.app[REGISTRY].actors()
+    actors = client.app[REGISTRY].actors()
     assert len(actors) == 1
     return actors[0].hub
 
@@ -214,7 +214,7 @@ async def test_an_http_1_0_client_gets_direct_writes_unchunked(make_client: Clie
         f"GET /v1/sessions/{sid}/stream HTTP/1.0\r\nX-API-Key: {client.session.headers['X-API-Key']}\r\n\r\n".encode()
     )
     await writer.drain()
-    actors = client.server.app[REGISTRY].actors
+    actors = client.app[REGISTRY].actors
     await _until(lambda: len(actors()) == 1 and actors()[0].hub.followers == 1, "the HTTP/1.0 stream follows")
     hub = _hub(client)
     assert (await client.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})).status == 200

@@ -179,7 +179,7 @@ async def test_expired_and_tampered_tokens_are_refused(client: Client, browser: 
     assert (await browser.get(path, headers=bearer(_forge(claims, secret)))).status == 200  # the forge is faithful
 
     header, payload, _sig = good.split(".")
-    unsigned = jwt.encode(claims, None, algorithm="none")
+    unsigned = jwt.encode(claims, "", algorithm="none")  # PyJWT takes "" as the None key of alg none (typed str)
     now = int(time.time())
     forged = {
         "expired": _forge(claims, secret, iat=now - 2000, exp=now - 1000),

@@ -181,7 +181,7 @@ async def test_session_client_tools_are_offered_to_every_task(make_client: Clien
 
 async def test_a_waiting_session_passivates_and_goes_on_after(make_client: ClientFactory) -> None:
     client = await make_client(tools=APPROVE_CALC, sessions={"idle_seconds": 0.2})
-    registry: Registry = client.server.app[REGISTRY]
+    registry: Registry = client.app[REGISTRY]
     s = await new_session(client, tools=["calculator"])
     resp, call_id = await _ask_for_approval(client, s["id"])
     actor = await registry.get(s["id"])

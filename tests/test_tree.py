@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from actors.core.events import EventLog, MessageDelta, decode_event, delta_data, delta_head, encode_event
-from actors.core.tree import MessageTree, Node
+from actors.core.tree import MessageTree, Node, Role
 
 
-def _node(id_: str, parent: str | None, role: str = "user") -> Node:
+def _node(id_: str, parent: str | None, role: Role = "user") -> Node:
     return Node(id_, parent, role, id_, "2026-01-01T00:00:00Z")
 
 

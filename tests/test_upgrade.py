@@ -21,6 +21,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
+from redis.typing import EncodableT, FieldT
 
 from actors.core.events import TERMINAL_EVENTS
 from actors.store.migrations.postgres import PG_MIGRATIONS
@@ -198,7 +199,7 @@ async def test_a_cluster_upgraded_with_old_event_streams_in_redis_replays_them(
     r = aioredis.from_url(redis_url)
     try:
         for sid, seq, type_, frame in FIXTURE["events"]:
-            fields: dict[str, Any] = {"t": type_, "f": frame.encode()}
+            fields: dict[FieldT, EncodableT] = {"t": type_, "f": frame.encode()}
             if type_ in TERMINAL_EVENTS:
                 fields["k"] = json.loads(frame.split("\ndata: ", 1)[1])["task_id"]
             await r.xadd(f"{prefix}:events:{sid}", fields, id=f"{seq}-0")
