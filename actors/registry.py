@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+import msgspec
+
 from actors.cluster.forward import RemoteSession
 from actors.cluster.node import Cluster
 from actors.core.commands import AnyCommand, Command, Passivate, Shutdown
@@ -20,7 +22,7 @@ from actors.core.errors import ActorStoppedError, ConflictError, NotFoundError, 
 from actors.core.events import FrameEncoder
 from actors.core.export import SessionExport, from_export, remap_ids
 from actors.core.ids import new_id, utcnow
-from actors.core.records import PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
+from actors.core.records import LoadedSession, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
 from actors.core.tree import Node
 from actors.core.webhooks import Outbox
 from actors.ports import Provider, SessionRef, SessionStore
@@ -30,6 +32,11 @@ from actors.tasks import Spawner
 __all__ = ["Registry"]
 
 log = logging.getLogger("sessiond.registry")
+
+# Sessions created here and not used yet, kept so that the first use starts the actor at once
+# (``create``): at most this many, the oldest forgotten first (it then activates as any other).
+_FRESH_MEMORY = 1024
+_decode_record = msgspec.json.Decoder(SessionRecord)
 
 
 class Registry:
@@ -56,6 +63,8 @@ class Registry:
         self.stats = stats or Stats()
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, asyncio.Future[SessionRef]] = {}
+        # id -> the body its creation committed, until its first activation (``create``).
+        self._fresh: dict[str, bytes] = {}
         # The sweeper, the lease renewer, restarts and lease releases.
         self._tasks = Spawner()
         self.cluster = cluster
@@ -110,10 +119,24 @@ class Registry:
     # -- activation ------------------------------------------------------------------------
 
     async def create(self, record: SessionRecord) -> SessionRecord:
-        """Persist a new session; its actor starts on first use."""
+        """Persist a new session; its actor starts on first use.
+
+        That first use needs neither a claim nor a load: the session's creation is its first
+        activation. Its row starts at lease epoch 0 and only an actor writes to a session, so
+        until then the store holds exactly what was committed here, and epoch 0 is this
+        process's: a later activation (after passivation, a restart, or by another process on
+        the same database) claims the next epoch, and fences out an actor of epoch 0 as any
+        other stale one. Not in cluster mode, where a session lives where its lease is.
+        """
         if not self.accepting:
             raise UnavailableError("the server is shutting down")
-        await self.store.commit([PutSession.of(record)])
+        put = PutSession.of(record)
+        await self.store.commit([put])
+        if self.cluster is None:
+            fresh = self._fresh
+            fresh[record.id] = put.body
+            if len(fresh) > _FRESH_MEMORY:
+                del fresh[next(iter(fresh))]
         return record
 
     @staticmethod
@@ -178,8 +201,15 @@ class Registry:
         # Claim first, load second: whatever an earlier activation (on another node, say one
         # that stalled past its lease) commits from now on is refused, and what it committed
         # before is in what we load.
-        epoch = await self.store.claim_epoch(session_id)
-        loaded = await self.store.load_session(session_id, events=self.settings.replay_events) if epoch else None
+        body = self._fresh.pop(session_id, None)
+        epoch: int | None
+        loaded: LoadedSession | None
+        if body is not None:  # created here and not used since (``create``)
+            epoch = 0
+            loaded = LoadedSession(record=_decode_record.decode(body), nodes=[], checkpoints=[], events=[], max_seq=0)
+        else:
+            epoch = await self.store.claim_epoch(session_id)
+            loaded = await self.store.load_session(session_id, events=self.settings.replay_events) if epoch else None
         if loaded is None or epoch is None:
             raise NotFoundError(f"no session {session_id}")
         actor = SessionActor(

@@ -54,7 +54,8 @@ class _ActorCollector(Collector):
         depths = [a.mailbox_depth for a in actors]
         for name, doc, value in (
             ("events", "Events the sessions emitted (rate() of it is events per second).", stats.events),
-            ("activations", "Sessions brought to life from the store.", stats.activations),
+            ("activations", "Sessions brought to life (from the store, or at the first use after their creation).",
+             stats.activations),
             ("passivations", "Idle sessions snapshotted and dropped from memory.", stats.passivations),
             ("crashes", "Session actors that crashed and were restarted from the store.", stats.crashes),
             ("tasks_started", "Model tasks started.", stats.tasks_started),

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from actors.agent.backends.simulated import SimulatedProvider
-from actors.core.commands import PatchSession, SendMessage, Subscribe
+from actors.core.commands import Passivate, PatchSession, SendMessage, Subscribe
 from actors.core.errors import ActorStoppedError, FencedError, StoreClosedError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
@@ -146,6 +146,47 @@ async def test_a_large_commit_lands_whole(store: Any) -> None:
     assert loaded.events == events
 
 
+async def test_an_activation_reads_its_session_in_one_statement(tmp_path: Path) -> None:
+    """load_session reads the row, messages, checkpoints, newest events and summaries in one
+    statement (one snapshot, one hop to the reader's thread), each part in its own order."""
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    try:
+        rec, other = _record(title="t"), _record()
+        nodes = [Node(new_id("msg"), None, "user", f"q{i}", utcnow()) for i in range(3)]
+        cps = [Checkpoint(new_id("ckp"), nodes[i].id, utcnow(), f"c{i}") for i in range(2)]
+        sums = [
+            ContextSummary(
+                id=new_id("sum"), through_id=nodes[i].id, digest=f"d{i}", content=f"s{i}", created_at=utcnow()
+            )
+            for i in range(2)
+        ]
+        events = [StoredEvent(seq, "task.completed", b'{"seq":%d}' % seq) for seq in (2, 5, 7, 8)]
+        await store.commit([
+            PutSession.of(rec), PutSession.of(other), *(PutMessage.of(rec.id, n) for n in nodes),
+            *(PutCheckpoint.of(rec.id, c) for c in cps), *(PutEvent(rec.id, e) for e in events),
+            PutMessage.of(other.id, Node(new_id("msg"), None, "user", "not mine", utcnow())),
+            PutEvent(other.id, StoredEvent(9, "task.started", b"{}")),
+        ])
+        for summary in sums:
+            await store.commit([PutSummary.of(rec.id, summary)])
+        assert store._reader is not None
+        statements: list[str] = []
+        await store._reader.set_trace_callback(statements.append)
+        loaded = await store.load_session(rec.id, events=3)
+        await store._reader.set_trace_callback(None)  # type: ignore[arg-type]  # aiosqlite omits None
+        assert len([s for s in statements if not s.startswith("--")]) == 1, statements
+        assert loaded is not None and loaded.record == rec
+        assert [n.content for n in loaded.nodes] == ["q0", "q1", "q2"]
+        assert loaded.checkpoints == cps and loaded.summaries == sums
+        assert loaded.events == events[1:] and loaded.max_seq == 8
+        empty = await store.load_session(other.id, events=0)
+        assert empty is not None and empty.events == [] and empty.max_seq == 0 and len(empty.nodes) == 1
+        assert await store.load_session("ses_missing", events=3) is None
+    finally:
+        await store.aclose()
+
+
 async def test_a_commit_of_a_message_is_one_statement(tmp_path: Path) -> None:
     """What a message commits (its rows, its events, the session row, under a lease fence) goes
     to SQLite as one statement in autocommit, the way that keeps the writer from waiting for
@@ -159,6 +200,7 @@ async def test_a_commit_of_a_message_is_one_statement(tmp_path: Path) -> None:
         epoch = await store.claim_epoch(rec.id)
         assert epoch is not None
         statements: list[str] = []
+        assert store._db is not None
         store._db.set_trace_callback(statements.append)  # called on the writer's thread, in order
         node = Node(new_id("msg"), None, "user", "q", utcnow())
         await store.commit([
@@ -171,9 +213,9 @@ async def test_a_commit_of_a_message_is_one_statement(tmp_path: Path) -> None:
         assert mine == {"INSERT INTO batch_rows"}, mine
         statements.clear()
         assert await store.claim_epoch(rec.id) == epoch + 1
-        mine = [s.split(" VALUES")[0] for s in statements if not s.startswith("--")]
-        assert set(mine) == {"INSERT INTO batch_rows", "SELECT id, epoch FROM batch_claimed"}, mine
-        assert "BEGIN IMMEDIATE" not in mine
+        claim = [s.split(" VALUES")[0] for s in statements if not s.startswith("--")]
+        assert set(claim) == {"INSERT INTO batch_rows", "SELECT id, epoch FROM batch_claimed"}, claim
+        assert "BEGIN IMMEDIATE" not in claim
         store._db.set_trace_callback(None)
         loaded = await store.load_session(rec.id, events=5)
         assert loaded is not None and [n.id for n in loaded.nodes] == [node.id] and len(loaded.events) == 1
@@ -798,6 +840,84 @@ async def test_an_actor_activated_elsewhere_since_is_refused_and_stops(two_store
     finally:
         await a.drain()
         await b.drain()
+
+
+async def test_a_new_sessions_first_use_needs_no_claim_and_no_load(store: Any) -> None:
+    """A session's creation is its first activation (Registry.create): its actor starts at the
+    epoch the new row holds (0) without a claim or a read, answers, and writes under it; once
+    it passivates, the next activation claims the next epoch and loads what was written."""
+    registry = Registry(
+        store, SimulatedProvider(tokens_per_second=0, reply_tokens=3), settings=ActorSettings(), idle_seconds=60,
+        frame=sse.frame,
+    )
+    await registry.start()
+    try:
+        record = await registry.create(Registry.new_record(namespace="default", title="new"))
+        actor = await registry.get(record.id)
+        assert isinstance(actor, SessionActor) and actor.epoch == 0
+        assert actor.record.title == "new" and actor.record.version == record.version
+        handle = await actor.ask(SendMessage("hello"))
+        assert (await asyncio.wait_for(handle.done, 5)).status == "completed"
+        assert await actor.ask(Passivate(0)) is True
+        await asyncio.wait_for(actor.wait_stopped(), 5)
+        again = await registry.get(record.id)
+        assert isinstance(again, SessionActor) and again.epoch == 1, "nothing claimed before: 0 was the creation's"
+        assert [n.role for n in again.tree.nodes.values()] == ["user", "assistant"]
+    finally:
+        await registry.drain()
+
+
+async def test_a_new_session_activated_elsewhere_first_fences_its_creators_actor(
+    two_stores: tuple[Any, Any],
+) -> None:
+    """Created on node A, used first on node B (a second process on the same database): B claims
+    an epoch, so A's first use, which starts at the creation's epoch 0 without a claim, is
+    refused at its first write (503, nothing written) and stops; A's next use claims again."""
+    provider = SimulatedProvider(tokens_per_second=0, reply_tokens=3)
+    a, b = (
+        Registry(s, provider, settings=ActorSettings(), idle_seconds=60, frame=sse.frame) for s in two_stores
+    )
+    await a.start()
+    await b.start()
+    try:
+        record = await a.create(Registry.new_record(namespace="default"))
+        elsewhere = await b.get(record.id)
+        assert isinstance(elsewhere, SessionActor) and elsewhere.epoch == 1
+        here = await a.get(record.id)
+        assert isinstance(here, SessionActor) and here.epoch == 0
+        with pytest.raises(FencedError):
+            await here.ask(SendMessage("from A"))
+        await asyncio.wait_for(here.wait_stopped(), 5)
+        assert here.stop_reason == "fenced"
+        handle = await elsewhere.ask(SendMessage("from B"))
+        assert (await asyncio.wait_for(handle.done, 5)).status == "completed"
+        later = await a.get(record.id)
+        assert isinstance(later, SessionActor) and later.epoch == 2
+        assert [n.content for n in later.tree.nodes.values() if n.role == "user"] == ["from B"]
+    finally:
+        await a.drain()
+        await b.drain()
+
+
+async def test_only_so_many_new_sessions_are_kept_for_their_first_use(tmp_path: Path) -> None:
+    """The registry keeps the newest 1 024 sessions it created for a first use without a claim;
+    an older one activates as any other session, by a claim and a load."""
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    registry = Registry(
+        store, SimulatedProvider(tokens_per_second=0, reply_tokens=3), settings=ActorSettings(), idle_seconds=60,
+        frame=sse.frame,
+    )
+    await registry.start()
+    try:
+        ids = [(await registry.create(Registry.new_record(namespace="default"))).id for _ in range(1025)]
+        oldest, second, newest = [await registry.get(sid) for sid in (ids[0], ids[1], ids[-1])]
+        assert isinstance(oldest, SessionActor) and oldest.epoch == 1, "forgotten: claimed"
+        assert isinstance(second, SessionActor) and second.epoch == 0
+        assert isinstance(newest, SessionActor) and newest.epoch == 0
+    finally:
+        await registry.drain()
+        await store.aclose()
 
 
 async def test_a_stale_actors_running_answer_ends_503_and_its_fold_is_refused(two_stores: tuple[Any, Any]) -> None:

@@ -69,6 +69,19 @@ _INSERT_NEW_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO NOTHING"
 )
+# A session's activation reads it whole in one statement: one snapshot, and one hop to the
+# reader's thread (not five, each of which waited for a turn of the busy loop), its parts in
+# order: the row, messages and checkpoints by position, the newest events, the summaries.
+_LOAD_SESSION = """
+SELECT 0, 0, body, NULL FROM sessions WHERE id = ?1
+UNION ALL SELECT 1, pos, body, NULL FROM messages WHERE session_id = ?1
+UNION ALL SELECT 2, pos, body, NULL FROM checkpoints WHERE session_id = ?1
+UNION ALL SELECT * FROM (
+    SELECT 3, seq, data, type FROM events WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2
+)
+UNION ALL SELECT 4, pos, body, NULL FROM context_summaries WHERE session_id = ?1
+ORDER BY 1, 2
+"""
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)"
 
@@ -170,31 +183,20 @@ class SqliteStore(SqliteAuthTables):
         return _dec_record.decode(rows[0][0]) if rows else None
 
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None:
-        record = await self.get_session(session_id)
-        if record is None:
+        rows = await self._all(_LOAD_SESSION, (session_id, events))
+        if not rows or rows[0][0] != 0:
             return None
-        nodes = await self._all(
-            "SELECT body FROM messages WHERE session_id = ? ORDER BY pos", (session_id,)
-        )
-        cps = await self._all(
-            "SELECT body FROM checkpoints WHERE session_id = ? ORDER BY pos", (session_id,)
-        )
-        evs = await self._all(
-            "SELECT seq, type, data FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
-            (session_id, events),
-        )
-        evs.reverse()
-        max_seq = evs[-1][0] if evs else 0
-        sums = await self._all(
-            "SELECT body FROM context_summaries WHERE session_id = ? ORDER BY pos", (session_id,)
-        )
+        parts: tuple[list[Any], ...] = ([], [], [], [], [])
+        for part, key, body, kind in rows:
+            parts[part].append(body if part != 3 else StoredEvent(key, kind, bytes(body)))
+        evs = parts[3]
         return LoadedSession(
-            record=record,
-            nodes=[_dec_node.decode(r[0]) for r in nodes],
-            checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
-            events=[StoredEvent(seq, type_, bytes(data)) for seq, type_, data in evs],
-            max_seq=max_seq,
-            summaries=[_dec_summary.decode(r[0]) for r in sums],
+            record=_dec_record.decode(parts[0][0]),
+            nodes=[_dec_node.decode(b) for b in parts[1]],
+            checkpoints=[_dec_checkpoint.decode(b) for b in parts[2]],
+            events=evs,
+            max_seq=evs[-1].seq if evs else 0,
+            summaries=[_dec_summary.decode(b) for b in parts[4]],
         )
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:

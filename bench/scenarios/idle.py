@@ -123,6 +123,12 @@ async def _create(api: Api, phase: _Phase, n: int, conc: int) -> list[str]:
     return ids
 
 
+def _timed(report: Report, what: str, n: int, started: float) -> None:
+    """A note of how long ``n`` activations took, each one request (``--connect-concurrency`` at once)."""
+    seconds = now() - started
+    report.notes.append(f"{what}: {n:,} sessions in {seconds:.2f} s, {n / seconds:,.0f} per second")
+
+
 async def _actors(args: argparse.Namespace, report: Report, prog: Any) -> None:
     env = {**NO_ADMISSION, "SESSIOND_SESSIONS_IDLE_SECONDS": repr(args.idle_seconds)}
     async with AsyncExitStack() as stack:
@@ -145,7 +151,9 @@ async def _actors(args: argparse.Namespace, report: Report, prog: Any) -> None:
         async def touch(i: int) -> None:
             await api.get_json(f"/v1/sessions/{ids[i]}/messages")
 
+        t0 = now()
         await _each(len(ids), args.connect_concurrency, touch, ph.step("activate", len(ids)))
+        _timed(report, "activation (the newest 1 024 from their creation, the rest from the store)", len(ids), t0)
         active = await ph.reading()
         live = await _metric(api, "sessiond_actors_active")
         ph.row("N actors live and idle", len(ids), active, created, "live idle actor", live)
@@ -172,7 +180,9 @@ async def _actors(args: argparse.Namespace, report: Report, prog: Any) -> None:
             f"passivation: actors live = {live if live is not None else 'unknown (no /metrics)'} "
             f"{passivated_after:.1f} s after the last request (idle_seconds = {args.idle_seconds})"
         )
+        t0 = now()
         await _each(len(ids), args.connect_concurrency, touch, ph.step("activate again", len(ids)))
+        _timed(report, "re-activation (each a claim and a load from the store)", len(ids), t0)
         again = await ph.reading()
         ph.row("N actors live again", len(ids), again, after, "growth on re-activation",
                await _metric(api, "sessiond_actors_active"))
