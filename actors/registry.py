@@ -34,8 +34,10 @@ __all__ = ["Registry"]
 log = logging.getLogger("sessiond.registry")
 
 # Sessions created here and not used yet, kept so that the first use starts the actor at once
-# (``create``): at most this many, the oldest forgotten first (it then activates as any other).
+# (``create``): at most this many, holding at most this many bytes of bodies (a caller's large
+# system prompts cannot make it grow), the oldest forgotten first (it then activates as any other).
 _FRESH_MEMORY = 1024
+_FRESH_BYTES = 4 << 20
 _decode_record = msgspec.json.Decoder(SessionRecord)
 
 
@@ -65,6 +67,7 @@ class Registry:
         self._activating: dict[str, asyncio.Future[SessionRef]] = {}
         # id -> the body its creation committed, until its first activation (``create``).
         self._fresh: dict[str, bytes] = {}
+        self._fresh_bytes = 0
         # The sweeper, the lease renewer, restarts and lease releases.
         self._tasks = Spawner()
         self.cluster = cluster
@@ -132,11 +135,12 @@ class Registry:
             raise UnavailableError("the server is shutting down")
         put = PutSession.of(record)
         await self.store.commit([put])
-        if self.cluster is None:
+        if self.cluster is None and len(put.body) <= _FRESH_BYTES:
             fresh = self._fresh
             fresh[record.id] = put.body
-            if len(fresh) > _FRESH_MEMORY:
-                del fresh[next(iter(fresh))]
+            self._fresh_bytes += len(put.body)
+            while len(fresh) > _FRESH_MEMORY or self._fresh_bytes > _FRESH_BYTES:
+                self._fresh_bytes -= len(fresh.pop(next(iter(fresh))))
         return record
 
     @staticmethod
@@ -205,6 +209,7 @@ class Registry:
         epoch: int | None
         loaded: LoadedSession | None
         if body is not None:  # created here and not used since (``create``)
+            self._fresh_bytes -= len(body)
             epoch = 0
             loaded = LoadedSession(record=_decode_record.decode(body), nodes=[], checkpoints=[], events=[], max_seq=0)
         else:

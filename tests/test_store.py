@@ -900,8 +900,9 @@ async def test_a_new_session_activated_elsewhere_first_fences_its_creators_actor
 
 
 async def test_only_so_many_new_sessions_are_kept_for_their_first_use(tmp_path: Path) -> None:
-    """The registry keeps the newest 1 024 sessions it created for a first use without a claim;
-    an older one activates as any other session, by a claim and a load."""
+    """The registry keeps the newest 1 024 sessions it created, and 4 MiB of their bodies at
+    most, for a first use without a claim; an older one activates as any other session, by a
+    claim and a load (large system prompts cannot make the registry hold more)."""
     store = SqliteStore(tmp_path / "store.db")
     await store.open()
     registry = Registry(
@@ -915,6 +916,14 @@ async def test_only_so_many_new_sessions_are_kept_for_their_first_use(tmp_path: 
         assert isinstance(oldest, SessionActor) and oldest.epoch == 1, "forgotten: claimed"
         assert isinstance(second, SessionActor) and second.epoch == 0
         assert isinstance(newest, SessionActor) and newest.epoch == 0
+        large = [
+            (await registry.create(Registry.new_record(namespace="default", system_prompt=f"{i}" * 900_000))).id
+            for i in range(5)
+        ]
+        first, last = [await registry.get(sid) for sid in (large[0], large[-1])]
+        assert isinstance(first, SessionActor) and first.epoch == 1, "past 4 MiB: forgotten, claimed"
+        assert isinstance(last, SessionActor) and last.epoch == 0
+        assert first.record.system_prompt == "0" * 900_000 and last.record.system_prompt == "4" * 900_000
     finally:
         await registry.drain()
         await store.aclose()
