@@ -180,8 +180,10 @@ async def test_an_activation_reads_its_session_in_one_statement(tmp_path: Path) 
         assert [n.content for n in loaded.nodes] == ["q0", "q1", "q2"]
         assert loaded.checkpoints == cps and loaded.summaries == sums
         assert loaded.events == events[1:] and loaded.max_seq == 8
-        empty = await store.load_session(other.id, events=0)
-        assert empty is not None and empty.events == [] and empty.max_seq == 0 and len(empty.nodes) == 1
+        # The highest durable id, also past the events replayed (as the PostgreSQL store says).
+        none_replayed = await store.load_session(other.id, events=0)
+        assert none_replayed is not None and none_replayed.events == [] and none_replayed.max_seq == 9
+        assert len(none_replayed.nodes) == 1
         assert await store.load_session("ses_missing", events=3) is None
     finally:
         await store.aclose()

@@ -71,7 +71,8 @@ _INSERT_NEW_SESSION = (
 )
 # A session's activation reads it whole in one statement: one snapshot, and one hop to the
 # reader's thread (not five, each of which waited for a turn of the busy loop), its parts in
-# order: the row, messages and checkpoints by position, the newest events, the summaries.
+# order: the row, messages and checkpoints by position, the newest events, the summaries, and
+# the highest durable event id (whether or not the newest events replayed reach it).
 _LOAD_SESSION = """
 SELECT 0, 0, body, NULL FROM sessions WHERE id = ?1
 UNION ALL SELECT 1, pos, body, NULL FROM messages WHERE session_id = ?1
@@ -80,6 +81,7 @@ UNION ALL SELECT * FROM (
     SELECT 3, seq, data, type FROM events WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2
 )
 UNION ALL SELECT 4, pos, body, NULL FROM context_summaries WHERE session_id = ?1
+UNION ALL SELECT 5, max(seq), NULL, NULL FROM events WHERE session_id = ?1
 ORDER BY 1, 2
 """
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
@@ -187,15 +189,18 @@ class SqliteStore(SqliteAuthTables):
         if not rows or rows[0][0] != 0:
             return None
         parts: tuple[list[Any], ...] = ([], [], [], [], [])
+        max_seq = 0
         for part, key, body, kind in rows:
-            parts[part].append(body if part != 3 else StoredEvent(key, kind, bytes(body)))
-        evs = parts[3]
+            if part == 5:
+                max_seq = key or 0
+            else:
+                parts[part].append(body if part != 3 else StoredEvent(key, kind, bytes(body)))
         return LoadedSession(
             record=_dec_record.decode(parts[0][0]),
             nodes=[_dec_node.decode(b) for b in parts[1]],
             checkpoints=[_dec_checkpoint.decode(b) for b in parts[2]],
-            events=evs,
-            max_seq=evs[-1].seq if evs else 0,
+            events=parts[3],
+            max_seq=max_seq,
             summaries=[_dec_summary.decode(b) for b in parts[4]],
         )
 
