@@ -23,7 +23,6 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from actors.core.records import (
-    Checkpoint,
     LoadedSession,
     Op,
     PutCheckpoint,
@@ -35,13 +34,13 @@ from actors.core.records import (
 )
 from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
-from actors.core.summary import ContextSummary
-from actors.core.tree import Node, Usage
+from actors.core.tree import Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.store import outbox, shares_postgres
 from actors.store.auth_postgres import PgAuthTables
 from actors.store.batching import GroupCommitter, Rows, admitted, claims, fences
 from actors.store.expiry import POSTGRES, expired_sessions
+from actors.store.loading import loaded_session
 from actors.store.migrations.postgres import PG_MIGRATIONS
 from actors.store.pg_base import jsonb, pg_param, pg_text, row_count
 from actors.store.search_postgres import search_sessions
@@ -57,9 +56,6 @@ __all__ = ["PG_MIGRATIONS", "PostgresStore", "pg_outage"]
 log = logging.getLogger("sessiond.store")
 
 _dec_record = msgspec.json.Decoder(SessionRecord)
-_dec_node = msgspec.json.Decoder(Node)
-_dec_checkpoint = msgspec.json.Decoder(Checkpoint)
-_dec_summary = msgspec.json.Decoder(ContextSummary)
 _dec_agent = msgspec.json.Decoder(AgentRecord)
 _dec_document = msgspec.json.Decoder(DocumentRecord)
 _enc = msgspec.json.Encoder()
@@ -71,6 +67,17 @@ _UPSERT_SESSION = (
     " ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, end_user_id = excluded.end_user_id,"
     " last_active_at = excluded.last_active_at, body = excluded.body, due_at = excluded.due_at"
 )
+# A session's activation read (actors/store/loading.py): one statement, one round trip.
+_LOAD_SESSION = """
+SELECT 0 AS part, 0::bigint AS k, body::text AS text, NULL::bytea AS data, NULL::text AS type
+    FROM sessions WHERE id = $1
+UNION ALL SELECT 1, pos, body, NULL, NULL FROM messages WHERE session_id = $1
+UNION ALL SELECT 2, pos, body, NULL, NULL FROM checkpoints WHERE session_id = $1
+UNION ALL (SELECT 3, seq, NULL, data, type FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT $2)
+UNION ALL SELECT 4, pos, body, NULL, NULL FROM context_summaries WHERE session_id = $1
+UNION ALL SELECT 5, max(seq), NULL, NULL, NULL FROM events WHERE session_id = $1
+ORDER BY 1, 2
+"""
 _LOCK_EPOCHS = "SELECT id, lease_epoch FROM sessions WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
 _CLAIM_EPOCH = "UPDATE sessions SET lease_epoch = lease_epoch + 1 WHERE id = $1 RETURNING lease_epoch"
 _UPSERT_MESSAGE = (
@@ -290,27 +297,7 @@ class PostgresStore(PgAuthTables):
         return _dec_record.decode(rows[0][0]) if rows else None
 
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None:
-        record = await self.get_session(session_id)
-        if record is None:
-            return None
-        nodes = await self._fetch("SELECT body FROM messages WHERE session_id = $1 ORDER BY pos", session_id)
-        cps = await self._fetch("SELECT body FROM checkpoints WHERE session_id = $1 ORDER BY pos", session_id)
-        evs = await self._fetch(
-            "SELECT seq, type, data FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT $2", session_id, events
-        )
-        evs.reverse()
-        max_seq = await self._fetch("SELECT max(seq) FROM events WHERE session_id = $1", session_id)
-        sums = await self._fetch(
-            "SELECT body FROM context_summaries WHERE session_id = $1 ORDER BY pos", session_id
-        )
-        return LoadedSession(
-            record=record,
-            nodes=[_dec_node.decode(r[0]) for r in nodes],
-            checkpoints=[_dec_checkpoint.decode(r[0]) for r in cps],
-            events=[StoredEvent(r[0], r[1], bytes(r[2])) for r in evs],
-            max_seq=int(max_seq[0][0] or 0),
-            summaries=[_dec_summary.decode(r[0]) for r in sums],
-        )
+        return loaded_session(await self._fetch(_LOAD_SESSION, session_id, events))
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
         rows = await self._fetch(

@@ -25,7 +25,6 @@ import aiosqlite
 import msgspec
 
 from actors.core.records import (
-    Checkpoint,
     LoadedSession,
     Op,
     PutCheckpoint,
@@ -37,13 +36,13 @@ from actors.core.records import (
 )
 from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
-from actors.core.summary import ContextSummary
-from actors.core.tree import Node, Usage
+from actors.core.tree import Usage
 from actors.core.webhooks import Delivery, DeliveryQuery, DeliveryStatus, EndpointHealth
 from actors.store import outbox, shares_sqlite
 from actors.store.auth_sqlite import SqliteAuthTables
 from actors.store.batching import Rows, StoreClosedError, ThreadCommitter
 from actors.store.expiry import SQLITE, expired_sessions
+from actors.store.loading import loaded_session
 from actors.store.migrations.sqlite import MIGRATIONS
 from actors.store.search_sqlite import search_sessions, session_filters
 from actors.store.sqlite_writer import DELETES, Checkpointer, connect_writer, write_batch
@@ -60,28 +59,23 @@ log = logging.getLogger("sessiond.store")
 
 
 _dec_record = msgspec.json.Decoder(SessionRecord)
-_dec_node = msgspec.json.Decoder(Node)
-_dec_checkpoint = msgspec.json.Decoder(Checkpoint)
-_dec_summary = msgspec.json.Decoder(ContextSummary)
 _enc = msgspec.json.Encoder()
 
 _INSERT_NEW_SESSION = (
     "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body, due_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(id) DO NOTHING"
 )
-# A session's activation reads it whole in one statement: one snapshot, and one hop to the
-# reader's thread (not five, each of which waited for a turn of the busy loop), its parts in
-# order: the row, messages and checkpoints by position, the newest events, the summaries, and
-# the highest durable event id (whether or not the newest events replayed reach it).
+# A session's activation read (actors/store/loading.py): one statement, one hop to the
+# reader's thread.
 _LOAD_SESSION = """
-SELECT 0, 0, body, NULL FROM sessions WHERE id = ?1
-UNION ALL SELECT 1, pos, body, NULL FROM messages WHERE session_id = ?1
-UNION ALL SELECT 2, pos, body, NULL FROM checkpoints WHERE session_id = ?1
+SELECT 0, 0, body, NULL, NULL FROM sessions WHERE id = ?1
+UNION ALL SELECT 1, pos, body, NULL, NULL FROM messages WHERE session_id = ?1
+UNION ALL SELECT 2, pos, body, NULL, NULL FROM checkpoints WHERE session_id = ?1
 UNION ALL SELECT * FROM (
-    SELECT 3, seq, data, type FROM events WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2
+    SELECT 3, seq, NULL, data, type FROM events WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2
 )
-UNION ALL SELECT 4, pos, body, NULL FROM context_summaries WHERE session_id = ?1
-UNION ALL SELECT 5, max(seq), NULL, NULL FROM events WHERE session_id = ?1
+UNION ALL SELECT 4, pos, body, NULL, NULL FROM context_summaries WHERE session_id = ?1
+UNION ALL SELECT 5, max(seq), NULL, NULL, NULL FROM events WHERE session_id = ?1
 ORDER BY 1, 2
 """
 _INSERT_MESSAGE = "INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)"
@@ -185,24 +179,7 @@ class SqliteStore(SqliteAuthTables):
         return _dec_record.decode(rows[0][0]) if rows else None
 
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None:
-        rows = await self._all(_LOAD_SESSION, (session_id, events))
-        if not rows or rows[0][0] != 0:
-            return None
-        parts: tuple[list[Any], ...] = ([], [], [], [], [])
-        max_seq = 0
-        for part, key, body, kind in rows:
-            if part == 5:
-                max_seq = key or 0
-            else:
-                parts[part].append(body if part != 3 else StoredEvent(key, kind, bytes(body)))
-        return LoadedSession(
-            record=_dec_record.decode(parts[0][0]),
-            nodes=[_dec_node.decode(b) for b in parts[1]],
-            checkpoints=[_dec_checkpoint.decode(b) for b in parts[2]],
-            events=parts[3],
-            max_seq=max_seq,
-            summaries=[_dec_summary.decode(b) for b in parts[4]],
-        )
+        return loaded_session(await self._all(_LOAD_SESSION, (session_id, events)))
 
     async def load_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
         rows = await self._all(
