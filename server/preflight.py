@@ -24,6 +24,7 @@ from server.config import Config
 __all__ = [
     "FAIL",
     "OK",
+    "SQLITE_OLDEST",
     "WARN",
     "Check",
     "StartupError",
