@@ -714,18 +714,28 @@ async def test_text_with_nul_characters(store: Any) -> None:
     assert await store.get_guest("gst_\x00", 0.0) is None
 
 
+@asynccontextmanager
+async def _registries(
+    *stores: Any, provider: SimulatedProvider | None = None, settings: ActorSettings | None = None
+) -> AsyncIterator[list[Registry]]:
+    """A started registry on each store (a node each, without a cluster), drained on the way out."""
+    model = provider or SimulatedProvider(tokens_per_second=0, reply_tokens=3)
+    registries = [
+        Registry(s, model, settings=settings or ActorSettings(), idle_seconds=60, frame=sse.frame) for s in stores
+    ]
+    for registry in registries:
+        await registry.start()
+    try:
+        yield registries
+    finally:
+        for registry in registries:
+            await registry.drain()
+
+
 async def test_a_commit_after_the_store_closed_is_a_503_stop_not_a_crash(store: Any) -> None:
     """During shutdown a late change gets 503 (retry elsewhere), and its session stops
     cleanly: no crash is counted, no restart is attempted."""
-    registry = Registry(
-        store,
-        SimulatedProvider(tokens_per_second=0, reply_tokens=3),
-        settings=ActorSettings(),
-        idle_seconds=60,
-        frame=sse.frame,
-    )
-    await registry.start()
-    try:
+    async with _registries(store) as (registry,):
         record = await registry.create(Registry.new_record(namespace="default"))
         actor = await registry.get(record.id)
         assert isinstance(actor, SessionActor)
@@ -737,8 +747,6 @@ async def test_a_commit_after_the_store_closed_is_a_503_stop_not_a_crash(store: 
         await asyncio.wait_for(actor.wait_stopped(), 5)
         assert actor.stop_reason == "store closed"
         assert registry.stats.crashes == 0 and record.id not in registry
-    finally:
-        await registry.drain()
 
 
 # -- lease epochs: a stale writer is refused -------------------------------------------------------
@@ -814,13 +822,7 @@ async def test_an_actor_activated_elsewhere_since_is_refused_and_stops(two_store
     """Node A activated a session, then node B did (A stalled past its lease, say). A's next
     change is refused: A's caller gets 503, A's actor stops (its streams end) and writes
     nothing; B serves the session with nothing of A's stale change in it."""
-    provider = SimulatedProvider(tokens_per_second=0, reply_tokens=3)
-    a, b = (
-        Registry(s, provider, settings=ActorSettings(), idle_seconds=60, frame=sse.frame) for s in two_stores
-    )
-    await a.start()
-    await b.start()
-    try:
+    async with _registries(*two_stores) as (a, b):
         record = await a.create(Registry.new_record(namespace="default"))
         stale = await a.get(record.id)
         assert isinstance(stale, SessionActor)
@@ -838,21 +840,13 @@ async def test_an_actor_activated_elsewhere_since_is_refused_and_stops(two_store
         loaded = await two_stores[1].load_session(record.id, events=100)
         assert loaded is not None
         assert [n.content for n in loaded.nodes if n.role == "user"] == ["fresh"]
-    finally:
-        await a.drain()
-        await b.drain()
 
 
 async def test_a_new_sessions_first_use_needs_no_claim_and_no_load(store: Any) -> None:
     """A session's creation is its first activation (Registry.create): its actor starts at the
     epoch the new row holds (0) without a claim or a read, answers, and writes under it; once
     it passivates, the next activation claims the next epoch and loads what was written."""
-    registry = Registry(
-        store, SimulatedProvider(tokens_per_second=0, reply_tokens=3), settings=ActorSettings(), idle_seconds=60,
-        frame=sse.frame,
-    )
-    await registry.start()
-    try:
+    async with _registries(store) as (registry,):
         record = await registry.create(Registry.new_record(namespace="default", title="new"))
         actor = await registry.get(record.id)
         assert isinstance(actor, SessionActor) and actor.epoch == 0
@@ -864,8 +858,6 @@ async def test_a_new_sessions_first_use_needs_no_claim_and_no_load(store: Any) -
         again = await registry.get(record.id)
         assert isinstance(again, SessionActor) and again.epoch == 1, "nothing claimed before: 0 was the creation's"
         assert [n.role for n in again.tree.nodes.values()] == ["user", "assistant"]
-    finally:
-        await registry.drain()
 
 
 async def test_a_new_session_activated_elsewhere_first_fences_its_creators_actor(
@@ -874,13 +866,7 @@ async def test_a_new_session_activated_elsewhere_first_fences_its_creators_actor
     """Created on node A, used first on node B (a second process on the same database): B claims
     an epoch, so A's first use, which starts at the creation's epoch 0 without a claim, is
     refused at its first write (503, nothing written) and stops; A's next use claims again."""
-    provider = SimulatedProvider(tokens_per_second=0, reply_tokens=3)
-    a, b = (
-        Registry(s, provider, settings=ActorSettings(), idle_seconds=60, frame=sse.frame) for s in two_stores
-    )
-    await a.start()
-    await b.start()
-    try:
+    async with _registries(*two_stores) as (a, b):
         record = await a.create(Registry.new_record(namespace="default"))
         elsewhere = await b.get(record.id)
         assert isinstance(elsewhere, SessionActor) and elsewhere.epoch == 1
@@ -895,9 +881,6 @@ async def test_a_new_session_activated_elsewhere_first_fences_its_creators_actor
         later = await a.get(record.id)
         assert isinstance(later, SessionActor) and later.epoch == 2
         assert [n.content for n in later.tree.nodes.values() if n.role == "user"] == ["from B"]
-    finally:
-        await a.drain()
-        await b.drain()
 
 
 async def test_only_so_many_new_sessions_are_kept_for_their_first_use(tmp_path: Path) -> None:
@@ -906,27 +889,22 @@ async def test_only_so_many_new_sessions_are_kept_for_their_first_use(tmp_path: 
     claim and a load (large system prompts cannot make the registry hold more)."""
     store = SqliteStore(tmp_path / "store.db")
     await store.open()
-    registry = Registry(
-        store, SimulatedProvider(tokens_per_second=0, reply_tokens=3), settings=ActorSettings(), idle_seconds=60,
-        frame=sse.frame,
-    )
-    await registry.start()
     try:
-        ids = [(await registry.create(Registry.new_record(namespace="default"))).id for _ in range(1025)]
-        oldest, second, newest = [await registry.get(sid) for sid in (ids[0], ids[1], ids[-1])]
-        assert isinstance(oldest, SessionActor) and oldest.epoch == 1, "forgotten: claimed"
-        assert isinstance(second, SessionActor) and second.epoch == 0
-        assert isinstance(newest, SessionActor) and newest.epoch == 0
-        large = [
-            (await registry.create(Registry.new_record(namespace="default", system_prompt=f"{i}" * 900_000))).id
-            for i in range(5)
-        ]
-        first, last = [await registry.get(sid) for sid in (large[0], large[-1])]
-        assert isinstance(first, SessionActor) and first.epoch == 1, "past 4 MiB: forgotten, claimed"
-        assert isinstance(last, SessionActor) and last.epoch == 0
-        assert first.record.system_prompt == "0" * 900_000 and last.record.system_prompt == "4" * 900_000
+        async with _registries(store) as (registry,):
+            ids = [(await registry.create(Registry.new_record(namespace="default"))).id for _ in range(1025)]
+            oldest, second, newest = [await registry.get(sid) for sid in (ids[0], ids[1], ids[-1])]
+            assert isinstance(oldest, SessionActor) and oldest.epoch == 1, "forgotten: claimed"
+            assert isinstance(second, SessionActor) and second.epoch == 0
+            assert isinstance(newest, SessionActor) and newest.epoch == 0
+            large = [
+                (await registry.create(Registry.new_record(namespace="default", system_prompt=f"{i}" * 900_000))).id
+                for i in range(5)
+            ]
+            first, last = [await registry.get(sid) for sid in (large[0], large[-1])]
+            assert isinstance(first, SessionActor) and first.epoch == 1, "past 4 MiB: forgotten, claimed"
+            assert isinstance(last, SessionActor) and last.epoch == 0
+            assert first.record.system_prompt == "0" * 900_000 and last.record.system_prompt == "4" * 900_000
     finally:
-        await registry.drain()
         await store.aclose()
 
 
@@ -934,17 +912,8 @@ async def test_a_stale_actors_running_answer_ends_503_and_its_fold_is_refused(tw
     """Node A streams an answer when node B takes the session. A's next fold of the answer's
     text is refused: the send waiting on A's task gets 503, its stream ends, and the answer
     stays as B stored it (interrupted), never overwritten by A."""
-    settings = ActorSettings(fold_seconds=0.05)
-    a, b = (
-        Registry(
-            s, SimulatedProvider(tokens_per_second=50, reply_tokens=500), settings=settings, idle_seconds=60,
-            frame=sse.frame,
-        )
-        for s in two_stores
-    )
-    await a.start()
-    await b.start()
-    try:
+    provider = SimulatedProvider(tokens_per_second=50, reply_tokens=500)
+    async with _registries(*two_stores, provider=provider, settings=ActorSettings(fold_seconds=0.05)) as (a, b):
         record = await a.create(Registry.new_record(namespace="default"))
         stale = await a.get(record.id)
         assert isinstance(stale, SessionActor)
@@ -966,9 +935,6 @@ async def test_a_stale_actors_running_answer_ends_503_and_its_fold_is_refused(tw
         reply = loaded.nodes[-1]
         assert reply.role == "assistant" and reply.status == "interrupted", "as B stored it"
         assert not loaded.record.running
-    finally:
-        await a.drain()
-        await b.drain()
 
 
 async def test_a_commit_is_visible_to_the_next_read_while_other_reads_run(store: Any) -> None:
