@@ -453,4 +453,37 @@ def load_config(
     try:
         return msgspec.convert(data, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        raise ConfigError(f"invalid configuration: {_named(data, str(exc))}") from exc
+
+
+_UNNAMED = "[...]"
+
+
+def _named(data: dict[str, Any], message: str) -> str:
+    """``message`` with the table entry it is about named: msgspec says ``$.providers[...].x``
+    for a value inside ``[providers.NAME]`` (any table of named entries); this finds the entry
+    that alone fails the same way and writes ``$.providers.NAME.x`` instead."""
+    head, sep, path = message.rpartition(" - at `$.")
+    if not sep or _UNNAMED not in path:
+        return message
+    outer, _, rest = path.partition(_UNNAMED)
+    keys = outer.split(".")
+    table: Any = data
+    for key in keys:
+        table = table.get(key) if isinstance(table, dict) else None
+    if not isinstance(table, dict):
+        return message
+    for name, entry in table.items():
+        trial = dict(data)
+        node = trial
+        for key in keys[:-1]:
+            node[key] = dict(node[key])
+            node = node[key]
+        node[keys[-1]] = {name: entry}
+        try:
+            msgspec.convert(trial, Config, strict=False)
+        except msgspec.ValidationError as again:
+            if str(again) == message:
+                label = name if name.replace("_", "").replace("-", "").isalnum() else msgspec.json.encode(name).decode()
+                return f"{head}{sep}{outer}.{label}{rest}"
+    return message
