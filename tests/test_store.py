@@ -215,7 +215,7 @@ async def test_a_commit_of_a_message_is_one_statement(tmp_path: Path) -> None:
         statements.clear()
         assert await store.claim_epoch(rec.id) == epoch + 1
         claim = [s.split(" VALUES")[0] for s in statements if not s.startswith("--")]
-        assert set(claim) == {"INSERT INTO batch_rows", "SELECT id, epoch FROM batch_claimed"}, claim
+        assert set(claim) == {"INSERT INTO batch_rows", "DELETE FROM batch_claimed RETURNING id, epoch"}, claim
         assert "BEGIN IMMEDIATE" not in claim
         store._db.set_trace_callback(None)
         loaded = await store.load_session(rec.id, events=5)
