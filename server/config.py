@@ -16,6 +16,7 @@ import msgspec
 from actors.cluster.node import ClusterSettings
 from actors.core.retention import MAX_TTL_SECONDS, Retention
 from actors.store.tables import RouteEntry
+from actors.webhooks.deliverer import DeliverySettings
 
 __all__ = [
     "AdmissionSection",
@@ -323,17 +324,10 @@ class WebhookEndpointSection(_Section):
     agents: list[str] = msgspec.field(default_factory=list)  # empty: every agent
 
 
-class WebhooksSection(_Section):
-    timeout_seconds: _Positive = 10.0
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
-    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 8
-    max_age_seconds: _Positive = 86_400.0
-    backoff_seconds: _Positive = 1.0
-    max_backoff_seconds: _Positive = 3600.0
-    poll_seconds: _Positive = 1.0
-    lease_seconds: _Positive = 60.0
-    max_response_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 4096
-    retention_seconds: _Positive = 604_800.0
+class WebhooksSection(DeliverySettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[webhooks]``: the deliverer's own settings (bounded where they are declared), and the
+    endpoints."""
+
     endpoints: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
 
 

@@ -18,7 +18,7 @@ from yarl import URL
 from actors.core.ids import new_id
 from actors.core.webhooks import WEBHOOK_EVENTS, WebhookEndpoint
 from actors.store.base import OutboxStore
-from actors.webhooks.deliverer import Deliverer, DeliverySettings
+from actors.webhooks.deliverer import Deliverer
 from server.config import Config, ConfigError, WebhookEndpointSection
 from server.metrics import Metrics
 
@@ -92,23 +92,10 @@ def make_deliverer(
     endpoints = endpoints_of(config)
     if not endpoints:
         return None
-    w = config.webhooks
-    settings = DeliverySettings(
-        timeout_seconds=w.timeout_seconds,
-        concurrency=w.concurrency,
-        max_attempts=w.max_attempts,
-        max_age_seconds=w.max_age_seconds,
-        backoff_seconds=w.backoff_seconds,
-        max_backoff_seconds=w.max_backoff_seconds,
-        poll_seconds=w.poll_seconds,
-        lease_seconds=w.lease_seconds,
-        max_response_bytes=w.max_response_bytes,
-        retention_seconds=w.retention_seconds,
-    )
     return Deliverer(
         store,
         endpoints,
-        settings,
+        config.webhooks,  # a DeliverySettings, with the endpoints beside
         owner=node_id or config.cluster.node_id or new_id("node"),
         release_all=config.store.kind == "sqlite",
         on_attempt=metrics.observe_webhook if metrics is not None else None,

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Annotated
 
 import aiohttp
 import msgspec
@@ -34,19 +35,27 @@ _ERROR_CHARS = 500  # of an error kept in the row (and shown by GET /v1/webhooks
 _PRUNE_EVERY = 300.0  # seconds between forgetting old delivered and failed rows
 
 
-class DeliverySettings(msgspec.Struct, frozen=True, kw_only=True):
-    """How deliveries are made ([webhooks] in config.toml says what each means)."""
+_Positive = Annotated[float, msgspec.Meta(gt=0)]  # a wait or an interval: 0 would not wait, or wait for ever
+_AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 
-    timeout_seconds: float = 10.0
-    concurrency: int = 8
-    max_attempts: int = 8
-    max_age_seconds: float = 86_400.0
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 3600.0
-    poll_seconds: float = 1.0
-    lease_seconds: float = 60.0
-    max_response_bytes: int = 4096
-    retention_seconds: float = 604_800.0
+
+class DeliverySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How deliveries are made: the numbers of ``[webhooks]`` in config.toml, which says what
+    each means (server/config.py's section adds the endpoints). They are bounded, so that
+    the config loader refuses what the deliverer cannot run with: a timeout or a poll of 0 (no
+    deadline, or a poll without pause), no attempt at all, more attempts at once than a node
+    should open."""
+
+    timeout_seconds: _Positive = 10.0
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    max_attempts: _AtLeastOne = 8
+    max_age_seconds: _Positive = 86_400.0
+    backoff_seconds: _Positive = 1.0
+    max_backoff_seconds: _Positive = 3600.0
+    poll_seconds: _Positive = 1.0
+    lease_seconds: _Positive = 60.0
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 4096
+    retention_seconds: _Positive = 604_800.0
 
 
 def signed_headers(endpoint: WebhookEndpoint, delivery_id: str, body: bytes, now: float) -> dict[str, str]:
