@@ -168,6 +168,13 @@ NESTED = [
     ("[limits]\nend_users = { '*' = { tokens_per_day = -1 } }\n",
      'Expected `int` >= 0 - at `$.limits.end_users."*".tokens_per_day`'),
     ("[context]\nwindows = { tiny = 100 }\n", "Expected `int` >= 256 - at `$.context.windows.tiny`"),
+    # Across two settings: a webhook claim must outlast its attempt.
+    ("[webhooks]\ntimeout_seconds = 60\n",
+     "lease_seconds (60) must be longer than timeout_seconds (60): a claim must outlast the attempt it is for"
+     " - at `$.webhooks`"),
+    ("[webhooks]\ntimeout_seconds = 5\nlease_seconds = 2\n",
+     "lease_seconds (2) must be longer than timeout_seconds (5): a claim must outlast the attempt it is for"
+     " - at `$.webhooks`"),
 ]
 
 

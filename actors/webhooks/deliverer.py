@@ -57,6 +57,17 @@ class DeliverySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     max_response_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 4096
     retention_seconds: _Positive = 604_800.0
 
+    def __post_init__(self) -> None:
+        # A claim that can run out while its attempt still waits for the receiver lets another
+        # node (or this one's next poll, after a restart) send the row again meanwhile: every
+        # slow receiver would get each event twice. (msgspec turns this ValueError into a
+        # ValidationError, which the config loader reports with the section.)
+        if self.lease_seconds <= self.timeout_seconds:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must be longer than timeout_seconds"
+                f" ({self.timeout_seconds:g}): a claim must outlast the attempt it is for"
+            )
+
 
 def signed_headers(endpoint: WebhookEndpoint, delivery_id: str, body: bytes, now: float) -> dict[str, str]:
     """The Standard Webhooks headers of one attempt (signed with the official package)."""
