@@ -22,6 +22,7 @@ from actors.core.records import (
     Checkpoint,
     Claim,
     Fence,
+    KeepEvents,
     PutCheckpoint,
     PutEvent,
     PutMessage,
@@ -127,6 +128,53 @@ async def test_round_trip_keeps_order_and_events(store: Any) -> None:
     assert loaded.events == events[1:]  # type and data as written
     assert [e.seq for e in await store.load_events(rec.id, 3, 10)] == [9, 12]
     assert await store.load_session("ses_missing", events=10) is None
+
+
+async def test_keep_events_leaves_a_sessions_newest_events_only(store: Any) -> None:
+    """KeepEvents(session, n) removes the session's durable events but its newest n, in the
+    commit it comes in (with events of that commit counted); fewer than n are all kept, and no
+    other session's are touched."""
+    long, short = _record(), _record()
+    await store.commit([PutSession.of(long), PutSession.of(short)])
+
+    def event(seq: int) -> StoredEvent:
+        return StoredEvent(seq, "task.completed", b'{"type":"task.completed","task_id":"t%d"}' % seq)
+
+    await store.commit([*(PutEvent(long.id, event(seq)) for seq in range(1, 11)), PutEvent(short.id, event(5))])
+    await store.commit([PutEvent(long.id, event(14)), KeepEvents(long.id, 4), KeepEvents(short.id, 4)])
+    assert [e.seq for e in await store.load_events(long.id, 0, 100)] == [8, 9, 10, 14]
+    assert [e.seq for e in await store.load_events(short.id, 0, 100)] == [5]
+    loaded = await store.load_session(long.id, events=4)
+    assert loaded is not None and [e.seq for e in loaded.events] == [8, 9, 10, 14] and loaded.max_seq == 14
+    await store.commit([KeepEvents(long.id, 1)])
+    assert [e.seq for e in await store.load_events(long.id, 0, 100)] == [14]
+
+
+async def test_a_long_conversation_keeps_only_the_events_an_activation_replays(store: Any) -> None:
+    """A session's durable events are bounded: once in 2 x seq_block event ids, a turn's start
+    removes those older than the newest replay_events, which no activation reads. What a
+    restart replays is unchanged, and every message stays."""
+    settings = ActorSettings(replay_events=5, seq_block=8)
+    async with _registries(store, settings=settings) as (registry,):
+        record = await registry.create(Registry.new_record(namespace="default"))
+        actor = await registry.get(record.id)
+        assert isinstance(actor, SessionActor)
+        most = 0
+        for i in range(12):
+            handle = await actor.ask(SendMessage(f"message {i}"))
+            assert (await asyncio.wait_for(handle.done, 5)).status == "completed"
+            most = max(most, len(await store.load_events(record.id, 0, 1000)))
+        stored = await store.load_events(record.id, 0, 1000)
+        # 4 durable events a turn (48 in all); at most 2 x seq_block ids pass between two trims.
+        assert 5 <= len(stored) and most <= 5 + 2 * 8, (len(stored), most)
+        newest = actor.log.last_seq
+        assert stored[-1].seq == newest and stored[-1].type == "task.completed"
+        assert await actor.ask(Passivate(0)) is True
+        await asyncio.wait_for(actor.wait_stopped(), 5)
+        again = await registry.get(record.id)
+        assert isinstance(again, SessionActor)
+        assert list(again.log.since(0)[0]) == [e.seq for e in stored[-5:]], "a restart replays the newest five"
+        assert [n.content for n in again.tree.nodes.values() if n.role == "user"] == [f"message {i}" for i in range(12)]
 
 
 async def test_a_large_commit_lands_whole(store: Any) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "Fence",
     "ForkRef",
     "IdempotentRequest",
+    "KeepEvents",
     "LoadedSession",
     "Op",
     "PutCheckpoint",
@@ -209,6 +210,16 @@ class PutSummary(msgspec.Struct):
         return cls(session_id, summary.id, _enc.encode(summary), drop or [])
 
 
+class KeepEvents(msgspec.Struct):
+    """Removal of a session's durable events but its newest ``newest``. An activation reads
+    only the newest ``replay_events`` (a stream resuming from before them is told
+    ``stream.reset``), so the older ones are never read again and would only take room: every
+    answer's ``message.completed`` carries its whole text."""
+
+    session_id: str
+    newest: int
+
+
 class RemoveSession(msgspec.Struct):
     """Removal of a session with everything it holds."""
 
@@ -255,7 +266,8 @@ class Claim(msgspec.Struct):
 
 
 Op = (
-    PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | RemoveSession | PutDelivery
+    PutSession | PutMessage | PutCheckpoint | PutEvent | PutSummary | TrimSession | KeepEvents | RemoveSession
+    | PutDelivery
     | Fence | Claim
 )
 

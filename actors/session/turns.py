@@ -44,6 +44,7 @@ from actors.core.events import (
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
     Checkpoint,
+    KeepEvents,
     Op,
     PutCheckpoint,
     PutMessage,
@@ -133,7 +134,13 @@ class TurnRunner(SessionState):
         running = [r for r in self.record.running if r.task_id != turn.task_id]
         self.record.running = [RunningTask(turn.task_id, turn.user_id, reply.id, turn.client_tools), *running]
         # Reserve ids for this turn's deltas in the same commit that makes it durable.
-        self.record.seq_reserved = max(self.record.seq_reserved, self._next_seq + self._settings.seq_block)
+        block = self._settings.seq_block
+        reserved = self.record.seq_reserved
+        self.record.seq_reserved = max(reserved, self._next_seq + block)
+        if self.record.seq_reserved // (2 * block) != reserved // (2 * block):
+            # Once in 2 x seq_block ids, the same commit removes the durable events no
+            # activation reads any more: the store keeps those a replay after a restart needs.
+            ops = [*ops, KeepEvents(self.id, self._settings.replay_events)]
         self._touch()
         self._turn = turn
         if self._settings.fold_seconds > 0:

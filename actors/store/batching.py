@@ -23,6 +23,7 @@ from actors.core.errors import FencedError, StoreClosedError, StoreUnavailableEr
 from actors.core.records import (
     Claim,
     Fence,
+    KeepEvents,
     Op,
     PutCheckpoint,
     PutDelivery,
@@ -295,13 +296,14 @@ class ThreadCommitter(Committer):
 class Rows:
     """A batch of ops as rows per table, in the order each store writes them: upserts of
     sessions, messages, checkpoints, events and summaries, then the summaries replaced, then what
-    retention trims, then deletes (so a late write racing a delete can never resurrect the
-    session). Webhook outbox rows are a table of their own, which a session's delete leaves
-    alone (its ``session.deleted`` delivery is one of them)."""
+    retention trims and the old events a session no longer needs (``KeepEvents``), then deletes
+    (so a late write racing a delete can never resurrect the session). Webhook outbox rows are a
+    table of their own, which a session's delete leaves alone (its ``session.deleted`` delivery
+    is one of them)."""
 
     __slots__ = (
-        "checkpoints", "deletes", "deliveries", "events", "messages", "sessions", "summaries", "summary_drops",
-        "trim_checkpoints", "trim_events", "trim_messages",
+        "checkpoints", "deletes", "deliveries", "events", "keep_events", "messages", "sessions", "summaries",
+        "summary_drops", "trim_checkpoints", "trim_events", "trim_messages",
     )
 
     def __init__(self, ops: Sequence[Op]) -> None:
@@ -315,6 +317,7 @@ class Rows:
         self.trim_messages: list[tuple[str, str]] = []  # (session_id, id)
         self.trim_checkpoints: list[tuple[str, str]] = []
         self.trim_events: list[tuple[str, int]] = []  # (session_id, through seq)
+        self.keep_events: list[tuple[str, int]] = []  # (session_id, how many of the newest stay)
         self.deletes: list[tuple[str]] = []
         # id, endpoint, session_id, event_type, body, created_at (also its first next_attempt_at)
         self.deliveries: list[tuple[str, str, str, str, bytes, float]] = []
@@ -338,6 +341,8 @@ class Rows:
                     self.trim_checkpoints += [(sid, c) for c in op.checkpoint_ids]
                     self.trim_events.append((sid, op.events_through))
                     self.summary_drops += [(sid, d) for d in op.summary_ids]
+                case KeepEvents(session_id=sid, newest=n):
+                    self.keep_events.append((sid, n))
                 case RemoveSession(session_id=sid):
                     self.deletes.append((sid,))
                 case PutDelivery():

@@ -109,6 +109,11 @@ _TRIMS = (
     "DELETE FROM checkpoints WHERE session_id = $1 AND id = $2",
     "DELETE FROM events WHERE session_id = $1 AND seq <= $2",
 )
+# A session's events but its newest $2 (none if it has no more), by its primary key.
+_KEEP_EVENTS = (
+    "DELETE FROM events WHERE session_id = $1 AND seq <"
+    " (SELECT seq FROM events WHERE session_id = $1 ORDER BY seq DESC OFFSET $2 - 1 LIMIT 1)"
+)
 _DELETES = [
     "DELETE FROM context_summaries WHERE session_id = $1",
     "DELETE FROM messages WHERE session_id = $1",
@@ -258,6 +263,8 @@ class PostgresStore(PgAuthTables):
             for sql, trim in zip(_TRIMS, trims, strict=True):
                 if trim:
                     await conn.executemany(sql, trim)
+            if rows.keep_events:
+                await conn.executemany(_KEEP_EVENTS, [(pg_text(sid), n) for sid, n in rows.keep_events])
             # Deletes go last: a late write racing a delete must not resurrect the session.
             for sql in _DELETES if deletes else ():
                 await conn.executemany(sql, deletes)

@@ -102,6 +102,12 @@ _TRIMS = (
     "DELETE FROM checkpoints WHERE session_id = ? AND id = ?",
     "DELETE FROM events WHERE session_id = ? AND seq <= ?",
 )
+# A session's events but its newest ?2 (none if it has no more: the bound is then NULL). Both
+# reads walk the primary key (session_id, seq) from the session's newest event back.
+_KEEP_EVENTS = (
+    "DELETE FROM events WHERE session_id = ?1 AND seq <"
+    " (SELECT seq FROM events WHERE session_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2 - 1)"
+)
 DELETES = [
     "DELETE FROM context_summaries WHERE session_id = ?",
     "DELETE FROM messages WHERE session_id = ?",
@@ -252,7 +258,7 @@ def write_batch(db: sqlite3.Connection, ops: list[Op], checkpointer: Checkpointe
 def _rare(rows: Rows) -> bool:
     return bool(
         rows.summaries or rows.summary_drops or rows.trim_messages or rows.trim_checkpoints or rows.trim_events
-        or rows.deletes or rows.deliveries
+        or rows.keep_events or rows.deletes or rows.deliveries
     )
 
 
@@ -327,6 +333,8 @@ def _write_in_transaction(db: sqlite3.Connection, ops: list[Op]) -> dict[str, in
         for sql, trim in zip(_TRIMS, trims, strict=True):
             if trim:
                 db.executemany(sql, trim)
+        if rows.keep_events:
+            db.executemany(_KEEP_EVENTS, rows.keep_events)
         for sql in DELETES if rows.deletes else ():
             db.executemany(sql, rows.deletes)
         if rows.deliveries:
