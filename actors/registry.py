@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-import msgspec
-
 from actors.cluster.forward import RemoteSession
 from actors.cluster.node import Cluster
 from actors.core.commands import AnyCommand, Command, Passivate, Shutdown
@@ -22,7 +20,15 @@ from actors.core.errors import ActorStoppedError, ConflictError, NotFoundError, 
 from actors.core.events import FrameEncoder
 from actors.core.export import SessionExport, from_export, remap_ids
 from actors.core.ids import new_id, utcnow
-from actors.core.records import LoadedSession, PutCheckpoint, PutMessage, PutSession, SessionRecord, Stats
+from actors.core.records import (
+    LoadedSession,
+    PutCheckpoint,
+    PutMessage,
+    PutSession,
+    SessionRecord,
+    Stats,
+    decode_record,
+)
 from actors.core.tree import Node
 from actors.core.webhooks import Outbox
 from actors.ports import Provider, SessionRef, SessionStore
@@ -38,7 +44,6 @@ log = logging.getLogger("sessiond.registry")
 # system prompts cannot make it grow), the oldest forgotten first (it then activates as any other).
 _FRESH_MEMORY = 1024
 _FRESH_BYTES = 4 << 20
-_decode_record = msgspec.json.Decoder(SessionRecord)
 
 
 class Registry:
@@ -211,7 +216,7 @@ class Registry:
         if body is not None:  # created here and not used since (``create``)
             self._fresh_bytes -= len(body)
             epoch = 0
-            loaded = LoadedSession(record=_decode_record.decode(body), nodes=[], checkpoints=[], events=[], max_seq=0)
+            loaded = LoadedSession(record=decode_record(body), nodes=[], checkpoints=[], events=[], max_seq=0)
         else:
             epoch = await self.store.claim_epoch(session_id)
             loaded = await self.store.load_session(session_id, events=self.settings.replay_events) if epoch else None

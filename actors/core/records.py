@@ -41,6 +41,7 @@ __all__ = [
     "Stats",
     "StoredEvent",
     "TrimSession",
+    "decode_record",
     "op_session",
 ]
 
@@ -270,6 +271,15 @@ Op = (
     | PutDelivery
     | Fence | Claim
 )
+
+
+_record_decoder = msgspec.json.Decoder(SessionRecord)
+
+
+def decode_record(body: bytes | str) -> SessionRecord:
+    """A session row's body (its JSON, as ``PutSession`` wrote it) as its record: the one decoder
+    of every store, the activation read and the registry."""
+    return _record_decoder.decode(body)
 
 
 def op_session(op: Op) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from actors.core.records import Checkpoint, LoadedSession, SessionRecord, StoredEvent
+from actors.core.records import Checkpoint, LoadedSession, StoredEvent, decode_record
 from actors.core.summary import ContextSummary
 from actors.core.tree import Node
 
@@ -21,7 +21,6 @@ __all__ = ["CHECKPOINTS", "EVENTS", "MAX_SEQ", "MESSAGES", "ROW", "SUMMARIES", "
 
 ROW, MESSAGES, CHECKPOINTS, EVENTS, SUMMARIES, MAX_SEQ = range(6)
 
-_record = msgspec.json.Decoder(SessionRecord)
 _node = msgspec.json.Decoder(Node)
 _checkpoint = msgspec.json.Decoder(Checkpoint)
 _summary = msgspec.json.Decoder(ContextSummary)
@@ -42,7 +41,7 @@ def loaded_session(rows: Iterable[Sequence[Any]]) -> LoadedSession | None:
     if not texts[ROW]:
         return None
     return LoadedSession(
-        record=_record.decode(texts[ROW][0]),
+        record=decode_record(texts[ROW][0]),
         nodes=[_node.decode(t) for t in texts[MESSAGES]],
         checkpoints=[_checkpoint.decode(t) for t in texts[CHECKPOINTS]],
         events=events,

@@ -31,6 +31,7 @@ from actors.core.records import (
     SessionQuery,
     SessionRecord,
     StoredEvent,
+    decode_record,
 )
 from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
@@ -55,7 +56,6 @@ __all__ = ["PG_MIGRATIONS", "PostgresStore", "pg_outage"]
 
 log = logging.getLogger("sessiond.store")
 
-_dec_record = msgspec.json.Decoder(SessionRecord)
 _dec_agent = msgspec.json.Decoder(AgentRecord)
 _dec_document = msgspec.json.Decoder(DocumentRecord)
 _enc = msgspec.json.Encoder()
@@ -301,7 +301,7 @@ class PostgresStore(PgAuthTables):
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         rows = await self._fetch("SELECT body::text FROM sessions WHERE id = $1", session_id)
-        return _dec_record.decode(rows[0][0]) if rows else None
+        return decode_record(rows[0][0]) if rows else None
 
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None:
         return loaded_session(await self._fetch(_LOAD_SESSION, session_id, events))
@@ -335,7 +335,7 @@ class PostgresStore(PgAuthTables):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY last_active_at DESC, id DESC LIMIT {param(query.limit)} OFFSET {param(query.offset)}"
-        return [_dec_record.decode(r[0]) for r in await self._fetch(sql, *params)]
+        return [decode_record(r[0]) for r in await self._fetch(sql, *params)]
 
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         return await search_sessions(self._fetch, query)

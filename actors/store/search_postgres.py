@@ -10,14 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
-from actors.core.records import SessionRecord
+from actors.core.records import decode_record
 from actors.core.search import MARK_END, MARK_START, MAX_MATCHES, Match, SearchHit, SearchQuery, hit_of, rank_hits
 
 __all__ = ["search_sessions"]
 
-_dec_record = msgspec.json.Decoder(SessionRecord)
 
 _Fetch = Callable[..., Awaitable[list[Any]]]
 
@@ -87,7 +84,7 @@ async def search_sessions(fetch: _Fetch, query: SearchQuery) -> list[SearchHit]:
         f" plainto_tsquery('simple'::regconfig, $2), '{_WHOLE}') FROM sessions WHERE id = ANY($1::text[])",
         ids, params[0],
     )
-    records = {r[0]: _dec_record.decode(r[1]) for r in rows}
+    records = {r[0]: decode_record(r[1]) for r in rows}
     titled = {r[0]: r[2] for r in rows}
     keys = [k for h in page for k in h.snippet_keys()]
     snippets: dict[int, str] = {}

@@ -11,14 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import msgspec
-
-from actors.core.records import SessionQuery, SessionRecord
+from actors.core.records import SessionQuery, decode_record
 from actors.core.search import MARK_END, MARK_START, MAX_MATCHES, Match, SearchHit, SearchQuery, hit_of, rank_hits
 
 __all__ = ["search_sessions", "session_filters"]
 
-_dec_record = msgspec.json.Decoder(SessionRecord)
 
 _Fetch = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
 
@@ -119,7 +116,7 @@ async def search_sessions(fetch: _Fetch, query: SearchQuery) -> list[SearchHit]:
         return []
     ids = [h.session_id for h in page]
     records = {
-        r.id: r for r in (_dec_record.decode(b) for (b,) in await fetch(
+        r.id: r for r in (decode_record(b) for (b,) in await fetch(
             f"SELECT body FROM sessions WHERE id IN ({_in(ids)})", ids))
     }
     keys = [k for h in page for k in h.snippet_keys()]

@@ -33,6 +33,7 @@ from actors.core.records import (
     SessionQuery,
     SessionRecord,
     StoredEvent,
+    decode_record,
 )
 from actors.core.retention import ExpiredRow, ExpiryQuery
 from actors.core.search import SearchHit, SearchQuery
@@ -58,7 +59,6 @@ __all__ = ["SqliteStore", "StoreClosedError"]
 log = logging.getLogger("sessiond.store")
 
 
-_dec_record = msgspec.json.Decoder(SessionRecord)
 _enc = msgspec.json.Encoder()
 
 _INSERT_NEW_SESSION = (
@@ -176,7 +176,7 @@ class SqliteStore(SqliteAuthTables):
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         rows = await self._all("SELECT body FROM sessions WHERE id = ?", (session_id,))
-        return _dec_record.decode(rows[0][0]) if rows else None
+        return decode_record(rows[0][0]) if rows else None
 
     async def load_session(self, session_id: str, *, events: int) -> LoadedSession | None:
         return loaded_session(await self._all(_LOAD_SESSION, (session_id, events)))
@@ -198,7 +198,7 @@ class SqliteStore(SqliteAuthTables):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY last_active_at DESC, id DESC LIMIT ? OFFSET ?"
         params += [query.limit, query.offset]
-        return [_dec_record.decode(r[0]) for r in await self._all(sql, params)]
+        return [decode_record(r[0]) for r in await self._all(sql, params)]
 
     async def search_sessions(self, query: SearchQuery) -> list[SearchHit]:
         return await search_sessions(self._all, query)
