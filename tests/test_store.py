@@ -151,11 +151,12 @@ async def test_keep_events_leaves_a_sessions_newest_events_only(store: Any) -> N
 
 
 async def test_a_long_conversation_keeps_only_the_events_an_activation_replays(store: Any) -> None:
-    """A session's durable events are bounded: once in 2 x seq_block event ids, a turn's start
-    removes those older than the newest replay_events, which no activation reads. What a
-    restart replays is unchanged, and every message stays."""
-    settings = ActorSettings(replay_events=5, seq_block=8)
-    async with _registries(store, settings=settings) as (registry,):
+    """A session's durable events are bounded: once its event ids pass a multiple of
+    2 x seq_block, the commit that reserves them removes those older than the newest
+    replay_events, which no activation reads. A restart replays what it did, every message
+    stays, and an activation under a larger replay_events (fewer events than it asks for)
+    still tells a stream resuming from before them stream.reset, never a silent gap."""
+    async with _registries(store, settings=ActorSettings(replay_events=5, seq_block=8)) as (registry,):
         record = await registry.create(Registry.new_record(namespace="default"))
         actor = await registry.get(record.id)
         assert isinstance(actor, SessionActor)
@@ -167,14 +168,22 @@ async def test_a_long_conversation_keeps_only_the_events_an_activation_replays(s
         stored = await store.load_events(record.id, 0, 1000)
         # 4 durable events a turn (48 in all); at most 2 x seq_block ids pass between two trims.
         assert 5 <= len(stored) and most <= 5 + 2 * 8, (len(stored), most)
-        newest = actor.log.last_seq
-        assert stored[-1].seq == newest and stored[-1].type == "task.completed"
+        assert stored[-1].seq == actor.log.last_seq and stored[-1].type == "task.completed"
         assert await actor.ask(Passivate(0)) is True
         await asyncio.wait_for(actor.wait_stopped(), 5)
         again = await registry.get(record.id)
         assert isinstance(again, SessionActor)
         assert list(again.log.since(0)[0]) == [e.seq for e in stored[-5:]], "a restart replays the newest five"
         assert [n.content for n in again.tree.nodes.values() if n.role == "user"] == [f"message {i}" for i in range(12)]
+        oldest = stored[-5].seq
+    async with _registries(store, settings=ActorSettings(replay_events=50, seq_block=8)) as (larger,):
+        later = await larger.get(record.id)
+        assert isinstance(later, SessionActor)
+        kept = [e.seq for e in await store.load_events(record.id, 0, 1000)]
+        assert len(kept) < 50 and kept[0] <= oldest, "it loads fewer than it asks for"
+        assert later.log.floor == kept[0] - 1
+        assert not later.log.covers(kept[0] - 2), "an older Last-Event-ID gets stream.reset"
+        assert later.log.covers(kept[0] - 1)
 
 
 async def test_a_large_commit_lands_whole(store: Any) -> None:

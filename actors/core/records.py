@@ -130,6 +130,10 @@ class SessionRecord(msgspec.Struct):
     # No event up to this id can be replayed any more (keep_latest removed them with the
     # messages they told of): a stream resuming below it is told stream.reset.
     event_floor: int = 0
+    # The store may hold only the newest replay_events of this session's durable events
+    # (KeepEvents removed the older ones): an activation that loads fewer, under a larger
+    # replay_events, still starts its log at the oldest it loaded, never below.
+    events_bounded: bool = False
 
 
 class Checkpoint(msgspec.Struct):
@@ -218,7 +222,7 @@ class KeepEvents(msgspec.Struct):
     answer's ``message.completed`` carries its whole text."""
 
     session_id: str
-    newest: int
+    newest: int  # at least 1
 
 
 class RemoveSession(msgspec.Struct):

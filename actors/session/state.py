@@ -68,7 +68,9 @@ class SessionState:
         self.checkpoints = loaded.checkpoints
         self.summaries = Summaries(loaded.summaries)  # hidden nodes: never listed with messages
         events = loaded.events
-        floor = events[0].seq - 1 if len(events) >= settings.replay_events else 0
+        # Fewer events than asked for are all the store has, unless it removed older ones.
+        bounded = len(events) >= settings.replay_events or record.events_bounded
+        floor = events[0].seq - 1 if events and bounded else 0
         # Retention may have removed every event up to record.event_floor (keep_latest): the
         # log starts above it, and a stream resuming below it is told stream.reset.
         max_seq = max(loaded.max_seq, record.event_floor)

@@ -95,8 +95,20 @@ class TurnRunner(SessionState):
         """Durably reserve the next block of ids before handing any of them out."""
         if self._current(cmd.task_id) is None or self._has_ids(cmd.count):
             return
-        self.record.seq_reserved = self._next_seq + max(self._settings.seq_block, cmd.count)
-        await self._commit([PutSession.of(self.record)])
+        keep = self._reserve(self._next_seq + max(self._settings.seq_block, cmd.count))
+        await self._commit([*keep, PutSession.of(self.record)])
+
+    def _reserve(self, through: int) -> list[Op]:
+        """Reserve event ids up to ``through`` (the caller commits the record). Once in 2 x
+        seq_block ids it also gives the op that removes, in the same commit, the durable events
+        no activation reads any more: the store keeps those a replay after a restart needs."""
+        reserved = self.record.seq_reserved
+        self.record.seq_reserved = max(reserved, through)
+        block = 2 * self._settings.seq_block
+        if self.record.seq_reserved // block == reserved // block:
+            return []
+        self.record.events_bounded = True  # with the same commit: see SessionRecord
+        return [KeepEvents(self.id, max(1, self._settings.replay_events))]
 
     def _fold(self, turn: Turn) -> None:
         self._mailbox.tell_internal(FoldReply(turn.task_id))
@@ -134,13 +146,7 @@ class TurnRunner(SessionState):
         running = [r for r in self.record.running if r.task_id != turn.task_id]
         self.record.running = [RunningTask(turn.task_id, turn.user_id, reply.id, turn.client_tools), *running]
         # Reserve ids for this turn's deltas in the same commit that makes it durable.
-        block = self._settings.seq_block
-        reserved = self.record.seq_reserved
-        self.record.seq_reserved = max(reserved, self._next_seq + block)
-        if self.record.seq_reserved // (2 * block) != reserved // (2 * block):
-            # Once in 2 x seq_block ids, the same commit removes the durable events no
-            # activation reads any more: the store keeps those a replay after a restart needs.
-            ops = [*ops, KeepEvents(self.id, self._settings.replay_events)]
+        ops = [*ops, *self._reserve(self._next_seq + self._settings.seq_block)]
         self._touch()
         self._turn = turn
         if self._settings.fold_seconds > 0:
