@@ -64,6 +64,22 @@ class Api:
         headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
         return self.http.get(f"{self.base}/v1/sessions/{session_id}/stream", headers=headers)
 
+    async def metric_values(self, *names: str) -> dict[str, float]:
+        """The current value of each of ``names`` in sessiond's ``GET /metrics`` (unlabelled
+        samples only; a name the server does not export is left out, and all of them when its
+        metrics are off)."""
+        async with self.http.get(f"{self.base}/metrics") as resp:
+            if resp.status != 200:
+                return {}
+            text = await resp.text()
+        wanted = set(names)
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                values[name] = float(value)
+        return values
+
     async def get_json(self, path: str) -> Any:
         async with self.http.get(f"{self.base}{path}") as resp:
             if resp.status != 200:

@@ -57,14 +57,18 @@ async def run_load(
         )
 
     tl.t0 = now()
+    commits: dict[str, float | None] = {}
     try:
         async with AsyncExitStack() as stack:
             if child.name == "sessiond":
                 path = await maybe_profile(stack, report.params, child, label, report.started)
                 if path is not None:
                     report.notes.append(f"profile of {label}: {path}")
+            before = await api.metric_values(*_COMMIT_METRICS) if child.name == "sessiond" else {}
             sampler = await stack.enter_async_context(Sampler(child, tl, tick))
             res = await drive(api, spec, tl)
+            if before:
+                commits = _commit_figures(before, await api.metric_values(*_COMMIT_METRICS), tl)
     finally:
         await api.aclose()
     prog.update(task, completed=total)
@@ -77,6 +81,7 @@ async def run_load(
         client_lag_ms=round(sampler.client_lag_max * 1000),
         cpu_us_per_event=round(sampler.server_cpu_seconds / res.events * 1e6, 2) if res.events else None,
     )
+    out.update(commits)
     out["refused"] = res.refused
     out["refused_p99_ms"] = None
     if res.refused_latency:
@@ -89,6 +94,23 @@ async def run_load(
     report.rows.append(out)
     report.timelines.append(tl)
     return out
+
+
+# sessiond's own accounting of its group commits, read before and after a step.
+_COMMIT_METRICS = (
+    "sessiond_store_commit_seconds_count", "sessiond_store_commit_seconds_sum", "sessiond_store_commit_ops_total",
+)
+
+
+def _commit_figures(before: dict[str, float], after: dict[str, float], tl: Timeline) -> dict[str, float | None]:
+    """Group commits per second over the step, ops per commit and the mean commit's ms."""
+    count, seconds, ops = (after.get(k, 0.0) - before.get(k, 0.0) for k in _COMMIT_METRICS)
+    wall = max(now() - tl.t0, 1e-9)
+    return {
+        "commits_per_s": round(count / wall, 1),
+        "ops_per_commit": round(ops / count, 1) if count else None,
+        "commit_ms": round(seconds / count * 1000, 2) if count else None,
+    }
 
 
 async def run(args: argparse.Namespace, report: Report) -> None:
@@ -106,7 +128,8 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         report.notes.append(lag_note())
     for key, heading in (("errors", "errors"), ("rss_mb", "RSS MB"), ("server_cpu", "srv CPU%"),
                          ("cpu_us_per_event", "srv µs/event"), ("client_cpu", "cli CPU%"),
-                         ("client_lag_ms", "cli late ms")):
+                         ("client_lag_ms", "cli late ms"), ("commits_per_s", "commits/s"),
+                         ("ops_per_commit", "ops/commit"), ("commit_ms", "commit ms")):
         report.column(key, heading)
     env = {} if args.keep_admission else NO_ADMISSION
     async with AsyncExitStack() as stack:
