@@ -148,6 +148,13 @@ async def test_keep_events_leaves_a_sessions_newest_events_only(store: Any) -> N
     assert loaded is not None and [e.seq for e in loaded.events] == [8, 9, 10, 14] and loaded.max_seq == 14
     await store.commit([KeepEvents(long.id, 1)])
     assert [e.seq for e in await store.load_events(long.id, 0, 100)] == [14]
+    # Under a stale lease epoch it removes nothing, as every other op of that commit.
+    first = await store.claim_epoch(short.id)
+    assert first is not None and await store.claim_epoch(short.id) == first + 1
+    await store.commit([PutEvent(short.id, event(6)), PutEvent(short.id, event(7))])
+    with pytest.raises(FencedError):
+        await store.commit([Fence(short.id, first), KeepEvents(short.id, 1)])
+    assert [e.seq for e in await store.load_events(short.id, 0, 100)] == [5, 6, 7]
 
 
 async def test_a_long_conversation_keeps_only_the_events_an_activation_replays(store: Any) -> None:
