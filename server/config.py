@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from actors.cluster.node import ClusterSettings
+from actors.core.bounds import AtLeastOne, NonNegative, NonNegativeFloat, Positive
 from actors.core.retention import MAX_TTL_SECONDS, Retention
 from actors.store.tables import RouteEntry
 from actors.webhooks.deliverer import DeliverySettings
@@ -58,14 +59,8 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-# Bounds on numbers: a value the server cannot run with (a typo, a negative size or duration,
-# a zero the code divides by, loops on or indexes with) is refused by load_config, which names
-# the setting, instead of being accepted and found out at run time. Where config.toml says 0
-# means "off" or "no limit", 0 stays allowed.
-_NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-_AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
-_NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]  # a rate or duration whose 0 means something
-_Positive = Annotated[float, msgspec.Meta(gt=0)]  # a wait or an interval: 0 would not wait, or wait for ever
+# Bounds on numbers (actors/core/bounds.py, and these): where config.toml says 0 means "off"
+# or "no limit", 0 stays allowed.
 _C_INT_MAX = 2**31 - 1  # the most socket.listen() and gc.set_threshold() take (OverflowError past it)
 _MIN_WINDOW = 256  # tokens: the smallest context window taken ([context], [providers.NAME])
 _MIN_CHUNK_WORDS = 10  # server/agents.py cuts documents into passages of at least this many words
@@ -75,17 +70,17 @@ class ServerSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     data_dir: str = "./data"
-    max_body_bytes: _AtLeastOne = 1_048_576  # aiohttp would take 0 as "no limit at all"
+    max_body_bytes: AtLeastOne = 1_048_576  # aiohttp would take 0 as "no limit at all"
     # Slow clients: a connection must finish its request line and headers within this (and an
     # idle kept-alive connection closes after it), and a body must arrive within
     # body_timeout_seconds plus its length at min_body_bytes_per_second (0: no allowance for its
     # length). aiohttp takes a header timeout of 0 as none for a new connection (and closes a
     # kept-alive one at once), and a shutdown timeout of 0 as "wait for ever".
-    header_timeout_seconds: _Positive = 30.0
-    body_timeout_seconds: _Positive = 30.0
-    min_body_bytes_per_second: _NonNegative = 8192
+    header_timeout_seconds: Positive = 30.0
+    body_timeout_seconds: Positive = 30.0
+    min_body_bytes_per_second: NonNegative = 8192
     backlog: Annotated[int, msgspec.Meta(ge=1, le=_C_INT_MAX)] = 2048
-    shutdown_timeout_seconds: _Positive = 10.0
+    shutdown_timeout_seconds: Positive = 10.0
     cors_origins: list[str] = msgspec.field(default_factory=list)
     gc_young_objects: Annotated[int, msgspec.Meta(ge=0, le=_C_INT_MAX)] = 50_000
 
@@ -94,46 +89,46 @@ class StoreSection(_Section):
     kind: str = "sqlite"
     sqlite_file: str = "sessiond.db"
     synchronous: str = "FULL"
-    max_batch: _AtLeastOne = 2000
+    max_batch: AtLeastOne = 2000
     checkpoint_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sessiond"
-    postgres_pool_size: _AtLeastOne = 8
+    postgres_pool_size: AtLeastOne = 8
 
 
 class SessionsSection(_Section):
-    idle_seconds: _Positive = 300.0  # 0 would passivate every session as soon as a request ends
-    mailbox_size: _AtLeastOne = 64
-    event_retention: _AtLeastOne = 10000
-    seq_block: _AtLeastOne = 4096
-    max_queued: _NonNegative = 16  # 0: no message waits (a queued send gets 409)
-    replay_events: _AtLeastOne = 1000  # activation reads the oldest of those it loads
-    fold_seconds: _NonNegativeFloat = 1.0
+    idle_seconds: Positive = 300.0  # 0 would passivate every session as soon as a request ends
+    mailbox_size: AtLeastOne = 64
+    event_retention: AtLeastOne = 10000
+    seq_block: AtLeastOne = 4096
+    max_queued: NonNegative = 16  # 0: no message waits (a queued send gets 409)
+    replay_events: AtLeastOne = 1000  # activation reads the oldest of those it loads
+    fold_seconds: NonNegativeFloat = 1.0
 
 
 class StreamsSection(_Section):
-    heartbeat_seconds: _Positive = 15.0  # 0: an idle stream would write heartbeats without pause
-    retry_ms: _AtLeastOne = 3000
-    write_timeout_seconds: _Positive = 30.0
-    max_batch_bytes: _AtLeastOne = 262_144
-    direct_write_bytes: _NonNegative = 65_536
+    heartbeat_seconds: Positive = 15.0  # 0: an idle stream would write heartbeats without pause
+    retry_ms: AtLeastOne = 3000
+    write_timeout_seconds: Positive = 30.0
+    max_batch_bytes: AtLeastOne = 262_144
+    direct_write_bytes: NonNegative = 65_536
 
 
 class AdmissionSection(_Section):
     # Measured on the 2-core machine with `python -m bench` (config.toml says how).
     # 0 refuses every new task (or stream).
-    max_running_tasks: _NonNegative = 300
-    max_open_streams: _NonNegative = 10000
+    max_running_tasks: NonNegative = 300
+    max_open_streams: NonNegative = 10000
     # Per holder (0 = no cap): one caller cannot take every slot of max_open_streams.
-    max_streams_per_token: _NonNegative = 8
-    max_streams_per_guest: _NonNegative = 8
-    max_streams_per_end_user: _NonNegative = 32
-    max_streams_per_session: _NonNegative = 256
-    retry_after_seconds: _AtLeastOne = 1  # "Retry-After: 0": refused clients would retry at once
+    max_streams_per_token: NonNegative = 8
+    max_streams_per_guest: NonNegative = 8
+    max_streams_per_end_user: NonNegative = 32
+    max_streams_per_session: NonNegative = 256
+    retry_after_seconds: AtLeastOne = 1  # "Retry-After: 0": refused clients would retry at once
 
 
 class SimulatedSection(_Section):
-    tokens_per_second: _NonNegativeFloat = 20.0  # 0: as fast as possible
-    reply_tokens: _NonNegative = 40
+    tokens_per_second: NonNegativeFloat = 20.0  # 0: as fast as possible
+    reply_tokens: NonNegative = 40
 
 
 class AuthSection(_Section):
@@ -175,12 +170,12 @@ class ProviderSection(_Section):
     api_key_env: str = ""  # the environment variable holding the API key ("" = none)
     model: str = ""  # the model a route entry naming only this provider gets
     # aiohttp takes a connect or read timeout of 0 as "no timeout".
-    connect_timeout_seconds: _Positive = 5.0
-    first_token_timeout_seconds: _Positive = 30.0
-    read_timeout_seconds: _Positive = 60.0
+    connect_timeout_seconds: Positive = 5.0
+    first_token_timeout_seconds: Positive = 30.0
+    read_timeout_seconds: Positive = 60.0
     stream_usage: bool = True  # openai: ask for usage in the stream (stream_options)
-    max_tokens: _NonNegative = 0  # openai: cap on the answer (0 = the server's default)
-    context_window: _NonNegative = 0  # tokens the model takes, prompt and answer (0: by its name, [context])
+    max_tokens: NonNegative = 0  # openai: cap on the answer (0 = the server's default)
+    context_window: NonNegative = 0  # tokens the model takes, prompt and answer (0: by its name, [context])
     keep_alive: str = ""  # ollama: how long the model stays loaded ("" = Ollama's default)
 
     def __post_init__(self) -> None:
@@ -191,9 +186,9 @@ class ProviderSection(_Section):
 
 
 class RoutingSection(_Section):
-    cooldown_seconds: _NonNegativeFloat = 30.0  # 0: probed again at once
-    probe_interval_seconds: _Positive = 10.0  # 0: a provider that is down would be probed without pause
-    probe_timeout_seconds: _Positive = 5.0
+    cooldown_seconds: NonNegativeFloat = 30.0  # 0: probed again at once
+    probe_interval_seconds: Positive = 10.0  # 0: a provider that is down would be probed without pause
+    probe_timeout_seconds: Positive = 5.0
 
 
 class AgentSection(_Section):
@@ -208,16 +203,16 @@ class AgentSection(_Section):
 
 
 class DocumentsSection(_Section):
-    max_bytes: _AtLeastOne = 10_485_760
+    max_bytes: AtLeastOne = 10_485_760
     allowed_types: list[str] = msgspec.field(default_factory=lambda: ["txt", "md", "json", "csv", "html", "pdf"])
-    context_tokens: _NonNegative = 1500  # 0: none
+    context_tokens: NonNegative = 1500  # 0: none
     chunk_words: Annotated[int, msgspec.Meta(ge=_MIN_CHUNK_WORDS)] = 120  # fewer would be taken as 10
     # The extraction bounds: 0 turns one off.
-    max_pages: _NonNegative = 1000
-    max_chars: _NonNegative = 5_000_000
-    extract_seconds: _NonNegativeFloat = 30.0
-    extract_cpu_seconds: _NonNegative = 20
-    extract_memory_bytes: _NonNegative = 1_073_741_824
+    max_pages: NonNegative = 1000
+    max_chars: NonNegative = 5_000_000
+    extract_seconds: NonNegativeFloat = 30.0
+    extract_cpu_seconds: NonNegative = 20
+    extract_memory_bytes: NonNegative = 1_073_741_824
 
 
 class ContextSection(_Section):
@@ -253,10 +248,10 @@ class HttpToolSection(_Section):
 
 class ToolsSection(_Section):
     # 0 would fail every call at once (and aiohttp takes it as "no timeout" for HTTP tools).
-    timeout_seconds: _Positive = 10.0
-    max_rounds: _AtLeastOne = 8  # 0: a model could never use a tool it is offered
+    timeout_seconds: Positive = 10.0
+    max_rounds: AtLeastOne = 8  # 0: a model could never use a tool it is offered
     # How long a call may wait for a person's approval or a frontend's result; then the task fails.
-    approval_timeout_seconds: _Positive = 3600.0
+    approval_timeout_seconds: Positive = 3600.0
     approval: dict[str, Literal["always", "never"]] = msgspec.field(default_factory=dict)  # per tool name
     allow_hosts: list[str] = msgspec.field(default_factory=list)  # hosts (or host:port) HTTP tools may call
     mcp: dict[str, McpServerSection] = msgspec.field(default_factory=dict)
@@ -266,14 +261,14 @@ class ToolsSection(_Section):
 class TokensSection(_Section):
     issuer: str = "sessiond"
     audience: str = "sessiond"
-    access_ttl_seconds: _AtLeastOne = 900  # 0: every token would be expired when it is made
-    refresh_ttl_seconds: _AtLeastOne = 2_592_000
+    access_ttl_seconds: AtLeastOne = 900  # 0: every token would be expired when it is made
+    refresh_ttl_seconds: AtLeastOne = 2_592_000
     secret: str = ""
     secret_file: str = "jwt_secret"
 
 
 class GuestsSection(_Section):
-    ttl_seconds: _NonNegative = 86_400  # 0: a guest expires as soon as it is made
+    ttl_seconds: NonNegative = 86_400  # 0: a guest expires as soon as it is made
     # Shared with the site's backend, which signs its own long-lived visitor ids with it ("" = off).
     id_secret: str = ""
 
@@ -281,23 +276,23 @@ class GuestsSection(_Section):
 class LimitSet(_Section):
     """One subject's limits; a missing (or 0) value means that dimension is not limited."""
 
-    messages_per_hour: _NonNegative | None = None
-    messages_per_day: _NonNegative | None = None
-    tokens_per_day: _NonNegative | None = None
+    messages_per_hour: NonNegative | None = None
+    messages_per_day: NonNegative | None = None
+    tokens_per_day: NonNegative | None = None
 
 
 class LimitsSection(_Section):
     backend: str = "memory"
     # 0 turns a limit off (a negative one would be off too, silently: refused).
-    guest_messages_per_hour: _NonNegative = 20
-    guest_messages_per_day: _NonNegative = 50
-    guest_tokens_per_day: _NonNegative = 100_000
+    guest_messages_per_hour: NonNegative = 20
+    guest_messages_per_day: NonNegative = 50
+    guest_tokens_per_day: NonNegative = 100_000
     # Model tokens reserved for an answer when its message is admitted (with the prompt's estimate);
     # a negative one would give tokens back to the day's tally.
-    reserve_reply_tokens: _NonNegative = 1024
+    reserve_reply_tokens: NonNegative = 1024
     # Share links are opened without a credential: counted per client address (0 = no limit).
-    share_views_per_hour: _NonNegative = 600
-    share_views_per_day: _NonNegative = 5000
+    share_views_per_hour: NonNegative = 600
+    share_views_per_day: NonNegative = 5000
     keys: dict[str, LimitSet] = msgspec.field(default_factory=dict)
     end_users: dict[str, LimitSet] = msgspec.field(default_factory=dict)
 

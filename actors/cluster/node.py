@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.cluster.forward import Forwarder, Handler, RemoteSession
 from actors.cluster.leases import Leases, NamedLock
 from actors.cluster.streams import EventStreams
+from actors.core.bounds import AtLeastOne, Positive
 from actors.core.events import FrameEncoder
 from actors.core.records import SessionRecord
 from actors.tasks import Spawner
@@ -43,20 +44,17 @@ def retry_once() -> dict[str, Any]:
     return {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError, RedisTimeoutError]}
 
 
-_AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
-
-
 class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The ``[cluster]`` section of config.toml. Its numbers are bounded: Redis takes an expiry
     of 0 as an error (SET PX) or "delete now" (EXPIRE) and a BRPOP timeout of 0 as "wait for
     ever", and a stream kept at 0 events, or an outbox of 0, loses every event."""
 
     node_id: str = ""
-    lease_ms: _AtLeastOne = 5000
-    forward_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    stream_maxlen: _AtLeastOne = 10000
-    stream_ttl_seconds: _AtLeastOne = 86400
-    outbox_events: _AtLeastOne = 100_000
+    lease_ms: AtLeastOne = 5000
+    forward_timeout_seconds: Positive = 5.0
+    stream_maxlen: AtLeastOne = 10000
+    stream_ttl_seconds: AtLeastOne = 86400
+    outbox_events: AtLeastOne = 100_000
     prefix: str = "sessiond"
 
 

@@ -23,6 +23,7 @@ import aiohttp
 import msgspec
 from standardwebhooks import Webhook
 
+from actors.core.bounds import AtLeastOne, Positive
 from actors.core.webhooks import Delivery, Outbox, WebhookEndpoint, backoff_seconds
 from actors.store.base import OutboxStore
 from actors.tasks import Spawner
@@ -35,10 +36,6 @@ _ERROR_CHARS = 500  # of an error kept in the row (and shown by GET /v1/webhooks
 _PRUNE_EVERY = 300.0  # seconds between forgetting old delivered and failed rows
 
 
-_Positive = Annotated[float, msgspec.Meta(gt=0)]  # a wait or an interval: 0 would not wait, or wait for ever
-_AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
-
-
 class DeliverySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How deliveries are made: the numbers of ``[webhooks]`` in config.toml, which says what
     each means (server/config.py's section adds the endpoints). They are bounded, so that
@@ -46,16 +43,16 @@ class DeliverySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     deadline, or a poll without pause), no attempt at all, more attempts at once than a node
     should open."""
 
-    timeout_seconds: _Positive = 10.0
+    timeout_seconds: Positive = 10.0
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
-    max_attempts: _AtLeastOne = 8
-    max_age_seconds: _Positive = 86_400.0
-    backoff_seconds: _Positive = 1.0
-    max_backoff_seconds: _Positive = 3600.0
-    poll_seconds: _Positive = 1.0
-    lease_seconds: _Positive = 60.0
+    max_attempts: AtLeastOne = 8
+    max_age_seconds: Positive = 86_400.0
+    backoff_seconds: Positive = 1.0
+    max_backoff_seconds: Positive = 3600.0
+    poll_seconds: Positive = 1.0
+    lease_seconds: Positive = 60.0
     max_response_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 4096
-    retention_seconds: _Positive = 604_800.0
+    retention_seconds: Positive = 604_800.0
 
     def __post_init__(self) -> None:
         # A claim that can run out while its attempt still waits for the receiver lets another
