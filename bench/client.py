@@ -65,18 +65,22 @@ class Api:
         return self.http.get(f"{self.base}/v1/sessions/{session_id}/stream", headers=headers)
 
     async def metric_values(self, *names: str) -> dict[str, float]:
-        """The current value of each of ``names`` in sessiond's ``GET /metrics`` (unlabelled
-        samples only; a name the server does not export is left out, and all of them when its
-        metrics are off)."""
-        async with self.http.get(f"{self.base}/metrics") as resp:
-            if resp.status != 200:
-                return {}
-            text = await resp.text()
+        """The value of each of ``names`` in the server's ``GET /metrics`` (its first sample,
+        labelled or not). A name the server does not export is left out, and all of them when
+        it has no metrics (off, or not sessiond) or cannot be reached."""
+        try:
+            async with self.http.get(f"{self.base}/metrics") as resp:
+                if resp.status != 200:
+                    return {}
+                text = await resp.text()
+        except aiohttp.ClientError:
+            return {}
         wanted = set(names)
         values: dict[str, float] = {}
         for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in wanted:
+            sample, _, value = line.rpartition(" ")
+            name = sample.partition("{")[0]
+            if name in wanted and name not in values:
                 values[name] = float(value)
         return values
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -56,15 +55,7 @@ async def _each(n: int, concurrency: int, fn: Callable[[int], Awaitable[None]], 
 
 async def _metric(api: Api, name: str) -> float | None:
     """A gauge from the server's /metrics, when it has one."""
-    try:
-        async with api.http.get(f"{api.base}/metrics") as resp:
-            if resp.status != 200:
-                return None
-            text = await resp.text()
-    except aiohttp.ClientError:
-        return None
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else None
+    return (await api.metric_values(name)).get(name)
 
 
 class _Phase:
