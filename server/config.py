@@ -90,7 +90,7 @@ class StoreSection(_Section):
     sqlite_file: str = "sessiond.db"
     synchronous: str = "FULL"
     max_batch: AtLeastOne = 2000
-    checkpoint_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    checkpoint_seconds: NonNegativeFloat = 0.5
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sessiond"
     postgres_pool_size: AtLeastOne = 8
 
@@ -220,7 +220,7 @@ class ContextSection(_Section):
 
     strategy: Literal["truncate", "summarize"] = "truncate"
     default_window: Annotated[int, msgspec.Meta(ge=_MIN_WINDOW)] = 8192
-    reserve_tokens: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    reserve_tokens: NonNegative = 1024
     summary_tokens: Annotated[int, msgspec.Meta(ge=16)] = 512
     windows: dict[str, Annotated[int, msgspec.Meta(ge=_MIN_WINDOW)]] = msgspec.field(default_factory=dict)
     tokenizer_dir: str = ""
@@ -298,8 +298,8 @@ class LimitsSection(_Section):
 
 
 class RetentionSection(_Section):
-    sweep_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
-    batch: Annotated[int, msgspec.Meta(ge=1)] = 100
+    sweep_seconds: NonNegativeFloat = 60.0
+    batch: AtLeastOne = 100
     temporary_ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_TTL_SECONDS)] = 900.0
     namespaces: dict[str, Retention] = msgspec.field(default_factory=dict)
     agents: dict[str, Retention] = msgspec.field(default_factory=dict)
@@ -327,7 +327,7 @@ class WebhooksSection(DeliverySettings, frozen=True, kw_only=True, forbid_unknow
 
 
 class SharesSection(_Section):
-    max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 20
+    max_per_session: AtLeastOne = 20
     link_base: str = ""  # "" = the scheme and Host of the request that made the link
 
 
