@@ -1,8 +1,9 @@
 """Search in the PostgreSQL store: tsvector expression indexes over message content and titles.
 
-GIN indexes on ``to_tsvector('simple', ...)`` of the rows themselves (schema step 6): no table
-or trigger to keep in step, the index changes in the transaction that writes the row. The
-'simple' configuration splits and lowercases without stemming, as SQLite's unicode61 does.
+GIN indexes on ``to_tsvector('simple', ...)`` of the rows themselves (schema steps 6 and 12): no
+table or trigger to keep in step, the index changes in the transaction that writes the row. The
+'simple' configuration splits and lowercases without stemming, as SQLite's unicode61 does. As on
+SQLite, an answer being written (status ``running``) is not searchable until it ends.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ __all__ = ["search_sessions"]
 
 _Fetch = Callable[..., Awaitable[list[Any]]]
 
-# The indexed expressions, written exactly as the indexes of schema step 6 are. The headline
+# The indexed expressions, written exactly as the indexes of schema steps 6 and 12 are. The headline
 # options are constants of this module, written into the SQL as literals.
 _CONTENT = "to_tsvector('simple'::regconfig, (m.body::jsonb)->>'content')"
+# The content index's predicate (settled messages only; an answer being written is not searchable).
+_SETTLED = "((m.body::jsonb)->>'status') IS DISTINCT FROM 'running'"
 _TITLE = "to_tsvector('simple'::regconfig, COALESCE(s.body->>'title', ''))"
 _HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8, MaxFragments=1"
 _WHOLE = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"  # a title is shown whole
@@ -58,7 +61,7 @@ async def search_sessions(fetch: _Fetch, query: SearchQuery) -> list[SearchHit]:
     messages = await fetch(
         f"SELECT m.session_id, m.id, ts_rank({_CONTENT}, q), m.pos"
         " FROM messages m JOIN sessions s ON s.id = m.session_id, plainto_tsquery('simple'::regconfig, $1) q"
-        f" WHERE {_CONTENT} @@ q{cond} ORDER BY 3 DESC LIMIT {limit}",
+        f" WHERE {_SETTLED} AND {_CONTENT} @@ q{cond} ORDER BY 3 DESC LIMIT {limit}",
         *params,
     )
     titles = await fetch(

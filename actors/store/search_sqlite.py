@@ -1,9 +1,11 @@
 """Search in the SQLite store: FTS5 over message content and session titles.
 
 The indexes are external-content FTS5 tables kept by triggers on ``messages`` and ``sessions``
-(schema step 6), so every write the group commit makes, an import's insert and a session's
-delete included, changes the index in the same transaction: a message is searchable once it is
-acknowledged, and gone once its session is.
+(schema steps 6 and 12), so every write the group commit makes, an import's insert and a
+session's delete included, changes the index in the same transaction: a message is searchable
+once it is acknowledged, and gone once its session is. An answer being written (status
+``running``) is searchable once it ends: readers see its content empty until then, and the
+folds of its text so far are not indexed.
 """
 
 from __future__ import annotations

@@ -190,4 +190,13 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS sessions_by_namespace_activity ON sessions (namespace, last_active_at);
     CREATE INDEX IF NOT EXISTS sessions_by_agent_activity ON sessions ((body->>'agent_id'), last_active_at);
     """,
+    # As SQLite's step of the same name: only settled text is searchable, so the index of
+    # message content leaves out answers being written (actors/store/search_postgres.py queries
+    # with the same predicate). Rebuilt once, which on a large table takes a while.
+    """
+    DROP INDEX IF EXISTS messages_text_search;
+    CREATE INDEX messages_text_search
+        ON messages USING GIN (to_tsvector('simple'::regconfig, (body::jsonb)->>'content'))
+        WHERE ((body::jsonb)->>'status') IS DISTINCT FROM 'running';
+    """,
 ]

@@ -270,4 +270,41 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS sessions_by_agent_activity
         ON sessions (json_extract(body, '$.agent_id'), last_active_at);
     """,
+    # Only settled text is searchable: an answer being written (status "running") is indexed
+    # once it ends, not at its start (empty) and again at every fold of its text so far. Readers
+    # see a running answer's content empty until then, and search no longer shows them more.
+    # The running rows step 6 indexed leave the index first, while their stored text is still
+    # exactly what was indexed; the view FTS5 reads (for 'rebuild') holds settled rows only.
+    """
+    DROP TRIGGER message_fts_insert;
+    DROP TRIGGER message_fts_delete;
+    DROP TRIGGER message_fts_update;
+    INSERT INTO message_fts (message_fts, rowid, content)
+        SELECT 'delete', pos, json_extract(body, '$.content') FROM messages
+        WHERE json_extract(body, '$.status') IS 'running';
+    DROP VIEW message_text;
+    CREATE VIEW message_text AS SELECT pos, json_extract(body, '$.content') AS content FROM messages
+        WHERE json_extract(body, '$.status') IS NOT 'running';
+    CREATE TRIGGER message_fts_insert AFTER INSERT ON messages
+        WHEN json_extract(new.body, '$.status') IS NOT 'running' BEGIN
+        INSERT INTO message_fts (rowid, content) VALUES (new.pos, json_extract(new.body, '$.content'));
+    END;
+    CREATE TRIGGER message_fts_delete AFTER DELETE ON messages
+        WHEN json_extract(old.body, '$.status') IS NOT 'running' BEGIN
+        INSERT INTO message_fts (message_fts, rowid, content)
+            VALUES ('delete', old.pos, json_extract(old.body, '$.content'));
+    END;
+    CREATE TRIGGER message_fts_update AFTER UPDATE OF body ON messages
+        WHEN (json_extract(old.body, '$.status') IS NOT 'running'
+            OR json_extract(new.body, '$.status') IS NOT 'running')
+        AND (json_extract(old.body, '$.status') IS NOT json_extract(new.body, '$.status')
+            OR json_extract(old.body, '$.content') IS NOT json_extract(new.body, '$.content')) BEGIN
+        INSERT INTO message_fts (message_fts, rowid, content)
+            SELECT 'delete', old.pos, json_extract(old.body, '$.content')
+            WHERE json_extract(old.body, '$.status') IS NOT 'running';
+        INSERT INTO message_fts (rowid, content)
+            SELECT new.pos, json_extract(new.body, '$.content')
+            WHERE json_extract(new.body, '$.status') IS NOT 'running';
+    END;
+    """,
 ]
