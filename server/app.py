@@ -131,6 +131,7 @@ def make_app(config: Config) -> web.Application:
         settings=ActorSettings(
             mailbox_size=s.mailbox_size,
             event_retention=s.event_retention,
+            event_retention_bytes=s.event_retention_bytes,
             seq_block=s.seq_block,
             max_queued=s.max_queued,
             replay_events=s.replay_events,

@@ -99,6 +99,7 @@ class SessionsSection(_Section):
     idle_seconds: Positive = 300.0  # 0 would passivate every session as soon as a request ends
     mailbox_size: AtLeastOne = 64
     event_retention: AtLeastOne = 10000
+    event_retention_bytes: AtLeastOne = 4 << 20
     seq_block: AtLeastOne = 4096
     max_queued: NonNegative = 16  # 0: no message waits (a queued send gets 409)
     replay_events: AtLeastOne = 1000  # activation reads the oldest of those it loads

@@ -104,6 +104,29 @@ async def test_too_old_id_gets_stream_reset(make_client: ClientFactory) -> None:
     assert first[0].data["last_event_id"] == 1
 
 
+async def test_a_session_keeps_its_events_bytes_bound_and_replays_exactly_within_it(
+    make_client: ClientFactory,
+) -> None:
+    """Past ``event_retention_bytes`` of frames the oldest events go, whatever their count: an
+    older Last-Event-ID gets stream.reset, a newer one every event after it, exactly."""
+    client = await make_client(sessions={"event_retention_bytes": 8_000}, simulated={"reply_tokens": 200})
+    s = await new_session(client)
+    sid = s["id"]
+    r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "long"})
+    assert r.status == 200
+    log = client.app[REGISTRY].actors()[0].log
+    assert 0 < log.size <= 8_000 and len(log) < 200, "bound by bytes, not by the 10 000 events"
+    first = await _first(await client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "1"}), 1)
+    assert first[0].event == "stream.reset" and first[0].data["last_event_id"] == 1
+    after = log.floor
+    resp = await client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": str(after)})
+    got = await read_until(resp, "task.completed")
+    assert [e.id for e in got] == list(range(after + 1, log.last_seq + 1))
+    deltas = "".join(e.data["delta"] for e in got if e.event == "message.delta")
+    completed = next(e for e in got if e.event == "message.completed")
+    assert completed.data["message"]["content"].endswith(deltas) and deltas
+
+
 async def test_client_leaving_mid_stream_does_not_stop_the_task(make_client: ClientFactory) -> None:
     client = await make_client(simulated={"tokens_per_second": 300, "reply_tokens": 40})
     s = await new_session(client)

@@ -58,6 +58,23 @@ def test_event_log_replay_and_floor() -> None:
         log.append(500, "x", b"")
 
 
+def test_event_log_keeps_at_most_its_bytes_and_always_the_newest_event() -> None:
+    log = EventLog(frame=_frame, retention=10_000, retention_bytes=1_000)
+    for seq in range(1, 401):
+        log.append(seq, "message.delta", b"x" * 40)  # frames of 58 or 59 bytes
+        assert log.size <= 1_000 and log.size == sum(map(len, log.since(0)[1]))
+    seqs, _ = log.since(0)
+    assert seqs == list(range(seqs[0], 401)) and log.floor == seqs[0] - 1
+    assert 1_000 - 1_000 // 8 - 59 <= log.size, "trimmed to an eighth below the bound, not further"
+    assert not log.covers(log.floor - 1) and log.covers(log.floor)
+    log.append(401, "message.completed", b"y" * 5_000)  # larger than the bound alone: kept, alone
+    assert log.since(0)[0] == [401] and log.floor == 400 and log.size == len(b"401 message.completed ") + 5_000
+    log.append(402, "task.completed", b"{}")
+    assert log.since(0)[0] == [402] and log.size == len(b"402 task.completed {}")
+    log.forget_through(402)
+    assert len(log) == 0 and log.size == 0 and log.floor == 402
+
+
 @pytest.mark.parametrize("text", ["", "token", ' "quoted" \\ \n\ndata: x', "naïve ☕ \u2028 🎉", "\x00\x1f"])
 def test_a_delta_from_its_reply_head_is_the_event_encoded_whole(text: str) -> None:
     head = delta_head("tsk_1", "msg_2")

@@ -193,7 +193,8 @@ def delta_data(head: bytes, delta: str) -> bytes:
 
 
 class EventLog:
-    """Numbered events of one session, kept in memory up to ``retention``.
+    """Numbered events of one session, kept in memory up to ``retention`` of them and
+    ``retention_bytes`` of their frames (the newest event always, however large).
 
     ``append(seq, type, data)`` keeps ``frame(seq, type, data)``, the bytes subscribers are
     sent: ``frame`` is the edge's encoder, injected so that the core knows no wire format and
@@ -205,35 +206,66 @@ class EventLog:
     deltas having been folded into their completed messages.
     """
 
-    __slots__ = ("_frame", "_frames", "_seqs", "_trim_at", "floor", "last_seq", "retention")
+    __slots__ = (
+        "_bytes", "_frame", "_frames", "_keep_bytes", "_seqs", "_trim_at", "floor", "last_seq", "retention",
+        "retention_bytes",
+    )
 
-    def __init__(self, *, frame: FrameEncoder, retention: int, floor: int = 0, last_seq: int = 0) -> None:
+    def __init__(
+        self, *, frame: FrameEncoder, retention: int, retention_bytes: int = 1 << 62, floor: int = 0,
+        last_seq: int = 0,
+    ) -> None:
         self._frame = frame
         self._seqs: list[int] = []
         self._frames: list[bytes] = []
+        self._bytes = 0  # of the frames kept
         self.retention = retention
+        self.retention_bytes = retention_bytes
         self.floor = floor
         self.last_seq = last_seq
-        # Trim in chunks so the amortised cost per append stays O(1).
+        # Trim in chunks so the amortised cost per append stays O(1): past the count bound by an
+        # eighth of it (64 at least), or past the byte bound, down to an eighth below it.
         self._trim_at = retention + max(64, retention // 8)
+        self._keep_bytes = retention_bytes - retention_bytes // 8
 
     def __len__(self) -> int:
         return len(self._seqs)
 
+    @property
+    def size(self) -> int:
+        """Bytes of the frames kept."""
+        return self._bytes
+
     def append(self, seq: int, type_: str, data: bytes) -> None:
         if seq <= self.last_seq:
             raise ValueError(f"event id {seq} is not above {self.last_seq}")
+        frame = self._frame(seq, type_, data)
         self._seqs.append(seq)
-        self._frames.append(self._frame(seq, type_, data))
+        self._frames.append(frame)
+        self._bytes += len(frame)
         self.last_seq = seq
-        if len(self._seqs) >= self._trim_at:
-            excess = len(self._seqs) - self.retention
+        if len(self._seqs) >= self._trim_at or self._bytes > self.retention_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest events past either bound (never the newest); the floor follows."""
+        frames = self._frames
+        excess = max(0, len(frames) - self.retention)
+        dropped = sum(map(len, frames[:excess]))
+        size = self._bytes - dropped
+        if size > self.retention_bytes:
+            while size > self._keep_bytes and excess < len(frames) - 1:
+                size -= len(frames[excess])
+                excess += 1
+        if excess:
             self.floor = self._seqs[excess - 1]
-            del self._seqs[:excess], self._frames[:excess]
+            del self._seqs[:excess], frames[:excess]
+            self._bytes = size
 
     def forget_through(self, seq: int) -> None:
         """Drop every event up to ``seq``: no replay from below it can be served any more."""
         i = bisect.bisect_right(self._seqs, seq)
+        self._bytes -= sum(map(len, self._frames[:i]))
         del self._seqs[:i], self._frames[:i]
         self.floor = max(self.floor, seq)
         self.last_seq = max(self.last_seq, seq)

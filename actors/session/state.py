@@ -39,6 +39,7 @@ class ActorSettings(msgspec.Struct, frozen=True):
 
     mailbox_size: int = 64
     event_retention: int = 10000
+    event_retention_bytes: int = 4 << 20  # of those events' frames, at most
     seq_block: int = 4096
     max_queued: int = 16
     replay_events: int = 1000
@@ -75,7 +76,8 @@ class SessionState:
         # log starts above it, and a stream resuming below it is told stream.reset.
         max_seq = max(loaded.max_seq, record.event_floor)
         self.log = EventLog(
-            frame=frame, retention=settings.event_retention, floor=max(floor, record.event_floor),
+            frame=frame, retention=settings.event_retention, retention_bytes=settings.event_retention_bytes,
+            floor=max(floor, record.event_floor),
             last_seq=record.event_floor,
         )
         self._last_task_start: int | None = None
