@@ -55,6 +55,7 @@ def make_store(config: Config, on_commit: Callable[[float, int], None] | None = 
         synchronous=config.store.synchronous,
         max_batch=config.store.max_batch,
         checkpoint_seconds=config.store.checkpoint_seconds,
+        wal_size_limit=config.store.wal_size_limit_bytes,
         on_commit=on_commit,
     )
 

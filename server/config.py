@@ -91,6 +91,7 @@ class StoreSection(_Section):
     synchronous: str = "FULL"
     max_batch: AtLeastOne = 2000
     checkpoint_seconds: NonNegativeFloat = 0.5
+    wal_size_limit_bytes: NonNegative = 64 << 20
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sessiond"
     postgres_pool_size: AtLeastOne = 8
 

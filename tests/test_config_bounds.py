@@ -34,6 +34,7 @@ BOUNDED: list[tuple[str, str, Any, str, str, Any]] = [
     ("server", "gc_young_objects", 2**31, "int", "<= 2147483647", 2**31 - 1),
     ("store", "max_batch", 0, "int", ">= 1", 1),
     ("store", "checkpoint_seconds", -0.5, "float", ">= 0.0", 0),
+    ("store", "wal_size_limit_bytes", -1, "int", ">= 0", 0),
     ("store", "postgres_pool_size", 0, "int", ">= 1", 1),
     ("sessions", "idle_seconds", 0, "float", "> 0.0", 0.001),
     ("sessions", "mailbox_size", 0, "int", ">= 1", 1),

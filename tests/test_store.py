@@ -1053,6 +1053,37 @@ async def test_group_commits_leave_the_write_ahead_log_to_the_checkpointer(tmp_p
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (300,)
 
 
+async def test_the_write_ahead_log_gives_its_disk_back_when_it_starts_again(tmp_path: Path) -> None:
+    """A burst grows the log file; once it is folded, the commit that starts it again cuts it
+    back to ``wal_size_limit`` bytes (SQLite's own never shrinks it)."""
+    sizes = {}
+    for name, limit in (("kept", -1), ("cut", 1 << 20)):
+        path = tmp_path / f"{name}.db"
+        store = SqliteStore(path, checkpoint_seconds=3600, wal_size_limit=limit)  # passes run here
+        await store.open()
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        ckpt = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            rec = _record()
+            await store.commit([PutSession.of(rec)])
+            for _ in range(30):  # about 3 000 pages of log
+                nodes = [Node(new_id("msg"), None, "user", "x" * 40_000, utcnow()) for _ in range(10)]
+                await store.commit([PutMessage.of(rec.id, n) for n in nodes])
+            wal = path.with_name(path.name + "-wal")
+            burst = wal.stat().st_size
+            await asyncio.to_thread(checkpointer.run_once, ckpt)
+            await store.commit([PutSession.of(rec)])  # folds the rest, and starts the log again
+            sizes[name] = (burst, wal.stat().st_size)
+        finally:
+            ckpt.close()
+            await store.aclose()
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (300,)
+    assert sizes["kept"][0] > 10 << 20 and sizes["kept"][1] == sizes["kept"][0], sizes
+    assert sizes["cut"][0] > 10 << 20 and sizes["cut"][1] <= 1 << 20, sizes
+
+
 async def test_the_write_ahead_log_starts_again_under_steady_writes(tmp_path: Path) -> None:
     """SQLite writes its log from the start again only at a commit that finds all of it folded.
     Under steady load a checkpoint pass never folds all of it: commits add frames while it

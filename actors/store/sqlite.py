@@ -92,11 +92,13 @@ class SqliteStore(SqliteAuthTables):
         synchronous: str = "FULL",
         max_batch: int = 2000,
         checkpoint_seconds: float = 0.0,
+        wal_size_limit: int = -1,
         queue_size: int = 10000,
         on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         self.path = path
         self._synchronous = synchronous
+        self._wal_size_limit = wal_size_limit  # bytes the log is cut back to when it starts again (-1: none)
         self._checkpointer = Checkpointer(path, checkpoint_seconds) if checkpoint_seconds > 0 else None
         self._committer = ThreadCommitter(
             self._write_batch, max_batch=max_batch, queue_size=queue_size, on_commit=on_commit
@@ -116,7 +118,7 @@ class SqliteStore(SqliteAuthTables):
         await db.execute("PRAGMA busy_timeout=5000")
         await self._migrate(db)
         await db.close()
-        self._db = connect_writer(self.path, self._synchronous)
+        self._db = connect_writer(self.path, self._synchronous, self._wal_size_limit)
         if self._checkpointer is not None:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer.start()

@@ -140,10 +140,14 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
-    """The writer's connection: ``_connect``'s, with the view each commit's rows go through."""
+def connect_writer(path: Path, synchronous: str, wal_size_limit: int = -1) -> sqlite3.Connection:
+    """The writer's connection: ``_connect``'s, with the view each commit's rows go through.
+    Its commits are the ones that start the write-ahead log again (see ``Checkpointer``): each
+    such start cuts the file back to ``wal_size_limit`` bytes (-1: never), so a burst's log
+    does not keep its disk."""
     db = _connect(path)
     db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute(f"PRAGMA journal_size_limit={int(wal_size_limit)}")
     db.executescript(_ROWS_VIEW)
     return db
 
