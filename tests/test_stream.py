@@ -109,13 +109,13 @@ async def test_a_session_keeps_its_events_bytes_bound_and_replays_exactly_within
 ) -> None:
     """Past ``event_retention_bytes`` of frames the oldest events go, whatever their count: an
     older Last-Event-ID gets stream.reset, a newer one every event after it, exactly."""
-    client = await make_client(sessions={"event_retention_bytes": 8_000}, simulated={"reply_tokens": 200})
+    client = await make_client(sessions={"event_retention_bytes": 20_000}, simulated={"reply_tokens": 200})
     s = await new_session(client)
     sid = s["id"]
     r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "long"})
     assert r.status == 200
     log = client.app[REGISTRY].actors()[0].log
-    assert 0 < log.size <= 8_000 and len(log) < 200, "bound by bytes, not by the 10 000 events"
+    assert 0 < log.size <= 20_000 and len(log) < 200, "bound by bytes, not by the 10 000 events"
     first = await _first(await client.get(f"/v1/sessions/{sid}/stream", headers={"Last-Event-ID": "1"}), 1)
     assert first[0].event == "stream.reset" and first[0].data["last_event_id"] == 1
     after = log.floor
@@ -125,6 +125,21 @@ async def test_a_session_keeps_its_events_bytes_bound_and_replays_exactly_within
     deltas = "".join(e.data["delta"] for e in got if e.event == "message.delta")
     completed = next(e for e in got if e.event == "message.completed")
     assert completed.data["message"]["content"].endswith(deltas) and deltas
+
+
+async def test_an_answers_end_larger_than_the_byte_bound_reaches_its_reader_whole(make_client: ClientFactory) -> None:
+    """An answer's end is one publish of three events, the first (message.completed, with the
+    whole answer) larger than the bound alone: a reader following the stream gets all three."""
+    client = await make_client(sessions={"event_retention_bytes": 2_000}, simulated={"reply_tokens": 400})
+    s = await new_session(client)
+    resp = await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "long", "stream": True})
+    got = await read_until(resp, "task.completed")
+    kinds = [e.event for e in got]
+    assert "stream.reset" not in kinds, kinds
+    assert kinds[-3:] == ["message.completed", "checkpoint.created", "task.completed"]
+    completed = got[-3]
+    assert len(completed.data["message"]["content"]) > 2_000
+    assert completed.data["message"]["content"] == "".join(e.data["delta"] for e in got if e.event == "message.delta")
 
 
 async def test_client_leaving_mid_stream_does_not_stop_the_task(make_client: ClientFactory) -> None:

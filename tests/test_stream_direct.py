@@ -122,7 +122,7 @@ async def test_a_reader_that_stops_reading_falls_back_and_comes_back(make_client
     # bound follows again at its next write, and the test sends nothing new while it waits.
     client = await make_client(
         streams={"direct_write_bytes": 4096, "write_timeout_seconds": 60, "heartbeat_seconds": 1.0},
-        sessions={"event_retention": 200_000},
+        sessions={"event_retention": 200_000, "event_retention_bytes": 1 << 30},
         simulated={"tokens_per_second": 0, "reply_tokens": 5000},
     )
     s = await new_session(client)

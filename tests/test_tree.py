@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.core.events import EventLog, MessageDelta, decode_event, delta_data, delta_head, encode_event
+from actors.core.events import KEEP_NEWEST, EventLog, MessageDelta, decode_event, delta_data, delta_head, encode_event
 from actors.core.tree import MessageTree, Node, Role
 
 
@@ -58,21 +58,28 @@ def test_event_log_replay_and_floor() -> None:
         log.append(500, "x", b"")
 
 
-def test_event_log_keeps_at_most_its_bytes_and_always_the_newest_event() -> None:
-    log = EventLog(frame=_frame, retention=10_000, retention_bytes=1_000)
+def test_event_log_keeps_at_most_its_bytes_past_only_its_newest_events() -> None:
+    log = EventLog(frame=_frame, retention=10_000, retention_bytes=10_000)
     for seq in range(1, 401):
         log.append(seq, "message.delta", b"x" * 40)  # frames of 58 or 59 bytes
-        assert log.size <= 1_000 and log.size == sum(map(len, log.since(0)[1]))
+        assert log.size <= 10_000 and log.size == sum(map(len, log.since(0)[1]))
     seqs, _ = log.since(0)
     assert seqs == list(range(seqs[0], 401)) and log.floor == seqs[0] - 1
-    assert 1_000 - 1_000 // 8 - 59 <= log.size, "trimmed to an eighth below the bound, not further"
+    assert 10_000 - 10_000 // 8 - 59 <= log.size, "trimmed to an eighth below the bound, not further"
     assert not log.covers(log.floor - 1) and log.covers(log.floor)
-    log.append(401, "message.completed", b"y" * 5_000)  # larger than the bound alone: kept, alone
-    assert log.since(0)[0] == [401] and log.floor == 400 and log.size == len(b"401 message.completed ") + 5_000
-    log.append(402, "task.completed", b"{}")
-    assert log.since(0)[0] == [402] and log.size == len(b"402 task.completed {}")
-    log.forget_through(402)
-    assert len(log) == 0 and log.size == 0 and log.floor == 402
+    # A batch of large events (an answer's end, say) stays whole however large: appended before
+    # any subscriber is handed one, it must not push its own first events out.
+    big = [b"y" * 5_000, b"{}", b"{}"]
+    for seq, data in enumerate(big, start=401):
+        log.append(seq, "message.completed", data)
+    assert log.since(400)[0] == [401, 402, 403] and log.covers(400)
+    for seq in range(404, 404 + KEEP_NEWEST):
+        log.append(seq, "message.completed", b"z" * 5_000)
+    kept = log.since(0)[0]
+    assert kept == list(range(404, 404 + KEEP_NEWEST)), "the newest, past the bound"
+    assert log.size == sum(map(len, log.since(0)[1])) and log.floor == kept[0] - 1
+    log.forget_through(kept[-1])
+    assert len(log) == 0 and log.size == 0 and log.floor == kept[-1]
 
 
 @pytest.mark.parametrize("text", ["", "token", ' "quoted" \\ \n\ndata: x', "naïve ☕ \u2028 🎉", "\x00\x1f"])

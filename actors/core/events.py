@@ -18,6 +18,7 @@ import msgspec
 from actors.core.tree import Node, Usage
 
 __all__ = [
+    "KEEP_NEWEST",
     "TERMINAL_EVENTS",
     "AnyEvent",
     "CheckpointCreated",
@@ -192,9 +193,15 @@ def delta_data(head: bytes, delta: str) -> bytes:
     return b"%s%s}" % (head, _encoder.encode(delta))
 
 
+# The byte bound never drops the newest this many events, however large: a publish appends a
+# batch of events (an answer's end is three, its message.completed maybe megabytes) before any
+# subscriber is handed one, and must not push its own first events out of the log.
+KEEP_NEWEST = 64
+
+
 class EventLog:
     """Numbered events of one session, kept in memory up to ``retention`` of them and
-    ``retention_bytes`` of their frames (the newest event always, however large).
+    ``retention_bytes`` of their frames (past it only by the newest ``KEEP_NEWEST``).
 
     ``append(seq, type, data)`` keeps ``frame(seq, type, data)``, the bytes subscribers are
     sent: ``frame`` is the edge's encoder, injected so that the core knows no wire format and
@@ -248,13 +255,14 @@ class EventLog:
             self._trim()
 
     def _trim(self) -> None:
-        """Drop the oldest events past either bound (never the newest); the floor follows."""
+        """Drop the oldest events past either bound (never the newest ``KEEP_NEWEST`` for
+        bytes); the floor follows."""
         frames = self._frames
         excess = max(0, len(frames) - self.retention)
         dropped = sum(map(len, frames[:excess]))
         size = self._bytes - dropped
         if size > self.retention_bytes:
-            while size > self._keep_bytes and excess < len(frames) - 1:
+            while size > self._keep_bytes and excess < len(frames) - KEEP_NEWEST:
                 size -= len(frames[excess])
                 excess += 1
         if excess:

@@ -4,8 +4,7 @@ The indexes are external-content FTS5 tables kept by triggers on ``messages`` an
 (schema steps 6 and 12), so every write the group commit makes, an import's insert and a
 session's delete included, changes the index in the same transaction: a message is searchable
 once it is acknowledged, and gone once its session is. An answer being written (status
-``running``) is searchable once it ends: readers see its content empty until then, and the
-folds of its text so far are not indexed.
+``running``) is searchable once it ends: the folds of its text so far are not indexed.
 """
 
 from __future__ import annotations

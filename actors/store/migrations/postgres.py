@@ -192,11 +192,12 @@ PG_MIGRATIONS: list[str] = [
     """,
     # As SQLite's step of the same name: only settled text is searchable, so the index of
     # message content leaves out answers being written (actors/store/search_postgres.py queries
-    # with the same predicate). Rebuilt once, which on a large table takes a while.
+    # with the same predicate). Built once, which on a large table takes a while, reads going on
+    # meanwhile (writes to messages wait); the old index goes only after it, in one moment.
     """
-    DROP INDEX IF EXISTS messages_text_search;
-    CREATE INDEX messages_text_search
+    CREATE INDEX IF NOT EXISTS messages_settled_text_search
         ON messages USING GIN (to_tsvector('simple'::regconfig, (body::jsonb)->>'content'))
         WHERE ((body::jsonb)->>'status') IS DISTINCT FROM 'running';
+    DROP INDEX IF EXISTS messages_text_search;
     """,
 ]

@@ -271,8 +271,8 @@ MIGRATIONS: list[str] = [
         ON sessions (json_extract(body, '$.agent_id'), last_active_at);
     """,
     # Only settled text is searchable: an answer being written (status "running") is indexed
-    # once it ends, not at its start (empty) and again at every fold of its text so far. Readers
-    # see a running answer's content empty until then, and search no longer shows them more.
+    # once it ends, not at its start (empty) and again at every fold of its text so far, which
+    # search could find and quote as if it were the answer.
     # The running rows step 6 indexed leave the index first, while their stored text is still
     # exactly what was indexed; the view FTS5 reads (for 'rebuild') holds settled rows only.
     """
