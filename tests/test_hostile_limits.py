@@ -7,8 +7,12 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 
+from actors.core.ids import new_id, utcnow
+from actors.store.tables import DocumentRecord
+from server.appkeys import STORE
 from tests.conftest import TEST_KEY, ClientFactory, new_session
 from tests.fake_models import converse
 
@@ -48,6 +52,52 @@ async def test_deep_metadata_is_refused_at_write_time_and_listing_stays_up(clien
     assert [x["id"] for x in (await listed.json())["items"]] == [s["id"]]
     assert (await client.get(f"/v1/sessions/{s['id']}")).status == 200
     assert (await client.delete(f"/v1/sessions/{s['id']}")).status == 204
+
+
+async def test_patches_of_new_keys_cannot_grow_a_sessions_metadata_past_its_cap(client: TestClient[Any, Any]) -> None:
+    """Each patch is within 64 KiB, but the metadata they merge into is what every commit of the
+    session writes: the patch that would take it past the cap is refused whole (its title too)."""
+    s = await new_session(client, title="before")
+    sid = s["id"]
+    first = await client.patch(f"/v1/sessions/{sid}", json={"metadata": {"a": "x" * 40_000}})
+    assert first.status == 200, await first.text()
+    version = (await first.json())["version"]
+    second = await client.patch(f"/v1/sessions/{sid}", json={"title": "after", "metadata": {"b": "y" * 40_000}})
+    assert second.status == 422, await second.text()
+    assert "merged" in (await second.json())["detail"]
+    now = await (await client.get(f"/v1/sessions/{sid}")).json()
+    assert now["title"] == "before" and set(now["metadata"]) == {"a"} and now["version"] == version
+    # Replacing a key or removing one keeps it within the cap, and is taken.
+    third = await client.patch(f"/v1/sessions/{sid}", json={"metadata": {"a": None, "b": "y" * 40_000}})
+    assert third.status == 200, await third.text()
+    assert set((await third.json())["metadata"]) == {"b"}
+
+
+async def test_a_session_links_at_most_256_documents(client: TestClient[Any, Any]) -> None:
+    s = await new_session(client)
+    sid = s["id"]
+    # 257 small documents, recorded as an upload records them (257 uploads take half a minute).
+    store = client.app[STORE]
+    ids = []
+    for i in range(257):
+        doc = DocumentRecord(id=new_id("doc"), name=f"n{i}.txt", size=6, content_type="text/plain", kind="txt",
+                             sha256=f"{i:064x}", created_at=utcnow(), shared=True)
+        await store.put_document(doc, f"note {i}")
+        ids.append(doc.id)
+    resp = await client.post(f"/v1/sessions/{sid}/documents", json={"document_ids": ids})
+    assert resp.status == 422 and "256" in (await resp.json())["detail"]
+    assert (await client.post(f"/v1/sessions/{sid}/documents", json={"document_ids": ids[:256]})).status == 200
+    form = aiohttp.FormData()
+    form.add_field("file", b"one more", filename="more.txt", content_type="text/plain")
+    resp = await client.post(f"/v1/sessions/{sid}/upload", data=form)
+    assert resp.status == 422, "refused before the upload is stored"
+    documents = []
+    for offset in (0, 200):
+        page = await client.get("/v1/documents", params={"limit": "200", "offset": str(offset)})
+        documents += (await page.json())["items"]
+    assert len(documents) == 257, "the refused upload stored nothing"
+    linked = (await (await client.get(f"/v1/sessions/{sid}/documents")).json())["items"]
+    assert len(linked) == 256
 
 
 async def test_json_nested_past_the_decoder_is_a_400_on_every_json_route(client: TestClient[Any, Any]) -> None:

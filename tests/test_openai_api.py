@@ -293,3 +293,47 @@ async def test_model_names_an_agent_or_a_route(client: TestClient[Any, Any]) -> 
     assert err.value.code == "instructions_mismatch"
     ok = await api.responses.create(model=agent["id"], input="and?", previous_response_id=by_agent.id)
     assert ok.status == "completed"
+
+
+async def _agent_names(client: TestClient[Any, Any]) -> list[str]:
+    return sorted(a["name"] for a in (await (await client.get("/v1/agents")).json())["items"])
+
+
+async def test_only_the_operator_makes_a_route_and_metadata_stays_bounded(client: TestClient[Any, Any]) -> None:
+    """A route names a stored agent: a session token (a guest's, say) or an end user's call
+    cannot make one per request, only use one the operator's call made. Metadata takes
+    OpenAI's bounds per request, and the session's whole metadata stays within sessiond's."""
+    mine = await new_session(client, with_token=True)
+    token = sdk(client, mine["access_token"])
+    end_user = AsyncOpenAI(base_url=base_url(client) + "/openai/v1", api_key=TEST_KEY, max_retries=0,
+                           default_headers={"X-End-User-ID": "u1"})
+    _made.append(end_user)
+    before = await _agent_names(client)
+    for api in (token, end_user):
+        with pytest.raises(openai.BadRequestError) as err:
+            await api.responses.create(model="simulated/made-up-by-a-caller", input="hi")
+        assert err.value.code == "model_not_found"
+    assert await _agent_names(client) == before, "no agent stored"
+    made = await sdk(client).responses.create(model="simulated/simulated", input="hi")  # the operator
+    used = await end_user.responses.create(model="simulated/simulated", input="hi")
+    assert made.status == used.status == "completed"
+    assert await _agent_names(client) == sorted([*before, "route simulated/simulated"])
+
+    with pytest.raises(openai.BadRequestError):
+        await token.responses.create(input="x", metadata={f"k{i}": "v" for i in range(17)})
+    with pytest.raises(openai.BadRequestError):
+        await token.responses.create(input="x", metadata={"k": "v" * 513})
+    # 16 new pairs of 512 characters a response: the session's metadata fills up, then refuses.
+    statuses = []
+    for round_ in range(10):
+        try:
+            await token.responses.create(
+                input="x", metadata={f"r{round_}k{i}": "v" * 512 for i in range(16)}
+            )
+            statuses.append(200)
+        except openai.APIStatusError as exc:
+            assert "metadata" in exc.message
+            statuses.append(exc.status_code)
+    assert statuses == [200] * 7 + [400] * 3, statuses
+    record = await (await client.get(f"/v1/sessions/{mine['id']}")).json()
+    assert len(record["metadata"]) == 7 * 16

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_CONTENT_CHARS",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_LIST",
     "MAX_MESSAGES",
     "VERSION",
     "Date",
@@ -63,7 +64,7 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-
 Date = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")]
 _MAX_NAME = 256  # a namespace, an end user, an agent, a tool
 _MAX_SHORT = 1024  # a title, a model, a task id, a checkpoint label
-_MAX_LIST = 256  # tools, tool calls of one message, linked documents
+MAX_LIST = 256  # tools, tool calls of one message, linked documents
 
 
 class ExportedSession(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -211,7 +212,7 @@ def _check_message(m: ExportedMessage) -> None:
         ("hint", m.hint, MAX_CONTENT_CHARS),
         ("task_id", m.task_id, _MAX_SHORT),
         ("model", m.model, _MAX_SHORT),
-        ("tool_calls", m.tool_calls, _MAX_LIST),
+        ("tool_calls", m.tool_calls, MAX_LIST),
     ):
         _check_length(f"{what}: {name}", value, limit)
     for use in m.tool_calls or ():
@@ -229,7 +230,7 @@ def _check_session(doc: SessionExport) -> None:
         ("agent_id", s.agent_id, _MAX_NAME),
         ("title", s.title, _MAX_SHORT),
         ("system_prompt", s.system_prompt, MAX_CONTENT_CHARS),
-        ("tools", s.tools, _MAX_LIST),
+        ("tools", s.tools, MAX_LIST),
     ):
         _check_length(f"session.{name}", value, limit)
     for tool in s.tools:
@@ -239,7 +240,7 @@ def _check_session(doc: SessionExport) -> None:
     for name, items, limit in (
         ("messages", doc.messages, MAX_MESSAGES),
         ("checkpoints", doc.checkpoints, MAX_CHECKPOINTS),
-        ("documents", doc.documents, _MAX_LIST),
+        ("documents", doc.documents, MAX_LIST),
     ):
         if len(items) > limit:
             raise InvalidRequestError(f"a session holds at most {limit} {name} here, this one {len(items)}")

@@ -25,6 +25,7 @@ from actors.core.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from actors.core.export import MAX_LIST, check_json
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
     Op,
@@ -52,26 +53,35 @@ class ConversationCommands(ToolWaits):
         temporary = r.temporary if cmd.temporary is msgspec.UNSET else cmd.temporary
         if temporary and retention is not None:
             raise InvalidRequestError("a temporary session has no retention of its own; set one of the two")
-        if cmd.title is not msgspec.UNSET:
-            r.title = cmd.title
+        # Checked whole before anything changes: patches of new keys or documents must not grow
+        # a session without end (its row is written whole with every commit).
+        metadata = r.metadata
         if cmd.metadata is not msgspec.UNSET:
-            merged = dict(r.metadata)
+            metadata = dict(r.metadata)
             for key, value in cmd.metadata.items():
                 if value is None:
-                    merged.pop(key, None)
+                    metadata.pop(key, None)
                 else:
-                    merged[key] = value
-            r.metadata = merged
+                    metadata[key] = value
+            check_json("metadata (merged with the session's)", metadata)
+        if cmd.context is not msgspec.UNSET:
+            check_json("context", cmd.context)
+        documents = r.documents
+        if cmd.link_documents:
+            documents = [*documents, *(d for d in cmd.link_documents if d not in documents)]
+        if cmd.unlink_documents:
+            documents = [d for d in documents if d not in cmd.unlink_documents]
+        if len(documents) > max(MAX_LIST, len(r.documents)):
+            raise InvalidRequestError(f"a session links at most {MAX_LIST} documents; unlink some first")
+        if cmd.title is not msgspec.UNSET:
+            r.title = cmd.title
+        r.metadata, r.documents = metadata, documents
         if cmd.context is not msgspec.UNSET:
             r.context = cmd.context
         if cmd.tools is not msgspec.UNSET:
             r.tools = list(cmd.tools)
         if cmd.client_tools is not msgspec.UNSET:
             r.client_tools = list(cmd.client_tools)
-        if cmd.link_documents:
-            r.documents = [*r.documents, *(d for d in cmd.link_documents if d not in r.documents)]
-        if cmd.unlink_documents:
-            r.documents = [d for d in r.documents if d not in cmd.unlink_documents]
         if cmd.add_fork is not None:
             r.forks = [*r.forks, cmd.add_fork]
         r.retention, r.temporary = retention, temporary

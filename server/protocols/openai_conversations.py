@@ -24,6 +24,7 @@ from server.protocols.openai_responses import InputItem, agent_for_model
 from server.protocols.openai_shapes import (
     OPENAI_ERRORS,
     PAGE_QUERY,
+    Metadata,
     OpenAIError,
     conversation_out,
     item_list,
@@ -52,12 +53,12 @@ __all__ = [
 
 class ConversationBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     items: list[InputItem] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     model: str | None = None  # sessiond's own: the agent (or provider/model route) it answers with
 
 
 class ConversationPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    metadata: dict[str, str]
+    metadata: Metadata
 
 
 def _history(items: list[InputItem]) -> tuple[list[Node], str | None]:

@@ -29,6 +29,7 @@ from server.protocols.common import bind_session, stream_translated
 from server.protocols.openai_shapes import (
     OPENAI_ERRORS,
     PAGE_QUERY,
+    Metadata,
     OpenAIError,
     epoch,
     input_message,
@@ -102,7 +103,7 @@ class ResponsesBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream: bool = False
     background: bool = False
     store: bool = True
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     tools: list[dict[str, Any]] = msgspec.field(default_factory=list)
     # Accepted so the SDK's usual arguments pass; the session's agent decides these.
     temperature: float | None = None
@@ -145,7 +146,8 @@ def input_text(items: str | list[InputItem] | None) -> tuple[str, str | None]:
 
 async def agent_for_model(request: web.Request, model: str | None) -> str | None:
     """The agent id ``model`` names: an agent id, or a ``provider/model`` route (an agent
-    named ``route <model>`` is made for it once)."""
+    named ``route <model>`` is made for it once, by the operator: making agents is theirs, as
+    ``/v1/agents`` is, so no end user, token or guest can add a stored agent per request)."""
     if not model:
         return None
     agents = request.app[AGENTS]
@@ -159,6 +161,11 @@ async def agent_for_model(request: web.Request, model: str | None) -> str | None
     for agent in await agents.list():
         if agent.name == name:
             return agent.id
+    principal = principal_of(request)
+    if principal.kind != "key" or principal.end_user_id is not None:
+        raise OpenAIError(f"no agent answers with {model!r} yet: the operator makes its route once (a response or "
+                          "conversation naming it with an API key that acts for no end user), or an agent "
+                          "(POST /v1/agents)", "model_not_found", "model")
     return (await agents.create(name=name, model=parse_route([model]))).id
 
 

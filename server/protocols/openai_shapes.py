@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -25,6 +25,7 @@ __all__ = [
     "MCP_LABEL",
     "OPENAI_ERRORS",
     "PAGE_QUERY",
+    "Metadata",
     "OpenAIError",
     "assistant_message",
     "conversation_out",
@@ -47,6 +48,13 @@ __all__ = [
 MCP_LABEL = "sessiond"
 
 _enc = msgspec.json.Encoder()
+
+
+# OpenAI's metadata: at most 16 pairs, keys of 64 characters at most, values of 512 (422 past it).
+Metadata = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=16),
+]
 
 
 class OpenAIError(SessiondError):

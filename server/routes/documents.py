@@ -29,6 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from actors.agent.documents.library import DocumentLibrary, DocumentTooLargeError
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
+from actors.core.export import MAX_LIST
 from actors.store.tables import DocumentRecord
 from server.appkeys import CONFIG, LIBRARY, LIMITER, STORE
 from server.auth.principal import principal_of
@@ -214,6 +215,8 @@ async def link_documents(request: web.Request) -> web.Response:
 
 async def upload_into_session(request: web.Request) -> web.Response:
     record = session_of(request).record
+    if len(record.documents) >= MAX_LIST:  # refused before the upload is read, not after
+        raise InvalidRequestError(f"a session links at most {MAX_LIST} documents; unlink some first")
     # Never shared: it belongs to the session's end user, or its guest, and to the session.
     owner = {"end_user_id": record.end_user_id, "guest_id": record.guest_id, "session_id": record.id}
     doc = await _upload(request, owner=owner, allow_owner_field=False)
