@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient
 
+from server.appkeys import LIBRARY
 from tests.conftest import ClientFactory, ServerProcess, new_session
 
 Client = TestClient[Any, Any]
@@ -173,6 +174,34 @@ async def test_the_extractor_is_killed_when_the_client_leaves(make_client: Clien
     assert (await (await client.get("/v1/documents")).json())["items"] == []
 
 
+async def test_uploads_past_max_uploads_are_refused_at_once(make_client: ClientFactory) -> None:
+    """Uploads being read and extracted are bounded server-wide: past ``max_uploads`` the next
+    gets 503 with Retry-After at once, keeping nothing; once one ends, uploads are taken again."""
+    client = await make_client(
+        documents={"max_uploads": 1, "max_chars": 0, "extract_cpu_seconds": 300, "extract_seconds": 300.0}
+    )
+    library = client.app[LIBRARY]
+    sending = asyncio.ensure_future(client.post("/v1/documents", data=form(pdf(repeating(200_000)), "slow.pdf")))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not (pids := _extractors()):  # the slow one is being extracted
+        assert loop.time() < deadline and not sending.done(), "no extractor started"
+        await asyncio.sleep(0.05)
+    assert library.uploads == 1
+    refused = await client.post("/v1/documents", data=form(b"a note", "note.txt"))
+    assert refused.status == 503 and "Retry-After" in refused.headers, await refused.text()
+    assert (await refused.json())["code"] == "overloaded"
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
+    await asyncio.wait_for(asyncio.gather(*map(_exited, pids)), 10)
+    while library.uploads:  # the handler's end, after its extractor's
+        assert loop.time() < deadline
+        await asyncio.sleep(0)
+    taken = await client.post("/v1/documents", data=form(b"a note", "note.txt"))
+    assert taken.status == 201, await taken.text()
+    assert [d["name"] for d in (await (await client.get("/v1/documents")).json())["items"]] == ["note.txt"]
+
+
 async def test_the_served_server_bounds_and_kills_its_extractors(
     server_process: Callable[..., ServerProcess], http: aiohttp.ClientSession
 ) -> None:
@@ -237,6 +266,23 @@ async def test_uploads_count_against_the_guest_and_end_user_limits(make_client: 
     for i in range(2):
         assert (await client.post("/v1/documents", data=form(b"u1 notes", f"u{i}.txt"), headers=U1)).status == 201
     assert (await client.post("/v1/documents", data=form(b"u1 notes", "u2.txt"), headers=U1)).status == 429
+
+
+async def test_an_upload_whose_text_cannot_be_read_still_counts(make_client: ClientFactory) -> None:
+    """Refused before its text is read, an upload is taken back; once the extractor ran, it
+    counts, readable or not: a guest cannot keep the extractors busy for free."""
+    client = await make_client(limits={"guest_messages_per_hour": 2, "guest_tokens_per_day": 100_000})
+    g = await _guest(client)
+    bearer = {"Authorization": f"Bearer {g['access_token']}"}
+    path = f"/v1/sessions/{g['id']}/upload"
+    async with aiohttp.ClientSession(str(client.make_url(""))) as browser:
+        for _ in range(2):
+            broken = await browser.post(path, data=form(b"%PDF-1.4\nnot a pdf at all", "broken.pdf"), headers=bearer)
+            assert broken.status == 422 and "cannot read" in (await broken.json())["detail"], await broken.text()
+        over = await browser.post(path, data=form(b"fine", "fine.txt"), headers=bearer)
+        assert over.status == 429, await over.text()
+    usage = await (await client.get(f"/v1/guests/{g['guest']['id']}/usage")).json()
+    assert usage["messages_this_hour"] == 2
 
 
 async def test_a_guest_text_counts_as_tokens(make_client: ClientFactory) -> None:

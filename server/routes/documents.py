@@ -26,7 +26,12 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from actors.agent.documents.library import DocumentLibrary, DocumentTooLargeError
+from actors.agent.documents.library import (
+    DocumentLibrary,
+    DocumentTextTooLargeError,
+    DocumentTooLargeError,
+    DocumentUnreadableError,
+)
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
 from actors.core.export import MAX_LIST
@@ -81,8 +86,8 @@ def _client_gone(request: web.Request) -> Callable[[], bool]:
 
 
 async def _upload(request: web.Request, *, owner: dict[str, Any], allow_owner_field: bool) -> DocumentRecord:
-    """Count the upload against its owner's limits, then :func:`_receive` it (taken back if
-    it is refused)."""
+    """Count the upload against its owner's limits, then :func:`_receive` it in one of the
+    library's upload slots (the count is taken back if it is refused before its text is read)."""
     principal = principal_of(request)
     limiter = request.app[LIMITER]
     subjects = subjects_of(
@@ -93,9 +98,11 @@ async def _upload(request: web.Request, *, owner: dict[str, Any], allow_owner_fi
     )
     admission = await limiter.admit(subjects, time.time()) if subjects else None
     try:
-        doc = await _receive(request, owner=owner, allow_owner_field=allow_owner_field)
-    except BaseException:
-        if admission is not None:
+        with request.app[LIBRARY].upload_slot():
+            doc = await _receive(request, owner=owner, allow_owner_field=allow_owner_field)
+    except BaseException as exc:
+        # An upload whose text was read (or tried to be) counts: the extraction's work is done.
+        if admission is not None and not isinstance(exc, (DocumentTextTooLargeError, DocumentUnreadableError)):
             await limiter.refund(admission)
         raise
     if subjects and doc.chars:

@@ -32,7 +32,7 @@ import msgspec
 
 from actors.agent.documents.extract import ExtractionFailed, ExtractLimits, TextTooLarge, extract_bounded
 from actors.agent.tokens import TokenCounter
-from actors.core.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from actors.core.errors import InvalidRequestError, OverloadedError, PayloadTooLargeError, UnsupportedMediaTypeError
 from actors.core.ids import new_id, utcnow
 from actors.store.base import Store
 from actors.store.tables import DocumentRecord
@@ -44,6 +44,7 @@ __all__ = [
     "DocumentLibrary",
     "DocumentTextTooLargeError",
     "DocumentTooLargeError",
+    "DocumentUnreadableError",
     "Hit",
     "Upload",
     "bm25",
@@ -110,6 +111,10 @@ def kind_of(name: str, content_type: str | None) -> str | None:
 
 class DocumentTextTooLargeError(PayloadTooLargeError):
     """An upload's text has more pages or characters than ``[documents]`` allows."""
+
+
+class DocumentUnreadableError(InvalidRequestError):
+    """An upload's text could not be read within the extraction's bounds (or at all)."""
 
 
 # -- chunks and ranking -------------------------------------------------------------------
@@ -299,9 +304,12 @@ class DocumentLibrary:
         counter: TokenCounter,
         cache_chunks: int = 20_000,
         extract: ExtractLimits | None = None,
+        max_uploads: int = 4,
     ) -> None:
         self.store = store
         self.extract = extract or ExtractLimits()
+        self.max_uploads = max_uploads
+        self.uploads = 0  # being read or extracted now
         self.root = root
         self.max_bytes = max_bytes
         self.allowed = tuple(allowed)
@@ -341,6 +349,18 @@ class DocumentLibrary:
                     removed += 1
         return removed
 
+    @contextlib.contextmanager
+    def upload_slot(self) -> Iterator[None]:
+        """One of ``max_uploads`` uploads read and extracted at once, server-wide (each may hold
+        a temporary file, a child process and its output): past them, 503 at once."""
+        if self.uploads >= self.max_uploads:
+            raise OverloadedError(f"{self.max_uploads} uploads are being read now; retry shortly")
+        self.uploads += 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
+
     async def finish(
         self,
         upload: Upload,
@@ -369,7 +389,7 @@ class DocumentLibrary:
         except TextTooLarge as exc:
             raise DocumentTextTooLargeError(f"{display!r}: {exc}") from None
         except ExtractionFailed as exc:
-            raise InvalidRequestError(f"cannot read the text of {display!r}: {exc}") from None
+            raise DocumentUnreadableError(f"cannot read the text of {display!r}: {exc}") from None
         sha = upload.sha256
         doc = DocumentRecord(
             id=new_id("doc"), name=display, size=upload.size, content_type=CONTENT_TYPES[kind], kind=kind,
