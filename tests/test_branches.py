@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import subprocess
@@ -174,6 +175,45 @@ async def test_copy_and_merge(client: TestClient[Any, Any]) -> None:
     assert len(await _path(client, a["id"])) == 2 and len(await _path(client, b["id"])) == 4
     # Merging needs two distinct sessions the caller can see.
     assert (await client.post("/v1/sessions/merge", json={"session_ids": [a["id"]]})).status == 422
+
+
+def _long_export(doc: dict[str, Any], messages: int) -> dict[str, Any]:
+    """``doc`` (an export) with a history of ``messages`` messages in one chain, no checkpoints."""
+    user, answer = doc["messages"][0], dict(doc["messages"][1], status="completed")
+    chain: list[dict[str, Any]] = []
+    for i in range(messages):
+        node = dict(user if i % 2 == 0 else answer, id=f"msg_{i:024x}", parent_id=chain[-1]["id"] if chain else None)
+        chain.append(node)
+    return {**doc, "messages": chain, "active_leaf_id": chain[-1]["id"], "checkpoints": []}
+
+
+async def test_a_merge_is_bounded_as_an_import_and_settles_what_still_runs(make_client: ClientFactory) -> None:
+    client = await make_client(simulated={"tokens_per_second": 20, "reply_tokens": 1000},
+                               server={"max_body_bytes": 16 << 20})
+    s = await new_session(client)
+    r = await client.post(f"/v1/sessions/{s['id']}/messages", json={"content": "q", "stream": True})
+    first = await read_until(r, "message.delta")
+    assert first[-1].event == "message.delta"
+    # Merged while its answer is still being written: the copy of it is interrupted, not running.
+    merged = await client.post("/v1/sessions/merge", json={"session_ids": [s["id"], (await new_session(client))["id"]]})
+    assert merged.status == 201, await merged.text()
+    path = await _path(client, (await merged.json())["id"])
+    assert [m["role"] for m in path] == ["user", "assistant"] and path[-1]["status"] == "interrupted"
+    r.close()
+    assert (await client.post(f"/v1/sessions/{s['id']}/cancel")).status == 200
+
+    # Two sessions of 6 000 messages each, as two imports may be: their merge would be 12 000.
+    doc = await (await client.get(f"/v1/sessions/{s['id']}/export")).json()
+    ids = []
+    for _ in range(2):
+        body = io.BytesIO(json.dumps(_long_export(doc, 6_000)).encode())
+        imported = await client.post("/v1/sessions/import?new_id=true", data=body)
+        assert imported.status == 201, await imported.text()
+        ids.append((await imported.json())["id"])
+    refused = await client.post("/v1/sessions/merge", json={"session_ids": ids})
+    assert refused.status == 422 and "10000" in (await refused.json())["detail"]
+    many = await client.post("/v1/sessions/merge", json={"session_ids": [f"ses_{i}" for i in range(257)]})
+    assert many.status == 422 and "256" in (await many.json())["detail"]
 
 
 async def test_bad_branch_operations_change_nothing(client: TestClient[Any, Any]) -> None:

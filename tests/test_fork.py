@@ -88,3 +88,19 @@ async def test_an_end_user_forks_only_their_own_sessions(client: Client) -> None
     mine = await _ok(await client.post(f"/v1/sessions/{theirs['id']}/fork", json={"message_id": sent["message"]["id"]},
                                        headers={"X-End-User-ID": "u2"}), 201)
     assert mine["end_user_id"] == "u2"
+
+
+async def test_a_session_lists_its_newest_256_forks(make_client: ClientFactory) -> None:
+    """Every fork is listed on its source, whose row every commit writes whole: forking it
+    again and again must not grow it without end, so it lists the newest 256."""
+    client = await make_client()
+    s = await new_session(client)
+    sid = s["id"]
+    sent = await _ok(await client.post(f"/v1/sessions/{sid}/messages", json={"content": "q"}))
+    at = sent["message"]["id"]
+    forks = [(await _ok(await client.post(f"/v1/sessions/{sid}/fork", json={"message_id": at}), 201))["id"]
+             for _ in range(258)]
+    listed = [f["session_id"] for f in (await _ok(await client.get(f"/v1/sessions/{sid}")))["forks"]]
+    assert listed == forks[-256:]
+    oldest = await _ok(await client.get(f"/v1/sessions/{forks[0]}"))
+    assert oldest["forked_from"] == {"session_id": sid, "message_id": at}, "a fork still knows its source"

@@ -363,7 +363,8 @@ def fork_export(doc: SessionExport, message_id: str) -> SessionExport | None:
 
 
 def merge_paths(paths: list[list[Node]]) -> list[Node]:
-    """One history from several: each active path in order, chained, with fresh ids."""
+    """One history from several: each active path in order, chained, with fresh ids (an answer
+    still being written in its source is copied as interrupted: nothing will end it here)."""
     out: list[Node] = []
     parent: str | None = None
     for path in paths:
@@ -374,7 +375,7 @@ def merge_paths(paths: list[list[Node]]) -> list[Node]:
                 n.role,
                 n.content,
                 n.created_at,
-                n.status,
+                "interrupted" if n.status == "running" else n.status,
                 n.task_id,
                 n.model,
                 n.usage,

@@ -83,7 +83,7 @@ class ConversationCommands(ToolWaits):
         if cmd.client_tools is not msgspec.UNSET:
             r.client_tools = list(cmd.client_tools)
         if cmd.add_fork is not None:
-            r.forks = [*r.forks, cmd.add_fork]
+            r.forks = [*r.forks, cmd.add_fork][-MAX_LIST:]  # the newest: forking must not grow it without end
         r.retention, r.temporary = retention, temporary
         self._touch()
         await self._commit([PutSession.of(r)])

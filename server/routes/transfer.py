@@ -8,7 +8,7 @@ from aiohttp import web
 
 from actors.core.commands import ExportSession, GetMessages, PatchSession
 from actors.core.errors import InvalidRequestError, NotFoundError
-from actors.core.export import SessionExport, fork_export, merge_paths, remap_ids
+from actors.core.export import MAX_LIST, MAX_MESSAGES, SessionExport, fork_export, merge_paths, remap_ids
 from actors.core.records import ForkRef
 from actors.core.replies import MessagePage
 from server.appkeys import REGISTRY, STORE
@@ -92,11 +92,18 @@ async def merge_sessions(request: web.Request) -> web.Response:
         raise InvalidRequestError("merge takes at least two session_ids")
     if len(set(body.session_ids)) != len(body.session_ids):
         raise InvalidRequestError("session_ids must be distinct")
+    if len(body.session_ids) > MAX_LIST:
+        raise InvalidRequestError(f"merge takes at most {MAX_LIST} session_ids")
     paths = []
     first = None
+    total = 0
     for sid in body.session_ids:
-        page: MessagePage = await ask(request, GetMessages(limit=1 << 30), sid)
+        # As an import's: a merge (of merges, say) must not make a session of any size.
+        page: MessagePage = await ask(request, GetMessages(limit=MAX_MESSAGES + 1 - total), sid)
         paths.append([node for node, _, _ in page.items])
+        total += len(page.items)
+        if total > MAX_MESSAGES:
+            raise InvalidRequestError(f"the merged session would have more than {MAX_MESSAGES} messages")
         if first is None:
             first = await ask(request, ExportSession(), sid)
     assert first is not None
