@@ -57,6 +57,7 @@ class Registry:
         settings: ActorSettings,
         idle_seconds: float,
         frame: FrameEncoder,
+        max_live: int = 1 << 62,
         stats: Stats | None = None,
         cluster: Cluster | None = None,
         outbox: Outbox | None = None,
@@ -67,6 +68,10 @@ class Registry:
         self.provider = provider
         self.settings = settings
         self.idle_seconds = idle_seconds
+        # Past max_live live actors (and a sixteenth more, so this is rare), the quiet ones used
+        # longest ago are passivated down to it, however recently (``_evict``).
+        self.max_live = max_live
+        self._evict_at = max_live + max(1, max_live // 16)
         self.stats = stats or Stats()
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, asyncio.Future[SessionRef]] = {}
@@ -240,7 +245,25 @@ class Registry:
         await actor.start()
         self._actors[session_id] = actor
         self.stats.activations += 1
+        if len(self._actors) > self._evict_at:
+            self._evict(keep=actor)
         return actor
+
+    def _evict(self, *, keep: SessionActor) -> None:
+        """Passivate the quiet actors used longest ago (no stream, no running turn, nothing
+        queued: what the sweeper would passivate once idle) until max_live are left: a caller
+        who reads many sessions must not hold them all in memory for idle_seconds. Busy ones
+        stay, past the bound if need be (streams and tasks have bounds of their own)."""
+        now = asyncio.get_running_loop().time()
+        quiet = sorted(
+            (a for a in self._actors.values() if a is not keep and a.is_idle(now, 0)), key=lambda a: a.last_activity
+        )
+        for actor in quiet[: len(self._actors) - self.max_live]:
+            try:
+                actor.tell(Passivate(0))
+            except Exception:  # full or stopping: it is not quiet after all
+                continue
+            self.stats.evictions += 1
 
     # -- supervision -----------------------------------------------------------------------
 

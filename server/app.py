@@ -140,6 +140,7 @@ def make_app(config: Config) -> web.Application:
             fold_seconds=s.fold_seconds,
         ),
         idle_seconds=s.idle_seconds,
+        max_live=s.max_live,
         frame=sse.frame,  # events go out as SSE, framed once each in the session's log
         cluster=cluster,
         outbox=deliverer.outbox() if deliverer is not None else None,

@@ -57,6 +57,8 @@ class _ActorCollector(Collector):
             ("activations", "Sessions brought to life (from the store, or at the first use after their creation).",
              stats.activations),
             ("passivations", "Idle sessions snapshotted and dropped from memory.", stats.passivations),
+            ("evictions", "Quiet sessions passivated before idle_seconds because more than [sessions] max_live "
+             "were live.", stats.evictions),
             ("crashes", "Session actors that crashed and were restarted from the store.", stats.crashes),
             ("tasks_started", "Model tasks started.", stats.tasks_started),
         ):

@@ -76,6 +76,36 @@ async def test_sigkill_with_100_sends_in_flight(server_process: Any, tmp_path: P
     assert interrupted > 0
 
 
+async def test_past_max_live_the_quiet_sessions_used_longest_ago_are_passivated(make_client: ClientFactory) -> None:
+    """A caller reading many sessions cannot keep them all in memory for idle_seconds: past
+    max_live (and a sixteenth, at least one), the quiet ones used longest ago go at once,
+    however recent; one with an open stream stays; an evicted one comes back whole."""
+    client = await make_client(sessions={"max_live": 4})  # evicts when a 6th is live, down to 4
+    registry = client.app[REGISTRY]
+    ids = [(await new_session(client, title=f"s{i}"))["id"] for i in range(8)]
+    watched = await client.get(f"/v1/sessions/{ids[0]}/stream")  # used first, but not quiet
+    assert watched.status == 200
+    quiet: list[SessionActor] = []  # the live quiet ones, used longest ago first
+    evicted: list[str] = []
+    for sid in ids[1:]:
+        before = registry.stats.evictions
+        assert (await client.get(f"/v1/sessions/{sid}")).status == 200
+        told = quiet[: registry.stats.evictions - before]
+        for actor in told:
+            await asyncio.wait_for(actor.wait_stopped(), 10)
+            assert actor.stop_reason == "passivated" and actor.id not in registry
+            evicted.append(actor.id)
+        actor = await registry.get(sid)
+        assert isinstance(actor, SessionActor)
+        quiet = [*quiet[len(told):], actor]
+        assert len(registry) <= 5
+    assert evicted == ids[1:5] and registry.stats.evictions == 4
+    assert {*ids[:1], *ids[5:]} == {a.id for a in registry.actors()}, "the streamed one and the newest"
+    back = await (await client.get(f"/v1/sessions/{ids[1]}")).json()
+    assert back["title"] == "s1"
+    watched.close()
+
+
 async def test_passivate_and_reactivate_keeps_everything(make_client: ClientFactory) -> None:
     client = await make_client(sessions={"idle_seconds": 0.2})
     registry = client.app[REGISTRY]

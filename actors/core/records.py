@@ -304,12 +304,13 @@ class SessionQuery(msgspec.Struct):
 class Stats:
     """Plain counters the actors bump and the server exports (no metrics library in here)."""
 
-    __slots__ = ("activations", "crashes", "events", "passivations", "tasks_running", "tasks_started")
+    __slots__ = ("activations", "crashes", "events", "evictions", "passivations", "tasks_running", "tasks_started")
 
     def __init__(self) -> None:
         self.events = 0
         self.activations = 0
         self.passivations = 0
+        self.evictions = 0  # passivations asked for past [sessions] max_live, before idle_seconds
         self.crashes = 0
         self.tasks_started = 0
         self.tasks_running = 0
