@@ -1,25 +1,16 @@
 """Search: every word, in titles and messages of any branch, for their owner only; correct
-after edits, deletes and imports; an answer once it ends, not while it is written; on SQLite
-and on PostgreSQL."""
+after edits, deletes and imports; on SQLite and on PostgreSQL. (What the stores index of an
+answer being written: tests/test_store.py.)"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
-from actors.core.ids import new_id, utcnow
-from actors.core.records import PutMessage, PutSession, RemoveSession, SessionRecord
-from actors.core.search import SearchQuery
-from actors.core.tree import Node, NodeStatus
-from actors.store.migrations.sqlite import MIGRATIONS
-from actors.store.postgres import PostgresStore
-from actors.store.sqlite import SqliteStore
 from tests.conftest import ClientFactory, new_session
 from tests.pg import database
 
@@ -130,117 +121,3 @@ async def test_sort_filters_and_pages(client: Client) -> None:
 
     assert (await client.get("/v1/sessions/search", params={"q": " ?! "})).status == 422
     assert (await client.get("/v1/sessions/search", params={"q": "x", "sort": "size"})).status == 422
-
-
-# -- the stores themselves: what is indexed --------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        s: Any = SqliteStore(tmp_path / "store.db")
-        await s.open()
-        try:
-            yield s
-        finally:
-            await s.aclose()
-        _fts_consistent(tmp_path / "store.db")
-        return
-    async with database() as dsn:
-        s = PostgresStore(dsn)
-        await s.open()
-        try:
-            yield s
-        finally:
-            await s.aclose()
-
-
-def _fts_consistent(path: Path) -> None:
-    """FTS5's own check that its index holds exactly the text of the rows of its content view."""
-    db = sqlite3.connect(path)
-    try:
-        db.execute("INSERT INTO message_fts (message_fts, rank) VALUES ('integrity-check', 1)")
-    finally:
-        db.close()
-
-
-async def _found(store: Any, *terms: str) -> list[tuple[str, list[str]]]:
-    """(session id, matching message ids) of each hit of a search for ``terms``."""
-    return [(h.session.id, h.message_ids) for h in await store.search_sessions(SearchQuery(list(terms)))]
-
-
-async def test_an_answer_being_written_is_searchable_once_it_ends(store: Any) -> None:
-    """Readers see an answer's content empty while it is written; search does not show more:
-    neither its start nor the folds of its text so far are indexed, only what it ends with.
-    After that it follows the message's text as before, and its session's delete."""
-    now = utcnow()
-    record = SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
-    question = Node(new_id("msg"), None, "user", "what colour is the aurora", now)
-    reply = Node(new_id("msg"), question.id, "assistant", "", now, status="running", task_id="tsk_1")
-    await store.commit([PutSession.of(record), PutMessage.of(record.id, question), PutMessage.of(record.id, reply)])
-
-    def answer(content: str, status: NodeStatus) -> PutMessage:
-        return PutMessage.of(record.id, msgspec.structs.replace(reply, content=content, status=status))
-
-    await store.commit([answer("the aurora borealis glows", "running")])  # a fold
-    await store.commit([answer("the aurora borealis glows green over", "running")])
-    assert await _found(store, "borealis") == []
-    assert await _found(store, "aurora") == [(record.id, [question.id])]
-
-    await store.commit([answer("the aurora borealis glows green over the fjord", "completed")])
-    assert await _found(store, "borealis", "fjord") == [(record.id, [reply.id])]
-    assert sorted((await _found(store, "aurora"))[0][1]) == sorted([question.id, reply.id])
-
-    await store.commit([answer("it was orange tonight", "completed")])  # its text replaced
-    assert await _found(store, "borealis") == []
-    assert await _found(store, "orange") == [(record.id, [reply.id])]
-
-    # A session deleted while its answer is written: nothing of that answer was indexed.
-    other = SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
-    running = Node(new_id("msg"), None, "assistant", "halfway through a tangerine", now, status="running")
-    await store.commit([PutSession.of(other), PutMessage.of(other.id, running)])
-    await store.commit([RemoveSession(other.id), RemoveSession(record.id)])
-    assert await _found(store, "tangerine") == [] and await _found(store, "orange") == []
-
-
-def _schema_11_with_a_running_answer(path: Path, session: SessionRecord, nodes: list[Node]) -> None:
-    """A database as schema 11 left it: ``nodes`` written (and indexed, running or not)."""
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        for number, script in enumerate(MIGRATIONS[:11], start=1):
-            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
-        put = PutSession.of(session)
-        db.execute(
-            "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)",
-            (put.id, put.namespace, put.end_user_id, put.last_active_at, put.body),
-        )
-        for node in nodes:
-            db.execute("INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)",
-                       (node.id, session.id, PutMessage.of(session.id, node).body))
-    finally:
-        db.close()
-
-
-async def test_an_upgraded_sqlite_store_forgets_the_running_text_it_had_indexed(tmp_path: Path) -> None:
-    """Schema 11 indexed an answer's folds. The upgrade takes a running answer's text out of the
-    index (exactly what was indexed: FTS5's check passes), keeps the settled ones, and the
-    answer is found once it ends."""
-    path = tmp_path / "store.db"
-    now = utcnow()
-    record = SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
-    question = Node(new_id("msg"), None, "user", "tell me of the kestrel", now)
-    reply = Node(new_id("msg"), question.id, "assistant", "a kestrel hovers", now, status="running")
-    _schema_11_with_a_running_answer(path, record, [question, reply])
-    store = SqliteStore(path)
-    await store.open()
-    try:
-        assert len(MIGRATIONS) > 11
-        assert await _found(store, "hovers") == []
-        assert await _found(store, "kestrel") == [(record.id, [question.id])]
-        _fts_consistent(path)
-        ended = msgspec.structs.replace(reply, content="a kestrel hovers, then dives", status="interrupted")
-        await store.commit([PutMessage.of(record.id, ended)])
-        assert await _found(store, "dives") == [(record.id, [reply.id])]
-    finally:
-        await store.aclose()
-    _fts_consistent(path)

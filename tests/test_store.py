@@ -33,8 +33,9 @@ from actors.core.records import (
     SessionRecord,
     StoredEvent,
 )
+from actors.core.search import SearchQuery
 from actors.core.summary import ContextSummary
-from actors.core.tree import Node, Usage
+from actors.core.tree import Node, NodeStatus, Usage
 from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
 from actors.session.fanout import CLOSED
@@ -1139,3 +1140,99 @@ async def test_the_write_ahead_log_starts_again_under_steady_writes(tmp_path: Pa
     assert max(sizes) < 800, sizes
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (300,)
+
+
+# -- search: what the stores index --------------------------------------------------------
+
+
+def _fts_consistent(path: Path) -> None:
+    """FTS5's own check that its index holds exactly the text of the rows of its content view."""
+    db = sqlite3.connect(path)
+    try:
+        db.execute("INSERT INTO message_fts (message_fts, rank) VALUES ('integrity-check', 1)")
+    finally:
+        db.close()
+
+
+async def _found(store: Any, *terms: str) -> list[tuple[str, list[str]]]:
+    """(session id, matching message ids) of each hit of a search for ``terms``."""
+    return [(h.session.id, h.message_ids) for h in await store.search_sessions(SearchQuery(list(terms)))]
+
+
+async def test_an_answer_being_written_is_searchable_once_it_ends(store: Any) -> None:
+    """Readers see an answer's content empty while it is written; search does not show more:
+    neither its start nor the folds of its text so far are indexed, only what it ends with.
+    After that it follows the message's text as before, and its session's delete."""
+    now = utcnow()
+    record = SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
+    question = Node(new_id("msg"), None, "user", "what colour is the aurora", now)
+    reply = Node(new_id("msg"), question.id, "assistant", "", now, status="running", task_id="tsk_1")
+    await store.commit([PutSession.of(record), PutMessage.of(record.id, question), PutMessage.of(record.id, reply)])
+
+    def answer(content: str, status: NodeStatus) -> PutMessage:
+        return PutMessage.of(record.id, msgspec.structs.replace(reply, content=content, status=status))
+
+    await store.commit([answer("the aurora borealis glows", "running")])  # a fold
+    await store.commit([answer("the aurora borealis glows green over", "running")])
+    assert await _found(store, "borealis") == []
+    assert await _found(store, "aurora") == [(record.id, [question.id])]
+
+    await store.commit([answer("the aurora borealis glows green over the fjord", "completed")])
+    assert await _found(store, "borealis", "fjord") == [(record.id, [reply.id])]
+    assert sorted((await _found(store, "aurora"))[0][1]) == sorted([question.id, reply.id])
+
+    await store.commit([answer("it was orange tonight", "completed")])  # its text replaced
+    assert await _found(store, "borealis") == []
+    assert await _found(store, "orange") == [(record.id, [reply.id])]
+
+    # A session deleted while its answer is written: nothing of that answer was indexed.
+    other = SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
+    running = Node(new_id("msg"), None, "assistant", "halfway through a tangerine", now, status="running")
+    await store.commit([PutSession.of(other), PutMessage.of(other.id, running)])
+    await store.commit([RemoveSession(other.id), RemoveSession(record.id)])
+    assert await _found(store, "tangerine") == [] and await _found(store, "orange") == []
+    if isinstance(store, SqliteStore):
+        _fts_consistent(store.path)
+
+
+def _schema_11_with_a_running_answer(path: Path, session: SessionRecord, nodes: list[Node]) -> None:
+    """A database as schema 11 left it: ``nodes`` written (and indexed, running or not)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for number, script in enumerate(MIGRATIONS[:11], start=1):
+            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+        put = PutSession.of(session)
+        db.execute(
+            "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)",
+            (put.id, put.namespace, put.end_user_id, put.last_active_at, put.body),
+        )
+        for node in nodes:
+            db.execute("INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)",
+                       (node.id, session.id, PutMessage.of(session.id, node).body))
+    finally:
+        db.close()
+
+
+async def test_an_upgraded_sqlite_store_forgets_the_running_text_it_had_indexed(tmp_path: Path) -> None:
+    """Schema 11 indexed an answer's folds. The upgrade takes a running answer's text out of the
+    index (exactly what was indexed: FTS5's check passes), keeps the settled ones, and the
+    answer is found once it ends."""
+    path = tmp_path / "store.db"
+    now = utcnow()
+    record = SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
+    question = Node(new_id("msg"), None, "user", "tell me of the kestrel", now)
+    reply = Node(new_id("msg"), question.id, "assistant", "a kestrel hovers", now, status="running")
+    _schema_11_with_a_running_answer(path, record, [question, reply])
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert len(MIGRATIONS) > 11
+        assert await _found(store, "hovers") == []
+        assert await _found(store, "kestrel") == [(record.id, [question.id])]
+        _fts_consistent(path)
+        ended = msgspec.structs.replace(reply, content="a kestrel hovers, then dives", status="interrupted")
+        await store.commit([PutMessage.of(record.id, ended)])
+        assert await _found(store, "dives") == [(record.id, [reply.id])]
+    finally:
+        await store.aclose()
+    _fts_consistent(path)
