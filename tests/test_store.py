@@ -44,7 +44,6 @@ from actors.store.postgres import PG_MIGRATIONS, PostgresStore
 from actors.store.sqlite import SqliteStore
 from actors.store.sqlite_writer import connect_writer, write_batch
 from actors.store.tables import (
-    USED_REFRESH_KEPT,
     AgentRecord,
     ApiKeyRecord,
     DocumentRecord,
@@ -550,25 +549,6 @@ async def test_refresh_rotation_reuse_and_expiry(store: Any) -> None:
     # f1 expired at now + 10 and was swept by the rotation at now + 20: unknown, not a reuse.
     assert (await store.rotate_refresh_token("f1", _token("", now + 100), now + 21, "w")).status == "unknown"
     assert (await store.get_token_family(fresh.id)).revoked_at is None
-
-
-async def test_a_family_keeps_only_its_newest_used_refresh_tokens(store: Any) -> None:
-    """A client refreshing in a loop leaves USED_REFRESH_KEPT used tokens behind, not one a
-    call for 30 days: the newest of them still catch a reuse, an older one is unknown."""
-    now = 1_000_000.0
-    fam = _family()
-    await store.put_token_family(fam, _token(fam.id, now + 3600, "g0"))
-    for i in range(40):
-        out = await store.rotate_refresh_token(f"g{i}", _token("", now + 3600, f"g{i + 1}"), now + i, utcnow())
-        assert out.status == "rotated"
-    oldest_kept = 40 - USED_REFRESH_KEPT
-    assert (await store.rotate_refresh_token("g0", _token("", now + 3600), now + 50, "w")).status == "unknown"
-    assert (await store.rotate_refresh_token(f"g{oldest_kept - 1}", _token("", now + 3600), now + 50, "w")).status == (
-        "unknown"
-    )
-    assert (await store.get_token_family(fam.id)).revoked_at is None
-    out = await store.rotate_refresh_token(f"g{oldest_kept}", _token("", now + 3600), now + 50, "when-reused")
-    assert out.status == "reused" and (await store.get_token_family(fam.id)).revoked_at == "when-reused"
 
 
 async def test_racing_rotations_of_one_token_rotate_it_once(store: Any) -> None:

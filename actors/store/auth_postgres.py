@@ -14,21 +14,11 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from actors.store.pg_base import PgConnection, pg_text, row_count
-from actors.store.tables import (
-    USED_REFRESH_KEPT,
-    GuestRecord,
-    RefreshOutcome,
-    RefreshTokenRecord,
-    TokenFamilyRecord,
-)
+from actors.store.tables import GuestRecord, RefreshOutcome, RefreshTokenRecord, TokenFamilyRecord
 
 __all__ = ["PgAuthTables"]
 
 _enc = msgspec.json.Encoder()
-_PRUNE_USED = (
-    "DELETE FROM refresh_tokens WHERE family_id = $1 AND used_at IS NOT NULL AND (expires_at <= $2 OR hash NOT IN"
-    " (SELECT hash FROM refresh_tokens WHERE family_id = $1 AND used_at IS NOT NULL ORDER BY created_at DESC LIMIT $3))"
-)
 
 # Guests lock (class, key) pairs: Postgres keeps these apart from single-bigint keys like the above.
 _GUEST_LOCK_CLASS = 0x5E55_6E5
@@ -129,9 +119,11 @@ class PgAuthTables(PgConnection):
                 " VALUES ($1, $2, $3, $4, NULL)",
                 new.hash, family_id, new.created_at, new.expires_at,
             )
-            # Used tokens are kept (to catch their reuse) only while they would still be valid,
-            # and only the newest USED_REFRESH_KEPT of them.
-            await conn.execute(_PRUNE_USED, family_id, now, USED_REFRESH_KEPT)
+            # Used tokens are kept (to catch their reuse) only while they would still be valid.
+            await conn.execute(
+                "DELETE FROM refresh_tokens WHERE family_id = $1 AND used_at IS NOT NULL AND expires_at <= $2",
+                family_id, now,
+            )
             return RefreshOutcome("rotated", family)
 
         return await self._transaction(rotate)

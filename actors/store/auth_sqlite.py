@@ -7,22 +7,12 @@ import aiosqlite
 import msgspec
 
 from actors.store.sqlite_base import SqliteConnection
-from actors.store.tables import (
-    USED_REFRESH_KEPT,
-    GuestRecord,
-    RefreshOutcome,
-    RefreshTokenRecord,
-    TokenFamilyRecord,
-)
+from actors.store.tables import GuestRecord, RefreshOutcome, RefreshTokenRecord, TokenFamilyRecord
 
 __all__ = ["SqliteAuthTables"]
 
 _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
-_PRUNE_USED = (
-    "DELETE FROM refresh_tokens WHERE family_id = ?1 AND used_at IS NOT NULL AND (expires_at <= ?2 OR hash NOT IN"
-    " (SELECT hash FROM refresh_tokens WHERE family_id = ?1 AND used_at IS NOT NULL ORDER BY created_at DESC LIMIT ?3))"
-)
 
 
 class SqliteAuthTables(SqliteConnection):
@@ -79,9 +69,11 @@ class SqliteAuthTables(SqliteConnection):
                 "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?)",
                 (new.hash, family_id, new.created_at, new.expires_at, None),
             )
-            # Used tokens are kept (to catch their reuse) only while they would still be valid,
-            # and only the newest USED_REFRESH_KEPT of them.
-            await db.execute(_PRUNE_USED, (family_id, now, USED_REFRESH_KEPT))
+            # Used tokens are kept (to catch their reuse) only while they would still be valid.
+            await db.execute(
+                "DELETE FROM refresh_tokens WHERE family_id = ? AND used_at IS NOT NULL AND expires_at <= ?",
+                (family_id, now),
+            )
             return RefreshOutcome("rotated", family)
 
         return await self._transaction(rotate)

@@ -11,7 +11,6 @@ from typing import Literal
 import msgspec
 
 __all__ = [
-    "USED_REFRESH_KEPT",
     "AgentRecord",
     "ApiKeyRecord",
     "DocumentRecord",
@@ -107,12 +106,6 @@ class RefreshTokenRecord(msgspec.Struct):
     created_at: str
     expires_at: float  # epoch seconds
     used_at: str | None = None
-
-
-# Used refresh tokens a token family keeps, the newest, to catch their reuse (one presented
-# again ends the family): a client that refreshes in a loop must not add a row a call for the
-# refresh tokens' whole lifetime. An older used one presented again is unknown (401).
-USED_REFRESH_KEPT = 32
 
 
 class RefreshOutcome(msgspec.Struct):
