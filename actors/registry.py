@@ -72,6 +72,7 @@ class Registry:
         # longest ago are passivated down to it, however recently (``_evict``).
         self.max_live = max_live
         self._evict_at = max_live + max(1, max_live // 16)
+        self._evicting: set[str] = set()  # told to passivate by _evict, not stopped yet
         self.stats = stats or Stats()
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, asyncio.Future[SessionRef]] = {}
@@ -245,25 +246,30 @@ class Registry:
         await actor.start()
         self._actors[session_id] = actor
         self.stats.activations += 1
-        if len(self._actors) > self._evict_at:
+        if len(self._actors) - len(self._evicting) > self._evict_at:
             self._evict(keep=actor)
         return actor
 
     def _evict(self, *, keep: SessionActor) -> None:
-        """Passivate the quiet actors used longest ago (no stream, no running turn, nothing
-        queued: what the sweeper would passivate once idle) until max_live are left: a caller
-        who reads many sessions must not hold them all in memory for idle_seconds. Busy ones
-        stay, past the bound if need be (streams and tasks have bounds of their own)."""
-        now = asyncio.get_running_loop().time()
+        """Passivate the quiet actors used longest ago (no stream, no turn, not even one parked
+        on tool calls, nothing queued) until max_live are left: a caller who reads many
+        sessions must not hold them all in memory for idle_seconds. Busy ones stay, past the
+        bound if need be (streams and tasks have bounds of their own)."""
+        evicting = self._evicting
+        for sid in list(evicting):  # an actor that refused (a command came first) stays live
+            actor = self._actors.get(sid)
+            if actor is not None and actor.is_alive and actor.mailbox_depth == 0:
+                evicting.discard(sid)
         quiet = sorted(
-            (a for a in self._actors.values() if a is not keep and a.is_idle(now, 0)), key=lambda a: a.last_activity
+            (a for a in self._actors.values() if a is not keep and a.id not in evicting and a.is_quiet()),
+            key=lambda a: a.last_activity,
         )
-        for actor in quiet[: len(self._actors) - self.max_live]:
+        for actor in quiet[: len(self._actors) - len(evicting) - self.max_live]:
             try:
                 actor.tell(Passivate(0))
             except Exception:  # full or stopping: it is not quiet after all
                 continue
-            self.stats.evictions += 1
+            evicting.add(actor.id)
 
     # -- supervision -----------------------------------------------------------------------
 
@@ -272,6 +278,9 @@ class Registry:
             del self._actors[actor.id]
         if actor.stop_reason == "passivated":
             self.stats.passivations += 1
+        if actor.id in self._evicting:
+            self._evicting.discard(actor.id)
+            self.stats.evictions += actor.stop_reason == "passivated"
         if self.cluster is not None and self.accepting and actor.stop_reason not in ("lease lost", "fenced"):
             self._tasks.spawn(self.cluster.leases.release(actor.id), name=f"lease-release:{actor.id}")
         if crash is None:

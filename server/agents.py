@@ -96,7 +96,7 @@ def setup_agents(
             max_pages=docs.max_pages, max_chars=docs.max_chars, cpu_seconds=docs.extract_cpu_seconds,
             memory_bytes=docs.extract_memory_bytes, wall_seconds=docs.extract_seconds,
         ),
-        max_uploads=docs.max_uploads,
+        max_extractions=docs.max_extractions,
     )
     toolbox = ToolBox(timeout=config.tools.timeout_seconds, approval=dict(config.tools.approval))
     for tool in builtin_tools(library):

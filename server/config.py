@@ -216,7 +216,7 @@ class DocumentsSection(_Section):
     extract_seconds: NonNegativeFloat = 30.0
     extract_cpu_seconds: NonNegative = 20
     extract_memory_bytes: NonNegative = 1_073_741_824
-    max_uploads: AtLeastOne = 4
+    max_extractions: AtLeastOne = 4
 
 
 class ContextSection(_Section):

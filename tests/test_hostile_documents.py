@@ -174,32 +174,43 @@ async def test_the_extractor_is_killed_when_the_client_leaves(make_client: Clien
     assert (await (await client.get("/v1/documents")).json())["items"] == []
 
 
-async def test_uploads_past_max_uploads_are_refused_at_once(make_client: ClientFactory) -> None:
-    """Uploads being read and extracted are bounded server-wide: past ``max_uploads`` the next
-    gets 503 with Retry-After at once, keeping nothing; once one ends, uploads are taken again."""
+async def test_uploads_past_max_extractions_are_refused_at_once(make_client: ClientFactory) -> None:
+    """Extractions are bounded server-wide: past ``max_extractions`` the next upload gets 503
+    with Retry-After, keeping nothing; once one ends, uploads are taken again."""
     client = await make_client(
-        documents={"max_uploads": 1, "max_chars": 0, "extract_cpu_seconds": 300, "extract_seconds": 300.0}
+        documents={"max_extractions": 1, "max_chars": 0, "extract_cpu_seconds": 300, "extract_seconds": 300.0}
     )
     library = client.app[LIBRARY]
+    # An upload that arrives at a trickle holds no extraction: others are read meanwhile.
+    _reader, trickle = await asyncio.open_connection(client.server.host, client.server.port)
+    trickle.write(
+        b"POST /v1/documents HTTP/1.1\r\nHost: x\r\nX-API-Key: " + client.session.headers["X-API-Key"].encode()
+        + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n--b\r\n"
+    )
+    await trickle.drain()
+    first = await client.post("/v1/documents", data=form(b"first note", "first.txt"))
+    assert first.status == 201, await first.text()
     sending = asyncio.ensure_future(client.post("/v1/documents", data=form(pdf(repeating(200_000)), "slow.pdf")))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while not (pids := _extractors()):  # the slow one is being extracted
         assert loop.time() < deadline and not sending.done(), "no extractor started"
         await asyncio.sleep(0.05)
-    assert library.uploads == 1
+    assert library.extractions == 1
     refused = await client.post("/v1/documents", data=form(b"a note", "note.txt"))
     assert refused.status == 503 and "Retry-After" in refused.headers, await refused.text()
     assert (await refused.json())["code"] == "overloaded"
     sending.cancel()
     await asyncio.gather(sending, return_exceptions=True)
     await asyncio.wait_for(asyncio.gather(*map(_exited, pids)), 10)
-    while library.uploads:  # the handler's end, after its extractor's
+    while library.extractions:  # the handler's end, after its extractor's
         assert loop.time() < deadline
         await asyncio.sleep(0)
     taken = await client.post("/v1/documents", data=form(b"a note", "note.txt"))
     assert taken.status == 201, await taken.text()
-    assert [d["name"] for d in (await (await client.get("/v1/documents")).json())["items"]] == ["note.txt"]
+    names = sorted(d["name"] for d in (await (await client.get("/v1/documents")).json())["items"])
+    assert names == ["first.txt", "note.txt"]
+    trickle.close()
 
 
 async def test_the_served_server_bounds_and_kills_its_extractors(

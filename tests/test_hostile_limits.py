@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from actors.core.ids import new_id, utcnow
 from actors.store.tables import DocumentRecord
-from server.appkeys import STORE
+from server.appkeys import REGISTRY, STORE
 from tests.conftest import TEST_KEY, ClientFactory, new_session
 from tests.fake_models import converse
 
@@ -72,6 +72,17 @@ async def test_patches_of_new_keys_cannot_grow_a_sessions_metadata_past_its_cap(
     assert third.status == 200, await third.text()
     assert set((await third.json())["metadata"]) == {"b"}
 
+    # A session whose metadata was stored past the cap (before it held) may shrink step by step.
+    registry = client.app[REGISTRY]
+    big = await registry.create(registry.new_record(namespace="default", metadata={
+        k: k * 30_000 for k in ("p", "q", "r")
+    }))
+    grow = await client.patch(f"/v1/sessions/{big.id}", json={"metadata": {"s": "s"}})
+    assert grow.status == 422, await grow.text()
+    shrink = await client.patch(f"/v1/sessions/{big.id}", json={"metadata": {"p": None}})
+    assert shrink.status == 200, await shrink.text()
+    assert set((await shrink.json())["metadata"]) == {"q", "r"}
+
 
 async def test_a_session_links_at_most_256_documents(client: TestClient[Any, Any]) -> None:
     s = await new_session(client)
@@ -86,18 +97,26 @@ async def test_a_session_links_at_most_256_documents(client: TestClient[Any, Any
         ids.append(doc.id)
     resp = await client.post(f"/v1/sessions/{sid}/documents", json={"document_ids": ids})
     assert resp.status == 422 and "256" in (await resp.json())["detail"]
-    assert (await client.post(f"/v1/sessions/{sid}/documents", json={"document_ids": ids[:256]})).status == 200
-    form = aiohttp.FormData()
-    form.add_field("file", b"one more", filename="more.txt", content_type="text/plain")
-    resp = await client.post(f"/v1/sessions/{sid}/upload", data=form)
-    assert resp.status == 422, "refused before the upload is stored"
+    assert (await client.post(f"/v1/sessions/{sid}/documents", json={"document_ids": ids[:255]})).status == 200
+
+    async def upload(name: str) -> int:
+        form = aiohttp.FormData()
+        form.add_field("file", name.encode(), filename=name, content_type="text/plain")
+        return (await client.post(f"/v1/sessions/{sid}/upload", data=form)).status
+
+    # Two uploads for the last place: one is linked; the other is refused and keeps nothing,
+    # whether it met the full session before its upload was read or only when linking it.
+    assert sorted(await asyncio.gather(upload("a.txt"), upload("b.txt"))) == [201, 422]
+    assert (await upload("c.txt")) == 422
     documents = []
     for offset in (0, 200):
         page = await client.get("/v1/documents", params={"limit": "200", "offset": str(offset)})
         documents += (await page.json())["items"]
-    assert len(documents) == 257, "the refused upload stored nothing"
+    assert len(documents) == 258, "the refused uploads stored nothing"
     linked = (await (await client.get(f"/v1/sessions/{sid}/documents")).json())["items"]
     assert len(linked) == 256
+    many = await client.post(f"/v1/sessions/{sid}/documents", json={"document_ids": [f"doc_{i}" for i in range(300)]})
+    assert many.status == 422 and "256" in (await many.json())["detail"]
 
 
 async def test_json_nested_past_the_decoder_is_a_400_on_every_json_route(client: TestClient[Any, Any]) -> None:

@@ -238,3 +238,44 @@ async def test_sigkill_while_a_call_waits_then_approve_after_restart(server_proc
         answer = messages["items"][-1]
         assert answer["content"] == "calculator: 1024" and answer["status"] == "completed"
         stream.close()
+
+
+async def test_a_session_waiting_on_a_call_is_not_evicted_past_max_live(make_client: ClientFactory) -> None:
+    """Past [sessions] max_live, only quiet sessions go early: one whose turn waits on a call
+    stays (a plain send may be waiting for its end), however long ago it was used."""
+    client = await make_client(tools=APPROVE_CALC, sessions={"max_live": 1})  # evicts past 2, down to 1
+    registry: Registry = client.app[REGISTRY]
+    s = await new_session(client, tools=["calculator"])
+    resp, call_id = await _ask_for_approval(client, s["id"])
+    resp.close()  # no stream left: only the parked turn
+    waiting = await registry.get(s["id"])
+    assert isinstance(waiting, SessionActor)
+    others = [(await new_session(client))["id"] for _ in range(3)]
+    stopped = []
+    for sid in others:
+        assert (await client.get(f"/v1/sessions/{sid}")).status == 200
+        actor = await registry.get(sid)
+        assert isinstance(actor, SessionActor)
+        stopped.append(actor)
+    # The first two quiet ones were evicted in turn; the waiting one never.
+    for actor in stopped[:2]:
+        await asyncio.wait_for(actor.wait_stopped(), 10)
+        assert actor.stop_reason == "passivated"
+    assert waiting.is_alive and s["id"] in registry
+    assert (await client.post(f"/v1/sessions/{s['id']}/tool-calls/{call_id}/approve")).status == 200
+
+
+async def test_a_merge_copies_a_waiting_answer_as_interrupted_with_nothing_to_decide(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(tools=APPROVE_CALC)
+    s = await new_session(client, tools=["calculator"])
+    resp, _call_id = await _ask_for_approval(client, s["id"])
+    other = await new_session(client)
+    merged = await client.post("/v1/sessions/merge", json={"session_ids": [s["id"], other["id"]]})
+    assert merged.status == 201, await merged.text()
+    exported = await (await client.get(f"/v1/sessions/{(await merged.json())['id']}/export")).json()
+    copy = exported["messages"][-1]
+    assert copy["status"] == "interrupted"
+    assert [(c["name"], c["wait"], c["expires_at"]) for c in copy["tool_calls"]] == [("calculator", None, None)]
+    resp.close()

@@ -364,23 +364,28 @@ def fork_export(doc: SessionExport, message_id: str) -> SessionExport | None:
 
 def merge_paths(paths: list[list[Node]]) -> list[Node]:
     """One history from several: each active path in order, chained, with fresh ids (an answer
-    still being written in its source is copied as interrupted: nothing will end it here)."""
+    still being written in its source is copied as interrupted, its calls waiting for a
+    decision without the wait: nothing will end or decide them here)."""
     out: list[Node] = []
     parent: str | None = None
     for path in paths:
         for n in path:
+            running = n.status == "running"
+            calls = n.tool_calls
+            if running and calls:
+                calls = [msgspec.structs.replace(use, wait=None, expires_at=None) for use in calls]
             copy = Node(
                 new_id("msg"),
                 parent,
                 n.role,
                 n.content,
                 n.created_at,
-                "interrupted" if n.status == "running" else n.status,
+                "interrupted" if running else n.status,
                 n.task_id,
                 n.model,
                 n.usage,
                 n.hint,
-                n.tool_calls,
+                calls,
             )
             out.append(copy)
             parent = copy.id

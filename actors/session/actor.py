@@ -144,6 +144,11 @@ class SessionActor(ConversationCommands):
             and now - self.last_activity >= idle_seconds
         )
 
+    def is_quiet(self) -> bool:
+        """Idle now, and no turn at all, not even one parked on tool calls (a request may be
+        waiting for its end): what the registry may passivate early (``Registry._evict``)."""
+        return self._turn is None and self.is_idle(self.last_activity, 0)
+
     def _parked_or_none(self) -> bool:
         """No turn runs: none at all, or one that waits in the store on tool calls (such a
         session may passivate; the next activation finds it waiting)."""

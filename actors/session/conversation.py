@@ -63,7 +63,12 @@ class ConversationCommands(ToolWaits):
                     metadata.pop(key, None)
                 else:
                     metadata[key] = value
-            check_json("metadata (merged with the session's)", metadata)
+            try:
+                check_json("metadata (merged with the session's)", metadata)
+            except InvalidRequestError:
+                # Metadata stored past the cap (before it held) may still shrink, a step at a time.
+                if len(msgspec.json.encode(metadata)) >= len(msgspec.json.encode(r.metadata)):
+                    raise
         if cmd.context is not msgspec.UNSET:
             check_json("context", cmd.context)
         documents = r.documents

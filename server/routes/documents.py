@@ -86,8 +86,8 @@ def _client_gone(request: web.Request) -> Callable[[], bool]:
 
 
 async def _upload(request: web.Request, *, owner: dict[str, Any], allow_owner_field: bool) -> DocumentRecord:
-    """Count the upload against its owner's limits, then :func:`_receive` it in one of the
-    library's upload slots (the count is taken back if it is refused before its text is read)."""
+    """Count the upload against its owner's limits, then :func:`_receive` it (the count is taken
+    back if it is refused before its text is read)."""
     principal = principal_of(request)
     limiter = request.app[LIMITER]
     subjects = subjects_of(
@@ -98,8 +98,7 @@ async def _upload(request: web.Request, *, owner: dict[str, Any], allow_owner_fi
     )
     admission = await limiter.admit(subjects, time.time()) if subjects else None
     try:
-        with request.app[LIBRARY].upload_slot():
-            doc = await _receive(request, owner=owner, allow_owner_field=allow_owner_field)
+        doc = await _receive(request, owner=owner, allow_owner_field=allow_owner_field)
     except BaseException as exc:
         # An upload whose text was read (or tried to be) counts: the extraction's work is done.
         if admission is not None and not isinstance(exc, (DocumentTextTooLargeError, DocumentUnreadableError)):
@@ -214,6 +213,8 @@ async def link_documents(request: web.Request) -> web.Response:
     ids = list(dict.fromkeys(body.document_ids))
     if not ids:
         raise InvalidRequestError("document_ids must name at least one document")
+    if len(ids) > MAX_LIST:  # before each is looked up
+        raise InvalidRequestError(f"a session links at most {MAX_LIST} documents")
     for document_id in ids:
         await _document(request, document_id)
     record = await ask(request, PatchSession(link_documents=tuple(ids)))
@@ -227,7 +228,13 @@ async def upload_into_session(request: web.Request) -> web.Response:
     # Never shared: it belongs to the session's end user, or its guest, and to the session.
     owner = {"end_user_id": record.end_user_id, "guest_id": record.guest_id, "session_id": record.id}
     doc = await _upload(request, owner=owner, allow_owner_field=False)
-    await ask(request, PatchSession(link_documents=(doc.id,)))
+    try:
+        await ask(request, PatchSession(link_documents=(doc.id,)))
+    except BaseException:
+        # Not linked (another upload took the 256th place meanwhile, say): not kept either,
+        # so the client's failed upload leaves nothing behind.
+        await asyncio.shield(request.app[LIBRARY].delete(doc))
+        raise
     return json_response(doc, status=201)
 
 

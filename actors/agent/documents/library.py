@@ -304,12 +304,12 @@ class DocumentLibrary:
         counter: TokenCounter,
         cache_chunks: int = 20_000,
         extract: ExtractLimits | None = None,
-        max_uploads: int = 4,
+        max_extractions: int = 4,
     ) -> None:
         self.store = store
         self.extract = extract or ExtractLimits()
-        self.max_uploads = max_uploads
-        self.uploads = 0  # being read or extracted now
+        self.max_extractions = max_extractions
+        self.extractions = 0  # running now
         self.root = root
         self.max_bytes = max_bytes
         self.allowed = tuple(allowed)
@@ -349,18 +349,6 @@ class DocumentLibrary:
                     removed += 1
         return removed
 
-    @contextlib.contextmanager
-    def upload_slot(self) -> Iterator[None]:
-        """One of ``max_uploads`` uploads read and extracted at once, server-wide (each may hold
-        a temporary file, a child process and its output): past them, 503 at once."""
-        if self.uploads >= self.max_uploads:
-            raise OverloadedError(f"{self.max_uploads} uploads are being read now; retry shortly")
-        self.uploads += 1
-        try:
-            yield
-        finally:
-            self.uploads -= 1
-
     async def finish(
         self,
         upload: Upload,
@@ -384,12 +372,19 @@ class DocumentLibrary:
             )
         if upload.size == 0:
             raise InvalidRequestError("the file is empty")
+        # At most max_extractions children at once, server-wide (each may take a core, up to
+        # its memory bound, and its output): past them, 503 at once, before any is started.
+        if self.extractions >= self.max_extractions:
+            raise OverloadedError(f"{self.max_extractions} uploads are being read now; retry shortly")
+        self.extractions += 1
         try:
             text = await extract_bounded(upload.path, kind, self.extract, abandoned=abandoned)
         except TextTooLarge as exc:
             raise DocumentTextTooLargeError(f"{display!r}: {exc}") from None
         except ExtractionFailed as exc:
             raise DocumentUnreadableError(f"cannot read the text of {display!r}: {exc}") from None
+        finally:
+            self.extractions -= 1
         sha = upload.sha256
         doc = DocumentRecord(
             id=new_id("doc"), name=display, size=upload.size, content_type=CONTENT_TYPES[kind], kind=kind,
