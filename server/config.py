@@ -267,6 +267,7 @@ class TokensSection(_Section):
     audience: str = "sessiond"
     access_ttl_seconds: AtLeastOne = 900  # 0: every token would be expired when it is made
     refresh_ttl_seconds: AtLeastOne = 2_592_000
+    refreshes_per_hour: AtLeastOne = 120
     secret: str = ""
     secret_file: str = "jwt_secret"
 

@@ -45,6 +45,23 @@ async def _closed(resp: aiohttp.ClientResponse) -> list[SseEvent]:
     return got
 
 
+async def test_a_grant_refreshed_in_a_loop_is_refused_not_revoked(make_client: ClientFactory) -> None:
+    client = await make_client(tokens={"refreshes_per_hour": 3})
+    s = await new_session(client, with_token=True)
+    token = s["refresh_token"]
+    async with aiohttp.ClientSession(base_url=str(client.make_url(""))) as browser:
+        for _ in range(2):  # the grant's first token and two more make three this hour
+            pair = await browser.post("/v1/tokens/refresh", headers=bearer(token))
+            assert pair.status == 200, await pair.text()
+            token = (await pair.json())["refresh_token"]
+        for _ in range(2):
+            refused = await browser.post("/v1/tokens/refresh", headers=bearer(token))
+            assert refused.status == 429 and "Retry-After" in refused.headers, await refused.text()
+        # Refused, not used: the grant lives, and its access token still reads the session.
+        access = (await pair.json())["access_token"]
+        assert (await browser.get(f"/v1/sessions/{s['id']}/messages", headers=bearer(access))).status == 200
+
+
 async def test_a_stream_ends_when_its_grant_is_revoked_by_refresh_reuse(
     fast: Client, browser: aiohttp.ClientSession
 ) -> None:

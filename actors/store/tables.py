@@ -23,7 +23,7 @@ __all__ = [
     "TokenFamilyRecord",
 ]
 
-RefreshStatus = Literal["rotated", "reused", "expired", "unknown"]
+RefreshStatus = Literal["rotated", "reused", "expired", "unknown", "rate_limited"]
 
 
 class ApiKeyRecord(msgspec.Struct):

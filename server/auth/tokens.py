@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 import msgspec
 
-from actors.core.errors import UnauthorizedError
+from actors.core.errors import RateLimitedError, UnauthorizedError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import SessionRecord
 from actors.store.base import Store
@@ -218,8 +218,16 @@ class TokenService:
         if not presented.startswith(REFRESH_PREFIX):
             raise UnauthorizedError("send Authorization: Bearer rt_... (a refresh token)")
         token, stored = self._new_refresh("")
-        outcome = await self._store.rotate_refresh_token(hash_secret(presented), stored, time.time(), utcnow())
+        outcome = await self._store.rotate_refresh_token(
+            hash_secret(presented), stored, time.time(), utcnow(), per_hour=self._settings.refreshes_per_hour
+        )
         family = outcome.family
+        if outcome.status == "rate_limited":
+            raise RateLimitedError(
+                f"this grant was refreshed {self._settings.refreshes_per_hour} times in the last hour; "
+                "the refresh token stays valid: refresh again later",
+                retry_after=60,
+            )
         if outcome.status == "reused":
             self._families.clear()  # that family is dead: no remembered "live" may outlast it
             assert family is not None
