@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from actors.cluster.forward import RemoteSession
 from actors.cluster.node import Cluster
-from actors.core.commands import AnyCommand, Command, Passivate, Shutdown
+from actors.core.commands import AnyCommand, Command, Passivate, Shutdown, TaskCommand
 from actors.core.errors import ActorStoppedError, ConflictError, NotFoundError, UnavailableError
 from actors.core.events import FrameEncoder
 from actors.core.export import SessionExport, from_export, remap_ids
@@ -73,6 +73,9 @@ class Registry:
         self.max_live = max_live
         self._evict_at = max_live + max(1, max_live // 16)
         self._evicting: set[str] = set()  # told to passivate by _evict, not stopped yet
+        # Cluster mode: asked before a task another node forwarded here starts (the edge's
+        # admission of this node's load; it raises to refuse). None: every one starts.
+        self.admit_task: Callable[[], None] | None = None
         self.stats = stats or Stats()
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, asyncio.Future[SessionRef]] = {}
@@ -319,6 +322,8 @@ class Registry:
         target = await self.get(session_id)
         if isinstance(target, RemoteSession):
             raise ActorStoppedError(f"session {session_id} lives on {target.owner} now")
+        if self.admit_task is not None and isinstance(command, TaskCommand) and command.starts_task:
+            self.admit_task()  # the asking node admitted it against its own load, not this one's
         # The reply goes back on the wire as is: its type matters only to the asking node.
         return await target.ask(cast("Command[object]", command))
 

@@ -73,6 +73,17 @@ class Admission:
         admitted requests (not started yet) and can lead them (a client left mid-stream)."""
         return max(tasks_running, self.task_requests)
 
+    def check_task(self, tasks_running: int) -> None:
+        """For a task a node was asked by another (cluster mode): 503 ``overloaded`` if this node
+        runs as many as it takes. The asking node admitted the request, against its own load."""
+        limits = self.settings
+        if self.task_load(tasks_running) >= limits.max_running_tasks:
+            self.refused += 1
+            raise OverloadedError(
+                f"{limits.max_running_tasks} tasks are running on the session's node, the most it takes at once",
+                retry_after=limits.retry_after_seconds,
+            )
+
     @contextmanager
     def enter(
         self, tasks_running: int, *, starts_task: bool, opens_stream: bool, holders: Sequence[Holder] = ()

@@ -146,6 +146,9 @@ def make_app(config: Config) -> web.Application:
         outbox=deliverer.outbox() if deliverer is not None else None,
     )
     app[REGISTRY] = registry
+    if cluster is not None:
+        admission = app[ADMISSION]
+        registry.admit_task = lambda: admission.check_task(registry.stats.tasks_running)
     app[SWEEPER] = sweeper = make_sweeper(app, config, registry)
     registry.supervise(sweeper.run, name="retention-sweeper")
     if metrics is not None:

@@ -20,6 +20,7 @@ from actors.core.errors import (
     ActorStoppedError,
     ConflictError,
     NotFoundError,
+    OverloadedError,
     PreconditionFailedError,
     TaskRunningError,
 )
@@ -28,7 +29,9 @@ from actors.registry import Registry
 from actors.session.actor import ActorSettings, SessionActor
 from actors.store.postgres import PostgresStore
 from server import sse
+from server.admission import Admission
 from server.appkeys import REGISTRY
+from server.config import AdmissionSection
 from tests.conftest import HEADERS, ClientFactory, ServerProcess
 from tests.pg import create_database, database, drop_database
 from tests.sse import Frames, events, read_until
@@ -262,6 +265,56 @@ async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> 
         again = await b.get(record.id)
         details = await again.ask(GetSession())
         assert details.id == record.id and details.message_count == 2
+    finally:
+        for r in (a, b):
+            await r.drain()
+        for s in stores:
+            await s.aclose()
+        await drop_database(dsn)
+
+
+async def test_a_forwarded_task_is_admitted_against_its_owners_load(redis_url: str) -> None:
+    """A task asked through another node starts on the session's owner: the owner's own
+    [admission] max_running_tasks refuses it there (503 overloaded, on the asking node too),
+    as it would a request of its own; reads still pass."""
+    dsn = await create_database()
+    prefix = f"t{secrets.token_hex(4)}"
+    stores = [PostgresStore(dsn) for _ in range(2)]
+    a, b = (
+        Registry(
+            s,
+            SimulatedProvider(tokens_per_second=20, reply_tokens=400),
+            settings=ActorSettings(),
+            idle_seconds=60,
+            frame=sse.frame,
+            cluster=Cluster(
+                redis_url, ClusterSettings(node_id=f"admit{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
+            ),
+        )
+        for i, s in enumerate(stores)
+    )
+    owner_admission = Admission(AdmissionSection(max_running_tasks=1))
+    a.admit_task = lambda: owner_admission.check_task(a.stats.tasks_running)
+    try:
+        for s in stores:
+            await s.open()
+        for r in (a, b):
+            await r.start()
+        busy, other = [await a.create(Registry.new_record(namespace="default")) for _ in range(2)]
+        running = await (await a.get(busy.id)).ask(SendMessage(content="a long answer"))
+        assert isinstance(running, TaskHandle) and a.stats.tasks_running == 1
+        assert isinstance(await a.get(other.id), SessionActor)
+        remote = await b.get(other.id)
+        assert isinstance(remote, RemoteSession)
+        with pytest.raises(OverloadedError) as full:
+            await remote.ask(SendMessage(content="one more"))
+        assert (full.value.status, full.value.code) == (503, "overloaded") and full.value.retry_after
+        assert (await remote.ask(GetSession())).message_count == 0, "refused before the session saw it"
+        assert await (await a.get(busy.id)).ask(CancelTask()) == running.task_id
+        await asyncio.wait_for(running.done, 10)
+        started = await remote.ask(SendMessage(content="now"))
+        assert isinstance(started, TaskHandle)
+        assert await remote.ask(CancelTask()) == started.task_id
     finally:
         for r in (a, b):
             await r.drain()
