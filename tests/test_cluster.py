@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +197,10 @@ async def test_two_nodes_racing_activate_exactly_one_actor(redis_url: str) -> No
         await drop_database(dsn)
 
 
-async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> None:
-    """Two nodes on the same Redis and PostgreSQL: a command asked on the node that does not
-    own the session answers with the reply type it names, and fails with the error class a
-    local ask raises: 404, 412 and 409 keep their code, and the stop of a session whose lease
-    moved is an ActorStoppedError, the one error the edge retries by looking the session up
-    again."""
+@asynccontextmanager
+async def _two_nodes(redis_url: str, name: str) -> AsyncIterator[tuple[Registry, Registry]]:
+    """Two registries on one new PostgreSQL database and Redis prefix (the simulated model at
+    20 tokens/s, 400 a reply), started; drained and dropped after."""
     dsn = await create_database()
     prefix = f"t{secrets.token_hex(4)}"
     stores = [PostgresStore(dsn) for _ in range(2)]
@@ -213,7 +212,7 @@ async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> 
             idle_seconds=60,
             frame=sse.frame,
             cluster=Cluster(
-                redis_url, ClusterSettings(node_id=f"typed{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
+                redis_url, ClusterSettings(node_id=f"{name}{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
             ),
         )
         for i, s in enumerate(stores)
@@ -223,6 +222,22 @@ async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> 
             await s.open()
         for r in (a, b):
             await r.start()
+        yield a, b
+    finally:
+        for r in (a, b):
+            await r.drain()
+        for s in stores:
+            await s.aclose()
+        await drop_database(dsn)
+
+
+async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> None:
+    """Two nodes on the same Redis and PostgreSQL: a command asked on the node that does not
+    own the session answers with the reply type it names, and fails with the error class a
+    local ask raises: 404, 412 and 409 keep their code, and the stop of a session whose lease
+    moved is an ActorStoppedError, the one error the edge retries by looking the session up
+    again."""
+    async with _two_nodes(redis_url, "typed") as (a, b):
         record = await a.create(Registry.new_record(namespace="default"))
         local = await a.get(record.id)
         remote = await b.get(record.id)
@@ -265,41 +280,15 @@ async def test_forwarded_replies_and_errors_keep_their_types(redis_url: str) -> 
         again = await b.get(record.id)
         details = await again.ask(GetSession())
         assert details.id == record.id and details.message_count == 2
-    finally:
-        for r in (a, b):
-            await r.drain()
-        for s in stores:
-            await s.aclose()
-        await drop_database(dsn)
 
 
 async def test_a_forwarded_task_is_admitted_against_its_owners_load(redis_url: str) -> None:
     """A task asked through another node starts on the session's owner: the owner's own
     [admission] max_running_tasks refuses it there (503 overloaded, on the asking node too),
     as it would a request of its own; reads still pass."""
-    dsn = await create_database()
-    prefix = f"t{secrets.token_hex(4)}"
-    stores = [PostgresStore(dsn) for _ in range(2)]
-    a, b = (
-        Registry(
-            s,
-            SimulatedProvider(tokens_per_second=20, reply_tokens=400),
-            settings=ActorSettings(),
-            idle_seconds=60,
-            frame=sse.frame,
-            cluster=Cluster(
-                redis_url, ClusterSettings(node_id=f"admit{i}", prefix=prefix, lease_ms=5000), frame=sse.frame
-            ),
-        )
-        for i, s in enumerate(stores)
-    )
-    owner_admission = Admission(AdmissionSection(max_running_tasks=1))
-    a.admit_task = lambda: owner_admission.check_task(a.stats.tasks_running)
-    try:
-        for s in stores:
-            await s.open()
-        for r in (a, b):
-            await r.start()
+    async with _two_nodes(redis_url, "admit") as (a, b):
+        owner_admission = Admission(AdmissionSection(max_running_tasks=1))
+        a.admit_task = lambda: owner_admission.check_task(a.stats.tasks_running)
         busy, other = [await a.create(Registry.new_record(namespace="default")) for _ in range(2)]
         running = await (await a.get(busy.id)).ask(SendMessage(content="a long answer"))
         assert isinstance(running, TaskHandle) and a.stats.tasks_running == 1
@@ -315,12 +304,6 @@ async def test_a_forwarded_task_is_admitted_against_its_owners_load(redis_url: s
         started = await remote.ask(SendMessage(content="now"))
         assert isinstance(started, TaskHandle)
         assert await remote.ask(CancelTask()) == started.task_id
-    finally:
-        for r in (a, b):
-            await r.drain()
-        for s in stores:
-            await s.aclose()
-        await drop_database(dsn)
 
 
 @pytest.fixture
