@@ -48,6 +48,7 @@ from actors.store.tables import (
     ApiKeyRecord,
     DocumentRecord,
     GuestRecord,
+    RefreshLimit,
     RefreshTokenRecord,
     RouteEntry,
     TokenFamilyRecord,
@@ -551,24 +552,24 @@ async def test_refresh_rotation_reuse_and_expiry(store: Any) -> None:
     assert (await store.get_token_family(fresh.id)).revoked_at is None
 
 
-async def test_a_family_rotates_at_most_per_hour_times_an_hour(store: Any) -> None:
+async def test_a_family_rotates_at_most_so_many_times_since(store: Any) -> None:
     """Every rotated token is kept while it lives (to catch its reuse), so a refresh loop is
-    bounded by rate: past per_hour tokens made in the last hour the rotation is refused, the
-    presented token left unused; an hour on, it rotates."""
+    bounded by rate: past ``at_most`` tokens made since ``since`` the rotation is refused, the
+    presented token left unused; with fewer made since, it rotates."""
     now = 1_000_000.0
     fam = _family()
     await store.put_token_family(fam, _token(fam.id, now + 3600, "p0"))
+    limit = RefreshLimit("2000-01-01T00:00:00.000000Z", 3)  # every token of it
     for i in range(2):
-        new = _token("", now + i + 3600, f"p{i + 1}")
-        out = await store.rotate_refresh_token(f"p{i}", new, now + i, "w", per_hour=3)
+        out = await store.rotate_refresh_token(f"p{i}", _token("", now + 3600, f"p{i + 1}"), now, "w", limit=limit)
         assert out.status == "rotated"
     for _ in range(2):  # refused, and refused again: not a reuse
-        out = await store.rotate_refresh_token("p2", _token("", now + 5 + 3600), now + 5, "w", per_hour=3)
+        out = await store.rotate_refresh_token("p2", _token("", now + 3600), now, "w", limit=limit)
         assert out.status == "rate_limited" and out.family is not None and out.family.revoked_at is None
-    later = now + 3600.5  # p0 and p1 were made more than an hour before; p2 still lives
-    out = await store.rotate_refresh_token("p2", _token("", later + 3600, "p3"), later, "w", per_hour=3)
+    later = RefreshLimit(utcnow(), 3)  # the three were made before it
+    out = await store.rotate_refresh_token("p2", _token("", now + 3600, "p3"), now, "w", limit=later)
     assert out.status == "rotated"
-    assert (await store.rotate_refresh_token("p2", _token("", later + 3600), later + 1, "w2")).status == "reused"
+    assert (await store.rotate_refresh_token("p2", _token("", now + 3600), now, "w2")).status == "reused"
 
 
 async def test_racing_rotations_of_one_token_rotate_it_once(store: Any) -> None:

@@ -14,7 +14,7 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from actors.store.pg_base import PgConnection, pg_text, row_count
-from actors.store.tables import GuestRecord, RefreshOutcome, RefreshTokenRecord, TokenFamilyRecord
+from actors.store.tables import GuestRecord, RefreshLimit, RefreshOutcome, RefreshTokenRecord, TokenFamilyRecord
 
 __all__ = ["PgAuthTables"]
 
@@ -86,7 +86,7 @@ class PgAuthTables(PgConnection):
         return self._family(rows[0][0], rows[0][1]) if rows else None
 
     async def rotate_refresh_token(
-        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str, *, per_hour: int = 1 << 30
+        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str, *, limit: RefreshLimit | None = None
     ) -> RefreshOutcome:
         async def rotate(conn: asyncpg.Connection) -> RefreshOutcome:
             family_id = await conn.fetchval("SELECT family_id FROM refresh_tokens WHERE hash = $1", old_hash)
@@ -113,13 +113,13 @@ class PgAuthTables(PgConnection):
                 return RefreshOutcome("reused", family)
             if expires_at <= now:
                 return RefreshOutcome("expired", family)
-            # The family's tokens made in the last hour (every token lives as long as a new one).
-            made = await conn.fetchval(
-                "SELECT count(*) FROM refresh_tokens WHERE family_id = $1 AND expires_at > $2",
-                family_id, new.expires_at - 3600,
-            )
-            if made >= per_hour:
-                return RefreshOutcome("rate_limited", family)
+            if limit is not None:
+                made = await conn.fetchval(
+                    "SELECT count(*) FROM refresh_tokens WHERE family_id = $1 AND created_at > $2",
+                    family_id, limit.since,
+                )
+                if made >= limit.at_most:
+                    return RefreshOutcome("rate_limited", family)
             await conn.execute("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2", when, old_hash)
             await conn.execute(
                 "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at)"

@@ -7,14 +7,14 @@ import aiosqlite
 import msgspec
 
 from actors.store.sqlite_base import SqliteConnection
-from actors.store.tables import GuestRecord, RefreshOutcome, RefreshTokenRecord, TokenFamilyRecord
+from actors.store.tables import GuestRecord, RefreshLimit, RefreshOutcome, RefreshTokenRecord, TokenFamilyRecord
 
 __all__ = ["SqliteAuthTables"]
 
 _dec_family = msgspec.json.Decoder(TokenFamilyRecord)
 _enc = msgspec.json.Encoder()
-# A family's tokens made in the last hour: those that expire later than a new one less 3 600 s.
-_MADE_SINCE = "SELECT count(*) FROM refresh_tokens WHERE family_id = ? AND expires_at > ?"
+# A family's tokens made since a time (timestamps as utcnow() writes them sort as text).
+_MADE_SINCE = "SELECT count(*) FROM refresh_tokens WHERE family_id = ? AND created_at > ?"
 
 
 class SqliteAuthTables(SqliteConnection):
@@ -44,7 +44,7 @@ class SqliteAuthTables(SqliteConnection):
         return self._family(*rows[0]) if rows else None
 
     async def rotate_refresh_token(
-        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str, *, per_hour: int = 1 << 30
+        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str, *, limit: RefreshLimit | None = None
     ) -> RefreshOutcome:
         async def rotate(db: aiosqlite.Connection) -> RefreshOutcome:
             rows = await self._rows(
@@ -66,9 +66,10 @@ class SqliteAuthTables(SqliteConnection):
                 return RefreshOutcome("reused", family)
             if expires_at <= now:
                 return RefreshOutcome("expired", family)
-            made = await self._rows(db, _MADE_SINCE, (family_id, new.expires_at - 3600))
-            if made[0][0] >= per_hour:
-                return RefreshOutcome("rate_limited", family)
+            if limit is not None:
+                made = await self._rows(db, _MADE_SINCE, (family_id, limit.since))
+                if made[0][0] >= limit.at_most:
+                    return RefreshOutcome("rate_limited", family)
             await db.execute("UPDATE refresh_tokens SET used_at = ? WHERE hash = ?", (when, old_hash))
             await db.execute(
                 "INSERT INTO refresh_tokens (hash, family_id, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?)",

@@ -17,6 +17,7 @@ from actors.store.tables import (
     ApiKeyRecord,
     DocumentRecord,
     GuestRecord,
+    RefreshLimit,
     RefreshOutcome,
     RefreshTokenRecord,
     ShareRecord,
@@ -43,12 +44,12 @@ class AuthStore(Protocol):
     async def get_token_family(self, family_id: str) -> TokenFamilyRecord | None: ...
 
     async def rotate_refresh_token(
-        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str, *, per_hour: int = 1 << 30
+        self, old_hash: str, new: RefreshTokenRecord, now: float, when: str, *, limit: RefreshLimit | None = None
     ) -> RefreshOutcome:
         """Atomically: mark ``old_hash`` used and store ``new`` in its family (``rotated``); or,
         if it was used already, revoke the whole family (``reused``). A family that made
-        ``per_hour`` tokens in the last hour (``new.expires_at`` less 3 600 s, every token living
-        as long) does not rotate: ``rate_limited``, ``old_hash`` still unused."""
+        ``limit.at_most`` tokens since ``limit.since`` does not rotate: ``rate_limited``,
+        ``old_hash`` still unused."""
 
     async def revoke_session_tokens(self, session_id: str) -> int:
         """Forget every token family of the session; returns how many there were."""

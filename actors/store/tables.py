@@ -15,6 +15,7 @@ __all__ = [
     "ApiKeyRecord",
     "DocumentRecord",
     "GuestRecord",
+    "RefreshLimit",
     "RefreshOutcome",
     "RefreshStatus",
     "RefreshTokenRecord",
@@ -106,6 +107,13 @@ class RefreshTokenRecord(msgspec.Struct):
     created_at: str
     expires_at: float  # epoch seconds
     used_at: str | None = None
+
+
+class RefreshLimit(msgspec.Struct, frozen=True):
+    """At most ``at_most`` tokens of a family made after ``since`` (a ``utcnow()`` timestamp)."""
+
+    since: str
+    at_most: int
 
 
 class RefreshOutcome(msgspec.Struct):

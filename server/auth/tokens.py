@@ -23,7 +23,7 @@ from actors.core.errors import RateLimitedError, UnauthorizedError
 from actors.core.ids import new_id, utcnow
 from actors.core.records import SessionRecord
 from actors.store.base import Store
-from actors.store.tables import RefreshTokenRecord, TokenFamilyRecord
+from actors.store.tables import RefreshLimit, RefreshTokenRecord, TokenFamilyRecord
 from server.auth.keys import hash_secret
 from server.auth.principal import Principal
 from server.config import ConfigError, TokensSection
@@ -218,8 +218,11 @@ class TokenService:
         if not presented.startswith(REFRESH_PREFIX):
             raise UnauthorizedError("send Authorization: Bearer rt_... (a refresh token)")
         token, stored = self._new_refresh("")
+        now = time.time()
+        an_hour_ago = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now - 3600))  # as utcnow() writes
         outcome = await self._store.rotate_refresh_token(
-            hash_secret(presented), stored, time.time(), utcnow(), per_hour=self._settings.refreshes_per_hour
+            hash_secret(presented), stored, now, utcnow(),
+            limit=RefreshLimit(an_hour_ago, self._settings.refreshes_per_hour),
         )
         family = outcome.family
         if outcome.status == "rate_limited":
