@@ -38,6 +38,7 @@ __all__ = [
     "SessionExport",
     "build_export",
     "check_json",
+    "check_links",
     "fork_export",
     "from_export",
     "merge_paths",
@@ -172,6 +173,12 @@ def _depth(value: Any, limit: int) -> int:
             return deepest
         stack.extend((child, depth) for child in children)
     return deepest
+
+
+def check_links(count: int) -> None:
+    """422 for a session that would link more than MAX_LIST documents."""
+    if count > MAX_LIST:
+        raise InvalidRequestError(f"a session links at most {MAX_LIST} documents; unlink some first")
 
 
 def check_json(what: str, value: Any) -> None:

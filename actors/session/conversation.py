@@ -25,7 +25,7 @@ from actors.core.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from actors.core.export import MAX_LIST, check_json
+from actors.core.export import MAX_LIST, check_json, check_links
 from actors.core.ids import new_id, utcnow
 from actors.core.records import (
     Op,
@@ -76,8 +76,8 @@ class ConversationCommands(ToolWaits):
             documents = [*documents, *(d for d in cmd.link_documents if d not in documents)]
         if cmd.unlink_documents:
             documents = [d for d in documents if d not in cmd.unlink_documents]
-        if len(documents) > max(MAX_LIST, len(r.documents)):
-            raise InvalidRequestError(f"a session links at most {MAX_LIST} documents; unlink some first")
+        if len(documents) > len(r.documents):  # one linked past the cap before it held may stay
+            check_links(len(documents))
         if cmd.title is not msgspec.UNSET:
             r.title = cmd.title
         r.metadata, r.documents = metadata, documents

@@ -34,7 +34,7 @@ from actors.agent.documents.library import (
 )
 from actors.core.commands import GetSession, PatchSession
 from actors.core.errors import ForbiddenError, InvalidRequestError, NotFoundError, UnsupportedMediaTypeError
-from actors.core.export import MAX_LIST
+from actors.core.export import check_links
 from actors.store.tables import DocumentRecord
 from server.appkeys import CONFIG, LIBRARY, LIMITER, STORE
 from server.auth.principal import principal_of
@@ -213,8 +213,7 @@ async def link_documents(request: web.Request) -> web.Response:
     ids = list(dict.fromkeys(body.document_ids))
     if not ids:
         raise InvalidRequestError("document_ids must name at least one document")
-    if len(ids) > MAX_LIST:  # before each is looked up
-        raise InvalidRequestError(f"a session links at most {MAX_LIST} documents")
+    check_links(len(ids))  # before each is looked up
     for document_id in ids:
         await _document(request, document_id)
     record = await ask(request, PatchSession(link_documents=tuple(ids)))
@@ -223,8 +222,7 @@ async def link_documents(request: web.Request) -> web.Response:
 
 async def upload_into_session(request: web.Request) -> web.Response:
     record = session_of(request).record
-    if len(record.documents) >= MAX_LIST:  # refused before the upload is read, not after
-        raise InvalidRequestError(f"a session links at most {MAX_LIST} documents; unlink some first")
+    check_links(len(record.documents) + 1)  # refused before the upload is read, not after
     # Never shared: it belongs to the session's end user, or its guest, and to the session.
     owner = {"end_user_id": record.end_user_id, "guest_id": record.guest_id, "session_id": record.id}
     doc = await _upload(request, owner=owner, allow_owner_field=False)
