@@ -1196,20 +1196,35 @@ async def test_an_answer_being_written_is_searchable_once_it_ends(store: Any) ->
         _fts_consistent(store.path)
 
 
-def _schema_11_with_a_running_answer(path: Path, session: SessionRecord, nodes: list[Node]) -> None:
-    """A database as schema 11 left it: ``nodes`` written (and indexed, running or not)."""
+def _old_sqlite_store(
+    path: Path,
+    steps: int,
+    sessions: list[SessionRecord],
+    rows: list[tuple[str, Node | Checkpoint | StoredEvent]],
+) -> None:
+    """A database as schema ``steps`` left it: ``sessions`` and then ``rows`` (each with its
+    session's id) written in the order given, indexed as that schema indexed them."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        for number, script in enumerate(MIGRATIONS[:11], start=1):
+        for number, script in enumerate(MIGRATIONS[:steps], start=1):
             db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
-        put = PutSession.of(session)
-        db.execute(
-            "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)",
-            (put.id, put.namespace, put.end_user_id, put.last_active_at, put.body),
-        )
-        for node in nodes:
-            db.execute("INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)",
-                       (node.id, session.id, PutMessage.of(session.id, node).body))
+        for session in sessions:
+            put = PutSession.of(session)
+            db.execute(
+                "INSERT INTO sessions (id, namespace, end_user_id, last_active_at, body) VALUES (?, ?, ?, ?, ?)",
+                (put.id, put.namespace, put.end_user_id, put.last_active_at, put.body),
+            )
+        for sid, row in rows:
+            match row:
+                case Node():
+                    db.execute("INSERT INTO messages (id, session_id, body) VALUES (?, ?, ?)",
+                               (row.id, sid, PutMessage.of(sid, row).body))
+                case Checkpoint():
+                    db.execute("INSERT INTO checkpoints (id, session_id, body) VALUES (?, ?, ?)",
+                               (row.id, sid, PutCheckpoint.of(sid, row).body))
+                case StoredEvent():
+                    db.execute("INSERT INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)",
+                               (sid, row.seq, row.type, row.data))
     finally:
         db.close()
 
@@ -1223,7 +1238,7 @@ async def test_an_upgraded_sqlite_store_forgets_the_running_text_it_had_indexed(
     record = SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
     question = Node(new_id("msg"), None, "user", "tell me of the kestrel", now)
     reply = Node(new_id("msg"), question.id, "assistant", "a kestrel hovers", now, status="running")
-    _schema_11_with_a_running_answer(path, record, [question, reply])
+    _old_sqlite_store(path, 11, [record], [(record.id, question), (record.id, reply)])
     store = SqliteStore(path)
     await store.open()
     try:
@@ -1237,3 +1252,53 @@ async def test_an_upgraded_sqlite_store_forgets_the_running_text_it_had_indexed(
     finally:
         await store.aclose()
     _fts_consistent(path)
+
+
+async def test_an_upgraded_sqlite_store_reads_its_rows_as_before(tmp_path: Path) -> None:
+    """Schema 13 drops the per-session position indexes and rewrites the events in the order
+    they were written. A schema-12 store of two sessions whose rows were written interleaved
+    reads each session back as before: its messages and checkpoints in the order written (not
+    their ids' order), its newest events, its highest id; and what is written after goes on."""
+    path = tmp_path / "store.db"
+    now = utcnow()
+    sessions = [SessionRecord(id=new_id("ses"), namespace="default", created_at=now, last_active_at=now)
+                for _ in range(2)]
+    rows: list[tuple[str, Node | Checkpoint | StoredEvent]] = []
+    written: dict[str, tuple[list[str], list[str]]] = {s.id: ([], []) for s in sessions}
+    for turn in range(6):
+        for session in sessions:
+            messages, checkpoints = written[session.id]
+            node = Node(new_id("msg"), messages[-1] if messages else None, "user", f"turn {turn}", now)
+            cp = Checkpoint(new_id("ckp"), node.id, now, "answer")
+            event = StoredEvent(turn + 1, "message.completed", b'{"turn": %d}' % turn)
+            rows += [(session.id, node), (session.id, cp), (session.id, event)]
+            messages.append(node.id)
+            checkpoints.append(cp.id)
+    _old_sqlite_store(path, 12, sessions, rows)
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        for session in sessions:
+            loaded = await store.load_session(session.id, events=3)
+            assert loaded is not None
+            assert ([n.id for n in loaded.nodes], [c.id for c in loaded.checkpoints]) == written[session.id]
+            assert [(e.seq, e.data) for e in loaded.events] == [(seq, b'{"turn": %d}' % (seq - 1)) for seq in (4, 5, 6)]
+            assert loaded.max_seq == 6
+        first = sessions[0].id
+        later = Node(new_id("msg"), written[first][0][-1], "user", "after the upgrade", now)
+        await store.commit([PutMessage.of(first, later), PutEvent(first, StoredEvent(7, "task.started", b"{}"))])
+        loaded = await store.load_session(first, events=2)
+        assert loaded is not None
+        assert [n.id for n in loaded.nodes] == [*written[first][0], later.id]
+        assert [e.seq for e in loaded.events] == [6, 7]
+        assert [e.seq for e in await store.load_events(first, 4, 10)] == [5, 6, 7]
+    finally:
+        await store.aclose()
+    db = sqlite3.connect(path)
+    try:
+        indexes = {row[1] for table in ("messages", "checkpoints") for row in db.execute(f"PRAGMA index_list({table})")}
+        assert not indexes & {"messages_by_session", "checkpoints_by_session"}
+        # In the order written: a table of rowids (WITHOUT ROWID has none), its key an index.
+        assert db.execute("SELECT count(rowid) FROM events").fetchone() == (13,)
+    finally:
+        db.close()

@@ -200,4 +200,12 @@ PG_MIGRATIONS: list[str] = [
         WHERE ((body::jsonb)->>'status') IS DISTINCT FROM 'running';
     DROP INDEX IF EXISTS messages_text_search;
     """,
+    # As SQLite's step of the same name: the per-session position indexes go (a session's rows
+    # are found by its (session_id, id) index and put in order by pos when read), one index
+    # fewer for every message and checkpoint written. Events are a heap with their key as an
+    # index here already: what SQLite's step makes of its events table.
+    """
+    DROP INDEX IF EXISTS messages_by_session;
+    DROP INDEX IF EXISTS checkpoints_by_session;
+    """,
 ]

@@ -307,4 +307,26 @@ MIGRATIONS: list[str] = [
             WHERE json_extract(new.body, '$.status') IS NOT 'running';
     END;
     """,
+    # Fewer pages per group commit. Every commit writes a leaf of each B-tree keyed by session
+    # for every session it holds, so its cost grows with those trees: messages_by_session and
+    # checkpoints_by_session go (a session's rows are found by the (session_id, id) index, and
+    # put in order by pos when read), and events become a table in the order they were written,
+    # with (session_id, seq) as its index: a commit's events are written side by side, where
+    # keyed by session (WITHOUT ROWID, whole rows in the key's order) each session's few
+    # events split a leaf of their own. Same columns, same key, same reads.
+    """
+    DROP INDEX messages_by_session;
+    DROP INDEX checkpoints_by_session;
+    CREATE TABLE events_in_order (
+        session_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+    INSERT INTO events_in_order (session_id, seq, type, data)
+        SELECT session_id, seq, type, data FROM events ORDER BY session_id, seq;
+    DROP TABLE events;
+    ALTER TABLE events_in_order RENAME TO events;
+    """,
 ]
