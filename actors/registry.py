@@ -46,6 +46,22 @@ _FRESH_MEMORY = 1024
 _FRESH_BYTES = 4 << 20
 
 
+# How often the live actors' replay logs are held to [sessions] replay_memory_bytes, in seconds.
+_MEMORY_EVERY = 1.0
+
+
+def _water_level(sizes: list[int], target: int) -> int:
+    """The largest ``c`` with ``sum(min(s, c) for s in sizes) <= target`` (``sizes`` from the
+    largest down)."""
+    rest = sum(sizes)
+    for i, size in enumerate(sizes):
+        rest -= size  # what the logs below this one hold
+        level = (target - rest) // (i + 1)
+        if level >= (sizes[i + 1] if i + 1 < len(sizes) else 0):
+            return max(0, min(level, size))
+    return 0
+
+
 class Registry:
     """One per server; owns every actor task and the sweeper."""
 
@@ -58,6 +74,7 @@ class Registry:
         idle_seconds: float,
         frame: FrameEncoder,
         max_live: int = 1 << 62,
+        replay_memory_bytes: int = 1 << 62,
         stats: Stats | None = None,
         cluster: Cluster | None = None,
         outbox: Outbox | None = None,
@@ -73,6 +90,8 @@ class Registry:
         self.max_live = max_live
         self._evict_at = max_live + max(1, max_live // 16)
         self._evicting: set[str] = set()  # told to passivate by _evict, not stopped yet
+        # Bytes of replay log all live actors keep together, at most (``shed_memory``).
+        self.replay_memory_bytes = replay_memory_bytes
         # Cluster mode: asked before a task another node forwarded here starts (the edge's
         # admission of this node's load; it raises to refuse). None: every one starts.
         self.admit_task: Callable[[], None] | None = None
@@ -106,6 +125,7 @@ class Registry:
 
     async def start(self) -> None:
         self._tasks.spawn(self._sweep(), name="registry-sweeper")
+        self._tasks.spawn(self._bound_memory(), name="registry-memory")
         for run, name in self._background:
             self._tasks.spawn(run(), name=name)
         if self.cluster is not None:
@@ -258,11 +278,7 @@ class Registry:
         on tool calls, nothing queued) until max_live are left: a caller who reads many
         sessions must not hold them all in memory for idle_seconds. Busy ones stay, past the
         bound if need be (streams and tasks have bounds of their own)."""
-        evicting = self._evicting
-        for sid in list(evicting):  # an actor that refused (a command came first) stays live
-            actor = self._actors.get(sid)
-            if actor is not None and actor.is_alive and actor.mailbox_depth == 0:
-                evicting.discard(sid)
+        evicting = self._settle_evicting()
         quiet = sorted(
             (a for a in self._actors.values() if a is not keep and a.id not in evicting and a.is_quiet()),
             key=lambda a: a.last_activity,
@@ -273,6 +289,64 @@ class Registry:
             except Exception:  # full or stopping: it is not quiet after all
                 continue
             evicting.add(actor.id)
+
+    def _settle_evicting(self) -> set[str]:
+        """The actors told to passivate that have not answered yet: one that refused (a command
+        came first) and stays live is one like any other again."""
+        evicting = self._evicting
+        for sid in list(evicting):
+            actor = self._actors.get(sid)
+            if actor is not None and actor.is_alive and actor.mailbox_depth == 0:
+                evicting.discard(sid)
+        return evicting
+
+    def replay_bytes(self) -> int:
+        """Bytes of event frames the live actors keep for replay, together."""
+        return sum(a.log.size for a in self._actors.values())
+
+    def shed_memory(self) -> int:
+        """Bring the live actors' replay logs under ``replay_memory_bytes`` when they are past
+        it: down to an eighth below it, first by passivating the quiet actors used longest ago
+        (as ``_evict``), then, if the busy ones alone hold more, by dropping the oldest events
+        of the largest logs down to a size they all keep. The bytes it frees or will free."""
+        budget = self.replay_memory_bytes
+        evicting = self._settle_evicting()
+        sizes = {sid: a.log.size for sid, a in self._actors.items() if sid not in evicting}
+        total = sum(sizes.values())
+        if total <= budget:
+            return 0
+        target = budget - budget // 8
+        freed = 0
+        quiet = sorted(
+            (a for a in self._actors.values() if a.id in sizes and a.is_quiet()), key=lambda a: a.last_activity
+        )
+        for actor in quiet:
+            if total - freed <= target:
+                return freed
+            try:
+                actor.tell(Passivate(0))
+            except Exception:  # full or stopping: it is not quiet after all
+                continue
+            evicting.add(actor.id)
+            freed += sizes.pop(actor.id)
+        if total - freed <= target:
+            return freed
+        # The busy ones: the largest logs are cut to the one size c at which they fit together.
+        cap = _water_level(sorted(sizes.values(), reverse=True), target)
+        for sid, size in sizes.items():
+            if size > cap:
+                shed = self._actors[sid].shed_replay(cap)
+                freed += shed
+                self.stats.replay_shed += shed
+        return freed
+
+    async def _bound_memory(self) -> None:
+        while True:
+            await asyncio.sleep(_MEMORY_EVERY)
+            try:
+                self.shed_memory()
+            except Exception:  # the next round tries again; the bound must not stop for good
+                log.exception("bounding the replay logs' memory failed")
 
     # -- supervision -----------------------------------------------------------------------
 

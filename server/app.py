@@ -141,6 +141,7 @@ def make_app(config: Config) -> web.Application:
         ),
         idle_seconds=s.idle_seconds,
         max_live=s.max_live,
+        replay_memory_bytes=s.replay_memory_bytes,
         frame=sse.frame,  # events go out as SSE, framed once each in the session's log
         cluster=cluster,
         outbox=deliverer.outbox() if deliverer is not None else None,

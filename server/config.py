@@ -99,6 +99,7 @@ class StoreSection(_Section):
 class SessionsSection(_Section):
     idle_seconds: Positive = 300.0  # 0 would passivate every session as soon as a request ends
     max_live: AtLeastOne = 20_000
+    replay_memory_bytes: AtLeastOne = 1 << 30
     mailbox_size: AtLeastOne = 64
     event_retention: AtLeastOne = 10000
     event_retention_bytes: AtLeastOne = 4 << 20

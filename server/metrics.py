@@ -58,13 +58,17 @@ class _ActorCollector(Collector):
              stats.activations),
             ("passivations", "Idle sessions snapshotted and dropped from memory.", stats.passivations),
             ("evictions", "Quiet sessions passivated before idle_seconds because more than [sessions] max_live "
-             "were live.", stats.evictions),
+             "were live, or their replay logs held more than [sessions] replay_memory_bytes.", stats.evictions),
+            ("replay_shed_bytes", "Bytes of busy sessions' replay logs dropped (oldest first) because the live "
+             "sessions' logs held more than [sessions] replay_memory_bytes.", stats.replay_shed),
             ("crashes", "Session actors that crashed and were restarted from the store.", stats.crashes),
             ("tasks_started", "Model tasks started.", stats.tasks_started),
         ):
             yield CounterMetricFamily(f"sessiond_{name}", doc, value=value)
         for name, doc, value in (
             ("actors_active", "Session actors live in memory.", len(actors)),
+            ("replay_bytes", "Bytes of event frames the live sessions keep for replay, together.",
+             registry.replay_bytes()),
             ("tasks_running", "Model tasks running now.", stats.tasks_running),
             ("streams_open", "Event streams (SSE) open now.", sum(a.hub.subscribers for a in actors)),
             (

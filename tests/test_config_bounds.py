@@ -39,6 +39,7 @@ BOUNDED: list[tuple[str, str, Any, str, str, Any]] = [
     ("sessions", "idle_seconds", 0, "float", "> 0.0", 0.001),
     ("sessions", "mailbox_size", 0, "int", ">= 1", 1),
     ("sessions", "max_live", 0, "int", ">= 1", 1),
+    ("sessions", "replay_memory_bytes", 0, "int", ">= 1", 1),
     ("tokens", "refreshes_per_hour", 0, "int", ">= 1", 1),
     ("documents", "max_extractions", 0, "int", ">= 1", 1),
     ("sessions", "event_retention", 0, "int", ">= 1", 1),

@@ -106,6 +106,90 @@ async def test_past_max_live_the_quiet_sessions_used_longest_ago_are_passivated(
     watched.close()
 
 
+async def _answered(client: Any, sid: str, content: str) -> None:
+    sent = await client.post(f"/v1/sessions/{sid}/messages", json={"content": content})
+    assert sent.status == 200, await sent.text()
+    assert (await sent.json())["status"] == "completed"
+
+
+async def test_past_replay_memory_bytes_quiet_sessions_go_first_then_busy_logs_shrink(
+    make_client: ClientFactory,
+) -> None:
+    """The live sessions' replay logs together stay under [sessions] replay_memory_bytes: past
+    it, the quiet sessions used longest ago are passivated, down to an eighth below it; if the
+    busy ones alone hold more, the largest logs lose their oldest events down to one size they
+    all fit under (a smaller one keeps everything), and a resume from before what is left is
+    told stream.reset, one after it is exact."""
+    client = await make_client(simulated={"reply_tokens": 100})
+    registry = client.app[REGISTRY]
+    assert registry.replay_memory_bytes == 1 << 30  # config.toml's default
+    busy_id, small_id, old_id, recent_id = [(await new_session(client))["id"] for _ in range(4)]
+    watched = [await client.get(f"/v1/sessions/{sid}/stream") for sid in (busy_id, small_id)]  # never quiet
+    assert [w.status for w in watched] == [200, 200]
+    for i in range(3):
+        await _answered(client, busy_id, f"question {i}")
+    await _answered(client, small_id, "one question")
+    await _answered(client, old_id, "the oldest quiet one")
+    await _answered(client, recent_id, "the newest quiet one")
+    ids = (busy_id, small_id, old_id, recent_id)
+    actors = {sid: await registry.get(sid) for sid in ids}
+    busy, small, old, recent = (actors[sid] for sid in ids)
+    assert isinstance(busy, SessionActor) and isinstance(small, SessionActor)
+    assert isinstance(old, SessionActor) and isinstance(recent, SessionActor)
+    sizes = {sid: a.log.size for sid, a in actors.items()}
+    assert registry.replay_bytes() == sum(sizes.values()) and sizes[busy_id] > 2 * sizes[small_id] > 0
+    assert registry.shed_memory() == 0  # under the bound: nothing
+
+    # Over it by less than the oldest quiet log: that one goes, the newer quiet one stays.
+    registry.replay_memory_bytes = sum(sizes.values()) - 1  # to an eighth below it: the oldest is enough
+    assert registry.shed_memory() == sizes[old_id]
+    await asyncio.wait_for(old.wait_stopped(), 10)
+    assert old.stop_reason == "passivated" and recent.is_alive and busy.is_alive
+    assert registry.stats.evictions == 1 and busy.log.floor == 0
+
+    # Below what the busy ones hold: the newer quiet one goes, then the largest log shrinks to
+    # what leaves room for the smaller one whole.
+    budget = registry.replay_memory_bytes = (sizes[busy_id] + sizes[small_id]) * 7 // 10
+    cap = budget - budget // 8 - sizes[small_id]
+    assert sizes[small_id] < cap < sizes[busy_id]
+    freed = registry.shed_memory()
+    await asyncio.wait_for(recent.wait_stopped(), 10)
+    assert busy.is_alive and busy.log.floor > 0 and cap - 300 < busy.log.size <= cap
+    assert small.log.size == sizes[small_id] and small.log.floor == 0
+    assert freed == sizes[recent_id] + sizes[busy_id] - busy.log.size
+    assert registry.stats.replay_shed == sizes[busy_id] - busy.log.size
+
+    reset = await client.get(f"/v1/sessions/{busy_id}/stream", headers={"Last-Event-ID": "1"})
+    got = await read_until(reset, "stream.reset", limit=1)
+    reset.close()
+    assert [e.event for e in got] == ["stream.reset"]
+    after = busy.log.floor + 1
+    exact = await client.get(f"/v1/sessions/{busy_id}/stream", headers={"Last-Event-ID": str(after)})
+    tail = await read_until(exact, set(), limit=busy.log.last_seq - after)
+    exact.close()
+    assert [e.id for e in tail] == list(range(after + 1, busy.log.last_seq + 1)) and tail[-1].event == "task.completed"
+    for w in watched:
+        w.close()
+    # What passivation dropped from memory is all in the store.
+    history = await (await client.get(f"/v1/sessions/{old_id}/messages")).json()
+    assert [m["content"] for m in history["items"] if m["role"] == "user"] == ["the oldest quiet one"]
+
+
+async def test_the_replay_memory_bound_holds_by_itself(make_client: ClientFactory) -> None:
+    """Nobody asks: once a second the server finds the live logs past the bound and passivates
+    the quiet session holding them; /metrics shows the bytes and the eviction."""
+    client = await make_client(sessions={"replay_memory_bytes": 1024}, simulated={"reply_tokens": 50})
+    registry = client.app[REGISTRY]
+    sid = (await new_session(client))["id"]
+    await _answered(client, sid, "a long enough answer")
+    actor = await registry.get(sid)
+    assert isinstance(actor, SessionActor) and actor.log.size > 1024
+    await asyncio.wait_for(actor.wait_stopped(), 10)
+    assert actor.stop_reason == "passivated" and registry.stats.evictions == 1
+    text = await (await client.get("/metrics")).text()
+    assert "sessiond_evictions_total 1.0" in text and "sessiond_replay_bytes 0.0" in text
+
+
 async def test_passivate_and_reactivate_keeps_everything(make_client: ClientFactory) -> None:
     client = await make_client(sessions={"idle_seconds": 0.2})
     registry = client.app[REGISTRY]

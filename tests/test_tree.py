@@ -82,6 +82,20 @@ def test_event_log_keeps_at_most_its_bytes_past_only_its_newest_events() -> None
     assert len(log) == 0 and log.size == 0 and log.floor == kept[-1]
 
 
+def test_event_log_sheds_its_oldest_events_to_a_size_never_its_newest() -> None:
+    log = EventLog(frame=_frame, retention=10_000)
+    for seq in range(1, 201):
+        log.append(seq, "message.delta", b"x" * 40)
+    size = log.size
+    assert log.shed(size) == 0 and log.floor == 0, "already within it"
+    dropped = log.shed(size // 2)
+    seqs, frames = log.since(0)
+    assert dropped == size - log.size and log.size == sum(map(len, frames)) <= size // 2
+    assert seqs == list(range(seqs[0], 201)) and log.floor == seqs[0] - 1 and not log.covers(log.floor - 1)
+    assert log.shed(0) > 0 and log.since(0)[0] == list(range(201 - KEEP_NEWEST, 201)), "the newest stay"
+    assert log.shed(0) == 0 and log.last_seq == 200
+
+
 @pytest.mark.parametrize("text", ["", "token", ' "quoted" \\ \n\ndata: x', "naïve ☕ \u2028 🎉", "\x00\x1f"])
 def test_a_delta_from_its_reply_head_is_the_event_encoded_whole(text: str) -> None:
     head = delta_head("tsk_1", "msg_2")

@@ -270,6 +270,21 @@ class EventLog:
             del self._seqs[:excess], frames[:excess]
             self._bytes = size
 
+    def shed(self, max_bytes: int) -> int:
+        """Drop the oldest events until at most ``max_bytes`` of frames are left, never the
+        newest ``KEEP_NEWEST``; the floor follows. Returns the bytes dropped."""
+        frames = self._frames
+        size, excess = self._bytes, 0
+        while size > max_bytes and excess < len(frames) - KEEP_NEWEST:
+            size -= len(frames[excess])
+            excess += 1
+        if not excess:
+            return 0
+        self.floor = max(self.floor, self._seqs[excess - 1])
+        del self._seqs[:excess], frames[:excess]
+        dropped, self._bytes = self._bytes - size, size
+        return dropped
+
     def forget_through(self, seq: int) -> None:
         """Drop every event up to ``seq``: no replay from below it can be served any more."""
         i = bisect.bisect_right(self._seqs, seq)

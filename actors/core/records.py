@@ -304,13 +304,17 @@ class SessionQuery(msgspec.Struct):
 class Stats:
     """Plain counters the actors bump and the server exports (no metrics library in here)."""
 
-    __slots__ = ("activations", "crashes", "events", "evictions", "passivations", "tasks_running", "tasks_started")
+    __slots__ = (
+        "activations", "crashes", "events", "evictions", "passivations", "replay_shed", "tasks_running",
+        "tasks_started",
+    )
 
     def __init__(self) -> None:
         self.events = 0
         self.activations = 0
         self.passivations = 0
-        self.evictions = 0  # passivations asked for past [sessions] max_live, before idle_seconds
+        self.evictions = 0  # passivations asked for past [sessions] max_live or replay_memory_bytes
+        self.replay_shed = 0  # bytes of busy sessions' replay logs dropped past replay_memory_bytes
         self.crashes = 0
         self.tasks_started = 0
         self.tasks_running = 0

@@ -149,6 +149,13 @@ class SessionActor(ConversationCommands):
         waiting for its end): what the registry may passivate early (``Registry._evict``)."""
         return self._turn is None and self.is_idle(self.last_activity, 0)
 
+    def shed_replay(self, max_bytes: int) -> int:
+        """Keep at most ``max_bytes`` of this session's replay log, never its newest
+        ``KEEP_NEWEST`` events (the registry's bound on all live logs together); the bytes
+        dropped. A stream resuming from before what is left is told ``stream.reset``, as past
+        ``event_retention_bytes``."""
+        return self.log.shed(max_bytes)
+
     def _parked_or_none(self) -> bool:
         """No turn runs: none at all, or one that waits in the store on tool calls (such a
         session may passivate; the next activation finds it waiting)."""
@@ -385,30 +392,6 @@ class SessionActor(ConversationCommands):
         self.record.seq_reserved = self._next_seq - 1
         await self._commit([PutSession.of(self.record)])
         self._stop("shutdown")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class _ActorJournal:
