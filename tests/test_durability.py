@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from actors.core.commands import Passivate
 from actors.session.actor import SessionActor
 from server.appkeys import REGISTRY
 from tests.conftest import HEADERS, ClientFactory, new_session
@@ -188,6 +191,40 @@ async def test_the_replay_memory_bound_holds_by_itself(make_client: ClientFactor
     assert actor.stop_reason == "passivated" and registry.stats.evictions == 1
     text = await (await client.get("/metrics")).text()
     assert "sessiond_evictions_total 1.0" in text and "sessiond_replay_bytes 0.0" in text
+
+
+async def test_a_passivated_session_leaves_memory_at_once(make_client: ClientFactory) -> None:
+    """Passivation frees what a session held (its replay log, its tree) when it stops, by
+    reference counting alone: no cycle keeps a stopped actor until a full collection, which a
+    busy server makes rarely ([server] gc_young_objects), so evicted and idle sessions would
+    hold their memory long after they went."""
+    client = await make_client()
+    registry = client.app[REGISTRY]
+    async with aiohttp.ClientSession(headers=HEADERS) as http:  # its connections go with it
+        async with http.post(client.make_url("/v1/sessions"), json={}) as r:
+            sid = (await r.json())["id"]
+        for stream in (True, False):  # a stream of its own, and a send after its end
+            url = client.make_url(f"/v1/sessions/{sid}/messages")
+            async with http.post(url, json={"content": "hello", "stream": stream}) as r:
+                assert r.status == 200
+                await r.read()
+    actor = await registry.get(sid)
+    assert isinstance(actor, SessionActor) and actor.log.size > 0
+    gone = weakref.ref(actor)
+    gc.collect()
+    gc.disable()
+    try:
+        actor.tell(Passivate(0))
+        await asyncio.wait_for(actor.wait_stopped(), 10)
+        assert actor.stop_reason == "passivated"
+        del actor
+        for _ in range(10):  # the loop's pending callbacks of the stop, a turn at a time
+            if gone() is None:
+                break
+            await asyncio.sleep(0)
+        assert gone() is None, "a stopped actor is kept alive by a reference cycle"
+    finally:
+        gc.enable()
 
 
 async def test_passivate_and_reactivate_keeps_everything(make_client: ClientFactory) -> None:

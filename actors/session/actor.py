@@ -82,7 +82,7 @@ from actors.session.conversation import ConversationCommands
 from actors.session.mailbox import Mailbox
 from actors.session.state import ActorSettings
 from actors.session.trim import trim
-from actors.session.turn import Turn
+from actors.session.turn import Journal, Turn
 from actors.session.turns import StopReason
 
 __all__ = ["ActorSettings", "SessionActor", "StopReason"]
@@ -126,7 +126,6 @@ class SessionActor(ConversationCommands):
         self._task = None
         self._stopping = False
         self.stop_reason = ""
-        self._journal = _ActorJournal(self)
         self.last_activity = self._loop.time()
 
     # -- life ------------------------------------------------------------------------------
@@ -148,6 +147,13 @@ class SessionActor(ConversationCommands):
         """Idle now, and no turn at all, not even one parked on tool calls (a request may be
         waiting for its end): what the registry may passivate early (``Registry._evict``)."""
         return self._turn is None and self.is_idle(self.last_activity, 0)
+
+    def _journal(self) -> Journal:
+        """The port of a turn that starts now: one per turn, held by its task alone. Held by
+        the actor too, it would keep the two in a cycle, and a stopped actor (its replay log, its
+        tree) would wait for a full collection, which a busy server makes rarely
+        (``[server] gc_young_objects``), instead of going when its last reference does."""
+        return _ActorJournal(self)
 
     def shed_replay(self, max_bytes: int) -> int:
         """Keep at most ``max_bytes`` of this session's replay log, never its newest

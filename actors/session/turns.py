@@ -71,10 +71,13 @@ class TurnRunner(SessionState):
     _guard: Callable[[str], Awaitable[bool | None]] | None
     _provider: Provider
     _mailbox: Mailbox
-    _journal: Journal
     _task: asyncio.Task[None] | None
     _stopping: bool
     stop_reason: StopReason
+
+    def _journal(self) -> Journal:
+        """The port a turn that starts now runs through (SessionActor's)."""
+        raise NotImplementedError
 
     def abort(self, reason: StopReason) -> None:
         """Stop now, writing nothing more (the session's lease is gone)."""
@@ -162,7 +165,7 @@ class TurnRunner(SessionState):
         # the first token comes after the longer of the two, not after both in turn.
         started: asyncio.Future[None] = self._loop.create_future()
         turn.task = self._loop.create_task(
-            turn.run(self._provider, request, self._journal, started), name=f"turn:{turn.task_id}"
+            turn.run(self._provider, request, self._journal(), started), name=f"turn:{turn.task_id}"
         )
         try:
             await self._publish(

@@ -175,7 +175,7 @@ class ToolWaits(TurnRunner):
             summaries=self.summaries, prompts=self.prompts,
         )
         turn.task = self._loop.create_task(
-            turn.run(self._provider, request, self._journal), name=f"turn:{turn.task_id}"
+            turn.run(self._provider, request, self._journal()), name=f"turn:{turn.task_id}"
         )
 
     async def _wait_expired(self, cmd: WaitExpired) -> None:
