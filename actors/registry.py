@@ -279,16 +279,26 @@ class Registry:
         sessions must not hold them all in memory for idle_seconds. Busy ones stay, past the
         bound if need be (streams and tasks have bounds of their own)."""
         evicting = self._settle_evicting()
-        quiet = sorted(
+        for actor in self._quiet(keep)[: len(self._actors) - len(evicting) - self.max_live]:
+            self._passivate_early(actor)
+
+    def _quiet(self, keep: SessionActor | None = None) -> list[SessionActor]:
+        """The quiet actors not told to passivate yet, used longest ago first (``keep`` left out)."""
+        evicting = self._evicting
+        return sorted(
             (a for a in self._actors.values() if a is not keep and a.id not in evicting and a.is_quiet()),
             key=lambda a: a.last_activity,
         )
-        for actor in quiet[: len(self._actors) - len(evicting) - self.max_live]:
-            try:
-                actor.tell(Passivate(0))
-            except Exception:  # full or stopping: it is not quiet after all
-                continue
-            evicting.add(actor.id)
+
+    def _passivate_early(self, actor: SessionActor) -> bool:
+        """Tell a quiet actor to passivate now (whether it was told: a full or stopping one is
+        not quiet after all)."""
+        try:
+            actor.tell(Passivate(0))
+        except Exception:
+            return False
+        self._evicting.add(actor.id)
+        return True
 
     def _settle_evicting(self) -> set[str]:
         """The actors told to passivate that have not answered yet: one that refused (a command
@@ -317,18 +327,11 @@ class Registry:
             return 0
         target = budget - budget // 8
         freed = 0
-        quiet = sorted(
-            (a for a in self._actors.values() if a.id in sizes and a.is_quiet()), key=lambda a: a.last_activity
-        )
-        for actor in quiet:
+        for actor in self._quiet():
             if total - freed <= target:
                 return freed
-            try:
-                actor.tell(Passivate(0))
-            except Exception:  # full or stopping: it is not quiet after all
-                continue
-            evicting.add(actor.id)
-            freed += sizes.pop(actor.id)
+            if self._passivate_early(actor):
+                freed += sizes.pop(actor.id)
         if total - freed <= target:
             return freed
         # The busy ones: the largest logs are cut to the one size c at which they fit together.

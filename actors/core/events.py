@@ -257,24 +257,19 @@ class EventLog:
     def _trim(self) -> None:
         """Drop the oldest events past either bound (never the newest ``KEEP_NEWEST`` for
         bytes); the floor follows."""
-        frames = self._frames
-        excess = max(0, len(frames) - self.retention)
-        dropped = sum(map(len, frames[:excess]))
-        size = self._bytes - dropped
-        if size > self.retention_bytes:
-            while size > self._keep_bytes and excess < len(frames) - KEEP_NEWEST:
-                size -= len(frames[excess])
-                excess += 1
-        if excess:
-            self.floor = self._seqs[excess - 1]
-            del self._seqs[:excess], frames[:excess]
-            self._bytes = size
+        excess = max(0, len(self._frames) - self.retention)
+        size = self._bytes - sum(map(len, self._frames[:excess]))
+        self._drop_oldest(excess, size, self._keep_bytes if size > self.retention_bytes else size)
 
     def shed(self, max_bytes: int) -> int:
         """Drop the oldest events until at most ``max_bytes`` of frames are left, never the
         newest ``KEEP_NEWEST``; the floor follows. Returns the bytes dropped."""
+        return self._drop_oldest(0, self._bytes, max_bytes)
+
+    def _drop_oldest(self, excess: int, size: int, max_bytes: int) -> int:
+        """Drop the oldest ``excess`` events (``size`` bytes are left without them), and more
+        while over ``max_bytes`` and more than ``KEEP_NEWEST`` are left; the bytes dropped."""
         frames = self._frames
-        size, excess = self._bytes, 0
         while size > max_bytes and excess < len(frames) - KEEP_NEWEST:
             size -= len(frames[excess])
             excess += 1
