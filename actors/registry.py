@@ -89,7 +89,7 @@ class Registry:
         # longest ago are passivated down to it, however recently (``_evict``).
         self.max_live = max_live
         self._evict_at = max_live + max(1, max_live // 16)
-        self._evicting: set[str] = set()  # told to passivate by _evict, not stopped yet
+        self._evicting: set[str] = set()  # told to passivate early (_evict, shed_memory), not stopped yet
         # Bytes of replay log all live actors keep together, at most (``shed_memory``).
         self.replay_memory_bytes = replay_memory_bytes
         # Cluster mode: asked before a task another node forwarded here starts (the edge's
