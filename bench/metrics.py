@@ -30,6 +30,17 @@ def summary(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"n": len(data), "p50": at(50), "p90": at(90), "p99": at(99), "max": data[-1]}
 
 
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares ``y = a + b * x`` over ``points``: (a, b), or None with fewer than two xs."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return my - b * mx, b
+
+
 def ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
 

@@ -113,6 +113,16 @@ class Child:
         except (OSError, IndexError, ValueError):
             return 0.0
 
+    def loop_cpu_seconds(self) -> float:
+        """User + system CPU time of the process's main thread so far: the event loop's, for both
+        servers (the rest of sessiond's is its store's threads)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / _TICKS
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.proc is not None and self.proc.returncode is None:

@@ -51,6 +51,8 @@ class Report:
         # Paced sweeps: server -> C -> the rows of that step's runs, and the lag target.
         self.capacity: dict[str, dict[int, list[dict[str, Any]]]] = {}
         self.capacity_target_ms = 0.0
+        # Runs at several reply lengths: "server C=n" -> the fitted (µs per message, µs per event).
+        self.cost: dict[str, tuple[float, float]] = {}
 
     def column(self, key: str, heading: str) -> None:
         self.columns.append((key, heading))
@@ -105,6 +107,11 @@ class Report:
                                  f"sessiond bench: {self.scenario}, paced: p99 lag and TTFT by C")
             if done is not None:
                 console.print(f"capacity plot: {done}")
+        if self.cost:
+            done = plot_cost(self.rows, self.cost, Path(f"{stem}-cost.png"),
+                             f"sessiond bench: {self.scenario}, server CPU per message by its length")
+            if done is not None:
+                console.print(f"cost plot: {done}")
         return json_path, png
 
 
@@ -210,8 +217,82 @@ def plot_capacity(
     return path
 
 
+def cost_fits(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """A message's server CPU against its events, fitted per server and C over runs at two or
+    more reply lengths: what a message costs whatever its length (the intercept) and what each
+    event adds (the slope). The fits ("server C=n" -> (µs, µs per event)) and a note for each,
+    the event loop's thread alone too where the server has threads beside it."""
+    from bench.metrics import fit_line
+
+    fits: dict[str, tuple[float, float]] = {}
+    notes: list[str] = []
+    for name, c in sorted({(r["target"], r["clients"]) for r in rows if "reply_tokens" in r}):
+        mine = [r for r in rows if r["target"] == name and r["clients"] == c and r.get("cpu_us_per_message")]
+        if len({r["reply_tokens"] for r in mine}) < 2:
+            continue
+        keys = [("cpu_us_per_message", "server")]
+        if _threaded(mine):
+            keys.append(("loop_us_per_message", "event loop"))
+        for key, what in keys:
+            line = fit_line([(r["events_per_message"], r[key]) for r in mine])
+            if line is None:
+                continue
+            fixed, per_event = line
+            if key == "cpu_us_per_message":
+                fits[f"{name} C={c}"] = line
+            notes.append(
+                f"{name} C={c}, {what} CPU per message: {fixed:,.0f} µs + {per_event:.2f} µs per event"
+                f" (least squares over {len(mine)} runs)"
+            )
+    return fits, notes
+
+
+def _threaded(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether a server spent CPU beyond its event loop's thread (sessiond's store threads)."""
+    return any(r["loop_us_per_message"] < 0.98 * r["cpu_us_per_message"] for r in rows)
+
+
+def plot_cost(
+    rows: Sequence[dict[str, Any]], fits: dict[str, tuple[float, float]], path: Path, title: str
+) -> Path | None:
+    """Server CPU per message (and the event loop's share of it) against events per message, a
+    point per run, and each server's fitted line: its intercept is what a message costs whatever
+    its length."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xmax = max((r["events_per_message"] or 0) for r in rows) * 1.05
+    for i, (label, (fixed, per_event)) in enumerate(fits.items()):
+        name, c = label.split(" C=")
+        mine = [r for r in rows if r["target"] == name and str(r["clients"]) == c and r["cpu_us_per_message"]]
+        color = f"C{i}"
+        ax.plot([r["events_per_message"] for r in mine], [r["cpu_us_per_message"] for r in mine], "o", color=color,
+                label=f"{label}: {fixed:,.0f} µs + {per_event:.2f} µs/event")
+        if _threaded(mine):
+            ax.plot([r["events_per_message"] for r in mine], [r["loop_us_per_message"] for r in mine], "x",
+                    color=color, label=f"{label}: its event loop's thread")
+        ax.plot([0, xmax], [fixed, fixed + per_event * xmax], "-", color=color, alpha=0.6)
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("events per message (a reply's tokens and the frames around them)")
+    ax.set_ylabel("server CPU per message, µs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
-    """``python -m bench.report FILE.json [OUT.png]``: draw a saved run's plot again."""
+    """``python -m bench.report FILE.json [OUT.png]``: draw a saved run's plot again (and its cost
+    plot, ``OUT-cost.png``, for a run at several reply lengths)."""
     from bench.metrics import SavedTimeline
 
     src = Path(sys.argv[1])
@@ -219,6 +300,11 @@ def main() -> None:
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else src.with_suffix(".png")
     plot([SavedTimeline(t) for t in data["timelines"]], out, f"sessiond bench: {data['scenario']}")
     print(out)
+    fits, _ = cost_fits(data["rows"])
+    if fits:
+        cost = out.with_name(f"{out.stem}-cost.png")
+        plot_cost(data["rows"], fits, cost, f"sessiond bench: {data['scenario']}, server CPU per message by its length")
+        print(cost)
 
 
 if __name__ == "__main__":

@@ -34,16 +34,19 @@ class Sampler:
         self._task: asyncio.Task[None] | None = None
         self._t0 = 0.0
         self._cpu0 = 0.0
+        self._loop0 = 0.0
         self._client0 = 0.0
         self._last_t = self._last_cpu = self._last_client = 0.0
         self.server_cpu = 0.0  # mean share of one core over the block
         self.server_cpu_seconds = 0.0
+        self.server_loop_seconds = 0.0  # of those, the main thread's (the event loop's)
         self.client_lag_max = 0.0  # the longest the bench's loop woke up late
         self.client_cpu = 0.0
 
     async def __aenter__(self) -> Sampler:
         self._t0 = time.perf_counter()
         self._cpu0 = self.child.cpu_seconds() if self.child else 0.0
+        self._loop0 = self.child.loop_cpu_seconds() if self.child else 0.0
         self._client0 = time.process_time()
         self.sample()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -59,6 +62,7 @@ class Sampler:
         wall = max(time.perf_counter() - self._t0, 1e-9)
         if self.child is not None:
             self.server_cpu_seconds = self.child.cpu_seconds() - self._cpu0
+            self.server_loop_seconds = self.child.loop_cpu_seconds() - self._loop0
             self.server_cpu = self.server_cpu_seconds / wall
         self.client_cpu = (time.process_time() - self._client0) / wall
 
