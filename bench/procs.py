@@ -106,22 +106,12 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process used so far."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / _TICKS
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        return _cpu_seconds(f"/proc/{self.pid}/stat")
 
     def loop_cpu_seconds(self) -> float:
         """User + system CPU time of the process's main thread so far: the event loop's, for both
         servers (the rest of sessiond's is its store's threads)."""
-        try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / _TICKS
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        return _cpu_seconds(f"/proc/{self.pid}/task/{self.pid}/stat")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
@@ -147,6 +137,16 @@ class Child:
             except TimeoutError:
                 self.proc.send_signal(signal.SIGKILL)
         return await self.wait()
+
+
+def _cpu_seconds(stat: str) -> float:
+    """User + system CPU time in a /proc ``stat`` file (0 once the process is gone)."""
+    try:
+        with open(stat) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _base_env(extra: dict[str, str]) -> dict[str, str]:

@@ -176,11 +176,7 @@ def plot(timelines: Sequence[Timeline], path: Path, title: str) -> Path | None:
     handles, _ = axes[0][0].get_legend_handles_labels()
     if handles:
         axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return path
+    return _save(fig, title, path)
 
 
 def plot_capacity(
@@ -210,6 +206,12 @@ def plot_capacity(
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, title, path)
+
+
+def _save(fig: Any, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=72)
@@ -283,11 +285,7 @@ def plot_cost(
     ax.set_ylabel("server CPU per message, µs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return path
+    return _save(fig, title, path)
 
 
 def main() -> None:
