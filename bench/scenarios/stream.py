@@ -11,7 +11,7 @@ from bench.client import Api, now
 from bench.load import LoadSpec, drive, lag_note, result_row
 from bench.metrics import Timeline
 from bench.procs import Child, maybe_profile, reference, remove_data, sessiond
-from bench.report import Report, progress
+from bench.report import Report, cost_fits, progress
 from bench.sampler import MB, Sampler
 
 __all__ = ["add_arguments", "run", "run_load"]
@@ -125,7 +125,7 @@ def _ratio_target(reply_tokens: int) -> float:
 
 async def run(args: argparse.Namespace, report: Report) -> None:
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    lengths = [int(x) for x in str(args.reply_tokens).split(",") if x.strip()]
+    lengths = _lengths(args)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     columns: list[tuple[str, str]] = [("target", "server"), ("clients", "C")]
     if len(lengths) > 1:
@@ -163,7 +163,14 @@ async def run(args: argparse.Namespace, report: Report) -> None:
             report.check(f"C=100 unpaced, {tokens}-token replies, sessiond/reference events/s >= {goal:g}",
                          mid >= goal, f"median {mid:.3f}")
     if len(lengths) > 1:
-        _cost(report)  # what a message costs whatever its length, and what each event adds
+        # What a message costs whatever its length, and what each event adds.
+        report.cost, notes = cost_fits(report.rows)
+        report.notes += notes
+
+
+def _lengths(args: argparse.Namespace) -> list[int]:
+    """The reply lengths of ``--reply-tokens``, in the order given."""
+    return [int(x) for x in str(args.reply_tokens).split(",") if x.strip()]
 
 
 async def _run_length(
@@ -171,8 +178,7 @@ async def _run_length(
     tokens: int, ratios: dict[tuple[int, int], list[float]],
 ) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """Every level at ``tokens`` per reply, on servers started for it; the rows of each step."""
-    several = len(str(args.reply_tokens).split(",")) > 1
-    held: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    several = len(_lengths(args)) > 1
     async with AsyncExitStack() as stack:
         children: dict[str, Child] = {}
         if "sessiond" in targets:
@@ -185,7 +191,7 @@ async def _run_length(
             await child.start()
             stack.push_async_callback(child.stop)
             stack.callback(remove_data, child)
-        held = {name: {} for name in children}
+        held: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in children}
         for c in levels:
             if args.tps > 0 and args.until_miss and all(
                 by_c and _missed(by_c[max(by_c)], args.lag_target_ms) for by_c in held.values()
@@ -216,13 +222,6 @@ async def _run_length(
     return held
 
 
-def _cost(report: Report) -> None:
-    from bench.report import cost_fits
-
-    report.cost, notes = cost_fits(report.rows)
-    report.notes += notes
-
-
 def _missed(rows: list[dict[str, Any]], target_ms: float) -> bool:
     """Whether the runs of one step missed the lag target: median p99 lag, or any error."""
     lags = [r["lag_p99_ms"] for r in rows]
@@ -249,7 +248,7 @@ def _capacity(
             f"{name}: largest C with p99 lag < {args.lag_target_ms:g} ms and no errors at {args.tps:g} tokens/s, "
             f"{tokens}-token replies: {top or 'none of the steps'}{at}"
         )
-    several = len(str(args.reply_tokens).split(",")) > 1
+    several = len(_lengths(args)) > 1
     report.capacity.update({(f"{name}, {tokens} tokens" if several else name): by_c for name, by_c in held.items()})
     report.capacity_target_ms = args.lag_target_ms
     if "sessiond" in best and "reference" in best and best["reference"]:
