@@ -51,8 +51,8 @@ class Report:
         # Paced sweeps: server -> C -> the rows of that step's runs, and the lag target.
         self.capacity: dict[str, dict[int, list[dict[str, Any]]]] = {}
         self.capacity_target_ms = 0.0
-        # Runs at several reply lengths: "server C=n" -> the fitted (µs per message, µs per event).
-        self.cost: dict[str, tuple[float, float]] = {}
+        # Runs at several reply lengths: (server, C) -> the fitted (µs per message, µs per event).
+        self.cost: dict[tuple[str, int], tuple[float, float]] = {}
 
     def column(self, key: str, heading: str) -> None:
         self.columns.append((key, heading))
@@ -219,17 +219,17 @@ def _save(fig: Any, title: str, path: Path) -> Path:
     return path
 
 
-def cost_fits(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, tuple[float, float]], list[str]]:
+def cost_fits(rows: Sequence[dict[str, Any]]) -> tuple[dict[tuple[str, int], tuple[float, float]], list[str]]:
     """A message's server CPU against its events, fitted per server and C over runs at two or
     more reply lengths: what a message costs whatever its length (the intercept) and what each
-    event adds (the slope). The fits ("server C=n" -> (µs, µs per event)) and a note for each,
+    event adds (the slope). The fits ((server, C) -> (µs, µs per event)) and a note for each,
     the event loop's thread alone too where the server has threads beside it."""
     from bench.metrics import fit_line
 
-    fits: dict[str, tuple[float, float]] = {}
+    fits: dict[tuple[str, int], tuple[float, float]] = {}
     notes: list[str] = []
     for name, c in sorted({(r["target"], r["clients"]) for r in rows if "reply_tokens" in r}):
-        mine = [r for r in rows if r["target"] == name and r["clients"] == c and r.get("cpu_us_per_message")]
+        mine = _runs_of(rows, name, c)
         if len({r["reply_tokens"] for r in mine}) < 2:
             continue
         keys = [("cpu_us_per_message", "server")]
@@ -241,12 +241,17 @@ def cost_fits(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, tuple[float, fl
                 continue
             fixed, per_event = line
             if key == "cpu_us_per_message":
-                fits[f"{name} C={c}"] = line
+                fits[(name, c)] = line
             notes.append(
                 f"{name} C={c}, {what} CPU per message: {fixed:,.0f} µs + {per_event:.2f} µs per event"
                 f" (least squares over {len(mine)} runs)"
             )
     return fits, notes
+
+
+def _runs_of(rows: Sequence[dict[str, Any]], name: str, c: int) -> list[dict[str, Any]]:
+    """The runs of server ``name`` at C=``c`` that measured their CPU per message."""
+    return [r for r in rows if r["target"] == name and r["clients"] == c and r.get("cpu_us_per_message")]
 
 
 def _threaded(rows: Sequence[dict[str, Any]]) -> bool:
@@ -255,7 +260,7 @@ def _threaded(rows: Sequence[dict[str, Any]]) -> bool:
 
 
 def plot_cost(
-    rows: Sequence[dict[str, Any]], fits: dict[str, tuple[float, float]], path: Path, title: str
+    rows: Sequence[dict[str, Any]], fits: dict[tuple[str, int], tuple[float, float]], path: Path, title: str
 ) -> Path | None:
     """Server CPU per message (and the event loop's share of it) against events per message, a
     point per run, and each server's fitted line: its intercept is what a message costs whatever
@@ -269,9 +274,9 @@ def plot_cost(
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     xmax = max((r["events_per_message"] or 0) for r in rows) * 1.05
-    for i, (label, (fixed, per_event)) in enumerate(fits.items()):
-        name, c = label.split(" C=")
-        mine = [r for r in rows if r["target"] == name and str(r["clients"]) == c and r["cpu_us_per_message"]]
+    for i, ((name, c), (fixed, per_event)) in enumerate(fits.items()):
+        label = f"{name} C={c}"
+        mine = _runs_of(rows, name, c)
         color = f"C{i}"
         ax.plot([r["events_per_message"] for r in mine], [r["cpu_us_per_message"] for r in mine], "o", color=color,
                 label=f"{label}: {fixed:,.0f} µs + {per_event:.2f} µs/event")
