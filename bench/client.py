@@ -17,7 +17,7 @@ import aiohttp
 
 from bench.procs import BENCH_KEY
 
-__all__ = ["TERMINALS", "Api", "Frame", "TaskRead", "iter_frames", "now", "read_task"]
+__all__ = ["TERMINALS", "Api", "Frame", "TaskRead", "iter_frames", "now", "read_task", "warm_up"]
 
 now = time.perf_counter
 
@@ -149,6 +149,23 @@ async def read_task(
                     return out
     out.end = now()
     return out
+
+
+async def warm_up(url: str, name: str) -> None:
+    """One message to a server just started, read to its end, before anything is measured: what
+    a first message does once per process (sessiond loads its tokenizer, both servers import
+    and build what they build lazily) is then not counted in a step's rows."""
+    api = Api(url)
+    try:
+        sid = await api.create_session()
+        async with api.send(sid, "warm-up") as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{name}: warm-up message: {resp.status} {await resp.text()}")
+            read = await read_task(resp)
+        if read.terminal != b"task.completed":
+            raise RuntimeError(f"{name}: warm-up message ended with {read.terminal!r}")
+    finally:
+        await api.aclose()
 
 
 _ID_TYPE = re.compile(rb"^id: (\d+)\nevent: ([^\n]*)$", re.M)

@@ -13,7 +13,7 @@ import secrets
 from contextlib import AsyncExitStack
 from typing import Any
 
-from bench.client import Api, now
+from bench.client import Api, now, warm_up
 from bench.load import LoadSpec, drive, lag_note, result_row
 from bench.metrics import Timeline
 from bench.procs import Child, remove_data, sessiond
@@ -123,6 +123,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
                         await child.start()
                         stack.push_async_callback(child.stop)
                         stack.callback(remove_data, child)
+                        await warm_up(child.url, child.name)
                     urls = [c.url for c in children]
                     api = Api(urls[0]) if len(urls) == 1 else _RoundRobinApi(urls)
                     label = f"{len(urls)} node{'s' if len(urls) > 1 else ''}, {setup}"

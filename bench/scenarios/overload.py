@@ -12,6 +12,7 @@ import argparse
 import tomllib
 from contextlib import AsyncExitStack
 
+from bench.client import warm_up
 from bench.load import LoadSpec, lag_note
 from bench.procs import remove_data, sessiond
 from bench.report import Report, progress
@@ -59,6 +60,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
                 await child.start()
                 stack.push_async_callback(child.stop)
                 stack.callback(remove_data, child)
+                await warm_up(child.url, child.name)
                 spec = LoadSpec(clients=clients, messages=1 << 20, duration=args.duration, ramp=args.ramp,
                                 rate=args.tps, retry_refused=True)
                 await run_load(child, f"admission {mode}", spec, report, prog, group=f"C={clients}",

@@ -7,7 +7,7 @@ import statistics
 from contextlib import AsyncExitStack
 from typing import Any
 
-from bench.client import Api, now, read_task
+from bench.client import Api, now, warm_up
 from bench.load import LoadSpec, drive, lag_note, result_row
 from bench.metrics import Timeline
 from bench.procs import Child, maybe_profile, reference, remove_data, sessiond
@@ -191,7 +191,7 @@ async def _run_length(
             await child.start()
             stack.push_async_callback(child.stop)
             stack.callback(remove_data, child)
-            await _warm_up(child)
+            await warm_up(child.url, child.name)
         held: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in children}
         for c in levels:
             if args.tps > 0 and args.until_miss and all(
@@ -221,23 +221,6 @@ async def _run_length(
                     report.check(f"C={c} at 50 tok/s: p99 lag < 50 ms, no errors", ok,
                                  f"p99 {lag} ms, {rows['sessiond']['errors']} errors")
     return held
-
-
-async def _warm_up(child: Child) -> None:
-    """One message to a server just started, read to its end, before anything is measured: what
-    a first message does once per process (sessiond loads its tokenizer, both servers import
-    and build what they build lazily) is then not counted in the first step's rows."""
-    api = Api(child.url)
-    try:
-        sid = await api.create_session()
-        async with api.send(sid, "warm-up") as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"{child.name}: warm-up message: {resp.status} {await resp.text()}")
-            read = await read_task(resp)
-        if read.terminal != b"task.completed":
-            raise RuntimeError(f"{child.name}: warm-up message ended with {read.terminal!r}")
-    finally:
-        await api.aclose()
 
 
 def _missed(rows: list[dict[str, Any]], target_ms: float) -> bool:
